@@ -1,0 +1,14 @@
+//! The base image a diff image refers to (`spec/format.md` §7.6).
+
+use std::borrow::Cow;
+
+/// Identity of the base image of a diff.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseRef<'a> {
+    /// The base image's trailer hash (`image_blake3`).
+    pub blake3: [u8; 32],
+    /// The base image's page size.
+    pub page_size: u32,
+    /// A hint: the base's file name.
+    pub name: Cow<'a, str>,
+}

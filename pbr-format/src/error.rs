@@ -1,0 +1,206 @@
+//! The one error type of this crate.
+//!
+//! An [`Error`] is one pointer wide. It carries an [`ErrorKind`] and, where
+//! the problem is in the file, the section and the byte offset it was found
+//! at, so the message names what is wrong and where.
+
+use std::fmt;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The operating system refused an operation.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file does not start with the `.pbr` magic.
+    #[error("not a .pbr image (bad magic {found:02x?})")]
+    BadMagic {
+        /// The first bytes of the file.
+        found: Vec<u8>,
+    },
+    /// The file's major version is not one this reader knows.
+    #[error("unsupported format version {major}.{minor}: this reader reads major version {known}")]
+    UnsupportedVersion {
+        /// Major version in the file.
+        major: u16,
+        /// Minor version in the file.
+        minor: u16,
+        /// The major version this reader knows.
+        known: u16,
+    },
+    /// The file has no valid trailer.
+    #[error(
+        "incomplete image: {reason}; the writer did not finish or the file was truncated"
+    )]
+    Incomplete {
+        /// Why the trailer is not valid.
+        reason: String,
+    },
+    /// A crc32 did not match.
+    #[error("crc32 mismatch in {what}: stored {stored:#010x}, computed {computed:#010x}")]
+    ChecksumMismatch {
+        /// What the checksum covers.
+        what: String,
+        /// The value in the file.
+        stored: u32,
+        /// The value of the bytes present.
+        computed: u32,
+    },
+    /// A blake3 hash did not match.
+    #[error("blake3 mismatch in {what}")]
+    HashMismatch {
+        /// What the hash covers.
+        what: String,
+    },
+    /// The file needs a feature this reader does not have.
+    #[error("unsupported required feature bits {bits:#x}")]
+    UnsupportedFeature {
+        /// The unknown bits.
+        bits: u64,
+    },
+    /// A must-understand section of a kind this reader does not know.
+    #[error("unknown must-understand section kind {kind:#010x}")]
+    UnknownRequiredSection {
+        /// The section kind.
+        kind: u32,
+    },
+    /// The structure breaks a rule of the specification.
+    #[error("{0}")]
+    Malformed(String),
+    /// A page was asked for that no region holds.
+    #[error("guest frame {gfn:#x} is not in any region")]
+    NoSuchPage {
+        /// The guest frame number.
+        gfn: u64,
+    },
+    /// The caller passed something the operation cannot take.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+}
+
+/// An error with its location in the file, if it has one.
+pub struct Error(Box<Inner>);
+
+struct Inner {
+    kind: ErrorKind,
+    section: Option<&'static str>,
+    offset: Option<u64>,
+}
+
+/// This crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An error of `kind` with no location.
+    #[cold]
+    pub fn new(kind: ErrorKind) -> Self {
+        Error(Box::new(Inner {
+            kind,
+            section: None,
+            offset: None,
+        }))
+    }
+
+    /// A structural error in `section` found at byte `offset`.
+    #[cold]
+    pub fn malformed(section: &'static str, offset: u64, msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Malformed(msg.into())).at(section, offset)
+    }
+
+    /// An I/O error while doing `context`.
+    #[cold]
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::new(ErrorKind::Io {
+            context: context.into(),
+            source,
+        })
+    }
+
+    /// An invalid-input error.
+    #[cold]
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidInput(msg.into()))
+    }
+
+    /// Attaches a section name and offset.
+    #[must_use]
+    pub fn at(mut self, section: &'static str, offset: u64) -> Self {
+        self.0.section = Some(section);
+        self.0.offset = Some(offset);
+        self
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.0.kind
+    }
+
+    /// The section the error was found in, if any.
+    pub fn section(&self) -> Option<&'static str> {
+        self.0.section
+    }
+
+    /// The byte offset in the file the error was found at, if any.
+    pub fn offset(&self) -> Option<u64> {
+        self.0.offset
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(section) = self.0.section {
+            write!(f, "{section}: ")?;
+        }
+        write!(f, "{}", self.0.kind)?;
+        if let Some(offset) = self.0.offset {
+            write!(f, " (at offset {offset:#x})")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0.kind {
+            ErrorKind::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Self {
+        Error::new(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_is_one_pointer_wide() {
+        assert_eq!(size_of::<Error>(), size_of::<usize>());
+    }
+
+    #[test]
+    fn display_names_section_and_offset() {
+        let e = Error::malformed("PAGE_INDEX", 0x1f40, "extent overlaps its predecessor");
+        assert_eq!(
+            e.to_string(),
+            "PAGE_INDEX: extent overlaps its predecessor (at offset 0x1f40)"
+        );
+    }
+}

@@ -1,0 +1,69 @@
+//! `pbr-format`: the `.pbr` restartable VM image format.
+//!
+//! A `.pbr` file is one VM snapshot taken at a boot-phase boundary: guest
+//! memory with a class (free, cache, kernel, user, unknown) and an encoding
+//! (raw, zero, lz4, trimmed, base, dup) for every page, vCPU state laid out
+//! like KVM's structures, opaque device-state blobs, a phase tag and a
+//! manifest of the files the guest had read. The byte layout is specified
+//! in `spec/format.md`.
+//!
+//! - [`Image`] maps a file and checks its structure in time proportional to
+//!   its index; raw pages are borrowed from the map with no copy, and
+//!   [`Image::verify`] checks every byte.
+//! - [`ImageWriter`] streams an image from pages given in any order and
+//!   publishes it atomically.
+//!
+//! ```
+//! use pbr_format::{Image, ImageWriter, PageClass, Phase, Region, WriterOptions};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("kernel.pbr");
+//! let mut w = ImageWriter::create(&path, &[Region::ram("pc.ram", 0, 64 * 4096)], WriterOptions::default())?;
+//! w.set_phase(Phase::named("kernel", 1))?;
+//! for gfn in 0..8 {
+//!     w.write_page(gfn, &[gfn as u8 + 1; 4096], PageClass::Kernel)?;
+//! }
+//! w.finish()?;
+//!
+//! let image = Image::open(&path)?;
+//! assert_eq!(image.phase().unwrap().name, "kernel");
+//! // Raw runs can be mapped MAP_PRIVATE as guest memory.
+//! let run = image.raw_runs()[0];
+//! assert_eq!((run.gfn, run.pages), (0, 8));
+//! let mut buf = vec![0u8; 4096];
+//! assert_eq!(image.read_page(5, &mut buf)?[0], 6);
+//! image.verify()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod base;
+mod device;
+mod error;
+pub mod limits;
+mod manifest;
+mod metadata;
+mod page;
+mod phase;
+pub mod pod;
+pub mod read;
+mod region;
+mod section;
+pub mod vcpu;
+pub mod write;
+
+pub use base::BaseRef;
+pub use device::{DeviceBlob, DeviceOrigin};
+pub use error::{Error, ErrorKind, Result};
+pub use manifest::{CacheRef, FileEntry, check_path};
+pub use metadata::check_key;
+pub use page::{PageClass, PageEncoding};
+pub use phase::{Phase, WELL_KNOWN_PHASES};
+pub use read::{Extent, HeaderInfo, Image, RawRun, SectionInfo, VerifyReport};
+pub use region::Region;
+pub use section::SectionKind;
+pub use vcpu::{EVENTS_SIZE, LAPIC_SIZE, Vcpu, X86Vcpu};
+pub use write::{ImageWriter, WriteReport, WriterOptions, is_zero};
+pub use read::zero_page_crc;

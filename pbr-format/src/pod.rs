@@ -1,0 +1,470 @@
+//! Raw on-disk structures of format 1.0, exactly as `spec/format.md` lays
+//! them out.
+//!
+//! Every struct is `#[repr(C)]` with alignment 1 and little-endian fields, so
+//! it can be viewed in place inside a memory map. Sizes are pinned at compile
+//! time. Nothing here validates anything: the checked, safe views live in
+//! [`crate::read`].
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// File magic: `\x89PBR\r\n\x1a\n`.
+pub const MAGIC: [u8; 8] = *b"\x89PBR\r\n\x1a\n";
+/// Trailer magic.
+pub const TRAILER_MAGIC: [u8; 8] = *b"PBRTRAIL";
+/// Format major version this crate reads and writes.
+pub const VERSION_MAJOR: u16 = 1;
+/// Format minor version this crate writes.
+pub const VERSION_MINOR: u16 = 0;
+/// Size of the header in format 1.0.
+pub const HEADER_SIZE: usize = 128;
+/// Size of the trailer.
+pub const TRAILER_SIZE: usize = 64;
+/// Size of one section table entry.
+pub const SECTION_ENTRY_SIZE: usize = 32;
+/// Size of the `count` + `record_size` prefix of a table section.
+pub const TABLE_PREFIX_SIZE: usize = 8;
+/// The must-understand bit of a section kind.
+pub const MUST_UNDERSTAND: u32 = 0x8000_0000;
+
+/// Required feature: the index has lz4 extents.
+pub const FEATURE_LZ4: u64 = 1 << 0;
+/// Required feature: the index has base extents (a diff image).
+pub const FEATURE_DIFF: u64 = 1 << 1;
+/// Required feature: the index has dup extents.
+pub const FEATURE_DUP: u64 = 1 << 2;
+/// Every required feature bit this crate knows.
+pub const KNOWN_REQUIRED_FEATURES: u64 = FEATURE_LZ4 | FEATURE_DIFF | FEATURE_DUP;
+/// Optional feature: a page-hashes section is present.
+pub const FEATURE_PAGE_HASHES: u64 = 1 << 0;
+
+/// Region flag: read-only memory (a ROM).
+pub const REGION_READ_ONLY: u32 = 1 << 0;
+/// Region flag: the base is not a guest-physical address.
+pub const REGION_SYNTHETIC: u32 = 1 << 1;
+/// Every region flag this crate knows.
+pub const KNOWN_REGION_FLAGS: u32 = REGION_READ_ONLY | REGION_SYNTHETIC;
+
+/// vCPU architecture tag for x86-64.
+pub const ARCH_X86_64: u32 = 1;
+/// x86 vCPU flag: the LAPIC page is valid.
+pub const VCPU_LAPIC: u32 = 1 << 0;
+/// x86 vCPU flag: the events block is valid.
+pub const VCPU_EVENTS: u32 = 1 << 1;
+/// x86 vCPU flag: the debug registers are valid.
+pub const VCPU_DEBUGREGS: u32 = 1 << 2;
+/// x86 vCPU flag: the TSC value is valid.
+pub const VCPU_TSC: u32 = 1 << 3;
+
+/// The 128-byte file header.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct Header {
+    /// [`MAGIC`].
+    pub magic: [u8; 8],
+    /// Format major version.
+    pub version_major: U16,
+    /// Format minor version.
+    pub version_minor: U16,
+    /// Size of the header in bytes.
+    pub header_size: U32,
+    /// Page size: 4096 or 2 MiB.
+    pub page_size: U32,
+    /// Reserved, zero.
+    pub reserved0: U32,
+    /// Feature bits a reader must know.
+    pub required_features: U64,
+    /// Feature bits a reader may ignore.
+    pub optional_features: U64,
+    /// Producer name, NUL padded.
+    pub producer_name: [u8; 32],
+    /// Producer version, NUL padded.
+    pub producer_version: [u8; 32],
+    /// Reserved, zero.
+    pub reserved1: [u8; 20],
+    /// crc32 of bytes 0..124.
+    pub header_crc32: U32,
+}
+const _: () = assert!(size_of::<Header>() == HEADER_SIZE);
+
+/// The 64-byte trailer at the end of every complete file.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct Trailer {
+    /// [`TRAILER_MAGIC`].
+    pub magic: [u8; 8],
+    /// Offset of the section table.
+    pub section_table_offset: U64,
+    /// Number of section table entries.
+    pub section_count: U32,
+    /// crc32 of the section table.
+    pub section_table_crc32: U32,
+    /// crc32 of trailer bytes 0..24.
+    pub trailer_crc32: U32,
+    /// Reserved, zero.
+    pub reserved: U32,
+    /// blake3 of every file byte before this field.
+    pub image_blake3: [u8; 32],
+}
+const _: () = assert!(size_of::<Trailer>() == TRAILER_SIZE);
+
+/// One section table entry.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct SectionEntry {
+    /// Kind id, bit 31 = must-understand.
+    pub kind: U32,
+    /// Reserved.
+    pub flags: U32,
+    /// File offset of the section.
+    pub offset: U64,
+    /// Length in bytes.
+    pub length: U64,
+    /// crc32 of the section bytes.
+    pub crc32: U32,
+    /// Reserved.
+    pub reserved: U32,
+}
+const _: () = assert!(size_of::<SectionEntry>() == SECTION_ENTRY_SIZE);
+
+/// Prefix of every table section.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct TablePrefix {
+    /// Number of records.
+    pub count: U32,
+    /// Size of one record.
+    pub record_size: U32,
+}
+const _: () = assert!(size_of::<TablePrefix>() == TABLE_PREFIX_SIZE);
+
+/// A `REGIONS` record.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct RegionRecord {
+    /// First address.
+    pub base: U64,
+    /// Length in bytes.
+    pub length: U64,
+    /// Offset inside the source memory object.
+    pub source_offset: U64,
+    /// Region flags.
+    pub flags: U32,
+    /// Name offset in the heap.
+    pub name_off: U32,
+    /// Name length.
+    pub name_len: U32,
+    /// Reserved.
+    pub reserved: U32,
+}
+const _: () = assert!(size_of::<RegionRecord>() == 40);
+
+/// A `PAGE_INDEX` record: one extent.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct ExtentRecord {
+    /// First guest frame number.
+    pub gfn: U64,
+    /// Number of pages.
+    pub count: U32,
+    /// Page encoding.
+    pub encoding: u8,
+    /// Page class.
+    pub class: u8,
+    /// Reserved, zero.
+    pub flags: U16,
+    /// Encoding-specific data word.
+    pub data: U64,
+    /// Stored-page number of the first page.
+    pub aux: U64,
+}
+const _: () = assert!(size_of::<ExtentRecord>() == 32);
+
+/// A `PHASE` record.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct PhaseRecord {
+    /// Position in the boot.
+    pub sequence: U32,
+    /// Reserved.
+    pub reserved: U32,
+    /// Nanoseconds since boot start.
+    pub since_boot_ns: U64,
+    /// Wall-clock capture time, 0 = unknown.
+    pub captured_unix_ns: U64,
+    /// Name offset in the heap.
+    pub name_off: U32,
+    /// Name length.
+    pub name_len: U32,
+}
+const _: () = assert!(size_of::<PhaseRecord>() == 32);
+
+/// A `DEVICES` record.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct DeviceRecord {
+    /// Origin tag.
+    pub origin: U32,
+    /// Instance number.
+    pub instance: U32,
+    /// Version.
+    pub version: U32,
+    /// Origin-defined flags.
+    pub flags: U32,
+    /// Name offset in the heap.
+    pub name_off: U32,
+    /// Name length.
+    pub name_len: U32,
+    /// Blob offset in the heap.
+    pub data_off: U64,
+    /// Blob length.
+    pub data_len: U64,
+}
+const _: () = assert!(size_of::<DeviceRecord>() == 40);
+
+/// A `METADATA` record.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct MetadataRecord {
+    /// Key offset in the heap.
+    pub key_off: U32,
+    /// Key length.
+    pub key_len: U32,
+    /// Value offset in the heap.
+    pub value_off: U32,
+    /// Value length.
+    pub value_len: U32,
+}
+const _: () = assert!(size_of::<MetadataRecord>() == 16);
+
+/// A `MANIFEST` record.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct FileRecord {
+    /// File size in bytes.
+    pub size: U64,
+    /// Modification time, signed nanoseconds since the epoch.
+    pub mtime_ns: U64,
+    /// Inode number.
+    pub inode: U64,
+    /// blake3 of the content.
+    pub blake3: [u8; 32],
+    /// Path offset in the heap.
+    pub path_off: U32,
+    /// Path length.
+    pub path_len: U32,
+    /// Reserved.
+    pub flags: U32,
+    /// Reserved.
+    pub reserved: U32,
+}
+const _: () = assert!(size_of::<FileRecord>() == 72);
+
+/// A `CACHE_REFS` record.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct CacheRefRecord {
+    /// Guest frame number of the cache page.
+    pub gfn: U64,
+    /// Index of the file in `MANIFEST`.
+    pub file_index: U32,
+    /// Reserved.
+    pub flags: U32,
+    /// Byte offset inside the file.
+    pub offset: U64,
+}
+const _: () = assert!(size_of::<CacheRefRecord>() == 24);
+
+/// A `BASE` record.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BaseRecord {
+    /// `image_blake3` of the base image.
+    pub base_blake3: [u8; 32],
+    /// Page size of the base.
+    pub page_size: U32,
+    /// Reserved.
+    pub reserved: U32,
+    /// Name hint offset in the heap.
+    pub name_off: U32,
+    /// Name hint length.
+    pub name_len: U32,
+}
+const _: () = assert!(size_of::<BaseRecord>() == 48);
+
+/// Header of every `VCPUS` record.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct VcpuHeader {
+    /// Architecture tag.
+    pub arch: U32,
+    /// vCPU index.
+    pub id: U32,
+    /// Whole record length.
+    pub length: U32,
+    /// Validity flags.
+    pub flags: U32,
+}
+const _: () = assert!(size_of::<VcpuHeader>() == 16);
+
+/// Linux `struct kvm_regs`.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct KvmRegs {
+    /// rax rbx rcx rdx rsi rdi rsp rbp r8..r15, in this order.
+    pub gpr: [U64; 16],
+    /// Instruction pointer.
+    pub rip: U64,
+    /// Flags.
+    pub rflags: U64,
+}
+const _: () = assert!(size_of::<KvmRegs>() == 144);
+
+/// Linux `struct kvm_segment`.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct KvmSegment {
+    /// Base address (hidden part).
+    pub base: U64,
+    /// Limit (hidden part).
+    pub limit: U32,
+    /// Selector.
+    pub selector: U16,
+    /// Type field of the descriptor.
+    pub type_: u8,
+    /// Present bit.
+    pub present: u8,
+    /// Descriptor privilege level.
+    pub dpl: u8,
+    /// Default operation size.
+    pub db: u8,
+    /// Descriptor type (code/data vs system).
+    pub s: u8,
+    /// 64-bit code segment.
+    pub l: u8,
+    /// Granularity.
+    pub g: u8,
+    /// Available bit.
+    pub avl: u8,
+    /// Segment unusable.
+    pub unusable: u8,
+    /// Padding.
+    pub padding: u8,
+}
+const _: () = assert!(size_of::<KvmSegment>() == 24);
+
+/// Linux `struct kvm_dtable`.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct KvmDtable {
+    /// Base address.
+    pub base: U64,
+    /// Limit.
+    pub limit: U16,
+    /// Padding.
+    pub padding: [U16; 3],
+}
+const _: () = assert!(size_of::<KvmDtable>() == 16);
+
+/// Linux `struct kvm_sregs`.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct KvmSregs {
+    /// Code segment.
+    pub cs: KvmSegment,
+    /// Data segment.
+    pub ds: KvmSegment,
+    /// Extra segment.
+    pub es: KvmSegment,
+    /// FS.
+    pub fs: KvmSegment,
+    /// GS.
+    pub gs: KvmSegment,
+    /// Stack segment.
+    pub ss: KvmSegment,
+    /// Task register.
+    pub tr: KvmSegment,
+    /// Local descriptor table.
+    pub ldt: KvmSegment,
+    /// Global descriptor table register.
+    pub gdt: KvmDtable,
+    /// Interrupt descriptor table register.
+    pub idt: KvmDtable,
+    /// CR0.
+    pub cr0: U64,
+    /// CR2.
+    pub cr2: U64,
+    /// CR3.
+    pub cr3: U64,
+    /// CR4.
+    pub cr4: U64,
+    /// CR8.
+    pub cr8: U64,
+    /// EFER.
+    pub efer: U64,
+    /// IA32_APIC_BASE.
+    pub apic_base: U64,
+    /// Pending external interrupts.
+    pub interrupt_bitmap: [U64; 4],
+}
+const _: () = assert!(size_of::<KvmSregs>() == 312);
+
+/// Linux `struct kvm_debugregs`.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct KvmDebugregs {
+    /// DR0..DR3.
+    pub db: [U64; 4],
+    /// DR6.
+    pub dr6: U64,
+    /// DR7.
+    pub dr7: U64,
+    /// Flags.
+    pub flags: U64,
+    /// Reserved.
+    pub reserved: [U64; 9],
+}
+const _: () = assert!(size_of::<KvmDebugregs>() == 128);
+
+/// The fixed part of an x86-64 `VCPUS` record, after the record header.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct X86VcpuFixed {
+    /// General registers.
+    pub regs: KvmRegs,
+    /// Special registers.
+    pub sregs: KvmSregs,
+    /// Debug registers.
+    pub debugregs: KvmDebugregs,
+    /// `struct kvm_vcpu_events`, verbatim.
+    pub events: [u8; 64],
+    /// `struct kvm_lapic_state`, verbatim.
+    pub lapic: [u8; 1024],
+    /// Guest TSC.
+    pub tsc: U64,
+    /// TSC frequency in kHz.
+    pub tsc_khz: U32,
+    /// KVM multiprocessing state.
+    pub mp_state: U32,
+    /// XCR0.
+    pub xcr0: U64,
+    /// Number of MSR entries that follow.
+    pub msr_count: U32,
+    /// Length of the XSAVE area that follows the MSRs.
+    pub xsave_len: U32,
+}
+const _: () = assert!(size_of::<X86VcpuFixed>() == 1720 - 16);
+
+/// Linux `struct kvm_msr_entry`.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct MsrEntry {
+    /// MSR index.
+    pub index: U32,
+    /// Reserved.
+    pub reserved: U32,
+    /// Value.
+    pub data: U64,
+}
+const _: () = assert!(size_of::<MsrEntry>() == 16);

@@ -1,0 +1,369 @@
+//! Reading `.pbr` images: [`Image::open`] checks the structure in time
+//! proportional to the index; [`Image::verify`] checks every byte.
+
+mod page_index;
+mod pages;
+mod records;
+mod sections;
+mod table;
+mod vcpus;
+mod verify;
+
+use std::fs::File;
+use std::ops::Range;
+use std::path::Path;
+
+use memmap2::Mmap;
+use zerocopy::FromBytes;
+
+use crate::base::BaseRef;
+use crate::device::DeviceBlob;
+use crate::error::{Error, ErrorKind, Result};
+use crate::manifest::{CacheRef, FileEntry};
+use crate::phase::Phase;
+use crate::pod::{self, HEADER_SIZE, Header, TRAILER_SIZE};
+use crate::region::Region;
+use crate::section::SectionKind;
+use crate::vcpu::Vcpu;
+
+pub use page_index::{Extent, RawRun};
+pub use pages::zero_page_crc;
+pub use sections::SectionInfo;
+pub use verify::VerifyReport;
+
+use page_index::PageIndex;
+use records::Records;
+
+/// The bytes an image is read from.
+enum Backing {
+    Map(Mmap),
+    Bytes(Vec<u8>),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Map(m) => m,
+            Backing::Bytes(b) => b,
+        }
+    }
+}
+
+/// The header fields of an open image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderInfo {
+    /// Format major version.
+    pub version_major: u16,
+    /// Format minor version.
+    pub version_minor: u16,
+    /// Page size in bytes.
+    pub page_size: u32,
+    /// Required feature bits.
+    pub required_features: u64,
+    /// Optional feature bits.
+    pub optional_features: u64,
+    /// Name of the program that wrote the image.
+    pub producer_name: String,
+    /// Version of the program that wrote the image.
+    pub producer_version: String,
+}
+
+/// An open, structurally checked `.pbr` image.
+///
+/// Opening maps the file and checks the header, trailer, section table,
+/// every metadata section's crc32 and the page index; it does not read page
+/// data. Raw pages are handed out as slices of the map, with no copy.
+pub struct Image {
+    backing: Backing,
+    header: HeaderInfo,
+    sections: Vec<SectionInfo>,
+    page_data: Range<usize>,
+    index: PageIndex,
+    records: Records,
+    image_blake3: [u8; 32],
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("header", &self.header)
+            .field("file_len", &self.file_len())
+            .field("extents", &self.index.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Image {
+    /// Maps the file at `path` and checks its structure.
+    ///
+    /// The file is mapped read-only and private; it is never written.
+    ///
+    /// # Errors
+    /// Any I/O error, and any structural problem, named with its section and
+    /// offset. A file with no valid trailer is reported as
+    /// [`ErrorKind::Incomplete`].
+    ///
+    /// # Example
+    /// ```no_run
+    /// let image = pbr_format::Image::open("guest.pbr")?;
+    /// println!("{} pages", image.page_count());
+    /// # Ok::<(), pbr_format::Error>(())
+    /// ```
+    pub fn open(path: impl AsRef<Path>) -> Result<Image> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
+            .len();
+        if len < (HEADER_SIZE + TRAILER_SIZE) as u64 {
+            // Too short to map meaningfully; read what is there for the error.
+            let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+            return Image::from_bytes(bytes);
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: the map is read-only and private. The file could still be
+        // changed by another process while mapped; every access through the
+        // map is bounds-checked against the length taken at map time, and
+        // content changes can only make checks fail, never read out of
+        // bounds. A truncation by another process would raise SIGBUS, which
+        // is the documented hazard of `memmap2::Mmap::map`.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
+        Image::from_backing(Backing::Map(map))
+    }
+
+    /// Checks the structure of an image held in memory.
+    ///
+    /// # Errors
+    /// As [`Image::open`].
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Image> {
+        Image::from_backing(Backing::Bytes(bytes))
+    }
+
+    fn from_backing(backing: Backing) -> Result<Image> {
+        let bytes = backing.bytes();
+        let header = parse_header(bytes)?;
+        let (table, image_blake3) = sections::parse_trailer(bytes)?;
+        let sections = sections::parse_table(bytes, &table, header.page_size)?;
+        let find = |k: SectionKind| sections.iter().find(|s| s.kind == Some(k)).map(|s| s.range());
+        let required = |k: SectionKind| {
+            find(k).ok_or_else(|| Error::malformed("section table", table.offset, format!("required section {} is missing", k.name())))
+        };
+        let page_data = required(SectionKind::PageData)?;
+        let records = Records::parse(bytes, &header, &find)?;
+        let index = PageIndex::parse(
+            bytes,
+            &header,
+            &records.regions,
+            required(SectionKind::PageIndex)?,
+            required(SectionKind::PageCrcs)?,
+            find(SectionKind::PageHashes),
+            page_data.clone(),
+        )?;
+        check_features(&header, &index, &records, table.offset)?;
+        Ok(Image {
+            header,
+            sections,
+            page_data,
+            index,
+            records,
+            image_blake3,
+            backing,
+        })
+    }
+
+    /// The whole file.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.backing.bytes()
+    }
+
+    /// File length in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.as_bytes().len() as u64
+    }
+
+    /// Header fields.
+    pub fn header(&self) -> &HeaderInfo {
+        &self.header
+    }
+
+    /// Page size in bytes.
+    pub fn page_size(&self) -> u32 {
+        self.header.page_size
+    }
+
+    /// The trailer hash: the identity a diff uses to name its base.
+    pub fn image_blake3(&self) -> [u8; 32] {
+        self.image_blake3
+    }
+
+    /// Every entry of the section table, in table order.
+    pub fn sections(&self) -> &[SectionInfo] {
+        &self.sections
+    }
+
+    /// File range of `PAGE_DATA`.
+    pub fn page_data_range(&self) -> Range<u64> {
+        self.page_data.start as u64..self.page_data.end as u64
+    }
+
+    /// Guest memory regions, sorted by base.
+    pub fn regions(&self) -> &[Region<'static>] {
+        &self.records.regions
+    }
+
+    /// Total pages over all regions.
+    pub fn page_count(&self) -> u64 {
+        let ps = self.page_size();
+        self.regions().iter().map(|r| r.pages(ps)).sum()
+    }
+
+    /// Total bytes of guest memory over all regions.
+    pub fn guest_size(&self) -> u64 {
+        self.regions().iter().map(|r| r.length).sum()
+    }
+
+    /// The phase tag, if the image has one.
+    pub fn phase(&self) -> Option<&Phase<'static>> {
+        self.records.phase.as_ref()
+    }
+
+    /// vCPU records, sorted by id.
+    pub fn vcpus(&self) -> &[Vcpu] {
+        &self.records.vcpus
+    }
+
+    /// Device-state blobs in capture order, borrowed from the map.
+    pub fn devices(&self) -> impl ExactSizeIterator<Item = DeviceBlob<'_>> {
+        self.records.devices(self.as_bytes())
+    }
+
+    /// Metadata pairs in file order.
+    pub fn metadata(&self) -> &[(String, String)] {
+        &self.records.metadata
+    }
+
+    /// The value of metadata `key`.
+    pub fn metadata_value(&self, key: &str) -> Option<&str> {
+        self.records.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Files read up to this phase.
+    pub fn manifest(&self) -> &[FileEntry<'static>] {
+        &self.records.manifest
+    }
+
+    /// Page-cache back references, sorted by guest frame number.
+    pub fn cache_refs(&self) -> &[CacheRef] {
+        &self.records.cache_refs
+    }
+
+    /// The base image of a diff image.
+    pub fn base(&self) -> Option<&BaseRef<'static>> {
+        self.records.base.as_ref()
+    }
+
+    /// Whether `PAGE_HASHES` is present.
+    pub fn has_page_hashes(&self) -> bool {
+        self.index.has_hashes()
+    }
+}
+
+fn parse_header(bytes: &[u8]) -> Result<HeaderInfo> {
+    if bytes.len() < pod::MAGIC.len() || bytes[..pod::MAGIC.len()] != pod::MAGIC {
+        return Err(ErrorKind::BadMagic {
+            found: bytes.iter().take(8).copied().collect(),
+        }
+        .into());
+    }
+    let Ok((h, _)) = Header::read_from_prefix(bytes) else {
+        return Err(ErrorKind::Incomplete {
+            reason: format!("the file is {} bytes, shorter than the header", bytes.len()),
+        }
+        .into());
+    };
+    let crc = crc32fast::hash(&bytes[..124]);
+    if crc != h.header_crc32.get() {
+        return Err(Error::new(ErrorKind::ChecksumMismatch {
+            what: "header".into(),
+            stored: h.header_crc32.get(),
+            computed: crc,
+        })
+        .at("header", 124));
+    }
+    let (major, minor) = (h.version_major.get(), h.version_minor.get());
+    if major != pod::VERSION_MAJOR {
+        return Err(Error::new(ErrorKind::UnsupportedVersion {
+            major,
+            minor,
+            known: pod::VERSION_MAJOR,
+        })
+        .at("header", 8));
+    }
+    let header_size = h.header_size.get() as usize;
+    if header_size < HEADER_SIZE || header_size > bytes.len() {
+        return Err(Error::malformed("header", 12, format!("header_size {header_size} is not in {HEADER_SIZE}..=file length")));
+    }
+    let page_size = h.page_size.get();
+    if !crate::limits::PAGE_SIZES.contains(&page_size) {
+        return Err(Error::malformed("header", 16, format!("page_size {page_size} is neither 4096 nor 2097152")));
+    }
+    let required = h.required_features.get();
+    if required & !pod::KNOWN_REQUIRED_FEATURES != 0 {
+        return Err(Error::new(ErrorKind::UnsupportedFeature {
+            bits: required & !pod::KNOWN_REQUIRED_FEATURES,
+        })
+        .at("header", 24));
+    }
+    Ok(HeaderInfo {
+        version_major: major,
+        version_minor: minor,
+        page_size,
+        required_features: required,
+        optional_features: h.optional_features.get(),
+        producer_name: padded_str(&h.producer_name, 40)?,
+        producer_version: padded_str(&h.producer_version, 72)?,
+    })
+}
+
+fn padded_str(b: &[u8], offset: u64) -> Result<String> {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    std::str::from_utf8(&b[..end])
+        .map(str::to_owned)
+        .map_err(|_| Error::malformed("header", offset, "producer string is not UTF-8"))
+}
+
+fn check_features(header: &HeaderInfo, index: &PageIndex, records: &Records, table_offset: u64) -> Result<()> {
+    let mut want = 0;
+    if index.has_encoding(crate::PageEncoding::Lz4) {
+        want |= pod::FEATURE_LZ4;
+    }
+    if index.has_encoding(crate::PageEncoding::Base) {
+        want |= pod::FEATURE_DIFF;
+    }
+    if index.has_encoding(crate::PageEncoding::Dup) {
+        want |= pod::FEATURE_DUP;
+    }
+    if want != header.required_features {
+        return Err(Error::malformed(
+            "header",
+            24,
+            format!(
+                "required_features {:#x} do not describe the page index, which needs {want:#x}",
+                header.required_features
+            ),
+        ));
+    }
+    let hashes = header.optional_features & pod::FEATURE_PAGE_HASHES != 0;
+    if hashes != index.has_hashes() {
+        return Err(Error::malformed("header", 32, "optional feature PAGE_HASHES disagrees with the sections present"));
+    }
+    if (want & pod::FEATURE_DIFF != 0) != records.base.is_some() {
+        return Err(Error::malformed(
+            "section table",
+            table_offset,
+            "a BASE section must be present exactly when the index has base extents",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! Page access: lookup, iteration, zero-copy raw slices, lz4 decoding.
+
+use std::ops::Range;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::page::{PageClass, PageEncoding};
+
+use super::page_index::{Extent, RawRun};
+use super::Image;
+
+impl Image {
+    /// Number of extents in the page index.
+    pub fn extent_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Number of stored (raw and lz4) pages.
+    pub fn stored_page_count(&self) -> u64 {
+        self.index.stored_pages()
+    }
+
+    /// Every extent, in guest frame order.
+    pub fn extents(&self) -> impl Iterator<Item = Extent> + '_ {
+        let bytes = self.as_bytes();
+        (0..self.index.len()).filter_map(move |i| self.index.get(bytes, i))
+    }
+
+    /// The extents that hold any page of `gfns`, in order. Finding the first
+    /// is a binary search.
+    pub fn extents_in(&self, gfns: Range<u64>) -> impl Iterator<Item = Extent> + '_ {
+        let bytes = self.as_bytes();
+        let first = self.index.position(bytes, gfns.start);
+        (first..self.index.len())
+            .map_while(move |i| self.index.get(bytes, i).filter(|e| e.gfn < gfns.end))
+    }
+
+    /// The extents of pages of `class`, in order.
+    pub fn extents_of_class(&self, class: PageClass) -> impl Iterator<Item = Extent> + '_ {
+        self.extents().filter(move |e| e.class == class)
+    }
+
+    /// The extent that holds `gfn`: O(log n).
+    ///
+    /// # Errors
+    /// [`ErrorKind::NoSuchPage`] when no region holds `gfn`.
+    pub fn extent_of(&self, gfn: u64) -> Result<Extent> {
+        self.index
+            .find(self.as_bytes(), gfn)
+            .ok_or_else(|| ErrorKind::NoSuchPage { gfn }.into())
+    }
+
+    /// Raw pages merged into runs contiguous in guest memory and in the file,
+    /// whatever their class: each can be mapped `MAP_PRIVATE` as guest memory.
+    pub fn raw_runs(&self) -> Vec<RawRun> {
+        let ps = u64::from(self.page_size());
+        let mut runs: Vec<RawRun> = Vec::new();
+        for e in self.extents().filter(|e| e.encoding == PageEncoding::Raw) {
+            match runs.last_mut() {
+                Some(r) if r.gfn + r.pages == e.gfn && r.file_offset + r.pages * ps == e.data => {
+                    r.pages += u64::from(e.count);
+                }
+                _ => runs.push(RawRun {
+                    gfn: e.gfn,
+                    pages: u64::from(e.count),
+                    file_offset: e.data,
+                }),
+            }
+        }
+        runs
+    }
+
+    /// The bytes of a raw extent, borrowed from the map with no copy.
+    pub fn raw_bytes(&self, e: &Extent) -> Option<&[u8]> {
+        if e.encoding != PageEncoding::Raw {
+            return None;
+        }
+        let len = u64::from(e.count) * u64::from(self.page_size());
+        self.as_bytes().get(e.data as usize..(e.data + len) as usize)
+    }
+
+    /// The content of page `gfn`: borrowed from the map for a raw page,
+    /// otherwise decoded or zero-filled into `buf` (which must be exactly one
+    /// page long).
+    ///
+    /// # Errors
+    /// [`ErrorKind::NoSuchPage`] for a page outside every region; an error
+    /// for a page stored in a base image (see [`Image::base`]); a corruption
+    /// error when an lz4 page does not decode to exactly one page.
+    ///
+    /// # Example
+    /// ```no_run
+    /// let image = pbr_format::Image::open("guest.pbr")?;
+    /// let mut buf = vec![0u8; image.page_size() as usize];
+    /// let page = image.read_page(0, &mut buf)?;
+    /// assert_eq!(page.len(), image.page_size() as usize);
+    /// # Ok::<(), pbr_format::Error>(())
+    /// ```
+    pub fn read_page<'a>(&'a self, gfn: u64, buf: &'a mut [u8]) -> Result<&'a [u8]> {
+        let e = self.extent_of(gfn)?;
+        self.read_in_extent(&e, gfn, buf)
+    }
+
+    /// As [`Image::read_page`], for a `gfn` already known to be in `e`.
+    ///
+    /// # Errors
+    /// As [`Image::read_page`].
+    pub fn read_in_extent<'a>(&'a self, e: &Extent, gfn: u64, buf: &'a mut [u8]) -> Result<&'a [u8]> {
+        let ps = self.page_size() as usize;
+        if buf.len() != ps {
+            return Err(Error::invalid(format!("page buffer is {} bytes, not the page size {ps}", buf.len())));
+        }
+        if !e.gfns().contains(&gfn) {
+            return Err(Error::invalid(format!("gfn {gfn:#x} is not in the extent at {:#x}", e.gfn)));
+        }
+        let i = (gfn - e.gfn) as usize;
+        match e.encoding {
+            PageEncoding::Raw => {
+                let start = e.data as usize + i * ps;
+                self.as_bytes()
+                    .get(start..start + ps)
+                    .ok_or_else(|| Error::malformed("PAGE_DATA", start as u64, "raw page lies outside the file"))
+            }
+            PageEncoding::Zero | PageEncoding::Trimmed => {
+                buf.fill(0);
+                Ok(buf)
+            }
+            PageEncoding::Lz4 => {
+                let (stored, at) = self.lz4_page(e, i)?;
+                if stored.len() == ps {
+                    return Ok(stored);
+                }
+                match lz4_flex::block::decompress_into(stored, buf) {
+                    Ok(n) if n == ps => Ok(buf),
+                    Ok(n) => Err(Error::malformed("PAGE_DATA", at, format!("lz4 page of gfn {gfn:#x} decodes to {n} bytes, not {ps}"))),
+                    Err(err) => Err(Error::malformed("PAGE_DATA", at, format!("lz4 page of gfn {gfn:#x} does not decode: {err}"))),
+                }
+            }
+            PageEncoding::Dup => {
+                let source = self.extent_of(e.data)?;
+                if !source.encoding.is_stored() {
+                    return Err(Error::malformed("PAGE_INDEX", 0, format!("dup source {:#x} is not stored", e.data)));
+                }
+                self.read_in_extent(&source, e.data, buf)
+            }
+            PageEncoding::Base => Err(Error::invalid(format!(
+                "page {gfn:#x} is in the base image; apply this diff to its base to read it"
+            ))),
+        }
+    }
+
+    /// The stored bytes of page `i` of an lz4 extent and their file offset.
+    fn lz4_page(&self, e: &Extent, i: usize) -> Result<(&[u8], u64)> {
+        let ps = self.page_size() as usize;
+        let bytes = self.as_bytes();
+        let pd = self.index.page_data();
+        let table = e.data as usize;
+        let count = e.count as usize;
+        let end_at = |j: usize| -> Option<usize> {
+            let o = table + 4 * j;
+            bytes.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        };
+        let bad = |msg: String| Error::malformed("PAGE_DATA", table as u64, msg);
+        let start = if i == 0 { 0 } else { end_at(i - 1).ok_or_else(|| bad("lz4 table out of bounds".into()))? };
+        let end = end_at(i).ok_or_else(|| bad("lz4 table out of bounds".into()))?;
+        let data_start = table + 4 * count;
+        if end <= start || end - start > ps {
+            return Err(bad(format!("lz4 page {i} has length {} outside 1..={ps}", end.wrapping_sub(start) as isize)));
+        }
+        let (a, b) = (data_start + start, data_start + end);
+        if b > pd.end {
+            return Err(bad(format!("lz4 page {i} ends at {b:#x}, past PAGE_DATA")));
+        }
+        Ok((&bytes[a..b], a as u64))
+    }
+
+    /// The crc32 the index holds for page `gfn` of extent `e`: stored for
+    /// raw and lz4 pages, the zero page's for zero and trimmed pages, the
+    /// source's for dup pages, none for base pages.
+    pub fn expected_crc(&self, e: &Extent, gfn: u64) -> Option<u32> {
+        match e.encoding {
+            PageEncoding::Raw | PageEncoding::Lz4 => self.index.crc(self.as_bytes(), e.aux + (gfn - e.gfn)),
+            PageEncoding::Zero | PageEncoding::Trimmed => Some(zero_page_crc(self.page_size())),
+            PageEncoding::Dup => {
+                let s = self.extent_of(e.data).ok()?;
+                s.encoding.is_stored().then(|| self.expected_crc(&s, e.data)).flatten()
+            }
+            PageEncoding::Base => None,
+        }
+    }
+
+    /// The blake3 the index holds for page `gfn` of stored extent `e`, when
+    /// the image has `PAGE_HASHES`.
+    pub fn stored_hash(&self, e: &Extent, gfn: u64) -> Option<[u8; 32]> {
+        match e.encoding {
+            PageEncoding::Raw | PageEncoding::Lz4 => self.index.hash(self.as_bytes(), e.aux + (gfn - e.gfn)),
+            PageEncoding::Dup => {
+                let s = self.extent_of(e.data).ok()?;
+                self.stored_hash(&s, e.data)
+            }
+            _ => None,
+        }
+    }
+
+    /// Pages per class and encoding: `counts[class][encoding]`.
+    pub fn page_counts(&self) -> [[u64; PageEncoding::ALL.len()]; PageClass::ALL.len()] {
+        let mut counts = [[0u64; PageEncoding::ALL.len()]; PageClass::ALL.len()];
+        for e in self.extents() {
+            counts[e.class as usize][e.encoding as usize] += u64::from(e.count);
+        }
+        counts
+    }
+}
+
+/// crc32 of one all-zero page of `page_size` bytes.
+pub fn zero_page_crc(page_size: u32) -> u32 {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    let mut h = crc32fast::Hasher::new();
+    for _ in 0..page_size / 4096 {
+        h.update(&ZEROS);
+    }
+    h.finalize()
+}

@@ -1,0 +1,131 @@
+//! Full verification: every checksum, every page, the trailer hash
+//! (`spec/format.md` §9).
+
+use rayon::prelude::*;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::page::PageEncoding;
+
+use super::Image;
+use super::sections::check_crc;
+
+/// What [`Image::verify`] checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Sections whose crc32 matched.
+    pub sections: usize,
+    /// Stored pages whose crc32 (and blake3, when present) matched.
+    pub pages: u64,
+    /// Bytes covered by the trailer hash.
+    pub hashed_bytes: u64,
+}
+
+/// Pages checked per parallel work item.
+const CHUNK_PAGES: u32 = 256;
+
+impl Image {
+    /// Checks every section crc32, every stored page against its crc32 (and
+    /// blake3 when the image has page hashes), and the trailer hash, in
+    /// parallel.
+    ///
+    /// # Errors
+    /// The first failure in file order, named with its section and offset.
+    ///
+    /// # Example
+    /// ```no_run
+    /// let image = pbr_format::Image::open("guest.pbr")?;
+    /// let report = image.verify()?;
+    /// println!("{} pages checked", report.pages);
+    /// # Ok::<(), pbr_format::Error>(())
+    /// ```
+    pub fn verify(&self) -> Result<VerifyReport> {
+        self.verify_with_progress(&|_| {})
+    }
+
+    /// As [`Image::verify`], calling `progress` with the number of bytes
+    /// each finished piece of work covered (from several threads).
+    ///
+    /// # Errors
+    /// As [`Image::verify`].
+    pub fn verify_with_progress(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyReport> {
+        let bytes = self.as_bytes();
+        for s in self.sections() {
+            if s.kind.is_some() {
+                check_crc(bytes, s)?;
+                progress(s.length);
+            }
+        }
+        let pages = self.verify_pages(progress)?;
+        let hashed = bytes.len() - 32;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_rayon(&bytes[..hashed]);
+        if *hasher.finalize().as_bytes() != self.image_blake3() {
+            return Err(Error::new(ErrorKind::HashMismatch {
+                what: "the whole image (trailer image_blake3)".into(),
+            })
+            .at("trailer", hashed as u64));
+        }
+        progress(hashed as u64);
+        Ok(VerifyReport {
+            sections: self.sections().len(),
+            pages,
+            hashed_bytes: hashed as u64,
+        })
+    }
+
+    fn verify_pages(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<u64> {
+        let work: Vec<(crate::Extent, u64, u32)> = self
+            .extents()
+            .filter(|e| e.encoding.is_stored())
+            .flat_map(|e| {
+                (0..e.count.div_ceil(CHUNK_PAGES)).map(move |c| {
+                    let first = e.gfn + u64::from(c * CHUNK_PAGES);
+                    (e, first, CHUNK_PAGES.min(e.count - c * CHUNK_PAGES))
+                })
+            })
+            .collect();
+        let ps = self.page_size() as usize;
+        let results: Vec<Result<u64>> = work
+            .par_iter()
+            .map_init(
+                || vec![0u8; ps],
+                |buf, (e, first, n)| {
+                    for gfn in *first..*first + u64::from(*n) {
+                        self.verify_page(e, gfn, buf)?;
+                    }
+                    progress(u64::from(*n) * ps as u64);
+                    Ok(u64::from(*n))
+                },
+            )
+            .collect();
+        results.into_iter().sum()
+    }
+
+    fn verify_page(&self, e: &crate::Extent, gfn: u64, buf: &mut [u8]) -> Result<()> {
+        let k = e.aux + (gfn - e.gfn);
+        let at = match e.encoding {
+            PageEncoding::Raw => e.data + (gfn - e.gfn) * u64::from(self.page_size()),
+            _ => e.data,
+        };
+        let content = self.read_in_extent(e, gfn, buf)?;
+        let computed = crc32fast::hash(content);
+        let stored = self.expected_crc(e, gfn).unwrap_or(!computed);
+        if computed != stored {
+            return Err(Error::new(ErrorKind::ChecksumMismatch {
+                what: format!("{} page gfn {gfn:#x} (stored page {k})", e.encoding),
+                stored,
+                computed,
+            })
+            .at("PAGE_DATA", at));
+        }
+        if let Some(h) = self.stored_hash(e, gfn)
+            && *blake3::hash(content).as_bytes() != h
+        {
+            return Err(Error::new(ErrorKind::HashMismatch {
+                what: format!("{} page gfn {gfn:#x} (stored page {k})", e.encoding),
+            })
+            .at("PAGE_DATA", at));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,123 @@
+//! Section kinds (`spec/format.md` §4.2).
+
+use crate::pod::MUST_UNDERSTAND;
+
+/// A section kind this crate knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SectionKind {
+    /// Guest memory layout.
+    Regions,
+    /// Page extents.
+    PageIndex,
+    /// crc32 per stored page.
+    PageCrcs,
+    /// blake3 per stored page.
+    PageHashes,
+    /// Raw and lz4 page bytes.
+    PageData,
+    /// The phase tag.
+    Phase,
+    /// vCPU state.
+    Vcpus,
+    /// Device-state blobs.
+    Devices,
+    /// Key/value strings.
+    Metadata,
+    /// Files read up to this phase.
+    Manifest,
+    /// Page-cache back references.
+    CacheRefs,
+    /// The base image of a diff.
+    Base,
+}
+
+impl SectionKind {
+    /// Every known kind.
+    pub const ALL: [SectionKind; 12] = [
+        SectionKind::Regions,
+        SectionKind::PageIndex,
+        SectionKind::PageCrcs,
+        SectionKind::PageHashes,
+        SectionKind::PageData,
+        SectionKind::Phase,
+        SectionKind::Vcpus,
+        SectionKind::Devices,
+        SectionKind::Metadata,
+        SectionKind::Manifest,
+        SectionKind::CacheRefs,
+        SectionKind::Base,
+    ];
+
+    /// The kind id without the must-understand bit.
+    pub fn id(self) -> u32 {
+        match self {
+            SectionKind::Regions => 1,
+            SectionKind::PageIndex => 2,
+            SectionKind::PageCrcs => 3,
+            SectionKind::PageHashes => 4,
+            SectionKind::PageData => 5,
+            SectionKind::Phase => 6,
+            SectionKind::Vcpus => 7,
+            SectionKind::Devices => 8,
+            SectionKind::Metadata => 9,
+            SectionKind::Manifest => 10,
+            SectionKind::CacheRefs => 11,
+            SectionKind::Base => 12,
+        }
+    }
+
+    /// Whether a reader that does not know this kind must refuse the file.
+    pub fn must_understand(self) -> bool {
+        matches!(
+            self,
+            SectionKind::Regions
+                | SectionKind::PageIndex
+                | SectionKind::PageCrcs
+                | SectionKind::PageData
+                | SectionKind::Base
+        )
+    }
+
+    /// The `kind` word as stored in the section table.
+    pub fn raw(self) -> u32 {
+        self.id() | if self.must_understand() { MUST_UNDERSTAND } else { 0 }
+    }
+
+    /// The kind with id `id` (must-understand bit cleared), if known.
+    pub fn from_id(id: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.id() == id)
+    }
+
+    /// The upper-case name used in errors and `inspect`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SectionKind::Regions => "REGIONS",
+            SectionKind::PageIndex => "PAGE_INDEX",
+            SectionKind::PageCrcs => "PAGE_CRCS",
+            SectionKind::PageHashes => "PAGE_HASHES",
+            SectionKind::PageData => "PAGE_DATA",
+            SectionKind::Phase => "PHASE",
+            SectionKind::Vcpus => "VCPUS",
+            SectionKind::Devices => "DEVICES",
+            SectionKind::Metadata => "METADATA",
+            SectionKind::Manifest => "MANIFEST",
+            SectionKind::CacheRefs => "CACHE_REFS",
+            SectionKind::Base => "BASE",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_round_trip() {
+        for k in SectionKind::ALL {
+            assert_eq!(SectionKind::from_id(k.id()), Some(k));
+            assert_eq!(k.raw() & !MUST_UNDERSTAND, k.id());
+        }
+        assert_eq!(SectionKind::Regions.raw(), 0x8000_0001);
+        assert_eq!(SectionKind::Phase.raw(), 6);
+    }
+}

@@ -1,0 +1,103 @@
+//! vCPU state (`spec/format.md` §7.2).
+//!
+//! The x86-64 record is laid out so Linux KVM's `kvm_regs`, `kvm_sregs`,
+//! `kvm_debugregs`, `kvm_vcpu_events`, `kvm_lapic_state`, `kvm_msr_entry`
+//! and `kvm_xsave` map onto it byte for byte.
+
+pub use crate::pod::{KvmDebugregs, KvmDtable, KvmRegs, KvmSegment, KvmSregs, MsrEntry};
+
+/// Size of the local APIC register page.
+pub const LAPIC_SIZE: usize = 1024;
+/// Size of `struct kvm_vcpu_events`.
+pub const EVENTS_SIZE: usize = 64;
+
+/// The state of one x86-64 vCPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct X86Vcpu {
+    /// vCPU index.
+    pub id: u32,
+    /// General registers, rip and rflags.
+    pub regs: KvmRegs,
+    /// Segments with their hidden parts, descriptor tables, control
+    /// registers, EFER, APIC base.
+    pub sregs: KvmSregs,
+    /// Debug registers, when known.
+    pub debugregs: Option<KvmDebugregs>,
+    /// `struct kvm_vcpu_events`, when known.
+    pub events: Option<[u8; EVENTS_SIZE]>,
+    /// The local APIC register page, when known.
+    pub lapic: Option<Box<[u8; LAPIC_SIZE]>>,
+    /// Guest TSC at capture, when known.
+    pub tsc: Option<u64>,
+    /// TSC frequency in kHz, 0 = unknown.
+    pub tsc_khz: u32,
+    /// KVM `KVM_MP_STATE_*` value.
+    pub mp_state: u32,
+    /// XCR0.
+    pub xcr0: u64,
+    /// Model-specific registers.
+    pub msrs: Vec<MsrEntry>,
+    /// Standard-format XSAVE image; empty when unknown.
+    pub xsave: Vec<u8>,
+}
+
+impl X86Vcpu {
+    /// A vCPU with every register zero and nothing optional known.
+    pub fn new(id: u32) -> Self {
+        X86Vcpu {
+            id,
+            regs: KvmRegs::default(),
+            sregs: KvmSregs::default(),
+            debugregs: None,
+            events: None,
+            lapic: None,
+            tsc: None,
+            tsc_khz: 0,
+            mp_state: 0,
+            xcr0: 0,
+            msrs: Vec::new(),
+            xsave: Vec::new(),
+        }
+    }
+
+    /// The value of MSR `index`, if the record has it.
+    pub fn msr(&self, index: u32) -> Option<u64> {
+        self.msrs.iter().find(|m| m.index.get() == index).map(|m| m.data.get())
+    }
+}
+
+/// One vCPU record of any architecture.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Vcpu {
+    /// An x86-64 vCPU.
+    X86_64(X86Vcpu),
+    /// A record of an architecture this crate does not know, kept as bytes.
+    Other {
+        /// Architecture tag.
+        arch: u32,
+        /// vCPU index.
+        id: u32,
+        /// Flags word.
+        flags: u32,
+        /// The record body after its header.
+        body: Vec<u8>,
+    },
+}
+
+impl Vcpu {
+    /// The vCPU index.
+    pub fn id(&self) -> u32 {
+        match self {
+            Vcpu::X86_64(v) => v.id,
+            Vcpu::Other { id, .. } => *id,
+        }
+    }
+
+    /// The architecture name.
+    pub fn arch_name(&self) -> &'static str {
+        match self {
+            Vcpu::X86_64(_) => "x86_64",
+            Vcpu::Other { .. } => "unknown",
+        }
+    }
+}

@@ -1,0 +1,744 @@
+//! Writing `.pbr` images: a streaming writer that takes pages in any order,
+//! keeps 9 bytes of state a page, and creates its output atomically.
+
+mod encode;
+mod page_table;
+mod sink;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use rayon::prelude::*;
+use tempfile::NamedTempFile;
+use zerocopy::IntoBytes;
+use zerocopy::little_endian::{U16, U32, U64};
+
+use crate::base::BaseRef;
+use crate::device::DeviceBlob;
+use crate::error::{Error, Result};
+use crate::limits::{MAX_MSRS, MAX_NAME, MAX_PATH, MAX_REGIONS, MAX_VCPUS, MAX_XSAVE, PAGE_SIZES};
+use crate::manifest::{CacheRef, FileEntry, check_path};
+use crate::metadata::check_key;
+use crate::page::{PageClass, PageEncoding};
+use crate::phase::Phase;
+use crate::pod::{self, HEADER_SIZE, Header, SectionEntry, TRAILER_MAGIC, Trailer};
+use crate::region::Region;
+use crate::section::SectionKind;
+use crate::vcpu::Vcpu;
+
+use page_table::PageTable;
+use sink::Sink;
+
+/// Pages per lz4 block at most.
+const LZ4_BLOCK_PAGES: usize = 1024;
+
+/// How an [`ImageWriter`] writes.
+#[derive(Clone, Debug)]
+pub struct WriterOptions {
+    /// Page size: 4096 or 2 MiB.
+    pub page_size: u32,
+    /// Producer name for the header (at most 32 bytes).
+    pub producer_name: String,
+    /// Producer version for the header (at most 32 bytes).
+    pub producer_version: String,
+    /// Store a blake3 per stored page (`PAGE_HASHES`).
+    pub page_hashes: bool,
+    /// Encoding of pages nobody wrote: `Zero` for a full image, `Base` for a
+    /// diff (then [`ImageWriter::set_base`] is required), or `Trimmed`.
+    pub unwritten: PageEncoding,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            page_size: 4096,
+            producer_name: "pbr-format".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            page_hashes: false,
+            unwritten: PageEncoding::Zero,
+        }
+    }
+}
+
+/// What [`ImageWriter::finish`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteReport {
+    /// The final path.
+    pub path: PathBuf,
+    /// File length in bytes.
+    pub file_len: u64,
+    /// The trailer hash.
+    pub image_blake3: [u8; 32],
+    /// Extents in the page index.
+    pub extents: u64,
+    /// Stored (raw and lz4) pages.
+    pub stored_pages: u64,
+}
+
+struct PendingLz4 {
+    first: usize,
+    class: PageClass,
+    ends: Vec<u32>,
+    data: Vec<u8>,
+}
+
+/// Streams an image into a temporary file beside `path`, then publishes it
+/// with fsync and rename. Dropping an unfinished writer leaves nothing
+/// under `path`.
+///
+/// Pages may come in any order and more than once (the last copy wins);
+/// raw pages land page-aligned in arrival order, so pages sent in guest
+/// order form contiguous, mmap-able runs.
+///
+/// # Example
+/// ```
+/// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("guest.pbr");
+/// let regions = [Region::ram("pc.ram", 0, 16 * 4096)];
+/// let mut w = ImageWriter::create(&path, &regions, WriterOptions::default())?;
+/// w.write_page(3, &[0xAB; 4096], PageClass::Kernel)?;
+/// w.finish()?;
+/// let image = pbr_format::Image::open(&path)?;
+/// image.verify()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ImageWriter {
+    tmp: NamedTempFile,
+    dest: PathBuf,
+    sink: Sink,
+    opts: WriterOptions,
+    regions: Vec<Region<'static>>,
+    pages: PageTable,
+    data_start: u64,
+    lz4_blocks: Vec<u64>,
+    pending: Option<PendingLz4>,
+    hash_spill: Option<File>,
+    phase: Option<Phase<'static>>,
+    vcpus: Vec<Vcpu>,
+    devices: Vec<DeviceBlob<'static>>,
+    metadata: Vec<(String, String)>,
+    manifest: Vec<FileEntry<'static>>,
+    cache_refs: Vec<CacheRef>,
+    base: Option<BaseRef<'static>>,
+}
+
+impl ImageWriter {
+    /// Starts an image of guest memory `regions` to be published at `path`.
+    ///
+    /// # Errors
+    /// Invalid options or regions (unsorted, overlapping, unaligned, bad
+    /// names), and I/O errors creating the temporary file.
+    pub fn create(path: impl AsRef<Path>, regions: &[Region<'_>], opts: WriterOptions) -> Result<ImageWriter> {
+        let dest = path.as_ref().to_path_buf();
+        check_options(&opts)?;
+        check_regions(regions, opts.page_size)?;
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".pbr-")
+            .suffix(".tmp")
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io(format!("cannot create a temporary file in {}", dir.display()), e))?;
+        let file = tmp.reopen().map_err(|e| Error::io("cannot reopen the temporary file", e))?;
+        let mut sink = Sink::new(file);
+        sink.write(header(&opts, 0, 0).as_bytes())?;
+        sink.pad_to(u64::from(opts.page_size))?;
+        let data_start = sink.pos();
+        let pages = PageTable::new(regions, opts.page_size)?;
+        let hash_spill = if opts.page_hashes {
+            Some(tempfile::tempfile().map_err(|e| Error::io("cannot create the page-hash spill file", e))?)
+        } else {
+            None
+        };
+        Ok(ImageWriter {
+            tmp,
+            dest,
+            sink,
+            opts,
+            regions: regions.iter().cloned().map(Region::into_owned).collect(),
+            pages,
+            data_start,
+            lz4_blocks: Vec::new(),
+            pending: None,
+            hash_spill,
+            phase: None,
+            vcpus: Vec::new(),
+            devices: Vec::new(),
+            metadata: Vec::new(),
+            manifest: Vec::new(),
+            cache_refs: Vec::new(),
+            base: None,
+        })
+    }
+
+    /// Page size.
+    pub fn page_size(&self) -> u32 {
+        self.opts.page_size
+    }
+
+    /// The regions the image covers.
+    pub fn regions(&self) -> &[Region<'static>] {
+        &self.regions
+    }
+
+    fn check_page(&self, gfn: u64, data: &[u8]) -> Result<usize> {
+        if data.len() != self.opts.page_size as usize {
+            return Err(Error::invalid(format!(
+                "page {gfn:#x} is {} bytes, not the page size {}",
+                data.len(),
+                self.opts.page_size
+            )));
+        }
+        let d = self.pages.dense(gfn)?;
+        if self.pages.encoding(d) == Some(PageEncoding::Lz4) {
+            return Err(Error::invalid(format!("page {gfn:#x} was already written lz4-compressed")));
+        }
+        Ok(d)
+    }
+
+    /// Writes page `gfn` with content `data`: an all-zero page is recorded
+    /// as zero, any other is stored raw.
+    ///
+    /// # Errors
+    /// A page outside every region, a buffer that is not one page, I/O.
+    pub fn write_page(&mut self, gfn: u64, data: &[u8], class: PageClass) -> Result<()> {
+        let d = self.check_page(gfn, data)?;
+        if is_zero(data) {
+            self.pages.set(d, PageEncoding::Zero, class, 0, 0);
+            return Ok(());
+        }
+        let crc = crc32fast::hash(data);
+        let ps = u64::from(self.opts.page_size);
+        let slot = if self.pages.encoding(d) == Some(PageEncoding::Raw) {
+            let slot = self.pages.state(d);
+            self.sink.rewrite(u64::from(slot) * ps, data)?;
+            slot
+        } else {
+            self.sink.pad_to(ps)?;
+            let slot = u32::try_from(self.sink.pos() / ps).map_err(|_| Error::invalid("page data exceeds 2^32 pages"))?;
+            self.sink.write(data)?;
+            slot
+        };
+        self.pages.set(d, PageEncoding::Raw, class, slot, crc);
+        self.spill_hash(d, data)
+    }
+
+    /// Writes page `gfn` lz4-compressed (stored verbatim where lz4 does not
+    /// win). Pages written this way are packed into blocks of consecutive
+    /// pages; each page can be written so only once.
+    ///
+    /// # Errors
+    /// As [`ImageWriter::write_page`], and a page already written.
+    pub fn write_page_lz4(&mut self, gfn: u64, data: &[u8], class: PageClass) -> Result<()> {
+        let d = self.check_page(gfn, data)?;
+        if is_zero(data) {
+            self.pages.set(d, PageEncoding::Zero, class, 0, 0);
+            return Ok(());
+        }
+        let continues = self.pending.as_ref().is_some_and(|p| {
+            p.first + p.ends.len() == d
+                && p.class == class
+                && p.ends.len() < LZ4_BLOCK_PAGES
+                && self.pages.region_of(p.first) == self.pages.region_of(d)
+        });
+        if !continues {
+            self.flush_lz4()?;
+            self.pending = Some(PendingLz4 {
+                first: d,
+                class,
+                ends: Vec::new(),
+                data: Vec::new(),
+            });
+        }
+        let block = self.lz4_blocks.len() as u32;
+        let p = self.pending.as_mut().ok_or_else(|| Error::invalid("no lz4 block"))?;
+        let packed = lz4_flex::block::compress(data);
+        if packed.len() < data.len() {
+            p.data.extend_from_slice(&packed);
+        } else {
+            p.data.extend_from_slice(data);
+        }
+        let end = u32::try_from(p.data.len()).map_err(|_| Error::invalid("lz4 block exceeds 4 GiB"))?;
+        p.ends.push(end);
+        self.pages.set(d, PageEncoding::Lz4, class, block, crc32fast::hash(data));
+        self.spill_hash(d, data)
+    }
+
+    fn flush_lz4(&mut self) -> Result<()> {
+        let Some(p) = self.pending.take() else { return Ok(()) };
+        self.sink.pad_to(4)?;
+        self.lz4_blocks.push(self.sink.pos());
+        self.sink.write(p.ends.as_bytes())?;
+        self.sink.write(&p.data)
+    }
+
+    fn spill_hash(&mut self, d: usize, data: &[u8]) -> Result<()> {
+        if let Some(f) = &self.hash_spill {
+            f.write_all_at(blake3::hash(data).as_bytes(), d as u64 * 32)
+                .map_err(|e| Error::io("cannot write the page-hash spill file", e))?;
+        }
+        Ok(())
+    }
+
+    /// Records `count` pages from `gfn` as `encoding` (zero, trimmed or
+    /// base) with `class`, dropping any content written for them.
+    ///
+    /// # Errors
+    /// A page outside every region, or an encoding with content.
+    pub fn mark_pages(&mut self, gfn: u64, count: u64, encoding: PageEncoding, class: PageClass) -> Result<()> {
+        if encoding.is_stored() || encoding == PageEncoding::Dup {
+            return Err(Error::invalid(format!("mark_pages cannot record {encoding} pages")));
+        }
+        for g in gfn..gfn + count {
+            let d = self.pages.dense(g)?;
+            if self.pages.encoding(d) == Some(PageEncoding::Lz4) {
+                return Err(Error::invalid(format!("page {g:#x} was already written lz4-compressed")));
+            }
+            self.pages.set(d, encoding, class, 0, 0);
+        }
+        Ok(())
+    }
+
+    /// Records page `gfn` as equal to page `source`, which must hold stored
+    /// (raw or lz4) content when the image is finished.
+    ///
+    /// # Errors
+    /// A page outside every region.
+    pub fn write_dup(&mut self, gfn: u64, source: u64, class: PageClass) -> Result<()> {
+        let d = self.pages.dense(gfn)?;
+        let s = self.pages.dense(source)?;
+        if s == d {
+            return Err(Error::invalid(format!("page {gfn:#x} cannot be a duplicate of itself")));
+        }
+        self.pages.set(d, PageEncoding::Dup, class, s as u32, 0);
+        Ok(())
+    }
+
+    /// Sets the class of page `gfn`, keeping its content.
+    ///
+    /// # Errors
+    /// A page outside every region.
+    pub fn set_class(&mut self, gfn: u64, class: PageClass) -> Result<()> {
+        let d = self.pages.dense(gfn)?;
+        self.pages.set_class(d, class);
+        Ok(())
+    }
+
+    /// Sets the phase tag.
+    ///
+    /// # Errors
+    /// A name that is empty or longer than 255 bytes.
+    pub fn set_phase(&mut self, phase: Phase<'_>) -> Result<()> {
+        check_name(&phase.name, "phase name")?;
+        self.phase = Some(phase.into_owned());
+        Ok(())
+    }
+
+    /// Adds a vCPU record; records are written sorted by id.
+    ///
+    /// # Errors
+    /// A duplicate id, too many vCPUs, MSRs or XSAVE bytes.
+    pub fn add_vcpu(&mut self, vcpu: Vcpu) -> Result<()> {
+        if self.vcpus.len() >= MAX_VCPUS as usize {
+            return Err(Error::invalid(format!("more than {MAX_VCPUS} vCPUs")));
+        }
+        if self.vcpus.iter().any(|v| v.id() == vcpu.id()) {
+            return Err(Error::invalid(format!("vCPU {} added twice", vcpu.id())));
+        }
+        if let Vcpu::X86_64(x) = &vcpu
+            && (x.msrs.len() > MAX_MSRS as usize || x.xsave.len() > MAX_XSAVE as usize || x.xsave.len() % 4 != 0)
+        {
+            return Err(Error::invalid(format!(
+                "vCPU {}: {} MSRs / {} XSAVE bytes exceed the limits ({MAX_MSRS}, {MAX_XSAVE}, multiple of 4)",
+                x.id,
+                x.msrs.len(),
+                x.xsave.len()
+            )));
+        }
+        self.vcpus.push(vcpu);
+        self.vcpus.sort_by_key(Vcpu::id);
+        Ok(())
+    }
+
+    /// Adds a device-state blob; blobs keep the order they are added in.
+    ///
+    /// # Errors
+    /// A name longer than 4096 bytes.
+    pub fn add_device(&mut self, blob: DeviceBlob<'_>) -> Result<()> {
+        if blob.name.len() > MAX_PATH as usize {
+            return Err(Error::invalid(format!("device name of {} bytes exceeds {MAX_PATH}", blob.name.len())));
+        }
+        self.devices.push(DeviceBlob {
+            name: blob.name.into_owned().into(),
+            data: blob.data.into_owned().into(),
+            ..blob
+        });
+        Ok(())
+    }
+
+    /// Sets metadata `key` to `value`, replacing an earlier value.
+    ///
+    /// # Errors
+    /// A key outside `[a-z0-9._-]{1,255}`.
+    pub fn set_metadata(&mut self, key: &str, value: &str) -> Result<()> {
+        check_key(key).map_err(Error::invalid)?;
+        match self.metadata.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value.to_owned(),
+            None => self.metadata.push((key.to_owned(), value.to_owned())),
+        }
+        Ok(())
+    }
+
+    /// Adds a file to the manifest and returns its index.
+    ///
+    /// # Errors
+    /// A path that is absolute or has an empty, `.` or `..` component.
+    pub fn add_file(&mut self, file: FileEntry<'_>) -> Result<u32> {
+        check_path(&file.path).map_err(Error::invalid)?;
+        self.manifest.push(FileEntry {
+            path: file.path.into_owned().into(),
+            ..file
+        });
+        Ok((self.manifest.len() - 1) as u32)
+    }
+
+    /// Adds a page-cache back reference.
+    ///
+    /// # Errors
+    /// A file index not in the manifest, a page outside every region, or a
+    /// page that already has one.
+    pub fn add_cache_ref(&mut self, r: CacheRef) -> Result<()> {
+        if r.file_index as usize >= self.manifest.len() {
+            return Err(Error::invalid(format!("cache ref names file {} of {}", r.file_index, self.manifest.len())));
+        }
+        self.pages.dense(r.gfn)?;
+        match self.cache_refs.binary_search_by_key(&r.gfn, |c| c.gfn) {
+            Ok(_) => Err(Error::invalid(format!("page {:#x} has two cache refs", r.gfn))),
+            Err(i) => {
+                self.cache_refs.insert(i, r);
+                Ok(())
+            }
+        }
+    }
+
+    /// Names the base image of a diff.
+    ///
+    /// # Errors
+    /// A base page size that differs from this image's.
+    pub fn set_base(&mut self, base: BaseRef<'_>) -> Result<()> {
+        if base.page_size != self.opts.page_size {
+            return Err(Error::invalid("the base image has another page size"));
+        }
+        self.base = Some(BaseRef {
+            name: base.name.into_owned().into(),
+            ..base
+        });
+        Ok(())
+    }
+
+    /// Writes the index and metadata, the section table and the trailer,
+    /// syncs the file and renames it to its final path.
+    ///
+    /// # Errors
+    /// I/O errors, a dup page whose source holds no stored content, or base
+    /// pages without a base.
+    pub fn finish(mut self) -> Result<WriteReport> {
+        self.flush_lz4()?;
+        let ps = u64::from(self.opts.page_size);
+        self.sink.pad_to(ps)?;
+        let data_end = self.sink.pos();
+        let mut sections: Vec<(SectionKind, u64, u64)> = vec![(SectionKind::PageData, self.data_start, data_end - self.data_start)];
+
+        let (extents, stored, encodings) = self.count_extents()?;
+        if encodings & (1 << PageEncoding::Base as u8) != 0 && self.base.is_none() {
+            return Err(Error::invalid("the image has base pages but no base image was set"));
+        }
+        let index = self.section(SectionKind::PageIndex, &mut sections, |w| {
+            w.sink.write(prefix(extents, 32).as_bytes())?;
+            let blocks = std::mem::take(&mut w.lz4_blocks);
+            let block_of = |b: u32| blocks.get(b as usize).copied().unwrap_or(0);
+            let sink = &mut w.sink;
+            let r = w.pages.for_each_extent(w.opts.unwritten, &block_of, &mut |rec, _| sink.write(rec.as_bytes()));
+            w.lz4_blocks = blocks;
+            r
+        });
+        index?;
+        self.section(SectionKind::PageCrcs, &mut sections, |w| {
+            w.sink.write(prefix(stored, 4).as_bytes())?;
+            w.for_each_stored(&mut |w, d| {
+                let crc = w.pages.crc(d);
+                w.sink.write(&crc.to_le_bytes())
+            })
+        })?;
+        if self.hash_spill.is_some() {
+            self.section(SectionKind::PageHashes, &mut sections, |w| {
+                w.sink.write(prefix(stored, 32).as_bytes())?;
+                w.for_each_stored(&mut |w, d| {
+                    let mut h = [0u8; 32];
+                    if let Some(f) = &w.hash_spill {
+                        f.read_exact_at(&mut h, d as u64 * 32)
+                            .map_err(|e| Error::io("cannot read the page-hash spill file", e))?;
+                    }
+                    w.sink.write(&h)
+                })
+            })?;
+        }
+        let mut small: Vec<(SectionKind, Vec<u8>)> = vec![(SectionKind::Regions, encode::regions(&self.regions)?)];
+        if let Some(p) = &self.phase {
+            small.push((SectionKind::Phase, encode::phase(p)?));
+        }
+        if !self.vcpus.is_empty() {
+            small.push((SectionKind::Vcpus, encode::vcpus(&self.vcpus)));
+        }
+        if !self.devices.is_empty() {
+            small.push((SectionKind::Devices, encode::devices(&self.devices)?));
+        }
+        if !self.metadata.is_empty() {
+            small.push((SectionKind::Metadata, encode::metadata(&self.metadata)?));
+        }
+        if !self.manifest.is_empty() {
+            small.push((SectionKind::Manifest, encode::manifest(&self.manifest)?));
+        }
+        if !self.cache_refs.is_empty() {
+            small.push((SectionKind::CacheRefs, encode::cache_refs(&self.cache_refs)));
+        }
+        if let Some(b) = &self.base {
+            small.push((SectionKind::Base, encode::base(b)?));
+        }
+        for (kind, bytes) in small {
+            self.section(kind, &mut sections, |w| w.sink.write(&bytes))?;
+        }
+        self.publish(sections, encodings, extents, stored)
+    }
+
+    /// Writes one section at an 8-aligned offset and records where it is.
+    fn section(
+        &mut self,
+        kind: SectionKind,
+        sections: &mut Vec<(SectionKind, u64, u64)>,
+        body: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        self.sink.pad_to(8)?;
+        let start = self.sink.pos();
+        body(self)?;
+        sections.push((kind, start, self.sink.pos() - start));
+        Ok(())
+    }
+
+    fn count_extents(&self) -> Result<(u64, u64, u8)> {
+        let (mut extents, mut stored, mut encodings) = (0u64, 0u64, 0u8);
+        let pages = &self.pages;
+        pages.for_each_extent(self.opts.unwritten, &|_| 0, &mut |rec, _| {
+            extents += 1;
+            encodings |= 1 << rec.encoding;
+            if PageEncoding::from_u8(rec.encoding).is_some_and(PageEncoding::is_stored) {
+                stored += u64::from(rec.count.get());
+            }
+            if rec.encoding == PageEncoding::Dup as u8 {
+                let source = pages.dense(rec.data.get())?;
+                if !pages.encoding(source).is_some_and(PageEncoding::is_stored) {
+                    return Err(Error::invalid(format!(
+                        "page {:#x} duplicates page {:#x}, which holds no stored content",
+                        rec.gfn.get(),
+                        rec.data.get()
+                    )));
+                }
+            }
+            Ok(())
+        })?;
+        Ok((extents, stored, encodings))
+    }
+
+    /// Calls `f` with the dense index of every stored page, in index order.
+    fn for_each_stored(&mut self, f: &mut dyn FnMut(&mut Self, usize) -> Result<()>) -> Result<()> {
+        for d in 0..self.pages.len() {
+            if self.pages.encoding(d).is_some_and(PageEncoding::is_stored) {
+                f(self, d)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the section table and trailer, fixes the header, checksums,
+    /// syncs and renames.
+    fn publish(self, sections: Vec<(SectionKind, u64, u64)>, encodings: u8, extents: u64, stored: u64) -> Result<WriteReport> {
+        let ImageWriter { tmp, dest, mut sink, opts, .. } = self;
+        sink.pad_to(8)?;
+        let table_offset = sink.pos();
+        // Placeholder table: the crcs are computed from the file below.
+        sink.write(&vec![0u8; sections.len() * pod::SECTION_ENTRY_SIZE])?;
+        let file = sink.into_file()?;
+        let mut required = 0;
+        if encodings & (1 << PageEncoding::Lz4 as u8) != 0 {
+            required |= pod::FEATURE_LZ4;
+        }
+        if encodings & (1 << PageEncoding::Base as u8) != 0 {
+            required |= pod::FEATURE_DIFF;
+        }
+        if encodings & (1 << PageEncoding::Dup as u8) != 0 {
+            required |= pod::FEATURE_DUP;
+        }
+        let optional = if opts.page_hashes { pod::FEATURE_PAGE_HASHES } else { 0 };
+        file.write_all_at(header(&opts, required, optional).as_bytes(), 0)
+            .map_err(|e| Error::io("cannot write the header", e))?;
+        #[allow(unsafe_code)]
+        // SAFETY: the temporary file is private to this writer (created
+        // with a random name, not yet published) and is not resized while
+        // the read-only map lives.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io("cannot map the image to checksum it", e))?;
+        let table: Vec<SectionEntry> = sections
+            .iter()
+            .map(|&(kind, offset, length)| SectionEntry {
+                kind: U32::new(kind.raw()),
+                flags: U32::new(0),
+                offset: U64::new(offset),
+                length: U64::new(length),
+                crc32: U32::new(parallel_crc(&map[offset as usize..(offset + length) as usize])),
+                reserved: U32::new(0),
+            })
+            .collect();
+        file.write_all_at(table.as_bytes(), table_offset)
+            .map_err(|e| Error::io("cannot write the section table", e))?;
+        let mut trailer = Trailer {
+            magic: TRAILER_MAGIC,
+            section_table_offset: U64::new(table_offset),
+            section_count: U32::new(table.len() as u32),
+            section_table_crc32: U32::new(crc32fast::hash(table.as_bytes())),
+            trailer_crc32: U32::new(0),
+            reserved: U32::new(0),
+            image_blake3: [0; 32],
+        };
+        trailer.trailer_crc32 = U32::new(crc32fast::hash(&trailer.as_bytes()[..24]));
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_rayon(&map);
+        hasher.update(&trailer.as_bytes()[..32]);
+        trailer.image_blake3 = *hasher.finalize().as_bytes();
+        drop(map);
+        let file_len = table_offset + (table.len() * pod::SECTION_ENTRY_SIZE + pod::TRAILER_SIZE) as u64;
+        file.write_all_at(trailer.as_bytes(), file_len - pod::TRAILER_SIZE as u64)
+            .map_err(|e| Error::io("cannot write the trailer", e))?;
+        file.sync_all().map_err(|e| Error::io("cannot sync the image", e))?;
+        tmp.persist(&dest)
+            .map_err(|e| Error::io(format!("cannot rename the image to {}", dest.display()), e.error))?;
+        if let Some(dir) = dest.parent().filter(|p| !p.as_os_str().is_empty())
+            && let Ok(d) = File::open(dir)
+        {
+            // Best effort: makes the rename durable on file systems that need it.
+            let _ = d.sync_all();
+        }
+        Ok(WriteReport {
+            path: dest,
+            file_len,
+            image_blake3: trailer.image_blake3,
+            extents,
+            stored_pages: stored,
+        })
+    }
+}
+
+fn prefix(count: u64, record_size: u32) -> pod::TablePrefix {
+    pod::TablePrefix {
+        count: U32::new(count as u32),
+        record_size: U32::new(record_size),
+    }
+}
+
+fn header(opts: &WriterOptions, required: u64, optional: u64) -> Header {
+    let mut h = Header {
+        magic: pod::MAGIC,
+        version_major: U16::new(pod::VERSION_MAJOR),
+        version_minor: U16::new(pod::VERSION_MINOR),
+        header_size: U32::new(HEADER_SIZE as u32),
+        page_size: U32::new(opts.page_size),
+        reserved0: U32::new(0),
+        required_features: U64::new(required),
+        optional_features: U64::new(optional),
+        producer_name: padded(&opts.producer_name),
+        producer_version: padded(&opts.producer_version),
+        reserved1: [0; 20],
+        header_crc32: U32::new(0),
+    };
+    h.header_crc32 = U32::new(crc32fast::hash(&h.as_bytes()[..124]));
+    h
+}
+
+fn padded(s: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let mut n = s.len().min(32);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    out[..n].copy_from_slice(&s.as_bytes()[..n]);
+    out
+}
+
+/// crc32 of `b`, computed on several threads and combined.
+fn parallel_crc(b: &[u8]) -> u32 {
+    const CHUNK: usize = 8 << 20;
+    if b.len() <= CHUNK {
+        return crc32fast::hash(b);
+    }
+    b.par_chunks(CHUNK)
+        .map(|c| {
+            let mut h = crc32fast::Hasher::new();
+            h.update(c);
+            h
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .reduce(|mut a, b| {
+            a.combine(&b);
+            a
+        })
+        .map_or(0, crc32fast::Hasher::finalize)
+}
+
+/// Whether every byte of `data` is zero.
+pub fn is_zero(data: &[u8]) -> bool {
+    data.chunks(64).all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+}
+
+fn check_name(name: &str, what: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME as usize {
+        return Err(Error::invalid(format!("{what} '{name}' is not 1..={MAX_NAME} bytes")));
+    }
+    Ok(())
+}
+
+fn check_options(opts: &WriterOptions) -> Result<()> {
+    if !PAGE_SIZES.contains(&opts.page_size) {
+        return Err(Error::invalid(format!("page size {} is neither 4096 nor 2097152", opts.page_size)));
+    }
+    if !matches!(opts.unwritten, PageEncoding::Zero | PageEncoding::Trimmed | PageEncoding::Base) {
+        return Err(Error::invalid(format!("unwritten pages cannot be {}", opts.unwritten)));
+    }
+    Ok(())
+}
+
+fn check_regions(regions: &[Region<'_>], page_size: u32) -> Result<()> {
+    if regions.len() > MAX_REGIONS as usize {
+        return Err(Error::invalid(format!("{} regions exceed {MAX_REGIONS}", regions.len())));
+    }
+    let ps = u64::from(page_size);
+    let mut prev_end = 0u64;
+    for (i, r) in regions.iter().enumerate() {
+        check_name(&r.name, "region name")?;
+        if r.base % ps != 0 || r.length % ps != 0 || r.length == 0 {
+            return Err(Error::invalid(format!(
+                "region '{}' base {:#x} length {:#x} is not a non-empty multiple of the page size",
+                r.name, r.base, r.length
+            )));
+        }
+        let end = r.base.checked_add(r.length).ok_or_else(|| Error::invalid(format!("region '{}' ends beyond 2^64", r.name)))?;
+        if i > 0 && r.base < prev_end {
+            return Err(Error::invalid(format!("region '{}' overlaps or precedes the region before it", r.name)));
+        }
+        prev_end = end;
+    }
+    Ok(())
+}
