@@ -49,13 +49,16 @@ impl Image {
     /// As [`Image::verify`].
     pub fn verify_with_progress(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyReport> {
         let bytes = self.as_bytes();
-        for s in self.sections() {
-            if s.kind.is_some() {
-                check_crc(bytes, s)?;
-                progress(s.length);
-            }
+        let is_data = |s: &&crate::SectionInfo| s.kind == Some(crate::SectionKind::PageData);
+        for s in self.sections().iter().filter(|s| s.kind.is_some() && !is_data(s)) {
+            check_crc(bytes, s)?;
+            progress(s.length);
         }
+        // Pages before the PAGE_DATA crc: a page error names the page.
         let pages = self.verify_pages(progress)?;
+        for s in self.sections().iter().filter(is_data) {
+            check_crc(bytes, s)?;
+        }
         let hashed = bytes.len() - 32;
         let mut hasher = blake3::Hasher::new();
         hasher.update_rayon(&bytes[..hashed]);
