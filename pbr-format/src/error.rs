@@ -35,9 +35,7 @@ pub enum ErrorKind {
         known: u16,
     },
     /// The file has no valid trailer.
-    #[error(
-        "incomplete image: {reason}; the writer did not finish or the file was truncated"
-    )]
+    #[error("incomplete image: {reason}; the writer did not finish or the file was truncated")]
     Incomplete {
         /// Why the trailer is not valid.
         reason: String,
@@ -100,11 +98,7 @@ impl Error {
     /// An error of `kind` with no location.
     #[cold]
     pub fn new(kind: ErrorKind) -> Self {
-        Error(Box::new(Inner {
-            kind,
-            section: None,
-            offset: None,
-        }))
+        Error(Box::new(Inner { kind, section: None, offset: None }))
     }
 
     /// A structural error in `section` found at byte `offset`.
@@ -116,10 +110,7 @@ impl Error {
     /// An I/O error while doing `context`.
     #[cold]
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::new(ErrorKind::Io {
-            context: context.into(),
-            source,
-        })
+        Self::new(ErrorKind::Io { context: context.into(), source })
     }
 
     /// An invalid-input error.
@@ -198,9 +189,6 @@ mod tests {
     #[test]
     fn display_names_section_and_offset() {
         let e = Error::malformed("PAGE_INDEX", 0x1f40, "extent overlaps its predecessor");
-        assert_eq!(
-            e.to_string(),
-            "PAGE_INDEX: extent overlaps its predecessor (at offset 0x1f40)"
-        );
+        assert_eq!(e.to_string(), "PAGE_INDEX: extent overlaps its predecessor (at offset 0x1f40)");
     }
 }

@@ -10,9 +10,8 @@ pub fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty() || key.len() > MAX_NAME as usize {
         return Err(format!("metadata key length {} is not in 1..={MAX_NAME}", key.len()));
     }
-    if let Some(c) = key
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
+    if let Some(c) =
+        key.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
     {
         return Err(format!("metadata key '{key}' has character {c:?} outside [a-z0-9._-]"));
     }

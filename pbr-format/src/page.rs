@@ -22,13 +22,8 @@ pub enum PageClass {
 
 impl PageClass {
     /// Every class, in value order.
-    pub const ALL: [PageClass; 5] = [
-        PageClass::Unknown,
-        PageClass::Free,
-        PageClass::Cache,
-        PageClass::Kernel,
-        PageClass::User,
-    ];
+    pub const ALL: [PageClass; 5] =
+        [PageClass::Unknown, PageClass::Free, PageClass::Cache, PageClass::Kernel, PageClass::User];
 
     /// The class with on-disk value `v`, if it is one.
     pub fn from_u8(v: u8) -> Option<Self> {

@@ -21,12 +21,7 @@ pub struct Phase<'a> {
 impl Phase<'_> {
     /// A phase named `name` at `sequence`, with no times recorded.
     pub fn named(name: &str, sequence: u32) -> Phase<'static> {
-        Phase {
-            name: Cow::Owned(name.to_owned()),
-            sequence,
-            since_boot_ns: 0,
-            captured_unix_ns: 0,
-        }
+        Phase { name: Cow::Owned(name.to_owned()), sequence, since_boot_ns: 0, captured_unix_ns: 0 }
     }
 
     /// Whether the name is one of [`WELL_KNOWN_PHASES`].
@@ -36,9 +31,6 @@ impl Phase<'_> {
 
     /// An owned copy.
     pub fn into_owned(self) -> Phase<'static> {
-        Phase {
-            name: Cow::Owned(self.name.into_owned()),
-            ..self
-        }
+        Phase { name: Cow::Owned(self.name.into_owned()), ..self }
     }
 }

@@ -23,14 +23,7 @@ pub struct Region<'a> {
 impl Region<'_> {
     /// A writable, guest-physical region.
     pub fn ram(name: &str, base: u64, length: u64) -> Region<'static> {
-        Region {
-            base,
-            length,
-            source_offset: 0,
-            read_only: false,
-            synthetic: false,
-            name: Cow::Owned(name.to_owned()),
-        }
+        Region { base, length, source_offset: 0, read_only: false, synthetic: false, name: Cow::Owned(name.to_owned()) }
     }
 
     /// The first guest frame number of the region for `page_size`.
@@ -45,9 +38,6 @@ impl Region<'_> {
 
     /// An owned copy.
     pub fn into_owned(self) -> Region<'static> {
-        Region {
-            name: Cow::Owned(self.name.into_owned()),
-            ..self
-        }
+        Region { name: Cow::Owned(self.name.into_owned()), ..self }
     }
 }

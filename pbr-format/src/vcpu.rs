@@ -70,7 +70,7 @@ impl X86Vcpu {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Vcpu {
     /// An x86-64 vCPU.
-    X86_64(X86Vcpu),
+    X86_64(Box<X86Vcpu>),
     /// A record of an architecture this crate does not know, kept as bytes.
     Other {
         /// Architecture tag.

@@ -23,10 +23,7 @@ fn check_all_flips_and_truncations(bytes: &[u8]) {
     for len in 0..bytes.len() {
         let err = Image::from_bytes(bytes[..len].to_vec()).expect_err("truncation accepted");
         if len >= 8 {
-            assert!(
-                matches!(err.kind(), ErrorKind::Incomplete { .. }),
-                "truncation to {len} bytes: {err}"
-            );
+            assert!(matches!(err.kind(), ErrorKind::Incomplete { .. }), "truncation to {len} bytes: {err}");
         }
     }
 }
@@ -49,15 +46,12 @@ fn packed_image_flips_and_truncations() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("packed.pbr");
     let regions = [Region::ram("pc.ram", 0, 4 * 4096)];
-    let opts = WriterOptions {
-        page_hashes: true,
-        ..WriterOptions::default()
-    };
+    let opts = WriterOptions { page_hashes: true, ..WriterOptions::default() };
     let mut w = ImageWriter::create(&path, &regions, opts).unwrap();
     w.write_page_lz4(0, &common::page(1), PageClass::User).unwrap();
     w.write_page_lz4(1, &[7; 4096], PageClass::User).unwrap();
     w.write_dup(3, 0, PageClass::User).unwrap();
-    w.add_vcpu(pbr_format::Vcpu::X86_64(pbr_format::X86Vcpu::new(0))).unwrap();
+    w.add_vcpu(pbr_format::Vcpu::X86_64(Box::new(pbr_format::X86Vcpu::new(0)))).unwrap();
     w.finish().unwrap();
     check_all_flips_and_truncations(&std::fs::read(&path).unwrap());
 }
@@ -69,18 +63,10 @@ fn diff_image_flips_and_truncations() {
     let regions = [Region::ram("pc.ram", 0, 2 * 4096)];
     ImageWriter::create(&base_path, &regions, WriterOptions::default()).unwrap().finish().unwrap();
     let base = Image::open(&base_path).unwrap();
-    let opts = WriterOptions {
-        unwritten: pbr_format::PageEncoding::Base,
-        ..WriterOptions::default()
-    };
+    let opts = WriterOptions { unwritten: pbr_format::PageEncoding::Base, ..WriterOptions::default() };
     let path = dir.path().join("diff.pbr");
     let mut w = ImageWriter::create(&path, &regions, opts).unwrap();
-    w.set_base(pbr_format::BaseRef {
-        blake3: base.image_blake3(),
-        page_size: 4096,
-        name: "base.pbr".into(),
-    })
-    .unwrap();
+    w.set_base(pbr_format::BaseRef { blake3: base.image_blake3(), page_size: 4096, name: "base.pbr".into() }).unwrap();
     w.write_page(1, &common::page(9), PageClass::Kernel).unwrap();
     w.finish().unwrap();
     check_all_flips_and_truncations(&std::fs::read(&path).unwrap());

@@ -51,12 +51,15 @@ fn sample_reads_back() {
 
     let vcpus = img.vcpus();
     assert_eq!(vcpus.len(), 2);
-    assert_eq!(vcpus[0], Vcpu::X86_64(sample_vcpu(0)));
-    assert_eq!(vcpus[1], Vcpu::X86_64(sample_vcpu(1)));
+    assert_eq!(vcpus[0], Vcpu::X86_64(Box::new(sample_vcpu(0))));
+    assert_eq!(vcpus[1], Vcpu::X86_64(Box::new(sample_vcpu(1))));
 
     let devs: Vec<_> = img.devices().collect();
     assert_eq!(devs.len(), 2);
-    assert_eq!((devs[0].origin, devs[0].name.as_ref(), &devs[0].data[..]), (DeviceOrigin::QEMU_SECTION, "timer", &[1u8, 2, 3, 4, 5][..]));
+    assert_eq!(
+        (devs[0].origin, devs[0].name.as_ref(), &devs[0].data[..]),
+        (DeviceOrigin::QEMU_SECTION, "timer", &[1u8, 2, 3, 4, 5][..])
+    );
     assert_eq!(devs[1].origin, DeviceOrigin::XEN_HVM);
     assert_eq!(img.metadata_value("guest.ram_size"), Some("131072"));
     assert_eq!(img.manifest()[0].path, "etc/hostname");
@@ -83,7 +86,10 @@ fn pages_in_guest_order_form_one_mappable_run() {
     assert_eq!((runs[0].gfn, runs[0].pages, runs[0].file_offset), (0, 64, PS as u64));
     let e = img.extent_of(10).unwrap();
     let mapped = img.raw_bytes(&e).unwrap();
-    assert!(std::ptr::eq(mapped.as_ptr(), img.as_bytes()[e.data as usize..].as_ptr()), "raw bytes are borrowed from the map");
+    assert!(
+        std::ptr::eq(mapped.as_ptr(), img.as_bytes()[e.data as usize..].as_ptr()),
+        "raw bytes are borrowed from the map"
+    );
     assert_eq!(img.extents_in(8..12).count(), 4);
     assert_eq!(img.extents_of_class(PageClass::User).count(), 32);
 }

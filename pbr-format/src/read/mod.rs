@@ -112,10 +112,7 @@ impl Image {
     pub fn open(path: impl AsRef<Path>) -> Result<Image> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
-            .len();
+        let len = file.metadata().map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?.len();
         if len < (HEADER_SIZE + TRAILER_SIZE) as u64 {
             // Too short to map meaningfully; read what is there for the error.
             let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
@@ -147,7 +144,9 @@ impl Image {
         let sections = sections::parse_table(bytes, &table, header.page_size)?;
         let find = |k: SectionKind| sections.iter().find(|s| s.kind == Some(k)).map(|s| s.range());
         let required = |k: SectionKind| {
-            find(k).ok_or_else(|| Error::malformed("section table", table.offset, format!("required section {} is missing", k.name())))
+            find(k).ok_or_else(|| {
+                Error::malformed("section table", table.offset, format!("required section {} is missing", k.name()))
+            })
         };
         let page_data = required(SectionKind::PageData)?;
         let records = Records::parse(bytes, &header, &find)?;
@@ -161,15 +160,7 @@ impl Image {
             page_data.clone(),
         )?;
         check_features(&header, &index, &records, table.offset)?;
-        Ok(Image {
-            header,
-            sections,
-            page_data,
-            index,
-            records,
-            image_blake3,
-            backing,
-        })
+        Ok(Image { header, sections, page_data, index, records, image_blake3, backing })
     }
 
     /// The whole file.
@@ -271,10 +262,7 @@ impl Image {
 
 fn parse_header(bytes: &[u8]) -> Result<HeaderInfo> {
     if bytes.len() < pod::MAGIC.len() || bytes[..pod::MAGIC.len()] != pod::MAGIC {
-        return Err(ErrorKind::BadMagic {
-            found: bytes.iter().take(8).copied().collect(),
-        }
-        .into());
+        return Err(ErrorKind::BadMagic { found: bytes.iter().take(8).copied().collect() }.into());
     }
     let Ok((h, _)) = Header::read_from_prefix(bytes) else {
         return Err(ErrorKind::Incomplete {
@@ -293,16 +281,17 @@ fn parse_header(bytes: &[u8]) -> Result<HeaderInfo> {
     }
     let (major, minor) = (h.version_major.get(), h.version_minor.get());
     if major != pod::VERSION_MAJOR {
-        return Err(Error::new(ErrorKind::UnsupportedVersion {
-            major,
-            minor,
-            known: pod::VERSION_MAJOR,
-        })
-        .at("header", 8));
+        return Err(
+            Error::new(ErrorKind::UnsupportedVersion { major, minor, known: pod::VERSION_MAJOR }).at("header", 8)
+        );
     }
     let header_size = h.header_size.get() as usize;
     if header_size < HEADER_SIZE || header_size > bytes.len() {
-        return Err(Error::malformed("header", 12, format!("header_size {header_size} is not in {HEADER_SIZE}..=file length")));
+        return Err(Error::malformed(
+            "header",
+            12,
+            format!("header_size {header_size} is not in {HEADER_SIZE}..=file length"),
+        ));
     }
     let page_size = h.page_size.get();
     if !crate::limits::PAGE_SIZES.contains(&page_size) {
@@ -310,10 +299,8 @@ fn parse_header(bytes: &[u8]) -> Result<HeaderInfo> {
     }
     let required = h.required_features.get();
     if required & !pod::KNOWN_REQUIRED_FEATURES != 0 {
-        return Err(Error::new(ErrorKind::UnsupportedFeature {
-            bits: required & !pod::KNOWN_REQUIRED_FEATURES,
-        })
-        .at("header", 24));
+        return Err(Error::new(ErrorKind::UnsupportedFeature { bits: required & !pod::KNOWN_REQUIRED_FEATURES })
+            .at("header", 24));
     }
     Ok(HeaderInfo {
         version_major: major,

@@ -174,13 +174,19 @@ impl PageIndex {
                 PageEncoding::Raw => {
                     let end = u64::from(e.count).checked_mul(ps).and_then(|n| n.checked_add(e.data));
                     if e.data % ps != 0 || e.data < pd_start || end.is_none_or(|end| end > pd_end) {
-                        return Err(bad(format!("raw data at {:#x} for {} pages is not page aligned inside PAGE_DATA", e.data, e.count)));
+                        return Err(bad(format!(
+                            "raw data at {:#x} for {} pages is not page aligned inside PAGE_DATA",
+                            e.data, e.count
+                        )));
                     }
                 }
                 PageEncoding::Lz4 => {
                     let table_end = e.data.checked_add(4 * u64::from(e.count));
                     if e.data < pd_start || table_end.is_none_or(|end| end > pd_end) {
-                        return Err(bad(format!("lz4 block at {:#x} for {} pages is not inside PAGE_DATA", e.data, e.count)));
+                        return Err(bad(format!(
+                            "lz4 block at {:#x} for {} pages is not inside PAGE_DATA",
+                            e.data, e.count
+                        )));
                     }
                 }
                 PageEncoding::Dup => dups.push((i, e.data)),
@@ -264,8 +270,7 @@ impl PageIndex {
 
     /// Index of the first extent whose pages end after `gfn`.
     pub fn position(&self, bytes: &[u8], gfn: u64) -> usize {
-        self.records(bytes)
-            .partition_point(|r| r.gfn.get() + u64::from(r.count.get()) <= gfn)
+        self.records(bytes).partition_point(|r| r.gfn.get() + u64::from(r.count.get()) <= gfn)
     }
 
     /// The extent holding `gfn`: a binary search.

@@ -5,8 +5,8 @@ use std::ops::Range;
 use crate::error::{Error, ErrorKind, Result};
 use crate::page::{PageClass, PageEncoding};
 
-use super::page_index::{Extent, RawRun};
 use super::Image;
+use super::page_index::{Extent, RawRun};
 
 impl Image {
     /// Number of extents in the page index.
@@ -30,8 +30,7 @@ impl Image {
     pub fn extents_in(&self, gfns: Range<u64>) -> impl Iterator<Item = Extent> + '_ {
         let bytes = self.as_bytes();
         let first = self.index.position(bytes, gfns.start);
-        (first..self.index.len())
-            .map_while(move |i| self.index.get(bytes, i).filter(|e| e.gfn < gfns.end))
+        (first..self.index.len()).map_while(move |i| self.index.get(bytes, i).filter(|e| e.gfn < gfns.end))
     }
 
     /// The extents of pages of `class`, in order.
@@ -44,9 +43,7 @@ impl Image {
     /// # Errors
     /// [`ErrorKind::NoSuchPage`] when no region holds `gfn`.
     pub fn extent_of(&self, gfn: u64) -> Result<Extent> {
-        self.index
-            .find(self.as_bytes(), gfn)
-            .ok_or_else(|| ErrorKind::NoSuchPage { gfn }.into())
+        self.index.find(self.as_bytes(), gfn).ok_or_else(|| ErrorKind::NoSuchPage { gfn }.into())
     }
 
     /// Raw pages merged into runs contiguous in guest memory and in the file,
@@ -59,11 +56,7 @@ impl Image {
                 Some(r) if r.gfn + r.pages == e.gfn && r.file_offset + r.pages * ps == e.data => {
                     r.pages += u64::from(e.count);
                 }
-                _ => runs.push(RawRun {
-                    gfn: e.gfn,
-                    pages: u64::from(e.count),
-                    file_offset: e.data,
-                }),
+                _ => runs.push(RawRun { gfn: e.gfn, pages: u64::from(e.count), file_offset: e.data }),
             }
         }
         runs
@@ -131,8 +124,16 @@ impl Image {
                 }
                 match lz4_flex::block::decompress_into(stored, buf) {
                     Ok(n) if n == ps => Ok(buf),
-                    Ok(n) => Err(Error::malformed("PAGE_DATA", at, format!("lz4 page of gfn {gfn:#x} decodes to {n} bytes, not {ps}"))),
-                    Err(err) => Err(Error::malformed("PAGE_DATA", at, format!("lz4 page of gfn {gfn:#x} does not decode: {err}"))),
+                    Ok(n) => Err(Error::malformed(
+                        "PAGE_DATA",
+                        at,
+                        format!("lz4 page of gfn {gfn:#x} decodes to {n} bytes, not {ps}"),
+                    )),
+                    Err(err) => Err(Error::malformed(
+                        "PAGE_DATA",
+                        at,
+                        format!("lz4 page of gfn {gfn:#x} does not decode: {err}"),
+                    )),
                 }
             }
             PageEncoding::Dup => {

@@ -20,7 +20,7 @@ use crate::section::SectionKind;
 use crate::vcpu::Vcpu;
 
 use super::HeaderInfo;
-use super::table::Table;
+use super::table::{StrSpec, Table};
 
 struct DeviceLoc {
     origin: u32,
@@ -49,9 +49,8 @@ impl Records {
         header: &HeaderInfo,
         find: &dyn Fn(SectionKind) -> Option<Range<usize>>,
     ) -> Result<Records> {
-        let regions_range = find(SectionKind::Regions).ok_or_else(|| {
-            Error::malformed("section table", 0, "required section REGIONS is missing")
-        })?;
+        let regions_range = find(SectionKind::Regions)
+            .ok_or_else(|| Error::malformed("section table", 0, "required section REGIONS is missing"))?;
         let regions = parse_regions(bytes, regions_range, header.page_size)?;
         let table = |k: SectionKind, min: usize, max: Option<u32>| -> Result<Option<Table>> {
             find(k).map(|r| Table::parse(bytes, r, k.name(), min, max)).transpose()
@@ -84,16 +83,7 @@ impl Records {
             Some(r) => super::vcpus::parse(bytes, r)?,
             None => Vec::new(),
         };
-        Ok(Records {
-            regions,
-            phase,
-            metadata,
-            manifest,
-            cache_refs,
-            base,
-            vcpus,
-            devices,
-        })
+        Ok(Records { regions, phase, metadata, manifest, cache_refs, base, vcpus, devices })
     }
 
     pub fn devices<'a>(&'a self, bytes: &'a [u8]) -> impl ExactSizeIterator<Item = DeviceBlob<'a>> + 'a {
@@ -116,12 +106,20 @@ fn parse_regions(bytes: &[u8], range: Range<usize>, page_size: u32) -> Result<Ve
         let r: RegionRecord = t.record(bytes, i)?;
         let at = t.offset_of(i);
         let (base, length, flags) = (r.base.get(), r.length.get(), r.flags.get());
-        let name = t.heap_str(bytes, i, r.name_off.get(), r.name_len.get(), MAX_NAME, false, "name")?;
+        let name = t.heap_str(
+            bytes,
+            i,
+            r.name_off.get(),
+            r.name_len.get(),
+            &StrSpec { field: "name", max: MAX_NAME, allow_empty: false },
+        )?;
         if base % ps != 0 || length % ps != 0 || length == 0 {
             return Err(Error::malformed(
                 "REGIONS",
                 at,
-                format!("region {i} '{name}' base {base:#x} length {length:#x} is not a non-empty multiple of the page size"),
+                format!(
+                    "region {i} '{name}' base {base:#x} length {length:#x} is not a non-empty multiple of the page size"
+                ),
             ));
         }
         if base.checked_add(length).is_none() {
@@ -156,7 +154,13 @@ fn parse_phase(bytes: &[u8], t: &Table) -> Result<Phase<'static>> {
         return Err(Error::malformed("PHASE", t.offset_of(0), format!("count is {}, not 1", t.count)));
     }
     let r: PhaseRecord = t.record(bytes, 0)?;
-    let name = t.heap_str(bytes, 0, r.name_off.get(), r.name_len.get(), MAX_NAME, false, "name")?;
+    let name = t.heap_str(
+        bytes,
+        0,
+        r.name_off.get(),
+        r.name_len.get(),
+        &StrSpec { field: "name", max: MAX_NAME, allow_empty: false },
+    )?;
     Ok(Phase {
         name: Cow::Owned(name.to_owned()),
         sequence: r.sequence.get(),
@@ -169,9 +173,21 @@ fn parse_metadata(bytes: &[u8], t: &Table) -> Result<Vec<(String, String)>> {
     let mut out: Vec<(String, String)> = Vec::new();
     for i in 0..t.count {
         let r: MetadataRecord = t.record(bytes, i)?;
-        let key = t.heap_str(bytes, i, r.key_off.get(), r.key_len.get(), MAX_NAME, false, "key")?;
+        let key = t.heap_str(
+            bytes,
+            i,
+            r.key_off.get(),
+            r.key_len.get(),
+            &StrSpec { field: "key", max: MAX_NAME, allow_empty: false },
+        )?;
         check_key(key).map_err(|m| Error::malformed("METADATA", t.offset_of(i), m))?;
-        let value = t.heap_str(bytes, i, r.value_off.get(), r.value_len.get(), u32::MAX, true, "value")?;
+        let value = t.heap_str(
+            bytes,
+            i,
+            r.value_off.get(),
+            r.value_len.get(),
+            &StrSpec { field: "value", max: u32::MAX, allow_empty: true },
+        )?;
         if out.iter().any(|(k, _)| k == key) {
             return Err(Error::malformed("METADATA", t.offset_of(i), format!("key '{key}' appears twice")));
         }
@@ -184,7 +200,13 @@ fn parse_manifest(bytes: &[u8], t: &Table) -> Result<Vec<FileEntry<'static>>> {
     let mut out = Vec::new();
     for i in 0..t.count {
         let r: FileRecord = t.record(bytes, i)?;
-        let path = t.heap_str(bytes, i, r.path_off.get(), r.path_len.get(), MAX_PATH, false, "path")?;
+        let path = t.heap_str(
+            bytes,
+            i,
+            r.path_off.get(),
+            r.path_len.get(),
+            &StrSpec { field: "path", max: MAX_PATH, allow_empty: false },
+        )?;
         check_path(path).map_err(|m| Error::malformed("MANIFEST", t.offset_of(i), format!("record {i}: {m}")))?;
         out.push(FileEntry {
             path: Cow::Owned(path.to_owned()),
@@ -201,11 +223,7 @@ fn parse_cache_refs(bytes: &[u8], t: &Table, files: usize) -> Result<Vec<CacheRe
     let mut out: Vec<CacheRef> = Vec::new();
     for i in 0..t.count {
         let r: CacheRefRecord = t.record(bytes, i)?;
-        let c = CacheRef {
-            gfn: r.gfn.get(),
-            file_index: r.file_index.get(),
-            offset: r.offset.get(),
-        };
+        let c = CacheRef { gfn: r.gfn.get(), file_index: r.file_index.get(), offset: r.offset.get() };
         if c.file_index as usize >= files {
             return Err(Error::malformed(
                 "CACHE_REFS",
@@ -233,19 +251,27 @@ fn parse_base(bytes: &[u8], t: &Table, page_size: u32) -> Result<BaseRef<'static
             format!("base page size {} differs from this image's {page_size}", r.page_size.get()),
         ));
     }
-    let name = t.heap_str(bytes, 0, r.name_off.get(), r.name_len.get(), MAX_PATH, true, "name")?;
-    Ok(BaseRef {
-        blake3: r.base_blake3,
-        page_size,
-        name: Cow::Owned(name.to_owned()),
-    })
+    let name = t.heap_str(
+        bytes,
+        0,
+        r.name_off.get(),
+        r.name_len.get(),
+        &StrSpec { field: "name", max: MAX_PATH, allow_empty: true },
+    )?;
+    Ok(BaseRef { blake3: r.base_blake3, page_size, name: Cow::Owned(name.to_owned()) })
 }
 
 fn parse_devices(bytes: &[u8], t: &Table) -> Result<Vec<DeviceLoc>> {
     let mut out = Vec::new();
     for i in 0..t.count {
         let r: DeviceRecord = t.record(bytes, i)?;
-        t.heap_str(bytes, i, r.name_off.get(), r.name_len.get(), MAX_PATH, true, "name")?;
+        t.heap_str(
+            bytes,
+            i,
+            r.name_off.get(),
+            r.name_len.get(),
+            &StrSpec { field: "name", max: MAX_PATH, allow_empty: true },
+        )?;
         let name_start = t.heap.start + r.name_off.get() as usize;
         t.heap_bytes(bytes, i, r.data_off.get(), r.data_len.get())?;
         let data_start = t.heap.start + r.data_off.get() as usize;

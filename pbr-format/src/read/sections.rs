@@ -6,7 +6,9 @@ use zerocopy::FromBytes;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits::MAX_SECTIONS;
-use crate::pod::{HEADER_SIZE, MUST_UNDERSTAND, SECTION_ENTRY_SIZE, SectionEntry, TRAILER_MAGIC, TRAILER_SIZE, Trailer};
+use crate::pod::{
+    HEADER_SIZE, MUST_UNDERSTAND, SECTION_ENTRY_SIZE, SectionEntry, TRAILER_MAGIC, TRAILER_SIZE, Trailer,
+};
 use crate::section::SectionKind;
 
 /// Where the section table is, from the trailer.
@@ -75,10 +77,14 @@ pub(crate) fn parse_trailer(bytes: &[u8]) -> Result<(TableLoc, [u8; 32])> {
         crc32: t.section_table_crc32.get(),
     };
     if loc.count > MAX_SECTIONS {
-        return Err(Error::malformed("trailer", at as u64 + 16, format!("section_count {} exceeds {MAX_SECTIONS}", loc.count)));
+        return Err(Error::malformed(
+            "trailer",
+            at as u64 + 16,
+            format!("section_count {} exceeds {MAX_SECTIONS}", loc.count),
+        ));
     }
     let table_end = loc.offset.checked_add(u64::from(loc.count) * SECTION_ENTRY_SIZE as u64);
-    if loc.offset % 8 != 0 || loc.offset < HEADER_SIZE as u64 || table_end.is_none_or(|e| e > at as u64) {
+    if !loc.offset.is_multiple_of(8) || loc.offset < HEADER_SIZE as u64 || table_end.is_none_or(|e| e > at as u64) {
         return Err(Error::malformed(
             "trailer",
             at as u64 + 8,
@@ -105,7 +111,8 @@ pub(crate) fn parse_table(bytes: &[u8], loc: &TableLoc, page_size: u32) -> Resul
     let mut out: Vec<SectionInfo> = Vec::with_capacity(loc.count as usize);
     for (i, chunk) in table.chunks_exact(SECTION_ENTRY_SIZE).enumerate() {
         let at = loc.offset + (i * SECTION_ENTRY_SIZE) as u64;
-        let e = SectionEntry::read_from_bytes(chunk).map_err(|_| Error::malformed("section table", at, "short entry"))?;
+        let e =
+            SectionEntry::read_from_bytes(chunk).map_err(|_| Error::malformed("section table", at, "short entry"))?;
         let raw_kind = e.kind.get();
         let kind = SectionKind::from_id(raw_kind & !MUST_UNDERSTAND);
         let must = raw_kind & MUST_UNDERSTAND != 0;
@@ -126,13 +133,19 @@ pub(crate) fn parse_table(bytes: &[u8], loc: &TableLoc, page_size: u32) -> Resul
         let align = if kind == Some(SectionKind::PageData) { u64::from(page_size) } else { 8 };
         let name = kind.map_or("unknown", SectionKind::name);
         if offset % align != 0 {
-            return Err(Error::malformed("section table", at, format!("section {name} offset {offset:#x} is not {align}-aligned")));
+            return Err(Error::malformed(
+                "section table",
+                at,
+                format!("section {name} offset {offset:#x} is not {align}-aligned"),
+            ));
         }
         if offset < header_size || offset.checked_add(length).is_none_or(|end| end > loc.offset) {
             return Err(Error::malformed(
                 "section table",
                 at,
-                format!("section {name} at {offset:#x}+{length:#x} is outside the space between header and section table"),
+                format!(
+                    "section {name} at {offset:#x}+{length:#x} is outside the space between header and section table"
+                ),
             ));
         }
         if let Some(k) = kind
@@ -140,13 +153,7 @@ pub(crate) fn parse_table(bytes: &[u8], loc: &TableLoc, page_size: u32) -> Resul
         {
             return Err(Error::malformed("section table", at, format!("section {name} appears twice")));
         }
-        let info = SectionInfo {
-            kind,
-            raw_kind,
-            offset,
-            length,
-            crc32: e.crc32.get(),
-        };
+        let info = SectionInfo { kind, raw_kind, offset, length, crc32: e.crc32.get() };
         if kind.is_some() && kind != Some(SectionKind::PageData) {
             check_crc(bytes, &info)?;
         }

@@ -34,11 +34,14 @@ impl Table {
         max_count: Option<u32>,
     ) -> Result<Table> {
         let at = range.start as u64;
-        let section = bytes
-            .get(range.clone())
-            .ok_or_else(|| Error::malformed(name, at, "section lies outside the file"))?;
+        let section =
+            bytes.get(range.clone()).ok_or_else(|| Error::malformed(name, at, "section lies outside the file"))?;
         let (prefix, _) = TablePrefix::read_from_prefix(section).map_err(|_| {
-            Error::malformed(name, at, format!("section is {} bytes, shorter than its 8-byte table prefix", section.len()))
+            Error::malformed(
+                name,
+                at,
+                format!("section is {} bytes, shorter than its 8-byte table prefix", section.len()),
+            )
         })?;
         let count = prefix.count.get();
         let stride = prefix.record_size.get() as usize;
@@ -61,20 +64,11 @@ impl Table {
                 Error::malformed(
                     name,
                     at,
-                    format!(
-                        "{count} records of {stride} bytes do not fit in the {}-byte section",
-                        section.len()
-                    ),
+                    format!("{count} records of {stride} bytes do not fit in the {}-byte section", section.len()),
                 )
             })?;
         let records = range.start + TABLE_PREFIX_SIZE;
-        Ok(Table {
-            name,
-            records,
-            count: count as usize,
-            stride,
-            heap: records + records_len..range.end,
-        })
+        Ok(Table { name, records, count: count as usize, stride, heap: records + records_len..range.end })
     }
 
     /// File offset of record `i`.
@@ -114,27 +108,33 @@ impl Table {
         }
     }
 
-    /// A heap string of `1..=max` bytes (or `0..=max` when `allow_empty`).
-    pub fn heap_str<'a>(
-        &self,
-        bytes: &'a [u8],
-        record: usize,
-        off: u32,
-        len: u32,
-        max: u32,
-        allow_empty: bool,
-        field: &str,
-    ) -> Result<&'a str> {
-        if len > max || (len == 0 && !allow_empty) {
+    /// A heap string checked against `spec`.
+    pub fn heap_str<'a>(&self, bytes: &'a [u8], record: usize, off: u32, len: u32, spec: &StrSpec) -> Result<&'a str> {
+        let min = u32::from(!spec.allow_empty);
+        if len > spec.max || len < min {
             return Err(Error::malformed(
                 self.name,
                 self.offset_of(record),
-                format!("record {record}: {field} length {len} is not in {}..={max}", u32::from(!allow_empty)),
+                format!("record {record}: {} length {len} is not in {min}..={}", spec.field, spec.max),
             ));
         }
         let b = self.heap_bytes(bytes, record, u64::from(off), u64::from(len))?;
         std::str::from_utf8(b).map_err(|e| {
-            Error::malformed(self.name, self.offset_of(record), format!("record {record}: {field} is not UTF-8 ({e})"))
+            Error::malformed(
+                self.name,
+                self.offset_of(record),
+                format!("record {record}: {} is not UTF-8 ({e})", spec.field),
+            )
         })
     }
+}
+
+/// What a heap string field may hold.
+pub(crate) struct StrSpec {
+    /// Field name for errors.
+    pub field: &'static str,
+    /// Longest allowed length.
+    pub max: u32,
+    /// Whether the empty string is allowed.
+    pub allow_empty: bool,
 }

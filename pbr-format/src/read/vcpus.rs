@@ -31,7 +31,7 @@ pub(crate) fn parse(bytes: &[u8], range: Range<usize>) -> Result<Vec<Vcpu>> {
         let (h, _) = VcpuHeader::read_from_prefix(rest)
             .map_err(|_| Error::malformed(NAME, at, format!("record {i}: header runs past the section end")))?;
         let length = h.length.get() as usize;
-        if length < size_of::<VcpuHeader>() || length % 8 != 0 || length > rest.len() {
+        if length < size_of::<VcpuHeader>() || !length.is_multiple_of(8) || length > rest.len() {
             return Err(Error::malformed(
                 NAME,
                 at,
@@ -41,17 +41,16 @@ pub(crate) fn parse(bytes: &[u8], range: Range<usize>) -> Result<Vec<Vcpu>> {
         let body = &rest[size_of::<VcpuHeader>()..length];
         let (arch, id, flags) = (h.arch.get(), h.id.get(), h.flags.get());
         if out.last().is_some_and(|p| p.id() >= id) {
-            return Err(Error::malformed(NAME, at, format!("record {i}: vCPU id {id} is not above the previous record's")));
+            return Err(Error::malformed(
+                NAME,
+                at,
+                format!("record {i}: vCPU id {id} is not above the previous record's"),
+            ));
         }
         let v = if arch == ARCH_X86_64 {
-            Vcpu::X86_64(parse_x86(body, id, flags, at, i)?)
+            Vcpu::X86_64(Box::new(parse_x86(body, id, flags, at, i)?))
         } else {
-            Vcpu::Other {
-                arch,
-                id,
-                flags,
-                body: body.to_vec(),
-            }
+            Vcpu::Other { arch, id, flags, body: body.to_vec() }
         };
         out.push(v);
         pos += length;

@@ -63,17 +63,11 @@ impl Image {
         let mut hasher = blake3::Hasher::new();
         hasher.update_rayon(&bytes[..hashed]);
         if *hasher.finalize().as_bytes() != self.image_blake3() {
-            return Err(Error::new(ErrorKind::HashMismatch {
-                what: "the whole image (trailer image_blake3)".into(),
-            })
-            .at("trailer", hashed as u64));
+            return Err(Error::new(ErrorKind::HashMismatch { what: "the whole image (trailer image_blake3)".into() })
+                .at("trailer", hashed as u64));
         }
         progress(hashed as u64);
-        Ok(VerifyReport {
-            sections: self.sections().len(),
-            pages,
-            hashed_bytes: hashed as u64,
-        })
+        Ok(VerifyReport { sections: self.sections().len(), pages, hashed_bytes: hashed as u64 })
     }
 
     fn verify_pages(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<u64> {

@@ -26,12 +26,7 @@ pub(crate) struct TableBuf {
 
 impl TableBuf {
     pub fn new(record_size: usize) -> TableBuf {
-        TableBuf {
-            records: Vec::new(),
-            heap: Vec::new(),
-            count: 0,
-            record_size: record_size as u32,
-        }
+        TableBuf { records: Vec::new(), heap: Vec::new(), count: 0, record_size: record_size as u32 }
     }
 
     /// Appends `b` to the heap and returns its offset.
@@ -54,10 +49,7 @@ impl TableBuf {
     }
 
     pub fn into_bytes(self) -> Vec<u8> {
-        let prefix = TablePrefix {
-            count: U32::new(self.count),
-            record_size: U32::new(self.record_size),
-        };
+        let prefix = TablePrefix { count: U32::new(self.count), record_size: U32::new(self.record_size) };
         let mut out = Vec::with_capacity(8 + self.records.len() + self.heap.len());
         out.extend_from_slice(prefix.as_bytes());
         out.extend_from_slice(&self.records);
@@ -103,12 +95,7 @@ pub(crate) fn metadata(pairs: &[(String, String)]) -> Result<Vec<u8>> {
     for (k, v) in pairs {
         let (key_off, key_len) = t.string(k)?;
         let (value_off, value_len) = t.string(v)?;
-        t.push(&MetadataRecord {
-            key_off,
-            key_len,
-            value_off,
-            value_len,
-        });
+        t.push(&MetadataRecord { key_off, key_len, value_off, value_len });
     }
     Ok(t.into_bytes())
 }
@@ -178,13 +165,7 @@ pub(crate) fn base(b: &BaseRef<'_>) -> Result<Vec<u8>> {
 
 pub(crate) fn vcpus(vcpus: &[Vcpu]) -> Vec<u8> {
     let mut out = Vec::new();
-    out.extend_from_slice(
-        TablePrefix {
-            count: U32::new(vcpus.len() as u32),
-            record_size: U32::new(0),
-        }
-        .as_bytes(),
-    );
+    out.extend_from_slice(TablePrefix { count: U32::new(vcpus.len() as u32), record_size: U32::new(0) }.as_bytes());
     for v in vcpus {
         let (arch, id, flags, body) = match v {
             Vcpu::X86_64(x) => {

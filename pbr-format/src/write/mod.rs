@@ -6,7 +6,7 @@ mod page_table;
 mod sink;
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -142,6 +142,7 @@ impl ImageWriter {
         let tmp = tempfile::Builder::new()
             .prefix(".pbr-")
             .suffix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(0o644))
             .tempfile_in(&dir)
             .map_err(|e| Error::io(format!("cannot create a temporary file in {}", dir.display()), e))?;
         let file = tmp.reopen().map_err(|e| Error::io("cannot reopen the temporary file", e))?;
@@ -220,7 +221,8 @@ impl ImageWriter {
             slot
         } else {
             self.sink.pad_to(ps)?;
-            let slot = u32::try_from(self.sink.pos() / ps).map_err(|_| Error::invalid("page data exceeds 2^32 pages"))?;
+            let slot =
+                u32::try_from(self.sink.pos() / ps).map_err(|_| Error::invalid("page data exceeds 2^32 pages"))?;
             self.sink.write(data)?;
             slot
         };
@@ -248,12 +250,7 @@ impl ImageWriter {
         });
         if !continues {
             self.flush_lz4()?;
-            self.pending = Some(PendingLz4 {
-                first: d,
-                class,
-                ends: Vec::new(),
-                data: Vec::new(),
-            });
+            self.pending = Some(PendingLz4 { first: d, class, ends: Vec::new(), data: Vec::new() });
         }
         let block = self.lz4_blocks.len() as u32;
         let p = self.pending.as_mut().ok_or_else(|| Error::invalid("no lz4 block"))?;
@@ -400,10 +397,7 @@ impl ImageWriter {
     /// A path that is absolute or has an empty, `.` or `..` component.
     pub fn add_file(&mut self, file: FileEntry<'_>) -> Result<u32> {
         check_path(&file.path).map_err(Error::invalid)?;
-        self.manifest.push(FileEntry {
-            path: file.path.into_owned().into(),
-            ..file
-        });
+        self.manifest.push(FileEntry { path: file.path.into_owned().into(), ..file });
         Ok((self.manifest.len() - 1) as u32)
     }
 
@@ -434,10 +428,7 @@ impl ImageWriter {
         if base.page_size != self.opts.page_size {
             return Err(Error::invalid("the base image has another page size"));
         }
-        self.base = Some(BaseRef {
-            name: base.name.into_owned().into(),
-            ..base
-        });
+        self.base = Some(BaseRef { name: base.name.into_owned().into(), ..base });
         Ok(())
     }
 
@@ -452,7 +443,8 @@ impl ImageWriter {
         let ps = u64::from(self.opts.page_size);
         self.sink.pad_to(ps)?;
         let data_end = self.sink.pos();
-        let mut sections: Vec<(SectionKind, u64, u64)> = vec![(SectionKind::PageData, self.data_start, data_end - self.data_start)];
+        let mut sections: Vec<(SectionKind, u64, u64)> =
+            vec![(SectionKind::PageData, self.data_start, data_end - self.data_start)];
 
         let (extents, stored, encodings) = self.count_extents()?;
         if encodings & (1 << PageEncoding::Base as u8) != 0 && self.base.is_none() {
@@ -566,7 +558,13 @@ impl ImageWriter {
 
     /// Writes the section table and trailer, fixes the header, checksums,
     /// syncs and renames.
-    fn publish(self, sections: Vec<(SectionKind, u64, u64)>, encodings: u8, extents: u64, stored: u64) -> Result<WriteReport> {
+    fn publish(
+        self,
+        sections: Vec<(SectionKind, u64, u64)>,
+        encodings: u8,
+        extents: u64,
+        stored: u64,
+    ) -> Result<WriteReport> {
         let ImageWriter { tmp, dest, mut sink, opts, .. } = self;
         sink.pad_to(8)?;
         let table_offset = sink.pos();
@@ -623,29 +621,19 @@ impl ImageWriter {
         file.write_all_at(trailer.as_bytes(), file_len - pod::TRAILER_SIZE as u64)
             .map_err(|e| Error::io("cannot write the trailer", e))?;
         file.sync_all().map_err(|e| Error::io("cannot sync the image", e))?;
-        tmp.persist(&dest)
-            .map_err(|e| Error::io(format!("cannot rename the image to {}", dest.display()), e.error))?;
+        tmp.persist(&dest).map_err(|e| Error::io(format!("cannot rename the image to {}", dest.display()), e.error))?;
         if let Some(dir) = dest.parent().filter(|p| !p.as_os_str().is_empty())
             && let Ok(d) = File::open(dir)
         {
             // Best effort: makes the rename durable on file systems that need it.
             let _ = d.sync_all();
         }
-        Ok(WriteReport {
-            path: dest,
-            file_len,
-            image_blake3: trailer.image_blake3,
-            extents,
-            stored_pages: stored,
-        })
+        Ok(WriteReport { path: dest, file_len, image_blake3: trailer.image_blake3, extents, stored_pages: stored })
     }
 }
 
 fn prefix(count: u64, record_size: u32) -> pod::TablePrefix {
-    pod::TablePrefix {
-        count: U32::new(count as u32),
-        record_size: U32::new(record_size),
-    }
+    pod::TablePrefix { count: U32::new(count as u32), record_size: U32::new(record_size) }
 }
 
 fn header(opts: &WriterOptions, required: u64, optional: u64) -> Header {
@@ -734,7 +722,10 @@ fn check_regions(regions: &[Region<'_>], page_size: u32) -> Result<()> {
                 r.name, r.base, r.length
             )));
         }
-        let end = r.base.checked_add(r.length).ok_or_else(|| Error::invalid(format!("region '{}' ends beyond 2^64", r.name)))?;
+        let end = r
+            .base
+            .checked_add(r.length)
+            .ok_or_else(|| Error::invalid(format!("region '{}' ends beyond 2^64", r.name)))?;
         if i > 0 && r.base < prev_end {
             return Err(Error::invalid(format!("region '{}' overlaps or precedes the region before it", r.name)));
         }

@@ -43,13 +43,7 @@ impl PageTable {
         let mut meta = Vec::new();
         meta.try_reserve_exact(n).map_err(|_| alloc("class table"))?;
         meta.resize(n, UNWRITTEN);
-        Ok(PageTable {
-            page_size,
-            spans,
-            state,
-            crc,
-            meta,
-        })
+        Ok(PageTable { page_size, spans, state, crc, meta })
     }
 
     pub fn len(&self) -> usize {

@@ -15,10 +15,7 @@ pub(crate) struct Sink {
 
 impl Sink {
     pub fn new(file: File) -> Sink {
-        Sink {
-            out: BufWriter::with_capacity(1 << 20, file),
-            pos: 0,
-        }
+        Sink { out: BufWriter::with_capacity(1 << 20, file), pos: 0 }
     }
 
     /// Bytes written so far: the offset of the next byte.
@@ -48,10 +45,7 @@ impl Sink {
     pub fn rewrite(&mut self, offset: u64, b: &[u8]) -> Result<()> {
         debug_assert!(offset + b.len() as u64 <= self.pos);
         self.out.flush().map_err(|e| Error::io("cannot write the image", e))?;
-        self.out
-            .get_ref()
-            .write_all_at(b, offset)
-            .map_err(|e| Error::io("cannot write the image", e))
+        self.out.get_ref().write_all_at(b, offset).map_err(|e| Error::io("cannot write the image", e))
     }
 
     /// Flushes buffered bytes and returns the file.

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use pbr_format::pod::{KvmSegment, MsrEntry};
 use pbr_format::{
-    BaseRef, CacheRef, DeviceBlob, DeviceOrigin, FileEntry, ImageWriter, PageClass, PageEncoding, Phase, Region,
-    Vcpu, WriterOptions, X86Vcpu,
+    BaseRef, CacheRef, DeviceBlob, DeviceOrigin, FileEntry, ImageWriter, PageClass, PageEncoding, Phase, Region, Vcpu,
+    WriterOptions, X86Vcpu,
 };
 use zerocopy::little_endian::{U16, U32, U64};
 
@@ -23,7 +23,7 @@ pub fn page(seed: u64) -> Vec<u8> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        if x % 4 == 0 {
+        if x.is_multiple_of(4) {
             v.extend_from_slice(&x.to_le_bytes());
         } else {
             v.extend_from_slice(b"pbr page ");
@@ -66,16 +66,8 @@ pub fn sample_vcpu(id: u32) -> X86Vcpu {
     v.tsc_khz = 2_000_000;
     v.xcr0 = 7;
     v.msrs = vec![
-        MsrEntry {
-            index: U32::new(0xc000_0080),
-            reserved: U32::new(0),
-            data: U64::new(0xd01),
-        },
-        MsrEntry {
-            index: U32::new(0x10),
-            reserved: U32::new(0),
-            data: U64::new(987_654),
-        },
+        MsrEntry { index: U32::new(0xc000_0080), reserved: U32::new(0), data: U64::new(0xd01) },
+        MsrEntry { index: U32::new(0x10), reserved: U32::new(0), data: U64::new(987_654) },
     ];
     v.xsave = (0..4096u32).map(|i| (i % 251) as u8).collect();
     v
@@ -86,15 +78,8 @@ pub fn sample_vcpu(id: u32) -> X86Vcpu {
 pub fn sample_regions() -> Vec<Region<'static>> {
     vec![
         Region::ram("pc.ram", 0, 24 * PS as u64),
-        Region {
-            source_offset: 24 * PS as u64,
-            ..Region::ram("pc.ram", 0x1_0000_0000, 8 * PS as u64)
-        },
-        Region {
-            read_only: true,
-            synthetic: true,
-            ..Region::ram("pc.bios", 0x100_0000_0000, 4 * PS as u64)
-        },
+        Region { source_offset: 24 * PS as u64, ..Region::ram("pc.ram", 0x1_0000_0000, 8 * PS as u64) },
+        Region { read_only: true, synthetic: true, ..Region::ram("pc.bios", 0x100_0000_0000, 4 * PS as u64) },
     ]
 }
 
@@ -129,8 +114,8 @@ pub fn write_sample(path: &Path, hashes: bool) -> pbr_format::WriteReport {
     w.write_page(0x10_0006, &page(77), PageClass::Unknown).unwrap();
     w.write_page(0x1000_0000, &page(1), PageClass::Unknown).unwrap();
     w.write_page(0x1000_0003, &[0x5a; PS], PageClass::Unknown).unwrap();
-    w.add_vcpu(Vcpu::X86_64(sample_vcpu(1))).unwrap();
-    w.add_vcpu(Vcpu::X86_64(sample_vcpu(0))).unwrap();
+    w.add_vcpu(Vcpu::X86_64(Box::new(sample_vcpu(1)))).unwrap();
+    w.add_vcpu(Vcpu::X86_64(Box::new(sample_vcpu(0)))).unwrap();
     w.add_device(DeviceBlob {
         origin: DeviceOrigin::QEMU_SECTION,
         name: "timer".into(),
@@ -160,28 +145,15 @@ pub fn write_sample(path: &Path, hashes: bool) -> pbr_format::WriteReport {
             blake3: *blake3::hash(b"guest\n").as_bytes(),
         })
         .unwrap();
-    w.add_cache_ref(CacheRef {
-        gfn: 19,
-        file_index: f,
-        offset: 0,
-    })
-    .unwrap();
+    w.add_cache_ref(CacheRef { gfn: 19, file_index: f, offset: 0 }).unwrap();
     w.finish().unwrap()
 }
 
 /// Writes a diff image against the sample image at `base`.
 pub fn write_diff(path: &Path, base: &pbr_format::Image) {
-    let opts = WriterOptions {
-        unwritten: PageEncoding::Base,
-        ..WriterOptions::default()
-    };
+    let opts = WriterOptions { unwritten: PageEncoding::Base, ..WriterOptions::default() };
     let mut w = ImageWriter::create(path, base.regions(), opts).unwrap();
-    w.set_base(BaseRef {
-        blake3: base.image_blake3(),
-        page_size: 4096,
-        name: "sample.pbr".into(),
-    })
-    .unwrap();
+    w.set_base(BaseRef { blake3: base.image_blake3(), page_size: 4096, name: "sample.pbr".into() }).unwrap();
     w.write_page(3, &page(3000), PageClass::Kernel).unwrap();
     w.mark_pages(5, 1, PageEncoding::Zero, PageClass::Free).unwrap();
     w.finish().unwrap();

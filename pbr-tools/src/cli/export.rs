@@ -1,0 +1,48 @@
+//! `pbr-img export`: write an image out in another format.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::ValueEnum;
+use pbr_format::Image;
+use serde_json::json;
+
+use pbr_tools::export::raw::export_raw;
+use pbr_tools::{Result, progress};
+
+/// Formats `export` writes.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Target {
+    /// Guest-physical memory as one flat sparse file.
+    Raw,
+}
+
+pub fn run(to: Target, path: &Path, output: &Path, as_json: bool, quiet: bool) -> Result<ExitCode> {
+    let img = Image::open(path)?;
+    match to {
+        Target::Raw => {
+            let bar = progress::bytes(img.guest_size(), "export", quiet);
+            let r = export_raw(&img, output, &|n| bar.inc(n))?;
+            bar.finish_and_clear();
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"output": output.display().to_string(), "file_len": r.file_len, "data_pages": r.data_pages,
+                           "hole_pages": r.hole_pages, "skipped_regions": r.skipped_regions})
+                );
+            } else {
+                println!(
+                    "{}: {} bytes of guest-physical memory, {} pages with data, {} holes",
+                    output.display(),
+                    r.file_len,
+                    r.data_pages,
+                    r.hole_pages
+                );
+                if !r.skipped_regions.is_empty() {
+                    eprintln!("note: not guest-physical, not exported: {}", r.skipped_regions.join(", "));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,318 @@
+//! `pbr-img inspect`: one JSON model of the image, printed as JSON or as a
+//! human summary.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use pbr_format::{Image, PageClass, PageEncoding, SectionKind, Vcpu, pod};
+use serde_json::{Value, json};
+
+use super::fmt::{bytes, hex, unix_ns};
+use pbr_tools::Result;
+
+pub fn run(path: &Path, as_json: bool, pages: bool) -> Result<ExitCode> {
+    let img = Image::open(path)?;
+    let model = model(&img, path, pages);
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&model).unwrap_or_default());
+    } else {
+        print_human(&model);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn features(bits: u64, names: &[(u64, &str)]) -> Value {
+    names.iter().filter(|(b, _)| bits & b != 0).map(|(_, n)| json!(n)).collect()
+}
+
+/// Everything `inspect` knows about `img`, as JSON.
+pub fn model(img: &Image, path: &Path, with_extents: bool) -> Value {
+    let h = img.header();
+    let ps = u64::from(img.page_size());
+    let counts = img.page_counts();
+    let mut by_class = serde_json::Map::new();
+    let mut by_encoding = serde_json::Map::new();
+    for c in PageClass::ALL {
+        let mut m = serde_json::Map::new();
+        for e in PageEncoding::ALL {
+            m.insert(e.name().into(), json!(counts[c as usize][e as usize]));
+        }
+        m.insert("total".into(), json!(counts[c as usize].iter().sum::<u64>()));
+        by_class.insert(c.name().into(), Value::Object(m));
+    }
+    for e in PageEncoding::ALL {
+        by_encoding.insert(e.name().into(), json!(counts.iter().map(|row| row[e as usize]).sum::<u64>()));
+    }
+    let section_len =
+        |k: SectionKind| img.sections().iter().filter(|s| s.kind == Some(k)).map(|s| s.length).sum::<u64>();
+    let lz4_tables = 4 * counts.iter().map(|row| row[PageEncoding::Lz4 as usize]).sum::<u64>();
+    let index_bytes = section_len(SectionKind::PageIndex)
+        + section_len(SectionKind::PageCrcs)
+        + section_len(SectionKind::PageHashes)
+        + lz4_tables;
+    let state_bytes = section_len(SectionKind::Vcpus) + section_len(SectionKind::Devices);
+    let framing = (pod::HEADER_SIZE + pod::TRAILER_SIZE + img.sections().len() * pod::SECTION_ENTRY_SIZE) as u64;
+    let other_meta = img
+        .sections()
+        .iter()
+        .filter(|s| {
+            !matches!(
+                s.kind,
+                Some(
+                    SectionKind::PageData
+                        | SectionKind::PageIndex
+                        | SectionKind::PageCrcs
+                        | SectionKind::PageHashes
+                        | SectionKind::Vcpus
+                        | SectionKind::Devices
+                )
+            )
+        })
+        .map(|s| s.length)
+        .sum::<u64>()
+        + framing;
+    let guest = img.guest_size();
+    let pct = |n: u64| if guest == 0 { 0.0 } else { n as f64 * 100.0 / guest as f64 };
+    let stored_bytes = img.page_data_range().end - img.page_data_range().start;
+
+    let vcpus: Vec<Value> = img
+        .vcpus()
+        .iter()
+        .map(|v| match v {
+            Vcpu::X86_64(x) => json!({
+                "id": x.id, "arch": "x86_64",
+                "rip": format!("{:#x}", x.regs.rip.get()), "rsp": format!("{:#x}", x.regs.gpr[6].get()),
+                "rflags": format!("{:#x}", x.regs.rflags.get()),
+                "cr0": format!("{:#x}", x.sregs.cr0.get()), "cr3": format!("{:#x}", x.sregs.cr3.get()),
+                "cr4": format!("{:#x}", x.sregs.cr4.get()), "efer": format!("{:#x}", x.sregs.efer.get()),
+                "cs": format!("{:#x}", x.sregs.cs.selector.get()),
+                "msrs": x.msrs.len(), "xsave_bytes": x.xsave.len(), "lapic": x.lapic.is_some(),
+                "tsc": x.tsc, "tsc_khz": x.tsc_khz, "mp_state": x.mp_state,
+            }),
+            Vcpu::Other { arch, id, body, .. } => {
+                json!({"id": id, "arch": format!("unknown({arch})"), "bytes": body.len()})
+            }
+        })
+        .collect();
+    let devices: Vec<Value> = img
+        .devices()
+        .map(|d| json!({"origin": d.origin.to_string(), "name": d.name, "instance": d.instance, "version": d.version, "flags": d.flags, "bytes": d.data.len()}))
+        .collect();
+    let device_bytes: usize = img.devices().map(|d| d.data.len()).sum();
+    let mut model = json!({
+        "file": {
+            "path": path.display().to_string(),
+            "length": img.file_len(),
+            "format_version": format!("{}.{}", h.version_major, h.version_minor),
+            "page_size": img.page_size(),
+            "producer": {"name": h.producer_name, "version": h.producer_version},
+            "required_features": features(h.required_features, &[(pod::FEATURE_LZ4, "lz4"), (pod::FEATURE_DIFF, "diff"), (pod::FEATURE_DUP, "dup")]),
+            "optional_features": features(h.optional_features, &[(pod::FEATURE_PAGE_HASHES, "page-hashes")]),
+            "image_blake3": hex(&img.image_blake3()),
+        },
+        "phase": img.phase().map(|p| json!({
+            "name": p.name, "sequence": p.sequence, "well_known": p.is_well_known(),
+            "since_boot_ns": p.since_boot_ns, "captured_unix_ns": p.captured_unix_ns,
+        })),
+        "guest": {
+            "pages": img.page_count(),
+            "bytes": guest,
+            "regions": img.regions().iter().map(|r| json!({
+                "name": r.name, "base": r.base, "length": r.length, "source_offset": r.source_offset,
+                "read_only": r.read_only, "synthetic": r.synthetic,
+            })).collect::<Vec<_>>(),
+        },
+        "pages": {
+            "extents": img.extent_count(),
+            "stored_pages": img.stored_page_count(),
+            "by_class": by_class,
+            "by_encoding": by_encoding,
+        },
+        "storage": {
+            "file_bytes": img.file_len(),
+            "page_data_bytes": stored_bytes,
+            "index_bytes": index_bytes,
+            "state_bytes": state_bytes,
+            "other_metadata_bytes": other_meta,
+            "file_percent_of_guest": pct(img.file_len()),
+            "index_and_metadata_percent_of_guest": pct(index_bytes + other_meta),
+        },
+        "vcpus": vcpus,
+        "devices": {"count": devices.len(), "bytes": device_bytes, "items": devices},
+        "metadata": img.metadata().iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "manifest": {
+            "files": img.manifest().iter().map(|f| json!({
+                "path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "inode": f.inode, "blake3": hex(&f.blake3),
+            })).collect::<Vec<_>>(),
+            "cache_refs": img.cache_refs().len(),
+        },
+        "base": img.base().map(|b| json!({"blake3": hex(&b.blake3), "name": b.name})),
+        "sections": img.sections().iter().map(|s| json!({
+            "kind": s.name(), "offset": s.offset, "length": s.length, "crc32": format!("{:#010x}", s.crc32),
+            "must_understand": s.raw_kind & pod::MUST_UNDERSTAND != 0,
+        })).collect::<Vec<_>>(),
+    });
+    if with_extents {
+        model["extents"] = img
+            .extents()
+            .map(|e| json!({"gfn": e.gfn, "gpa": e.gfn * ps, "count": e.count, "class": e.class.name(), "encoding": e.encoding.name(), "data": e.data}))
+            .collect();
+    }
+    model
+}
+
+fn print_human(m: &Value) {
+    let f = &m["file"];
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    println!(
+        "image      {} ({}, format {}, page size {}, by {} {})",
+        s(&f["path"]),
+        bytes(n(&f["length"])),
+        s(&f["format_version"]),
+        n(&f["page_size"]),
+        s(&f["producer"]["name"]),
+        s(&f["producer"]["version"])
+    );
+    let feats: Vec<String> = f["required_features"]
+        .as_array()
+        .into_iter()
+        .chain(f["optional_features"].as_array())
+        .flatten()
+        .map(s)
+        .collect();
+    if !feats.is_empty() {
+        println!("features   {}", feats.join(" "));
+    }
+    match m["phase"].as_object() {
+        Some(p) => {
+            let mut line = format!("phase      {} (#{}", s(&p["name"]), n(&p["sequence"]));
+            if n(&p["since_boot_ns"]) > 0 {
+                line += &format!(", {:.3} s after boot start", n(&p["since_boot_ns"]) as f64 / 1e9);
+            }
+            if n(&p["captured_unix_ns"]) > 0 {
+                line += &format!(", captured {}", unix_ns(n(&p["captured_unix_ns"])));
+            }
+            println!("{line})");
+        }
+        None => println!("phase      (none)"),
+    }
+    let st = &m["storage"];
+    println!(
+        "size       guest {} in {} pages; file {} ({:.1}% of guest); page data {}; index+metadata {:.3}% of guest",
+        bytes(n(&m["guest"]["bytes"])),
+        n(&m["guest"]["pages"]),
+        bytes(n(&st["file_bytes"])),
+        st["file_percent_of_guest"].as_f64().unwrap_or(0.0),
+        bytes(n(&st["page_data_bytes"])),
+        st["index_and_metadata_percent_of_guest"].as_f64().unwrap_or(0.0),
+    );
+    println!("regions");
+    for r in m["guest"]["regions"].as_array().into_iter().flatten() {
+        let base = n(&r["base"]);
+        let mut flags = Vec::new();
+        if r["read_only"].as_bool() == Some(true) {
+            flags.push("rom");
+        }
+        if r["synthetic"].as_bool() == Some(true) {
+            flags.push("not guest-physical");
+        }
+        println!(
+            "  {:#018x}-{:#018x} {:>10}  {}{}",
+            base,
+            base + n(&r["length"]) - 1,
+            bytes(n(&r["length"])),
+            s(&r["name"]),
+            if flags.is_empty() { String::new() } else { format!(" ({})", flags.join(", ")) }
+        );
+    }
+    let p = &m["pages"];
+    println!("pages      {} extents, {} stored pages", n(&p["extents"]), n(&p["stored_pages"]));
+    print!("  {:<8}", "class");
+    for e in PageEncoding::ALL {
+        print!("{:>10}", e.name());
+    }
+    println!("{:>10}", "total");
+    for c in PageClass::ALL {
+        let row = &p["by_class"][c.name()];
+        if n(&row["total"]) == 0 {
+            continue;
+        }
+        print!("  {:<8}", c.name());
+        for e in PageEncoding::ALL {
+            print!("{:>10}", n(&row[e.name()]));
+        }
+        println!("{:>10}", n(&row["total"]));
+    }
+    let vcpus = m["vcpus"].as_array().cloned().unwrap_or_default();
+    println!("vcpus      {}", vcpus.len());
+    for v in &vcpus {
+        if s(&v["arch"]) == "x86_64" {
+            println!(
+                "  vcpu{} x86_64 rip={} rsp={} rflags={} cr0={} cr3={} cr4={} efer={} msrs={} xsave={} lapic={}",
+                n(&v["id"]),
+                s(&v["rip"]),
+                s(&v["rsp"]),
+                s(&v["rflags"]),
+                s(&v["cr0"]),
+                s(&v["cr3"]),
+                s(&v["cr4"]),
+                s(&v["efer"]),
+                n(&v["msrs"]),
+                bytes(n(&v["xsave_bytes"])),
+                if v["lapic"].as_bool() == Some(true) { "yes" } else { "no" }
+            );
+        } else {
+            println!("  vcpu{} {} ({} bytes)", n(&v["id"]), s(&v["arch"]), n(&v["bytes"]));
+        }
+    }
+    let d = &m["devices"];
+    println!("devices    {} blobs, {}", n(&d["count"]), bytes(n(&d["bytes"])));
+    for item in d["items"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<12} {}.{} v{} {}",
+            s(&item["origin"]),
+            s(&item["name"]),
+            n(&item["instance"]),
+            n(&item["version"]),
+            bytes(n(&item["bytes"]))
+        );
+    }
+    if let Some(md) = m["metadata"].as_object().filter(|o| !o.is_empty()) {
+        println!("metadata");
+        for (k, v) in md {
+            let v = s(v);
+            let shown =
+                if v.len() > 100 { format!("{}... ({} bytes)", &v[..v.floor_char_boundary(100)], v.len()) } else { v };
+            println!("  {k} = {shown}");
+        }
+    }
+    let files = m["manifest"]["files"].as_array().cloned().unwrap_or_default();
+    println!("manifest   {} files, {} cache back references", files.len(), n(&m["manifest"]["cache_refs"]));
+    for f in &files {
+        println!(
+            "  {} ({}, inode {}, blake3 {}...)",
+            s(&f["path"]),
+            bytes(n(&f["size"])),
+            n(&f["inode"]),
+            &s(&f["blake3"])[..16]
+        );
+    }
+    if let Some(b) = m["base"].as_object() {
+        println!("base       {} (blake3 {})", s(&b["name"]), s(&b["blake3"]));
+    }
+    if let Some(ext) = m["extents"].as_array() {
+        println!("extents");
+        println!("  {:>18} {:>18} {:>10} {:<8} {:<8}", "gfn", "gpa", "pages", "class", "encoding");
+        for e in ext {
+            println!(
+                "  {:#18x} {:#18x} {:>10} {:<8} {:<8}",
+                n(&e["gfn"]),
+                n(&e["gpa"]),
+                n(&e["count"]),
+                s(&e["class"]),
+                s(&e["encoding"])
+            );
+        }
+    }
+}

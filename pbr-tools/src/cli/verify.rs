@@ -1,0 +1,50 @@
+//! `pbr-img verify`: every checksum and hash; exit 0 only when all pass.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use pbr_format::Image;
+use serde_json::json;
+
+use pbr_tools::{Result, progress};
+
+pub fn run(path: &Path, as_json: bool, quiet: bool) -> Result<ExitCode> {
+    let img = match Image::open(path) {
+        Ok(img) => img,
+        Err(e) if as_json => return Ok(report_failure(path, &e)),
+        Err(e) => return Err(e.into()),
+    };
+    let bar =
+        progress::bytes(img.file_len() + img.page_data_range().end - img.page_data_range().start, "verify", quiet);
+    let result = img.verify_with_progress(&|n| bar.inc(n));
+    bar.finish_and_clear();
+    match result {
+        Ok(r) if as_json => {
+            println!(
+                "{}",
+                json!({"path": path.display().to_string(), "ok": true, "sections": r.sections, "pages": r.pages, "hashed_bytes": r.hashed_bytes})
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(r) => {
+            println!(
+                "{}: ok ({} sections, {} stored pages, {} bytes hashed)",
+                path.display(),
+                r.sections,
+                r.pages,
+                r.hashed_bytes
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if as_json => Ok(report_failure(path, &e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn report_failure(path: &Path, e: &pbr_format::Error) -> ExitCode {
+    println!(
+        "{}",
+        json!({"path": path.display().to_string(), "ok": false, "error": e.to_string(), "section": e.section(), "offset": e.offset()})
+    );
+    ExitCode::FAILURE
+}

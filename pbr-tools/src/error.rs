@@ -1,0 +1,32 @@
+//! The error type of the tools.
+
+/// What went wrong in a tool.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An image could not be read or written.
+    #[error(transparent)]
+    Format(#[from] pbr_format::Error),
+    /// The operating system refused an operation.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The request cannot be carried out on this input.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl Error {
+    /// An I/O error while doing `context`.
+    #[cold]
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+}
+
+/// The tools' result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,3 @@
+//! Exporting images to other formats.
+
+pub mod raw;

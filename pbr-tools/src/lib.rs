@@ -1,0 +1,11 @@
+//! `pbr-tools`: converters and tools over `.pbr` restartable images, and the
+//! `pbr-img` command line.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod export;
+pub mod output;
+pub mod progress;
+
+pub use error::{Error, Result};

@@ -1,0 +1,112 @@
+//! `pbr-img` end to end on the bundled images: exit codes, one-line errors,
+//! JSON that parses, raw export equal to the pages.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use pbr_format::Image;
+
+fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/v1.0").join(name)
+}
+
+fn pbr_img(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pbr-img")).args(args).output().unwrap()
+}
+
+fn assert_one_line_error(out: &Output) -> String {
+    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr.clone()).unwrap();
+    assert_eq!(err.lines().count(), 1, "stderr: {err}");
+    assert!(err.starts_with("pbr-img: error: "), "{err}");
+    err
+}
+
+#[test]
+fn inspect_human_and_json() {
+    let p = testdata("sample.pbr");
+    let out = pbr_img(&["inspect", p.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("phase      daemons (#2"), "{text}");
+    assert!(text.contains("pc.bios (rom, not guest-physical)"));
+    assert!(text.contains("vcpu1 x86_64 rip=0xffffffff81000000"));
+
+    let out = pbr_img(&["inspect", "--json", "--pages", p.to_str().unwrap()]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let img = Image::open(&p).unwrap();
+    assert_eq!(v["guest"]["pages"], img.page_count());
+    assert_eq!(v["pages"]["extents"], img.extent_count());
+    assert_eq!(v["extents"].as_array().unwrap().len(), img.extent_count());
+    assert_eq!(v["pages"]["by_class"]["user"]["lz4"], 4);
+    assert_eq!(v["phase"]["name"], "daemons");
+    assert_eq!(v["vcpus"][0]["msrs"], 2);
+    assert_eq!(v["metadata"]["source.format"], "vmm");
+}
+
+#[test]
+fn verify_exit_codes() {
+    let p = testdata("sample.pbr");
+    assert!(pbr_img(&["verify", p.to_str().unwrap()]).status.success());
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.pbr");
+    let mut bytes = std::fs::read(&p).unwrap();
+    let img = Image::open(&p).unwrap();
+    let e = img.extent_of(7).unwrap();
+    bytes[e.data as usize + 9] ^= 4;
+    std::fs::write(&bad, &bytes).unwrap();
+    let err = assert_one_line_error(&pbr_img(&["verify", bad.to_str().unwrap()]));
+    assert!(err.contains(&format!("at offset {:#x}", e.data)), "{err}");
+
+    let out = pbr_img(&["verify", "--json", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["offset"], e.data);
+
+    std::fs::write(&bad, &bytes[..bytes.len() - 10]).unwrap();
+    let err = assert_one_line_error(&pbr_img(&["verify", bad.to_str().unwrap()]));
+    assert!(err.contains("incomplete image"), "{err}");
+
+    let err = assert_one_line_error(&pbr_img(&["inspect", "/nonexistent.pbr"]));
+    assert!(err.contains("cannot open /nonexistent.pbr"), "{err}");
+}
+
+#[test]
+fn export_raw_matches_pages_and_leaves_holes() {
+    let p = testdata("sample.pbr");
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("mem.raw");
+    let out = pbr_img(&["export", "--to", "raw", p.to_str().unwrap(), "-o", out_path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let img = Image::open(&p).unwrap();
+    let raw = std::fs::File::open(&out_path).unwrap();
+    let expected_len = img.regions().iter().filter(|r| !r.synthetic).map(|r| r.base + r.length).max().unwrap();
+    assert_eq!(raw.metadata().unwrap().len(), expected_len);
+    let mut buf = vec![0u8; 4096];
+    let mut got = vec![0u8; 4096];
+    for r in img.regions().iter().filter(|r| !r.synthetic) {
+        for gfn in r.first_gfn(4096)..r.first_gfn(4096) + r.pages(4096) {
+            let page = img.read_page(gfn, &mut buf).unwrap();
+            std::os::unix::fs::FileExt::read_exact_at(&raw, &mut got, gfn * 4096).unwrap();
+            assert_eq!(&got[..], page, "gfn {gfn:#x}");
+        }
+    }
+    // Sparse: far fewer blocks than the 4 GiB apparent size.
+    let meta = std::fs::metadata(&out_path).unwrap();
+    assert!(std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 1 << 20);
+
+    let err = assert_one_line_error(&pbr_img(&[
+        "export",
+        "--to",
+        "raw",
+        testdata("diff.pbr").to_str().unwrap(),
+        "-o",
+        dir.path().join("d.raw").to_str().unwrap(),
+    ]));
+    assert!(err.contains("diff image"), "{err}");
+    assert!(!dir.path().join("d.raw").exists());
+}
