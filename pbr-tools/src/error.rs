@@ -15,6 +15,16 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// An input stream breaks its format.
+    #[error("{format} stream: {msg} (at offset {offset:#x})")]
+    Parse {
+        /// Which format: `qemu`, `xl`, ...
+        format: &'static str,
+        /// Byte offset in the input.
+        offset: u64,
+        /// What is wrong.
+        msg: String,
+    },
     /// The request cannot be carried out on this input.
     #[error("{0}")]
     Unsupported(String),

@@ -3,9 +3,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod convert;
 pub mod error;
 pub mod export;
 pub mod output;
 pub mod progress;
+pub mod qemu;
 
 pub use error::{Error, Result};

@@ -8,6 +8,7 @@ use pbr_format::Image;
 use serde_json::json;
 
 use pbr_tools::export::raw::export_raw;
+use pbr_tools::qemu::export::export_qemu;
 use pbr_tools::{Result, progress};
 
 /// Formats `export` writes.
@@ -15,6 +16,8 @@ use pbr_tools::{Result, progress};
 pub enum Target {
     /// Guest-physical memory as one flat sparse file.
     Raw,
+    /// A QEMU migration stream for `-incoming` (images converted from QEMU).
+    Qemu,
 }
 
 pub fn run(to: Target, path: &Path, output: &Path, as_json: bool, quiet: bool) -> Result<ExitCode> {
@@ -41,6 +44,25 @@ pub fn run(to: Target, path: &Path, output: &Path, as_json: bool, quiet: bool) -
                 if !r.skipped_regions.is_empty() {
                     eprintln!("note: not guest-physical, not exported: {}", r.skipped_regions.join(", "));
                 }
+            }
+        }
+        Target::Qemu => {
+            let r = export_qemu(&img, output)?;
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"output": output.display().to_string(), "stream_bytes": r.stream_bytes, "page_records": r.page_records,
+                           "zero_records": r.zero_records, "dropped_mapped_ram": r.dropped_mapped_ram})
+                );
+            } else {
+                println!(
+                    "{}: QEMU stream of {} bytes ({} page + {} zero records){}",
+                    output.display(),
+                    r.stream_bytes,
+                    r.page_records,
+                    r.zero_records,
+                    if r.dropped_mapped_ram { "; written as a plain stream (mapped-ram dropped)" } else { "" }
+                );
             }
         }
     }

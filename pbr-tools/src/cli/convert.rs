@@ -1,0 +1,108 @@
+//! `pbr-img convert`: a hypervisor's save file or stream into a `.pbr`
+//! image, the format found by magic.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use pbr_format::{Phase, WELL_KNOWN_PHASES};
+use serde_json::json;
+
+use pbr_tools::convert::{InputFormat, detect};
+use pbr_tools::qemu::{self, ConvertOptions};
+use pbr_tools::{Error, Result, progress};
+
+/// Options of `convert` beyond input and output.
+pub struct Args<'a> {
+    pub phase: Option<&'a str>,
+    pub sequence: Option<u32>,
+    pub since_boot_ms: Option<u64>,
+    pub hashes: bool,
+    pub qemu_version: Option<String>,
+    pub restore_cmdline: Option<String>,
+    pub json: bool,
+    pub quiet: bool,
+}
+
+pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
+    let from_stdin = input == Path::new("-");
+    let file = if from_stdin {
+        None
+    } else {
+        Some(File::open(input).map_err(|e| Error::io(format!("cannot open {}", input.display()), e))?)
+    };
+    let mut reader: Box<dyn Read> = match &file {
+        Some(f) => Box::new(f.try_clone().map_err(|e| Error::io("cannot reopen the input", e))?),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut head = Vec::with_capacity(64);
+    (&mut reader).take(64).read_to_end(&mut head).map_err(|e| Error::io("cannot read the input", e))?;
+    let format = detect(&head).ok_or_else(|| {
+        Error::Unsupported(format!("{}: not a QEMU migration stream or xl save file (unknown magic)", input.display()))
+    })?;
+    let phase = a.phase.map(|name| Phase {
+        name: name.to_owned().into(),
+        sequence: a
+            .sequence
+            .unwrap_or_else(|| WELL_KNOWN_PHASES.iter().position(|p| *p == name).map_or(0, |i| i as u32)),
+        since_boot_ns: a.since_boot_ms.unwrap_or(0) * 1_000_000,
+        captured_unix_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    });
+    let total = file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
+    let bar = progress::bytes(total, "convert", a.quiet);
+    let full = std::io::Cursor::new(head).chain(reader);
+    match format {
+        InputFormat::Qemu => {
+            let opts = ConvertOptions {
+                phase,
+                page_hashes: a.hashes,
+                qemu_version: a.qemu_version.clone(),
+                restore_cmdline: a.restore_cmdline.clone(),
+            };
+            let r = qemu::convert(full, file.as_ref(), output, &opts, &|pos| bar.set_position(pos))?;
+            bar.finish_and_clear();
+            if let Some(note) = &r.vcpu_note {
+                eprintln!("warning: {note}");
+            }
+            if a.json {
+                println!(
+                    "{}",
+                    json!({
+                        "input": input.display().to_string(), "output": output.display().to_string(), "format": "qemu",
+                        "machine": r.machine, "capabilities": r.capabilities,
+                        "blocks": r.blocks.iter().map(|b| json!({"name": b.name, "used_length": b.used_length})).collect::<Vec<_>>(),
+                        "zero_records": r.zero_records, "page_records": r.page_records, "mapped_pages": r.mapped_pages,
+                        "stream_bytes": r.stream_bytes, "device_sections": r.device_sections, "vcpus": r.vcpus,
+                        "vmdescription": r.vmdescription, "image_bytes": r.image.file_len,
+                        "stored_pages": r.image.stored_pages, "extents": r.image.extents,
+                    })
+                );
+            } else {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(
+                    out,
+                    "{} -> {}: qemu {} stream, {} bytes; {} page + {} zero records{}; {} device sections, {} vCPUs; image {} bytes",
+                    input.display(),
+                    output.display(),
+                    r.machine,
+                    r.stream_bytes,
+                    r.page_records,
+                    r.zero_records,
+                    if r.mapped_pages > 0 { format!(" + {} mapped-ram pages", r.mapped_pages) } else { String::new() },
+                    r.device_sections,
+                    r.vcpus,
+                    r.image.file_len
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        InputFormat::Xl => Err(Error::Unsupported(format!(
+            "{}: xl save files are recognised but their converter is not built yet",
+            input.display()
+        ))),
+        InputFormat::Pbr => Err(Error::Unsupported(format!("{} is already a .pbr image", input.display()))),
+    }
+}

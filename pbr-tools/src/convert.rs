@@ -1,0 +1,41 @@
+//! Format detection for `convert`: by magic, never by file name.
+
+/// What an input file is, judged by its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputFormat {
+    /// A QEMU migration stream (`QEVM`).
+    Qemu,
+    /// An `xl save` file.
+    Xl,
+    /// Already a `.pbr` image.
+    Pbr,
+}
+
+/// The `xl save` file magic.
+pub const XL_MAGIC: &[u8] = b"Xen saved domain, xl format\n \0 \r";
+
+/// Detects the format from the first bytes of the input (at least 32).
+pub fn detect(head: &[u8]) -> Option<InputFormat> {
+    if crate::qemu::is_qemu_stream(head) {
+        Some(InputFormat::Qemu)
+    } else if head.starts_with(XL_MAGIC) {
+        Some(InputFormat::Xl)
+    } else if head.starts_with(&pbr_format::pod::MAGIC) {
+        Some(InputFormat::Pbr)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_by_magic() {
+        assert_eq!(detect(b"QEVM\0\0\0\x03"), Some(InputFormat::Qemu));
+        assert_eq!(detect(XL_MAGIC), Some(InputFormat::Xl));
+        assert_eq!(detect(b"\x89PBR\r\n\x1a\n"), Some(InputFormat::Pbr));
+        assert_eq!(detect(b"ELF"), None);
+    }
+}

@@ -1,0 +1,247 @@
+//! `export --to qemu`: an image converted from a QEMU stream, back into a
+//! stream that QEMU restores with `-incoming`.
+//!
+//! The stream is rebuilt in the order it was captured: the configuration,
+//! each RAM section with the same records (ZERO or PAGE, CONTINUE as QEMU
+//! sets it) but the image's current page content, commands, the device
+//! sections verbatim, EOF and the vmdescription. An unchanged image gives
+//! back the original bytes. Pages the recorded RAM sections do not cover
+//! (a mapped-ram source, or pages a diff added) go into the last RAM section.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use pbr_format::{DeviceOrigin, Image, is_zero};
+
+use super::config::Config;
+use super::plan::{BlockInfo, RamSection, RunKind};
+use super::ram::{Layout, flags};
+use super::reader::StreamReader;
+use super::{MAGIC, VERSION, blob, section};
+use crate::error::{Error, Result};
+use crate::output::AtomicFile;
+
+/// What [`export_qemu`] wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QemuExport {
+    /// Bytes written.
+    pub stream_bytes: u64,
+    /// ZERO records written.
+    pub zero_records: u64,
+    /// PAGE records written.
+    pub page_records: u64,
+    /// Whether a mapped-ram source was rewritten as a plain stream.
+    pub dropped_mapped_ram: bool,
+}
+
+struct Emitter<'a, W: Write> {
+    out: W,
+    img: &'a Image,
+    layout: Layout,
+    blocks: Vec<BlockInfo>,
+    last_block: Option<u16>,
+    buf: Vec<u8>,
+    report: QemuExport,
+}
+
+impl<W: Write> Emitter<'_, W> {
+    fn put(&mut self, b: &[u8]) -> Result<()> {
+        self.report.stream_bytes += b.len() as u64;
+        self.out.write_all(b).map_err(|e| Error::io("cannot write the stream", e))
+    }
+
+    /// One page record for page `page` of block `block`.
+    fn page(&mut self, block: u16, page: u64, kind: RunKind) -> Result<()> {
+        let ps = u64::from(self.img.page_size());
+        let addr = self
+            .layout
+            .address(usize::from(block), page * ps)
+            .ok_or_else(|| Error::Unsupported(format!("page {page} of block {block} has no place in the image")))?;
+        let mut buf = std::mem::take(&mut self.buf);
+        let content = self.img.read_page(addr / ps, &mut buf)?.to_vec();
+        self.buf = buf;
+        let zero = kind == RunKind::Zero && is_zero(&content);
+        let mut header = page * ps | if zero { flags::ZERO } else { flags::PAGE };
+        let continues = self.last_block == Some(block);
+        if continues {
+            header |= flags::CONTINUE;
+        }
+        self.put(&header.to_be_bytes())?;
+        if !continues {
+            let name = self.blocks[usize::from(block)].name.clone();
+            self.put(&[name.len() as u8])?;
+            self.put(name.as_bytes())?;
+        }
+        self.last_block = Some(block);
+        if zero {
+            self.report.zero_records += 1;
+            self.put(&[0])
+        } else {
+            self.report.page_records += 1;
+            self.put(&content)
+        }
+    }
+
+    fn ram_section(&mut self, s: &RamSection, footer: bool, extra: &[(u16, u64)]) -> Result<()> {
+        self.put(&[s.section_type])?;
+        self.put(&s.section_id.to_be_bytes())?;
+        if let Some((version, blocks)) = &s.start {
+            self.put(&[3])?;
+            self.put(b"ram")?;
+            self.put(&0u32.to_be_bytes())?;
+            self.put(&version.to_be_bytes())?;
+            let total: u64 = blocks.iter().map(|b| b.used_length).sum();
+            self.put(&(total | flags::MEM_SIZE).to_be_bytes())?;
+            for b in blocks {
+                self.put(&[b.name.len() as u8])?;
+                self.put(b.name.as_bytes())?;
+                self.put(&b.used_length.to_be_bytes())?;
+            }
+        }
+        for r in &s.runs {
+            for p in r.first..r.first + u64::from(r.count) {
+                self.page(r.block, p, r.kind)?;
+            }
+        }
+        for &(block, page) in extra {
+            self.page(block, page, RunKind::Page)?;
+        }
+        self.put(&flags::EOS.to_be_bytes())?;
+        if footer {
+            self.put(&[section::FOOTER])?;
+            self.put(&s.section_id.to_be_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `image` as a QEMU migration stream to `dest`, atomically.
+///
+/// # Errors
+/// An image that was not converted from a QEMU stream, a diff image (apply
+/// it first), a region layout that no longer matches the stream's blocks,
+/// a corrupt page, I/O.
+pub fn export_qemu(image: &Image, dest: &Path) -> Result<QemuExport> {
+    if image.base().is_some() {
+        return Err(Error::Unsupported("this is a diff image: apply it to its base before exporting".into()));
+    }
+    let blobs: Vec<_> = image
+        .devices()
+        .filter(|b| b.origin == DeviceOrigin::QEMU_STREAM || b.origin == DeviceOrigin::QEMU_SECTION)
+        .collect();
+    let config_blob = blobs
+        .iter()
+        .find(|b| b.origin == DeviceOrigin::QEMU_STREAM && b.name == blob::CONFIGURATION)
+        .ok_or_else(|| {
+            Error::Unsupported("the image holds no QEMU device state: it was not converted from a QEMU stream".into())
+        })?;
+    let config = Config::read(&mut StreamReader::new(&config_blob.data[..], 0))?;
+    let mut sections = Vec::new();
+    for b in blobs.iter().filter(|b| b.origin == DeviceOrigin::QEMU_STREAM && b.name == blob::RAM) {
+        let s = RamSection::decode(&b.data)
+            .map_err(|m| Error::Unsupported(format!("the image's ram section record is corrupt: {m}")))?;
+        sections.push((s, b.flags & blob::RAM_FOOTER != 0));
+    }
+    let blocks = sections
+        .iter()
+        .find_map(|(s, _)| s.start.as_ref().map(|(_, b)| b.clone()))
+        .ok_or_else(|| Error::Unsupported("the image has no ram START section record".into()))?;
+    let ps = u64::from(image.page_size());
+    let layout = Layout::new(&config.machine, &blocks, ps);
+    if layout.regions != image.regions() {
+        return Err(Error::Unsupported(
+            "the image's regions no longer match the QEMU ram blocks it was converted from".into(),
+        ));
+    }
+    let extra = uncovered_pages(image, &layout, &blocks, &sections)?;
+
+    let out = AtomicFile::create(dest)?;
+    let report = {
+        let mut e = Emitter {
+            out: BufWriter::with_capacity(1 << 20, out.file()),
+            img: image,
+            layout,
+            blocks,
+            last_block: None,
+            buf: vec![0; ps as usize],
+            report: QemuExport::default(),
+        };
+        e.report.dropped_mapped_ram = config.has("mapped-ram");
+        e.put(&MAGIC)?;
+        e.put(&VERSION.to_be_bytes())?;
+        let mut ram = 0;
+        for b in &blobs {
+            match (b.origin, b.name.as_ref()) {
+                (DeviceOrigin::QEMU_STREAM, blob::CONFIGURATION) => {
+                    e.put(&[section::CONFIGURATION])?;
+                    e.put(&config.without_capability("mapped-ram"))?;
+                }
+                (DeviceOrigin::QEMU_STREAM, blob::RAM) => {
+                    let (s, footer) = &sections[ram];
+                    ram += 1;
+                    let extra: &[(u16, u64)] = if ram == sections.len() { &extra } else { &[] };
+                    e.ram_section(s, *footer, extra)?;
+                }
+                (DeviceOrigin::QEMU_STREAM, blob::COMMAND) => {
+                    e.put(&[section::COMMAND])?;
+                    e.put(&(b.flags as u16).to_be_bytes())?;
+                    e.put(&(b.data.len() as u16).to_be_bytes())?;
+                    e.put(&b.data)?;
+                }
+                (DeviceOrigin::QEMU_STREAM, blob::EOF) => e.put(&[section::EOF])?,
+                (DeviceOrigin::QEMU_STREAM, blob::VMDESCRIPTION) => {
+                    e.put(&[section::VMDESCRIPTION])?;
+                    e.put(&(b.data.len() as u32).to_be_bytes())?;
+                    e.put(&b.data)?;
+                }
+                (DeviceOrigin::QEMU_SECTION, _) => e.put(&b.data)?,
+                (_, other) => {
+                    return Err(Error::Unsupported(format!("unknown QEMU stream record '{other}' in the image")));
+                }
+            }
+        }
+        e.out.flush().map_err(|err| Error::io("cannot write the stream", err))?;
+        e.report
+    };
+    out.commit()?;
+    Ok(report)
+}
+
+/// Pages with content that no recorded RAM section sends: `(block, page)`.
+fn uncovered_pages(
+    image: &Image,
+    layout: &Layout,
+    blocks: &[BlockInfo],
+    sections: &[(RamSection, bool)],
+) -> Result<Vec<(u16, u64)>> {
+    let ps = u64::from(image.page_size());
+    let mut covered: Vec<Vec<bool>> = blocks.iter().map(|b| vec![false; b.used_length.div_ceil(ps) as usize]).collect();
+    for (s, _) in sections {
+        for r in &s.runs {
+            let c = covered
+                .get_mut(usize::from(r.block))
+                .ok_or_else(|| Error::Unsupported(format!("ram record names block {} of {}", r.block, blocks.len())))?;
+            for p in r.first..r.first + u64::from(r.count) {
+                if let Some(x) = c.get_mut(p as usize) {
+                    *x = true;
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (bi, c) in covered.iter().enumerate() {
+        for (p, done) in c.iter().enumerate() {
+            if *done {
+                continue;
+            }
+            let addr = layout
+                .address(bi, p as u64 * ps)
+                .ok_or_else(|| Error::Unsupported("block page outside the layout".into()))?;
+            let e = image.extent_of(addr / ps)?;
+            if !matches!(e.encoding, pbr_format::PageEncoding::Zero | pbr_format::PageEncoding::Trimmed) {
+                out.push((bi as u16, p as u64));
+            }
+        }
+    }
+    Ok(out)
+}
