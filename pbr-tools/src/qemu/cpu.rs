@@ -226,11 +226,11 @@ fn msrs(b: &Body<'_>) -> Vec<MsrEntry> {
         }
     }
     for i in 0..8u64 {
-        if let Ok(o) = b.elem("env.mtrr_var", i, 16) {
-            if let (Ok(base), Ok(mask)) = (b.int_at(o, 8), b.int_at(o + 8, 8)) {
-                out.push(entry(0x200 + 2 * i as u32, base));
-                out.push(entry(0x201 + 2 * i as u32, mask));
-            }
+        if let Ok(o) = b.elem("env.mtrr_var", i, 16)
+            && let (Ok(base), Ok(mask)) = (b.int_at(o, 8), b.int_at(o + 8, 8))
+        {
+            out.push(entry(0x200 + 2 * i as u32, base));
+            out.push(entry(0x201 + 2 * i as u32, mask));
         }
     }
     out

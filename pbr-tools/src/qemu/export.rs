@@ -61,7 +61,7 @@ impl<W: Write> Emitter<'_, W> {
         let content = self.img.read_page(addr / ps, &mut buf)?.to_vec();
         self.buf = buf;
         let zero = kind == RunKind::Zero && is_zero(&content);
-        let mut header = page * ps | if zero { flags::ZERO } else { flags::PAGE };
+        let mut header = (page * ps) | if zero { flags::ZERO } else { flags::PAGE };
         let continues = self.last_block == Some(block);
         if continues {
             header |= flags::CONTINUE;
