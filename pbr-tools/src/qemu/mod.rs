@@ -452,7 +452,7 @@ fn tail_sections(tail: &[u8], base: u64, st: &mut State<'_>) -> Result<Option<Vm
                         usize::try_from(dd.body_len).map_err(|_| err(at, "section length overflows".into()))?
                     }
                     None => scan_footer(&tail[..end], hdr_end, id).ok_or_else(|| {
-                        err(at, format!("no footer found for section '{name}' (and no vmdescription to size it)"))
+                        err(at, format!("no footer found for section '{name}': the stream is truncated or corrupt (and has no vmdescription to size its sections)"))
                     })?,
                 };
                 let footer = hdr_end.checked_add(body_len).filter(|f| f + 5 <= end).ok_or_else(|| {

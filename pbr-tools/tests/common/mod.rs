@@ -1,0 +1,111 @@
+//! Helpers for the end-to-end tests: the shared real-QEMU fixtures, the
+//! `pbr-img` binary, an independent reader of RAM pages in QEMU streams.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// `../shared/fixtures/qemu` beside the repository.
+pub fn fixtures() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/qemu");
+    assert!(p.is_dir(), "the shared QEMU fixtures are missing at {}", p.display());
+    p
+}
+
+/// The fixture `name` (`q35-128m-daemons`, ...) decompressed once into the
+/// cargo target directory.
+pub fn fixture_stream(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("{name}.qemu"));
+    if !out.exists() {
+        let src = fixtures().join(format!("{name}.qemu.xz"));
+        let tmp = dir.join(format!("{name}.qemu.{}.part", std::process::id()));
+        let f = std::fs::File::create(&tmp).unwrap();
+        let st = Command::new("xz").arg("-dc").arg(&src).stdout(f).status().expect("xz (apt-get install xz-utils)");
+        assert!(st.success(), "xz -dc {}", src.display());
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
+}
+
+/// The fixture's entry in `fixtures.json`.
+pub fn fixture_info(name: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("fixtures.json")).unwrap()).unwrap();
+    v.as_array().unwrap().iter().find(|f| f["fixture"] == name).cloned().unwrap()
+}
+
+pub fn pbr_img(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pbr-img")).args(args).output().unwrap()
+}
+
+/// Runs `pbr-img` and panics with its stderr unless it succeeds.
+pub fn pbr_img_ok(args: &[&str]) -> String {
+    let out = pbr_img(args);
+    assert!(out.status.success(), "pbr-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// RAM of a QEMU 7.2 stream with no capabilities, read independently of
+/// pbr-tools: block name -> page index -> content (None = zero record),
+/// last copy wins. Stops at the first device section.
+pub fn stream_ram(stream: &[u8]) -> HashMap<String, HashMap<u64, Option<Vec<u8>>>> {
+    let be32 = |p: usize| u32::from_be_bytes(stream[p..p + 4].try_into().unwrap()) as usize;
+    let be64 = |p: usize| u64::from_be_bytes(stream[p..p + 8].try_into().unwrap());
+    assert_eq!(&stream[..8], b"QEVM\0\0\0\x03");
+    assert_eq!(stream[8], 7);
+    let mut p = 9 + 4 + be32(9);
+    let mut ram: HashMap<String, HashMap<u64, Option<Vec<u8>>>> = HashMap::new();
+    let mut last = String::new();
+    loop {
+        match stream[p] {
+            1 => {
+                let l = stream[p + 5] as usize;
+                p += 6 + l + 8;
+            }
+            2 | 3 => p += 5,
+            8 => {
+                p += 5 + u16::from_be_bytes([stream[p + 3], stream[p + 4]]) as usize;
+                continue;
+            }
+            _ => return ram,
+        }
+        loop {
+            let h = be64(p);
+            p += 8;
+            let (fl, off) = (h & 0xfff, h & !0xfff);
+            if fl & 0x04 != 0 {
+                let mut left = off;
+                while left > 0 {
+                    let l = stream[p] as usize;
+                    left -= be64(p + 1 + l);
+                    p += 1 + l + 8;
+                }
+                continue;
+            }
+            if fl == 0x10 {
+                break;
+            }
+            if fl & 0x20 == 0 {
+                let l = stream[p] as usize;
+                last = String::from_utf8(stream[p + 1..p + 1 + l].to_vec()).unwrap();
+                p += 1 + l;
+            }
+            let e = ram.entry(last.clone()).or_default();
+            if fl & 0x02 != 0 {
+                assert_eq!(stream[p], 0);
+                e.insert(off / 4096, None);
+                p += 1;
+            } else {
+                e.insert(off / 4096, Some(stream[p..p + 4096].to_vec()));
+                p += 4096;
+            }
+        }
+        if stream[p] == 0x7e {
+            p += 5;
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The real QEMU 7.2 streams of a real Linux guest in `../shared/fixtures`:
+//! converted, every page checked against the stream, exported back byte for
+//! byte.
+
+mod common;
+
+use common::{fixture_info, fixture_stream, pbr_img_ok, stream_ram};
+use pbr_format::{Image, Vcpu};
+
+fn check_fixture(name: &str) {
+    let stream_path = fixture_stream(name);
+    let info = fixture_info(name);
+    let dir = tempfile::tempdir().unwrap();
+    let image_path = dir.path().join(format!("{name}.pbr"));
+    let out = pbr_img_ok(&[
+        "convert",
+        stream_path.to_str().unwrap(),
+        "-o",
+        image_path.to_str().unwrap(),
+        "--phase",
+        info["phase"].as_str().unwrap(),
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // QEMU's own counters: duplicate = ZERO records, normal = PAGE records.
+    assert_eq!(report["zero_records"], info["ram_zero_pages"], "{name}");
+    assert_eq!(report["page_records"], info["ram_normal_pages"], "{name}");
+    assert_eq!(report["machine"], info["machine_resolved"]);
+
+    let img = Image::open(&image_path).unwrap();
+    img.verify().unwrap();
+    assert_eq!(img.phase().unwrap().name, info["phase"].as_str().unwrap());
+    assert_eq!(img.metadata_value("qemu.machine"), info["machine_resolved"].as_str());
+    let ram_mb = info["memory_mb"].as_u64().unwrap();
+    assert_eq!(img.metadata_value("guest.ram_size"), Some((ram_mb << 20).to_string().as_str()));
+
+    // Every page of every block against an independent reading of the stream.
+    let stream = std::fs::read(&stream_path).unwrap();
+    let ram = stream_ram(&stream);
+    let mut buf = vec![0u8; 4096];
+    let mut checked = 0;
+    for region in img.regions() {
+        let block = &ram[region.name.as_ref()];
+        for i in 0..region.pages(4096) {
+            let page = region.source_offset / 4096 + i;
+            let got = img.read_page(region.first_gfn(4096) + i, &mut buf).unwrap();
+            match block.get(&page) {
+                Some(Some(data)) => assert_eq!(got, &data[..], "{name} {} page {page}", region.name),
+                _ => assert!(got.iter().all(|&b| b == 0), "{name} {} page {page} should be zero", region.name),
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, img.page_count());
+    // pc.ram sits at its guest-physical addresses: page n at gfn n.
+    let pc = img.regions().iter().find(|r| r.name == "pc.ram").unwrap();
+    assert_eq!((pc.base, pc.length, pc.synthetic), (0, ram_mb << 20, false));
+
+    // Index and metadata stay under 0.25% of guest memory.
+    let index: u64 = img
+        .sections()
+        .iter()
+        .filter(|s| {
+            !matches!(
+                s.kind,
+                Some(
+                    pbr_format::SectionKind::PageData
+                        | pbr_format::SectionKind::Devices
+                        | pbr_format::SectionKind::Vcpus
+                )
+            )
+        })
+        .map(|s| s.length)
+        .sum();
+    assert!((index as f64) < 0.0025 * img.guest_size() as f64, "{name}: index+metadata {index} bytes");
+
+    // The vCPU: a 64-bit Linux kernel, paging on, in long mode.
+    let Vcpu::X86_64(v) = &img.vcpus()[0] else { panic!("not x86") };
+    assert!(v.regs.rip.get() >= 0xffff_ffff_8000_0000, "rip {:#x}", v.regs.rip.get());
+    assert_eq!(v.sregs.cr0.get() & 0x8000_0001, 0x8000_0001);
+    assert_eq!(v.sregs.efer.get() & 0x500, 0x500, "LME|LMA");
+    assert_eq!((v.sregs.cs.l, v.sregs.cs.present, v.sregs.cs.dpl), (1, 1, 0));
+    assert_eq!(v.sregs.apic_base.get() & 0xffff_f000, 0xfee0_0000);
+    assert!(v.lapic.is_some() && v.msr(0xc000_0082).is_some_and(|lstar| lstar >= 0xffff_ffff_8000_0000));
+
+    // Export gives back the same bytes.
+    let back = dir.path().join("back.qemu");
+    pbr_img_ok(&["export", "--to", "qemu", image_path.to_str().unwrap(), "-o", back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == stream, "{name}: exported stream differs from the original");
+}
+
+#[test]
+fn q35_kernel() {
+    check_fixture("q35-128m-kernel");
+}
+
+#[test]
+fn q35_daemons() {
+    check_fixture("q35-128m-daemons");
+}
+
+#[test]
+fn pc_daemons() {
+    check_fixture("pc-128m-daemons");
+}
+
+#[test]
+fn convert_from_a_pipe() {
+    let stream_path = fixture_stream("q35-128m-kernel");
+    let dir = tempfile::tempdir().unwrap();
+    let from_file = dir.path().join("f.pbr");
+    let from_pipe = dir.path().join("p.pbr");
+    pbr_img_ok(&["convert", stream_path.to_str().unwrap(), "-o", from_file.to_str().unwrap()]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pbr-img"))
+        .args(["convert", "-", "-o", from_pipe.to_str().unwrap()])
+        .stdin(std::fs::File::open(&stream_path).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (a, b) = (Image::open(&from_file).unwrap(), Image::open(&from_pipe).unwrap());
+    assert_eq!(a.extent_count(), b.extent_count());
+    let mut x = vec![0u8; 4096];
+    let mut y = vec![0u8; 4096];
+    for e in a.extents() {
+        for g in e.gfns() {
+            assert_eq!(a.read_page(g, &mut x).unwrap(), b.read_page(g, &mut y).unwrap());
+        }
+    }
+}
