@@ -127,3 +127,23 @@ fn convert_from_a_pipe() {
         }
     }
 }
+
+#[test]
+fn bundled_counter_stream() {
+    let stream = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/qemu/counter-q35-16m.qemu");
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("c.pbr");
+    pbr_img_ok(&["convert", stream.to_str().unwrap(), "-o", image.to_str().unwrap(), "--phase", "firmware"]);
+    let img = Image::open(&image).unwrap();
+    img.verify().unwrap();
+    let mut buf = vec![0u8; 4096];
+    let page = img.read_page(0, &mut buf).unwrap();
+    assert_eq!(u32::from_le_bytes(page[0x500..0x504].try_into().unwrap()), 0x49);
+    let Vcpu::X86_64(v) = &img.vcpus()[0] else { panic!() };
+    // Real mode, running the boot sector's delay loop at 0x7c00.
+    assert_eq!(v.sregs.cr0.get() & 1, 0);
+    assert!((0x7c00..0x7c39).contains(&v.regs.rip.get()), "rip {:#x}", v.regs.rip.get());
+    let back = dir.path().join("back.qemu");
+    pbr_img_ok(&["export", "--to", "qemu", image.to_str().unwrap(), "-o", back.to_str().unwrap()]);
+    assert!(std::fs::read(back).unwrap() == std::fs::read(stream).unwrap());
+}
