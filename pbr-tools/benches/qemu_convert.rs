@@ -12,7 +12,6 @@
 //! Set `PBR_BENCH_MB` to change the guest size (default 1024).
 
 #[path = "../tests/common/vm.rs"]
-#[allow(dead_code)]
 mod vm;
 
 use std::io::Write;
