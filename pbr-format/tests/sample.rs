@@ -134,3 +134,26 @@ fn finish_replaces_an_existing_file_atomically() {
     w.finish().unwrap();
     Image::open(&path).unwrap().verify().unwrap();
 }
+
+#[test]
+fn huge_pages_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.pbr");
+    const HP: usize = 2 << 20;
+    let regions = [pbr_format::Region::ram("pc.ram", 0, 8 * HP as u64)];
+    let opts = pbr_format::WriterOptions { page_size: HP as u32, page_hashes: true, ..Default::default() };
+    let mut w = pbr_format::ImageWriter::create(&path, &regions, opts).unwrap();
+    let big: Vec<u8> = (0..HP).map(|i| (i / 4096) as u8 ^ (i as u8)).collect();
+    w.write_page(1, &big, PageClass::User).unwrap();
+    w.write_page(2, &big, PageClass::User).unwrap();
+    w.write_page_lz4(5, &vec![9u8; HP], PageClass::Kernel).unwrap();
+    w.finish().unwrap();
+    let img = Image::open(&path).unwrap();
+    img.verify().unwrap();
+    assert_eq!(img.page_size(), HP as u32);
+    let mut buf = vec![0u8; HP];
+    assert_eq!(img.read_page(2, &mut buf).unwrap(), &big[..]);
+    assert_eq!(img.read_page(5, &mut buf).unwrap(), &vec![9u8; HP][..]);
+    let run = img.raw_runs()[0];
+    assert_eq!((run.gfn, run.pages, run.file_offset % HP as u64), (1, 2, 0));
+}

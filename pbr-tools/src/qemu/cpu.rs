@@ -115,7 +115,7 @@ fn segment(b: &Body<'_>, name: &str, i: u64) -> Result<KvmSegment, String> {
     })
 }
 
-/// QEMU's descriptor flags of a KVM segment (the inverse of [`segment`]).
+/// QEMU's descriptor flags of a KVM segment (the inverse of how [`decode`] reads them).
 pub fn segment_flags(s: &KvmSegment) -> u32 {
     (u32::from(s.type_) << DESC_TYPE_SHIFT)
         | if s.present != 0 { DESC_P_MASK } else { 0 }
