@@ -147,3 +147,71 @@ fn live_migration_with_resent_pages() {
     let after = restore(d, "live-restored", &base, &exported);
     assert!(after[0] > counter.saturating_sub(2) && after[0] <= counter + 1, "{after:?} after {counter}");
 }
+
+/// QEMU 10.0: its streams carry SWITCHOVER_START; its mapped-ram files keep
+/// pages at fixed offsets. Both convert, and both restore into QEMU 10.0
+/// after export (mapped-ram as a plain stream).
+#[test]
+fn qemu_10_streams_and_mapped_ram() {
+    let (bin, firmware) = common::vm::qemu10();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let disk = d.join("boot.img");
+    counter_disk(&disk);
+    // SeaBIOS 1.16.2 does not boot from AHCI under QEMU 10, so this uses pc.
+    let mut base: Vec<String> = firmware;
+    base.extend(
+        ["-machine", "pc,accel=tcg", "-m", "32", "-nodefaults", "-display", "none", "-drive"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    base.push(format!("file={},format=raw,if=ide", disk.display()));
+
+    for mapped in [false, true] {
+        let tag = if mapped { "mapped" } else { "plain" };
+        let mut vm = Vm::start_bin(&bin, d, &format!("q10-{tag}"), &args(&base, &[]));
+        vm.wait_counts(3);
+        vm.cmd("stop", json!({}));
+        let printed = *vm.counts().last().unwrap();
+        let saved = d.join(format!("q10-{tag}.qemu"));
+        if mapped {
+            vm.cmd("migrate-set-capabilities", json!({"capabilities": [{"capability": "mapped-ram", "state": true}]}));
+            vm.cmd("migrate", json!({"uri": format!("file:{}", saved.display())}));
+        } else {
+            vm.cmd("migrate", json!({"uri": format!("exec:cat > {}", saved.display())}));
+        }
+        vm.wait_migration();
+        vm.quit();
+
+        let image = d.join(format!("q10-{tag}.pbr"));
+        let out = pbr_img_ok(&["convert", "--json", saved.to_str().unwrap(), "-o", image.to_str().unwrap()]);
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(report["machine"].as_str().unwrap().starts_with("pc-i440fx-10."), "{report}");
+        let img = Image::open(&image).unwrap();
+        img.verify().unwrap();
+        let mut buf = vec![0u8; 4096];
+        let counter =
+            u32::from_le_bytes(img.read_page(0, &mut buf).unwrap()[COUNTER_ADDR..COUNTER_ADDR + 4].try_into().unwrap());
+        assert!(counter == printed || counter == printed + 1, "{tag}: counter {counter}, printed {printed}");
+        let commands: Vec<u32> = img.devices().filter(|b| b.name == "command").map(|b| b.flags).collect();
+        if mapped {
+            assert_eq!(report["capabilities"], json!(["mapped-ram"]));
+            assert!(report["mapped_pages"].as_u64().unwrap() > 0);
+        } else {
+            assert_eq!(commands, [0x0b], "SWITCHOVER_START");
+        }
+
+        let exported = d.join(format!("q10-{tag}-export.qemu"));
+        pbr_img_ok(&["export", "--to", "qemu", image.to_str().unwrap(), "-o", exported.to_str().unwrap()]);
+        if !mapped {
+            assert!(std::fs::read(&exported).unwrap() == std::fs::read(&saved).unwrap());
+        }
+        let incoming = format!("exec:cat {}", exported.display());
+        let mut vm = Vm::start_bin(&bin, d, &format!("q10-{tag}-restored"), &args(&base, &["-incoming", &incoming]));
+        vm.wait_migration();
+        vm.cmd("cont", json!({}));
+        let after = vm.wait_counts(3);
+        vm.quit();
+        assert!(after[0] > printed && after[0] <= counter + 1, "{tag}: {after:?} after {printed}");
+    }
+}

@@ -36,6 +36,18 @@ pub const COUNTER_BOOT_SECTOR: &str = concat!(
 /// Guest-physical address of the counter.
 pub const COUNTER_ADDR: usize = 0x500;
 
+/// QEMU 10.0 unpacked by `scripts/fetch-qemu10` (`PBR_QEMU10`, or its
+/// default place): the binary and the firmware search path it needs.
+pub fn qemu10() -> (String, Vec<String>) {
+    let bin = std::env::var("PBR_QEMU10").unwrap_or_else(|_| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/qemu10/usr/bin/qemu-system-x86_64").display().to_string()
+    });
+    assert!(Path::new(&bin).exists(), "QEMU 10.0 is not at {bin}: run scripts/fetch-qemu10 (scripts/test does)");
+    let data = Path::new(&bin).join("../../share/qemu");
+    let args = vec!["-L".into(), "/usr/share/seabios".into(), "-L".into(), data.display().to_string()];
+    (bin, args)
+}
+
 /// Writes a 1 MiB raw disk whose boot sector is the counting guest.
 pub fn counter_disk(path: &Path) {
     let code: Vec<u8> = (0..COUNTER_BOOT_SECTOR.len() / 2)
@@ -59,11 +71,17 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Starts `qemu-system-x86_64` with `args` plus serial and QMP wiring.
+    /// Starts the system's `qemu-system-x86_64` with `args` plus serial and
+    /// QMP wiring.
     pub fn start(dir: &Path, name: &str, args: &[&str]) -> Vm {
+        Vm::start_bin("qemu-system-x86_64", dir, name, args)
+    }
+
+    /// As [`Vm::start`] with the QEMU binary `bin`.
+    pub fn start_bin(bin: &str, dir: &Path, name: &str, args: &[&str]) -> Vm {
         let serial = dir.join(format!("{name}.serial"));
         let sock = dir.join(format!("{name}.qmp"));
-        let child = Command::new("qemu-system-x86_64")
+        let child = Command::new(bin)
             .args(args)
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
