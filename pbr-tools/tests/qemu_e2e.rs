@@ -193,6 +193,7 @@ fn qemu_10_streams_and_mapped_ram() {
         let counter =
             u32::from_le_bytes(img.read_page(0, &mut buf).unwrap()[COUNTER_ADDR..COUNTER_ADDR + 4].try_into().unwrap());
         assert!(counter == printed || counter == printed + 1, "{tag}: counter {counter}, printed {printed}");
+        assert_eq!(img.metadata_value("qemu.version_at_least"), Some("10.0"));
         let commands: Vec<u32> = img.devices().filter(|b| b.name == "command").map(|b| b.flags).collect();
         if mapped {
             assert_eq!(report["capabilities"], json!(["mapped-ram"]));

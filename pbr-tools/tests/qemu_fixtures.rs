@@ -31,6 +31,7 @@ fn check_fixture(name: &str) {
     img.verify().unwrap();
     assert_eq!(img.phase().unwrap().name, info["phase"].as_str().unwrap());
     assert_eq!(img.metadata_value("qemu.machine"), info["machine_resolved"].as_str());
+    assert_eq!(img.metadata_value("qemu.version_at_least"), Some("7.2"));
     let ram_mb = info["memory_mb"].as_u64().unwrap();
     assert_eq!(img.metadata_value("guest.ram_size"), Some((ram_mb << 20).to_string().as_str()));
 

@@ -584,6 +584,9 @@ fn finish(mut st: State<'_>, desc: Option<VmDesc>, stream_bytes: u64) -> Result<
     if let Some(v) = &st.opts.qemu_version {
         w.set_metadata("qemu.version", v)?;
     }
+    if let Some(v) = min_version(&cfg.machine, &st.blobs) {
+        w.set_metadata("qemu.version_at_least", &v)?;
+    }
     if let Some(c) = &st.opts.restore_cmdline {
         w.set_metadata("restore.cmdline", c)?;
     }
@@ -606,6 +609,28 @@ fn finish(mut st: State<'_>, desc: Option<VmDesc>, stream_bytes: u64) -> Result<
         vmdescription: desc.is_some(),
         image,
     })
+}
+
+/// The oldest QEMU that can have written a stream: from its machine type
+/// version (a QEMU writes machine types up to its own version), a
+/// SWITCHOVER_START command (10.0) and a `configuration` key in the
+/// vmdescription (8.2).
+fn min_version(machine: &str, blobs: &[DeviceBlob<'_>]) -> Option<String> {
+    let parse = |v: &str| -> Option<(u32, u32)> {
+        let (a, b) = v.split_once('.')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    };
+    let mut best = machine.rsplit('-').next().and_then(parse);
+    let mut raise = |v: (u32, u32)| best = Some(best.map_or(v, |b| b.max(v)));
+    if blobs.iter().any(|b| b.origin == DeviceOrigin::QEMU_STREAM && b.name == blob::COMMAND && b.flags == 0x0b) {
+        raise((10, 0));
+    }
+    if let Some(j) = blobs.iter().find(|b| b.origin == DeviceOrigin::QEMU_STREAM && b.name == blob::VMDESCRIPTION)
+        && serde_json::from_slice::<serde_json::Value>(&j.data).is_ok_and(|v| v.get("configuration").is_some())
+    {
+        raise((8, 2));
+    }
+    best.map(|(a, b)| format!("{a}.{b}"))
 }
 
 /// Length of the FULL section header for an idstr of `name_len` bytes.
