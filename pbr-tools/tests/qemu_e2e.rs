@@ -216,3 +216,34 @@ fn qemu_10_streams_and_mapped_ram() {
         assert!(after[0] > printed && after[0] <= counter + 1, "{tag}: {after:?} after {printed}");
     }
 }
+
+/// A machine type up to 2.3 writes no configuration section, no footers and
+/// no vmdescription: the device sections are kept whole, and the stream
+/// still converts, exports to the same bytes and restores.
+#[test]
+fn old_machine_type_without_configuration_footers_or_vmdescription() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let disk = d.join("boot.img");
+    counter_disk(&disk);
+    let mut base = machine_args(&disk);
+    base[1] = "pc-i440fx-2.2,accel=tcg".into();
+    let mut vm = Vm::start(d, "old", &args(&base, &[]));
+    vm.wait_counts(3);
+    vm.cmd("stop", json!({}));
+    let printed = *vm.counts().last().unwrap();
+    let saved = d.join("old.qemu");
+    vm.cmd("migrate", json!({"uri": format!("exec:cat > {}", saved.display())}));
+    vm.wait_migration();
+    vm.quit();
+    let image = d.join("old.pbr");
+    pbr_img_ok(&["convert", saved.to_str().unwrap(), "-o", image.to_str().unwrap()]);
+    let img = Image::open(&image).unwrap();
+    assert!(img.devices().any(|b| b.name == "device-state"));
+    assert!(img.metadata_value("qemu.machine").is_none());
+    let exported = d.join("old-export.qemu");
+    pbr_img_ok(&["export", "--to", "qemu", image.to_str().unwrap(), "-o", exported.to_str().unwrap()]);
+    assert!(std::fs::read(&exported).unwrap() == std::fs::read(&saved).unwrap());
+    let after = restore(d, "old-restored", &base, &exported);
+    assert!(after[0] > printed && after[0] <= printed + 2, "{after:?} after {printed}");
+}

@@ -87,7 +87,7 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
                     "{} -> {}: qemu {} stream, {} bytes; {} page + {} zero records{}; {} device sections, {} vCPUs; image {} bytes",
                     input.display(),
                     output.display(),
-                    r.machine,
+                    if r.machine.is_empty() { "(machine type not recorded)" } else { &r.machine },
                     r.stream_bytes,
                     r.page_records,
                     r.zero_records,

@@ -129,13 +129,17 @@ pub fn export_qemu(image: &Image, dest: &Path) -> Result<QemuExport> {
         .devices()
         .filter(|b| b.origin == DeviceOrigin::QEMU_STREAM || b.origin == DeviceOrigin::QEMU_SECTION)
         .collect();
-    let config_blob = blobs
-        .iter()
-        .find(|b| b.origin == DeviceOrigin::QEMU_STREAM && b.name == blob::CONFIGURATION)
-        .ok_or_else(|| {
-            Error::Unsupported("the image holds no QEMU device state: it was not converted from a QEMU stream".into())
-        })?;
-    let config = Config::read(&mut StreamReader::new(&config_blob.data[..], 0))?;
+    if blobs.is_empty() {
+        return Err(Error::Unsupported(
+            "the image holds no QEMU device state: it was not converted from a QEMU stream".into(),
+        ));
+    }
+    // Machine types up to 2.3 send no configuration section.
+    let config = match blobs.iter().find(|b| b.origin == DeviceOrigin::QEMU_STREAM && b.name == blob::CONFIGURATION) {
+        Some(b) => Some(Config::read(&mut StreamReader::new(&b.data[..], 0))?),
+        None => None,
+    };
+    let machine = config.as_ref().map_or("", |c| c.machine.as_str());
     let mut sections = Vec::new();
     for b in blobs.iter().filter(|b| b.origin == DeviceOrigin::QEMU_STREAM && b.name == blob::RAM) {
         let s = RamSection::decode(&b.data)
@@ -147,7 +151,7 @@ pub fn export_qemu(image: &Image, dest: &Path) -> Result<QemuExport> {
         .find_map(|(s, _)| s.start.as_ref().map(|(_, b)| b.clone()))
         .ok_or_else(|| Error::Unsupported("the image has no ram START section record".into()))?;
     let ps = u64::from(image.page_size());
-    let layout = Layout::new(&config.machine, &blocks, ps);
+    let layout = Layout::new(machine, &blocks, ps);
     if layout.regions != image.regions() {
         return Err(Error::Unsupported(
             "the image's regions no longer match the QEMU ram blocks it was converted from".into(),
@@ -166,7 +170,7 @@ pub fn export_qemu(image: &Image, dest: &Path) -> Result<QemuExport> {
             buf: vec![0; ps as usize],
             report: QemuExport::default(),
         };
-        e.report.dropped_mapped_ram = config.has("mapped-ram");
+        e.report.dropped_mapped_ram = config.as_ref().is_some_and(|c| c.has("mapped-ram"));
         e.put(&MAGIC)?;
         e.put(&VERSION.to_be_bytes())?;
         let mut ram = 0;
@@ -174,7 +178,7 @@ pub fn export_qemu(image: &Image, dest: &Path) -> Result<QemuExport> {
             match (b.origin, b.name.as_ref()) {
                 (DeviceOrigin::QEMU_STREAM, blob::CONFIGURATION) => {
                     e.put(&[section::CONFIGURATION])?;
-                    e.put(&config.without_capability("mapped-ram"))?;
+                    e.put(&config.as_ref().map(|c| c.without_capability("mapped-ram")).unwrap_or_default())?;
                 }
                 (DeviceOrigin::QEMU_STREAM, blob::RAM) => {
                     let (s, footer) = &sections[ram];
@@ -194,7 +198,7 @@ pub fn export_qemu(image: &Image, dest: &Path) -> Result<QemuExport> {
                     e.put(&(b.data.len() as u32).to_be_bytes())?;
                     e.put(&b.data)?;
                 }
-                (DeviceOrigin::QEMU_SECTION, _) => e.put(&b.data)?,
+                (DeviceOrigin::QEMU_SECTION, _) | (DeviceOrigin::QEMU_STREAM, blob::DEVICE_STATE) => e.put(&b.data)?,
                 (_, other) => {
                     return Err(Error::Unsupported(format!("unknown QEMU stream record '{other}' in the image")));
                 }

@@ -72,6 +72,9 @@ pub mod blob {
     pub const COMMAND: &str = "command";
     /// The end of device state.
     pub const EOF: &str = "eof";
+    /// Device sections that could not be split (no vmdescription, no
+    /// footers), kept whole.
+    pub const DEVICE_STATE: &str = "device-state";
     /// The vmdescription JSON.
     pub const VMDESCRIPTION: &str = "vmdescription";
     /// Flag of a ram blob: the section had a footer.
@@ -94,7 +97,8 @@ pub struct ConvertOptions {
 /// What a conversion read and wrote.
 #[derive(Clone, Debug)]
 pub struct ConvertReport {
-    /// Resolved machine type.
+    /// Resolved machine type (empty for machine types up to 2.3, which send
+    /// no configuration section).
     pub machine: String,
     /// Validated capabilities of the configuration section.
     pub capabilities: Vec<String>,
@@ -340,7 +344,8 @@ fn ram_section<R: Read>(r: &mut StreamReader<R>, st: &mut State<'_>, file: Optio
     } else if st.ram_section_id != Some(id) {
         return Err(r.err_at(at, format!("section part for id {id}, which no START section opened")));
     }
-    let mut ram = st.ram.take().ok_or_else(|| r.err_at(at, "ram section before the configuration section"))?;
+    // Machine types up to 2.3 send no configuration section.
+    let mut ram = st.ram.take().unwrap_or_else(|| RamParser::new(PAGE_SIZE, false));
     let res = ram.section(r, &mut plan, st);
     st.ram = Some(ram);
     res?;
@@ -417,6 +422,19 @@ fn tail_sections(tail: &[u8], base: u64, st: &mut State<'_>) -> Result<Option<Vm
         }
         None => (tail.len(), None),
     };
+    // Without a vmdescription nor footers (machine types up to 2.3) the
+    // device sections cannot be told apart: they are kept as one blob.
+    if desc.is_none() && tail.first() == Some(&section::FULL) {
+        let split = full_header(tail, 1).and_then(|(id, _, _, _, body)| scan_footer(tail, body, id));
+        if split.is_none() {
+            if tail.last() != Some(&section::EOF) {
+                return Err(err(tail.len(), "truncated: the stream ends before QEMU_VM_EOF".into()));
+            }
+            st.blobs.push(stream_blob(blob::DEVICE_STATE, 0, tail[..tail.len() - 1].to_vec()));
+            st.blobs.push(stream_blob(blob::EOF, 0, Vec::new()));
+            return Ok(None);
+        }
+    }
     let mut pos = 0usize;
     let mut full = 0usize;
     loop {
@@ -547,11 +565,7 @@ fn find_vmdesc(tail: &[u8]) -> Option<usize> {
 }
 
 fn finish(mut st: State<'_>, desc: Option<VmDesc>, stream_bytes: u64) -> Result<ConvertReport> {
-    let cfg = st.config.take().ok_or_else(|| Error::Parse {
-        format: "qemu",
-        offset: 8,
-        msg: "no configuration section".into(),
-    })?;
+    let cfg = st.config.take();
     let mut w = st.writer.take().ok_or_else(|| Error::Parse {
         format: "qemu",
         offset: stream_bytes,
@@ -574,9 +588,12 @@ fn finish(mut st: State<'_>, desc: Option<VmDesc>, stream_bytes: u64) -> Result<
         w.add_device(b)?;
     }
     w.set_metadata("source.format", "qemu")?;
-    w.set_metadata("qemu.machine", &cfg.machine)?;
-    if !cfg.capabilities.is_empty() {
-        w.set_metadata("qemu.capabilities", &cfg.capabilities.join(","))?;
+    let (machine, capabilities) = cfg.map(|c| (c.machine, c.capabilities)).unwrap_or_default();
+    if !machine.is_empty() {
+        w.set_metadata("qemu.machine", &machine)?;
+    }
+    if !capabilities.is_empty() {
+        w.set_metadata("qemu.capabilities", &capabilities.join(","))?;
     }
     if let Some(ram) = blocks.iter().find(|b| b.name == "pc.ram") {
         w.set_metadata("guest.ram_size", &ram.used_length.to_string())?;
@@ -584,7 +601,7 @@ fn finish(mut st: State<'_>, desc: Option<VmDesc>, stream_bytes: u64) -> Result<
     if let Some(v) = &st.opts.qemu_version {
         w.set_metadata("qemu.version", v)?;
     }
-    if let Some(v) = min_version(&cfg.machine, &st.blobs) {
+    if let Some(v) = min_version(&machine, &st.blobs) {
         w.set_metadata("qemu.version_at_least", &v)?;
     }
     if let Some(c) = &st.opts.restore_cmdline {
@@ -596,8 +613,8 @@ fn finish(mut st: State<'_>, desc: Option<VmDesc>, stream_bytes: u64) -> Result<
     }
     let image = w.finish()?;
     Ok(ConvertReport {
-        machine: cfg.machine,
-        capabilities: cfg.capabilities,
+        machine,
+        capabilities,
         blocks,
         zero_records: st.zero_records,
         page_records: st.page_records,
