@@ -5,8 +5,10 @@ use std::borrow::Cow;
 /// Identity of the base image of a diff.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BaseRef<'a> {
-    /// The base image's trailer hash (`image_blake3`).
+    /// The base image's content hash ([`crate::Image::content_hash`]).
     pub blake3: [u8; 32],
+    /// The content hash of the image this diff rebuilds, when known.
+    pub result_blake3: Option<[u8; 32]>,
     /// The base image's page size.
     pub page_size: u32,
     /// A hint: the base's file name.

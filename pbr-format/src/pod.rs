@@ -280,8 +280,10 @@ const _: () = assert!(size_of::<CacheRefRecord>() == 24);
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub struct BaseRecord {
-    /// `image_blake3` of the base image.
+    /// Content hash of the base image.
     pub base_blake3: [u8; 32],
+    /// Content hash of the image this diff rebuilds, all zero if unknown.
+    pub result_blake3: [u8; 32],
     /// Page size of the base.
     pub page_size: U32,
     /// Reserved.
@@ -291,7 +293,7 @@ pub struct BaseRecord {
     /// Name hint length.
     pub name_len: U32,
 }
-const _: () = assert!(size_of::<BaseRecord>() == 48);
+const _: () = assert!(size_of::<BaseRecord>() == 80);
 
 /// Header of every `VCPUS` record.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]

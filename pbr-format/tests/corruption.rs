@@ -66,7 +66,13 @@ fn diff_image_flips_and_truncations() {
     let opts = WriterOptions { unwritten: pbr_format::PageEncoding::Base, ..WriterOptions::default() };
     let path = dir.path().join("diff.pbr");
     let mut w = ImageWriter::create(&path, &regions, opts).unwrap();
-    w.set_base(pbr_format::BaseRef { blake3: base.image_blake3(), page_size: 4096, name: "base.pbr".into() }).unwrap();
+    w.set_base(pbr_format::BaseRef {
+        blake3: base.content_hash().unwrap(),
+        result_blake3: Some([7; 32]),
+        page_size: 4096,
+        name: "base.pbr".into(),
+    })
+    .unwrap();
     w.write_page(1, &common::page(9), PageClass::Kernel).unwrap();
     w.finish().unwrap();
     check_all_flips_and_truncations(&std::fs::read(&path).unwrap());

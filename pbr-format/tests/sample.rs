@@ -104,7 +104,7 @@ fn diff_image_names_its_base() {
     write_diff(&diff_path, &base);
     let diff = Image::open(&diff_path).unwrap();
     diff.verify().unwrap();
-    assert_eq!(diff.base().unwrap().blake3, base.image_blake3());
+    assert_eq!(diff.base().unwrap().blake3, base.content_hash().unwrap());
     assert_eq!(diff.extent_of(0).unwrap().encoding, PageEncoding::Base);
     let mut buf = vec![0u8; PS];
     assert_eq!(diff.read_page(3, &mut buf).unwrap(), &page(3000)[..]);

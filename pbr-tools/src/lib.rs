@@ -3,11 +3,17 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod apply;
+pub mod classify;
 pub mod convert;
+pub mod diff;
 pub mod error;
 pub mod export;
 pub mod output;
+pub mod pack;
 pub mod progress;
 pub mod qemu;
+pub mod rewrite;
+pub mod trim;
 
 pub use error::{Error, Result};

@@ -1,6 +1,7 @@
 //! Reading `.pbr` images: [`Image::open`] checks the structure in time
 //! proportional to the index; [`Image::verify`] checks every byte.
 
+mod content;
 mod page_index;
 mod pages;
 mod records;

@@ -258,7 +258,12 @@ fn parse_base(bytes: &[u8], t: &Table, page_size: u32) -> Result<BaseRef<'static
         r.name_len.get(),
         &StrSpec { field: "name", max: MAX_PATH, allow_empty: true },
     )?;
-    Ok(BaseRef { blake3: r.base_blake3, page_size, name: Cow::Owned(name.to_owned()) })
+    Ok(BaseRef {
+        blake3: r.base_blake3,
+        result_blake3: (r.result_blake3 != [0; 32]).then_some(r.result_blake3),
+        page_size,
+        name: Cow::Owned(name.to_owned()),
+    })
 }
 
 fn parse_devices(bytes: &[u8], t: &Table) -> Result<Vec<DeviceLoc>> {

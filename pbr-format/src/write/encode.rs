@@ -155,6 +155,7 @@ pub(crate) fn base(b: &BaseRef<'_>) -> Result<Vec<u8>> {
     let (name_off, name_len) = t.string(&b.name)?;
     t.push(&BaseRecord {
         base_blake3: b.blake3,
+        result_blake3: b.result_blake3.unwrap_or([0; 32]),
         page_size: U32::new(b.page_size),
         reserved: U32::new(0),
         name_off,

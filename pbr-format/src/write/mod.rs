@@ -213,6 +213,19 @@ impl ImageWriter {
             self.pages.set(d, PageEncoding::Zero, class, 0, 0);
             return Ok(());
         }
+        self.store_raw(d, data, class)
+    }
+
+    /// Writes page `gfn` raw even when it is all zero.
+    ///
+    /// # Errors
+    /// As [`ImageWriter::write_page`].
+    pub fn write_page_raw(&mut self, gfn: u64, data: &[u8], class: PageClass) -> Result<()> {
+        let d = self.check_page(gfn, data)?;
+        self.store_raw(d, data, class)
+    }
+
+    fn store_raw(&mut self, d: usize, data: &[u8], class: PageClass) -> Result<()> {
         let crc = crc32fast::hash(data);
         let ps = u64::from(self.opts.page_size);
         let slot = if self.pages.encoding(d) == Some(PageEncoding::Raw) {

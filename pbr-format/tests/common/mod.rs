@@ -153,7 +153,13 @@ pub fn write_sample(path: &Path, hashes: bool) -> pbr_format::WriteReport {
 pub fn write_diff(path: &Path, base: &pbr_format::Image) {
     let opts = WriterOptions { unwritten: PageEncoding::Base, ..WriterOptions::default() };
     let mut w = ImageWriter::create(path, base.regions(), opts).unwrap();
-    w.set_base(BaseRef { blake3: base.image_blake3(), page_size: 4096, name: "sample.pbr".into() }).unwrap();
+    w.set_base(BaseRef {
+        blake3: base.content_hash().unwrap(),
+        result_blake3: None,
+        page_size: 4096,
+        name: "sample.pbr".into(),
+    })
+    .unwrap();
     w.write_page(3, &page(3000), PageClass::Kernel).unwrap();
     w.mark_pages(5, 1, PageEncoding::Zero, PageClass::Free).unwrap();
     w.finish().unwrap();

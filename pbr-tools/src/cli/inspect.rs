@@ -146,7 +146,8 @@ pub fn model(img: &Image, path: &Path, with_extents: bool) -> Value {
             })).collect::<Vec<_>>(),
             "cache_refs": img.cache_refs().len(),
         },
-        "base": img.base().map(|b| json!({"blake3": hex(&b.blake3), "name": b.name})),
+        "base": img.base().map(|b| json!({"blake3": hex(&b.blake3), "result_blake3": b.result_blake3.map(|h| hex(&h)), "name": b.name})),
+        "restore": restore_notes(img, &counts),
         "sections": img.sections().iter().map(|s| json!({
             "kind": s.name(), "offset": s.offset, "length": s.length, "crc32": format!("{:#010x}", s.crc32),
             "must_understand": s.raw_kind & pod::MUST_UNDERSTAND != 0,
@@ -159,6 +160,36 @@ pub fn model(img: &Image, path: &Path, with_extents: bool) -> Value {
             .collect();
     }
     model
+}
+
+/// What a restore must do about trimmed pages.
+fn restore_notes(img: &Image, counts: &[[u64; 6]; 5]) -> Value {
+    let trimmed = |c: PageClass| counts[c as usize][PageEncoding::Trimmed as usize];
+    let cache = trimmed(PageClass::Cache);
+    let refs = img
+        .cache_refs()
+        .iter()
+        .filter(|r| img.extent_of(r.gfn).is_ok_and(|e| e.encoding == PageEncoding::Trimmed))
+        .count() as u64;
+    let mut notes = Vec::new();
+    if trimmed(PageClass::Free) > 0 {
+        notes.push(format!(
+            "{} free pages were dropped: they read as zero, which the guest does not notice",
+            trimmed(PageClass::Free)
+        ));
+    }
+    if cache > 0 {
+        notes.push(format!(
+            "{cache} clean page-cache pages were dropped and read as zero: re-read the {refs} with file back references \
+             from their files, and make the guest drop the other {} from its page cache before use",
+            cache - refs
+        ));
+    }
+    let other: u64 = [PageClass::Unknown, PageClass::Kernel, PageClass::User].iter().map(|c| trimmed(*c)).sum();
+    if other > 0 {
+        notes.push(format!("{other} trimmed pages of other classes read as zero"));
+    }
+    json!({"trimmed_free": trimmed(PageClass::Free), "trimmed_cache": cache, "trimmed_cache_with_refs": refs, "notes": notes})
 }
 
 fn print_human(m: &Value) {
@@ -297,6 +328,9 @@ fn print_human(m: &Value) {
             n(&f["inode"]),
             &s(&f["blake3"])[..16]
         );
+    }
+    for note in m["restore"]["notes"].as_array().into_iter().flatten() {
+        println!("restore    {}", s(note));
     }
     if let Some(b) = m["base"].as_object() {
         println!("base       {} (blake3 {})", s(&b["name"]), s(&b["blake3"]));

@@ -1,9 +1,13 @@
 //! The `pbr-img` subcommands.
 
+mod classify;
 mod convert;
+mod diff;
 mod export;
 mod fmt;
 mod inspect;
+mod pack;
+mod trim;
 mod verify;
 
 use std::path::PathBuf;
@@ -68,6 +72,105 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Set page classes from a Linux guest's /proc/kpageflags (and
+    /// /proc/kpagecount) or from a class map (one byte per page frame).
+    Classify {
+        /// The image.
+        image: PathBuf,
+        /// The image to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// A dump of /proc/kpageflags (raw or gzip).
+        #[arg(long, conflicts_with = "class_map")]
+        kpageflags: Option<PathBuf>,
+        /// A dump of /proc/kpagecount taken at the same moment.
+        #[arg(long, requires = "kpageflags")]
+        kpagecount: Option<PathBuf>,
+        /// One byte per page frame: 0 unknown, 1 free, 2 cache, 3 kernel, 4 user.
+        #[arg(long)]
+        class_map: Option<PathBuf>,
+        /// The guest kernel version, recorded in the image.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop what a restore does not need: free and zero pages by default.
+    Trim {
+        /// The image.
+        image: PathBuf,
+        /// The image to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// What to drop: any of free, zero, cache (default free,zero).
+        #[arg(long)]
+        drop: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store pages lz4-compressed and identical pages once.
+    Pack {
+        /// The image.
+        image: PathBuf,
+        /// The image to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore the mmap-able raw layout of a packed image.
+    Unpack {
+        /// The image.
+        image: PathBuf,
+        /// The image to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what changed from A to B, or write a diff image with -o.
+    Diff {
+        /// The older image.
+        a: PathBuf,
+        /// The newer image.
+        b: PathBuf,
+        /// Write a diff image rebuilding B from A instead of a report.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a full image from a base and one or more diffs (oldest first).
+    Apply {
+        /// The base image.
+        base: PathBuf,
+        /// The diffs, oldest first.
+        #[arg(required = true)]
+        diffs: Vec<PathBuf>,
+        /// The image to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Flatten a chain of diffs (oldest first) into one diff.
+    Rebase {
+        /// The diffs, oldest first.
+        #[arg(required = true)]
+        diffs: Vec<PathBuf>,
+        /// The diff to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check every checksum and hash; exit 0 only when all pass.
     Verify {
         /// The image.
@@ -97,6 +200,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Inspect { image, json, pages } => inspect::run(&image, json, pages),
         Command::Verify { image, json } => verify::run(&image, json, cli.quiet),
+        Command::Classify { image, output, kpageflags, kpagecount, class_map, kernel, json } => classify::run(
+            &image,
+            &output,
+            &classify::Args {
+                kpageflags: kpageflags.as_deref(),
+                kpagecount: kpagecount.as_deref(),
+                class_map: class_map.as_deref(),
+                kernel: kernel.as_deref(),
+                json,
+            },
+        ),
+        Command::Trim { image, output, drop, json } => trim::run(&image, &output, drop.as_deref(), json),
+        Command::Pack { image, output, json } => pack::run(&image, &output, true, json),
+        Command::Unpack { image, output, json } => pack::run(&image, &output, false, json),
+        Command::Diff { a, b, output, json } => diff::run(&a, &b, output.as_deref(), json),
+        Command::Apply { base, diffs, output, json } => diff::apply(&base, &diffs, &output, json),
+        Command::Rebase { diffs, output, json } => diff::rebase(&diffs, &output, json),
         Command::Convert {
             input,
             output,

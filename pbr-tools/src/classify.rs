@@ -1,0 +1,222 @@
+//! Page classes from a Linux guest's `/proc/kpageflags` (and
+//! `/proc/kpagecount`), or from a plain per-page class map.
+
+use std::io::Read;
+use std::path::Path;
+
+use pbr_format::{Image, PageClass};
+
+use crate::error::{Error, Result};
+use crate::rewrite;
+
+/// `/proc/kpageflags` bits (`include/uapi/linux/kernel-page-flags.h`).
+pub mod kpf {
+    /// Page is locked.
+    pub const LOCKED: u32 = 0;
+    /// Page is dirty.
+    pub const DIRTY: u32 = 4;
+    /// On an LRU list.
+    pub const LRU: u32 = 5;
+    /// Slab page.
+    pub const SLAB: u32 = 7;
+    /// Under writeback.
+    pub const WRITEBACK: u32 = 8;
+    /// Free in the buddy allocator.
+    pub const BUDDY: u32 = 10;
+    /// Anonymous memory.
+    pub const ANON: u32 = 12;
+    /// In the swap cache.
+    pub const SWAPCACHE: u32 = 13;
+    /// Swap-backed (anonymous or shmem).
+    pub const SWAPBACKED: u32 = 14;
+    /// Head of a compound page.
+    pub const COMPOUND_HEAD: u32 = 15;
+    /// Tail of a compound page.
+    pub const COMPOUND_TAIL: u32 = 16;
+    /// HugeTLB page.
+    pub const HUGE: u32 = 17;
+    /// Unevictable.
+    pub const UNEVICTABLE: u32 = 18;
+    /// No struct page (a hole).
+    pub const NOPAGE: u32 = 20;
+    /// Transparent huge page.
+    pub const THP: u32 = 22;
+    /// Offline (ballooned, hot-removed).
+    pub const OFFLINE: u32 = 23;
+    /// Page table.
+    pub const PGTABLE: u32 = 26;
+    /// Reserved.
+    pub const RESERVED: u32 = 32;
+    /// mlocked.
+    pub const MLOCKED: u32 = 33;
+}
+
+fn bit(flags: u64, b: u32) -> bool {
+    flags & (1 << b) != 0
+}
+
+/// The class of one page from its kpageflags word and, when known, its
+/// kpagecount. Conservative: only pages with a copy on disk are `cache`,
+/// only pages the allocator owns are `free`.
+pub fn class_of(flags: u64, count: Option<u64>) -> PageClass {
+    use kpf::*;
+    if bit(flags, BUDDY) || bit(flags, OFFLINE) || bit(flags, NOPAGE) {
+        return PageClass::Free;
+    }
+    if flags == 0 && count == Some(0) {
+        // The tail pages of a free block on kernels that flag only the head.
+        return PageClass::Free;
+    }
+    if bit(flags, ANON) || bit(flags, HUGE) || bit(flags, THP) || bit(flags, SWAPBACKED) || bit(flags, SWAPCACHE) {
+        return PageClass::User;
+    }
+    if bit(flags, LRU) {
+        let no_disk_copy = bit(flags, DIRTY) || bit(flags, WRITEBACK) || bit(flags, UNEVICTABLE) || bit(flags, MLOCKED);
+        return if no_disk_copy { PageClass::User } else { PageClass::Cache };
+    }
+    PageClass::Kernel
+}
+
+/// Classes by page frame number; compound tails take their head's class.
+pub fn classes(flags: &[u64], counts: Option<&[u64]>) -> Vec<PageClass> {
+    let mut out = Vec::with_capacity(flags.len());
+    let mut head = PageClass::Kernel;
+    for (pfn, &f) in flags.iter().enumerate() {
+        let c = if bit(f, kpf::COMPOUND_TAIL) && !bit(f, kpf::BUDDY) {
+            head
+        } else {
+            class_of(f, counts.and_then(|c| c.get(pfn).copied()))
+        };
+        if bit(f, kpf::COMPOUND_HEAD) {
+            head = c;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Reads a file of little-endian u64 words, gunzipping it when it starts
+/// with the gzip magic. At most `max_words` words.
+///
+/// # Errors
+/// I/O, a bad gzip stream, a length that is not a multiple of 8.
+pub fn read_words(path: &Path, max_words: u64) -> Result<Vec<u64>> {
+    let raw = std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .take(max_words * 8 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::io(format!("cannot gunzip {}", path.display()), e))?;
+        out
+    } else {
+        raw
+    };
+    if bytes.len() % 8 != 0 || bytes.len() as u64 > max_words * 8 {
+        return Err(Error::Unsupported(format!(
+            "{}: {} bytes is not a whole number of 8-byte words up to {max_words} pages",
+            path.display(),
+            bytes.len()
+        )));
+    }
+    Ok(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect())
+}
+
+/// Reads a class map: one byte per page frame, the class value (0..=4).
+///
+/// # Errors
+/// I/O, a byte that is not a class.
+pub fn read_class_map(path: &Path, max_pages: u64) -> Result<Vec<PageClass>> {
+    let raw = std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    if raw.len() as u64 > max_pages {
+        return Err(Error::Unsupported(format!("{}: {} entries for {max_pages} pages", path.display(), raw.len())));
+    }
+    raw.iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            PageClass::from_u8(b).ok_or_else(|| Error::Parse {
+                format: "class map",
+                offset: i as u64,
+                msg: format!("byte {b} is not a page class (0..=4)"),
+            })
+        })
+        .collect()
+}
+
+/// What [`apply`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClassifyReport {
+    /// Pages per class afterwards, over the classified pages.
+    pub pages: [u64; 5],
+    /// Page frames the input covered.
+    pub input_pages: u64,
+}
+
+/// Writes `src` to `dest` with the class of page frame `n` of the
+/// guest-physical regions set to `classes[n]`; records `source` and the
+/// guest kernel version.
+///
+/// # Errors
+/// I/O, a corrupt page.
+pub fn apply(
+    src: &Image,
+    dest: &Path,
+    classes: &[PageClass],
+    source: &str,
+    kernel: Option<&str>,
+) -> Result<ClassifyReport> {
+    let mut w = rewrite::derived(src, dest, rewrite::options(src, pbr_format::PageEncoding::Zero))?;
+    w.set_metadata("classes.source", source)?;
+    if let Some(k) = kernel {
+        w.set_metadata("guest.kernel", k)?;
+    }
+    let mut report = ClassifyReport { input_pages: classes.len() as u64, ..Default::default() };
+    let mut buf = vec![0u8; src.page_size() as usize];
+    for r in src.regions() {
+        let first = r.first_gfn(src.page_size());
+        for e in src.extents_in(first..first + r.pages(src.page_size())) {
+            for gfn in e.gfns() {
+                let class = match classes.get(gfn as usize) {
+                    Some(&c) if !r.synthetic => {
+                        report.pages[c as usize] += 1;
+                        c
+                    }
+                    _ => e.class,
+                };
+                rewrite::copy_page(src, &e, gfn, &mut w, class, &mut buf)?;
+            }
+        }
+    }
+    w.finish()?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(bits: &[u32]) -> u64 {
+        bits.iter().fold(0, |a, b| a | (1 << b))
+    }
+
+    #[test]
+    fn classes_follow_the_rules() {
+        use kpf::*;
+        assert_eq!(class_of(f(&[BUDDY]), None), PageClass::Free);
+        assert_eq!(class_of(f(&[OFFLINE]), Some(1)), PageClass::Free);
+        assert_eq!(class_of(0, Some(0)), PageClass::Free);
+        assert_eq!(class_of(0, None), PageClass::Kernel);
+        assert_eq!(class_of(0, Some(1)), PageClass::Kernel);
+        assert_eq!(class_of(f(&[LRU, 3]), Some(1)), PageClass::Cache);
+        assert_eq!(class_of(f(&[LRU, DIRTY]), Some(1)), PageClass::User);
+        assert_eq!(class_of(f(&[LRU, WRITEBACK]), Some(1)), PageClass::User);
+        assert_eq!(class_of(f(&[LRU, UNEVICTABLE]), Some(1)), PageClass::User);
+        assert_eq!(class_of(f(&[LRU, SWAPBACKED]), Some(1)), PageClass::User);
+        assert_eq!(class_of(f(&[LRU, ANON]), Some(1)), PageClass::User);
+        assert_eq!(class_of(f(&[SLAB]), Some(1)), PageClass::Kernel);
+        assert_eq!(class_of(f(&[PGTABLE]), Some(1)), PageClass::Kernel);
+        assert_eq!(class_of(f(&[RESERVED]), Some(1)), PageClass::Kernel);
+        let c = classes(&[f(&[COMPOUND_HEAD, ANON, LRU]), f(&[COMPOUND_TAIL]), f(&[COMPOUND_TAIL]), f(&[SLAB])], None);
+        assert_eq!(c, [PageClass::User, PageClass::User, PageClass::User, PageClass::Kernel]);
+    }
+}

@@ -1,0 +1,38 @@
+//! `pbr-img trim`: drop free pages, zero pages and (asked for) clean cache.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use pbr_format::Image;
+use serde_json::json;
+
+use super::fmt::bytes;
+use pbr_tools::Result;
+use pbr_tools::trim::{Drop, trim};
+
+pub fn run(image: &Path, output: &Path, drop: Option<&str>, as_json: bool) -> Result<ExitCode> {
+    let drop = drop.map(Drop::parse).transpose()?.unwrap_or_default();
+    let img = Image::open(image)?;
+    let r = trim(&img, output, drop)?;
+    if as_json {
+        println!(
+            "{}",
+            json!({"output": output.display().to_string(), "before_bytes": r.before_bytes, "after_bytes": r.after_bytes,
+                   "free_pages": r.free_pages, "cache_pages": r.cache_pages, "cache_pages_with_refs": r.cache_pages_with_refs,
+                   "zero_pages": r.zero_pages})
+        );
+    } else {
+        println!(
+            "{}: {} -> {} ({:.1}%); dropped {} free and {} cache pages ({} with file back references); {} zero pages",
+            output.display(),
+            bytes(r.before_bytes),
+            bytes(r.after_bytes),
+            r.after_bytes as f64 * 100.0 / r.before_bytes.max(1) as f64,
+            r.free_pages,
+            r.cache_pages,
+            r.cache_pages_with_refs,
+            r.zero_pages
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,92 @@
+//! `pack`: lz4 pages (raw where lz4 does not win) and identical pages stored
+//! once; `unpack`: back to the mmap-able raw layout. Both lossless.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use pbr_format::{Image, PageEncoding};
+
+use crate::error::Result;
+use crate::rewrite;
+
+/// What [`pack`] or [`unpack`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PackReport {
+    /// Input file size.
+    pub before_bytes: u64,
+    /// Output file size.
+    pub after_bytes: u64,
+    /// Pages stored (compressed or raw).
+    pub stored_pages: u64,
+    /// Pages stored once for several guest pages.
+    pub dup_pages: u64,
+}
+
+/// Writes `src` to `dest` lz4-compressed and deduplicated.
+///
+/// # Errors
+/// A corrupt page, I/O.
+pub fn pack(src: &Image, dest: &Path) -> Result<PackReport> {
+    let unwritten = if src.base().is_some() { PageEncoding::Base } else { PageEncoding::Zero };
+    let mut w = rewrite::derived(src, dest, rewrite::options(src, unwritten))?;
+    if let Some(b) = src.base() {
+        w.set_base(b.clone())?;
+    }
+    let mut r = PackReport { before_bytes: src.file_len(), ..Default::default() };
+    // First 8 bytes of a page's blake3 -> the gfn first stored with it.
+    let mut seen: HashMap<u64, u64> = HashMap::new();
+    let mut buf = vec![0u8; src.page_size() as usize];
+    let mut other = vec![0u8; src.page_size() as usize];
+    for e in src.extents() {
+        if !matches!(e.encoding, PageEncoding::Raw | PageEncoding::Lz4 | PageEncoding::Dup) {
+            w.mark_pages(e.gfn, u64::from(e.count), e.encoding, e.class)?;
+            continue;
+        }
+        for gfn in e.gfns() {
+            let page = src.read_in_extent(&e, gfn, &mut buf)?;
+            if pbr_format::is_zero(page) {
+                w.write_page(gfn, page, e.class)?;
+                continue;
+            }
+            let hash = src.stored_hash(&e, gfn).unwrap_or_else(|| *blake3::hash(page).as_bytes());
+            let key = u64::from_le_bytes(hash[..8].try_into().unwrap_or_default());
+            match seen.get(&key) {
+                Some(&first) if src.read_page(first, &mut other)? == page => {
+                    w.write_dup(gfn, first, e.class)?;
+                    r.dup_pages += 1;
+                }
+                _ => {
+                    seen.entry(key).or_insert(gfn);
+                    w.write_page_lz4(gfn, page, e.class)?;
+                    r.stored_pages += 1;
+                }
+            }
+        }
+    }
+    r.after_bytes = w.finish()?.file_len;
+    Ok(r)
+}
+
+/// Writes `src` to `dest` with every stored page raw and page-aligned.
+///
+/// # Errors
+/// A corrupt page, I/O.
+pub fn unpack(src: &Image, dest: &Path) -> Result<PackReport> {
+    let unwritten = if src.base().is_some() { PageEncoding::Base } else { PageEncoding::Zero };
+    let mut w = rewrite::derived(src, dest, rewrite::options(src, unwritten))?;
+    if let Some(b) = src.base() {
+        w.set_base(b.clone())?;
+    }
+    let mut r = PackReport { before_bytes: src.file_len(), ..Default::default() };
+    let mut buf = vec![0u8; src.page_size() as usize];
+    for e in src.extents() {
+        for gfn in e.gfns() {
+            if e.encoding.is_stored() || e.encoding == PageEncoding::Dup {
+                r.stored_pages += 1;
+            }
+            rewrite::copy_page(src, &e, gfn, &mut w, e.class, &mut buf)?;
+        }
+    }
+    r.after_bytes = w.finish()?.file_len;
+    Ok(r)
+}
