@@ -1,9 +1,10 @@
 //! `apply`: rebuild a full image from a base and a chain of diffs;
 //! `rebase`: flatten a chain of diffs into one.
 
+use std::ops::Range;
 use std::path::Path;
 
-use pbr_format::{BaseRef, Extent, Image, PageEncoding};
+use pbr_format::{BaseRef, ContentHasher, Extent, Image, PageEncoding};
 
 use crate::error::{Error, Result};
 use crate::rewrite;
@@ -47,6 +48,73 @@ fn resolve<'a>(layers: &[&'a Image], gfn: u64) -> Result<Option<(&'a Image, Exte
     Ok(None)
 }
 
+/// The pieces of `gfns` after applying `layers` (topmost first): for each,
+/// the image and extent holding its pages and the guest frames it covers.
+fn resolve_runs<'a>(layers: &[&'a Image], gfns: Range<u64>) -> Result<Vec<(&'a Image, Extent, Range<u64>)>> {
+    let Some((img, rest)) = layers.split_first() else {
+        return Err(Error::Unsupported(format!("pages from {:#x} are base pages all the way down", gfns.start)));
+    };
+    let mut out = Vec::new();
+    let mut g = gfns.start;
+    while g < gfns.end {
+        let e = img.extent_of(g)?;
+        let end = e.end_gfn().min(gfns.end);
+        if e.encoding == PageEncoding::Base {
+            out.extend(resolve_runs(rest, g..end)?);
+        } else {
+            out.push((*img, e, g..end));
+        }
+        g = end;
+    }
+    Ok(out)
+}
+
+fn check_base(want: [u8; 32], have: [u8; 32]) -> Result<()> {
+    if have != want {
+        return Err(Error::Unsupported(format!(
+            "wrong base: the diff was made against content {}..., this image holds {}...",
+            hex(&want),
+            hex(&have)
+        )));
+    }
+    Ok(())
+}
+
+/// The content of pages `gfns` of extent `e`: borrowed for raw pages.
+fn run_bytes<'a>(img: &'a Image, e: &Extent, gfns: Range<u64>, buf: &mut [u8]) -> Result<std::borrow::Cow<'a, [u8]>> {
+    let ps = u64::from(img.page_size());
+    if e.encoding == PageEncoding::Raw {
+        let at = ((gfns.start - e.gfn) * ps) as usize;
+        let len = ((gfns.end - gfns.start) * ps) as usize;
+        return img
+            .raw_bytes(e)
+            .and_then(|b| b.get(at..at + len))
+            .map(std::borrow::Cow::Borrowed)
+            .ok_or_else(|| Error::Unsupported("raw extent outside its image".into()));
+    }
+    let mut out = Vec::with_capacity(((gfns.end - gfns.start) * ps) as usize);
+    for gfn in gfns {
+        out.extend_from_slice(img.read_in_extent(e, gfn, buf)?);
+    }
+    Ok(std::borrow::Cow::Owned(out))
+}
+
+/// Feeds the base's own pages `gfns` to its content hash.
+fn hash_base_pages(base: &Image, gfns: Range<u64>, h: &mut ContentHasher, buf: &mut [u8]) -> Result<()> {
+    for e in base.extents_in(gfns.clone()) {
+        let part = e.gfn.max(gfns.start)..e.end_gfn().min(gfns.end);
+        match e.encoding {
+            PageEncoding::Zero | PageEncoding::Trimmed => h.zero_pages(part.end - part.start),
+            PageEncoding::Base => return Err(Error::Unsupported("the base image is itself a diff".into())),
+            _ => {
+                let bytes = run_bytes(base, &e, part, buf)?;
+                h.pages(&bytes);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What [`apply`] wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
@@ -67,40 +135,63 @@ pub fn apply(base: &Image, diffs: &[&Image], dest: &Path) -> Result<Applied> {
     let top = *diffs.last().ok_or_else(|| Error::Unsupported("no diff to apply".into()))?;
     check_chain(diffs)?;
     let want = diffs[0].base().map(|b| b.blake3).unwrap_or_default();
-    let have = base.content_hash()?;
-    if have != want {
-        return Err(Error::Unsupported(format!(
-            "wrong base: the diff was made against content {}..., this image holds {}...",
-            hex(&want),
-            hex(&have)
-        )));
+    let ps = top.page_size();
+    // With one diff over the same layout, the base's content hash is
+    // computed in the same pass as the result's, sharing page digests.
+    let mut base_hash =
+        (diffs.len() == 1 && base.regions() == top.regions()).then(|| ContentHasher::new(base.regions(), ps));
+    if base_hash.is_none() {
+        check_base(want, base.content_hash()?)?;
     }
     let mut w = rewrite::derived(top, dest, rewrite::options(top, PageEncoding::Zero))?;
     let mut layers: Vec<&Image> = diffs.iter().rev().copied().collect();
     layers.push(base);
-    let mut buf = vec![0u8; top.page_size() as usize];
+    let mut buf = vec![0u8; ps as usize];
+    let mut hash = ContentHasher::new(top.regions(), ps);
     for e in top.extents() {
-        for gfn in e.gfns() {
-            let (img, src) = resolve(&layers, gfn)?
-                .ok_or_else(|| Error::Unsupported(format!("page {gfn:#x} is a base page all the way down")))?;
-            rewrite::copy_page(img, &src, gfn, &mut w, e.class, &mut buf)?;
+        for (img, src, gfns) in resolve_runs(&layers, e.gfns())? {
+            let from_base = std::ptr::eq(img, base);
+            if let Some(h) = base_hash.as_mut().filter(|_| !from_base) {
+                hash_base_pages(base, gfns.clone(), h, &mut buf)?;
+            }
+            let n = gfns.end - gfns.start;
+            match src.encoding {
+                PageEncoding::Zero | PageEncoding::Trimmed => {
+                    w.mark_pages(gfns.start, n, src.encoding, e.class)?;
+                    hash.zero_pages(n);
+                    if let Some(h) = base_hash.as_mut().filter(|_| from_base) {
+                        h.zero_pages(n);
+                    }
+                }
+                _ => {
+                    let bytes = run_bytes(img, &src, gfns.clone(), &mut buf)?;
+                    let digests = hash.page_digests(&bytes);
+                    hash.digests(&digests);
+                    if let Some(h) = base_hash.as_mut().filter(|_| from_base) {
+                        h.digests(&digests);
+                    }
+                    for (i, page) in bytes.chunks_exact(ps as usize).enumerate() {
+                        w.write_page(gfns.start + i as u64, page, e.class)?;
+                    }
+                }
+            }
         }
     }
-    w.finish()?;
-    let out = Image::open(dest)?;
-    let got = out.content_hash()?;
+    if let Some(h) = base_hash {
+        check_base(want, h.finalize())?;
+    }
+    let got = hash.finalize();
     if let Some(expected) = top.base().and_then(|b| b.result_blake3)
         && got != expected
     {
-        drop(out);
-        let _ = std::fs::remove_file(dest);
         return Err(Error::Unsupported(format!(
-            "the rebuilt image hashes to {}... but the diff records {}...; nothing was written",
+            "the rebuilt image would hash to {}... but the diff records {}...; nothing was written",
             hex(&got),
             hex(&expected)
         )));
     }
-    Ok(Applied { file_len: out.file_len(), content_hash: got })
+    let file_len = w.finish()?.file_len;
+    Ok(Applied { file_len, content_hash: got })
 }
 
 /// Writes one diff at `dest` equivalent to applying `diffs` in order: based

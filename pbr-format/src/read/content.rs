@@ -1,12 +1,77 @@
 //! The content hash (`spec/format.md` §7.7): names an image by what it holds.
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::page::PageEncoding;
+use crate::region::Region;
 
 use super::Image;
 
-/// Zero bytes fed to the hasher for zero and trimmed pages.
-static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+/// Computes a content hash incrementally, for tools that produce an image's
+/// pages in address order anyway.
+///
+/// # Example
+/// ```
+/// use pbr_format::{ContentHasher, Region};
+/// let regions = [Region::ram("pc.ram", 0, 3 * 4096)];
+/// let mut h = ContentHasher::new(&regions, 4096);
+/// h.pages(&[1; 8192]);
+/// h.zero_pages(1);
+/// let _hash: [u8; 32] = h.finalize();
+/// ```
+pub struct ContentHasher {
+    hasher: blake3::Hasher,
+    page_size: usize,
+    zero_digest: [u8; 32],
+}
+
+impl ContentHasher {
+    /// Starts the hash of an image with `regions` and `page_size`.
+    pub fn new(regions: &[Region<'_>], page_size: u32) -> Self {
+        let mut h = blake3::Hasher::new();
+        for r in regions {
+            h.update(&r.base.to_le_bytes());
+            h.update(&r.length.to_le_bytes());
+            h.update(&(r.name.len() as u32).to_le_bytes());
+            h.update(r.name.as_bytes());
+        }
+        let zero_digest = *blake3::hash(&vec![0u8; page_size as usize]).as_bytes();
+        ContentHasher { hasher: h, page_size: page_size as usize, zero_digest }
+    }
+
+    /// Adds the next pages, `content` being a whole number of pages;
+    /// their digests are computed in parallel.
+    pub fn pages(&mut self, content: &[u8]) {
+        let digests = self.page_digests(content);
+        self.digests(&digests);
+    }
+
+    /// The digests of the pages of `content`, computed in parallel, for
+    /// feeding the same pages to several hashers.
+    pub fn page_digests(&self, content: &[u8]) -> Vec<[u8; 32]> {
+        content.par_chunks(self.page_size).map(|p| *blake3::hash(p).as_bytes()).collect()
+    }
+
+    /// Adds the next pages by their digests.
+    pub fn digests(&mut self, digests: &[[u8; 32]]) {
+        for d in digests {
+            self.hasher.update(d);
+        }
+    }
+
+    /// Adds `count` all-zero pages.
+    pub fn zero_pages(&mut self, count: u64) {
+        for _ in 0..count {
+            self.hasher.update(&self.zero_digest);
+        }
+    }
+
+    /// The hash.
+    pub fn finalize(&self) -> [u8; 32] {
+        *self.hasher.finalize().as_bytes()
+    }
+}
 
 impl Image {
     /// The blake3 content hash: regions, then every page's content in
@@ -20,40 +85,35 @@ impl Image {
             return Err(Error::invalid("a diff image has no content hash of its own: apply it to its base first"));
         }
         let ps = self.page_size();
-        let mut h = blake3::Hasher::new();
-        for r in self.regions() {
-            h.update(&r.base.to_le_bytes());
-            h.update(&r.length.to_le_bytes());
-            h.update(&(r.name.len() as u32).to_le_bytes());
-            h.update(r.name.as_bytes());
-        }
+        let mut h = ContentHasher::new(self.regions(), ps);
         let mut buf = vec![0u8; ps as usize];
         for r in self.regions() {
             let first = r.first_gfn(ps);
             for e in self.extents_in(first..first + r.pages(ps)) {
                 match e.encoding {
+                    PageEncoding::Zero | PageEncoding::Trimmed => h.zero_pages(u64::from(e.count)),
+                    _ if self.has_page_hashes() && e.encoding != PageEncoding::Base => {
+                        for gfn in e.gfns() {
+                            let d = self.stored_hash(&e, gfn).ok_or_else(|| {
+                                Error::malformed("PAGE_HASHES", 0, format!("no hash for page {gfn:#x}"))
+                            })?;
+                            h.digests(&[d]);
+                        }
+                    }
                     PageEncoding::Raw => {
                         let bytes = self
                             .raw_bytes(&e)
                             .ok_or_else(|| Error::malformed("PAGE_DATA", e.data, "raw extent outside the file"))?;
-                        h.update_rayon(bytes);
-                    }
-                    PageEncoding::Zero | PageEncoding::Trimmed => {
-                        let mut left = u64::from(e.count) * u64::from(ps);
-                        while left > 0 {
-                            let n = left.min(ZEROS.len() as u64) as usize;
-                            h.update(&ZEROS[..n]);
-                            left -= n as u64;
-                        }
+                        h.pages(bytes);
                     }
                     PageEncoding::Lz4 | PageEncoding::Dup | PageEncoding::Base => {
                         for gfn in e.gfns() {
-                            h.update(self.read_in_extent(&e, gfn, &mut buf)?);
+                            h.pages(self.read_in_extent(&e, gfn, &mut buf)?);
                         }
                     }
                 }
             }
         }
-        Ok(*h.finalize().as_bytes())
+        Ok(h.finalize())
     }
 }

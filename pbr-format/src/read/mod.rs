@@ -27,6 +27,7 @@ use crate::region::Region;
 use crate::section::SectionKind;
 use crate::vcpu::Vcpu;
 
+pub use content::ContentHasher;
 pub use page_index::{Extent, RawRun};
 pub use pages::zero_page_crc;
 pub use sections::SectionInfo;

@@ -1,0 +1,134 @@
+//! `cargo bench -p pbr-tools --bench pages`
+//!
+//! On the real fixtures (a Linux guest at its `kernel` and `daemons`
+//! phases, classified from its own kpageflags):
+//! - sizes: trimmed image against guest memory and against the non-free
+//!   pages; packed image against `lz4` and `zstd -1` of the raw guest
+//!   memory (the CLIs, measured in the same run);
+//! - speeds of trim, diff (image) and apply, in GB/s of guest memory, warm
+//!   cache, median of 5, outputs fsynced.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use pbr_format::{Image, PageClass};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/qemu")
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn time(mut f: impl FnMut()) -> Duration {
+    median(
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect(),
+    )
+}
+
+fn compressed_len(tool: &str, args: &[&str], input: &Path) -> Option<u64> {
+    let out = Command::new(tool).args(args).arg(input).output().ok()?;
+    out.status.success().then_some(out.stdout.len() as u64)
+}
+
+fn prepare(d: &Path, name: &str) -> PathBuf {
+    let stream = d.join(format!("{name}.qemu"));
+    let f = std::fs::File::create(&stream).unwrap();
+    let st = Command::new("xz").arg("-dc").arg(fixtures().join(format!("{name}.qemu.xz"))).stdout(f).status().unwrap();
+    assert!(st.success());
+    let raw = d.join(format!("{name}.pbr"));
+    pbr_tools::qemu::convert(std::fs::File::open(&stream).unwrap(), None, &raw, &Default::default(), &|_| {}).unwrap();
+    let flags = pbr_tools::classify::read_words(&fixtures().join(format!("{name}.kpageflags.gz")), 1 << 24).unwrap();
+    let out = d.join(format!("{name}-c.pbr"));
+    pbr_tools::classify::apply(
+        &Image::open(&raw).unwrap(),
+        &out,
+        &pbr_tools::classify::classes(&flags, None),
+        "kpageflags",
+        None,
+    )
+    .unwrap();
+    out
+}
+
+fn main() {
+    let dir = tempfile::tempdir_in(std::env::var_os("PBR_BENCH_DIR").unwrap_or_else(|| ".".into())).unwrap();
+    let d = dir.path();
+    let kernel = prepare(d, "q35-128m-kernel");
+    let daemons = prepare(d, "q35-128m-daemons");
+    println!("sizes (real 128 MiB guest)");
+    for (name, path) in [("kernel", &kernel), ("daemons", &daemons)] {
+        let img = Image::open(path).unwrap();
+        let guest = img.guest_size();
+        let free: u64 = img.page_counts()[PageClass::Free as usize].iter().sum();
+        let non_free = (img.page_count() - free) * 4096;
+        let trimmed = d.join(format!("{name}-t.pbr"));
+        let t = pbr_tools::trim::trim(&img, &trimmed, Default::default()).unwrap();
+        let packed = d.join(format!("{name}-p.pbr"));
+        let p = pbr_tools::pack::pack(&Image::open(&trimmed).unwrap(), &packed).unwrap();
+        let raw = d.join(format!("{name}.raw"));
+        pbr_tools::export::raw::export_raw(&img, &raw, &|_| {}).unwrap();
+        let lz4 = compressed_len("lz4", &["-1", "-c"], &raw);
+        let zstd = compressed_len("zstd", &["-1", "-c"], &raw);
+        println!(
+            "  {name:<8} guest {:>6.1} MiB, non-free pages {:>6.1} MiB",
+            guest as f64 / 1048576.0,
+            non_free as f64 / 1048576.0
+        );
+        println!(
+            "           trimmed {:>6.1} MiB = {:.3} of guest, {:.3} of non-free (goal <= 1.01)",
+            t.after_bytes as f64 / 1048576.0,
+            t.after_bytes as f64 / guest as f64,
+            t.after_bytes as f64 / non_free as f64
+        );
+        let ratio = |x: Option<u64>| {
+            x.map_or("n/a (tool missing)".to_string(), |x| format!("{:.3}", p.after_bytes as f64 / x as f64))
+        };
+        println!(
+            "           packed (trimmed + lz4 + dedup) {:>6.1} MiB; against lz4 -1 of raw memory {}, against zstd -1 {}",
+            p.after_bytes as f64 / 1048576.0,
+            ratio(lz4),
+            ratio(zstd)
+        );
+        let full = d.join(format!("{name}-pf.pbr"));
+        let pf = pbr_tools::pack::pack(&img, &full).unwrap();
+        let ratio =
+            |x: Option<u64>| x.map_or("n/a".to_string(), |x| format!("{:.3}", pf.after_bytes as f64 / x as f64));
+        println!(
+            "           packed untrimmed {:>6.1} MiB; against lz4 -1 {}, against zstd -1 {}",
+            pf.after_bytes as f64 / 1048576.0,
+            ratio(lz4),
+            ratio(zstd)
+        );
+    }
+    let (k, dm) = (Image::open(&kernel).unwrap(), Image::open(&daemons).unwrap());
+    let gb = dm.guest_size() as f64 / 1e9;
+    let out = d.join("out.pbr");
+    let t_trim = time(|| {
+        pbr_tools::trim::trim(&dm, &out, Default::default()).unwrap();
+    });
+    let diff_path = d.join("diff.pbr");
+    let t_diff = time(|| {
+        pbr_tools::diff::write_diff(&k, &dm, "kernel", &diff_path).unwrap();
+    });
+    let diff = Image::open(&diff_path).unwrap();
+    let t_apply = time(|| {
+        pbr_tools::apply::apply(&k, &[&diff], &out).unwrap();
+    });
+    let t_report = time(|| {
+        pbr_tools::diff::diff(&k, &dm).unwrap();
+    });
+    println!("speed (GB/s of guest memory, {:.3} GB guest, median of 5, outputs fsynced)", gb);
+    for (n, t) in [("trim", t_trim), ("diff -o", t_diff), ("apply", t_apply), ("diff report", t_report)] {
+        println!("  {n:<12} {:>7.3} s  {:>6.2} GB/s (goal >= 1)", t.as_secs_f64(), gb / t.as_secs_f64());
+    }
+}
