@@ -51,6 +51,7 @@ pub mod pod;
 pub mod read;
 mod region;
 mod section;
+pub mod select;
 pub mod vcpu;
 pub mod write;
 

@@ -17,6 +17,9 @@ pub struct FileEntry<'a> {
     pub inode: u64,
     /// blake3 of the content.
     pub blake3: [u8; 32],
+    /// Listed only because pages of it are cached: a change makes those
+    /// pages stale but does not invalidate the image.
+    pub cache_only: bool,
 }
 
 /// A page-cache page and the file bytes it holds.

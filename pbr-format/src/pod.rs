@@ -46,6 +46,9 @@ pub const REGION_SYNTHETIC: u32 = 1 << 1;
 /// Every region flag this crate knows.
 pub const KNOWN_REGION_FLAGS: u32 = REGION_READ_ONLY | REGION_SYNTHETIC;
 
+/// Manifest file flag: listed only because pages of the file are cached.
+pub const FILE_CACHE_ONLY: u32 = 1 << 0;
+
 /// vCPU architecture tag for x86-64.
 pub const ARCH_X86_64: u32 = 1;
 /// x86 vCPU flag: the LAPIC page is valid.

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod diff;
 pub mod error;
 pub mod export;
+pub mod manifest;
 pub mod output;
 pub mod pack;
 pub mod progress;

@@ -34,6 +34,21 @@ pub fn derived(src: &Image, dest: &Path, opts: WriterOptions) -> Result<ImageWri
 /// # Errors
 /// Invalid records (cannot happen for an image that opened).
 pub fn copy_state(src: &Image, w: &mut ImageWriter) -> Result<()> {
+    copy_machine_state(src, w)?;
+    for f in src.manifest() {
+        w.add_file(f.clone())?;
+    }
+    for c in src.cache_refs() {
+        w.add_cache_ref(*c)?;
+    }
+    Ok(())
+}
+
+/// Copies the phase, vCPUs, devices and metadata of `src` into `w`.
+///
+/// # Errors
+/// Invalid records (cannot happen for an image that opened).
+pub fn copy_machine_state(src: &Image, w: &mut ImageWriter) -> Result<()> {
     if let Some(p) = src.phase() {
         w.set_phase(p.clone())?;
     }
@@ -45,12 +60,6 @@ pub fn copy_state(src: &Image, w: &mut ImageWriter) -> Result<()> {
     }
     for (k, v) in src.metadata() {
         w.set_metadata(k, v)?;
-    }
-    for f in src.manifest() {
-        w.add_file(f.clone())?;
-    }
-    for c in src.cache_refs() {
-        w.add_cache_ref(*c)?;
     }
     Ok(())
 }

@@ -158,7 +158,14 @@ fn trim_cache_keeps_back_references() {
         ImageWriter::create(&cache_path, src.regions(), pbr_tools::rewrite::options(&src, PageEncoding::Zero)).unwrap();
     pbr_tools::rewrite::copy_state(&src, &mut w).unwrap();
     let f = w
-        .add_file(FileEntry { path: "usr/lib/libc.so.6".into(), size: 1 << 20, mtime_ns: 1, inode: 7, blake3: [1; 32] })
+        .add_file(FileEntry {
+            path: "usr/lib/libc.so.6".into(),
+            size: 1 << 20,
+            mtime_ns: 1,
+            inode: 7,
+            blake3: [1; 32],
+            cache_only: true,
+        })
         .unwrap();
     let user: Vec<u64> = src
         .extents_of_class(PageClass::User)

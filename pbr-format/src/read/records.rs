@@ -12,8 +12,8 @@ use crate::manifest::{CacheRef, FileEntry, check_path};
 use crate::metadata::check_key;
 use crate::phase::Phase;
 use crate::pod::{
-    BaseRecord, CacheRefRecord, DeviceRecord, FileRecord, KNOWN_REGION_FLAGS, MetadataRecord, PhaseRecord,
-    REGION_READ_ONLY, REGION_SYNTHETIC, RegionRecord,
+    BaseRecord, CacheRefRecord, DeviceRecord, FILE_CACHE_ONLY, FileRecord, KNOWN_REGION_FLAGS, MetadataRecord,
+    PhaseRecord, REGION_READ_ONLY, REGION_SYNTHETIC, RegionRecord,
 };
 use crate::region::Region;
 use crate::section::SectionKind;
@@ -214,6 +214,7 @@ fn parse_manifest(bytes: &[u8], t: &Table) -> Result<Vec<FileEntry<'static>>> {
             mtime_ns: r.mtime_ns.get() as i64,
             inode: r.inode.get(),
             blake3: r.blake3,
+            cache_only: r.flags.get() & FILE_CACHE_ONLY != 0,
         });
     }
     Ok(out)

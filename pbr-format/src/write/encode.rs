@@ -9,9 +9,9 @@ use crate::error::{Error, Result};
 use crate::manifest::{CacheRef, FileEntry};
 use crate::phase::Phase;
 use crate::pod::{
-    ARCH_X86_64, BaseRecord, CacheRefRecord, DeviceRecord, FileRecord, MetadataRecord, PhaseRecord, REGION_READ_ONLY,
-    REGION_SYNTHETIC, RegionRecord, TablePrefix, VCPU_DEBUGREGS, VCPU_EVENTS, VCPU_LAPIC, VCPU_TSC, VcpuHeader,
-    X86VcpuFixed,
+    ARCH_X86_64, BaseRecord, CacheRefRecord, DeviceRecord, FILE_CACHE_ONLY, FileRecord, MetadataRecord, PhaseRecord,
+    REGION_READ_ONLY, REGION_SYNTHETIC, RegionRecord, TablePrefix, VCPU_DEBUGREGS, VCPU_EVENTS, VCPU_LAPIC, VCPU_TSC,
+    VcpuHeader, X86VcpuFixed,
 };
 use crate::region::Region;
 use crate::vcpu::{Vcpu, X86Vcpu};
@@ -130,7 +130,7 @@ pub(crate) fn manifest(files: &[FileEntry<'_>]) -> Result<Vec<u8>> {
             blake3: f.blake3,
             path_off,
             path_len,
-            flags: U32::new(0),
+            flags: U32::new(if f.cache_only { FILE_CACHE_ONLY } else { 0 }),
             reserved: U32::new(0),
         });
     }

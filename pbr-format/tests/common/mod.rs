@@ -143,6 +143,7 @@ pub fn write_sample(path: &Path, hashes: bool) -> pbr_format::WriteReport {
             mtime_ns: -5,
             inode: 42,
             blake3: *blake3::hash(b"guest\n").as_bytes(),
+            cache_only: false,
         })
         .unwrap();
     w.add_cache_ref(CacheRef { gfn: 19, file_index: f, offset: 0 }).unwrap();

@@ -6,6 +6,7 @@ mod diff;
 mod export;
 mod fmt;
 mod inspect;
+mod manifest;
 mod pack;
 mod trim;
 mod verify;
@@ -171,6 +172,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Record the files a boot read up to the image's phase.
+    Manifest {
+        #[command(subcommand)]
+        action: ManifestAction,
+    },
+    /// Pick the latest candidate of a boot still valid against the current
+    /// files. Exit 0 with the choice; 3 when none is valid (do a full reboot).
+    Select {
+        /// The guest root directory (a mounted guest file system).
+        #[arg(long)]
+        root: PathBuf,
+        /// The candidate images, in any order.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Hash every file even when its size and mtime match.
+        #[arg(long)]
+        strict: bool,
+        /// Print the verdicts as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check every checksum and hash; exit 0 only when all pass.
     Verify {
         /// The image.
@@ -187,6 +209,31 @@ enum Command {
         /// The image.
         image: PathBuf,
         /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ManifestAction {
+    /// Add files (path, size, mtime, inode, blake3) read under a root.
+    Add {
+        /// The image.
+        image: PathBuf,
+        /// The guest root directory.
+        #[arg(long)]
+        root: PathBuf,
+        /// A file listing the paths, one per line.
+        #[arg(long, conflicts_with = "accessed_since")]
+        list: Option<PathBuf>,
+        /// Every regular file accessed after this time (seconds since the
+        /// epoch, e.g. the boot start).
+        #[arg(long)]
+        accessed_since: Option<f64>,
+        /// The image to write.
         #[arg(short, long)]
         output: PathBuf,
         /// Print the result as JSON.
@@ -217,6 +264,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff { a, b, output, json } => diff::run(&a, &b, output.as_deref(), json),
         Command::Apply { base, diffs, output, json } => diff::apply(&base, &diffs, &output, json),
         Command::Rebase { diffs, output, json } => diff::rebase(&diffs, &output, json),
+        Command::Manifest { action: ManifestAction::Add { image, root, list, accessed_since, output, json } } => {
+            manifest::add_run(&image, &root, list.as_deref(), accessed_since, &output, json)
+        }
+        Command::Select { root, images, strict, json } => manifest::select_run(&root, &images, strict, json),
         Command::Convert {
             input,
             output,

@@ -1,0 +1,176 @@
+//! Restartable-point selection: which candidate of a boot is still valid
+//! against the files a restore would see now.
+//!
+//! A candidate is valid when every file its manifest lists still matches:
+//! size and mtime equal (the fast path; with `strict` the content is hashed
+//! anyway), or, when those differ, the same blake3 of the content. Files
+//! flagged cache-only do not disqualify a candidate when they change; their
+//! cache pages are listed as stale instead.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::manifest::{CacheRef, FileEntry, check_path};
+use crate::read::Image;
+
+/// Why a manifest entry does not match the current files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The file is gone.
+    Deleted,
+    /// The content differs.
+    Changed,
+    /// The path leaves the root (an absolute path, `..`, or a symlink
+    /// pointing out); it is never followed.
+    Escapes(String),
+    /// The path cannot be read.
+    Unreadable(String),
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mismatch::Deleted => f.write_str("deleted"),
+            Mismatch::Changed => f.write_str("changed"),
+            Mismatch::Escapes(why) => write!(f, "refused: {why}"),
+            Mismatch::Unreadable(why) => write!(f, "unreadable: {why}"),
+        }
+    }
+}
+
+/// The verdict on one candidate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Index of the candidate in the input.
+    pub index: usize,
+    /// Whether the candidate may be restored.
+    pub valid: bool,
+    /// The first file that disqualified it, and why.
+    pub first_mismatch: Option<(String, Mismatch)>,
+    /// Files checked.
+    pub files_checked: usize,
+    /// Files whose content was hashed (size or mtime differed, or strict).
+    pub files_hashed: usize,
+    /// Cache pages whose file changed: a restore must drop or refresh them.
+    pub stale_cache: Vec<CacheRef>,
+}
+
+/// The outcome of [`select`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    /// One verdict per candidate, latest phase first.
+    pub verdicts: Vec<Verdict>,
+    /// Index (in the input) of the latest valid candidate.
+    pub chosen: Option<usize>,
+}
+
+/// `rel` resolved under `root`, refusing anything that leaves it.
+///
+/// # Errors
+/// `Err(Mismatch::Escapes)` for a hostile path or a symlink out of the root,
+/// `Err(Mismatch::Deleted)` when nothing is there.
+pub fn resolve_under(root: &Path, rel: &str) -> Result<PathBuf, Mismatch> {
+    check_path(rel).map_err(Mismatch::Escapes)?;
+    let root = std::fs::canonicalize(root).map_err(|e| Mismatch::Unreadable(format!("root: {e}")))?;
+    let joined = root.join(rel);
+    if std::fs::symlink_metadata(&joined).is_err() {
+        return Err(Mismatch::Deleted);
+    }
+    match std::fs::canonicalize(&joined) {
+        Ok(real) if real.starts_with(&root) => Ok(real),
+        Ok(real) => Err(Mismatch::Escapes(format!("'{rel}' resolves to {}, outside the root", real.display()))),
+        Err(_) => Err(Mismatch::Deleted),
+    }
+}
+
+/// blake3 of a file's content.
+///
+/// # Errors
+/// Any I/O error.
+pub fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
+    let mut f = File::open(path)?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(*h.finalize().as_bytes());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// Checks one manifest entry against the files under `root`; returns
+/// whether the content was hashed.
+fn check_entry(root: &Path, e: &FileEntry<'_>, strict: bool) -> Result<bool, Mismatch> {
+    let path = resolve_under(root, &e.path)?;
+    let meta = std::fs::metadata(&path).map_err(|err| Mismatch::Unreadable(err.to_string()))?;
+    if !meta.is_file() {
+        return Err(Mismatch::Changed);
+    }
+    if meta.len() != e.size {
+        return Err(Mismatch::Changed);
+    }
+    let mtime = meta.mtime() as i128 * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    if mtime == i128::from(e.mtime_ns) && !strict {
+        return Ok(false);
+    }
+    let h = hash_file(&path).map_err(|err| Mismatch::Unreadable(err.to_string()))?;
+    if h == e.blake3 { Ok(true) } else { Err(Mismatch::Changed) }
+}
+
+/// Judges one candidate.
+pub fn judge(index: usize, image: &Image, root: &Path, strict: bool) -> Verdict {
+    let mut v = Verdict {
+        index,
+        valid: true,
+        first_mismatch: None,
+        files_checked: 0,
+        files_hashed: 0,
+        stale_cache: Vec::new(),
+    };
+    let mut changed = Vec::new();
+    for (i, e) in image.manifest().iter().enumerate() {
+        v.files_checked += 1;
+        match check_entry(root, e, strict) {
+            Ok(hashed) => v.files_hashed += usize::from(hashed),
+            Err(m) => {
+                changed.push(i as u32);
+                let escapes = matches!(m, Mismatch::Escapes(_));
+                if (!e.cache_only || escapes) && v.valid {
+                    v.valid = false;
+                    v.first_mismatch = Some((e.path.to_string(), m));
+                }
+            }
+        }
+    }
+    v.stale_cache = image.cache_refs().iter().filter(|c| changed.contains(&c.file_index)).copied().collect();
+    v
+}
+
+/// Picks the latest valid candidate among the images of one boot, given in
+/// any order: candidates are judged latest phase first (by phase sequence,
+/// then time since boot).
+///
+/// # Example
+/// ```no_run
+/// use pbr_format::{Image, select::select};
+/// let kernel = Image::open("kernel.pbr")?;
+/// let daemons = Image::open("daemons.pbr")?;
+/// let s = select(&[&kernel, &daemons], "/".as_ref(), false);
+/// match s.chosen {
+///     Some(i) => println!("restore candidate {i}"),
+///     None => println!("no valid candidate: boot from scratch"),
+/// }
+/// # Ok::<(), pbr_format::Error>(())
+/// ```
+pub fn select(candidates: &[&Image], root: &Path, strict: bool) -> Selection {
+    let key = |img: &Image| img.phase().map_or((0, 0), |p| (p.sequence, p.since_boot_ns));
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(key(candidates[i])));
+    let verdicts: Vec<Verdict> = order.iter().map(|&i| judge(i, candidates[i], root, strict)).collect();
+    let chosen = verdicts.iter().find(|v| v.valid).map(|v| v.index);
+    Selection { verdicts, chosen }
+}
