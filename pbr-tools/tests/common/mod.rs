@@ -24,11 +24,12 @@ pub fn fixture_stream(name: &str) -> PathBuf {
     let out = dir.join(format!("{name}.qemu"));
     if !out.exists() {
         let src = fixtures().join(format!("{name}.qemu.xz"));
-        let tmp = dir.join(format!("{name}.qemu.{}.part", std::process::id()));
-        let f = std::fs::File::create(&tmp).unwrap();
+        // Unique per caller: tests in one process may race to make it.
+        let tmp = tempfile::NamedTempFile::new_in(&dir).unwrap();
+        let f = tmp.reopen().unwrap();
         let st = Command::new("xz").arg("-dc").arg(&src).stdout(f).status().expect("xz (apt-get install xz-utils)");
         assert!(st.success(), "xz -dc {}", src.display());
-        std::fs::rename(&tmp, &out).unwrap();
+        tmp.persist(&out).unwrap();
     }
     out
 }
