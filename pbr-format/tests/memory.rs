@@ -29,8 +29,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The counters are global: the tests of this file run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn sixteen_gib_guest_writes_under_64_mib() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.pbr");
     let gib = 1u64 << 30;
@@ -51,4 +55,21 @@ fn sixteen_gib_guest_writes_under_64_mib() {
     assert_eq!(img.page_count(), 16 * gib / 4096);
     assert_eq!(img.stored_page_count(), 8192);
     eprintln!("16 GiB guest: peak writer heap {} MiB, file {} KiB", peak >> 20, img.file_len() >> 10);
+}
+
+#[test]
+fn claimed_memory_is_not_allocated() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("claim.pbr");
+    let regions = [Region::ram("pc.ram", 0, 1 << 40)];
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let mut w = ImageWriter::create(&path, &regions, WriterOptions::default()).unwrap();
+    w.write_page(12345, &[1u8; 4096], PageClass::Kernel).unwrap();
+    w.finish().unwrap();
+    let peak = PEAK.load(Ordering::Relaxed) - base;
+    assert!(peak < 4 << 20, "a 1 TiB region with one page cost {peak} bytes of heap");
+    let img = Image::open(&path).unwrap();
+    assert_eq!(img.extent_count(), 3);
 }

@@ -78,7 +78,7 @@ pub struct WriteReport {
 }
 
 struct PendingLz4 {
-    first: usize,
+    first: u64,
     class: PageClass,
     ends: Vec<u32>,
     data: Vec<u8>,
@@ -187,7 +187,7 @@ impl ImageWriter {
         &self.regions
     }
 
-    fn check_page(&self, gfn: u64, data: &[u8]) -> Result<usize> {
+    fn check_page(&self, gfn: u64, data: &[u8]) -> Result<u64> {
         if data.len() != self.opts.page_size as usize {
             return Err(Error::invalid(format!(
                 "page {gfn:#x} is {} bytes, not the page size {}",
@@ -210,7 +210,7 @@ impl ImageWriter {
     pub fn write_page(&mut self, gfn: u64, data: &[u8], class: PageClass) -> Result<()> {
         let d = self.check_page(gfn, data)?;
         if is_zero(data) {
-            self.pages.set(d, PageEncoding::Zero, class, 0, 0);
+            self.pages.set_empty(d, PageEncoding::Zero, class, self.opts.unwritten);
             return Ok(());
         }
         self.store_raw(d, data, class)
@@ -225,7 +225,7 @@ impl ImageWriter {
         self.store_raw(d, data, class)
     }
 
-    fn store_raw(&mut self, d: usize, data: &[u8], class: PageClass) -> Result<()> {
+    fn store_raw(&mut self, d: u64, data: &[u8], class: PageClass) -> Result<()> {
         let crc = crc32fast::hash(data);
         let ps = u64::from(self.opts.page_size);
         let slot = if self.pages.encoding(d) == Some(PageEncoding::Raw) {
@@ -252,11 +252,11 @@ impl ImageWriter {
     pub fn write_page_lz4(&mut self, gfn: u64, data: &[u8], class: PageClass) -> Result<()> {
         let d = self.check_page(gfn, data)?;
         if is_zero(data) {
-            self.pages.set(d, PageEncoding::Zero, class, 0, 0);
+            self.pages.set_empty(d, PageEncoding::Zero, class, self.opts.unwritten);
             return Ok(());
         }
         let continues = self.pending.as_ref().is_some_and(|p| {
-            p.first + p.ends.len() == d
+            p.first + p.ends.len() as u64 == d
                 && p.class == class
                 && p.ends.len() < LZ4_BLOCK_PAGES
                 && self.pages.region_of(p.first) == self.pages.region_of(d)
@@ -287,9 +287,9 @@ impl ImageWriter {
         self.sink.write(&p.data)
     }
 
-    fn spill_hash(&mut self, d: usize, data: &[u8]) -> Result<()> {
+    fn spill_hash(&mut self, d: u64, data: &[u8]) -> Result<()> {
         if let Some(f) = &self.hash_spill {
-            f.write_all_at(blake3::hash(data).as_bytes(), d as u64 * 32)
+            f.write_all_at(blake3::hash(data).as_bytes(), d * 32)
                 .map_err(|e| Error::io("cannot write the page-hash spill file", e))?;
         }
         Ok(())
@@ -309,7 +309,7 @@ impl ImageWriter {
             if self.pages.encoding(d) == Some(PageEncoding::Lz4) {
                 return Err(Error::invalid(format!("page {g:#x} was already written lz4-compressed")));
             }
-            self.pages.set(d, encoding, class, 0, 0);
+            self.pages.set_empty(d, encoding, class, self.opts.unwritten);
         }
         Ok(())
     }
@@ -325,7 +325,8 @@ impl ImageWriter {
         if s == d {
             return Err(Error::invalid(format!("page {gfn:#x} cannot be a duplicate of itself")));
         }
-        self.pages.set(d, PageEncoding::Dup, class, s as u32, 0);
+        let s = u32::try_from(s).map_err(|_| Error::invalid("dup source beyond 2^32 pages"))?;
+        self.pages.set(d, PageEncoding::Dup, class, s, 0);
         Ok(())
     }
 
@@ -468,7 +469,7 @@ impl ImageWriter {
             let blocks = std::mem::take(&mut w.lz4_blocks);
             let block_of = |b: u32| blocks.get(b as usize).copied().unwrap_or(0);
             let sink = &mut w.sink;
-            let r = w.pages.for_each_extent(w.opts.unwritten, &block_of, &mut |rec, _| sink.write(rec.as_bytes()));
+            let r = w.pages.for_each_extent(w.opts.unwritten, &block_of, &mut |rec| sink.write(rec.as_bytes()));
             w.lz4_blocks = blocks;
             r
         });
@@ -486,7 +487,7 @@ impl ImageWriter {
                 w.for_each_stored(&mut |w, d| {
                     let mut h = [0u8; 32];
                     if let Some(f) = &w.hash_spill {
-                        f.read_exact_at(&mut h, d as u64 * 32)
+                        f.read_exact_at(&mut h, d * 32)
                             .map_err(|e| Error::io("cannot read the page-hash spill file", e))?;
                     }
                     w.sink.write(&h)
@@ -538,7 +539,7 @@ impl ImageWriter {
     fn count_extents(&self) -> Result<(u64, u64, u8)> {
         let (mut extents, mut stored, mut encodings) = (0u64, 0u64, 0u8);
         let pages = &self.pages;
-        pages.for_each_extent(self.opts.unwritten, &|_| 0, &mut |rec, _| {
+        pages.for_each_extent(self.opts.unwritten, &|_| 0, &mut |rec| {
             extents += 1;
             encodings |= 1 << rec.encoding;
             if PageEncoding::from_u8(rec.encoding).is_some_and(PageEncoding::is_stored) {
@@ -560,11 +561,10 @@ impl ImageWriter {
     }
 
     /// Calls `f` with the dense index of every stored page, in index order.
-    fn for_each_stored(&mut self, f: &mut dyn FnMut(&mut Self, usize) -> Result<()>) -> Result<()> {
-        for d in 0..self.pages.len() {
-            if self.pages.encoding(d).is_some_and(PageEncoding::is_stored) {
-                f(self, d)?;
-            }
+    fn for_each_stored(&mut self, f: &mut dyn FnMut(&mut Self, u64) -> Result<()>) -> Result<()> {
+        let stored: Vec<u64> = self.pages.stored().collect();
+        for d in stored {
+            f(self, d)?;
         }
         Ok(())
     }

@@ -1,5 +1,10 @@
-//! Per-page state of an image being written: 9 bytes a page, so a 16 GiB
-//! guest (4 Mi pages) needs 36 MiB.
+//! Per-page state of an image being written: 9 bytes a page, allocated in
+//! chunks of 4096 pages as pages are written, so memory follows the pages
+//! a producer actually writes, not the guest size regions claim (a 16 GiB
+//! guest written in full needs 36 MiB; a hostile stream claiming a
+//! terabyte allocates nothing until it sends pages).
+
+use std::collections::BTreeMap;
 
 use zerocopy::little_endian::{U16, U32, U64};
 
@@ -11,17 +16,25 @@ use crate::region::Region;
 /// `meta` low nibble of a page nobody wrote.
 pub(crate) const UNWRITTEN: u8 = 0x0f;
 
-/// Dense arrays over every page of every region, in guest frame order.
+/// Pages per chunk.
+const CHUNK: usize = 4096;
+
+struct Chunk {
+    /// Raw: file slot (offset / page size); lz4: block id; dup: source's
+    /// dense index.
+    state: [u32; CHUNK],
+    crc: [u32; CHUNK],
+    /// Low nibble: encoding (or [`UNWRITTEN`]); high nibble: class.
+    meta: [u8; CHUNK],
+}
+
+/// Page state over every page of every region, in guest frame order
+/// (dense index), stored sparsely.
 pub(crate) struct PageTable {
     page_size: u32,
     /// Per region: first gfn, pages, dense index of its first page.
     spans: Vec<(u64, u64, u64)>,
-    /// Raw: file slot (offset / page size); lz4: block id; dup: source's
-    /// dense index.
-    state: Vec<u32>,
-    crc: Vec<u32>,
-    /// Low nibble: encoding (or [`UNWRITTEN`]); high nibble: class.
-    meta: Vec<u8>,
+    chunks: BTreeMap<u64, Box<Chunk>>,
 }
 
 impl PageTable {
@@ -30,71 +43,100 @@ impl PageTable {
         let mut dense = 0u64;
         for r in regions {
             spans.push((r.first_gfn(page_size), r.pages(page_size), dense));
-            dense += r.pages(page_size);
+            dense = dense.checked_add(r.pages(page_size)).ok_or_else(|| Error::invalid("regions overflow"))?;
         }
-        let n = usize::try_from(dense).map_err(|_| Error::invalid("too many pages for this machine"))?;
-        let alloc = |what: &str| Error::invalid(format!("cannot allocate the {what} of {n} pages"));
-        let mut state = Vec::new();
-        state.try_reserve_exact(n).map_err(|_| alloc("page table"))?;
-        state.resize(n, 0);
-        let mut crc = Vec::new();
-        crc.try_reserve_exact(n).map_err(|_| alloc("crc table"))?;
-        crc.resize(n, 0);
-        let mut meta = Vec::new();
-        meta.try_reserve_exact(n).map_err(|_| alloc("class table"))?;
-        meta.resize(n, UNWRITTEN);
-        Ok(PageTable { page_size, spans, state, crc, meta })
-    }
-
-    pub fn len(&self) -> usize {
-        self.meta.len()
+        usize::try_from(dense).map_err(|_| Error::invalid("too many pages for this machine"))?;
+        Ok(PageTable { page_size, spans, chunks: BTreeMap::new() })
     }
 
     /// The dense index of `gfn`, by binary search over the regions.
-    pub fn dense(&self, gfn: u64) -> Result<usize> {
+    pub fn dense(&self, gfn: u64) -> Result<u64> {
         let i = self.spans.partition_point(|s| s.0 <= gfn);
         match i.checked_sub(1).map(|i| self.spans[i]) {
-            Some((first, pages, dense)) if gfn < first + pages => Ok((dense + gfn - first) as usize),
+            Some((first, pages, dense)) if gfn < first + pages => Ok(dense + gfn - first),
             _ => Err(Error::new(crate::ErrorKind::NoSuchPage { gfn })),
         }
     }
 
     /// The region number of dense index `d`.
-    pub fn region_of(&self, d: usize) -> usize {
-        self.spans.partition_point(|s| s.2 <= d as u64) - 1
+    pub fn region_of(&self, d: u64) -> usize {
+        self.spans.partition_point(|s| s.2 <= d) - 1
     }
 
     /// The gfn of dense index `d`.
-    pub fn gfn(&self, d: usize) -> u64 {
+    pub fn gfn(&self, d: u64) -> u64 {
         let (first, _, dense) = self.spans[self.region_of(d)];
-        first + (d as u64 - dense)
+        first + (d - dense)
     }
 
-    pub fn set(&mut self, d: usize, enc: PageEncoding, class: PageClass, state: u32, crc: u32) {
-        self.meta[d] = enc as u8 | ((class as u8) << 4);
-        self.state[d] = state;
-        self.crc[d] = crc;
+    fn chunk_mut(&mut self, d: u64) -> (&mut Chunk, usize) {
+        let c = self
+            .chunks
+            .entry(d / CHUNK as u64)
+            .or_insert_with(|| Box::new(Chunk { state: [0; CHUNK], crc: [0; CHUNK], meta: [UNWRITTEN; CHUNK] }));
+        (c, (d % CHUNK as u64) as usize)
     }
 
-    pub fn set_class(&mut self, d: usize, class: PageClass) {
-        self.meta[d] = (self.meta[d] & 0x0f) | ((class as u8) << 4);
+    fn chunk(&self, d: u64) -> Option<(&Chunk, usize)> {
+        self.chunks.get(&(d / CHUNK as u64)).map(|c| (&**c, (d % CHUNK as u64) as usize))
+    }
+
+    pub fn set(&mut self, d: u64, enc: PageEncoding, class: PageClass, state: u32, crc: u32) {
+        let (c, i) = self.chunk_mut(d);
+        c.meta[i] = enc as u8 | ((class as u8) << 4);
+        c.state[i] = state;
+        c.crc[i] = crc;
+    }
+
+    /// Records that page `d` holds no content of its own (zero, trimmed or
+    /// base), allocating nothing when that is what an unwritten page with
+    /// class `Unknown` already means.
+    pub fn set_empty(&mut self, d: u64, enc: PageEncoding, class: PageClass, unwritten: PageEncoding) {
+        if self.chunk(d).is_none() && enc == unwritten && class == PageClass::Unknown {
+            return;
+        }
+        self.set(d, enc, class, 0, 0);
+    }
+
+    pub fn set_class(&mut self, d: u64, class: PageClass) {
+        let (c, i) = self.chunk_mut(d);
+        c.meta[i] = (c.meta[i] & 0x0f) | ((class as u8) << 4);
+    }
+
+    fn meta(&self, d: u64) -> u8 {
+        self.chunk(d).map_or(UNWRITTEN, |(c, i)| c.meta[i])
     }
 
     /// The encoding written for page `d`, or `None` when unwritten.
-    pub fn encoding(&self, d: usize) -> Option<PageEncoding> {
-        PageEncoding::from_u8(self.meta[d] & 0x0f)
+    pub fn encoding(&self, d: u64) -> Option<PageEncoding> {
+        PageEncoding::from_u8(self.meta(d) & 0x0f)
     }
 
-    pub fn state(&self, d: usize) -> u32 {
-        self.state[d]
+    pub fn state(&self, d: u64) -> u32 {
+        self.chunk(d).map_or(0, |(c, i)| c.state[i])
     }
 
-    pub fn crc(&self, d: usize) -> u32 {
-        self.crc[d]
+    pub fn crc(&self, d: u64) -> u32 {
+        self.chunk(d).map_or(0, |(c, i)| c.crc[i])
     }
 
-    fn class(&self, d: usize) -> PageClass {
-        PageClass::from_u8(self.meta[d] >> 4).unwrap_or_default()
+    fn class(&self, d: u64) -> PageClass {
+        PageClass::from_u8(self.meta(d) >> 4).unwrap_or_default()
+    }
+
+    /// Pages from `d` up to the end of its chunk when nobody wrote in that
+    /// chunk (all unwritten, class unknown).
+    fn untouched(&self, d: u64) -> Option<u64> {
+        self.chunk(d).is_none().then(|| CHUNK as u64 - d % CHUNK as u64)
+    }
+
+    /// Dense indexes of written pages with stored content, in order.
+    pub fn stored(&self) -> impl Iterator<Item = u64> + '_ {
+        self.chunks.iter().flat_map(|(&k, c)| {
+            (0..CHUNK)
+                .filter(move |&i| PageEncoding::from_u8(c.meta[i] & 0x0f).is_some_and(PageEncoding::is_stored))
+                .map(move |i| k * CHUNK as u64 + i as u64)
+        })
     }
 
     /// Calls `f` with each extent, in order, built from runs of pages with
@@ -105,37 +147,47 @@ impl PageTable {
         &self,
         unwritten: PageEncoding,
         lz4_block: &dyn Fn(u32) -> u64,
-        f: &mut dyn FnMut(&ExtentRecord, usize) -> Result<()>,
+        f: &mut dyn FnMut(&ExtentRecord) -> Result<()>,
     ) -> Result<()> {
         let ps = u64::from(self.page_size);
         let mut stored = 0u64;
         for &(first_gfn, pages, dense) in &self.spans {
-            let mut d = dense as usize;
-            let end = (dense + pages) as usize;
+            let end = dense + pages;
+            let mut d = dense;
             while d < end {
                 let enc = self.encoding(d).unwrap_or(unwritten);
                 let class = self.class(d);
-                let mut n = 1usize;
-                while d + n < end
-                    && self.encoding(d + n).unwrap_or(unwritten) == enc
-                    && self.class(d + n) == class
-                    && self.continues(enc, d + n)
-                    && n < u32::MAX as usize
-                {
-                    n += 1;
+                let mut n = self.untouched(d).map_or(1, |k| k.min(end - d));
+                while d + n < end && n < u64::from(u32::MAX) {
+                    let next = d + n;
+                    if let Some(k) = self.untouched(next) {
+                        if enc == unwritten && class == PageClass::Unknown && !enc.is_stored() {
+                            n += k.min(end - next).min(u64::from(u32::MAX) - n);
+                            continue;
+                        }
+                        break;
+                    }
+                    if self.encoding(next).unwrap_or(unwritten) == enc
+                        && self.class(next) == class
+                        && self.continues(enc, next)
+                    {
+                        n += 1;
+                    } else {
+                        break;
+                    }
                 }
                 let data = match enc {
-                    PageEncoding::Raw => u64::from(self.state[d]) * ps,
-                    PageEncoding::Lz4 => lz4_block(self.state[d]),
-                    PageEncoding::Dup => self.gfn(self.state[d] as usize),
+                    PageEncoding::Raw => u64::from(self.state(d)) * ps,
+                    PageEncoding::Lz4 => lz4_block(self.state(d)),
+                    PageEncoding::Dup => self.gfn(u64::from(self.state(d))),
                     _ => 0,
                 };
                 let aux = if enc.is_stored() { stored } else { 0 };
                 if enc.is_stored() {
-                    stored += n as u64;
+                    stored += n;
                 }
                 let rec = ExtentRecord {
-                    gfn: U64::new(first_gfn + (d as u64 - dense)),
+                    gfn: U64::new(first_gfn + (d - dense)),
                     count: U32::new(n as u32),
                     encoding: enc as u8,
                     class: class as u8,
@@ -143,7 +195,7 @@ impl PageTable {
                     data: U64::new(data),
                     aux: U64::new(aux),
                 };
-                f(&rec, d)?;
+                f(&rec)?;
                 d += n;
             }
         }
@@ -152,10 +204,10 @@ impl PageTable {
 
     /// Whether page `d` continues the storage of page `d - 1` of the same
     /// encoding.
-    fn continues(&self, enc: PageEncoding, d: usize) -> bool {
+    fn continues(&self, enc: PageEncoding, d: u64) -> bool {
         match enc {
-            PageEncoding::Raw => self.state[d] == self.state[d - 1].wrapping_add(1),
-            PageEncoding::Lz4 | PageEncoding::Dup => self.state[d] == self.state[d - 1],
+            PageEncoding::Raw => self.state(d) == self.state(d - 1).wrapping_add(1),
+            PageEncoding::Lz4 | PageEncoding::Dup => self.state(d) == self.state(d - 1),
             PageEncoding::Zero | PageEncoding::Trimmed | PageEncoding::Base => true,
         }
     }
