@@ -102,20 +102,30 @@ pub fn classes(flags: &[u64], counts: Option<&[u64]>) -> Vec<PageClass> {
 /// I/O, a bad gzip stream, a length that is not a multiple of 8.
 pub fn read_words(path: &Path, max_words: u64) -> Result<Vec<u64>> {
     let raw = std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    parse_words(&raw, max_words).map_err(|e| match e {
+        Error::Unsupported(m) => Error::Unsupported(format!("{}: {m}", path.display())),
+        other => other,
+    })
+}
+
+/// [`read_words`] over bytes in memory.
+///
+/// # Errors
+/// A bad gzip stream, a length that is not a multiple of 8 or too long.
+pub fn parse_words(raw: &[u8], max_words: u64) -> Result<Vec<u64>> {
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
             .take(max_words * 8 + 1)
             .read_to_end(&mut out)
-            .map_err(|e| Error::io(format!("cannot gunzip {}", path.display()), e))?;
+            .map_err(|e| Error::io("cannot gunzip the dump", e))?;
         out
     } else {
-        raw
+        raw.to_vec()
     };
     if bytes.len() % 8 != 0 || bytes.len() as u64 > max_words * 8 {
         return Err(Error::Unsupported(format!(
-            "{}: {} bytes is not a whole number of 8-byte words up to {max_words} pages",
-            path.display(),
+            "{} bytes is not a whole number of 8-byte words up to {max_words} pages",
             bytes.len()
         )));
     }

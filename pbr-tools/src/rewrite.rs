@@ -15,6 +15,7 @@ pub fn options(src: &Image, unwritten: PageEncoding) -> WriterOptions {
         producer_version: env!("CARGO_PKG_VERSION").into(),
         page_hashes: src.has_page_hashes(),
         unwritten,
+        sync: true,
     }
 }
 

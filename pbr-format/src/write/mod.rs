@@ -48,6 +48,9 @@ pub struct WriterOptions {
     /// Encoding of pages nobody wrote: `Zero` for a full image, `Base` for a
     /// diff (then [`ImageWriter::set_base`] is required), or `Trimmed`.
     pub unwritten: PageEncoding,
+    /// fsync the image before publishing it (default). Off only for
+    /// scratch images whose loss on a crash does not matter.
+    pub sync: bool,
 }
 
 impl Default for WriterOptions {
@@ -58,6 +61,7 @@ impl Default for WriterOptions {
             producer_version: env!("CARGO_PKG_VERSION").into(),
             page_hashes: false,
             unwritten: PageEncoding::Zero,
+            sync: true,
         }
     }
 }
@@ -304,12 +308,13 @@ impl ImageWriter {
         if encoding.is_stored() || encoding == PageEncoding::Dup {
             return Err(Error::invalid(format!("mark_pages cannot record {encoding} pages")));
         }
-        for g in gfn..gfn + count {
+        let end = gfn.checked_add(count).ok_or_else(|| Error::invalid("page range overflows"))?;
+        let mut g = gfn;
+        while g < end {
             let d = self.pages.dense(g)?;
-            if self.pages.encoding(d) == Some(PageEncoding::Lz4) {
-                return Err(Error::invalid(format!("page {g:#x} was already written lz4-compressed")));
-            }
-            self.pages.set_empty(d, encoding, class, self.opts.unwritten);
+            let n = self.pages.run_in_region(d).min(end - g);
+            self.pages.set_empty_run(d, n, encoding, class, self.opts.unwritten)?;
+            g += n;
         }
         Ok(())
     }
@@ -633,9 +638,11 @@ impl ImageWriter {
         let file_len = table_offset + (table.len() * pod::SECTION_ENTRY_SIZE + pod::TRAILER_SIZE) as u64;
         file.write_all_at(trailer.as_bytes(), file_len - pod::TRAILER_SIZE as u64)
             .map_err(|e| Error::io("cannot write the trailer", e))?;
-        file.sync_all().map_err(|e| Error::io("cannot sync the image", e))?;
+        if opts.sync {
+            file.sync_all().map_err(|e| Error::io("cannot sync the image", e))?;
+        }
         tmp.persist(&dest).map_err(|e| Error::io(format!("cannot rename the image to {}", dest.display()), e.error))?;
-        if let Some(dir) = dest.parent().filter(|p| !p.as_os_str().is_empty())
+        if let Some(dir) = dest.parent().filter(|p| opts.sync && !p.as_os_str().is_empty())
             && let Ok(d) = File::open(dir)
         {
             // Best effort: makes the rename durable on file systems that need it.

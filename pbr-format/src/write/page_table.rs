@@ -98,6 +98,42 @@ impl PageTable {
         self.set(d, enc, class, 0, 0);
     }
 
+    /// Pages from dense index `d` to the end of its region.
+    pub fn run_in_region(&self, d: u64) -> u64 {
+        let (_, pages, dense) = self.spans[self.region_of(d)];
+        dense + pages - d
+    }
+
+    /// [`PageTable::set_empty`] for `n` pages from `d`, skipping untouched
+    /// chunks where that records nothing new.
+    pub fn set_empty_run(
+        &mut self,
+        d: u64,
+        n: u64,
+        enc: PageEncoding,
+        class: PageClass,
+        unwritten: PageEncoding,
+    ) -> Result<()> {
+        let end = d + n;
+        let mut i = d;
+        while i < end {
+            match self.untouched(i) {
+                Some(k) if enc == unwritten && class == PageClass::Unknown => i += k.min(end - i),
+                _ => {
+                    if self.encoding(i) == Some(PageEncoding::Lz4) {
+                        return Err(Error::invalid(format!(
+                            "page {:#x} was already written lz4-compressed",
+                            self.gfn(i)
+                        )));
+                    }
+                    self.set(i, enc, class, 0, 0);
+                    i += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn set_class(&mut self, d: u64, class: PageClass) {
         let (c, i) = self.chunk_mut(d);
         c.meta[i] = (c.meta[i] & 0x0f) | ((class as u8) << 4);

@@ -61,6 +61,7 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
                 page_hashes: a.hashes,
                 qemu_version: a.qemu_version.clone(),
                 restore_cmdline: a.restore_cmdline.clone(),
+                no_sync: false,
             };
             let r = qemu::convert(full, file.as_ref(), output, &opts, &|pos| bar.set_position(pos))?;
             bar.finish_and_clear();

@@ -92,6 +92,8 @@ pub struct ConvertOptions {
     pub qemu_version: Option<String>,
     /// The command line a restore must repeat, when known.
     pub restore_cmdline: Option<String>,
+    /// Skip the fsync of the image (scratch outputs only).
+    pub no_sync: bool,
 }
 
 /// What a conversion read and wrote.
@@ -149,6 +151,7 @@ impl PageSink for State<'_> {
             producer_name: "pbr-img".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             page_hashes: self.opts.page_hashes,
+            sync: !self.opts.no_sync,
             ..WriterOptions::default()
         };
         self.writer = Some(ImageWriter::create(self.out, &layout.regions, opts)?);
