@@ -115,7 +115,7 @@ pub fn read_words(path: &Path, max_words: u64) -> Result<Vec<u64>> {
 pub fn parse_words(raw: &[u8], max_words: u64) -> Result<Vec<u64>> {
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
+        flate2::read::GzDecoder::new(raw)
             .take(max_words * 8 + 1)
             .read_to_end(&mut out)
             .map_err(|e| Error::io("cannot gunzip the dump", e))?;
