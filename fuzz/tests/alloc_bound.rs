@@ -1,0 +1,112 @@
+//! Opening or converting any input allocates at most a small multiple of
+//! its size plus a constant: a counting global allocator measures the peak
+//! over the seeds, their mutants and hand-made claims of huge memory.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator, only counting sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        PEAK.fetch_max(now, Ordering::Relaxed);
+        // SAFETY: same layout contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: ptr came from System.alloc with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Bound: this multiple of the input size ...
+const FACTOR: usize = 16;
+/// ... plus this constant (I/O buffers, rayon's thread pool, tables).
+const CONSTANT: usize = 8 << 20;
+
+fn seeds(target: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds").join(target);
+    std::fs::read_dir(dir).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect()
+}
+
+/// Peak heap above the current level while `f` runs.
+fn peak(f: impl FnOnce()) -> usize {
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    f();
+    PEAK.load(Ordering::Relaxed).saturating_sub(base)
+}
+
+fn check(kind: &str, inputs: &[Vec<u8>], run: fn(&[u8])) -> (f64, usize) {
+    let mut worst = (0.0f64, 0usize);
+    for data in inputs {
+        let p = peak(|| run(data));
+        assert!(p <= FACTOR * data.len() + CONSTANT, "{kind}: {} bytes of input made {p} bytes of heap", data.len());
+        let ratio = p as f64 / data.len().max(1) as f64;
+        if p > worst.1 {
+            worst = (ratio, p);
+        }
+    }
+    worst
+}
+
+fn mutants(seeds: &[Vec<u8>], n: usize) -> Vec<Vec<u8>> {
+    let mut rng = pbr_fuzz::mutate::Rng::new(77);
+    let mut v: Vec<Vec<u8>> = seeds.to_vec();
+    v.extend((0..n).map(|i| pbr_fuzz::mutate::mutant(&seeds[i % seeds.len()], &mut rng)));
+    v
+}
+
+/// A QEMU stream of under 100 bytes claiming a terabyte of RAM and sending
+/// one zero page and one data page at its far end.
+fn terabyte_claim() -> Vec<u8> {
+    let mut s = b"QEVM\x00\x00\x00\x03\x07\x00\x00\x00\x0apc-q35-7.2".to_vec();
+    s.extend_from_slice(b"\x01\x00\x00\x00\x02\x03ram\x00\x00\x00\x00\x00\x00\x00\x04");
+    let tib = 1u64 << 40;
+    s.extend_from_slice(&(tib | 4).to_be_bytes());
+    s.extend_from_slice(b"\x06pc.ram");
+    s.extend_from_slice(&tib.to_be_bytes());
+    s.extend_from_slice(&0x10u64.to_be_bytes());
+    s.extend_from_slice(b"\x7e\x00\x00\x00\x02\x02\x00\x00\x00\x02");
+    s.extend_from_slice(&((tib - 4096) | 2).to_be_bytes());
+    s.extend_from_slice(b"\x06pc.ram\x00");
+    s.extend_from_slice(&0x10u64.to_be_bytes());
+    s.push(0);
+    s
+}
+
+#[test]
+fn allocations_are_bounded_by_input_size() {
+    let img_inputs = mutants(&seeds("pbr_image"), 300);
+    let (r1, p1) = check("pbr open+verify", &img_inputs, pbr_fuzz::pbr_image::run);
+    let mut q = mutants(&seeds("qemu_stream"), 200);
+    q.push(terabyte_claim());
+    let (r2, p2) = check("qemu convert", &q, |d| {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let opts = pbr_tools::qemu::ConvertOptions { no_sync: true, ..Default::default() };
+        let _ = pbr_tools::qemu::convert(d, None, out.path(), &opts, &|_| {});
+    });
+    let claim = terabyte_claim();
+    let p = peak(|| {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let opts = pbr_tools::qemu::ConvertOptions { no_sync: true, ..Default::default() };
+        pbr_tools::qemu::convert(&claim[..], None, out.path(), &opts, &|_| {}).unwrap();
+    });
+    assert!(p < 4 << 20, "a {}-byte stream claiming 1 TiB made {p} bytes of heap", claim.len());
+    eprintln!(
+        "allocation bound: pbr worst peak {} KiB ({r1:.1}x its input), qemu worst peak {} KiB ({r2:.1}x), 1 TiB claim in {} bytes: {} KiB",
+        p1 >> 10,
+        p2 >> 10,
+        claim.len(),
+        p >> 10
+    );
+}
