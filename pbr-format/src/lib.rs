@@ -42,6 +42,8 @@
 mod base;
 mod device;
 mod error;
+#[cfg(feature = "kvm")]
+pub mod kvm;
 pub mod limits;
 mod manifest;
 mod metadata;

@@ -1,6 +1,7 @@
 //! `pbr-tools`: converters and tools over `.pbr` restartable images, and the
 //! `pbr-img` command line.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]
 
 pub mod apply;
@@ -14,6 +15,7 @@ pub mod output;
 pub mod pack;
 pub mod progress;
 pub mod qemu;
+pub mod replay;
 pub mod rewrite;
 pub mod trim;
 

@@ -1,0 +1,22 @@
+//! The phase VMM example, run as a test on real /dev/kvm: images written at
+//! each phase restart a guest that carries on counting from that phase.
+
+#[path = "../phase_vmm.rs"]
+#[allow(dead_code)]
+mod vmm;
+
+#[test]
+fn every_phase_image_restarts_where_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = vmm::boot_and_capture(dir.path());
+    assert_eq!(images.len(), 3);
+    for (i, (path, at)) in images.iter().enumerate() {
+        let img = pbr_format::Image::open(path).unwrap();
+        img.verify().unwrap();
+        assert_eq!(img.phase().unwrap().name, vmm::PHASES[i].0);
+        let next = vmm::restart(path, 5);
+        assert_eq!(next, (at + 1..at + 6).collect::<Vec<_>>(), "phase {} did not carry on from {at}", vmm::PHASES[i].0);
+        // The image file is never written by a restart (MAP_PRIVATE).
+        assert!(pbr_format::Image::open(path).unwrap().verify().is_ok());
+    }
+}

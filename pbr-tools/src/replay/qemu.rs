@@ -1,0 +1,179 @@
+//! The QEMU adapter: exports the image to a migration stream and starts
+//! `qemu-system-x86_64 -incoming` with the command line recorded at capture
+//! (or one given), waits for the load, and resumes the guest over QMP.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pbr_format::{DeviceBlob, DeviceOrigin, Image, Vcpu};
+use serde_json::{Value, json};
+
+use super::{HypervisorAdapter, RegionPlan, Taken};
+use crate::error::{Error, Result};
+use crate::qemu::export::export_qemu;
+
+/// A minimal QMP client over a unix socket.
+pub struct Qmp(BufReader<UnixStream>);
+
+impl Qmp {
+    /// Connects to `sock` (waiting up to 20 s for QEMU to create it) and
+    /// negotiates capabilities.
+    ///
+    /// # Errors
+    /// The socket never appeared or QMP misbehaved.
+    pub fn connect(sock: &Path) -> Result<Qmp> {
+        let t = Instant::now();
+        let s = loop {
+            match UnixStream::connect(sock) {
+                Ok(s) => break s,
+                Err(e) if t.elapsed() > Duration::from_secs(20) => {
+                    return Err(Error::io(format!("cannot connect to QMP at {}", sock.display()), e));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| Error::io("QMP", e))?;
+        let mut q = Qmp(BufReader::new(s));
+        q.read()?;
+        q.cmd("qmp_capabilities", json!({}))?;
+        Ok(q)
+    }
+
+    fn read(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        self.0.read_line(&mut line).map_err(|e| Error::io("QMP read", e))?;
+        if line.is_empty() {
+            return Err(Error::Unsupported("QEMU closed its QMP socket (did it exit? see its stderr)".into()));
+        }
+        serde_json::from_str(&line).map_err(|e| Error::Unsupported(format!("QMP sent {line:?}: {e}")))
+    }
+
+    /// Runs `execute` and returns its `return` value.
+    ///
+    /// # Errors
+    /// I/O, or QEMU answered with an error.
+    pub fn cmd(&mut self, execute: &str, arguments: Value) -> Result<Value> {
+        writeln!(self.0.get_mut(), "{}", json!({"execute": execute, "arguments": arguments}))
+            .map_err(|e| Error::io("QMP write", e))?;
+        loop {
+            let v = self.read()?;
+            if v.get("event").is_some() {
+                continue;
+            }
+            if let Some(e) = v.get("error") {
+                return Err(Error::Unsupported(format!("QMP {execute}: {e}")));
+            }
+            return Ok(v["return"].clone());
+        }
+    }
+
+    /// Polls `query-migrate` until `completed`.
+    ///
+    /// # Errors
+    /// The migration failed or took longer than `timeout`.
+    pub fn wait_migration(&mut self, timeout: Duration) -> Result<()> {
+        let t = Instant::now();
+        loop {
+            let st = self.cmd("query-migrate", json!({}))?;
+            match st["status"].as_str() {
+                Some("completed") => return Ok(()),
+                Some("failed") | Some("cancelled") => return Err(Error::Unsupported(format!("migration {st}"))),
+                _ if t.elapsed() > timeout => {
+                    return Err(Error::Unsupported(format!("migration did not finish: {st}")));
+                }
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+}
+
+/// Replays into a fresh QEMU.
+pub struct QemuAdapter {
+    image: PathBuf,
+    qemu: String,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
+    /// The running QEMU, after [`HypervisorAdapter::resume`].
+    pub child: Option<Child>,
+    /// Its QMP connection.
+    pub qmp: Option<Qmp>,
+}
+
+impl QemuAdapter {
+    /// An adapter for the image at `image`, starting `qemu` with `args`
+    /// (the machine part of the command line: `-machine`, `-m`, `-cpu`,
+    /// devices, `-serial` ...). `-incoming` and `-qmp` are added.
+    ///
+    /// # Errors
+    /// No temporary directory.
+    pub fn new(image: &Path, qemu: &str, args: Vec<String>) -> Result<QemuAdapter> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("cannot create a temporary directory", e))?;
+        Ok(QemuAdapter { image: image.to_path_buf(), qemu: qemu.to_owned(), args, dir, child: None, qmp: None })
+    }
+
+    /// The arguments recorded in the image's `restore.cmdline` (split on
+    /// white space), if any.
+    pub fn recorded_args(image: &Image) -> Option<Vec<String>> {
+        image.metadata_value("restore.cmdline").map(|c| c.split_whitespace().map(str::to_owned).collect())
+    }
+}
+
+impl HypervisorAdapter for QemuAdapter {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn memory(&mut self, _image: &Image, _file: &File, _plan: &RegionPlan) -> Result<Taken> {
+        // The pages travel in the exported stream.
+        Ok(Taken::Yes)
+    }
+
+    fn vcpu(&mut self, _vcpu: &Vcpu) -> Result<Taken> {
+        // The cpu sections travel verbatim with the device state.
+        Ok(Taken::Yes)
+    }
+
+    fn device(&mut self, blob: &DeviceBlob<'_>) -> Result<Taken> {
+        Ok(match blob.origin {
+            DeviceOrigin::QEMU_SECTION | DeviceOrigin::QEMU_STREAM => Taken::Yes,
+            o => Taken::No(format!("QEMU does not take {o} state")),
+        })
+    }
+
+    fn resume(&mut self) -> Result<()> {
+        let image = Image::open(&self.image)?;
+        let stream = self.dir.path().join("restore.qemu");
+        export_qemu(&image, &stream)?;
+        let sock = self.dir.path().join("qmp.sock");
+        let child = Command::new(&self.qemu)
+            .args(&self.args)
+            .arg("-incoming")
+            .arg(format!("exec:cat {}", stream.display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::io(format!("cannot start {}", self.qemu), e))?;
+        self.child = Some(child);
+        let mut qmp = Qmp::connect(&sock)?;
+        qmp.wait_migration(Duration::from_secs(300))?;
+        qmp.cmd("cont", json!({}))?;
+        self.qmp = Some(qmp);
+        Ok(())
+    }
+}
+
+impl Drop for QemuAdapter {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(None) = c.try_wait()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
