@@ -14,8 +14,15 @@ fn every_phase_image_restarts_where_it_was() {
         let img = pbr_format::Image::open(path).unwrap();
         img.verify().unwrap();
         assert_eq!(img.phase().unwrap().name, vmm::PHASES[i].0);
-        let next = vmm::restart(path, 5);
+        let (report, next) = vmm::restart(path, 5);
+        assert!(report.mapped_bytes > 0 && report.copied_pages == 0, "raw pages are mapped, not copied");
         assert_eq!(next, (at + 1..at + 6).collect::<Vec<_>>(), "phase {} did not carry on from {at}", vmm::PHASES[i].0);
+        // Packed (lz4) pages take the copy path and restart the same way.
+        let packed = dir.path().join(format!("packed-{i}.pbr"));
+        pbr_tools::pack::pack(&img, &packed).unwrap();
+        let (report, next) = vmm::restart(&packed, 5);
+        assert!(report.copied_pages > 0 && report.mapped_bytes == 0);
+        assert_eq!(next, (at + 1..at + 6).collect::<Vec<_>>());
         // The image file is never written by a restart (MAP_PRIVATE).
         assert!(pbr_format::Image::open(path).unwrap().verify().is_ok());
     }

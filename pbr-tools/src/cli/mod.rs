@@ -8,6 +8,7 @@ mod fmt;
 mod inspect;
 mod manifest;
 mod pack;
+mod replay;
 mod trim;
 mod verify;
 
@@ -67,7 +68,7 @@ enum Command {
         #[arg(long)]
         qemu_version: Option<String>,
         /// The command line a restore must repeat.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         restore_cmdline: Option<String>,
         /// Print the result as JSON.
         #[arg(long)]
@@ -193,6 +194,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Restore an image into a hypervisor and resume the guest.
+    Replay {
+        /// The image.
+        image: PathBuf,
+        /// The hypervisor.
+        #[arg(long, value_enum, default_value = "qemu")]
+        adapter: replay::Adapter,
+        /// The QEMU binary (qemu adapter).
+        #[arg(long, default_value = "qemu-system-x86_64")]
+        qemu: String,
+        /// Stop after this many guest I/O writes (kvm adapter).
+        #[arg(long, default_value_t = 100)]
+        max_exits: u64,
+        /// Print the replay report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// QEMU machine arguments, overriding the image's restore.cmdline.
+        #[arg(last = true)]
+        qemu_args: Vec<String>,
+    },
     /// Check every checksum and hash; exit 0 only when all pass.
     Verify {
         /// The image.
@@ -268,6 +289,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             manifest::add_run(&image, &root, list.as_deref(), accessed_since, &output, json)
         }
         Command::Select { root, images, strict, json } => manifest::select_run(&root, &images, strict, json),
+        Command::Replay { image, adapter, qemu, max_exits, json, qemu_args } => {
+            replay::run(&image, adapter, &qemu, qemu_args, max_exits, json)
+        }
         Command::Convert {
             input,
             output,

@@ -1,0 +1,95 @@
+//! `pbr-img replay`: restore an image into a hypervisor.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::ValueEnum;
+use pbr_format::Image;
+use serde_json::json;
+
+use pbr_tools::replay::kvm::{Exit, KvmAdapter};
+use pbr_tools::replay::qemu::QemuAdapter;
+use pbr_tools::replay::{ReplayReport, replay};
+use pbr_tools::{Error, Result};
+
+/// Hypervisors `replay` drives.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Adapter {
+    /// QEMU, from the stream `export --to qemu` writes.
+    Qemu,
+    /// KVM through /dev/kvm (images written by a VMM with its own devices).
+    Kvm,
+}
+
+fn print(report: &ReplayReport, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            json!({"mapped_bytes": report.mapped_bytes, "copied_pages": report.copied_pages, "zero_pages": report.zero_pages,
+                   "vcpus": report.vcpus, "devices": report.devices, "not_taken": report.not_taken})
+        );
+    } else {
+        println!(
+            "replayed: {} bytes mapped from the image, {} pages copied, {} zero pages, {} vCPUs, {} device blobs",
+            report.mapped_bytes, report.copied_pages, report.zero_pages, report.vcpus, report.devices
+        );
+        for n in &report.not_taken {
+            println!("not taken: {n}");
+        }
+    }
+}
+
+pub fn run(
+    image: &Path,
+    adapter: Adapter,
+    qemu: &str,
+    args: Vec<String>,
+    max_exits: u64,
+    as_json: bool,
+) -> Result<ExitCode> {
+    let img = Image::open(image)?;
+    let file = File::open(image).map_err(|e| Error::io(format!("cannot open {}", image.display()), e))?;
+    match adapter {
+        Adapter::Qemu => {
+            let args = if args.is_empty() {
+                QemuAdapter::recorded_args(&img).ok_or_else(|| {
+                    Error::Unsupported(
+                        "the image records no restore.cmdline: give QEMU's machine arguments after --".into(),
+                    )
+                })?
+            } else {
+                args
+            };
+            let mut q = QemuAdapter::new(image, qemu, args)?;
+            let report = replay(&img, &file, &mut q)?;
+            print(&report, as_json);
+            eprintln!("guest resumed; QEMU runs until it exits");
+            let status =
+                q.child.as_mut().map(|c| c.wait()).transpose().map_err(|e| Error::io("waiting for QEMU", e))?;
+            Ok(if status.is_some_and(|s| s.success()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Adapter::Kvm => {
+            let mut vm = KvmAdapter::new()?;
+            let report = replay(&img, &file, &mut vm)?;
+            print(&report, as_json);
+            for n in &vm.notes {
+                eprintln!("note: {n}");
+            }
+            let id = img.vcpus().first().map(|v| v.id()).unwrap_or_default();
+            for _ in 0..max_exits {
+                match vm.run_until_io(id)? {
+                    Exit::IoOut { port, data } => {
+                        let hex: Vec<String> = data.iter().map(|b| format!("{b:02x}")).collect();
+                        println!("out port {port:#x}: {}", hex.join(" "));
+                    }
+                    Exit::Halt => {
+                        println!("guest halted");
+                        break;
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
