@@ -1,6 +1,7 @@
 //! A small VMM on KVM that writes restartable images and restarts from them.
 //!
-//! `cargo run -p pbr-examples --example phase_vmm [DIR]`
+//! `cargo run --release -p pbr-examples --example phase_vmm -- OUTDIR`
+//! writes `OUTDIR/<phase>.pbr`, then replays each with the KVM adapter.
 //!
 //! 1. Boot: a real-mode guest program (it counts and reports each count on
 //!    I/O port 0x10) runs in 1 MiB of guest memory.
@@ -96,7 +97,7 @@ pub fn boot_and_capture(dir: &Path) -> Vec<(PathBuf, u32)> {
         let Some(n) = count(&exit) else { panic!("unexpected exit {exit:?}") };
         if n == PHASES[next].1 {
             let (name, _) = PHASES[next];
-            let path = dir.join(format!("{}-{name}.pbr", next + 1));
+            let path = dir.join(format!("{name}.pbr"));
             capture(&vm, &path, name, next as u32 + 1, n).expect("capture");
             images.push((path, n));
             next += 1;
@@ -118,6 +119,7 @@ pub fn restart(image: &Path, n: usize) -> (pbr_tools::replay::ReplayReport, Vec<
 
 fn main() {
     let dir = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&dir).expect("output directory");
     for (path, at) in boot_and_capture(&dir) {
         let img = Image::open(&path).expect("image");
         let phase = img.phase().expect("phase");

@@ -207,6 +207,9 @@ enum Command {
         /// Stop after this many guest I/O writes (kvm adapter).
         #[arg(long, default_value_t = 100)]
         max_exits: u64,
+        /// Stop after this many seconds (default: when the guest stops).
+        #[arg(long = "for", value_name = "SECONDS")]
+        seconds: Option<f64>,
         /// Print the replay report as JSON.
         #[arg(long)]
         json: bool,
@@ -289,8 +292,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             manifest::add_run(&image, &root, list.as_deref(), accessed_since, &output, json)
         }
         Command::Select { root, images, strict, json } => manifest::select_run(&root, &images, strict, json),
-        Command::Replay { image, adapter, qemu, max_exits, json, qemu_args } => {
-            replay::run(&image, adapter, &qemu, qemu_args, max_exits, json)
+        Command::Replay { image, adapter, qemu, max_exits, seconds, json, qemu_args } => {
+            replay::run(&image, replay::Args { adapter, qemu, qemu_args, max_exits, seconds, json })
         }
         Command::Convert {
             input,

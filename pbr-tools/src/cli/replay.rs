@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use pbr_format::Image;
@@ -40,14 +41,19 @@ fn print(report: &ReplayReport, as_json: bool) {
     }
 }
 
-pub fn run(
-    image: &Path,
-    adapter: Adapter,
-    qemu: &str,
-    args: Vec<String>,
-    max_exits: u64,
-    as_json: bool,
-) -> Result<ExitCode> {
+/// Options of `replay`.
+pub struct Args {
+    pub adapter: Adapter,
+    pub qemu: String,
+    pub qemu_args: Vec<String>,
+    pub max_exits: u64,
+    pub seconds: Option<f64>,
+    pub json: bool,
+}
+
+pub fn run(image: &Path, a: Args) -> Result<ExitCode> {
+    let deadline = a.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let (adapter, qemu, args, max_exits, as_json) = (a.adapter, a.qemu, a.qemu_args, a.max_exits, a.json);
     let img = Image::open(image)?;
     let file = File::open(image).map_err(|e| Error::io(format!("cannot open {}", image.display()), e))?;
     match adapter {
@@ -61,13 +67,26 @@ pub fn run(
             } else {
                 args
             };
-            let mut q = QemuAdapter::new(image, qemu, args)?;
+            let mut args = args;
+            if !args.iter().any(|x| x == "-serial") {
+                // Show the guest's console here.
+                args.extend(["-serial".to_string(), "stdio".to_string()]);
+            }
+            let mut q = QemuAdapter::new(image, &qemu, args)?;
             let report = replay(&img, &file, &mut q)?;
             print(&report, as_json);
-            eprintln!("guest resumed; QEMU runs until it exits");
-            let status =
-                q.child.as_mut().map(|c| c.wait()).transpose().map_err(|e| Error::io("waiting for QEMU", e))?;
-            Ok(if status.is_some_and(|s| s.success()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            eprintln!("guest resumed");
+            let child = q.child.as_mut().ok_or_else(|| Error::Unsupported("QEMU did not start".into()))?;
+            loop {
+                if let Some(status) = child.try_wait().map_err(|e| Error::io("waiting for QEMU", e))? {
+                    return Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    // Time is up: the guest is stopped; the replay itself succeeded.
+                    return Ok(ExitCode::SUCCESS);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         Adapter::Kvm => {
             let mut vm = KvmAdapter::new()?;
@@ -78,6 +97,9 @@ pub fn run(
             }
             let id = img.vcpus().first().map(|v| v.id()).unwrap_or_default();
             for _ in 0..max_exits {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
                 match vm.run_until_io(id)? {
                     Exit::IoOut { port, data } => {
                         let hex: Vec<String> = data.iter().map(|b| format!("{b:02x}")).collect();
