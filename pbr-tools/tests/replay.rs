@@ -72,3 +72,62 @@ fn qemu_adapter_restores_a_converted_stream() {
     };
     assert_eq!(&counts[..3], &[0x4a, 0x4b, 0x4c], "the restored guest carries on from 0x49");
 }
+
+/// The real Linux guest of the shared fixtures, converted and replayed
+/// through the QEMU adapter (no -kernel needed: it is all in the image),
+/// answers its phase handshake and reaches service-ready.
+#[test]
+fn qemu_adapter_restores_the_real_linux_fixture() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let image = d.join("daemons.pbr");
+    pbr_img_ok(&[
+        "convert",
+        common::fixture_stream("q35-128m-daemons").to_str().unwrap(),
+        "-o",
+        image.to_str().unwrap(),
+        "--phase",
+        "daemons",
+    ]);
+    let (tty0, tty1) = (d.join("ttyS0.txt"), d.join("ttyS1.sock"));
+    let args: Vec<String> = [
+        "-machine",
+        "q35,accel=tcg",
+        "-cpu",
+        "max",
+        "-m",
+        "128",
+        "-smp",
+        "1",
+        "-display",
+        "none",
+        "-nodefaults",
+        "-no-user-config",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "-serial".into(),
+        format!("file:{}", tty0.display()),
+        "-serial".into(),
+        format!("unix:{},server=on,wait=off", tty1.display()),
+    ])
+    .collect();
+    let img = Image::open(&image).unwrap();
+    let mut q = QemuAdapter::new(&image, "qemu-system-x86_64", args).unwrap();
+    replay(&img, &File::open(&image).unwrap(), &mut q).unwrap();
+    // The guest was saved blocked on ttyS1 waiting for the host's "go".
+    let mut s = std::os::unix::net::UnixStream::connect(&tty1).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(b"go\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("PBR-READY") {
+        let n = s.read(&mut buf).expect("the restored guest answers on ttyS1");
+        assert!(n > 0, "ttyS1 closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let console = std::fs::read_to_string(&tty0).unwrap();
+    assert!(console.contains("phase daemons: host said 'go'"), "{console}");
+}
