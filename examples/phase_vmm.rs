@@ -28,7 +28,7 @@ const PORT: u16 = 0x10;
 
 /// The guest: `xor ax,ax; mov ds,ax; l: inc dword [0x500];
 /// mov eax,[0x500]; out 0x10,eax; jmp l`.
-const GUEST: [u8; 18] =
+pub const GUEST: [u8; 18] =
     [0x31, 0xc0, 0x8e, 0xd8, 0x66, 0xff, 0x06, 0x00, 0x05, 0x66, 0xa1, 0x00, 0x05, 0x66, 0xe7, 0x10, 0xeb, 0xf2];
 
 /// Phase points: (name, count at which to capture).
@@ -39,7 +39,7 @@ fn real_mode_segment(code: bool) -> KvmSegment {
 }
 
 /// A vCPU at `rip` in real mode with flat 64 KiB segments at 0.
-fn boot_vcpu(rip: u64) -> X86Vcpu {
+pub fn boot_vcpu(rip: u64) -> X86Vcpu {
     let mut v = X86Vcpu::new(0);
     v.regs.rip = rip.into();
     v.regs.rflags = 2.into();
