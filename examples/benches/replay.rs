@@ -73,7 +73,16 @@ fn qemu_incoming(dir: &Path, gib: u64) -> Duration {
     let stream = dir.join("guest.qemu");
     let sock = dir.join("src.sock");
     let mut src = Command::new("qemu-system-x86_64")
-        .args(["-machine", "pc,accel=tcg,memory-backend=ram", "-m", &mb.to_string(), "-nodefaults", "-display", "none", "-S"])
+        .args([
+            "-machine",
+            "pc,accel=tcg,memory-backend=ram",
+            "-m",
+            &mb.to_string(),
+            "-nodefaults",
+            "-display",
+            "none",
+            "-S",
+        ])
         .arg("-object")
         .arg(format!("memory-backend-file,id=ram,size={mb}M,mem-path={},share=off", ram.display()))
         .arg("-qmp")
@@ -123,7 +132,11 @@ fn main() {
         make_image(&path, gib);
         let _ = replay_to_first_instruction(&path);
         let t = median((0..5).map(|_| replay_to_first_instruction(&path)).collect());
-        println!("  {gib:>2} GiB image ({} MiB file): {:>8.2} ms", std::fs::metadata(&path).unwrap().len() >> 20, t.as_secs_f64() * 1e3);
+        println!(
+            "  {gib:>2} GiB image ({} MiB file): {:>8.2} ms",
+            std::fs::metadata(&path).unwrap().len() >> 20,
+            t.as_secs_f64() * 1e3
+        );
         results.push((gib, t));
         if gib != 4 {
             std::fs::remove_file(&path).unwrap();

@@ -110,3 +110,21 @@ fn export_raw_matches_pages_and_leaves_holes() {
     assert!(err.contains("diff image"), "{err}");
     assert!(!dir.path().join("d.raw").exists());
 }
+
+#[test]
+fn completions_man_page_and_magic() {
+    let bash = String::from_utf8(pbr_img(&["completions", "bash"]).stdout).unwrap();
+    assert!(bash.contains("pbr-img") && bash.contains("convert") && bash.contains("select"));
+    let man = String::from_utf8(pbr_img(&["man"]).stdout).unwrap();
+    assert!(man.starts_with(".ie") || man.contains(".TH"), "{}", &man[..man.len().min(200)]);
+    let magic = Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/pbr.magic");
+    let out = Command::new("file")
+        .arg("-m")
+        .arg(&magic)
+        .arg(testdata("sample.pbr"))
+        .arg(testdata("diff.pbr"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.matches("pbr restartable VM image, format 1.0, 4 KiB pages").count(), 2, "{text}");
+}

@@ -217,6 +217,13 @@ enum Command {
         #[arg(last = true)]
         qemu_args: Vec<String>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
     /// Check every checksum and hash; exit 0 only when all pass.
     Verify {
         /// The image.
@@ -292,6 +299,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             manifest::add_run(&image, &root, list.as_deref(), accessed_since, &output, json)
         }
         Command::Select { root, images, strict, json } => manifest::select_run(&root, &images, strict, json),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "pbr-img",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| pbr_tools::Error::io("cannot write the man page", e))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Replay { image, adapter, qemu, max_exits, seconds, json, qemu_args } => {
             replay::run(&image, replay::Args { adapter, qemu, qemu_args, max_exits, seconds, json })
         }
