@@ -102,7 +102,17 @@ fn qemu_incoming(dir: &Path, gib: u64) -> Duration {
             let sock = dir.join(format!("dst{i}.sock"));
             let t = Instant::now();
             let mut dst = Command::new("qemu-system-x86_64")
-                .args(["-machine", "pc,accel=tcg", "-m", &mb.to_string(), "-nodefaults", "-display", "none"])
+                .args([
+                    "-machine",
+                    "pc,accel=tcg,memory-backend=ram",
+                    "-m",
+                    &mb.to_string(),
+                    "-nodefaults",
+                    "-display",
+                    "none",
+                ])
+                .arg("-object")
+                .arg(format!("memory-backend-ram,id=ram,size={mb}M"))
                 .arg("-incoming")
                 .arg(format!("exec:cat {}", stream.display()))
                 .arg("-qmp")
