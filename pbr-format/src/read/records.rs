@@ -22,6 +22,17 @@ use crate::vcpu::Vcpu;
 use super::HeaderInfo;
 use super::table::{StrSpec, Table};
 
+/// Region and phase names.
+const NAME: StrSpec = StrSpec { field: "name", max: MAX_NAME, allow_empty: false };
+/// Metadata keys.
+const KEY: StrSpec = StrSpec { field: "key", max: MAX_NAME, allow_empty: false };
+/// Metadata values.
+const VALUE: StrSpec = StrSpec { field: "value", max: u32::MAX, allow_empty: true };
+/// Manifest paths.
+const PATH: StrSpec = StrSpec { field: "path", max: MAX_PATH, allow_empty: false };
+/// Device names and base-image hints.
+const LONG_NAME: StrSpec = StrSpec { field: "name", max: MAX_PATH, allow_empty: true };
+
 struct DeviceLoc {
     origin: u32,
     instance: u32,
@@ -106,13 +117,7 @@ fn parse_regions(bytes: &[u8], range: Range<usize>, page_size: u32) -> Result<Ve
         let r: RegionRecord = t.record(bytes, i)?;
         let at = t.offset_of(i);
         let (base, length, flags) = (r.base.get(), r.length.get(), r.flags.get());
-        let name = t.heap_str(
-            bytes,
-            i,
-            r.name_off.get(),
-            r.name_len.get(),
-            &StrSpec { field: "name", max: MAX_NAME, allow_empty: false },
-        )?;
+        let name = t.heap_str(bytes, i, r.name_off.get(), r.name_len.get(), &NAME)?;
         if base % ps != 0 || length % ps != 0 || length == 0 {
             return Err(Error::malformed(
                 "REGIONS",
@@ -154,13 +159,7 @@ fn parse_phase(bytes: &[u8], t: &Table) -> Result<Phase<'static>> {
         return Err(Error::malformed("PHASE", t.offset_of(0), format!("count is {}, not 1", t.count)));
     }
     let r: PhaseRecord = t.record(bytes, 0)?;
-    let name = t.heap_str(
-        bytes,
-        0,
-        r.name_off.get(),
-        r.name_len.get(),
-        &StrSpec { field: "name", max: MAX_NAME, allow_empty: false },
-    )?;
+    let name = t.heap_str(bytes, 0, r.name_off.get(), r.name_len.get(), &NAME)?;
     Ok(Phase {
         name: Cow::Owned(name.to_owned()),
         sequence: r.sequence.get(),
@@ -173,21 +172,9 @@ fn parse_metadata(bytes: &[u8], t: &Table) -> Result<Vec<(String, String)>> {
     let mut out: Vec<(String, String)> = Vec::new();
     for i in 0..t.count {
         let r: MetadataRecord = t.record(bytes, i)?;
-        let key = t.heap_str(
-            bytes,
-            i,
-            r.key_off.get(),
-            r.key_len.get(),
-            &StrSpec { field: "key", max: MAX_NAME, allow_empty: false },
-        )?;
+        let key = t.heap_str(bytes, i, r.key_off.get(), r.key_len.get(), &KEY)?;
         check_key(key).map_err(|m| Error::malformed("METADATA", t.offset_of(i), m))?;
-        let value = t.heap_str(
-            bytes,
-            i,
-            r.value_off.get(),
-            r.value_len.get(),
-            &StrSpec { field: "value", max: u32::MAX, allow_empty: true },
-        )?;
+        let value = t.heap_str(bytes, i, r.value_off.get(), r.value_len.get(), &VALUE)?;
         if out.iter().any(|(k, _)| k == key) {
             return Err(Error::malformed("METADATA", t.offset_of(i), format!("key '{key}' appears twice")));
         }
@@ -200,13 +187,7 @@ fn parse_manifest(bytes: &[u8], t: &Table) -> Result<Vec<FileEntry<'static>>> {
     let mut out = Vec::new();
     for i in 0..t.count {
         let r: FileRecord = t.record(bytes, i)?;
-        let path = t.heap_str(
-            bytes,
-            i,
-            r.path_off.get(),
-            r.path_len.get(),
-            &StrSpec { field: "path", max: MAX_PATH, allow_empty: false },
-        )?;
+        let path = t.heap_str(bytes, i, r.path_off.get(), r.path_len.get(), &PATH)?;
         check_path(path).map_err(|m| Error::malformed("MANIFEST", t.offset_of(i), format!("record {i}: {m}")))?;
         out.push(FileEntry {
             path: Cow::Owned(path.to_owned()),
@@ -252,13 +233,7 @@ fn parse_base(bytes: &[u8], t: &Table, page_size: u32) -> Result<BaseRef<'static
             format!("base page size {} differs from this image's {page_size}", r.page_size.get()),
         ));
     }
-    let name = t.heap_str(
-        bytes,
-        0,
-        r.name_off.get(),
-        r.name_len.get(),
-        &StrSpec { field: "name", max: MAX_PATH, allow_empty: true },
-    )?;
+    let name = t.heap_str(bytes, 0, r.name_off.get(), r.name_len.get(), &LONG_NAME)?;
     Ok(BaseRef {
         blake3: r.base_blake3,
         result_blake3: (r.result_blake3 != [0; 32]).then_some(r.result_blake3),
@@ -271,13 +246,7 @@ fn parse_devices(bytes: &[u8], t: &Table) -> Result<Vec<DeviceLoc>> {
     let mut out = Vec::new();
     for i in 0..t.count {
         let r: DeviceRecord = t.record(bytes, i)?;
-        t.heap_str(
-            bytes,
-            i,
-            r.name_off.get(),
-            r.name_len.get(),
-            &StrSpec { field: "name", max: MAX_PATH, allow_empty: true },
-        )?;
+        t.heap_str(bytes, i, r.name_off.get(), r.name_len.get(), &LONG_NAME)?;
         let name_start = t.heap.start + r.name_off.get() as usize;
         t.heap_bytes(bytes, i, r.data_off.get(), r.data_len.get())?;
         let data_start = t.heap.start + r.data_off.get() as usize;
