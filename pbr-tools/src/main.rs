@@ -1,4 +1,8 @@
-//! `pbr-img`: inspect, verify and export restartable VM images.
+//! `pbr-img`: convert, inspect, verify, trim, diff, select and replay
+//! restartable VM images.
+//!
+//! Exit status: 0 ok; 1 the check failed (`verify` found damage, `select`
+//! found no valid candidate); 2 a usage or input error (one line on stderr).
 
 use std::process::ExitCode;
 
@@ -12,12 +16,12 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("pbr-img: error: {}", one_line(&e.to_string()));
-            ExitCode::FAILURE
+            ExitCode::from(cli::USAGE_OR_INPUT)
         }
     }
 }
 
 /// Errors are printed as one line, whatever they hold.
-fn one_line(s: &str) -> String {
+pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

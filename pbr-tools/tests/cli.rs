@@ -14,9 +14,9 @@ fn pbr_img(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pbr-img")).args(args).output().unwrap()
 }
 
-fn assert_one_line_error(out: &Output) -> String {
+fn assert_one_line_error(out: &Output, code: i32) -> String {
     assert!(!out.status.success());
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(code));
     let err = String::from_utf8(out.stderr.clone()).unwrap();
     assert_eq!(err.lines().count(), 1, "stderr: {err}");
     assert!(err.starts_with("pbr-img: error: "), "{err}");
@@ -58,7 +58,7 @@ fn verify_exit_codes() {
     let e = img.extent_of(7).unwrap();
     bytes[e.data as usize + 9] ^= 4;
     std::fs::write(&bad, &bytes).unwrap();
-    let err = assert_one_line_error(&pbr_img(&["verify", bad.to_str().unwrap()]));
+    let err = assert_one_line_error(&pbr_img(&["verify", bad.to_str().unwrap()]), 1);
     assert!(err.contains(&format!("at offset {:#x}", e.data)), "{err}");
 
     let out = pbr_img(&["verify", "--json", bad.to_str().unwrap()]);
@@ -68,10 +68,12 @@ fn verify_exit_codes() {
     assert_eq!(v["offset"], e.data);
 
     std::fs::write(&bad, &bytes[..bytes.len() - 10]).unwrap();
-    let err = assert_one_line_error(&pbr_img(&["verify", bad.to_str().unwrap()]));
+    let err = assert_one_line_error(&pbr_img(&["verify", bad.to_str().unwrap()]), 1);
     assert!(err.contains("incomplete image"), "{err}");
 
-    let err = assert_one_line_error(&pbr_img(&["inspect", "/nonexistent.pbr"]));
+    // Not a check that failed: an input that cannot be checked.
+    assert_one_line_error(&pbr_img(&["verify", "/nonexistent.pbr"]), 2);
+    let err = assert_one_line_error(&pbr_img(&["inspect", "/nonexistent.pbr"]), 2);
     assert!(err.contains("cannot open /nonexistent.pbr"), "{err}");
 }
 
@@ -99,14 +101,17 @@ fn export_raw_matches_pages_and_leaves_holes() {
     let meta = std::fs::metadata(&out_path).unwrap();
     assert!(std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 1 << 20);
 
-    let err = assert_one_line_error(&pbr_img(&[
-        "export",
-        "--to",
-        "raw",
-        testdata("diff.pbr").to_str().unwrap(),
-        "-o",
-        dir.path().join("d.raw").to_str().unwrap(),
-    ]));
+    let err = assert_one_line_error(
+        &pbr_img(&[
+            "export",
+            "--to",
+            "raw",
+            testdata("diff.pbr").to_str().unwrap(),
+            "-o",
+            dir.path().join("d.raw").to_str().unwrap(),
+        ]),
+        2,
+    );
     assert!(err.contains("diff image"), "{err}");
     assert!(!dir.path().join("d.raw").exists());
 }

@@ -12,7 +12,7 @@ fn convert_fails(stream: &[u8], expect: &str) -> String {
     let out_path = dir.path().join("out.pbr");
     let out = pbr_img(&["convert", input.to_str().unwrap(), "-o", out_path.to_str().unwrap()]);
     let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(1), "accepted; stderr {err}");
+    assert_eq!(out.status.code(), Some(2), "accepted; stderr {err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains(expect), "expected '{expect}' in: {err}");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();

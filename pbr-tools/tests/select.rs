@@ -118,7 +118,7 @@ fn select_follows_the_files() {
     // A file every phase read is deleted: nothing is valid.
     std::fs::remove_file(root.join("etc/fstab")).unwrap();
     let (code, v) = select(&root, &imgs, &[]);
-    assert_eq!((code, chosen(&v)), (Some(3), None));
+    assert_eq!((code, chosen(&v)), (Some(1), None));
     assert_eq!(v["candidates"][2]["first_mismatch"]["why"], "deleted");
 }
 
@@ -150,7 +150,7 @@ fn hostile_paths_are_refused() {
             d.join("x.pbr").to_str().unwrap(),
         ]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{bad}: {err}");
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
         assert!(err.contains("'..' component") || err.contains("outside the root"), "{bad}: {err}");
         assert!(!d.join("x.pbr").exists());
     }
@@ -164,7 +164,7 @@ fn hostile_paths_are_refused() {
     let hostile = d.join("hostile.pbr");
     std::fs::write(&hostile, &bytes).unwrap();
     let (code, v) = select(&root, &[hostile], &[]);
-    assert_eq!(code, Some(3));
+    assert_eq!(code, Some(1));
     let refused = v["candidates"][0]["refused"].as_str().unwrap();
     assert!(refused.contains("MANIFEST") && refused.contains("'..' component"), "{refused}");
 
@@ -186,7 +186,7 @@ fn hostile_paths_are_refused() {
     std::fs::remove_file(root.join("etc/ok.conf")).unwrap();
     std::os::unix::fs::symlink(d.join("outside.conf"), root.join("etc/ok.conf")).unwrap();
     let (code, v) = select(&root, &[good], &[]);
-    assert_eq!(code, Some(3));
+    assert_eq!(code, Some(1));
     let why = v["candidates"][0]["first_mismatch"]["why"].as_str().unwrap();
     assert!(why.starts_with("refused:") && why.contains("outside the root"), "{why}");
 }

@@ -10,9 +10,6 @@ use serde_json::json;
 use pbr_tools::manifest::{accessed_since, add, read_list};
 use pbr_tools::{Error, Result};
 
-/// Exit status of `select` when no candidate is valid.
-pub const NONE_VALID: u8 = 3;
-
 pub fn add_run(
     image: &Path,
     root: &Path,
@@ -113,7 +110,7 @@ pub fn select_run(root: &Path, images: &[PathBuf], strict: bool, as_json: bool) 
         }
         None => {
             eprintln!("pbr-img: no valid candidate: do a full reboot");
-            Ok(ExitCode::from(NONE_VALID))
+            Ok(ExitCode::from(super::CHECK_FAILED))
         }
     }
 }

@@ -20,6 +20,9 @@ use clap::{Parser, Subcommand};
 use pbr_tools::Result;
 
 /// Restartable VM images: convert, inspect, verify and export `.pbr` files.
+///
+/// Exit status: 0 ok; 1 the check failed (verify found damage, select found
+/// no valid candidate); 2 a usage or input error.
 #[derive(Parser, Debug)]
 #[command(name = "pbr-img", version, about, long_about = None)]
 pub struct Cli {
@@ -179,7 +182,7 @@ enum Command {
         action: ManifestAction,
     },
     /// Pick the latest candidate of a boot still valid against the current
-    /// files. Exit 0 with the choice; 3 when none is valid (do a full reboot).
+    /// files. Exit 0 with the choice; 1 when none is valid (do a full reboot).
     Select {
         /// The guest root directory (a mounted guest file system).
         #[arg(long)]
@@ -272,6 +275,11 @@ enum ManifestAction {
         json: bool,
     },
 }
+
+/// Exit status when a check failed.
+pub const CHECK_FAILED: u8 = 1;
+/// Exit status of a usage or input error.
+pub const USAGE_OR_INPUT: u8 = 2;
 
 /// Runs one subcommand.
 pub fn run(cli: Cli) -> Result<ExitCode> {

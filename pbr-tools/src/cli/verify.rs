@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use pbr_format::Image;
+use pbr_format::{ErrorKind, Image};
 use serde_json::json;
 
 use pbr_tools::{Result, progress};
@@ -11,7 +11,7 @@ use pbr_tools::{Result, progress};
 pub fn run(path: &Path, as_json: bool, quiet: bool) -> Result<ExitCode> {
     let img = match Image::open(path) {
         Ok(img) => img,
-        Err(e) if as_json => return Ok(report_failure(path, &e)),
+        Err(e) if is_damage(&e) => return Ok(report_failure(path, &e, as_json)),
         Err(e) => return Err(e.into()),
     };
     let bar =
@@ -36,15 +36,31 @@ pub fn run(path: &Path, as_json: bool, quiet: bool) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) if as_json => Ok(report_failure(path, &e)),
+        Err(e) if is_damage(&e) => Ok(report_failure(path, &e, as_json)),
         Err(e) => Err(e.into()),
     }
 }
 
-fn report_failure(path: &Path, e: &pbr_format::Error) -> ExitCode {
-    println!(
-        "{}",
-        json!({"path": path.display().to_string(), "ok": false, "error": e.to_string(), "section": e.section(), "offset": e.offset()})
-    );
-    ExitCode::FAILURE
+/// Whether `e` says the image is damaged (the check failed), as opposed to
+/// an input that cannot be checked at all (missing, not a `.pbr` image).
+fn is_damage(e: &pbr_format::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ChecksumMismatch { .. }
+            | ErrorKind::HashMismatch { .. }
+            | ErrorKind::Malformed(_)
+            | ErrorKind::Incomplete { .. }
+    )
+}
+
+fn report_failure(path: &Path, e: &pbr_format::Error, as_json: bool) -> ExitCode {
+    if as_json {
+        println!(
+            "{}",
+            json!({"path": path.display().to_string(), "ok": false, "error": e.to_string(), "section": e.section(), "offset": e.offset()})
+        );
+    } else {
+        eprintln!("pbr-img: error: {}", crate::one_line(&e.to_string()));
+    }
+    ExitCode::from(super::CHECK_FAILED)
 }
