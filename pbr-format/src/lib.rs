@@ -55,6 +55,8 @@ mod region;
 mod section;
 pub mod select;
 pub mod vcpu;
+#[cfg(feature = "vm-memory")]
+pub mod vm_memory;
 pub mod write;
 
 pub use base::BaseRef;
