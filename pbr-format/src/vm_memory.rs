@@ -91,3 +91,69 @@ pub fn guest_memory(image: &Image, file: &File) -> Result<GuestMemoryMmap> {
     }
     Ok(mem)
 }
+
+/// Writes guest memory `mem` as an image at `path`.
+///
+/// Without `diff`, every page of every region of `mem` is written (regions
+/// named `ram0`, `ram1`, ... in address order). With `diff = (base,
+/// dirty)`, the image is a diff against `base`: it has `base`'s regions,
+/// stores only the pages for which `dirty(gfn)` is true (a VMM's dirty
+/// bitmap) and leaves the rest in the base, which it names by content hash.
+///
+/// # Errors
+/// A page of the regions that `mem` does not hold, I/O, or a base that has
+/// no content hash of its own (a diff itself).
+///
+/// # Example
+/// ```no_run
+/// # let image = pbr_format::Image::open("base.pbr")?;
+/// # let file = std::fs::File::open("base.pbr").map_err(|e| pbr_format::Error::io("open", e))?;
+/// let mem = pbr_format::vm_memory::guest_memory(&image, &file)?;
+/// // ... the guest runs; the VMM tracks dirty pages ...
+/// let dirty = |gfn: u64| gfn == 5;
+/// pbr_format::vm_memory::write_image(&mem, "diff.pbr".as_ref(), Default::default(), Some((&image, &dirty)))?;
+/// # Ok::<(), pbr_format::Error>(())
+/// ```
+pub fn write_image(
+    mem: &GuestMemoryMmap,
+    path: &std::path::Path,
+    mut opts: crate::WriterOptions,
+    diff: Option<(&Image, &dyn Fn(u64) -> bool)>,
+) -> Result<crate::WriteReport> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let ps = u64::from(opts.page_size);
+    let regions: Vec<crate::Region<'static>> = match diff {
+        Some((base, _)) => base.regions().to_vec(),
+        None => mem
+            .iter()
+            .enumerate()
+            .map(|(i, r)| crate::Region::ram(&format!("ram{i}"), r.start_addr().0, r.len()))
+            .collect(),
+    };
+    if diff.is_some() {
+        opts.unwritten = PageEncoding::Base;
+    }
+    let mut w = crate::ImageWriter::create(path, &regions, opts)?;
+    if let Some((base, _)) = diff {
+        w.set_base(crate::BaseRef {
+            blake3: base.content_hash()?,
+            result_blake3: None,
+            page_size: base.page_size(),
+            name: path.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()).into(),
+        })?;
+    }
+    let mut page = vec![0u8; ps as usize];
+    for r in regions.iter().filter(|r| !r.synthetic) {
+        for gfn in r.first_gfn(ps as u32)..r.first_gfn(ps as u32) + r.pages(ps as u32) {
+            if let Some((_, dirty)) = diff
+                && !dirty(gfn)
+            {
+                continue;
+            }
+            mem.read_slice(&mut page, GuestAddress(gfn * ps))
+                .map_err(|e| Error::invalid(format!("guest memory does not hold page {gfn:#x}: {e}")))?;
+            w.write_page(gfn, &page, crate::PageClass::Unknown)?;
+        }
+    }
+    w.finish()
+}

@@ -41,3 +41,42 @@ fn guest_memory_holds_the_pages_and_never_writes_the_file() {
     let err = pbr_format::vm_memory::guest_memory(&img, &std::fs::File::open(&cut).unwrap()).unwrap_err();
     assert!(err.to_string().contains("past the end of the file"), "{err}");
 }
+
+#[test]
+fn write_full_and_diff_images_from_guest_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("base.pbr");
+    let regions = [pbr_format::Region::ram("pc.ram", 0, 64 * 4096)];
+    let mut w = pbr_format::ImageWriter::create(&path, &regions, Default::default()).unwrap();
+    for g in 0..64 {
+        w.write_page(g, &common::page(g), pbr_format::PageClass::Kernel).unwrap();
+    }
+    w.finish().unwrap();
+    let base = Image::open(&path).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let mem = pbr_format::vm_memory::guest_memory(&base, &file).unwrap();
+
+    // A full image written back from guest memory holds the same pages.
+    let full = dir.path().join("full.pbr");
+    pbr_format::vm_memory::write_image(&mem, &full, Default::default(), None).unwrap();
+    let full = Image::open(&full).unwrap();
+    assert_eq!(full.regions()[0].name, "ram0");
+    let (mut x, mut y) = (vec![0u8; 4096], vec![0u8; 4096]);
+    for g in 0..64 {
+        assert_eq!(full.read_page(g, &mut x).unwrap(), base.read_page(g, &mut y).unwrap());
+    }
+
+    // The guest dirties two pages; the VMM writes a diff from its bitmap.
+    mem.write_slice(&[0x11; 4096], GuestAddress(7 * 4096)).unwrap();
+    mem.write_slice(&[0x22; 4096], GuestAddress(40 * 4096)).unwrap();
+    let dirty = |g: u64| g == 7 || g == 40;
+    let diff_path = dir.path().join("diff.pbr");
+    pbr_format::vm_memory::write_image(&mem, &diff_path, Default::default(), Some((&base, &dirty))).unwrap();
+    let diff = Image::open(&diff_path).unwrap();
+    diff.verify().unwrap();
+    assert_eq!(diff.base().unwrap().blake3, base.content_hash().unwrap());
+    assert_eq!(diff.stored_page_count(), 2);
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(diff.read_page(40, &mut buf).unwrap(), &[0x22; 4096][..]);
+    assert_eq!(diff.extent_of(8).unwrap().encoding, pbr_format::PageEncoding::Base);
+}
