@@ -29,9 +29,18 @@ fn check_chain(diffs: &[&Image]) -> Result<()> {
                 hex(&p)
             )));
         }
-        prev = Some(b.result_blake3.ok_or_else(|| {
-            Error::Unsupported(format!("diff {} does not record what it rebuilds, so a chain cannot be checked", i + 1))
-        })?);
+        prev = match (b.result_blake3, i + 1 < diffs.len()) {
+            (Some(r), _) => Some(r),
+            // The last diff need not say what it rebuilds; a link must.
+            (None, false) => None,
+            (None, true) => {
+                return Err(Error::Unsupported(format!(
+                    "diff {} does not record what it rebuilds, so the chain to diff {} cannot be checked",
+                    i + 1,
+                    i + 2
+                )));
+            }
+        };
     }
     Ok(())
 }
