@@ -11,6 +11,23 @@ use std::time::{Duration, SystemTime};
 use common::{pbr_img, pbr_img_ok};
 use pbr_format::{CacheRef, FileEntry, Image};
 
+/// `pbr-img manifest add IMAGE --root ROOT --list LIST -o OUT`.
+fn manifest_add(image: &Path, root: &Path, list: &Path, out: &Path) -> std::process::Output {
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let args = [
+        "manifest".into(),
+        "add".into(),
+        s(image),
+        "--root".into(),
+        s(root),
+        "--list".into(),
+        s(list),
+        "-o".into(),
+        s(out),
+    ];
+    pbr_img(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 fn write(root: &Path, rel: &str, content: &str) {
     let p = root.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -34,17 +51,7 @@ fn candidates(d: &Path, root: &Path) -> Vec<PathBuf> {
         let list = d.join(format!("{phase}.list"));
         std::fs::write(&list, files.iter().map(|f| format!("/{f}\n")).collect::<String>()).unwrap();
         let img = d.join(format!("{phase}.pbr"));
-        pbr_img_ok(&[
-            "manifest",
-            "add",
-            raw.to_str().unwrap(),
-            "--root",
-            root.to_str().unwrap(),
-            "--list",
-            list.to_str().unwrap(),
-            "-o",
-            img.to_str().unwrap(),
-        ]);
+        assert!(manifest_add(&raw, root, &list, &img).status.success());
         out.push(img);
     }
     out
@@ -138,17 +145,7 @@ fn hostile_paths_are_refused() {
     for bad in ["../outside.conf", "etc/link.conf"] {
         let list = d.join("bad.list");
         std::fs::write(&list, format!("{bad}\n")).unwrap();
-        let out = pbr_img(&[
-            "manifest",
-            "add",
-            img.to_str().unwrap(),
-            "--root",
-            root.to_str().unwrap(),
-            "--list",
-            list.to_str().unwrap(),
-            "-o",
-            d.join("x.pbr").to_str().unwrap(),
-        ]);
+        let out = manifest_add(&img, &root, &list, &d.join("x.pbr"));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
         assert!(err.contains("'..' component") || err.contains("outside the root"), "{bad}: {err}");
@@ -172,17 +169,7 @@ fn hostile_paths_are_refused() {
     let list = d.join("ok.list");
     std::fs::write(&list, "etc/ok.conf\n").unwrap();
     let good = d.join("good.pbr");
-    pbr_img_ok(&[
-        "manifest",
-        "add",
-        img.to_str().unwrap(),
-        "--root",
-        root.to_str().unwrap(),
-        "--list",
-        list.to_str().unwrap(),
-        "-o",
-        good.to_str().unwrap(),
-    ]);
+    assert!(manifest_add(&img, &root, &list, &good).status.success());
     std::fs::remove_file(root.join("etc/ok.conf")).unwrap();
     std::os::unix::fs::symlink(d.join("outside.conf"), root.join("etc/ok.conf")).unwrap();
     let (code, v) = select(&root, &[good], &[]);
