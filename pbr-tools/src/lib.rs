@@ -13,6 +13,7 @@ pub mod export;
 pub mod manifest;
 pub mod output;
 pub mod pack;
+pub mod phase;
 pub mod progress;
 pub mod qemu;
 pub mod replay;

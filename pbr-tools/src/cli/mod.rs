@@ -8,6 +8,7 @@ mod fmt;
 mod inspect;
 mod manifest;
 mod pack;
+mod phase;
 mod replay;
 mod trim;
 mod verify;
@@ -220,6 +221,46 @@ enum Command {
         #[arg(last = true)]
         qemu_args: Vec<String>,
     },
+    /// Boot a guest (kernel + initramfs), save it with QEMU at each boot
+    /// phase it announces, and write one classified, trimmed candidate per
+    /// phase into OUTDIR.
+    Capture {
+        #[command(flatten)]
+        guest: phase::GuestArgs,
+        /// Record the files each phase read that exist under this root.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Output directory.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot the guest from scratch and time it to service ready.
+    Boot {
+        #[command(flatten)]
+        guest: phase::GuestArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recover: restore the latest valid candidate with QEMU and time it to
+    /// service ready.
+    Recover {
+        /// The candidates of one boot, in any order.
+        #[arg(required = true)]
+        candidates: Vec<PathBuf>,
+        /// Check candidates against the files under this root.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// The QEMU binary.
+        #[arg(long, default_value = "qemu-system-x86_64")]
+        qemu: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -307,6 +348,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             manifest::add_run(&image, &root, list.as_deref(), accessed_since, &output, json)
         }
         Command::Select { root, images, strict, json } => manifest::select_run(&root, &images, strict, json),
+        Command::Capture { guest, root, output, json } => phase::capture_run(&guest, &output, root, json),
+        Command::Boot { guest, json } => phase::boot_run(&guest, json),
+        Command::Recover { candidates, root, qemu, json } => {
+            phase::recover_run(&candidates, root.as_deref(), &qemu, json)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

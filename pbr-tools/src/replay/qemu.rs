@@ -115,10 +115,11 @@ impl QemuAdapter {
         Ok(QemuAdapter { image: image.to_path_buf(), qemu: qemu.to_owned(), args, dir, child: None, qmp: None })
     }
 
-    /// The arguments recorded in the image's `restore.cmdline` (split on
-    /// white space), if any.
+    /// The arguments recorded in the image's `restore.cmdline` (a JSON
+    /// array of strings, or a line split on white space), if any.
     pub fn recorded_args(image: &Image) -> Option<Vec<String>> {
-        image.metadata_value("restore.cmdline").map(|c| c.split_whitespace().map(str::to_owned).collect())
+        let c = image.metadata_value("restore.cmdline")?;
+        serde_json::from_str::<Vec<String>>(c).ok().or_else(|| Some(c.split_whitespace().map(str::to_owned).collect()))
     }
 }
 

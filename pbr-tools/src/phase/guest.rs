@@ -1,0 +1,252 @@
+//! A Linux guest under QEMU that announces its boot phases on ttyS1 (the
+//! protocol of `examples/phase-guest/guest-init.sh`): `PBR-FILE phase path`,
+//! `PBR-KPF-BEGIN/END phase` around base64 gzip kpageflags, `PBR-PHASE phase
+//! uptime` (then it waits for a line back), `PBR-READY uptime`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::replay::qemu::Qmp;
+
+/// How to start the guest.
+#[derive(Clone, Debug)]
+pub struct GuestSpec {
+    /// The QEMU binary.
+    pub qemu: String,
+    /// Machine type and accelerator, e.g. `q35,accel=tcg`.
+    pub machine: String,
+    /// CPU model.
+    pub cpu: String,
+    /// Guest memory in MiB.
+    pub mem_mb: u64,
+    /// vCPUs.
+    pub smp: u32,
+    /// The kernel.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// The kernel command line.
+    pub append: String,
+}
+
+impl GuestSpec {
+    /// The machine part of the command line: what a restore must repeat.
+    pub fn machine_args(&self) -> Vec<String> {
+        vec![
+            "-machine".into(),
+            self.machine.clone(),
+            "-cpu".into(),
+            self.cpu.clone(),
+            "-m".into(),
+            self.mem_mb.to_string(),
+            "-smp".into(),
+            self.smp.to_string(),
+            "-kernel".into(),
+            self.kernel.display().to_string(),
+            "-initrd".into(),
+            self.initrd.display().to_string(),
+            "-append".into(),
+            self.append.clone(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+        ]
+    }
+}
+
+/// What the guest said on its control port.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A file it read up to `phase`.
+    File(String, String),
+    /// Its kpageflags at `phase` (gzip).
+    Kpf(String, Vec<u8>),
+    /// It reached `phase` at `uptime` seconds and waits for a reply.
+    Phase(String, f64),
+    /// Its service is ready.
+    Ready(f64),
+}
+
+/// The serial wiring of a guest in `dir`: ttyS0 to a file, ttyS1 (the
+/// control port) to a unix socket.
+pub fn serial_args(dir: &Path) -> (Vec<String>, PathBuf) {
+    let ctl = dir.join("ttyS1.sock");
+    let args = vec![
+        "-serial".into(),
+        format!("file:{}", dir.join("ttyS0.txt").display()),
+        "-serial".into(),
+        format!("unix:{},server=on,wait=off", ctl.display()),
+    ];
+    (args, ctl)
+}
+
+/// The guest's control port.
+pub struct Control {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Control {
+    /// Connects to the control socket QEMU created.
+    ///
+    /// # Errors
+    /// It never appeared.
+    pub fn connect(path: &Path) -> Result<Control> {
+        let t = Instant::now();
+        let s = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if t.elapsed() > Duration::from_secs(20) => {
+                    return Err(Error::io("cannot reach the guest's ttyS1", e));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_secs(300))).map_err(|e| Error::io("ttyS1", e))?;
+        let writer = s.try_clone().map_err(|e| Error::io("ttyS1", e))?;
+        Ok(Control { reader: BufReader::new(s), writer })
+    }
+
+    /// The next event.
+    ///
+    /// # Errors
+    /// The port closed, or the guest reported a failure.
+    pub fn next(&mut self) -> Result<Event> {
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).map_err(|e| Error::io("ttyS1", e))? == 0 {
+                return Err(Error::Unsupported("the guest's control port closed".into()));
+            }
+            let w: Vec<&str> = line.split_whitespace().collect();
+            match w.as_slice() {
+                ["PBR-FILE", p, f] => return Ok(Event::File(p.to_string(), f.trim_start_matches('/').to_string())),
+                ["PBR-PHASE", p, up] => return Ok(Event::Phase(p.to_string(), up.parse().unwrap_or(0.0))),
+                ["PBR-READY", up] => return Ok(Event::Ready(up.parse().unwrap_or(0.0))),
+                ["PBR-FAILED", ..] => return Err(Error::Unsupported("the guest's service did not come up".into())),
+                ["PBR-KPF-BEGIN", p] => {
+                    let phase = p.to_string();
+                    let mut text = String::new();
+                    loop {
+                        let mut l = String::new();
+                        if self.reader.read_line(&mut l).map_err(|e| Error::io("ttyS1", e))? == 0 {
+                            return Err(Error::Unsupported("the guest's control port closed".into()));
+                        }
+                        if l.starts_with("PBR-KPF-END") {
+                            break;
+                        }
+                        text.push_str(l.trim());
+                    }
+                    use base64::Engine;
+                    let gz = base64::engine::general_purpose::STANDARD
+                        .decode(text.as_bytes())
+                        .map_err(|e| Error::Unsupported(format!("kpageflags dump of phase {phase}: {e}")))?;
+                    return Ok(Event::Kpf(phase, gz));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Replies to a phase marker.
+    ///
+    /// # Errors
+    /// The port closed.
+    pub fn go(&mut self) -> Result<()> {
+        self.writer.write_all(b"go\n").map_err(|e| Error::io("ttyS1", e))
+    }
+
+    /// Answers every phase marker until the service is ready.
+    ///
+    /// # Errors
+    /// The port closed or the guest failed.
+    pub fn until_ready(&mut self) -> Result<f64> {
+        loop {
+            match self.next()? {
+                Event::Phase(..) => self.go()?,
+                Event::Ready(up) => return Ok(up),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A booting guest: QEMU with QMP and the control port.
+pub struct Guest {
+    /// The QEMU process.
+    pub child: Child,
+    /// QMP.
+    pub qmp: Qmp,
+    /// The control port.
+    pub control: Control,
+}
+
+impl Guest {
+    /// Boots `spec` with its console and control port in `dir`.
+    ///
+    /// # Errors
+    /// QEMU did not start.
+    pub fn boot(spec: &GuestSpec, dir: &Path) -> Result<Guest> {
+        let (serial, ctl) = serial_args(dir);
+        let sock = dir.join("qmp.sock");
+        let child = Command::new(&spec.qemu)
+            .args(spec.machine_args())
+            .args(serial)
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::io(format!("cannot start {}", spec.qemu), e))?;
+        let qmp = Qmp::connect(&sock)?;
+        let control = Control::connect(&ctl)?;
+        Ok(Guest { child, qmp, control })
+    }
+
+    /// Saves the (stopped) guest with QEMU's migration to `path`, waiting
+    /// until the file is whole.
+    ///
+    /// # Errors
+    /// The migration failed.
+    pub fn save(&mut self, path: &Path) -> Result<()> {
+        self.qmp.cmd("migrate", json!({"uri": format!("exec:cat > {}", path.display())}))?;
+        self.qmp.wait_migration(Duration::from_secs(600))?;
+        // With exec:cat, "completed" can come before cat has written the
+        // last bytes: wait for the vmdescription's closing brace to settle.
+        let t = Instant::now();
+        let mut last = 0;
+        loop {
+            let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            let ends = last_byte(path) == Some(b'}');
+            if ends && len == last {
+                return Ok(());
+            }
+            last = len;
+            if t.elapsed() > Duration::from_secs(120) {
+                return Err(Error::Unsupported(format!("the saved stream {} never completed", path.display())));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Quits QEMU.
+    pub fn quit(mut self) {
+        let _ = self.qmp.cmd("quit", json!({}));
+        let _ = self.child.wait();
+    }
+}
+
+fn last_byte(path: &Path) -> Option<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    f.seek(SeekFrom::End(-1)).ok()?;
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b).ok()?;
+    Some(b[0])
+}

@@ -1,0 +1,220 @@
+//! Phase-based reboot end to end: capture restartable candidates at a real
+//! guest's boot phases, and recover from the latest valid one.
+
+pub mod guest;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pbr_format::{Image, Phase};
+
+use crate::error::{Error, Result};
+use crate::qemu::{ConvertOptions, convert};
+use crate::replay::qemu::QemuAdapter;
+use crate::replay::replay;
+use guest::{Control, Event, Guest, GuestSpec, serial_args};
+
+/// One candidate written by [`capture`].
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// Phase name.
+    pub phase: String,
+    /// The image.
+    pub path: PathBuf,
+    /// Seconds from QEMU's start to the phase marker.
+    pub since_power_on: f64,
+    /// The guest's own uptime at the marker.
+    pub guest_uptime: f64,
+    /// Guest memory in bytes.
+    pub guest_bytes: u64,
+    /// Size of QEMU's stream.
+    pub stream_bytes: u64,
+    /// Size of the image before trimming.
+    pub untrimmed_bytes: u64,
+    /// Size of the stored (classified, trimmed) image.
+    pub image_bytes: u64,
+}
+
+/// What to do at each phase.
+#[derive(Clone, Debug, Default)]
+pub struct CaptureOptions {
+    /// Classify pages from the guest's kpageflags dumps (needs `pbr.kpf=1`
+    /// on the kernel command line).
+    pub classify: bool,
+    /// Record the files each phase read that exist under this root.
+    pub root: Option<PathBuf>,
+}
+
+/// Boots `spec` and writes one trimmed candidate per phase into `out`.
+///
+/// # Errors
+/// QEMU or the guest failed, a conversion failed, I/O.
+pub fn capture(spec: &GuestSpec, out: &Path, opts: &CaptureOptions) -> Result<Vec<Candidate>> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
+    let work = tempfile::tempdir_in(out).map_err(|e| Error::io("cannot create a work directory", e))?;
+    let t0 = Instant::now();
+    let mut g = Guest::boot(spec, work.path())?;
+    let mut files: HashMap<String, Vec<String>> = HashMap::new();
+    let mut kpf: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut out_list = Vec::new();
+    loop {
+        match g.control.next()? {
+            Event::File(p, f) => files.entry(p).or_default().push(f),
+            Event::Kpf(p, gz) => {
+                kpf.insert(p, gz);
+            }
+            Event::Phase(p, uptime) => {
+                let since_power_on = t0.elapsed().as_secs_f64();
+                g.qmp.cmd("stop", serde_json::json!({}))?;
+                let stream = work.path().join(format!("{p}.qemu"));
+                g.save(&stream)?;
+                let c = candidate(
+                    spec,
+                    out,
+                    work.path(),
+                    &stream,
+                    &p,
+                    out_list.len() as u32 + 1,
+                    uptime,
+                    &files,
+                    &kpf,
+                    opts,
+                )?;
+                out_list.push(Candidate { since_power_on, ..c });
+                std::fs::remove_file(&stream).map_err(|e| Error::io("cannot remove a stream", e))?;
+                g.qmp.cmd("cont", serde_json::json!({}))?;
+                g.control.go()?;
+            }
+            Event::Ready(_) => break,
+        }
+    }
+    g.quit();
+    Ok(out_list)
+}
+
+/// Converts, classifies, trims and records the manifest of one phase.
+#[allow(clippy::too_many_arguments)]
+fn candidate(
+    spec: &GuestSpec,
+    out: &Path,
+    work: &Path,
+    stream: &Path,
+    phase: &str,
+    sequence: u32,
+    uptime: f64,
+    files: &HashMap<String, Vec<String>>,
+    kpf: &HashMap<String, Vec<u8>>,
+    opts: &CaptureOptions,
+) -> Result<Candidate> {
+    let stream_bytes = std::fs::metadata(stream).map_err(|e| Error::io("stream", e))?.len();
+    let raw = work.join(format!("{phase}-raw.pbr"));
+    let copts = ConvertOptions {
+        phase: Some(Phase { since_boot_ns: (uptime * 1e9) as u64, ..Phase::named(phase, sequence) }),
+        restore_cmdline: Some(serde_json::to_string(&spec.machine_args()).unwrap_or_default()),
+        ..Default::default()
+    };
+    let file = std::fs::File::open(stream).map_err(|e| Error::io("stream", e))?;
+    let report = convert(&file, Some(&file), &raw, &copts, &|_| {})?;
+    let mut current = raw;
+    if opts.classify {
+        let gz = kpf
+            .get(phase)
+            .ok_or_else(|| Error::Unsupported(format!("no kpageflags dump for phase {phase} (pbr.kpf=1?)")))?;
+        let words = crate::classify::parse_words(gz, 1 << 30)?;
+        let next = work.join(format!("{phase}-classified.pbr"));
+        crate::classify::apply(
+            &Image::open(&current)?,
+            &next,
+            &crate::classify::classes(&words, None),
+            "kpageflags",
+            None,
+        )?;
+        current = next;
+    }
+    let untrimmed_bytes = Image::open(&current)?.file_len();
+    let trimmed = work.join(format!("{phase}-trimmed.pbr"));
+    crate::trim::trim(&Image::open(&current)?, &trimmed, crate::trim::Drop::default())?;
+    let dest = out.join(format!("{phase}.pbr"));
+    match &opts.root {
+        Some(root) => {
+            let list: Vec<String> =
+                files.get(phase).into_iter().flatten().filter(|f| root.join(f).is_file()).cloned().collect();
+            crate::manifest::add(&Image::open(&trimmed)?, root, &list, &dest)?;
+        }
+        None => std::fs::rename(&trimmed, &dest).map_err(|e| Error::io("cannot move the candidate", e))?,
+    }
+    let image_bytes = std::fs::metadata(&dest).map_err(|e| Error::io("candidate", e))?.len();
+    let guest_bytes = report.blocks.iter().find(|b| b.name == "pc.ram").map_or(0, |b| b.used_length);
+    Ok(Candidate {
+        phase: phase.to_owned(),
+        path: dest,
+        since_power_on: 0.0,
+        guest_uptime: uptime,
+        guest_bytes,
+        stream_bytes,
+        untrimmed_bytes,
+        image_bytes,
+    })
+}
+
+/// Boots `spec` from scratch and returns the time from QEMU's start until
+/// the guest says its service is ready.
+///
+/// # Errors
+/// QEMU or the guest failed.
+pub fn cold_boot(spec: &GuestSpec) -> Result<Duration> {
+    let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
+    let t = Instant::now();
+    let mut g = Guest::boot(spec, work.path())?;
+    g.control.until_ready()?;
+    let d = t.elapsed();
+    g.quit();
+    Ok(d)
+}
+
+/// What [`recover`] did.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    /// The candidate restored.
+    pub chosen: PathBuf,
+    /// From the decision to recover until the service was ready.
+    pub downtime: Duration,
+    /// Of which selecting the candidate.
+    pub select: Duration,
+}
+
+/// Recovers: picks the latest valid candidate (against `root` when given,
+/// else the latest phase), restores it with QEMU and waits until the guest
+/// says its service is ready.
+///
+/// # Errors
+/// No valid candidate, QEMU or the guest failed.
+pub fn recover(candidates: &[PathBuf], root: Option<&Path>, qemu: &str) -> Result<Recovery> {
+    let t = Instant::now();
+    let images = candidates.iter().map(Image::open).collect::<std::result::Result<Vec<_>, _>>()?;
+    let refs: Vec<&Image> = images.iter().collect();
+    let chosen = match root {
+        Some(r) => pbr_format::select::select(&refs, r, false).chosen,
+        None => (0..images.len()).max_by_key(|&i| images[i].phase().map_or((0, 0), |p| (p.sequence, p.since_boot_ns))),
+    }
+    .ok_or_else(|| Error::Unsupported("no valid candidate: do a full reboot".into()))?;
+    let select = t.elapsed();
+    let img = &images[chosen];
+    let mut args = QemuAdapter::recorded_args(img)
+        .ok_or_else(|| Error::Unsupported("the candidate records no restore command line".into()))?;
+    let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
+    let (serial, ctl) = serial_args(work.path());
+    args.extend(serial);
+    let mut q = QemuAdapter::new(&candidates[chosen], qemu, args)?;
+    let file = std::fs::File::open(&candidates[chosen]).map_err(|e| Error::io("candidate", e))?;
+    replay(img, &file, &mut q)?;
+    let mut control = Control::connect(&ctl)?;
+    control.go()?;
+    control.until_ready()?;
+    let downtime = t.elapsed();
+    if let Some(qmp) = q.qmp.as_mut() {
+        let _ = qmp.cmd("quit", serde_json::json!({}));
+    }
+    Ok(Recovery { chosen: candidates[chosen].clone(), downtime, select })
+}
