@@ -118,7 +118,7 @@ impl Control {
     ///
     /// # Errors
     /// The port closed, or the guest reported a failure.
-    pub fn next(&mut self) -> Result<Event> {
+    pub fn next_event(&mut self) -> Result<Event> {
         loop {
             let mut line = String::new();
             if self.reader.read_line(&mut line).map_err(|e| Error::io("ttyS1", e))? == 0 {
@@ -168,7 +168,7 @@ impl Control {
     /// The port closed or the guest failed.
     pub fn until_ready(&mut self) -> Result<f64> {
         loop {
-            match self.next()? {
+            match self.next_event()? {
                 Event::Phase(..) => self.go()?,
                 Event::Ready(up) => return Ok(up),
                 _ => {}

@@ -59,7 +59,7 @@ pub fn capture(spec: &GuestSpec, out: &Path, opts: &CaptureOptions) -> Result<Ve
     let mut kpf: HashMap<String, Vec<u8>> = HashMap::new();
     let mut out_list = Vec::new();
     loop {
-        match g.control.next()? {
+        match g.control.next_event()? {
             Event::File(p, f) => files.entry(p).or_default().push(f),
             Event::Kpf(p, gz) => {
                 kpf.insert(p, gz);
