@@ -118,10 +118,22 @@ impl<W: Write> Emitter<'_, W> {
 /// Writes `image` as a QEMU migration stream to `dest`, atomically.
 ///
 /// # Errors
+/// As [`export_qemu_to`].
+pub fn export_qemu(image: &Image, dest: &Path) -> Result<QemuExport> {
+    let out = AtomicFile::create(dest)?;
+    let report = export_qemu_to(image, out.file())?;
+    out.commit()?;
+    Ok(report)
+}
+
+/// Writes `image` as a QEMU migration stream into `out` (a file, or a pipe
+/// QEMU reads while it is written).
+///
+/// # Errors
 /// An image that was not converted from a QEMU stream, a diff image (apply
 /// it first), a region layout that no longer matches the stream's blocks,
 /// a corrupt page, I/O.
-pub fn export_qemu(image: &Image, dest: &Path) -> Result<QemuExport> {
+pub fn export_qemu_to<W: Write>(image: &Image, out: W) -> Result<QemuExport> {
     if image.base().is_some() {
         return Err(Error::Unsupported("this is a diff image: apply it to its base before exporting".into()));
     }
@@ -159,10 +171,9 @@ pub fn export_qemu(image: &Image, dest: &Path) -> Result<QemuExport> {
     }
     let extra = uncovered_pages(image, &layout, &blocks, &sections)?;
 
-    let out = AtomicFile::create(dest)?;
     let report = {
         let mut e = Emitter {
-            out: BufWriter::with_capacity(1 << 20, out.file()),
+            out: BufWriter::with_capacity(1 << 20, out),
             img: image,
             layout,
             blocks,
@@ -207,7 +218,6 @@ pub fn export_qemu(image: &Image, dest: &Path) -> Result<QemuExport> {
         e.out.flush().map_err(|err| Error::io("cannot write the stream", err))?;
         e.report
     };
-    out.commit()?;
     Ok(report)
 }
 

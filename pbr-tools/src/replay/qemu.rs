@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{HypervisorAdapter, RegionPlan, Taken};
 use crate::error::{Error, Result};
-use crate::qemu::export::export_qemu;
+use crate::qemu::export::export_qemu_to;
 
 /// A minimal QMP client over a unix socket.
 pub struct Qmp(BufReader<UnixStream>);
@@ -146,9 +146,13 @@ impl HypervisorAdapter for QemuAdapter {
     }
 
     fn resume(&mut self) -> Result<()> {
-        let image = Image::open(&self.image)?;
-        let stream = self.dir.path().join("restore.qemu");
-        export_qemu(&image, &stream)?;
+        // The stream goes through a pipe: QEMU loads while it is written,
+        // and nothing touches the disk.
+        let stream = self.dir.path().join("restore.fifo");
+        let st = Command::new("mkfifo").arg(&stream).status().map_err(|e| Error::io("cannot run mkfifo", e))?;
+        if !st.success() {
+            return Err(Error::Unsupported(format!("mkfifo {} failed", stream.display())));
+        }
         let sock = self.dir.path().join("qmp.sock");
         let child = Command::new(&self.qemu)
             .args(&self.args)
@@ -160,8 +164,26 @@ impl HypervisorAdapter for QemuAdapter {
             .spawn()
             .map_err(|e| Error::io(format!("cannot start {}", self.qemu), e))?;
         self.child = Some(child);
-        let mut qmp = Qmp::connect(&sock)?;
-        qmp.wait_migration(Duration::from_secs(300))?;
+        let image_path = self.image.clone();
+        let fifo = stream.clone();
+        let writer = std::thread::spawn(move || -> Result<()> {
+            let image = Image::open(&image_path)?;
+            let out = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .map_err(|e| Error::io("cannot open the stream pipe", e))?;
+            export_qemu_to(&image, out).map(|_| ())
+        });
+        let loaded = Qmp::connect(&sock).and_then(|mut q| q.wait_migration(Duration::from_secs(300)).map(|()| q));
+        if loaded.is_err() {
+            // QEMU never read the pipe: open its read end so the writer's
+            // open returns (and its writes fail) instead of blocking forever.
+            use std::os::unix::fs::OpenOptionsExt;
+            let _unblock = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&stream);
+        }
+        let written = writer.join().map_err(|_| Error::Unsupported("the stream writer panicked".into()))?;
+        let mut qmp = loaded?;
+        written?;
         qmp.cmd("cont", json!({}))?;
         self.qmp = Some(qmp);
         Ok(())

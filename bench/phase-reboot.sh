@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Phase-based reboot against a normal reboot, on a real Linux guest (Debian's
+# cloud kernel + busybox, examples/phase-guest/guest-init.sh) under QEMU.
+#
+#   bench/phase-reboot.sh [--mem MB] [--runs N]
+#
+# For each guest size (256, 1024 and 4096 MiB unless --mem is given):
+# captures classified, trimmed candidates at the `kernel` and `daemons`
+# phases (pbr-img capture), then measures, N times each (median), a cold
+# boot to service ready (pbr-img boot) and a recovery from each candidate to
+# the same readiness signal (pbr-img recover: decision, restore, resume).
+# The last line is "phase-based reboot: cold boot X s, recovery Y s, Z% shorter"
+# for the best candidate of the last size.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mems="256 1024 4096"
+runs=5
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --mem) mems="$2"; shift 2 ;;
+        --runs) runs="$2"; shift 2 ;;
+        *) echo "usage: bench/phase-reboot.sh [--mem MB] [--runs N]" >&2; exit 2 ;;
+    esac
+done
+command -v qemu-system-x86_64 >/dev/null || { echo "needs qemu-system-x86 (apt-get install qemu-system-x86)" >&2; exit 2; }
+cargo build --release -q -p pbr-tools
+pbr=target/release/pbr-img
+read -r kernel initrd < <(scripts/fetch-guest)
+root=target/guest/root
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+append="console=ttyS0 pbr.data=1 pbr.anon=1"
+
+median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+
+echo "| guest MiB | normal reboot (s) | recovery from kernel (s) | recovery from daemons (s) | best reduction | daemons image before / after trim (MiB) |"
+echo "|---|---|---|---|---|---|"
+for mem in $mems; do
+    out="$work/cap-$mem"
+    $pbr capture --kernel "$kernel" --initrd "$initrd" --append "$append pbr.kpf=1" --mem "$mem" \
+        --root "$root" -o "$out" --json > "$work/cap-$mem.json"
+    cold=(); rk=(); rd=()
+    for _ in $(seq "$runs"); do
+        cold+=("$($pbr boot --kernel "$kernel" --initrd "$initrd" --append "$append" --mem "$mem" --json | json "['cold_boot_s']")")
+        rk+=("$($pbr recover --json "$out/kernel.pbr" | json "['downtime_s']")")
+        rd+=("$($pbr recover --json --root "$root" "$out/kernel.pbr" "$out/daemons.pbr" | json "['downtime_s']")")
+    done
+    c=$(printf '%s\n' "${cold[@]}" | median)
+    k=$(printf '%s\n' "${rk[@]}" | median)
+    d=$(printf '%s\n' "${rd[@]}" | median)
+    best=$(printf '%s\n%s\n' "$k" "$d" | sort -g | head -1)
+    pct=$(awk -v c="$c" -v b="$best" 'BEGIN { printf "%.1f", (1 - b / c) * 100 }')
+    sizes=$(json "" < "$work/cap-$mem.json" >/dev/null; python3 -c "
+import json; d={c['phase']: c for c in json.load(open('$work/cap-$mem.json'))}['daemons']
+print('%.1f / %.1f' % (d['untrimmed_bytes'] / 1048576, d['image_bytes'] / 1048576))")
+    printf '| %s | %.2f | %.2f | %.2f | %s%% | %s |\n' "$mem" "$c" "$k" "$d" "$pct" "$sizes"
+    last="phase-based reboot: cold boot $(printf '%.2f' "$c") s, recovery $(printf '%.2f' "$best") s, $pct% shorter"
+done
+echo "$last"
