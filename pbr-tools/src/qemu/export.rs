@@ -32,6 +32,18 @@ pub struct QemuExport {
     pub page_records: u64,
     /// Whether a mapped-ram source was rewritten as a plain stream.
     pub dropped_mapped_ram: bool,
+    /// Zero and trimmed pages left out (see [`ExportOptions::omit_zero_pages`]).
+    pub omitted_pages: u64,
+}
+
+/// How [`export_qemu_to`] writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExportOptions {
+    /// Leave zero and trimmed pages out of the stream. A destination QEMU
+    /// starts with zeroed RAM, so the guest state is the same and the load
+    /// does not touch those pages; the stream is then no longer byte for
+    /// byte the one captured.
+    pub omit_zero_pages: bool,
 }
 
 struct Emitter<'a, W: Write> {
@@ -42,6 +54,7 @@ struct Emitter<'a, W: Write> {
     last_block: Option<u16>,
     buf: Vec<u8>,
     report: QemuExport,
+    omit_zero: bool,
 }
 
 impl<W: Write> Emitter<'_, W> {
@@ -57,8 +70,13 @@ impl<W: Write> Emitter<'_, W> {
             .layout
             .address(usize::from(block), page * ps)
             .ok_or_else(|| Error::Unsupported(format!("page {page} of block {block} has no place in the image")))?;
+        let e = self.img.extent_of(addr / ps)?;
+        if self.omit_zero && matches!(e.encoding, pbr_format::PageEncoding::Zero | pbr_format::PageEncoding::Trimmed) {
+            self.report.omitted_pages += 1;
+            return Ok(());
+        }
         let mut buf = std::mem::take(&mut self.buf);
-        let content = self.img.read_page(addr / ps, &mut buf)?.to_vec();
+        let content = self.img.read_in_extent(&e, addr / ps, &mut buf)?.to_vec();
         self.buf = buf;
         let zero = kind == RunKind::Zero && is_zero(&content);
         let mut header = (page * ps) | if zero { flags::ZERO } else { flags::PAGE };
@@ -121,7 +139,7 @@ impl<W: Write> Emitter<'_, W> {
 /// As [`export_qemu_to`].
 pub fn export_qemu(image: &Image, dest: &Path) -> Result<QemuExport> {
     let out = AtomicFile::create(dest)?;
-    let report = export_qemu_to(image, out.file())?;
+    let report = export_qemu_to(image, out.file(), ExportOptions::default())?;
     out.commit()?;
     Ok(report)
 }
@@ -133,7 +151,7 @@ pub fn export_qemu(image: &Image, dest: &Path) -> Result<QemuExport> {
 /// An image that was not converted from a QEMU stream, a diff image (apply
 /// it first), a region layout that no longer matches the stream's blocks,
 /// a corrupt page, I/O.
-pub fn export_qemu_to<W: Write>(image: &Image, out: W) -> Result<QemuExport> {
+pub fn export_qemu_to<W: Write>(image: &Image, out: W, opts: ExportOptions) -> Result<QemuExport> {
     if image.base().is_some() {
         return Err(Error::Unsupported("this is a diff image: apply it to its base before exporting".into()));
     }
@@ -180,6 +198,7 @@ pub fn export_qemu_to<W: Write>(image: &Image, out: W) -> Result<QemuExport> {
             last_block: None,
             buf: vec![0; ps as usize],
             report: QemuExport::default(),
+            omit_zero: opts.omit_zero_pages,
         };
         e.report.dropped_mapped_ram = config.as_ref().is_some_and(|c| c.has("mapped-ram"));
         e.put(&MAGIC)?;

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{HypervisorAdapter, RegionPlan, Taken};
 use crate::error::{Error, Result};
-use crate::qemu::export::export_qemu_to;
+use crate::qemu::export::{ExportOptions, export_qemu_to};
 
 /// A minimal QMP client over a unix socket.
 pub struct Qmp(BufReader<UnixStream>);
@@ -172,7 +172,7 @@ impl HypervisorAdapter for QemuAdapter {
                 .write(true)
                 .open(&fifo)
                 .map_err(|e| Error::io("cannot open the stream pipe", e))?;
-            export_qemu_to(&image, out).map(|_| ())
+            export_qemu_to(&image, out, ExportOptions { omit_zero_pages: true }).map(|_| ())
         });
         let loaded = Qmp::connect(&sock).and_then(|mut q| q.wait_migration(Duration::from_secs(300)).map(|()| q));
         if loaded.is_err() {
