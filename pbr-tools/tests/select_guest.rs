@@ -7,14 +7,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::{pbr_img, pbr_img_ok};
-use pbr_tools::replay::qemu::Qmp;
+use pbr_tools::phase::guest::{Event, Guest, GuestSpec};
 use serde_json::json;
 
 /// Kernel and initramfs built by `scripts/fetch-guest`.
@@ -27,79 +24,40 @@ fn guest() -> (PathBuf, PathBuf) {
     (PathBuf::from(parts.next().unwrap()), PathBuf::from(parts.next().unwrap()))
 }
 
-/// Waits until a stream written by `exec:cat > FILE` is whole (it ends with
-/// the vmdescription's closing brace and stops growing).
-fn wait_whole(path: &Path) {
-    let t = Instant::now();
-    let mut last = 0;
-    loop {
-        let data = std::fs::read(path).unwrap_or_default();
-        if data.last() == Some(&b'}') && data.len() == last {
-            return;
-        }
-        last = data.len();
-        assert!(t.elapsed() < Duration::from_secs(60), "stream {} never completed", path.display());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn select_on_a_real_boot() {
     let (kernel, initrd) = guest();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (tty0, tty1, qmp) = (d.join("ttyS0.txt"), d.join("ttyS1.sock"), d.join("qmp.sock"));
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35,accel=tcg", "-cpu", "max", "-m", "128", "-nodefaults", "-display", "none"])
-        .arg("-kernel")
-        .arg(&kernel)
-        .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", "console=ttyS0 pbr.data=1 pbr.anon=1"])
-        .arg("-serial")
-        .arg(format!("file:{}", tty0.display()))
-        .arg("-serial")
-        .arg(format!("unix:{},server=on,wait=off", tty1.display()))
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut q = Qmp::connect(&qmp).unwrap();
-    let ctl = loop {
-        if let Ok(s) = UnixStream::connect(&tty1) {
-            break s;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let spec = GuestSpec {
+        qemu: "qemu-system-x86_64".into(),
+        machine: "q35,accel=tcg".into(),
+        cpu: "max".into(),
+        mem_mb: 128,
+        smp: 1,
+        kernel,
+        initrd: initrd.clone(),
+        append: "console=ttyS0 pbr.data=1 pbr.anon=1".into(),
     };
-    ctl.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let mut writer = ctl.try_clone().unwrap();
-    let mut lines = BufReader::new(ctl);
+    let mut g = Guest::boot(&spec, d).unwrap();
     let mut files: Vec<(String, String)> = Vec::new();
     let mut phases = Vec::new();
     loop {
-        let mut line = String::new();
-        assert!(lines.read_line(&mut line).unwrap() > 0, "the guest closed its control port");
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["PBR-FILE", phase, path] => files.push((phase.to_string(), path.trim_start_matches('/').to_string())),
-            ["PBR-PHASE", phase, uptime] => {
-                q.cmd("stop", json!({})).unwrap();
+        match g.control.next_event().unwrap() {
+            Event::File(phase, path) => files.push((phase, path)),
+            Event::Phase(phase, uptime) => {
+                g.qmp.cmd("stop", json!({})).unwrap();
                 let stream = d.join(format!("{phase}.qemu"));
-                q.cmd("migrate", json!({"uri": format!("exec:cat > {}", stream.display())})).unwrap();
-                q.wait_migration(Duration::from_secs(120)).unwrap();
-                wait_whole(&stream);
-                phases.push((phase.to_string(), uptime.to_string(), stream));
-                q.cmd("cont", json!({})).unwrap();
-                writer.write_all(b"go\n").unwrap();
+                g.save(&stream).unwrap();
+                phases.push((phase, uptime.to_string(), stream));
+                g.qmp.cmd("cont", json!({})).unwrap();
+                g.control.go().unwrap();
             }
-            ["PBR-READY", ..] => break,
-            ["PBR-FAILED", ..] => panic!("the guest's service did not come up"),
-            _ => {}
+            Event::Ready(_) => break,
+            Event::Kpf(..) => {}
         }
     }
-    let _ = q.cmd("quit", json!({}));
-    qemu.wait().unwrap();
+    g.quit();
     assert_eq!(phases.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(), ["kernel", "daemons"]);
 
     // The root directory standing for the guest's file system: the
