@@ -52,11 +52,11 @@ fn capture_then_recover_beats_a_cold_boot() {
     let spec = GuestSpec { append: "console=ttyS0 pbr.data=1 pbr.anon=1".into(), ..spec };
     let cold = cold_boot(&spec).unwrap();
     let paths: Vec<_> = list.iter().map(|c| c.path.clone()).collect();
-    let r = recover(&paths, Some(&root), "qemu-system-x86_64").unwrap();
+    let r = recover(&paths, Some(&root), "qemu-system-x86_64", &mut |_, _| {}).unwrap();
     assert!(r.chosen.ends_with("daemons.pbr"), "{:?}", r.chosen);
     assert!(r.downtime < cold, "recovery {:?} is not shorter than a cold boot {cold:?}", r.downtime);
     // A configuration only the daemons read changes: recover from kernel.
     std::fs::write(root.join("etc/pbr/app.conf"), "port=9090\n").unwrap();
-    let r = recover(&paths, Some(&root), "qemu-system-x86_64").unwrap();
+    let r = recover(&paths, Some(&root), "qemu-system-x86_64", &mut |_, _| {}).unwrap();
     assert!(r.chosen.ends_with("kernel.pbr"), "{:?}", r.chosen);
 }

@@ -257,6 +257,10 @@ enum Command {
         /// The QEMU binary.
         #[arg(long, default_value = "qemu-system-x86_64")]
         qemu: String,
+        /// Keep the recovered guest running (until its QEMU exits) instead
+        /// of stopping it once its service answered.
+        #[arg(long)]
+        keep_running: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -350,8 +354,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Select { root, images, strict, json } => manifest::select_run(&root, &images, strict, json),
         Command::Capture { guest, root, output, json } => phase::capture_run(&guest, &output, root, json),
         Command::Boot { guest, json } => phase::boot_run(&guest, json),
-        Command::Recover { candidates, root, qemu, json } => {
-            phase::recover_run(&candidates, root.as_deref(), &qemu, json)
+        Command::Recover { candidates, root, qemu, keep_running, json } => {
+            phase::recover_run(&candidates, root.as_deref(), &qemu, keep_running, json)
         }
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -99,19 +99,31 @@ pub fn boot_run(g: &GuestArgs, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn recover_run(candidates: &[PathBuf], root: Option<&Path>, qemu: &str, as_json: bool) -> Result<ExitCode> {
-    let r = recover(candidates, root, qemu)?;
-    if as_json {
-        println!(
-            "{}",
-            json!({"chosen": r.chosen.display().to_string(), "downtime_s": r.downtime.as_secs_f64(), "select_s": r.select.as_secs_f64()})
-        );
-    } else {
-        println!(
-            "recovered from {}: service ready {:.3} s after the decision",
-            r.chosen.display(),
-            r.downtime.as_secs_f64()
-        );
-    }
+pub fn recover_run(
+    candidates: &[PathBuf],
+    root: Option<&Path>,
+    qemu: &str,
+    keep: bool,
+    as_json: bool,
+) -> Result<ExitCode> {
+    let mut report = |r: &pbr_tools::phase::Recovery, child: &mut std::process::Child| {
+        if as_json {
+            println!(
+                "{}",
+                json!({"chosen": r.chosen.display().to_string(), "downtime_s": r.downtime.as_secs_f64(), "select_s": r.select.as_secs_f64()})
+            );
+        } else {
+            println!(
+                "recovered from {}: service ready {:.3} s after the decision",
+                r.chosen.display(),
+                r.downtime.as_secs_f64()
+            );
+        }
+        if keep {
+            eprintln!("the recovered guest runs until its QEMU exits");
+            let _ = child.wait();
+        }
+    };
+    recover(candidates, root, qemu, &mut report)?;
     Ok(ExitCode::SUCCESS)
 }

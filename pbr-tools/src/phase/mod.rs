@@ -186,11 +186,18 @@ pub struct Recovery {
 
 /// Recovers: picks the latest valid candidate (against `root` when given,
 /// else the latest phase), restores it with QEMU and waits until the guest
-/// says its service is ready.
+/// says its service is ready. Then `on_ready` is called; when it returns,
+/// the restored QEMU is stopped (a caller that wants the guest to keep
+/// running waits inside `on_ready`, e.g. for QEMU to exit).
 ///
 /// # Errors
 /// No valid candidate, QEMU or the guest failed.
-pub fn recover(candidates: &[PathBuf], root: Option<&Path>, qemu: &str) -> Result<Recovery> {
+pub fn recover(
+    candidates: &[PathBuf],
+    root: Option<&Path>,
+    qemu: &str,
+    on_ready: &mut dyn FnMut(&Recovery, &mut std::process::Child),
+) -> Result<Recovery> {
     let t = Instant::now();
     let images = candidates.iter().map(Image::open).collect::<std::result::Result<Vec<_>, _>>()?;
     let refs: Vec<&Image> = images.iter().collect();
@@ -213,8 +220,12 @@ pub fn recover(candidates: &[PathBuf], root: Option<&Path>, qemu: &str) -> Resul
     control.go()?;
     control.until_ready()?;
     let downtime = t.elapsed();
+    let r = Recovery { chosen: candidates[chosen].clone(), downtime, select };
+    if let Some(child) = q.child.as_mut() {
+        on_ready(&r, child);
+    }
     if let Some(qmp) = q.qmp.as_mut() {
         let _ = qmp.cmd("quit", serde_json::json!({}));
     }
-    Ok(Recovery { chosen: candidates[chosen].clone(), downtime, select })
+    Ok(r)
 }
