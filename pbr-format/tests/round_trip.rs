@@ -127,3 +127,50 @@ proptest! {
         }
     }
 }
+
+/// A writer created over the whole address space and narrowed with
+/// `set_regions` reads back like one created with the final regions:
+/// raw, lz4, dup, zero and classed pages, with page hashes.
+#[test]
+fn set_regions_narrows_a_wide_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("narrow.pbr");
+    let opts = WriterOptions { page_hashes: true, ..WriterOptions::default() };
+    let mut w = ImageWriter::create(&path, &[Region::ram("ram", 0, 1 << 48)], opts).unwrap();
+    let page = |b: u8| vec![b; PS];
+    w.write_page(0x10, &page(1), PageClass::Kernel).unwrap();
+    w.write_page(0x11, &page(2), PageClass::User).unwrap();
+    w.write_page_lz4(0x100_0000, &page(3), PageClass::Cache).unwrap();
+    w.write_dup(0x100_0001, 0x10, PageClass::Kernel).unwrap();
+    w.mark_pages(0x12, 1, PageEncoding::Trimmed, PageClass::Free).unwrap();
+    // A page outside the new regions refuses the narrowing.
+    w.write_page(0x2000_0000, &page(9), PageClass::Unknown).unwrap();
+    let regions = [Region::ram("low", 0, 0x20 * PS as u64), Region::ram("high", 0x100_0000 * PS as u64, 4 * PS as u64)];
+    let err = w.set_regions(&regions).unwrap_err();
+    assert!(err.to_string().contains("0x20000000"), "{err}");
+    let mut w = ImageWriter::create(&path, &[Region::ram("ram", 0, 1 << 48)], WriterOptions::default()).unwrap();
+    w.write_page(0x10, &page(1), PageClass::Kernel).unwrap();
+    w.write_page(0x11, &page(2), PageClass::User).unwrap();
+    w.write_page_lz4(0x100_0000, &page(3), PageClass::Cache).unwrap();
+    w.write_dup(0x100_0001, 0x10, PageClass::Kernel).unwrap();
+    w.mark_pages(0x12, 1, PageEncoding::Trimmed, PageClass::Free).unwrap();
+    w.set_regions(&regions).unwrap();
+    w.finish().unwrap();
+    let img = Image::open(&path).unwrap();
+    img.verify().unwrap();
+    assert_eq!(img.regions().len(), 2);
+    assert_eq!(img.page_count(), 0x24);
+    let mut buf = vec![0u8; PS];
+    for (gfn, byte, class) in [
+        (0x10, 1, PageClass::Kernel),
+        (0x11, 2, PageClass::User),
+        (0x100_0000, 3, PageClass::Cache),
+        (0x100_0001, 1, PageClass::Kernel),
+        (0x12, 0, PageClass::Free),
+        (0x13, 0, PageClass::Unknown),
+    ] {
+        assert_eq!(img.read_page(gfn, &mut buf).unwrap(), &page(byte)[..], "page {gfn:#x}");
+        assert_eq!(img.extent_of(gfn).unwrap().class, class, "page {gfn:#x}");
+    }
+    assert_eq!(img.extent_of(0x12).unwrap().encoding, PageEncoding::Trimmed);
+}

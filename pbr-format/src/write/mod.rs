@@ -191,6 +191,53 @@ impl ImageWriter {
         &self.regions
     }
 
+    /// Replaces the regions the image covers, for producers that learn the
+    /// guest's memory layout only from the pages themselves (an `xl save`
+    /// stream names no layout before its pages): create the writer over a
+    /// region that holds every possible page, then narrow it here before
+    /// [`ImageWriter::finish`]. Pages of the new regions nobody wrote get
+    /// the unwritten encoding.
+    ///
+    /// # Errors
+    /// Invalid regions (as [`ImageWriter::create`]), or a page already
+    /// written (content, encoding or class) outside them.
+    ///
+    /// # Example
+    /// ```
+    /// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("guest.pbr");
+    /// let mut w = ImageWriter::create(&path, &[Region::ram("ram", 0, 1 << 40)], WriterOptions::default())?;
+    /// w.write_page(0x100, &[1; 4096], PageClass::Unknown)?;
+    /// w.set_regions(&[Region::ram("ram", 0x100 * 4096, 4096)])?;
+    /// w.finish()?;
+    /// assert_eq!(pbr_format::Image::open(&path)?.page_count(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_regions(&mut self, regions: &[Region<'_>]) -> Result<()> {
+        check_regions(regions, self.opts.page_size)?;
+        self.flush_lz4()?;
+        let spill = match &self.hash_spill {
+            Some(_) => Some(tempfile::tempfile().map_err(|e| Error::io("cannot create the page-hash spill file", e))?),
+            None => None,
+        };
+        let old = &self.hash_spill;
+        let pages = self.pages.reshape(regions, &mut |from, to| {
+            if let (Some(old), Some(new)) = (old, &spill) {
+                let mut h = [0u8; 32];
+                old.read_exact_at(&mut h, from * 32).map_err(|e| Error::io("cannot read the page-hash spill file", e))?;
+                new.write_all_at(&h, to * 32).map_err(|e| Error::io("cannot write the page-hash spill file", e))?;
+            }
+            Ok(())
+        })?;
+        self.pages = pages;
+        if spill.is_some() {
+            self.hash_spill = spill;
+        }
+        self.regions = regions.iter().cloned().map(Region::into_owned).collect();
+        Ok(())
+    }
+
     fn check_page(&self, gfn: u64, data: &[u8]) -> Result<u64> {
         if data.len() != self.opts.page_size as usize {
             return Err(Error::invalid(format!(

@@ -49,6 +49,42 @@ impl PageTable {
         Ok(PageTable { page_size, spans, chunks: BTreeMap::new() })
     }
 
+    /// The same page state over new `regions`: every page written so far
+    /// (content, encoding or class) must lie inside them. `moved` is called
+    /// with the old and new dense index of every stored page.
+    pub fn reshape(&self, regions: &[Region<'_>], moved: &mut dyn FnMut(u64, u64) -> Result<()>) -> Result<PageTable> {
+        let mut out = PageTable::new(regions, self.page_size)?;
+        for (&k, c) in &self.chunks {
+            for (i, &meta) in c.meta.iter().enumerate() {
+                if meta == UNWRITTEN {
+                    continue;
+                }
+                let d = k * CHUNK as u64 + i as u64;
+                let gfn = self.gfn(d);
+                let nd = out.dense(gfn).map_err(|_| {
+                    Error::invalid(format!("page {gfn:#x} was written but lies outside the new regions"))
+                })?;
+                let mut state = c.state[i];
+                let enc = PageEncoding::from_u8(meta & 0x0f);
+                if enc == Some(PageEncoding::Dup) {
+                    let src = self.gfn(u64::from(state));
+                    state = u32::try_from(out.dense(src).map_err(|_| {
+                        Error::invalid(format!("dup source {src:#x} lies outside the new regions"))
+                    })?)
+                    .map_err(|_| Error::invalid("dup source beyond 2^32 pages"))?;
+                }
+                let (nc, ni) = out.chunk_mut(nd);
+                nc.meta[ni] = meta;
+                nc.state[ni] = state;
+                nc.crc[ni] = c.crc[i];
+                if enc.is_some_and(PageEncoding::is_stored) {
+                    moved(d, nd)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The dense index of `gfn`, by binary search over the regions.
     pub fn dense(&self, gfn: u64) -> Result<u64> {
         let i = self.spans.partition_point(|s| s.0 <= gfn);
