@@ -19,5 +19,6 @@ pub mod qemu;
 pub mod replay;
 pub mod rewrite;
 pub mod trim;
+pub mod xen;
 
 pub use error::{Error, Result};

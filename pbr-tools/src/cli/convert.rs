@@ -11,7 +11,17 @@ use serde_json::json;
 
 use pbr_tools::convert::{InputFormat, detect};
 use pbr_tools::qemu::{self, ConvertOptions};
+use pbr_tools::xen;
 use pbr_tools::{Error, Result, progress};
+
+/// `--checkpoints`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum CheckpointArg {
+    /// The state after the last checkpoint.
+    Last,
+    /// One image per checkpoint, and the last.
+    Each,
+}
 
 /// Options of `convert` beyond input and output.
 pub struct Args<'a> {
@@ -21,6 +31,7 @@ pub struct Args<'a> {
     pub hashes: bool,
     pub qemu_version: Option<String>,
     pub restore_cmdline: Option<String>,
+    pub checkpoints: CheckpointArg,
     pub json: bool,
     pub quiet: bool,
 }
@@ -100,10 +111,64 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        InputFormat::Xl => Err(Error::Unsupported(format!(
-            "{}: xl save files are recognised but their converter is not built yet",
-            input.display()
-        ))),
+        InputFormat::Xl => {
+            if a.qemu_version.is_some() || a.restore_cmdline.is_some() {
+                return Err(Error::Unsupported(
+                    "--qemu-version and --restore-cmdline apply to QEMU streams, not to xl save files".into(),
+                ));
+            }
+            let opts = xen::ConvertOptions {
+                phase,
+                page_hashes: a.hashes,
+                no_sync: false,
+                checkpoints: match a.checkpoints {
+                    CheckpointArg::Last => xen::Checkpoints::Last,
+                    CheckpointArg::Each => xen::Checkpoints::Each,
+                },
+            };
+            let r = xen::convert(full, output, &opts, &|pos| bar.set_position(pos))?;
+            bar.finish_and_clear();
+            for note in &r.notes {
+                eprintln!("note: {note}");
+            }
+            if a.json {
+                println!(
+                    "{}",
+                    json!({
+                        "input": input.display().to_string(), "output": output.display().to_string(), "format": "xl",
+                        "guest_type": r.guest_type, "libxc_version": r.libxc_version, "xen_version": r.xen_version,
+                        "domain_name": r.domain_name, "page_records": r.page_records, "data_pages": r.data_pages,
+                        "hole_entries": r.hole_entries, "vcpus": r.vcpus, "hvm_entries": r.hvm_entries,
+                        "emulator_context_bytes": r.emulator_bytes, "checkpoints": r.checkpoints,
+                        "checkpoint_images": r.checkpoint_images.iter().map(|c| c.path.display().to_string()).collect::<Vec<_>>(),
+                        "stream_bytes": r.stream_bytes, "image_bytes": r.image.file_len,
+                        "stored_pages": r.image.stored_pages, "extents": r.image.extents, "notes": r.notes,
+                    })
+                );
+            } else {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(
+                    out,
+                    "{} -> {}: xl save of {} guest{} (libxc v{}, Xen {}), {} bytes; {} PAGE_DATA records, {} data pages, {} holes; {} vCPUs; image {} bytes",
+                    input.display(),
+                    output.display(),
+                    r.guest_type,
+                    r.domain_name.as_deref().map(|n| format!(" '{n}'")).unwrap_or_default(),
+                    r.libxc_version,
+                    r.xen_version,
+                    r.stream_bytes,
+                    r.page_records,
+                    r.data_pages,
+                    r.hole_entries,
+                    r.vcpus,
+                    r.image.file_len
+                );
+                for c in &r.checkpoint_images {
+                    let _ = writeln!(out, "checkpoint image {}: {} bytes", c.path.display(), c.file_len);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         InputFormat::Pbr => Err(Error::Unsupported(format!("{} is already a .pbr image", input.display()))),
     }
 }

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use pbr_tools::export::raw::export_raw;
 use pbr_tools::qemu::export::export_qemu;
+use pbr_tools::xen::export::export_xl;
 use pbr_tools::{Result, progress};
 
 /// Formats `export` writes.
@@ -18,6 +19,8 @@ pub enum Target {
     Raw,
     /// A QEMU migration stream for `-incoming` (images converted from QEMU).
     Qemu,
+    /// An `xl save` file for `xl restore` (images converted from xl).
+    Xl,
 }
 
 pub fn run(to: Target, path: &Path, output: &Path, as_json: bool, quiet: bool) -> Result<ExitCode> {
@@ -62,6 +65,30 @@ pub fn run(to: Target, path: &Path, output: &Path, as_json: bool, quiet: bool) -
                     r.page_records,
                     r.zero_records,
                     if r.dropped_mapped_ram { "; written as a plain stream (mapped-ram dropped)" } else { "" }
+                );
+            }
+        }
+        Target::Xl => {
+            let r = export_xl(&img, output)?;
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"output": output.display().to_string(), "stream_bytes": r.stream_bytes, "page_records": r.page_records,
+                           "data_pages": r.data_pages, "added_pages": r.added_pages, "patched_entries": r.patched_entries})
+                );
+            } else {
+                println!(
+                    "{}: xl save file of {} bytes ({} PAGE_DATA records, {} data pages){}{}",
+                    output.display(),
+                    r.stream_bytes,
+                    r.page_records,
+                    r.data_pages,
+                    if r.added_pages > 0 { format!("; {} pages added", r.added_pages) } else { String::new() },
+                    if r.patched_entries > 0 {
+                        format!("; {} HVM entries written from changed vCPU records", r.patched_entries)
+                    } else {
+                        String::new()
+                    }
                 );
             }
         }

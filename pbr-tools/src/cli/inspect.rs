@@ -153,6 +153,9 @@ pub fn model(img: &Image, path: &Path, with_extents: bool) -> Value {
             "must_understand": s.raw_kind & pod::MUST_UNDERSTAND != 0,
         })).collect::<Vec<_>>(),
     });
+    if let Some(x) = pbr_tools::xen::summary(img) {
+        model["xen"] = x;
+    }
     if with_extents {
         model["extents"] = img
             .extents()
@@ -295,6 +298,31 @@ fn print_human(m: &Value) {
             );
         } else {
             println!("  vcpu{} {} ({} bytes)", n(&v["id"]), s(&v["arch"]), n(&v["bytes"]));
+        }
+    }
+    if let Some(x) = m.get("xen") {
+        println!(
+            "xen        {} guest, libxc stream v{}, Xen {}; {} PAGE_DATA records, {} HVM context entries, {} checkpoints",
+            s(&x["guest_type"]),
+            s(&x["libxc_version"]),
+            s(&x["xen_version"]),
+            n(&x["page_data_records"]),
+            n(&x["hvm_context_entries"]),
+            n(&x["checkpoints"])
+        );
+        let e = &x["emulator_context"];
+        if !e.is_null() {
+            let names: Vec<&str> = e["sections"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            println!(
+                "emulator   {} state, {}: {}",
+                s(&e["emulator"]),
+                bytes(n(&e["bytes"])),
+                if e["qemu_stream"].as_bool() == Some(true) {
+                    format!("QEMU device-state stream, {} sections ({})", names.len(), names.join(", "))
+                } else {
+                    format!("not a QEMU stream pbr can walk ({})", s(&e["note"]))
+                }
+            );
         }
     }
     let d = &m["devices"];

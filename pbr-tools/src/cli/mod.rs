@@ -48,8 +48,9 @@ enum Command {
         #[arg(long)]
         pages: bool,
     },
-    /// Convert a QEMU migration stream (file or `-` for stdin) into a `.pbr`
-    /// image; the input format is found by its magic.
+    /// Convert a QEMU migration stream or an `xl save` file (file or `-`
+    /// for stdin) into a `.pbr` image; the input format is found by its
+    /// magic.
     Convert {
         /// The input stream or save file, or `-` for standard input.
         input: PathBuf,
@@ -74,6 +75,11 @@ enum Command {
         /// The command line a restore must repeat.
         #[arg(long, allow_hyphen_values = true)]
         restore_cmdline: Option<String>,
+        /// Checkpointed (Remus/COLO) xl streams: `last` writes the state
+        /// after the last checkpoint; `each` also writes one image per
+        /// checkpoint, OUTPUT with `.cpN` before its extension.
+        #[arg(long, value_enum, default_value = "last")]
+        checkpoints: convert::CheckpointArg,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -384,6 +390,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             hashes,
             qemu_version,
             restore_cmdline,
+            checkpoints,
             json,
         } => convert::run(
             &input,
@@ -395,6 +402,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 hashes,
                 qemu_version,
                 restore_cmdline,
+                checkpoints,
                 json,
                 quiet: cli.quiet,
             },

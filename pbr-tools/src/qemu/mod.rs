@@ -653,6 +653,39 @@ fn min_version(machine: &str, blobs: &[DeviceBlob<'_>]) -> Option<String> {
     best.map(|(a, b)| format!("{a}.{b}"))
 }
 
+/// The idstrs of the device sections of a device-state-only QEMU stream
+/// (what Xen's device model saves for `EMULATOR_CONTEXT`): header,
+/// optional configuration, FULL sections with footers, commands, EOF.
+///
+/// # Errors
+/// A message naming the byte offset where the stream stops making sense.
+pub fn device_section_names(b: &[u8]) -> std::result::Result<Vec<String>, String> {
+    if !b.starts_with(&MAGIC) {
+        return Err("not a QEMU stream (no QEVM magic)".into());
+    }
+    if b.get(4..8) != Some(&VERSION.to_be_bytes()[..]) {
+        return Err("not a version 3 QEMU stream".into());
+    }
+    let be = |p: usize, n: usize| b.get(p..p + n).map(|s| s.iter().fold(0usize, |a, &x| (a << 8) | usize::from(x)));
+    let mut names = Vec::new();
+    let mut p = 8;
+    loop {
+        match b.get(p) {
+            Some(&section::CONFIGURATION) => p += 5 + be(p + 1, 4).ok_or("truncated configuration")?,
+            Some(&section::COMMAND) => p += 5 + be(p + 3, 2).ok_or("truncated command")?,
+            Some(&section::FULL) => {
+                let (id, name, _, _, body) = full_header(b, p + 1).ok_or(format!("truncated section at byte {p}"))?;
+                let len = scan_footer(b, body, id).ok_or(format!("section '{name}' at byte {p} has no footer"))?;
+                names.push(name);
+                p = body + len + 5;
+            }
+            Some(&section::EOF) => return Ok(names),
+            Some(t) => return Err(format!("section type {t:#04x} at byte {p} in device state")),
+            None => return Err("the stream ends before QEMU_VM_EOF".into()),
+        }
+    }
+}
+
 /// Length of the FULL section header for an idstr of `name_len` bytes.
 pub fn full_header_len(name_len: usize) -> usize {
     1 + 4 + 1 + name_len + 4 + 4

@@ -7,16 +7,23 @@ use std::io::{BufRead, BufReader, Read};
 
 use crate::error::{Error, Result};
 
-/// Reads QEMU stream primitives, tracking the byte offset.
+/// Reads stream primitives, tracking the byte offset.
 pub struct StreamReader<R> {
     inner: BufReader<R>,
     pos: u64,
+    format: &'static str,
 }
 
 impl<R: Read> StreamReader<R> {
     /// Wraps `inner`, whose first byte is at offset `base`.
     pub fn new(inner: R, base: u64) -> Self {
-        StreamReader { inner: BufReader::with_capacity(1 << 20, inner), pos: base }
+        Self::for_format("qemu", inner, base)
+    }
+
+    /// Wraps `inner` of `format` (named in errors: `qemu`, `xl`), whose
+    /// first byte is at offset `base`.
+    pub fn for_format(format: &'static str, inner: R, base: u64) -> Self {
+        StreamReader { inner: BufReader::with_capacity(1 << 20, inner), pos: base, format }
     }
 
     /// Offset of the next byte.
@@ -27,13 +34,13 @@ impl<R: Read> StreamReader<R> {
     /// An error at the current offset.
     #[cold]
     pub fn err(&self, msg: impl Into<String>) -> Error {
-        Error::Parse { format: "qemu", offset: self.pos, msg: msg.into() }
+        Error::Parse { format: self.format, offset: self.pos, msg: msg.into() }
     }
 
     /// An error at `offset`.
     #[cold]
     pub fn err_at(&self, offset: u64, msg: impl Into<String>) -> Error {
-        Error::Parse { format: "qemu", offset, msg: msg.into() }
+        Error::Parse { format: self.format, offset, msg: msg.into() }
     }
 
     /// Fills `buf` completely, or fails naming what was being read.
@@ -85,6 +92,18 @@ impl<R: Read> StreamReader<R> {
         let mut b = [0u8; 8];
         self.read_exact(&mut b, what)?;
         Ok(u64::from_be_bytes(b))
+    }
+
+    /// A little-endian u32.
+    pub fn le32(&mut self, what: &str) -> Result<u32> {
+        let mut b = [0u8; 4];
+        self.read_exact(&mut b, what)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// Whether the input has no byte left.
+    pub fn at_end(&mut self) -> Result<bool> {
+        Ok(self.peek()?.is_none())
     }
 
     /// A counted string: `u8 len` then `len` bytes.

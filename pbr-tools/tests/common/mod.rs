@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod vm;
+pub mod xl;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
