@@ -336,7 +336,8 @@ fn checkpointed_streams() {
     let xl = dir.path().join("remus.xl");
     xl::build(&xl, &spec);
     let out = dir.path().join("remus.pbr");
-    let js = pbr_img_ok(&["convert", xl.to_str().unwrap(), "-o", out.to_str().unwrap(), "--checkpoints", "each", "--json"]);
+    let js =
+        pbr_img_ok(&["convert", xl.to_str().unwrap(), "-o", out.to_str().unwrap(), "--checkpoints", "each", "--json"]);
     let js: serde_json::Value = serde_json::from_str(&js).unwrap();
     assert_eq!(js["checkpoints"], 2);
     let mut buf = vec![0u8; 4096];
@@ -361,4 +362,3 @@ fn checkpointed_streams() {
     assert_eq!(Image::open(&only).unwrap().content_hash().unwrap(), last.content_hash().unwrap());
     assert!(!dir.path().join("only.cp1.pbr").exists());
 }
-

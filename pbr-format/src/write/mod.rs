@@ -225,7 +225,8 @@ impl ImageWriter {
         let pages = self.pages.reshape(regions, &mut |from, to| {
             if let (Some(old), Some(new)) = (old, &spill) {
                 let mut h = [0u8; 32];
-                old.read_exact_at(&mut h, from * 32).map_err(|e| Error::io("cannot read the page-hash spill file", e))?;
+                old.read_exact_at(&mut h, from * 32)
+                    .map_err(|e| Error::io("cannot read the page-hash spill file", e))?;
                 new.write_all_at(&h, to * 32).map_err(|e| Error::io("cannot write the page-hash spill file", e))?;
             }
             Ok(())

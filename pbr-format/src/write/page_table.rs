@@ -68,10 +68,11 @@ impl PageTable {
                 let enc = PageEncoding::from_u8(meta & 0x0f);
                 if enc == Some(PageEncoding::Dup) {
                     let src = self.gfn(u64::from(state));
-                    state = u32::try_from(out.dense(src).map_err(|_| {
-                        Error::invalid(format!("dup source {src:#x} lies outside the new regions"))
-                    })?)
-                    .map_err(|_| Error::invalid("dup source beyond 2^32 pages"))?;
+                    state =
+                        u32::try_from(out.dense(src).map_err(|_| {
+                            Error::invalid(format!("dup source {src:#x} lies outside the new regions"))
+                        })?)
+                        .map_err(|_| Error::invalid("dup source beyond 2^32 pages"))?;
                 }
                 let (nc, ni) = out.chunk_mut(nd);
                 nc.meta[ni] = meta;

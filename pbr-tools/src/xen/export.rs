@@ -146,7 +146,8 @@ pub fn export_xl(img: &Image, out: &Path) -> Result<XlExport> {
 }
 
 fn write_stream(img: &Image, out: &std::fs::File) -> Result<XlExport> {
-    let mut em = Emitter { out: BufWriter::with_capacity(1 << 20, out), img, buf: vec![0u8; 4096], report: XlExport::default() };
+    let mut em =
+        Emitter { out: BufWriter::with_capacity(1 << 20, out), img, buf: vec![0u8; 4096], report: XlExport::default() };
     let blobs: Vec<DeviceBlob<'_>> = img.devices().filter(|b| b.origin.name().starts_with("xen")).collect();
     let shapes: Vec<Shape> = blobs
         .iter()
@@ -180,7 +181,10 @@ fn write_stream(img: &Image, out: &std::fs::File) -> Result<XlExport> {
                 i += n;
             }
             (DeviceOrigin::XEN_HVM, _) => {
-                return Err(Error::Unsupported(format!("HVM context entry '{}' outside an hvm-context record", b.name)));
+                return Err(Error::Unsupported(format!(
+                    "HVM context entry '{}' outside an hvm-context record",
+                    b.name
+                )));
             }
             _ => em.record(b.flags, &b.data)?,
         }
@@ -200,7 +204,10 @@ fn context(img: &Image, blobs: &[DeviceBlob<'_>], last: bool, report: &mut XlExp
     let mut entries: Vec<hvm::Entry<'_>> = Vec::with_capacity(blobs.len());
     for e in blobs {
         let (Ok(code), Ok(instance)) = (u16::try_from(e.flags), u16::try_from(e.instance)) else {
-            return Err(Error::Unsupported(format!("HVM context entry '{}' has an impossible type or instance", e.name)));
+            return Err(Error::Unsupported(format!(
+                "HVM context entry '{}' has an impossible type or instance",
+                e.name
+            )));
         };
         entries.push(hvm::Entry { code, instance, data: &e.data });
     }

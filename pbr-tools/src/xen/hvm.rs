@@ -234,7 +234,12 @@ pub fn decode_cpu(id: u32, b: &[u8]) -> Result<X86Vcpu, String> {
     dr.dr7 = U64::new(u64_at(b, 728));
     v.debugregs = Some(dr);
     for (i, s) in segments(&mut v).into_iter().enumerate() {
-        *s = segment(u32_at(b, SEG_SEL + 4 * i), u32_at(b, SEG_LIMIT + 4 * i), u64_at(b, SEG_BASE + 8 * i), u32_at(b, SEG_AR + 4 * i));
+        *s = segment(
+            u32_at(b, SEG_SEL + 4 * i),
+            u32_at(b, SEG_LIMIT + 4 * i),
+            u64_at(b, SEG_BASE + 8 * i),
+            u32_at(b, SEG_AR + 4 * i),
+        );
     }
     v.sregs.idt.limit = U16::new(u32_at(b, 800) as u16);
     v.sregs.gdt.limit = U16::new(u32_at(b, 804) as u16);

@@ -175,12 +175,7 @@ pub fn is_xl_file(head: &[u8]) -> bool {
 /// # Errors
 /// A malformed or truncated file (named with its record and offset), a
 /// legacy stream, I/O. Nothing is created at `out` on error.
-pub fn convert<R: Read>(
-    input: R,
-    out: &Path,
-    opts: &ConvertOptions,
-    progress: &dyn Fn(u64),
-) -> Result<ConvertReport> {
+pub fn convert<R: Read>(input: R, out: &Path, opts: &ConvertOptions, progress: &dyn Fn(u64)) -> Result<ConvertReport> {
     let mut c = Conv {
         r: StreamReader::for_format("xl", input, 0),
         out,
@@ -301,7 +296,9 @@ impl<R: Read> Conv<'_, R> {
         if mandatory & !(XL_FLAG_JSON | XL_FLAG_STREAM_V2) != 0 {
             return Err(self.err_at(
                 36,
-                format!("mandatory flags {mandatory:#x} set bits this xl format does not define: the file needs a newer xl"),
+                format!(
+                    "mandatory flags {mandatory:#x} set bits this xl format does not define: the file needs a newer xl"
+                ),
             ));
         }
         if mandatory & XL_FLAG_STREAM_V2 == 0 {
@@ -388,8 +385,8 @@ impl<R: Read> Conv<'_, R> {
         loop {
             (self.progress)(self.r.pos());
             let (at, t, len) = self.record_header("a libxl record header")?;
-            let name = record::libxl_name(t)
-                .ok_or_else(|| self.err_at(at, format!("unknown libxl record type {t:#x}")))?;
+            let name =
+                record::libxl_name(t).ok_or_else(|| self.err_at(at, format!("unknown libxl record type {t:#x}")))?;
             let empty = matches!(t, libxl::END | libxl::LIBXC_CONTEXT | libxl::CHECKPOINT_END);
             if empty && len != 0 {
                 return Err(self.err_at(at, format!("libxl {name} record has length {len}, not 0")));
@@ -427,7 +424,9 @@ impl<R: Read> Conv<'_, R> {
                 }
                 libxl::EMULATOR_XENSTORE_DATA | libxl::EMULATOR_CONTEXT => {
                     if body.len() < 8 {
-                        return Err(self.err_at(at, format!("libxl {name} record of {len} bytes has no emulator header")));
+                        return Err(
+                            self.err_at(at, format!("libxl {name} record of {len} bytes has no emulator header"))
+                        );
                     }
                     version = u32::from_le_bytes(body[..4].try_into().unwrap_or_default());
                     instance = u32::from_le_bytes(body[4..8].try_into().unwrap_or_default());
@@ -481,7 +480,9 @@ impl<R: Read> Conv<'_, R> {
         }
         self.version = be32(12);
         if !(2..=3).contains(&self.version) {
-            return Err(self.err_at(at + 12, format!("libxc stream version {}; versions 2 and 3 are read", self.version)));
+            return Err(
+                self.err_at(at + 12, format!("libxc stream version {}; versions 2 and 3 are read", self.version))
+            );
         }
         let options = u16::from_be_bytes([h[16], h[17]]);
         if options & 1 != 0 {
@@ -493,7 +494,9 @@ impl<R: Read> Conv<'_, R> {
         self.domain = le32(24);
         let page_shift = u16::from_le_bytes([h[28], h[29]]);
         if self.domain != DOMAIN_PV && self.domain != DOMAIN_HVM {
-            return Err(self.err_at(at + 24, format!("libxc domain type {}; 1 (x86 PV) and 2 (x86 HVM) exist", self.domain)));
+            return Err(
+                self.err_at(at + 24, format!("libxc domain type {}; 1 (x86 PV) and 2 (x86 HVM) exist", self.domain))
+            );
         }
         if page_shift != 12 {
             return Err(self.err_at(at + 28, format!("page shift {page_shift}; only 12 (4 KiB pages) exists")));
@@ -506,7 +509,8 @@ impl<R: Read> Conv<'_, R> {
             && let Some(ty) = config_str(json, &["c_info", "type"])
             && (ty == "pv") != (self.domain == DOMAIN_PV)
         {
-            self.notes.push(format!("the xl config says type '{ty}' but the libxc stream is of domain type {}", self.domain));
+            self.notes
+                .push(format!("the xl config says type '{ty}' but the libxc stream is of domain type {}", self.domain));
         }
         self.blobs.push(libxc_blob(blob::LIBXC_HEADER.into(), 0, h.to_vec()));
         Ok(())
@@ -514,7 +518,11 @@ impl<R: Read> Conv<'_, R> {
 
     fn flush_shape(&mut self) {
         if let Some(s) = self.shape.take() {
-            self.blobs.push(libxc_blob(record::libxc_name(libxc::PAGE_DATA).unwrap_or_default().into(), libxc::PAGE_DATA, s.encode()));
+            self.blobs.push(libxc_blob(
+                record::libxc_name(libxc::PAGE_DATA).unwrap_or_default().into(),
+                libxc::PAGE_DATA,
+                s.encode(),
+            ));
         }
     }
 
@@ -523,7 +531,9 @@ impl<R: Read> Conv<'_, R> {
             (self.progress)(self.r.pos());
             let (at, t, len) = self.record_header("a libxc record header")?;
             if len > REC_LENGTH_MAX {
-                return Err(self.err_at(at, format!("libxc record type {t:#x} of {len} bytes exceeds libxc's 128 MiB cap")));
+                return Err(
+                    self.err_at(at, format!("libxc record type {t:#x} of {len} bytes exceeds libxc's 128 MiB cap"))
+                );
             }
             if t == libxc::PAGE_DATA {
                 self.page_data(at, len)?;
@@ -574,8 +584,7 @@ impl<R: Read> Conv<'_, R> {
         if matches!(t, libxc::STATIC_DATA_END | libxc::X86_CPUID_POLICY | libxc::X86_MSR_POLICY) && self.version < 3 {
             return bad(self, "exists only in version 3 streams".into());
         }
-        let must_be_empty =
-            matches!(t, libxc::END | libxc::VERIFY | libxc::CHECKPOINT | libxc::STATIC_DATA_END);
+        let must_be_empty = matches!(t, libxc::END | libxc::VERIFY | libxc::CHECKPOINT | libxc::STATIC_DATA_END);
         if must_be_empty && len != 0 {
             return bad(self, "must be empty".into());
         }
@@ -598,10 +607,10 @@ impl<R: Read> Conv<'_, R> {
             libxc::CHECKPOINT_DIRTY_PFN_LIST => {
                 return bad(self, "belongs to COLO's back channel, not to a saved stream".into());
             }
-            libxc::X86_CPUID_POLICY if len == 0 || len % 24 != 0 => {
+            libxc::X86_CPUID_POLICY if len == 0 || !len.is_multiple_of(24) => {
                 return bad(self, "not a non-empty list of 24-byte leaves".into());
             }
-            libxc::X86_MSR_POLICY if len == 0 || len % 16 != 0 => {
+            libxc::X86_MSR_POLICY if len == 0 || !len.is_multiple_of(16) => {
                 return bad(self, "not a non-empty list of 16-byte entries".into());
             }
             libxc::X86_TSC_INFO => {
@@ -612,7 +621,7 @@ impl<R: Read> Conv<'_, R> {
             }
             libxc::HVM_PARAMS if len != 0 => {
                 let count = le32(0) as usize;
-                if len < 8 || le32(4) != 0 || (len - 8) / 16 != count || (len - 8) % 16 != 0 {
+                if len < 8 || le32(4) != 0 || (len - 8) / 16 != count || !(len - 8).is_multiple_of(16) {
                     return bad(self, format!("not 8 + 16 x its count {count} with a zero reserved word"));
                 }
             }
@@ -624,7 +633,7 @@ impl<R: Read> Conv<'_, R> {
                 self.pv_width = body[0];
             }
             libxc::X86_PV_P2M_FRAMES => {
-                if len < 8 || len % 8 != 0 {
+                if len < 8 || !len.is_multiple_of(8) {
                     return bad(self, "not 8 bytes and a list of frames".into());
                 }
                 if self.version >= 3 && !self.static_data_end {
@@ -632,7 +641,10 @@ impl<R: Read> Conv<'_, R> {
                 }
             }
             libxc::SHARED_INFO if len != PAGE => return bad(self, "not one page".into()),
-            libxc::X86_PV_VCPU_BASIC | libxc::X86_PV_VCPU_EXTENDED | libxc::X86_PV_VCPU_XSAVE | libxc::X86_PV_VCPU_MSRS => {
+            libxc::X86_PV_VCPU_BASIC
+            | libxc::X86_PV_VCPU_EXTENDED
+            | libxc::X86_PV_VCPU_XSAVE
+            | libxc::X86_PV_VCPU_MSRS => {
                 if len != 0 && len < 8 {
                     return bad(self, "shorter than its vCPU header".into());
                 }
@@ -649,7 +661,8 @@ impl<R: Read> Conv<'_, R> {
     fn pv_vcpu(&mut self, at: u64, t: u32, id: u32, b: &[u8]) -> Result<()> {
         if self.pv_width != 8 {
             if t == libxc::X86_PV_VCPU_BASIC {
-                self.notes.push(format!("vCPU {id}: contexts of {}-bit PV guests are kept, not decoded", self.pv_width * 8));
+                self.notes
+                    .push(format!("vCPU {id}: contexts of {}-bit PV guests are kept, not decoded", self.pv_width * 8));
             }
             return Ok(());
         }
@@ -674,7 +687,11 @@ impl<R: Read> Conv<'_, R> {
         let entries = hvm::entries(body).map_err(|m| self.err_at(at + 8, format!("HVM context: {m}")))?;
         self.hvm_vcpus =
             hvm::decode_vcpus(&entries, self.tsc_khz).map_err(|m| self.err_at(at + 8, format!("HVM context: {m}")))?;
-        self.blobs.push(libxc_blob(record::libxc_name(libxc::HVM_CONTEXT).unwrap_or_default().into(), libxc::HVM_CONTEXT, Vec::new()));
+        self.blobs.push(libxc_blob(
+            record::libxc_name(libxc::HVM_CONTEXT).unwrap_or_default().into(),
+            libxc::HVM_CONTEXT,
+            Vec::new(),
+        ));
         self.hvm_entries = entries.len();
         for e in entries {
             self.blobs.push(DeviceBlob {
@@ -694,7 +711,9 @@ impl<R: Read> Conv<'_, R> {
         if self.version >= 3 && !self.static_data_end {
             return err(self, "comes before STATIC_DATA_END (Xen's restore fails: 'No STATIC_DATA_END seen')".into());
         }
-        if self.domain == DOMAIN_PV && self.blobs.iter().all(|b| b.flags != libxc::X86_PV_P2M_FRAMES || b.origin != DeviceOrigin::XEN_LIBXC) {
+        if self.domain == DOMAIN_PV
+            && self.blobs.iter().all(|b| b.flags != libxc::X86_PV_P2M_FRAMES || b.origin != DeviceOrigin::XEN_LIBXC)
+        {
             return err(self, "a PV stream sends X86_PV_P2M_FRAMES before its pages".into());
         }
         if len <= 8 {
@@ -722,7 +741,10 @@ impl<R: Read> Conv<'_, R> {
                 return Err(self.err_at(here, format!("PAGE_DATA entry {i}: page type {ty:#x} does not exist")));
             }
             if pfn >= pages::PFN_LIMIT {
-                return Err(self.err_at(here, format!("PAGE_DATA entry {i}: pfn {pfn:#x} lies beyond a 52-bit physical address space")));
+                return Err(self.err_at(
+                    here,
+                    format!("PAGE_DATA entry {i}: pfn {pfn:#x} lies beyond a 52-bit physical address space"),
+                ));
             }
             if self.domain == DOMAIN_HVM && pages::is_page_table(ty) {
                 return Err(self.err_at(here, format!("PAGE_DATA entry {i}: a PV page-table type in an HVM stream")));
@@ -736,7 +758,10 @@ impl<R: Read> Conv<'_, R> {
         }
         let mut seen: HashSet<u64> = HashSet::with_capacity(entries.len());
         if let Some(i) = entries.iter().position(|&(pfn, _)| !seen.insert(pfn)) {
-            return Err(self.err_at(pfns_at + 8 * i as u64, format!("PAGE_DATA entry {i}: pfn {:#x} appears twice in one record", entries[i].0)));
+            return Err(self.err_at(
+                pfns_at + 8 * i as u64,
+                format!("PAGE_DATA entry {i}: pfn {:#x} appears twice in one record", entries[i].0),
+            ));
         }
         let shape = self.shape.get_or_insert_with(Shape::default);
         shape.begin_record();
@@ -791,7 +816,9 @@ impl<R: Read> Conv<'_, R> {
         let mut buf = vec![0u8; PAGE];
         for e in img.extents() {
             // Closed gaps and plain zero pages are what a new writer has anyway.
-            if e.encoding == PageEncoding::Trimmed || (e.encoding == PageEncoding::Zero && e.class == PageClass::Unknown) {
+            if e.encoding == PageEncoding::Trimmed
+                || (e.encoding == PageEncoding::Zero && e.class == PageClass::Unknown)
+            {
                 continue;
             }
             for gfn in e.gfns() {
@@ -819,19 +846,14 @@ impl<R: Read> Conv<'_, R> {
             ));
         }
         let ps = PAGE as u64;
-        let regions: Vec<Region<'static>> = runs
-            .iter()
-            .map(|&(s, n)| Region { source_offset: s * ps, ..Region::ram("ram", s * ps, n * ps) })
-            .collect();
+        let regions: Vec<Region<'static>> =
+            runs.iter().map(|&(s, n)| Region { source_offset: s * ps, ..Region::ram("ram", s * ps, n * ps) }).collect();
         w.set_regions(&regions)?;
         for &(s, n) in &closed {
             w.mark_pages(s, n, PageEncoding::Trimmed, PageClass::Free)?;
         }
-        let vcpus: Vec<X86Vcpu> = if self.domain == DOMAIN_PV {
-            self.pv_vcpus.values().cloned().collect()
-        } else {
-            self.hvm_vcpus.clone()
-        };
+        let vcpus: Vec<X86Vcpu> =
+            if self.domain == DOMAIN_PV { self.pv_vcpus.values().cloned().collect() } else { self.hvm_vcpus.clone() };
         for v in vcpus {
             w.add_vcpu(Vcpu::X86_64(Box::new(v)))?;
         }
@@ -879,17 +901,22 @@ pub fn summary(img: &Image) -> Option<serde_json::Value> {
         .filter_map(|b| Shape::decode(&b.data).ok())
         .map(|s| s.records.len())
         .sum();
-    let emulator = blobs.iter().rev().find(|b| b.origin == DeviceOrigin::XEN_LIBXL && b.flags == libxl::EMULATOR_CONTEXT).map(|b| {
-        let state = b.data.get(8..).unwrap_or_default();
-        let kind = ["unknown", "qemu-traditional", "qemu-upstream"].get(b.version as usize).copied().unwrap_or("unknown");
-        let sections = crate::qemu::device_section_names(state);
-        serde_json::json!({
-            "emulator": kind, "index": b.instance, "bytes": state.len(),
-            "qemu_stream": sections.is_ok(),
-            "sections": sections.as_ref().ok(),
-            "note": sections.err(),
-        })
-    });
+    let emulator = blobs
+        .iter()
+        .rev()
+        .find(|b| b.origin == DeviceOrigin::XEN_LIBXL && b.flags == libxl::EMULATOR_CONTEXT)
+        .map(|b| {
+            let state = b.data.get(8..).unwrap_or_default();
+            let kind =
+                ["unknown", "qemu-traditional", "qemu-upstream"].get(b.version as usize).copied().unwrap_or("unknown");
+            let sections = crate::qemu::device_section_names(state);
+            serde_json::json!({
+                "emulator": kind, "index": b.instance, "bytes": state.len(),
+                "qemu_stream": sections.is_ok(),
+                "sections": sections.as_ref().ok(),
+                "note": sections.err(),
+            })
+        });
     Some(serde_json::json!({
         "guest_type": img.metadata_value("xen.guest_type"),
         "libxc_version": img.metadata_value("xen.libxc_version"),

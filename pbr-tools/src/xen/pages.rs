@@ -44,8 +44,7 @@ pub fn populated(t: u8) -> bool {
 
 /// Whether type `t` is a PV page table (pinned or not).
 pub fn is_page_table(t: u8) -> bool {
-    (page_type::L1TAB..=page_type::L4TAB).contains(&t)
-        || (page_type::L1TAB_PIN..=page_type::L4TAB_PIN).contains(&t)
+    (page_type::L1TAB..=page_type::L4TAB).contains(&t) || (page_type::L1TAB_PIN..=page_type::L4TAB_PIN).contains(&t)
 }
 
 /// Splits a pfn entry into `(type, reserved bits 59..52, pfn)`.
@@ -164,12 +163,15 @@ impl Shape {
     }
 }
 
+/// Runs of pages: `(first pfn, pages)`.
+pub type Runs = Vec<(u64, u64)>;
+
 /// Guest-physical runs `(first pfn, pages)` from unsorted, possibly
 /// overlapping runs of populated pages: sorted and merged, and, when there
 /// are more than `max` of them, the smallest gaps closed (their pages then
 /// belong to a region though the stream did not populate them). Returns
 /// the runs and the gaps closed.
-pub fn layout(mut runs: Vec<(u64, u64)>, max: usize) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+pub fn layout(mut runs: Runs, max: usize) -> (Runs, Runs) {
     runs.sort_unstable();
     let mut merged: Vec<(u64, u64)> = Vec::new();
     for (s, n) in runs {

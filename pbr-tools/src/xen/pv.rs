@@ -67,11 +67,8 @@ pub fn decode_basic(id: u32, b: &[u8]) -> Result<X86Vcpu, String> {
     v.debugregs = Some(dr);
     v.sregs.fs.base = U64::new(u64_at(b, 5144));
     v.sregs.gs.base = U64::new(u64_at(b, 5160));
-    v.msrs = vec![
-        msr(0xc000_0100, u64_at(b, 5144)),
-        msr(0xc000_0101, u64_at(b, 5160)),
-        msr(0xc000_0102, u64_at(b, 5152)),
-    ];
+    v.msrs =
+        vec![msr(0xc000_0100, u64_at(b, 5144)), msr(0xc000_0101, u64_at(b, 5160)), msr(0xc000_0102, u64_at(b, 5152))];
     let mut x = vec![0u8; 4096];
     x[..512].copy_from_slice(&b[..512]);
     x[512] = 3;
@@ -86,7 +83,7 @@ pub fn decode_basic(id: u32, b: &[u8]) -> Result<X86Vcpu, String> {
 /// # Errors
 /// A body too short for an XSAVE image, or too large.
 pub fn add_xsave(v: &mut X86Vcpu, b: &[u8]) -> Result<(), String> {
-    if b.len() < 16 + 576 || (b.len() - 16) % 4 != 0 || b.len() - 16 > 1 << 20 {
+    if b.len() < 16 + 576 || !(b.len() - 16).is_multiple_of(4) || b.len() - 16 > 1 << 20 {
         return Err(format!("X86_PV_VCPU_XSAVE of vCPU {} holds {} bytes, not an XSAVE image", v.id, b.len()));
     }
     v.xcr0 = u64_at(b, 0);
@@ -100,7 +97,7 @@ pub fn add_xsave(v: &mut X86Vcpu, b: &[u8]) -> Result<(), String> {
 /// # Errors
 /// A body that is not a whole number of entries.
 pub fn add_msrs(v: &mut X86Vcpu, b: &[u8]) -> Result<(), String> {
-    if b.len() % 16 != 0 {
+    if !b.len().is_multiple_of(16) {
         return Err(format!("X86_PV_VCPU_MSRS of vCPU {} holds {} bytes, not 16-byte entries", v.id, b.len()));
     }
     for e in b.chunks_exact(16) {
