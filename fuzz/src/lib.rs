@@ -125,6 +125,53 @@ pub mod qemu_stream {
     }
 }
 
+/// `xl save` import, and export/re-import of what it accepts.
+pub mod xl_save {
+    use pbr_format::Image;
+    use pbr_tools::xen::{ConvertOptions, convert, export::export_xl};
+
+    /// Prepended to inputs that do not start with the xl magic, so the
+    /// fuzzer starts at the libxc records: an xl header without config, the
+    /// libxl header, LIBXC_CONTEXT, and v3 HVM libxc headers.
+    pub fn preamble() -> Vec<u8> {
+        let mut p = b"Xen saved domain, xl format\n \0 \r".to_vec();
+        p.extend_from_slice(&[4, 3, 2, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        p.extend_from_slice(b"LibxlFmt\0\0\0\x02\0\0\0\0");
+        p.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+        p.extend_from_slice(&[0xff; 8]);
+        p.extend_from_slice(b"XENF\0\0\0\x03\0\0\0\0\0\0\0\0");
+        p.extend_from_slice(&[2, 0, 0, 0, 12, 0, 0, 0, 4, 0, 0, 0, 17, 0, 0, 0]);
+        p
+    }
+
+    /// Runs one input.
+    pub fn run(data: &[u8]) {
+        let input: Vec<u8> =
+            if data.starts_with(b"Xen saved domain") { data.to_vec() } else { [&preamble()[..], data].concat() };
+        let out = super::Scratch::new("x.pbr");
+        let opts = ConvertOptions { no_sync: true, ..Default::default() };
+        if convert(&input[..], &out, &opts, &|_| {}).is_err() {
+            return;
+        }
+        let img = Image::open(&out).expect("the converter wrote an image that does not open");
+        img.verify().expect("the converter wrote an image that does not verify");
+        let back = super::Scratch::new("x-back.xl");
+        export_xl(&img, &back).expect("an image converted from xl does not export");
+        let file = std::fs::read(&back).expect("exported file");
+        let again = super::Scratch::new("x-again.pbr");
+        convert(&file[..], &again, &opts, &|_| {}).expect("an exported xl file does not convert again");
+        let img2 = Image::open(&again).expect("re-converted image");
+        if img.page_count() <= 1 << 16 {
+            assert_eq!(img.content_hash().ok(), img2.content_hash().ok(), "export and re-import changed the pages");
+        }
+        let state = |i: &Image| -> Vec<(u32, String, Vec<u8>)> {
+            i.devices().map(|d| (d.origin.0, d.name.into_owned(), d.data.into_owned())).collect()
+        };
+        assert!(state(&img) == state(&img2), "export and re-import changed the records");
+        assert_eq!(img.vcpus(), img2.vcpus(), "export and re-import changed the vCPUs");
+    }
+}
+
 /// The QEMU vmdescription JSON and the cpu decoder driven by it.
 pub mod vmdesc {
     use pbr_tools::qemu::{cpu, vmdesc};

@@ -40,6 +40,11 @@ fn qemu_stream() {
 }
 
 #[test]
+fn xl_save() {
+    smoke("xl_save", crate::xl_save::run, 1500);
+}
+
+#[test]
 fn vmdesc() {
     smoke("vmdesc", crate::vmdesc::run, 3000);
 }

@@ -55,6 +55,23 @@ fn terabyte_claim() -> Vec<u8> {
     s
 }
 
+/// An xl file of two pages, at pfn 0 and at the top of the 52-bit
+/// physical address space.
+fn xl_far_pages() -> Vec<u8> {
+    let mut s = pbr_fuzz::xl_save::preamble();
+    s.extend_from_slice(&[0x10, 0, 0, 0, 0, 0, 0, 0]);
+    s.extend_from_slice(&1u32.to_le_bytes());
+    s.extend_from_slice(&(8u32 + 16 + 8192).to_le_bytes());
+    s.extend_from_slice(&2u32.to_le_bytes());
+    s.extend_from_slice(&0u32.to_le_bytes());
+    s.extend_from_slice(&0u64.to_le_bytes());
+    s.extend_from_slice(&((1u64 << 40) - 1).to_le_bytes());
+    s.extend_from_slice(&[0x11; 8192]);
+    s.extend_from_slice(&[0; 8]);
+    s.extend_from_slice(&[0; 8]);
+    s
+}
+
 #[test]
 fn allocations_are_bounded_by_input_size() {
     let img_inputs = mutants(&seeds("pbr_image"), 300);
@@ -66,6 +83,20 @@ fn allocations_are_bounded_by_input_size() {
         let opts = pbr_tools::qemu::ConvertOptions { no_sync: true, ..Default::default() };
         let _ = pbr_tools::qemu::convert(d, None, out.path(), &opts, &|_| {});
     });
+    let mut x = mutants(&seeds("xl_save"), 200);
+    x.push(xl_far_pages());
+    let (r3, p3) = check("xl convert", &x, |d| {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let opts = pbr_tools::xen::ConvertOptions { no_sync: true, ..Default::default() };
+        let _ = pbr_tools::xen::convert(d, out.path(), &opts, &|_| {});
+    });
+    let far = xl_far_pages();
+    let p_far = peak(|| {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let opts = pbr_tools::xen::ConvertOptions { no_sync: true, ..Default::default() };
+        pbr_tools::xen::convert(&far[..], out.path(), &opts, &|_| {}).unwrap();
+    });
+    assert!(p_far < 4 << 20, "a {}-byte xl file with pages 4 PiB apart made {p_far} bytes of heap", far.len());
     let claim = terabyte_claim();
     let p = peak(|| {
         let out = tempfile::NamedTempFile::new().unwrap();
@@ -74,10 +105,13 @@ fn allocations_are_bounded_by_input_size() {
     });
     assert!(p < 4 << 20, "a {}-byte stream claiming 1 TiB made {p} bytes of heap", claim.len());
     eprintln!(
-        "allocation bound: pbr worst peak {} KiB ({r1:.1}x its input), qemu worst peak {} KiB ({r2:.1}x), 1 TiB claim in {} bytes: {} KiB",
+        "allocation bound: pbr worst peak {} KiB ({r1:.1}x its input), qemu worst peak {} KiB ({r2:.1}x), 1 TiB claim in {} bytes: {} KiB; xl worst peak {} KiB ({r3:.1}x), pages 4 PiB apart in {} bytes: {} KiB",
         p1 >> 10,
         p2 >> 10,
         claim.len(),
-        p >> 10
+        p >> 10,
+        p3 >> 10,
+        far.len(),
+        p_far >> 10
     );
 }

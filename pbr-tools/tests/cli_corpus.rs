@@ -31,7 +31,7 @@ fn cli_survives_the_corpus() {
     let out = dir.path().join("out");
     let mut rng = mutate::Rng::new(2024);
     let mut runs = 0;
-    for target in ["pbr_image", "manifest_select", "qemu_stream", "diff_apply"] {
+    for target in ["pbr_image", "manifest_select", "qemu_stream", "xl_save", "diff_apply"] {
         let seeds = seeds(target);
         let mut inputs = seeds.clone();
         inputs.extend((0..120).map(|i| mutate::mutant(&seeds[i % seeds.len()], &mut rng)));
@@ -39,10 +39,15 @@ fn cli_survives_the_corpus() {
             std::fs::write(&input, data).unwrap();
             let what = format!("{target} input {i}");
             let (i_s, o_s) = (input.to_str().unwrap(), out.to_str().unwrap());
-            if target == "qemu_stream" {
+            if let Some(to) = match target {
+                "qemu_stream" => Some("qemu"),
+                "xl_save" => Some("xl"),
+                _ => None,
+            } {
                 clean(&["convert", "-q", i_s, "-o", o_s], &what);
                 if out.exists() {
-                    clean(&["export", "--to", "qemu", o_s, "-o", dir.path().join("back").to_str().unwrap()], &what);
+                    clean(&["inspect", o_s], &what);
+                    clean(&["export", "--to", to, o_s, "-o", dir.path().join("back").to_str().unwrap()], &what);
                 }
             } else {
                 clean(&["inspect", "--json", "--pages", i_s], &what);
@@ -53,5 +58,5 @@ fn cli_survives_the_corpus() {
             runs += 1;
         }
     }
-    assert!(runs > 400);
+    assert!(runs > 500);
 }

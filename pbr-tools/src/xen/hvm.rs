@@ -103,7 +103,10 @@ pub fn entries(b: &[u8]) -> Result<Vec<Entry<'_>>, String> {
             .get(p..p.saturating_add(len))
             .ok_or_else(|| format!("{} entry at byte {} of {len} bytes runs past the record", name(code), p - 8))?;
         if code == code::HEADER {
-            let magic = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+            if !out.is_empty() {
+                return Err(format!("a second HEADER entry at byte {}", p - 8));
+            }
+            let magic = u32_at(data, 0);
             if magic != HEADER_MAGIC {
                 return Err(format!("HEADER magic {magic:#x}, expected {HEADER_MAGIC:#x}"));
             }
@@ -458,6 +461,10 @@ mod tests {
         let mut long = header(24);
         long.extend_from_slice(&[2, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f]);
         assert!(entries(&long).unwrap_err().contains("runs past"));
+        // A second, empty HEADER (found by fuzzing: it indexed past its payload).
+        let mut two = header(24);
+        two.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(entries(&two).unwrap_err().contains("second HEADER"));
         let blob = assemble(entries(&ok).unwrap().iter().map(|e| (e.code, e.instance, e.data)));
         assert_eq!(blob, ok);
     }
