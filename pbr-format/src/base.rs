@@ -3,6 +3,15 @@
 use std::borrow::Cow;
 
 /// Identity of the base image of a diff.
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/diff.pbr");
+/// let diff = pbr_format::Image::open(path)?;
+/// let base: &pbr_format::BaseRef = diff.base().unwrap();
+/// println!("apply to {} (blake3 {:02x?}...)", base.name, &base.blake3[..4]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BaseRef<'a> {
     /// The base image's content hash ([`crate::Image::content_hash`]).

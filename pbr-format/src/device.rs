@@ -4,6 +4,13 @@ use std::borrow::Cow;
 use std::fmt;
 
 /// Where a device-state blob came from.
+///
+/// # Example
+/// ```
+/// use pbr_format::DeviceOrigin;
+/// assert_eq!(DeviceOrigin::QEMU_SECTION.to_string(), "qemu-section");
+/// assert_eq!(DeviceOrigin(99).to_string(), "unknown(99)");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DeviceOrigin(pub u32);
 
@@ -22,6 +29,11 @@ impl DeviceOrigin {
     pub const VMM: DeviceOrigin = DeviceOrigin(6);
 
     /// A short name for display.
+    ///
+    /// # Example
+    /// ```
+    /// assert_eq!(pbr_format::DeviceOrigin::XEN_HVM.name(), "xen-hvm");
+    /// ```
     pub fn name(self) -> &'static str {
         match self.0 {
             1 => "qemu-section",
@@ -45,6 +57,15 @@ impl fmt::Display for DeviceOrigin {
 }
 
 /// One opaque device-state blob.
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let d = image.devices().next().unwrap();
+/// println!("{} '{}' instance {} v{}: {} bytes", d.origin, d.name, d.instance, d.version, d.data.len());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceBlob<'a> {
     /// Origin tag.

@@ -7,6 +7,13 @@
 use std::fmt;
 
 /// What went wrong.
+///
+/// # Example
+/// ```
+/// use pbr_format::{ErrorKind, Image};
+/// let err = Image::from_bytes(vec![0; 256]).unwrap_err();
+/// assert!(matches!(err.kind(), ErrorKind::BadMagic { .. }));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -83,6 +90,14 @@ pub enum ErrorKind {
 }
 
 /// An error with its location in the file, if it has one.
+///
+/// # Example
+/// ```
+/// let err = pbr_format::Image::from_bytes(vec![0; 256]).unwrap_err();
+/// // One line naming what is wrong and where.
+/// eprintln!("error: {err}");
+/// assert!(err.to_string().contains("bad magic"));
+/// ```
 pub struct Error(Box<Inner>);
 
 struct Inner {
@@ -96,30 +111,62 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// An error of `kind` with no location.
+    ///
+    /// # Example
+    /// ```
+    /// use pbr_format::{Error, ErrorKind};
+    /// let e = Error::new(ErrorKind::NoSuchPage { gfn: 0x42 });
+    /// assert!(e.to_string().contains("0x42"));
+    /// ```
     #[cold]
     pub fn new(kind: ErrorKind) -> Self {
         Error(Box::new(Inner { kind, section: None, offset: None }))
     }
 
     /// A structural error in `section` found at byte `offset`.
+    ///
+    /// # Example
+    /// ```
+    /// let e = pbr_format::Error::malformed("PAGE_INDEX", 0x1000, "extents overlap");
+    /// assert_eq!((e.section(), e.offset()), (Some("PAGE_INDEX"), Some(0x1000)));
+    /// ```
     #[cold]
     pub fn malformed(section: &'static str, offset: u64, msg: impl Into<String>) -> Self {
         Self::new(ErrorKind::Malformed(msg.into())).at(section, offset)
     }
 
     /// An I/O error while doing `context`.
+    ///
+    /// # Example
+    /// ```
+    /// let source = std::io::Error::from(std::io::ErrorKind::NotFound);
+    /// let e = pbr_format::Error::io("cannot open guest.pbr", source);
+    /// assert!(e.to_string().starts_with("cannot open guest.pbr"));
+    /// ```
     #[cold]
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::new(ErrorKind::Io { context: context.into(), source })
     }
 
     /// An invalid-input error.
+    ///
+    /// # Example
+    /// ```
+    /// let e = pbr_format::Error::invalid("page 0x10 is 100 bytes, not the page size 4096");
+    /// assert_eq!(e.section(), None);
+    /// ```
     #[cold]
     pub fn invalid(msg: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidInput(msg.into()))
     }
 
     /// Attaches a section name and offset.
+    ///
+    /// # Example
+    /// ```
+    /// let e = pbr_format::Error::invalid("bad record").at("DEVICES", 0x2000);
+    /// assert_eq!(e.offset(), Some(0x2000));
+    /// ```
     #[must_use]
     pub fn at(mut self, section: &'static str, offset: u64) -> Self {
         self.0.section = Some(section);
@@ -128,16 +175,34 @@ impl Error {
     }
 
     /// What went wrong.
+    ///
+    /// # Example
+    /// ```
+    /// let e = pbr_format::Error::invalid("x");
+    /// assert!(matches!(e.kind(), pbr_format::ErrorKind::InvalidInput(_)));
+    /// ```
     pub fn kind(&self) -> &ErrorKind {
         &self.0.kind
     }
 
     /// The section the error was found in, if any.
+    ///
+    /// # Example
+    /// ```
+    /// let e = pbr_format::Error::malformed("REGIONS", 8, "overlap");
+    /// assert_eq!(e.section(), Some("REGIONS"));
+    /// ```
     pub fn section(&self) -> Option<&'static str> {
         self.0.section
     }
 
     /// The byte offset in the file the error was found at, if any.
+    ///
+    /// # Example
+    /// ```
+    /// let e = pbr_format::Error::malformed("REGIONS", 8, "overlap");
+    /// assert_eq!(e.offset(), Some(8));
+    /// ```
     pub fn offset(&self) -> Option<u64> {
         self.0.offset
     }

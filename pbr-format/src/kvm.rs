@@ -186,16 +186,36 @@ impl From<&kvm_msr_entry> for MsrEntry {
 }
 
 /// The record's LAPIC page as `kvm_lapic_state`.
+///
+/// # Example
+/// ```
+/// let page = Box::new([7u8; pbr_format::LAPIC_SIZE]);
+/// let k = pbr_format::kvm::lapic_to_kvm(&page);
+/// assert_eq!(pbr_format::kvm::lapic_from_kvm(&k), page);
+/// ```
 pub fn lapic_to_kvm(page: &[u8; LAPIC_SIZE]) -> kvm_lapic_state {
     kvm_lapic_state { regs: page.map(|b| b as std::os::raw::c_char) }
 }
 
 /// A `kvm_lapic_state` as the record's LAPIC page.
+///
+/// # Example
+/// ```
+/// let k = kvm_bindings::kvm_lapic_state::default();
+/// assert_eq!(pbr_format::kvm::lapic_from_kvm(&k)[0x20], 0);
+/// ```
 pub fn lapic_from_kvm(l: &kvm_lapic_state) -> Box<[u8; LAPIC_SIZE]> {
     Box::new(l.regs.map(|b| b as u8))
 }
 
 /// The record's XSAVE bytes (at most 4096 are used) as `kvm_xsave`.
+///
+/// # Example
+/// ```
+/// let bytes = vec![1u8; 4096];
+/// let x = pbr_format::kvm::xsave_to_kvm(&bytes);
+/// assert_eq!(pbr_format::kvm::xsave_from_kvm(&x), bytes);
+/// ```
 pub fn xsave_to_kvm(bytes: &[u8]) -> kvm_xsave {
     let mut x = kvm_xsave::default();
     for (w, c) in x.region.iter_mut().zip(bytes.chunks_exact(4)) {
@@ -205,11 +225,26 @@ pub fn xsave_to_kvm(bytes: &[u8]) -> kvm_xsave {
 }
 
 /// A `kvm_xsave` as the record's XSAVE bytes (4096).
+///
+/// # Example
+/// ```
+/// let x = kvm_bindings::kvm_xsave::default();
+/// assert_eq!(pbr_format::kvm::xsave_from_kvm(&x).len(), 4096);
+/// ```
 pub fn xsave_from_kvm(x: &kvm_xsave) -> Vec<u8> {
     x.region.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
 /// The record's events block as `kvm_vcpu_events`.
+///
+/// # Example
+/// ```
+/// let mut e = [0u8; pbr_format::EVENTS_SIZE];
+/// e[0] = 1; // an exception is injected
+/// e[1] = 14; // #PF
+/// let k = pbr_format::kvm::events_to_kvm(&e);
+/// assert_eq!((k.exception.injected, k.exception.nr), (1, 14));
+/// ```
 pub fn events_to_kvm(e: &[u8; EVENTS_SIZE]) -> kvm_vcpu_events {
     let u32_at = |o: usize| u32::from_le_bytes([e[o], e[o + 1], e[o + 2], e[o + 3]]);
     let mut k = kvm_vcpu_events::default();
@@ -240,6 +275,14 @@ pub fn events_to_kvm(e: &[u8; EVENTS_SIZE]) -> kvm_vcpu_events {
 }
 
 /// A `kvm_vcpu_events` as the record's events block.
+///
+/// # Example
+/// ```
+/// let mut k = kvm_bindings::kvm_vcpu_events::default();
+/// k.nmi.pending = 1;
+/// let e = pbr_format::kvm::events_from_kvm(&k);
+/// assert_eq!(pbr_format::kvm::events_to_kvm(&e).nmi.pending, 1);
+/// ```
 pub fn events_from_kvm(k: &kvm_vcpu_events) -> [u8; EVENTS_SIZE] {
     let mut e = [0u8; EVENTS_SIZE];
     e[..4].copy_from_slice(&[k.exception.injected, k.exception.nr, k.exception.has_error_code, k.exception.pending]);

@@ -38,6 +38,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::missing_errors_doc, clippy::missing_panics_doc)]
 
 mod base;
 mod device;

@@ -5,6 +5,16 @@ use std::borrow::Cow;
 use crate::limits::MAX_PATH;
 
 /// One file the guest had read up to the image's phase.
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// for f in image.manifest() {
+///     println!("{} ({} bytes, mtime {} ns, inode {})", f.path, f.size, f.mtime_ns, f.inode);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileEntry<'a> {
     /// Path relative to the guest root, `/`-separated.
@@ -23,6 +33,17 @@ pub struct FileEntry<'a> {
 }
 
 /// A page-cache page and the file bytes it holds.
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// for c in image.cache_refs() {
+///     let file = &image.manifest()[c.file_index as usize];
+///     println!("page {:#x} caches {} at byte {}", c.gfn, file.path, c.offset);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheRef {
     /// Guest frame number of the page.
@@ -38,6 +59,14 @@ pub struct CacheRef {
 ///
 /// # Errors
 /// Returns a message naming what is wrong with the path.
+///
+/// # Example
+/// ```
+/// use pbr_format::check_path;
+/// assert!(check_path("etc/pbr/app.conf").is_ok());
+/// assert!(check_path("/etc/passwd").is_err());
+/// assert!(check_path("etc/../../x").is_err());
+/// ```
 pub fn check_path(path: &str) -> Result<(), String> {
     if path.is_empty() || path.len() > MAX_PATH as usize {
         return Err(format!("path length {} is not in 1..={MAX_PATH}", path.len()));

@@ -6,6 +6,13 @@ use crate::limits::MAX_NAME;
 ///
 /// # Errors
 /// Returns a message naming what is wrong with the key.
+///
+/// # Example
+/// ```
+/// use pbr_format::check_key;
+/// assert!(check_key("guest.kernel").is_ok());
+/// assert!(check_key("Guest Kernel").is_err());
+/// ```
 pub fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty() || key.len() > MAX_NAME as usize {
         return Err(format!("metadata key length {} is not in 1..={MAX_NAME}", key.len()));

@@ -4,6 +4,14 @@ use std::fmt;
 use std::str::FromStr;
 
 /// What the guest used a page for (`spec/format.md` §6.1).
+///
+/// # Example
+/// ```
+/// use pbr_format::PageClass;
+/// // What a restore may drop: free pages; cache pages can be re-read.
+/// let droppable = |c: PageClass| matches!(c, PageClass::Free | PageClass::Cache);
+/// assert!(droppable(PageClass::Free) && !droppable(PageClass::Kernel));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 #[repr(u8)]
 pub enum PageClass {
@@ -26,11 +34,24 @@ impl PageClass {
         [PageClass::Unknown, PageClass::Free, PageClass::Cache, PageClass::Kernel, PageClass::User];
 
     /// The class with on-disk value `v`, if it is one.
+    ///
+    /// # Example
+    /// ```
+    /// use pbr_format::PageClass;
+    /// assert_eq!(PageClass::from_u8(PageClass::ALL[1] as u8), Some(PageClass::ALL[1]));
+    /// assert_eq!(PageClass::from_u8(200), None);
+    /// ```
     pub fn from_u8(v: u8) -> Option<Self> {
         Self::ALL.get(usize::from(v)).copied()
     }
 
     /// The lower-case name used in the CLI and JSON.
+    ///
+    /// # Example
+    /// ```
+    /// use pbr_format::PageClass;
+    /// assert_eq!(PageClass::Cache.name(), "cache");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             PageClass::Unknown => "unknown",
@@ -59,6 +80,13 @@ impl FromStr for PageClass {
 }
 
 /// How a page is stored (`spec/format.md` §6.2).
+///
+/// # Example
+/// ```
+/// use pbr_format::PageEncoding;
+/// assert!(PageEncoding::Raw.is_stored());
+/// assert!(!PageEncoding::Trimmed.is_stored());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum PageEncoding {
@@ -88,11 +116,24 @@ impl PageEncoding {
     ];
 
     /// The encoding with on-disk value `v`, if it is one.
+    ///
+    /// # Example
+    /// ```
+    /// use pbr_format::PageEncoding;
+    /// assert_eq!(PageEncoding::from_u8(PageEncoding::ALL[1] as u8), Some(PageEncoding::ALL[1]));
+    /// assert_eq!(PageEncoding::from_u8(200), None);
+    /// ```
     pub fn from_u8(v: u8) -> Option<Self> {
         Self::ALL.get(usize::from(v)).copied()
     }
 
     /// The lower-case name used in the CLI and JSON.
+    ///
+    /// # Example
+    /// ```
+    /// use pbr_format::PageEncoding;
+    /// assert_eq!(PageEncoding::Trimmed.name(), "trimmed");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             PageEncoding::Raw => "raw",
@@ -106,6 +147,12 @@ impl PageEncoding {
 
     /// Whether pages of this encoding have their own bytes in `PAGE_DATA`
     /// and a stored-page number.
+    ///
+    /// # Example
+    /// ```
+    /// assert!(pbr_format::PageEncoding::Lz4.is_stored());
+    /// assert!(!pbr_format::PageEncoding::Zero.is_stored());
+    /// ```
     pub fn is_stored(self) -> bool {
         matches!(self, PageEncoding::Raw | PageEncoding::Lz4)
     }

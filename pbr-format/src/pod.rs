@@ -61,6 +61,17 @@ pub const VCPU_DEBUGREGS: u32 = 1 << 2;
 pub const VCPU_TSC: u32 = 1 << 3;
 
 /// The 128-byte file header.
+///
+/// # Example
+/// ```
+/// use zerocopy::FromBytes;
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let (h, _) = pbr_format::pod::Header::read_from_prefix(image.as_bytes()).unwrap();
+/// assert_eq!(h.magic, pbr_format::pod::MAGIC);
+/// assert_eq!(h.page_size.get(), 4096);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub struct Header {
@@ -92,6 +103,17 @@ pub struct Header {
 const _: () = assert!(size_of::<Header>() == HEADER_SIZE);
 
 /// The 64-byte trailer at the end of every complete file.
+///
+/// # Example
+/// ```
+/// use zerocopy::FromBytes;
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let bytes = image.as_bytes();
+/// let (_, t) = pbr_format::pod::Trailer::read_from_suffix(bytes).unwrap();
+/// assert_eq!(t.image_blake3, image.image_blake3());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub struct Trailer {
@@ -113,6 +135,18 @@ pub struct Trailer {
 const _: () = assert!(size_of::<Trailer>() == TRAILER_SIZE);
 
 /// One section table entry.
+///
+/// # Example
+/// ```
+/// use zerocopy::FromBytes;
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let (_, t) = pbr_format::pod::Trailer::read_from_suffix(image.as_bytes()).unwrap();
+/// let at = t.section_table_offset.get() as usize;
+/// let (e, _) = pbr_format::pod::SectionEntry::read_from_prefix(&image.as_bytes()[at..]).unwrap();
+/// assert_eq!(e.offset.get(), image.sections()[0].offset);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub struct SectionEntry {
@@ -132,6 +166,18 @@ pub struct SectionEntry {
 const _: () = assert!(size_of::<SectionEntry>() == SECTION_ENTRY_SIZE);
 
 /// Prefix of every table section.
+///
+/// # Example
+/// ```
+/// use zerocopy::FromBytes;
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let index = image.sections().iter().find(|s| s.name() == "PAGE_INDEX").unwrap();
+/// let (p, _) = pbr_format::pod::TablePrefix::read_from_prefix(&image.as_bytes()[index.offset as usize..]).unwrap();
+/// assert_eq!(p.count.get() as usize, image.extent_count());
+/// assert_eq!(p.record_size.get(), 32);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub struct TablePrefix {
@@ -143,6 +189,18 @@ pub struct TablePrefix {
 const _: () = assert!(size_of::<TablePrefix>() == TABLE_PREFIX_SIZE);
 
 /// A `REGIONS` record.
+///
+/// # Example
+/// ```
+/// use zerocopy::FromBytes;
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let s = image.sections().iter().find(|s| s.name() == "REGIONS").unwrap();
+/// let body = &image.as_bytes()[s.offset as usize + 8..];
+/// let (r, _) = pbr_format::pod::RegionRecord::read_from_prefix(body).unwrap();
+/// assert_eq!(r.base.get(), image.regions()[0].base);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub struct RegionRecord {
@@ -164,6 +222,18 @@ pub struct RegionRecord {
 const _: () = assert!(size_of::<RegionRecord>() == 40);
 
 /// A `PAGE_INDEX` record: one extent.
+///
+/// # Example
+/// ```
+/// use zerocopy::FromBytes;
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let s = image.sections().iter().find(|s| s.name() == "PAGE_INDEX").unwrap();
+/// let body = &image.as_bytes()[s.offset as usize + 8..];
+/// let (e, _) = pbr_format::pod::ExtentRecord::read_from_prefix(body).unwrap();
+/// assert_eq!(e.gfn.get(), image.extents().next().unwrap().gfn);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub struct ExtentRecord {
@@ -185,6 +255,18 @@ pub struct ExtentRecord {
 const _: () = assert!(size_of::<ExtentRecord>() == 32);
 
 /// A `PHASE` record.
+///
+/// # Example
+/// ```
+/// use zerocopy::FromBytes;
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let s = image.sections().iter().find(|s| s.name() == "PHASE").unwrap();
+/// let body = &image.as_bytes()[s.offset as usize + 8..];
+/// let (p, _) = pbr_format::pod::PhaseRecord::read_from_prefix(body).unwrap();
+/// assert_eq!(p.sequence.get(), image.phase().unwrap().sequence);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub struct PhaseRecord {
@@ -204,6 +286,18 @@ pub struct PhaseRecord {
 const _: () = assert!(size_of::<PhaseRecord>() == 32);
 
 /// A `DEVICES` record.
+///
+/// # Example
+/// ```
+/// use zerocopy::FromBytes;
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let s = image.sections().iter().find(|s| s.name() == "DEVICES").unwrap();
+/// let body = &image.as_bytes()[s.offset as usize + 8..];
+/// let (d, _) = pbr_format::pod::DeviceRecord::read_from_prefix(body).unwrap();
+/// assert_eq!(d.origin.get(), image.devices().next().unwrap().origin.0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub struct DeviceRecord {
@@ -227,6 +321,18 @@ pub struct DeviceRecord {
 const _: () = assert!(size_of::<DeviceRecord>() == 40);
 
 /// A `METADATA` record.
+///
+/// # Example
+/// ```
+/// use zerocopy::FromBytes;
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let s = image.sections().iter().find(|s| s.name() == "METADATA").unwrap();
+/// let body = &image.as_bytes()[s.offset as usize + 8..];
+/// let (m, _) = pbr_format::pod::MetadataRecord::read_from_prefix(body).unwrap();
+/// assert_eq!(m.key_len.get() as usize, image.metadata()[0].0.len());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub struct MetadataRecord {
@@ -242,6 +348,18 @@ pub struct MetadataRecord {
 const _: () = assert!(size_of::<MetadataRecord>() == 16);
 
 /// A `MANIFEST` record.
+///
+/// # Example
+/// ```
+/// use zerocopy::FromBytes;
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let s = image.sections().iter().find(|s| s.name() == "MANIFEST").unwrap();
+/// let body = &image.as_bytes()[s.offset as usize + 8..];
+/// let (f, _) = pbr_format::pod::FileRecord::read_from_prefix(body).unwrap();
+/// assert_eq!(f.size.get(), image.manifest()[0].size);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub struct FileRecord {
@@ -265,6 +383,18 @@ pub struct FileRecord {
 const _: () = assert!(size_of::<FileRecord>() == 72);
 
 /// A `CACHE_REFS` record.
+///
+/// # Example
+/// ```
+/// use zerocopy::FromBytes;
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let s = image.sections().iter().find(|s| s.name() == "CACHE_REFS").unwrap();
+/// let body = &image.as_bytes()[s.offset as usize + 8..];
+/// let (c, _) = pbr_format::pod::CacheRefRecord::read_from_prefix(body).unwrap();
+/// assert_eq!(c.gfn.get(), image.cache_refs()[0].gfn);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub struct CacheRefRecord {
@@ -280,6 +410,18 @@ pub struct CacheRefRecord {
 const _: () = assert!(size_of::<CacheRefRecord>() == 24);
 
 /// A `BASE` record.
+///
+/// # Example
+/// ```
+/// use zerocopy::FromBytes;
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/diff.pbr");
+/// let diff = pbr_format::Image::open(path)?;
+/// let s = diff.sections().iter().find(|s| s.name() == "BASE").unwrap();
+/// let body = &diff.as_bytes()[s.offset as usize + 8..];
+/// let (b, _) = pbr_format::pod::BaseRecord::read_from_prefix(body).unwrap();
+/// assert_eq!(b.base_blake3, diff.base().unwrap().blake3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub struct BaseRecord {
@@ -299,6 +441,19 @@ pub struct BaseRecord {
 const _: () = assert!(size_of::<BaseRecord>() == 80);
 
 /// Header of every `VCPUS` record.
+///
+/// # Example
+/// ```
+/// use zerocopy::FromBytes;
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let s = image.sections().iter().find(|s| s.name() == "VCPUS").unwrap();
+/// let body = &image.as_bytes()[s.offset as usize + 8..];
+/// let (h, _) = pbr_format::pod::VcpuHeader::read_from_prefix(body).unwrap();
+/// assert_eq!(h.arch.get(), 1); // x86-64
+/// assert_eq!(h.id.get(), image.vcpus()[0].id());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub struct VcpuHeader {
@@ -314,6 +469,14 @@ pub struct VcpuHeader {
 const _: () = assert!(size_of::<VcpuHeader>() == 16);
 
 /// Linux `struct kvm_regs`.
+///
+/// # Example
+/// ```
+/// let mut regs = pbr_format::pod::KvmRegs::default();
+/// regs.rip.set(0xffff_ffff_8100_0000);
+/// regs.gpr[0].set(1); // rax
+/// assert_eq!(zerocopy::IntoBytes::as_bytes(&regs).len(), 144);
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct KvmRegs {
@@ -327,6 +490,14 @@ pub struct KvmRegs {
 const _: () = assert!(size_of::<KvmRegs>() == 144);
 
 /// Linux `struct kvm_segment`.
+///
+/// # Example
+/// ```
+/// let mut cs = pbr_format::pod::KvmSegment::default();
+/// cs.selector.set(0x10);
+/// (cs.type_, cs.s, cs.present, cs.l, cs.g) = (0xb, 1, 1, 1, 1); // 64-bit code
+/// assert_eq!(zerocopy::IntoBytes::as_bytes(&cs).len(), 24);
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct KvmSegment {
@@ -360,6 +531,14 @@ pub struct KvmSegment {
 const _: () = assert!(size_of::<KvmSegment>() == 24);
 
 /// Linux `struct kvm_dtable`.
+///
+/// # Example
+/// ```
+/// let mut gdt = pbr_format::pod::KvmDtable::default();
+/// gdt.base.set(0xffff_fe00_0000_1000);
+/// gdt.limit.set(0x7f);
+/// assert_eq!(zerocopy::IntoBytes::as_bytes(&gdt).len(), 16);
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct KvmDtable {
@@ -373,6 +552,14 @@ pub struct KvmDtable {
 const _: () = assert!(size_of::<KvmDtable>() == 16);
 
 /// Linux `struct kvm_sregs`.
+///
+/// # Example
+/// ```
+/// let mut s = pbr_format::pod::KvmSregs::default();
+/// s.cr0.set(0x8005_0033);
+/// s.efer.set(0xd01);
+/// assert_eq!(zerocopy::IntoBytes::as_bytes(&s).len(), 312);
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct KvmSregs {
@@ -416,6 +603,13 @@ pub struct KvmSregs {
 const _: () = assert!(size_of::<KvmSregs>() == 312);
 
 /// Linux `struct kvm_debugregs`.
+///
+/// # Example
+/// ```
+/// let mut d = pbr_format::pod::KvmDebugregs::default();
+/// d.dr7.set(0x400);
+/// assert_eq!(zerocopy::IntoBytes::as_bytes(&d).len(), 128);
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct KvmDebugregs {
@@ -433,6 +627,19 @@ pub struct KvmDebugregs {
 const _: () = assert!(size_of::<KvmDebugregs>() == 128);
 
 /// The fixed part of an x86-64 `VCPUS` record, after the record header.
+///
+/// # Example
+/// ```
+/// use zerocopy::FromBytes;
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let s = image.sections().iter().find(|s| s.name() == "VCPUS").unwrap();
+/// let body = &image.as_bytes()[s.offset as usize + 8 + 16..];
+/// let (f, _) = pbr_format::pod::X86VcpuFixed::read_from_prefix(body).unwrap();
+/// let pbr_format::Vcpu::X86_64(v) = &image.vcpus()[0] else { panic!() };
+/// assert_eq!(f.regs, v.regs);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub struct X86VcpuFixed {
@@ -462,6 +669,15 @@ pub struct X86VcpuFixed {
 const _: () = assert!(size_of::<X86VcpuFixed>() == 1720 - 16);
 
 /// Linux `struct kvm_msr_entry`.
+///
+/// # Example
+/// ```
+/// use zerocopy::little_endian::{U32, U64};
+/// let lstar = pbr_format::pod::MsrEntry { index: U32::new(0xc000_0082), reserved: U32::new(0), data: U64::new(0xffff_ffff_8200_0080) };
+/// let mut v = pbr_format::X86Vcpu::new(0);
+/// v.msrs.push(lstar);
+/// assert_eq!(v.msr(0xc000_0082), Some(0xffff_ffff_8200_0080));
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct MsrEntry {

@@ -3,6 +3,16 @@
 use crate::pod::MUST_UNDERSTAND;
 
 /// A section kind this crate knows.
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// use pbr_format::SectionKind;
+/// let kinds: Vec<_> = image.sections().iter().filter_map(|s| SectionKind::from_id(s.raw_kind & 0x7fff_ffff)).collect();
+/// assert!(kinds.contains(&SectionKind::PageIndex));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SectionKind {
     /// Guest memory layout.
@@ -49,6 +59,11 @@ impl SectionKind {
     ];
 
     /// The kind id without the must-understand bit.
+    ///
+    /// # Example
+    /// ```
+    /// assert_eq!(pbr_format::SectionKind::from_id(pbr_format::SectionKind::Vcpus.id()), Some(pbr_format::SectionKind::Vcpus));
+    /// ```
     pub fn id(self) -> u32 {
         match self {
             SectionKind::Regions => 1,
@@ -67,6 +82,14 @@ impl SectionKind {
     }
 
     /// Whether a reader that does not know this kind must refuse the file.
+    ///
+    /// # Example
+    /// ```
+    /// use pbr_format::SectionKind;
+    /// // A reader that does not know page hashes can still restore the image.
+    /// assert!(!SectionKind::PageHashes.must_understand());
+    /// assert!(SectionKind::PageIndex.must_understand());
+    /// ```
     pub fn must_understand(self) -> bool {
         matches!(
             self,
@@ -79,16 +102,32 @@ impl SectionKind {
     }
 
     /// The `kind` word as stored in the section table.
+    ///
+    /// # Example
+    /// ```
+    /// use pbr_format::SectionKind;
+    /// assert_eq!(SectionKind::PageIndex.raw() & 0x7fff_ffff, SectionKind::PageIndex.id());
+    /// ```
     pub fn raw(self) -> u32 {
         self.id() | if self.must_understand() { MUST_UNDERSTAND } else { 0 }
     }
 
     /// The kind with id `id` (must-understand bit cleared), if known.
+    ///
+    /// # Example
+    /// ```
+    /// assert_eq!(pbr_format::SectionKind::from_id(0x7fff_0000), None);
+    /// ```
     pub fn from_id(id: u32) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.id() == id)
     }
 
     /// The upper-case name used in errors and `inspect`.
+    ///
+    /// # Example
+    /// ```
+    /// assert_eq!(pbr_format::SectionKind::PageIndex.name(), "PAGE_INDEX");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             SectionKind::Regions => "REGIONS",

@@ -16,6 +16,13 @@ use crate::manifest::{CacheRef, FileEntry, check_path};
 use crate::read::Image;
 
 /// Why a manifest entry does not match the current files.
+///
+/// # Example
+/// ```
+/// use pbr_format::select::{Mismatch, resolve_under};
+/// let root = std::path::Path::new("/");
+/// assert!(matches!(resolve_under(root, "../etc/passwd"), Err(Mismatch::Escapes(_))));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mismatch {
     /// The file is gone.
@@ -41,6 +48,17 @@ impl std::fmt::Display for Mismatch {
 }
 
 /// The verdict on one candidate.
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let root = tempfile::tempdir()?;
+/// let v = pbr_format::select::judge(0, &image, root.path(), false);
+/// assert!(!v.valid, "etc/hostname is missing under the root");
+/// println!("{:?}", v.first_mismatch);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     /// Index of the candidate in the input.
@@ -58,6 +76,16 @@ pub struct Verdict {
 }
 
 /// The outcome of [`select`].
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let root = tempfile::tempdir()?;
+/// let s = pbr_format::select::select(&[&image], root.path(), false);
+/// assert_eq!(s.chosen, None);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Selection {
     /// One verdict per candidate, latest phase first.
@@ -71,6 +99,19 @@ pub struct Selection {
 /// # Errors
 /// `Err(Mismatch::Escapes)` for a hostile path or a symlink out of the root,
 /// `Err(Mismatch::Deleted)` when nothing is there.
+///
+/// # Example
+/// ```
+/// use pbr_format::select::{Mismatch, resolve_under};
+/// let root = tempfile::tempdir()?;
+/// assert_eq!(resolve_under(root.path(), "etc/hostname"), Err(Mismatch::Deleted));
+/// std::fs::create_dir(root.path().join("etc"))?;
+/// std::fs::write(root.path().join("etc/hostname"), "lab\n")?;
+/// let p = resolve_under(root.path(), "etc/hostname").unwrap();
+/// assert!(p.ends_with("etc/hostname"));
+/// assert!(pbr_format::select::resolve_under(root.path(), "/etc/hostname").is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn resolve_under(root: &Path, rel: &str) -> Result<PathBuf, Mismatch> {
     check_path(rel).map_err(Mismatch::Escapes)?;
     let root = std::fs::canonicalize(root).map_err(|e| Mismatch::Unreadable(format!("root: {e}")))?;
@@ -89,6 +130,15 @@ pub fn resolve_under(root: &Path, rel: &str) -> Result<PathBuf, Mismatch> {
 ///
 /// # Errors
 /// Any I/O error.
+///
+/// # Example
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let f = dir.path().join("hostname");
+/// std::fs::write(&f, "lab\n")?;
+/// assert_eq!(pbr_format::select::hash_file(&f)?, *blake3::hash(b"lab\n").as_bytes());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
     let mut f = File::open(path)?;
     let mut h = blake3::Hasher::new();
@@ -122,6 +172,18 @@ fn check_entry(root: &Path, e: &FileEntry<'_>, strict: bool) -> Result<bool, Mis
 }
 
 /// Judges one candidate.
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let root = tempfile::tempdir()?;
+/// std::fs::create_dir(root.path().join("etc"))?;
+/// std::fs::write(root.path().join("etc/hostname"), "other\n")?;
+/// let v = pbr_format::select::judge(0, &image, root.path(), true);
+/// assert!(!v.valid);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn judge(index: usize, image: &Image, root: &Path, strict: bool) -> Verdict {
     let mut v = Verdict {
         index,

@@ -12,6 +12,16 @@ pub const LAPIC_SIZE: usize = 1024;
 pub const EVENTS_SIZE: usize = 64;
 
 /// The state of one x86-64 vCPU.
+///
+/// # Example
+/// ```
+/// let mut v = pbr_format::X86Vcpu::new(0);
+/// v.regs.rip.set(0x7c00);
+/// v.sregs.cs.selector.set(0);
+/// v.tsc = Some(1_000_000);
+/// let record = pbr_format::Vcpu::X86_64(Box::new(v));
+/// assert_eq!(record.id(), 0);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct X86Vcpu {
     /// vCPU index.
@@ -43,6 +53,12 @@ pub struct X86Vcpu {
 
 impl X86Vcpu {
     /// A vCPU with every register zero and nothing optional known.
+    ///
+    /// # Example
+    /// ```
+    /// let v = pbr_format::X86Vcpu::new(3);
+    /// assert_eq!((v.id, v.regs.rip.get(), v.lapic.is_none()), (3, 0, true));
+    /// ```
     pub fn new(id: u32) -> Self {
         X86Vcpu {
             id,
@@ -61,12 +77,36 @@ impl X86Vcpu {
     }
 
     /// The value of MSR `index`, if the record has it.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let pbr_format::Vcpu::X86_64(v) = &image.vcpus()[0] else { panic!("not x86") };
+    /// if let Some(lstar) = v.msr(0xc000_0082) {
+    ///     println!("syscall entry at {lstar:#x}");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn msr(&self, index: u32) -> Option<u64> {
         self.msrs.iter().find(|m| m.index.get() == index).map(|m| m.data.get())
     }
 }
 
 /// One vCPU record of any architecture.
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// for v in image.vcpus() {
+///     match v {
+///         pbr_format::Vcpu::X86_64(x) => println!("x86-64 vCPU {}", x.id),
+///         pbr_format::Vcpu::Other { arch, id, .. } => println!("vCPU {id} of architecture {arch}"),
+///     }
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Vcpu {
     /// An x86-64 vCPU.
@@ -86,6 +126,15 @@ pub enum Vcpu {
 
 impl Vcpu {
     /// The vCPU index.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let ids: Vec<u32> = image.vcpus().iter().map(pbr_format::Vcpu::id).collect();
+    /// assert_eq!(ids, [0, 1]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn id(&self) -> u32 {
         match self {
             Vcpu::X86_64(v) => v.id,
@@ -94,6 +143,14 @@ impl Vcpu {
     }
 
     /// The architecture name.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// assert_eq!(image.vcpus()[0].arch_name(), "x86_64");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn arch_name(&self) -> &'static str {
         match self {
             Vcpu::X86_64(_) => "x86_64",

@@ -28,6 +28,17 @@ pub struct ContentHasher {
 
 impl ContentHasher {
     /// Starts the hash of an image with `regions` and `page_size`.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// use pbr_format::ContentHasher;
+    /// let h = ContentHasher::new(image.regions(), image.page_size());
+    /// let empty = h.finalize();
+    /// assert_ne!(empty, image.content_hash()?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(regions: &[Region<'_>], page_size: u32) -> Self {
         let mut h = blake3::Hasher::new();
         for r in regions {
@@ -42,6 +53,17 @@ impl ContentHasher {
 
     /// Adds the next pages, `content` being a whole number of pages;
     /// their digests are computed in parallel.
+    ///
+    /// # Example
+    /// ```
+    /// use pbr_format::{ContentHasher, Region};
+    /// let regions = [Region::ram("ram", 0, 2 * 4096)];
+    /// let mut a = ContentHasher::new(&regions, 4096);
+    /// a.pages(&[0u8; 8192]);
+    /// let mut b = ContentHasher::new(&regions, 4096);
+    /// b.zero_pages(2);
+    /// assert_eq!(a.finalize(), b.finalize());
+    /// ```
     pub fn pages(&mut self, content: &[u8]) {
         let digests = self.page_digests(content);
         self.digests(&digests);
@@ -49,11 +71,33 @@ impl ContentHasher {
 
     /// The digests of the pages of `content`, computed in parallel, for
     /// feeding the same pages to several hashers.
+    ///
+    /// # Example
+    /// ```
+    /// use pbr_format::{ContentHasher, Region};
+    /// let regions = [Region::ram("ram", 0, 2 * 4096)];
+    /// let (mut a, mut b) = (ContentHasher::new(&regions, 4096), ContentHasher::new(&regions, 4096));
+    /// let d = a.page_digests(&[7u8; 8192]);
+    /// a.digests(&d);
+    /// b.pages(&[7u8; 8192]);
+    /// assert_eq!(a.finalize(), b.finalize());
+    /// ```
     pub fn page_digests(&self, content: &[u8]) -> Vec<[u8; 32]> {
         content.par_chunks(self.page_size).map(|p| *blake3::hash(p).as_bytes()).collect()
     }
 
     /// Adds the next pages by their digests.
+    ///
+    /// # Example
+    /// ```
+    /// use pbr_format::{ContentHasher, Region};
+    /// let regions = [Region::ram("ram", 0, 4096)];
+    /// let mut h = ContentHasher::new(&regions, 4096);
+    /// h.digests(&[*blake3::hash(&[1u8; 4096]).as_bytes()]);
+    /// let mut g = ContentHasher::new(&regions, 4096);
+    /// g.pages(&[1u8; 4096]);
+    /// assert_eq!(h.finalize(), g.finalize());
+    /// ```
     pub fn digests(&mut self, digests: &[[u8; 32]]) {
         for d in digests {
             self.hasher.update(d);
@@ -61,6 +105,14 @@ impl ContentHasher {
     }
 
     /// Adds `count` all-zero pages.
+    ///
+    /// # Example
+    /// ```
+    /// use pbr_format::{ContentHasher, Region};
+    /// let mut h = ContentHasher::new(&[Region::ram("ram", 0, 1 << 30)], 4096);
+    /// h.zero_pages(262_144); // a guest of 1 GiB of zeros
+    /// println!("{:02x?}", &h.finalize()[..4]);
+    /// ```
     pub fn zero_pages(&mut self, count: u64) {
         for _ in 0..count {
             self.hasher.update(&self.zero_digest);
@@ -68,6 +120,13 @@ impl ContentHasher {
     }
 
     /// The hash.
+    ///
+    /// # Example
+    /// ```
+    /// use pbr_format::{ContentHasher, Region};
+    /// let h = ContentHasher::new(&[Region::ram("ram", 0, 4096)], 4096);
+    /// assert_eq!(h.finalize(), h.finalize(), "finalize does not consume the hasher");
+    /// ```
     pub fn finalize(&self) -> [u8; 32] {
         *self.hasher.finalize().as_bytes()
     }
@@ -80,6 +139,16 @@ impl Image {
     ///
     /// # Errors
     /// A diff image (its base pages are elsewhere), or a corrupt lz4 page.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let hash = image.content_hash()?;
+    /// // The same guest content written any other way has the same hash.
+    /// assert_eq!(hash, image.content_hash()?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn content_hash(&self) -> Result<[u8; 32]> {
         if self.base().is_some() {
             return Err(Error::invalid("a diff image has no content hash of its own: apply it to its base first"));

@@ -52,6 +52,16 @@ impl Backing {
 }
 
 /// The header fields of an open image.
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let h = image.header();
+/// assert_eq!((h.version_major, h.page_size), (1, 4096));
+/// println!("written by {} {}", h.producer_name, h.producer_version);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderInfo {
     /// Format major version.
@@ -75,6 +85,15 @@ pub struct HeaderInfo {
 /// Opening maps the file and checks the header, trailer, section table,
 /// every metadata section's crc32 and the page index; it does not read page
 /// data. Raw pages are handed out as slices of the map, with no copy.
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// println!("{} pages in {} regions", image.page_count(), image.regions().len());
+/// image.verify()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Image {
     backing: Backing,
     header: HeaderInfo,
@@ -135,6 +154,15 @@ impl Image {
     ///
     /// # Errors
     /// As [`Image::open`].
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::from_bytes(std::fs::read(path)?)?;
+    /// image.verify()?;
+    /// assert!(pbr_format::Image::from_bytes(b"not an image".to_vec()).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Image> {
         Image::from_backing(Backing::Bytes(bytes))
     }
@@ -166,97 +194,269 @@ impl Image {
     }
 
     /// The whole file.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// assert_eq!(&image.as_bytes()[..8], &pbr_format::pod::MAGIC);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn as_bytes(&self) -> &[u8] {
         self.backing.bytes()
     }
 
     /// File length in bytes.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// assert_eq!(image.file_len(), std::fs::metadata(path)?.len());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn file_len(&self) -> u64 {
         self.as_bytes().len() as u64
     }
 
     /// Header fields.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// assert_eq!(image.header().page_size, image.page_size());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn header(&self) -> &HeaderInfo {
         &self.header
     }
 
     /// Page size in bytes.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// assert_eq!(image.page_size(), 4096);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn page_size(&self) -> u32 {
         self.header.page_size
     }
 
     /// The trailer hash: the identity a diff uses to name its base.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let whole = image.as_bytes();
+    /// let mut h = blake3::Hasher::new();
+    /// h.update(&whole[..whole.len() - 32]);
+    /// assert_eq!(image.image_blake3(), *h.finalize().as_bytes());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn image_blake3(&self) -> [u8; 32] {
         self.image_blake3
     }
 
     /// Every entry of the section table, in table order.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// for s in image.sections() {
+    ///     println!("{:<12} {:>8} bytes at {:#x}", s.name(), s.length, s.offset);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn sections(&self) -> &[SectionInfo] {
         &self.sections
     }
 
     /// File range of `PAGE_DATA`.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let r = image.page_data_range();
+    /// assert_eq!(r.start % u64::from(image.page_size()), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn page_data_range(&self) -> Range<u64> {
         self.page_data.start as u64..self.page_data.end as u64
     }
 
     /// Guest memory regions, sorted by base.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// for r in image.regions() {
+    ///     println!("{} at {:#x}, {} bytes{}", r.name, r.base, r.length, if r.synthetic { " (synthetic)" } else { "" });
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn regions(&self) -> &[Region<'static>] {
         &self.records.regions
     }
 
     /// Total pages over all regions.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// assert_eq!(image.page_count(), image.regions().iter().map(|r| r.pages(4096)).sum::<u64>());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn page_count(&self) -> u64 {
         let ps = self.page_size();
         self.regions().iter().map(|r| r.pages(ps)).sum()
     }
 
     /// Total bytes of guest memory over all regions.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// assert_eq!(image.guest_size(), image.page_count() * 4096);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn guest_size(&self) -> u64 {
         self.regions().iter().map(|r| r.length).sum()
     }
 
     /// The phase tag, if the image has one.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let p = image.phase().unwrap();
+    /// assert_eq!((p.name.as_ref(), p.sequence), ("daemons", 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn phase(&self) -> Option<&Phase<'static>> {
         self.records.phase.as_ref()
     }
 
     /// vCPU records, sorted by id.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// for v in image.vcpus() {
+    ///     if let pbr_format::Vcpu::X86_64(x) = v {
+    ///         println!("vCPU {} at rip {:#x}", x.id, x.regs.rip.get());
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn vcpus(&self) -> &[Vcpu] {
         &self.records.vcpus
     }
 
     /// Device-state blobs in capture order, borrowed from the map.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// for d in image.devices() {
+    ///     println!("{} {} ({} bytes)", d.origin, d.name, d.data.len());
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn devices(&self) -> impl ExactSizeIterator<Item = DeviceBlob<'_>> {
         self.records.devices(self.as_bytes())
     }
 
     /// Metadata pairs in file order.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// for (k, v) in image.metadata() {
+    ///     println!("{k} = {v}");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn metadata(&self) -> &[(String, String)] {
         &self.records.metadata
     }
 
     /// The value of metadata `key`.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// assert_eq!(image.metadata_value("source.format"), Some("vmm"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn metadata_value(&self, key: &str) -> Option<&str> {
         self.records.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// Files read up to this phase.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let f = &image.manifest()[0];
+    /// assert_eq!(f.path, "etc/hostname");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn manifest(&self) -> &[FileEntry<'static>] {
         &self.records.manifest
     }
 
     /// Page-cache back references, sorted by guest frame number.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let c = image.cache_refs()[0];
+    /// assert_eq!(image.manifest()[c.file_index as usize].path, "etc/hostname");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn cache_refs(&self) -> &[CacheRef] {
         &self.records.cache_refs
     }
 
     /// The base image of a diff image.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/diff.pbr");
+    /// let diff = pbr_format::Image::open(path)?;
+    /// let base = diff.base().unwrap();
+    /// assert_eq!(base.name, "sample.pbr");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn base(&self) -> Option<&BaseRef<'static>> {
         self.records.base.as_ref()
     }
 
     /// Whether `PAGE_HASHES` is present.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// assert!(image.has_page_hashes());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn has_page_hashes(&self) -> bool {
         self.index.has_hashes()
     }

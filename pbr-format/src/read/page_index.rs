@@ -13,6 +13,15 @@ use super::HeaderInfo;
 use super::table::Table;
 
 /// A run of pages with one class and one encoding.
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let e: pbr_format::Extent = image.extent_of(0)?;
+/// println!("{} pages from {:#x}: {} {}", e.count, e.gfn, e.class.name(), e.encoding.name());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extent {
     /// First guest frame number.
@@ -31,11 +40,29 @@ pub struct Extent {
 
 impl Extent {
     /// One past the last guest frame number.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let e = image.extent_of(0)?;
+    /// assert_eq!(e.end_gfn(), e.gfn + u64::from(e.count));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn end_gfn(&self) -> u64 {
         self.gfn + u64::from(self.count)
     }
 
     /// The guest frame numbers of the extent.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let e = image.extent_of(0)?;
+    /// assert_eq!(e.gfns().count(), e.count as usize);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn gfns(&self) -> Range<u64> {
         self.gfn..self.end_gfn()
     }
@@ -54,6 +81,15 @@ impl Extent {
 
 /// Raw pages contiguous both in guest memory and in the file: what a VMM
 /// maps `MAP_PRIVATE` as guest memory.
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let pages: u64 = image.raw_runs().iter().map(|r: &pbr_format::RawRun| r.pages).sum();
+/// assert!(pages > 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawRun {
     /// First guest frame number.

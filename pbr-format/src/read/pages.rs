@@ -10,16 +10,44 @@ use super::page_index::{Extent, RawRun};
 
 impl Image {
     /// Number of extents in the page index.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// assert_eq!(image.extent_count(), image.extents().count());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn extent_count(&self) -> usize {
         self.index.len()
     }
 
     /// Number of stored (raw and lz4) pages.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let stored: u64 = image.extents().filter(|e| e.encoding.is_stored()).map(|e| u64::from(e.count)).sum();
+    /// assert_eq!(image.stored_page_count(), stored);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stored_page_count(&self) -> u64 {
         self.index.stored_pages()
     }
 
     /// Every extent, in guest frame order.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// for e in image.extents() {
+    ///     println!("{:#x}+{} {} {}", e.gfn, e.count, e.class.name(), e.encoding.name());
+    /// }
+    /// assert_eq!(image.extents().map(|e| u64::from(e.count)).sum::<u64>(), image.page_count());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn extents(&self) -> impl Iterator<Item = Extent> + '_ {
         let bytes = self.as_bytes();
         (0..self.index.len()).filter_map(move |i| self.index.get(bytes, i))
@@ -27,6 +55,15 @@ impl Image {
 
     /// The extents that hold any page of `gfns`, in order. Finding the first
     /// is a binary search.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let first: Vec<_> = image.extents_in(0..4).collect();
+    /// assert_eq!(first[0].gfn, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn extents_in(&self, gfns: Range<u64>) -> impl Iterator<Item = Extent> + '_ {
         let bytes = self.as_bytes();
         let first = self.index.position(bytes, gfns.start);
@@ -34,6 +71,16 @@ impl Image {
     }
 
     /// The extents of pages of `class`, in order.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// use pbr_format::PageClass;
+    /// let kernel: u64 = image.extents_of_class(PageClass::Kernel).map(|e| u64::from(e.count)).sum();
+    /// assert!(kernel > 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn extents_of_class(&self, class: PageClass) -> impl Iterator<Item = Extent> + '_ {
         self.extents().filter(move |e| e.class == class)
     }
@@ -42,12 +89,33 @@ impl Image {
     ///
     /// # Errors
     /// [`ErrorKind::NoSuchPage`] when no region holds `gfn`.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let e = image.extent_of(0)?;
+    /// assert!(e.gfns().contains(&0));
+    /// assert!(image.extent_of(1 << 40).is_err(), "not in any region");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn extent_of(&self, gfn: u64) -> Result<Extent> {
         self.index.find(self.as_bytes(), gfn).ok_or_else(|| ErrorKind::NoSuchPage { gfn }.into())
     }
 
     /// Raw pages merged into runs contiguous in guest memory and in the file,
     /// whatever their class: each can be mapped `MAP_PRIVATE` as guest memory.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// for run in image.raw_runs() {
+    ///     // mmap run.pages pages from run.file_offset as guest memory at run.gfn.
+    ///     assert_eq!(run.file_offset % u64::from(image.page_size()), 0);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn raw_runs(&self) -> Vec<RawRun> {
         let ps = u64::from(self.page_size());
         let mut runs: Vec<RawRun> = Vec::new();
@@ -63,6 +131,17 @@ impl Image {
     }
 
     /// The bytes of a raw extent, borrowed from the map with no copy.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// use pbr_format::PageEncoding;
+    /// let e = image.extents().find(|e| e.encoding == PageEncoding::Raw).unwrap();
+    /// let bytes = image.raw_bytes(&e).unwrap();
+    /// assert_eq!(bytes.len(), e.count as usize * 4096);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn raw_bytes(&self, e: &Extent) -> Option<&[u8]> {
         if e.encoding != PageEncoding::Raw {
             return None;
@@ -97,6 +176,20 @@ impl Image {
     ///
     /// # Errors
     /// As [`Image::read_page`].
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let mut buf = vec![0u8; 4096];
+    /// for e in image.extents() {
+    ///     for gfn in e.gfns() {
+    ///         let page = image.read_in_extent(&e, gfn, &mut buf)?;
+    ///         assert_eq!(page.len(), 4096);
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_in_extent<'a>(&'a self, e: &Extent, gfn: u64, buf: &'a mut [u8]) -> Result<&'a [u8]> {
         let ps = self.page_size() as usize;
         if buf.len() != ps {
@@ -177,6 +270,17 @@ impl Image {
     /// The crc32 the index holds for page `gfn` of extent `e`: stored for
     /// raw and lz4 pages, the zero page's for zero and trimmed pages, the
     /// source's for dup pages, none for base pages.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let e = image.extents().find(|e| e.encoding.is_stored()).unwrap();
+    /// let mut buf = vec![0u8; 4096];
+    /// let page = image.read_in_extent(&e, e.gfn, &mut buf)?.to_vec();
+    /// assert_eq!(image.expected_crc(&e, e.gfn), Some(crc32fast::hash(&page)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn expected_crc(&self, e: &Extent, gfn: u64) -> Option<u32> {
         match e.encoding {
             PageEncoding::Raw | PageEncoding::Lz4 => self.index.crc(self.as_bytes(), e.aux + (gfn - e.gfn)),
@@ -191,6 +295,17 @@ impl Image {
 
     /// The blake3 the index holds for page `gfn` of stored extent `e`, when
     /// the image has `PAGE_HASHES`.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let e = image.extents().find(|e| e.encoding.is_stored()).unwrap();
+    /// let mut buf = vec![0u8; 4096];
+    /// let page = image.read_in_extent(&e, e.gfn, &mut buf)?;
+    /// assert_eq!(image.stored_hash(&e, e.gfn), Some(*blake3::hash(page).as_bytes()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stored_hash(&self, e: &Extent, gfn: u64) -> Option<[u8; 32]> {
         match e.encoding {
             PageEncoding::Raw | PageEncoding::Lz4 => self.index.hash(self.as_bytes(), e.aux + (gfn - e.gfn)),
@@ -203,6 +318,18 @@ impl Image {
     }
 
     /// Pages per class and encoding: `counts[class][encoding]`.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// use pbr_format::{PageClass, PageEncoding};
+    /// let counts = image.page_counts();
+    /// let free_trimmed = counts[PageClass::Free as usize][PageEncoding::Trimmed as usize];
+    /// assert_eq!(counts.iter().flatten().sum::<u64>(), image.page_count());
+    /// println!("{free_trimmed} free pages were trimmed");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn page_counts(&self) -> [[u64; PageEncoding::ALL.len()]; PageClass::ALL.len()] {
         let mut counts = [[0u64; PageEncoding::ALL.len()]; PageClass::ALL.len()];
         for e in self.extents() {
@@ -213,6 +340,11 @@ impl Image {
 }
 
 /// crc32 of one all-zero page of `page_size` bytes.
+///
+/// # Example
+/// ```
+/// assert_eq!(pbr_format::zero_page_crc(4096), crc32fast::hash(&[0; 4096]));
+/// ```
 pub fn zero_page_crc(page_size: u32) -> u32 {
     const ZEROS: [u8; 4096] = [0; 4096];
     let mut h = crc32fast::Hasher::new();

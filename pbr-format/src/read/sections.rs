@@ -19,6 +19,15 @@ pub(crate) struct TableLoc {
 }
 
 /// One section table entry, checked.
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let s: &pbr_format::SectionInfo = &image.sections()[0];
+/// println!("{} at {:#x}, crc32 {:#010x}", s.name(), s.offset, s.crc32);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SectionInfo {
     /// The kind, when this crate knows it.
@@ -35,6 +44,14 @@ pub struct SectionInfo {
 
 impl SectionInfo {
     /// The display name: the kind's name, or `unknown(0x…)`.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// assert_eq!(image.sections()[0].name(), "PAGE_DATA");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn name(&self) -> String {
         match self.kind {
             Some(k) => k.name().to_owned(),

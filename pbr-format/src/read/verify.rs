@@ -10,6 +10,15 @@ use super::Image;
 use super::sections::check_crc;
 
 /// What [`Image::verify`] checked.
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let r: pbr_format::VerifyReport = image.verify()?;
+/// println!("{r:?}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VerifyReport {
     /// Sections whose crc32 matched.
@@ -47,6 +56,18 @@ impl Image {
     ///
     /// # Errors
     /// As [`Image::verify`].
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let done = std::sync::atomic::AtomicU64::new(0);
+    /// let report = image.verify_with_progress(&|n| {
+    ///     done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    /// })?;
+    /// println!("{report:?}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn verify_with_progress(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyReport> {
         let bytes = self.as_bytes();
         let is_data = |s: &&crate::SectionInfo| s.kind == Some(crate::SectionKind::PageData);

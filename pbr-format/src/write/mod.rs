@@ -35,6 +35,20 @@ use sink::Sink;
 const LZ4_BLOCK_PAGES: usize = 1024;
 
 /// How an [`ImageWriter`] writes.
+///
+/// # Example
+/// ```
+/// use pbr_format::{PageEncoding, WriterOptions};
+/// // A diff image with page hashes, from my-vmm 2.1.
+/// let opts = WriterOptions {
+///     producer_name: "my-vmm".into(),
+///     producer_version: "2.1".into(),
+///     page_hashes: true,
+///     unwritten: PageEncoding::Base,
+///     ..WriterOptions::default()
+/// };
+/// assert_eq!(opts.page_size, 4096);
+/// ```
 #[derive(Clone, Debug)]
 pub struct WriterOptions {
     /// Page size: 4096 or 2 MiB.
@@ -67,6 +81,18 @@ impl Default for WriterOptions {
 }
 
 /// What [`ImageWriter::finish`] wrote.
+///
+/// # Example
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+/// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+/// w.write_page(1, &[9; 4096], PageClass::User)?;
+/// let report = w.finish()?;
+/// assert_eq!(report.stored_pages, 1);
+/// assert_eq!(report.file_len, std::fs::metadata(&report.path)?.len());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteReport {
     /// The final path.
@@ -135,6 +161,19 @@ impl ImageWriter {
     /// # Errors
     /// Invalid options or regions (unsorted, overlapping, unaligned, bad
     /// names), and I/O errors creating the temporary file.
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{ImageWriter, Region, WriterOptions};
+    /// // 3 GiB below the PCI hole and 1 GiB above 4 GiB.
+    /// let regions = [Region::ram("pc.ram", 0, 3 << 30), Region { source_offset: 3 << 30, ..Region::ram("pc.ram", 1 << 32, 1 << 30) }];
+    /// let w = ImageWriter::create(dir.path().join("guest.pbr"), &regions, WriterOptions::default())?;
+    /// assert_eq!(w.regions().len(), 2);
+    /// // Nothing appears at the path until finish.
+    /// assert!(!dir.path().join("guest.pbr").exists());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn create(path: impl AsRef<Path>, regions: &[Region<'_>], opts: WriterOptions) -> Result<ImageWriter> {
         let dest = path.as_ref().to_path_buf();
         check_options(&opts)?;
@@ -182,11 +221,29 @@ impl ImageWriter {
     }
 
     /// Page size.
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+    /// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+    /// assert_eq!(w.page_size(), 4096);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn page_size(&self) -> u32 {
         self.opts.page_size
     }
 
     /// The regions the image covers.
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+    /// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+    /// assert_eq!(w.regions()[0].length, 16 * 4096);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn regions(&self) -> &[Region<'static>] {
         &self.regions
     }
@@ -259,6 +316,17 @@ impl ImageWriter {
     ///
     /// # Errors
     /// A page outside every region, a buffer that is not one page, I/O.
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+    /// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+    /// w.write_page(0, &[0; 4096], PageClass::Free)?; // recorded as zero, no bytes stored
+    /// w.write_page(1, &[0xab; 4096], PageClass::Kernel)?;
+    /// assert_eq!(w.finish()?.stored_pages, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_page(&mut self, gfn: u64, data: &[u8], class: PageClass) -> Result<()> {
         let d = self.check_page(gfn, data)?;
         if is_zero(data) {
@@ -272,6 +340,17 @@ impl ImageWriter {
     ///
     /// # Errors
     /// As [`ImageWriter::write_page`].
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+    /// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+    /// // A zero page stored anyway: its bytes can be mapped as guest memory.
+    /// w.write_page_raw(0, &[0; 4096], PageClass::Kernel)?;
+    /// assert_eq!(w.finish()?.stored_pages, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_page_raw(&mut self, gfn: u64, data: &[u8], class: PageClass) -> Result<()> {
         let d = self.check_page(gfn, data)?;
         self.store_raw(d, data, class)
@@ -301,6 +380,19 @@ impl ImageWriter {
     ///
     /// # Errors
     /// As [`ImageWriter::write_page`], and a page already written.
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+    /// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+    /// for gfn in 0..4 {
+    ///     w.write_page_lz4(gfn, &[gfn as u8 + 1; 4096], PageClass::User)?;
+    /// }
+    /// let report = w.finish()?;
+    /// assert!(report.file_len < 4 * 4096, "four compressible pages take less than a page each");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_page_lz4(&mut self, gfn: u64, data: &[u8], class: PageClass) -> Result<()> {
         let d = self.check_page(gfn, data)?;
         if is_zero(data) {
@@ -352,6 +444,18 @@ impl ImageWriter {
     ///
     /// # Errors
     /// A page outside every region, or an encoding with content.
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+    /// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+    /// use pbr_format::PageEncoding;
+    /// // Pages 8..16 were free in the guest: dropped, read back as zero.
+    /// w.mark_pages(8, 8, PageEncoding::Trimmed, PageClass::Free)?;
+    /// w.finish()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn mark_pages(&mut self, gfn: u64, count: u64, encoding: PageEncoding, class: PageClass) -> Result<()> {
         if encoding.is_stored() || encoding == PageEncoding::Dup {
             return Err(Error::invalid(format!("mark_pages cannot record {encoding} pages")));
@@ -372,6 +476,17 @@ impl ImageWriter {
     ///
     /// # Errors
     /// A page outside every region.
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+    /// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+    /// w.write_page(0, &[5; 4096], PageClass::Kernel)?;
+    /// w.write_dup(1, 0, PageClass::Kernel)?; // page 1 holds the same bytes as page 0
+    /// assert_eq!(w.finish()?.stored_pages, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_dup(&mut self, gfn: u64, source: u64, class: PageClass) -> Result<()> {
         let d = self.pages.dense(gfn)?;
         let s = self.pages.dense(source)?;
@@ -387,6 +502,17 @@ impl ImageWriter {
     ///
     /// # Errors
     /// A page outside every region.
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+    /// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+    /// w.write_page(2, &[1; 4096], PageClass::Unknown)?;
+    /// w.set_class(2, PageClass::Cache)?; // classified later, from kpageflags
+    /// w.finish()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_class(&mut self, gfn: u64, class: PageClass) -> Result<()> {
         let d = self.pages.dense(gfn)?;
         self.pages.set_class(d, class);
@@ -397,6 +523,16 @@ impl ImageWriter {
     ///
     /// # Errors
     /// A name that is empty or longer than 255 bytes.
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+    /// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+    /// w.set_phase(pbr_format::Phase::named("kernel", 1))?;
+    /// w.finish()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_phase(&mut self, phase: Phase<'_>) -> Result<()> {
         check_name(&phase.name, "phase name")?;
         self.phase = Some(phase.into_owned());
@@ -407,6 +543,18 @@ impl ImageWriter {
     ///
     /// # Errors
     /// A duplicate id, too many vCPUs, MSRs or XSAVE bytes.
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+    /// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+    /// let mut v = pbr_format::X86Vcpu::new(0);
+    /// v.regs.rip.set(0x7c00);
+    /// w.add_vcpu(pbr_format::Vcpu::X86_64(Box::new(v)))?;
+    /// w.finish()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn add_vcpu(&mut self, vcpu: Vcpu) -> Result<()> {
         if self.vcpus.len() >= MAX_VCPUS as usize {
             return Err(Error::invalid(format!("more than {MAX_VCPUS} vCPUs")));
@@ -433,6 +581,24 @@ impl ImageWriter {
     ///
     /// # Errors
     /// A name longer than 4096 bytes.
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+    /// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+    /// use pbr_format::{DeviceBlob, DeviceOrigin};
+    /// w.add_device(DeviceBlob {
+    ///     origin: DeviceOrigin::VMM,
+    ///     name: "serial0".into(),
+    ///     instance: 0,
+    ///     version: 1,
+    ///     flags: 0,
+    ///     data: (&[0x60u8, 0x00][..]).into(),
+    /// })?;
+    /// w.finish()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn add_device(&mut self, blob: DeviceBlob<'_>) -> Result<()> {
         if blob.name.len() > MAX_PATH as usize {
             return Err(Error::invalid(format!("device name of {} bytes exceeds {MAX_PATH}", blob.name.len())));
@@ -449,6 +615,17 @@ impl ImageWriter {
     ///
     /// # Errors
     /// A key outside `[a-z0-9._-]{1,255}`.
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+    /// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+    /// w.set_metadata("guest.kernel", "6.1.0-28-cloud-amd64")?;
+    /// assert!(w.set_metadata("Not A Key", "x").is_err());
+    /// w.finish()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_metadata(&mut self, key: &str, value: &str) -> Result<()> {
         check_key(key).map_err(Error::invalid)?;
         match self.metadata.iter_mut().find(|(k, _)| k == key) {
@@ -462,6 +639,19 @@ impl ImageWriter {
     ///
     /// # Errors
     /// A path that is absolute or has an empty, `.` or `..` component.
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+    /// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+    /// use pbr_format::FileEntry;
+    /// let i = w.add_file(FileEntry { path: "etc/hostname".into(), size: 4, mtime_ns: 0, inode: 42, blake3: *blake3::hash(b"lab\n").as_bytes(), cache_only: false })?;
+    /// assert_eq!(i, 0);
+    /// assert!(w.add_file(FileEntry { path: "../etc/passwd".into(), size: 0, mtime_ns: 0, inode: 0, blake3: [0; 32], cache_only: false }).is_err());
+    /// w.finish()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn add_file(&mut self, file: FileEntry<'_>) -> Result<u32> {
         check_path(&file.path).map_err(Error::invalid)?;
         self.manifest.push(FileEntry { path: file.path.into_owned().into(), ..file });
@@ -473,6 +663,20 @@ impl ImageWriter {
     /// # Errors
     /// A file index not in the manifest, a page outside every region, or a
     /// page that already has one.
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+    /// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+    /// use pbr_format::{CacheRef, FileEntry};
+    /// let file = w.add_file(FileEntry { path: "usr/bin/app".into(), size: 8192, mtime_ns: 0, inode: 7, blake3: [0; 32], cache_only: false })?;
+    /// w.write_page(3, &[1; 4096], PageClass::Cache)?;
+    /// // Page 3 caches the second page of usr/bin/app.
+    /// w.add_cache_ref(CacheRef { gfn: 3, file_index: file, offset: 4096 })?;
+    /// w.finish()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn add_cache_ref(&mut self, r: CacheRef) -> Result<()> {
         if r.file_index as usize >= self.manifest.len() {
             return Err(Error::invalid(format!("cache ref names file {} of {}", r.file_index, self.manifest.len())));
@@ -491,6 +695,20 @@ impl ImageWriter {
     ///
     /// # Errors
     /// A base page size that differs from this image's.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// use pbr_format::{BaseRef, Image, ImageWriter, PageClass, PageEncoding, WriterOptions};
+    /// let base = Image::open(path)?;
+    /// # let dir = tempfile::tempdir()?;
+    /// let opts = WriterOptions { unwritten: PageEncoding::Base, ..WriterOptions::default() };
+    /// let mut w = ImageWriter::create(dir.path().join("d.pbr"), base.regions(), opts)?;
+    /// w.set_base(BaseRef { blake3: base.image_blake3(), result_blake3: None, page_size: base.page_size(), name: "sample.pbr".into() })?;
+    /// w.write_page(5, &[0xee; 4096], PageClass::Kernel)?; // the one page that changed
+    /// w.finish()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_base(&mut self, base: BaseRef<'_>) -> Result<()> {
         if base.page_size != self.opts.page_size {
             return Err(Error::invalid("the base image has another page size"));
@@ -505,6 +723,17 @@ impl ImageWriter {
     /// # Errors
     /// I/O errors, a dup page whose source holds no stored content, or base
     /// pages without a base.
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{ImageWriter, PageClass, Region, WriterOptions};
+    /// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+    /// w.write_page(0, &[1; 4096], PageClass::Kernel)?;
+    /// let report = w.finish()?; // synced and renamed into place
+    /// pbr_format::Image::open(&report.path)?.verify()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn finish(mut self) -> Result<WriteReport> {
         self.flush_lz4()?;
         let ps = u64::from(self.opts.page_size);
@@ -755,6 +984,12 @@ fn parallel_crc(b: &[u8]) -> u32 {
 }
 
 /// Whether every byte of `data` is zero.
+///
+/// # Example
+/// ```
+/// assert!(pbr_format::is_zero(&[0; 4096]));
+/// assert!(!pbr_format::is_zero(&[0, 0, 1]));
+/// ```
 pub fn is_zero(data: &[u8]) -> bool {
     data.chunks(64).all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
 }
