@@ -123,6 +123,7 @@ fn main() {
             emulator: None,
             checkpoints: Vec::new(),
             resend: &none,
+            batch: 1024,
         };
         xl::build(&file, &spec);
         ratios.push((name, bench(name, &file, d)));

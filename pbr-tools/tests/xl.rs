@@ -132,6 +132,7 @@ fn hvm_v3_converts_and_exports_byte_identical() {
         emulator: Some(emulator_state()),
         checkpoints: Vec::new(),
         resend: &no_resend,
+        batch: 1024,
     };
     let b = build_and_convert(&spec);
     let img = Image::open(&b.pbr).unwrap();
@@ -197,6 +198,8 @@ fn hvm_v3_converts_and_exports_byte_identical() {
     assert_eq!(p.content_hash().unwrap(), img.content_hash().unwrap());
 }
 
+/// A v2 stream (Xen 4.6-4.13) whose PAGE_DATA records hold 2048 pages,
+/// more than Xen's saver puts in one.
 #[test]
 fn hvm_v2_converts_and_exports_byte_identical() {
     let spec = Spec {
@@ -208,11 +211,15 @@ fn hvm_v2_converts_and_exports_byte_identical() {
         emulator: None,
         checkpoints: Vec::new(),
         resend: &no_resend,
+        batch: 2048,
     };
     let b = build_and_convert(&spec);
     let img = Image::open(&b.pbr).unwrap();
     check_pages(&img, &spec);
     assert_eq!(img.metadata_value("xen.libxc_version"), Some("2"));
+    let js: serde_json::Value =
+        serde_json::from_str(&pbr_img_ok(&["inspect", "--json", b.pbr.to_str().unwrap()])).unwrap();
+    assert_eq!(js["xen"]["page_data_records"], 9);
     assert_eq!(x86(&img).len(), 2);
     let back = b.xl.with_extension("back.xl");
     export_xl(&b.pbr, &back);
@@ -231,6 +238,7 @@ fn pv_v3_and_v2_convert_and_export_byte_identical() {
             emulator: None,
             checkpoints: Vec::new(),
             resend: &no_resend,
+            batch: 1024,
         };
         let b = build_and_convert(&spec);
         let img = Image::open(&b.pbr).unwrap();
@@ -269,6 +277,7 @@ fn edited_and_trimmed_images_export_to_valid_files() {
         emulator: Some(emulator_state()),
         checkpoints: Vec::new(),
         resend: &no_resend,
+        batch: 1024,
     };
     let b = build_and_convert(&spec);
     let src = Image::open(&b.pbr).unwrap();
@@ -331,6 +340,7 @@ fn checkpointed_streams() {
         emulator: Some(emulator_state()),
         checkpoints: vec![vec![5, 6, 7], vec![6, 0x200]],
         resend: &resend,
+        batch: 1024,
     };
     let dir = tempfile::tempdir().unwrap();
     let xl = dir.path().join("remus.xl");

@@ -281,6 +281,8 @@ pub struct Spec<'a> {
     pub checkpoints: Vec<Vec<u64>>,
     /// Content of resent pages, by checkpoint.
     pub resend: &'a dyn Fn(usize, u64) -> Vec<u8>,
+    /// Pages a PAGE_DATA record at most (Xen's saver: 1024).
+    pub batch: usize,
 }
 
 /// HVM guests: RAM pfns 0..pages except the VGA hole 0xa0..0xc0 (XTAB),
@@ -336,7 +338,7 @@ pub fn build(path: &Path, s: &Spec<'_>) {
         p2m.extend(le64s(&[0x10, 0x11]));
         w.write_all(&rec(3, &p2m)).unwrap();
     }
-    for batch in entries(s).chunks(1024) {
+    for batch in entries(s).chunks(s.batch) {
         w.write_all(&page_data(batch, s.content)).unwrap();
     }
     let cpus: Vec<CpuSpec> = (0..s.vcpus).map(CpuSpec::new).collect();
