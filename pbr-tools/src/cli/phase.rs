@@ -110,13 +110,17 @@ pub fn recover_run(
         if as_json {
             println!(
                 "{}",
-                json!({"chosen": r.chosen.display().to_string(), "downtime_s": r.downtime.as_secs_f64(), "select_s": r.select.as_secs_f64()})
+                json!({"chosen": r.chosen.display().to_string(), "downtime_s": r.downtime.as_secs_f64(), "select_s": r.select.as_secs_f64(),
+                       "restore_s": r.restore.as_secs_f64(), "guest_s": r.guest.as_secs_f64()})
             );
         } else {
             println!(
-                "recovered from {}: service ready {:.3} s after the decision",
+                "recovered from {}: service ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s)",
                 r.chosen.display(),
-                r.downtime.as_secs_f64()
+                r.downtime.as_secs_f64(),
+                r.select.as_secs_f64(),
+                r.restore.as_secs_f64(),
+                r.guest.as_secs_f64()
             );
         }
         if keep {

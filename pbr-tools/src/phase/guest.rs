@@ -106,7 +106,7 @@ impl Control {
                 Err(e) if t.elapsed() > Duration::from_secs(20) => {
                     return Err(Error::io("cannot reach the guest's ttyS1", e));
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
             }
         };
         s.set_read_timeout(Some(Duration::from_secs(300))).map_err(|e| Error::io("ttyS1", e))?;

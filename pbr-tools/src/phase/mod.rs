@@ -182,6 +182,11 @@ pub struct Recovery {
     pub downtime: Duration,
     /// Of which selecting the candidate.
     pub select: Duration,
+    /// Of which starting QEMU and loading the state, until the VM runs.
+    pub restore: Duration,
+    /// Of which the restored guest's work until it said its service was
+    /// ready.
+    pub guest: Duration,
 }
 
 /// Recovers: picks the latest valid candidate (against `root` when given,
@@ -216,11 +221,13 @@ pub fn recover(
     let mut q = QemuAdapter::new(&candidates[chosen], qemu, args)?;
     let file = std::fs::File::open(&candidates[chosen]).map_err(|e| Error::io("candidate", e))?;
     replay(img, &file, &mut q)?;
+    let restore = t.elapsed() - select;
     let mut control = Control::connect(&ctl)?;
     control.go()?;
     control.until_ready()?;
     let downtime = t.elapsed();
-    let r = Recovery { chosen: candidates[chosen].clone(), downtime, select };
+    let r =
+        Recovery { chosen: candidates[chosen].clone(), downtime, select, restore, guest: downtime - select - restore };
     if let Some(child) = q.child.as_mut() {
         on_ready(&r, child);
     }
