@@ -15,6 +15,24 @@ fn convert_bytes(data: &[u8], out: &Path) -> Option<Image> {
     Some(Image::open(out).expect("converted image opens"))
 }
 
+/// The pages of `original` whose content differs in `img`, with the number
+/// of differing bits of each.
+fn changed_bits(original: &Image, img: &Image) -> Vec<(u64, u32)> {
+    let (mut a, mut b) = (vec![0u8; 4096], vec![0u8; 4096]);
+    let mut out = Vec::new();
+    for e in original.extents() {
+        for g in e.gfns() {
+            let x = original.read_in_extent(&e, g, &mut a).unwrap();
+            let y = img.read_page(g, &mut b).unwrap();
+            let bits: u32 = x.iter().zip(y).map(|(p, q)| (p ^ q).count_ones()).sum();
+            if bits > 0 {
+                out.push((g, bits));
+            }
+        }
+    }
+    out
+}
+
 /// Checks one flipped stream; returns whether it was accepted.
 fn check(flipped: &[u8], original: &Image, dir: &Path, payload: bool) -> bool {
     let Some(img) = convert_bytes(flipped, &dir.join("f.pbr")) else { return false };
@@ -24,20 +42,8 @@ fn check(flipped: &[u8], original: &Image, dir: &Path, payload: bool) -> bool {
     let again = convert_bytes(&std::fs::read(&back).unwrap(), &dir.join("g.pbr")).expect("export re-imports");
     assert_eq!(img.content_hash().unwrap(), again.content_hash().unwrap());
     if payload {
-        let (mut a, mut b) = (vec![0u8; 4096], vec![0u8; 4096]);
-        let mut differing = 0;
-        for e in original.extents() {
-            for g in e.gfns() {
-                let x = original.read_in_extent(&e, g, &mut a).unwrap();
-                let y = img.read_page(g, &mut b).unwrap();
-                let bits: u32 = x.iter().zip(y).map(|(p, q)| (p ^ q).count_ones()).sum();
-                if bits > 0 {
-                    assert_eq!(bits, 1, "a one-bit flip in page data changed {bits} bits of page {g:#x}");
-                    differing += 1;
-                }
-            }
-        }
-        assert!(differing <= 1, "a flip in page data changed {differing} pages");
+        let changed = changed_bits(original, &img);
+        assert!(changed.len() <= 1 && changed.iter().all(|c| c.1 == 1), "a flip in page data changed {changed:x?}");
         for (x, y) in img.devices().zip(original.devices()) {
             assert!(
                 x == y,
@@ -49,6 +55,35 @@ fn check(flipped: &[u8], original: &Image, dir: &Path, payload: bool) -> bool {
         }
     }
     true
+}
+
+/// Flips each bit of `work` in `file` in turn (on two threads, each with
+/// its own scratch directory) and returns how many flipped files `check`
+/// accepted.
+fn flip_each<W: Copy + Send + Sync>(
+    file: &[u8],
+    work: &[(usize, W)],
+    check: &(dyn Fn(&[u8], &Path, W) -> bool + Sync),
+) -> usize {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = work
+            .chunks(work.len().div_ceil(2))
+            .map(|chunk| {
+                s.spawn(move || {
+                    let dir = tempfile::tempdir().unwrap();
+                    let mut buf = file.to_vec();
+                    let mut accepted = 0;
+                    for &(bit, w) in chunk {
+                        buf[bit / 8] ^= 1 << (bit % 8);
+                        accepted += usize::from(check(&buf, dir.path(), w));
+                        buf[bit / 8] ^= 1 << (bit % 8);
+                    }
+                    accepted
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    })
 }
 
 #[test]
@@ -77,27 +112,7 @@ fn every_flip_errors_or_round_trips() {
     let mut rng = pbr_fuzz::mutate::Rng::new(99);
     work.extend((0..300).map(|_| ((bios + rng.below(4096)) * 8 + rng.below(8), true)));
     work.extend((0..300).map(|_| ((4096 + rng.below(n - 8192)) * 8 + rng.below(8), false)));
-    let chunks: Vec<Vec<(usize, bool)>> = work.chunks(work.len().div_ceil(2)).map(<[_]>::to_vec).collect();
-    let accepted: usize = std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .iter()
-            .map(|chunk| {
-                let (stream, original) = (&stream, &original);
-                s.spawn(move || {
-                    let dir = tempfile::tempdir().unwrap();
-                    let mut buf = stream.clone();
-                    let mut accepted = 0;
-                    for &(bit, payload) in chunk {
-                        buf[bit / 8] ^= 1 << (bit % 8);
-                        accepted += usize::from(check(&buf, original, dir.path(), payload));
-                        buf[bit / 8] ^= 1 << (bit % 8);
-                    }
-                    accepted
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).sum()
-    });
+    let accepted = flip_each(&stream, &work, &|buf, dir, payload| check(buf, &original, dir, payload));
     eprintln!("{} flips, {accepted} accepted and round-tripped, the rest refused", work.len());
     assert!(accepted > 0);
 }
@@ -183,18 +198,8 @@ fn xl_check(flipped: &[u8], original: &Image, dir: &Path, payload: bool) -> bool
         // A flip inside page data: the same file back, and exactly that bit
         // of one page changed.
         assert!(exported == flipped, "a flip in page data does not export to the flipped file");
-        let (mut a, mut b) = (vec![0u8; 4096], vec![0u8; 4096]);
-        let mut differing = 0;
-        for e in original.extents() {
-            for g in e.gfns() {
-                let x = original.read_in_extent(&e, g, &mut a).unwrap();
-                let y = img.read_page(g, &mut b).unwrap();
-                let bits: u32 = x.iter().zip(y).map(|(p, q)| (p ^ q).count_ones()).sum();
-                assert!(bits <= 1, "a one-bit flip in page data changed {bits} bits of page {g:#x}");
-                differing += bits as usize;
-            }
-        }
-        assert_eq!(differing, 1, "a flip in page data changed {differing} bits");
+        let changed = changed_bits(original, &img);
+        assert!(changed.len() == 1 && changed[0].1 == 1, "a flip in page data changed {changed:x?}");
         assert!(img.devices().eq(original.devices()), "a flip in page data changed a device blob");
         assert_eq!(img.vcpus(), original.vcpus());
     }
@@ -225,27 +230,7 @@ fn every_xl_flip_errors_or_round_trips() {
     work.extend((0..3000).map(|_| (others[rng.below(others.len())] * 8 + rng.below(8), false)));
     work.extend((0..400).map(|_| (page_bytes[rng.below(page_bytes.len())] * 8 + rng.below(8), true)));
     let work: Vec<(usize, Where)> = work.into_iter().map(|(bit, _)| (bit, xl_where(&records, bit / 8))).collect();
-    let chunks: Vec<Vec<(usize, Where)>> = work.chunks(work.len().div_ceil(2)).map(<[_]>::to_vec).collect();
-    let accepted: usize = std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .iter()
-            .map(|chunk| {
-                let (file, original) = (&file, &original);
-                s.spawn(move || {
-                    let dir = tempfile::tempdir().unwrap();
-                    let mut buf = file.clone();
-                    let mut accepted = 0;
-                    for &(bit, at) in chunk {
-                        buf[bit / 8] ^= 1 << (bit % 8);
-                        accepted += usize::from(xl_check_at(&buf, original, dir.path(), at));
-                        buf[bit / 8] ^= 1 << (bit % 8);
-                    }
-                    accepted
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).sum()
-    });
+    let accepted = flip_each(&file, &work, &|buf, dir, at| xl_check_at(buf, &original, dir, at));
     eprintln!("xl: {} flips, {accepted} accepted and round-tripped, the rest refused", work.len());
     assert!(accepted >= 400);
 }
@@ -262,27 +247,7 @@ fn every_flip_of_a_small_xl_file() {
     let original = xl_convert_bytes(&file, &dir.path().join("o.pbr")).unwrap();
     let records = xl_records(&file);
     let work: Vec<(usize, Where)> = (0..file.len() * 8).map(|bit| (bit, xl_where(&records, bit / 8))).collect();
-    let chunks: Vec<Vec<(usize, Where)>> = work.chunks(work.len().div_ceil(2)).map(<[_]>::to_vec).collect();
-    let accepted: usize = std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .iter()
-            .map(|chunk| {
-                let (file, original) = (&file, &original);
-                s.spawn(move || {
-                    let dir = tempfile::tempdir().unwrap();
-                    let mut buf = file.clone();
-                    let mut accepted = 0;
-                    for &(bit, at) in chunk {
-                        buf[bit / 8] ^= 1 << (bit % 8);
-                        accepted += usize::from(xl_check_at(&buf, original, dir.path(), at));
-                        buf[bit / 8] ^= 1 << (bit % 8);
-                    }
-                    accepted
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).sum()
-    });
+    let accepted = flip_each(&file, &work, &|buf, dir, at| xl_check_at(buf, &original, dir, at));
     eprintln!("xl (every bit of {} bytes): {} flips, {accepted} accepted and round-tripped", file.len(), work.len());
     assert!(accepted >= 4096 * 8);
 }

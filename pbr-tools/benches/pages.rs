@@ -8,19 +8,18 @@
 //! - speeds of trim, diff (image) and apply, in GB/s of guest memory, warm
 //!   cache, median of 5, outputs fsynced.
 
+#[path = "support/timing.rs"]
+mod timing;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use timing::median;
 
 use pbr_format::{Image, PageClass};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/qemu")
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn time(mut f: impl FnMut()) -> Duration {

@@ -11,24 +11,19 @@
 //!
 //! Set `PBR_BENCH_MB` to change the guest size (default 1024).
 
+#[path = "support/timing.rs"]
+mod timing;
+
 #[path = "../tests/common/vm.rs"]
 mod vm;
 
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+use timing::runs;
 
 use serde_json::json;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn runs(n: usize, mut f: impl FnMut() -> Duration) -> Duration {
-    median((0..n).map(|_| f()).collect())
-}
 
 fn fill(path: &Path, mb: u64) {
     let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());

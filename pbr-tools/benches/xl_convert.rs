@@ -6,37 +6,25 @@
 //! - `pbr-img convert FILE` against `cat FILE > /dev/null` (the target:
 //!   convert within 2x of cat), and against `cp FILE COPY && sync`
 //!   (writing as many bytes durably), and
-//! - the same with `PBR_NO_SYNC`-free library conversion without fsync,
-//!   to show what the durable write costs.
+//! - the library's conversion without the fsync, to show what the durable
+//!   write costs.
 //!
 //! Two guests: `booted` (the real Linux guest's 256 MiB of memory from the
 //! shared fixtures, the rest of the 1 GiB zero, as a freshly booted guest
 //! is) and `dense` (every page pseudo-random: the worst case).
 //! Set `PBR_BENCH_MB` to change the guest size (default 1024).
 
+#[path = "support/timing.rs"]
+mod timing;
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use timing::{runs, timed};
 
 use common::xl;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn runs(n: usize, mut f: impl FnMut() -> Duration) -> Duration {
-    median((0..n).map(|_| f()).collect())
-}
-
-fn timed(f: impl FnOnce()) -> Duration {
-    let t = Instant::now();
-    f();
-    t.elapsed()
-}
 
 fn sh(cmd: &str) {
     assert!(Command::new("sh").arg("-c").arg(cmd).status().unwrap().success(), "{cmd}");

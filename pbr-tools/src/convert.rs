@@ -11,6 +11,18 @@ pub enum InputFormat {
     Pbr,
 }
 
+/// Writer options of an image a converter writes: `pbr-img` as producer,
+/// a blake3 per page when asked, fsync unless the output is scratch.
+pub fn writer_options(page_hashes: bool, sync: bool) -> pbr_format::WriterOptions {
+    pbr_format::WriterOptions {
+        producer_name: "pbr-img".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        page_hashes,
+        sync,
+        ..pbr_format::WriterOptions::default()
+    }
+}
+
 /// The `xl save` file magic.
 pub const XL_MAGIC: &[u8] = b"Xen saved domain, xl format\n \0 \r";
 

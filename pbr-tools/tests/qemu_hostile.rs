@@ -3,26 +3,10 @@
 
 mod common;
 
-use common::{fixture_stream, pbr_img};
+use common::{fixture_stream, offset_in};
 
-fn convert_fails(stream: &[u8], expect: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.qemu");
-    std::fs::write(&input, stream).unwrap();
-    let out_path = dir.path().join("out.pbr");
-    let out = pbr_img(&["convert", input.to_str().unwrap(), "-o", out_path.to_str().unwrap()]);
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(2), "accepted; stderr {err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains(expect), "expected '{expect}' in: {err}");
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(left.len(), 1, "left behind: {left:?}");
-    err
-}
-
-fn offset_in(err: &str) -> u64 {
-    let hex = err.split("at offset 0x").nth(1).expect("no offset in error").trim_end_matches([')', '\n']);
-    u64::from_str_radix(hex, 16).unwrap()
+fn convert_fails(data: &[u8], expect: &str) -> String {
+    common::convert_fails("in.qemu", data, expect)
 }
 
 #[test]

@@ -64,6 +64,21 @@ fn no_resend(_: usize, _: u64) -> Vec<u8> {
     unreachable!()
 }
 
+/// A guest of the real Linux memory, saved as Xen's saver does.
+fn lab(hvm: bool, version: u32, pages: u64, vcpus: u32) -> Spec<'static> {
+    Spec {
+        hvm,
+        version,
+        pages,
+        vcpus,
+        content: &lab_content,
+        emulator: None,
+        checkpoints: Vec::new(),
+        resend: &no_resend,
+        batch: 1024,
+    }
+}
+
 struct Built {
     _dir: tempfile::TempDir,
     xl: PathBuf,
@@ -123,17 +138,7 @@ fn check_pages(img: &Image, spec: &Spec<'_>) {
 
 #[test]
 fn hvm_v3_converts_and_exports_byte_identical() {
-    let spec = Spec {
-        hvm: true,
-        version: 3,
-        pages: 65536,
-        vcpus: 4,
-        content: &lab_content,
-        emulator: Some(emulator_state()),
-        checkpoints: Vec::new(),
-        resend: &no_resend,
-        batch: 1024,
-    };
+    let spec = Spec { emulator: Some(emulator_state()), ..lab(true, 3, 65536, 4) };
     let b = build_and_convert(&spec);
     let img = Image::open(&b.pbr).unwrap();
     img.verify().unwrap();
@@ -202,17 +207,7 @@ fn hvm_v3_converts_and_exports_byte_identical() {
 /// more than Xen's saver puts in one.
 #[test]
 fn hvm_v2_converts_and_exports_byte_identical() {
-    let spec = Spec {
-        hvm: true,
-        version: 2,
-        pages: 16384,
-        vcpus: 2,
-        content: &lab_content,
-        emulator: None,
-        checkpoints: Vec::new(),
-        resend: &no_resend,
-        batch: 2048,
-    };
+    let spec = Spec { batch: 2048, ..lab(true, 2, 16384, 2) };
     let b = build_and_convert(&spec);
     let img = Image::open(&b.pbr).unwrap();
     check_pages(&img, &spec);
@@ -268,17 +263,7 @@ fn pv_v3_and_v2_convert_and_export_byte_identical() {
 /// Xen accepts that carries the edit; a trimmed image too.
 #[test]
 fn edited_and_trimmed_images_export_to_valid_files() {
-    let spec = Spec {
-        hvm: true,
-        version: 3,
-        pages: 8192,
-        vcpus: 2,
-        content: &lab_content,
-        emulator: Some(emulator_state()),
-        checkpoints: Vec::new(),
-        resend: &no_resend,
-        batch: 1024,
-    };
+    let spec = Spec { emulator: Some(emulator_state()), ..lab(true, 3, 8192, 2) };
     let b = build_and_convert(&spec);
     let src = Image::open(&b.pbr).unwrap();
     let edited = b.pbr.with_extension("edited.pbr");
@@ -332,15 +317,10 @@ fn edited_and_trimmed_images_export_to_valid_files() {
 fn checkpointed_streams() {
     let resend = |k: usize, pfn: u64| vec![(k as u8 + 1) ^ (pfn as u8); xl::PAGE];
     let spec = Spec {
-        hvm: true,
-        version: 3,
-        pages: 4096,
-        vcpus: 1,
-        content: &lab_content,
         emulator: Some(emulator_state()),
         checkpoints: vec![vec![5, 6, 7], vec![6, 0x200]],
         resend: &resend,
-        batch: 1024,
+        ..lab(true, 3, 4096, 1)
     };
     let dir = tempfile::tempdir().unwrap();
     let xl = dir.path().join("remus.xl");

@@ -20,9 +20,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use pbr_format::{
-    DeviceBlob, DeviceOrigin, ImageWriter, PageClass, PageEncoding, Phase, Vcpu, WriteReport, WriterOptions,
-};
+use pbr_format::{DeviceBlob, DeviceOrigin, ImageWriter, PageClass, PageEncoding, Phase, Vcpu, WriteReport};
 
 use crate::error::{Error, Result};
 use config::Config;
@@ -147,13 +145,7 @@ impl PageSink for State<'_> {
     fn blocks(&mut self, blocks: &[BlockInfo], mapped: &[MappedBlock]) -> Result<()> {
         let machine = self.config.as_ref().map_or("", |c| c.machine.as_str());
         let layout = Layout::new(machine, blocks, PAGE_SIZE);
-        let opts = WriterOptions {
-            producer_name: "pbr-img".into(),
-            producer_version: env!("CARGO_PKG_VERSION").into(),
-            page_hashes: self.opts.page_hashes,
-            sync: !self.opts.no_sync,
-            ..WriterOptions::default()
-        };
+        let opts = crate::convert::writer_options(self.opts.page_hashes, !self.opts.no_sync);
         self.writer = Some(ImageWriter::create(self.out, &layout.regions, opts)?);
         self.layout = Some(layout);
         self.mapped = mapped.to_vec();

@@ -22,8 +22,7 @@ use std::path::{Path, PathBuf};
 
 use pbr_format::limits::MAX_REGIONS;
 use pbr_format::{
-    DeviceBlob, DeviceOrigin, Image, ImageWriter, PageClass, PageEncoding, Phase, Region, Vcpu, WriteReport,
-    WriterOptions, X86Vcpu,
+    DeviceBlob, DeviceOrigin, Image, ImageWriter, PageClass, PageEncoding, Phase, Region, Vcpu, WriteReport, X86Vcpu,
 };
 
 use crate::convert::XL_MAGIC;
@@ -259,13 +258,7 @@ fn libxc_blob(name: String, flags: u32, data: Vec<u8>) -> DeviceBlob<'static> {
 
 impl<R: Read> Conv<'_, R> {
     fn new_writer(&self) -> Result<ImageWriter> {
-        let opts = WriterOptions {
-            producer_name: "pbr-img".into(),
-            producer_version: env!("CARGO_PKG_VERSION").into(),
-            page_hashes: self.opts.page_hashes,
-            sync: !self.opts.no_sync,
-            ..WriterOptions::default()
-        };
+        let opts = crate::convert::writer_options(self.opts.page_hashes, !self.opts.no_sync);
         // Every pfn a stream can name; narrowed to what it populated at the end.
         let all = Region::ram("ram", 0, pages::PFN_LIMIT * PAGE as u64);
         Ok(ImageWriter::create(self.out, &[all], opts)?)

@@ -42,6 +42,30 @@ pub fn fixture_info(name: &str) -> serde_json::Value {
     v.as_array().unwrap().iter().find(|f| f["fixture"] == name).cloned().unwrap()
 }
 
+/// Converts `data` (written to a file named `name`) and checks that
+/// `pbr-img` refuses it: exit status 2, one line on stderr containing
+/// `expect`, and nothing left under the output name. Returns the line.
+pub fn convert_fails(name: &str, data: &[u8], expect: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join(name);
+    std::fs::write(&input, data).unwrap();
+    let out_path = dir.path().join("out.pbr");
+    let out = pbr_img(&["convert", input.to_str().unwrap(), "-o", out_path.to_str().unwrap()]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "accepted; stderr {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(expect), "expected '{expect}' in: {err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 1, "left behind: {left:?}");
+    err
+}
+
+/// The byte offset an error line names (`... at offset 0x...)`).
+pub fn offset_in(err: &str) -> u64 {
+    let hex = err.split("at offset 0x").nth(1).expect("no offset in error").trim_end_matches([')', '\n']);
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
 pub fn pbr_img(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pbr-img")).args(args).output().unwrap()
 }
