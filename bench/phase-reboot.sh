@@ -8,9 +8,14 @@
 # captures classified, trimmed candidates at the `kernel` and `daemons`
 # phases (pbr-img capture), then measures, N times each (median), a cold
 # boot to service ready (pbr-img boot) and a recovery from each candidate to
-# the same readiness signal (pbr-img recover: decision, restore, resume).
-# The last line is "phase-based reboot: cold boot X s, recovery Y s, Z% shorter"
-# for the best candidate of the last size.
+# the same readiness signal (pbr-img recover: decision, restore, resume),
+# twice: with QEMU started at the decision, and with a QEMU process already
+# running (--standby: the reboot runs in a QEMU started paused, as a reset
+# of a running VM does; the recovery gets a QEMU started beforehand and
+# waiting for the state). The last line is "phase-based reboot: cold boot X
+# s, recovery Y s, Z% shorter" for the best candidate of the last size with
+# the QEMU process already running; the line before it, for QEMU started at
+# the decision.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mems="256 1024 4096"
@@ -34,27 +39,44 @@ append="console=ttyS0 pbr.data=1 pbr.anon=1"
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 
-echo "| guest MiB | normal reboot (s) | recovery from kernel (s) | recovery from daemons (s) | best reduction | daemons image before / after trim (MiB) |"
-echo "|---|---|---|---|---|---|"
+header() {
+    echo
+    echo "$1"
+    echo
+    echo "| guest MiB | normal reboot (s) | recovery from kernel (s) | recovery from daemons (s) | best reduction | daemons image before / after trim (MiB) |"
+    echo "|---|---|---|---|---|---|"
+}
+
+declare -A rows last
 for mem in $mems; do
     out="$work/cap-$mem"
     $pbr capture --kernel "$kernel" --initrd "$initrd" --append "$append pbr.kpf=1" --mem "$mem" \
         --root "$root" -o "$out" --json > "$work/cap-$mem.json"
-    cold=(); rk=(); rd=()
-    for _ in $(seq "$runs"); do
-        cold+=("$($pbr boot --kernel "$kernel" --initrd "$initrd" --append "$append" --mem "$mem" --json | json "['cold_boot_s']")")
-        rk+=("$($pbr recover --json "$out/kernel.pbr" | json "['downtime_s']")")
-        rd+=("$($pbr recover --json --root "$root" "$out/kernel.pbr" "$out/daemons.pbr" | json "['downtime_s']")")
-    done
-    c=$(printf '%s\n' "${cold[@]}" | median)
-    k=$(printf '%s\n' "${rk[@]}" | median)
-    d=$(printf '%s\n' "${rd[@]}" | median)
-    best=$(printf '%s\n%s\n' "$k" "$d" | sort -g | head -1)
-    pct=$(awk -v c="$c" -v b="$best" 'BEGIN { printf "%.1f", (1 - b / c) * 100 }')
-    sizes=$(json "" < "$work/cap-$mem.json" >/dev/null; python3 -c "
+    sizes=$(python3 -c "
 import json; d={c['phase']: c for c in json.load(open('$work/cap-$mem.json'))}['daemons']
 print('%.1f / %.1f' % (d['untrimmed_bytes'] / 1048576, d['image_bytes'] / 1048576))")
-    printf '| %s | %.2f | %.2f | %.2f | %s%% | %s |\n' "$mem" "$c" "$k" "$d" "$pct" "$sizes"
-    last="phase-based reboot: cold boot $(printf '%.2f' "$c") s, recovery $(printf '%.2f' "$best") s, $pct% shorter"
+    for vmm in spawn standby; do
+        flag=""
+        [ "$vmm" = standby ] && flag="--standby"
+        cold=(); rk=(); rd=()
+        for _ in $(seq "$runs"); do
+            cold+=("$($pbr boot $flag --kernel "$kernel" --initrd "$initrd" --append "$append" --mem "$mem" --json | json "['cold_boot_s']")")
+            rk+=("$($pbr recover $flag --json "$out/kernel.pbr" | json "['downtime_s']")")
+            rd+=("$($pbr recover $flag --json --root "$root" "$out/kernel.pbr" "$out/daemons.pbr" | json "['downtime_s']")")
+        done
+        c=$(printf '%s\n' "${cold[@]}" | median)
+        k=$(printf '%s\n' "${rk[@]}" | median)
+        d=$(printf '%s\n' "${rd[@]}" | median)
+        best=$(printf '%s\n%s\n' "$k" "$d" | sort -g | head -1)
+        pct=$(awk -v c="$c" -v b="$best" 'BEGIN { printf "%.1f", (1 - b / c) * 100 }')
+        rows[$vmm]+="$(printf '| %s | %.2f | %.2f | %.2f | %s%% | %s |' "$mem" "$c" "$k" "$d" "$pct" "$sizes")"$'\n'
+        last[$vmm]="cold boot $(printf '%.2f' "$c") s, recovery $(printf '%.2f' "$best") s, $pct% shorter"
+    done
 done
-echo "$last"
+header "QEMU started at the decision (its start is downtime, for the reboot too):"
+printf '%s' "${rows[spawn]}"
+header "QEMU process already running (reboot: from cont of a QEMU started paused; recovery: a standby QEMU waiting for the state):"
+printf '%s' "${rows[standby]}"
+echo
+echo "phase-based reboot, QEMU started at the decision: ${last[spawn]}"
+echo "phase-based reboot: ${last[standby]}"

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use pbr_format::{Image, PageClass, PageEncoding};
 use pbr_tools::phase::guest::GuestSpec;
-use pbr_tools::phase::{CaptureOptions, capture, cold_boot, recover};
+use pbr_tools::phase::{CaptureOptions, Vmm, capture, cold_boot, recover};
 
 #[test]
 fn capture_then_recover_beats_a_cold_boot() {
@@ -50,13 +50,19 @@ fn capture_then_recover_beats_a_cold_boot() {
         assert!(img.manifest().iter().any(|f| f.path == "etc/pbr/kernel.conf"));
     }
     let spec = GuestSpec { append: "console=ttyS0 pbr.data=1 pbr.anon=1".into(), ..spec };
-    let cold = cold_boot(&spec).unwrap();
     let paths: Vec<_> = list.iter().map(|c| c.path.clone()).collect();
-    let r = recover(&paths, Some(&root), "qemu-system-x86_64", &mut |_, _| {}).unwrap();
-    assert!(r.chosen.ends_with("daemons.pbr"), "{:?}", r.chosen);
-    assert!(r.downtime < cold, "recovery {:?} is not shorter than a cold boot {cold:?}", r.downtime);
-    // A configuration only the daemons read changes: recover from kernel.
+    for vmm in [Vmm::Spawn, Vmm::Standby] {
+        let cold = cold_boot(&spec, vmm).unwrap();
+        let r = recover(&paths, Some(&root), "qemu-system-x86_64", vmm, &mut |_, _| {}).unwrap();
+        assert!(r.chosen.ends_with("daemons.pbr"), "{:?}", r.chosen);
+        assert!(r.downtime < cold, "{vmm:?}: recovery {:?} is not shorter than a cold boot {cold:?}", r.downtime);
+        assert!(r.downtime >= r.select + r.restore);
+    }
+    // A configuration only the daemons read changes: recover from kernel
+    // (the standby QEMU serves it: both candidates record one machine).
     std::fs::write(root.join("etc/pbr/app.conf"), "port=9090\n").unwrap();
-    let r = recover(&paths, Some(&root), "qemu-system-x86_64", &mut |_, _| {}).unwrap();
-    assert!(r.chosen.ends_with("kernel.pbr"), "{:?}", r.chosen);
+    for vmm in [Vmm::Spawn, Vmm::Standby] {
+        let r = recover(&paths, Some(&root), "qemu-system-x86_64", vmm, &mut |_, _| {}).unwrap();
+        assert!(r.chosen.ends_with("kernel.pbr"), "{vmm:?}: {:?}", r.chosen);
+    }
 }

@@ -39,7 +39,7 @@ fn select_on_a_real_boot() {
         initrd: initrd.clone(),
         append: "console=ttyS0 pbr.data=1 pbr.anon=1".into(),
     };
-    let mut g = Guest::boot(&spec, d).unwrap();
+    let mut g = Guest::boot(&spec, d, false).unwrap();
     let mut files: Vec<(String, String)> = Vec::new();
     let mut phases = Vec::new();
     loop {

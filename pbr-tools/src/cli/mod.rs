@@ -247,6 +247,10 @@ enum Command {
     Boot {
         #[command(flatten)]
         guest: phase::GuestArgs,
+        /// Start QEMU paused first and time from `cont`: a reboot of a VM
+        /// whose QEMU process is already running (as after a reset).
+        #[arg(long)]
+        standby: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -267,6 +271,11 @@ enum Command {
         /// of stopping it once its service answered.
         #[arg(long)]
         keep_running: bool,
+        /// Start a QEMU for the candidates' machine before the decision,
+        /// waiting for the state (a warm standby VMM): its start is not
+        /// downtime.
+        #[arg(long)]
+        standby: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -359,9 +368,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Select { root, images, strict, json } => manifest::select_run(&root, &images, strict, json),
         Command::Capture { guest, root, output, json } => phase::capture_run(&guest, &output, root, json),
-        Command::Boot { guest, json } => phase::boot_run(&guest, json),
-        Command::Recover { candidates, root, qemu, keep_running, json } => {
-            phase::recover_run(&candidates, root.as_deref(), &qemu, keep_running, json)
+        Command::Boot { guest, standby, json } => phase::boot_run(&guest, standby, json),
+        Command::Recover { candidates, root, qemu, keep_running, standby, json } => {
+            phase::recover_run(&candidates, root.as_deref(), &qemu, standby, keep_running, json)
         }
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use pbr_tools::Result;
 use pbr_tools::phase::guest::GuestSpec;
-use pbr_tools::phase::{CaptureOptions, capture, cold_boot, recover};
+use pbr_tools::phase::{CaptureOptions, Vmm, capture, cold_boot, recover};
 
 /// How to boot the guest (kernel + initramfs + command line).
 #[derive(Args, Debug, Clone)]
@@ -89,12 +89,21 @@ pub fn capture_run(g: &GuestArgs, out: &Path, root: Option<PathBuf>, as_json: bo
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn boot_run(g: &GuestArgs, as_json: bool) -> Result<ExitCode> {
-    let d = cold_boot(&g.spec())?;
+/// `--standby` as a [`Vmm`].
+fn vmm(standby: bool) -> Vmm {
+    if standby { Vmm::Standby } else { Vmm::Spawn }
+}
+
+pub fn boot_run(g: &GuestArgs, standby: bool, as_json: bool) -> Result<ExitCode> {
+    let d = cold_boot(&g.spec(), vmm(standby))?;
     if as_json {
-        println!("{}", json!({"cold_boot_s": d.as_secs_f64()}));
+        println!("{}", json!({"cold_boot_s": d.as_secs_f64(), "standby": standby}));
     } else {
-        println!("cold boot to service ready: {:.3} s", d.as_secs_f64());
+        println!(
+            "cold boot to service ready: {:.3} s{}",
+            d.as_secs_f64(),
+            if standby { " (from the start of a QEMU already running, paused)" } else { "" }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -103,6 +112,7 @@ pub fn recover_run(
     candidates: &[PathBuf],
     root: Option<&Path>,
     qemu: &str,
+    standby: bool,
     keep: bool,
     as_json: bool,
 ) -> Result<ExitCode> {
@@ -111,7 +121,7 @@ pub fn recover_run(
             println!(
                 "{}",
                 json!({"chosen": r.chosen.display().to_string(), "downtime_s": r.downtime.as_secs_f64(), "select_s": r.select.as_secs_f64(),
-                       "restore_s": r.restore.as_secs_f64(), "guest_s": r.guest.as_secs_f64()})
+                       "restore_s": r.restore.as_secs_f64(), "guest_s": r.guest.as_secs_f64(), "standby": standby})
             );
         } else {
             println!(
@@ -128,6 +138,6 @@ pub fn recover_run(
             let _ = child.wait();
         }
     };
-    recover(candidates, root, qemu, &mut report)?;
+    recover(candidates, root, qemu, vmm(standby), &mut report)?;
     Ok(ExitCode::SUCCESS)
 }

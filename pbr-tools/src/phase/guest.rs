@@ -188,16 +188,18 @@ pub struct Guest {
 }
 
 impl Guest {
-    /// Boots `spec` with its console and control port in `dir`.
+    /// Boots `spec` with its console and control port in `dir`; `paused`
+    /// leaves the machine at its first instruction until QMP `cont`.
     ///
     /// # Errors
     /// QEMU did not start.
-    pub fn boot(spec: &GuestSpec, dir: &Path) -> Result<Guest> {
+    pub fn boot(spec: &GuestSpec, dir: &Path, paused: bool) -> Result<Guest> {
         let (serial, ctl) = serial_args(dir);
         let sock = dir.join("qmp.sock");
         let child = Command::new(&spec.qemu)
             .args(spec.machine_args())
             .args(serial)
+            .args(paused.then_some("-S"))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
             .stdin(Stdio::null())

@@ -54,7 +54,7 @@ pub fn capture(spec: &GuestSpec, out: &Path, opts: &CaptureOptions) -> Result<Ve
     std::fs::create_dir_all(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
     let work = tempfile::tempdir_in(out).map_err(|e| Error::io("cannot create a work directory", e))?;
     let t0 = Instant::now();
-    let mut g = Guest::boot(spec, work.path())?;
+    let mut g = Guest::boot(spec, work.path(), false)?;
     let mut files: HashMap<String, Vec<String>> = HashMap::new();
     let mut kpf: HashMap<String, Vec<u8>> = HashMap::new();
     let mut out_list = Vec::new();
@@ -158,15 +158,40 @@ fn candidate(
     })
 }
 
-/// Boots `spec` from scratch and returns the time from QEMU's start until
-/// the guest says its service is ready.
+/// Where the QEMU process of a timed boot or recovery comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Vmm {
+    /// QEMU is started after the decision: its start counts as downtime.
+    #[default]
+    Spawn,
+    /// A QEMU process is running before the decision, as the VM's own
+    /// process is when its guest reboots: for a cold boot, started paused at
+    /// the machine's first instruction (what a reset gives); for a
+    /// recovery, initialised and listening for a stream of the candidates'
+    /// machine.
+    Standby,
+}
+
+/// Boots `spec` from scratch and returns the time until the guest says its
+/// service is ready: from QEMU's start ([`Vmm::Spawn`]), or from `cont` of a
+/// QEMU started paused ([`Vmm::Standby`]).
 ///
 /// # Errors
 /// QEMU or the guest failed.
-pub fn cold_boot(spec: &GuestSpec) -> Result<Duration> {
+pub fn cold_boot(spec: &GuestSpec, vmm: Vmm) -> Result<Duration> {
     let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
-    let t = Instant::now();
-    let mut g = Guest::boot(spec, work.path())?;
+    let (t, mut g) = match vmm {
+        Vmm::Spawn => {
+            let t = Instant::now();
+            (t, Guest::boot(spec, work.path(), false)?)
+        }
+        Vmm::Standby => {
+            let mut g = Guest::boot(spec, work.path(), true)?;
+            let t = Instant::now();
+            g.qmp.cmd("cont", serde_json::json!({}))?;
+            (t, g)
+        }
+    };
     g.control.until_ready()?;
     let d = t.elapsed();
     g.quit();
@@ -195,14 +220,37 @@ pub struct Recovery {
 /// the restored QEMU is stopped (a caller that wants the guest to keep
 /// running waits inside `on_ready`, e.g. for QEMU to exit).
 ///
+/// With [`Vmm::Standby`], a QEMU for the machine the latest candidate
+/// records is started before the decision and waits for the state; when the
+/// chosen candidate records another machine, a new QEMU is started after
+/// all.
+///
 /// # Errors
 /// No valid candidate, QEMU or the guest failed.
 pub fn recover(
     candidates: &[PathBuf],
     root: Option<&Path>,
     qemu: &str,
+    vmm: Vmm,
     on_ready: &mut dyn FnMut(&Recovery, &mut std::process::Child),
 ) -> Result<Recovery> {
+    let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
+    let (serial, ctl) = serial_args(work.path());
+    let (standby, mut control) = match vmm {
+        Vmm::Spawn => (None, None),
+        Vmm::Standby => {
+            let latest = candidates
+                .iter()
+                .filter_map(|p| Image::open(p).ok())
+                .max_by_key(|i| i.phase().map_or((0, 0), |p| (p.sequence, p.since_boot_ns)))
+                .ok_or_else(|| Error::Unsupported("no candidate opens".into()))?;
+            let mut args = QemuAdapter::recorded_args(&latest)
+                .ok_or_else(|| Error::Unsupported("the candidate records no restore command line".into()))?;
+            args.extend(serial.iter().cloned());
+            let q = QemuAdapter::standby(qemu, args)?;
+            (Some(q), Some(Control::connect(&ctl)?))
+        }
+    };
     let t = Instant::now();
     let images = candidates.iter().map(Image::open).collect::<std::result::Result<Vec<_>, _>>()?;
     let refs: Vec<&Image> = images.iter().collect();
@@ -215,14 +263,24 @@ pub fn recover(
     let img = &images[chosen];
     let mut args = QemuAdapter::recorded_args(img)
         .ok_or_else(|| Error::Unsupported("the candidate records no restore command line".into()))?;
-    let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
-    let (serial, ctl) = serial_args(work.path());
     args.extend(serial);
-    let mut q = QemuAdapter::new(&candidates[chosen], qemu, args)?;
+    let mut q = match standby {
+        Some(mut s) if s.args() == args => {
+            s.set_image(&candidates[chosen]);
+            s
+        }
+        _ => {
+            control = None;
+            QemuAdapter::new(&candidates[chosen], qemu, args)?
+        }
+    };
     let file = std::fs::File::open(&candidates[chosen]).map_err(|e| Error::io("candidate", e))?;
     replay(img, &file, &mut q)?;
     let restore = t.elapsed() - select;
-    let mut control = Control::connect(&ctl)?;
+    let mut control = match control {
+        Some(c) => c,
+        None => Control::connect(&ctl)?,
+    };
     control.go()?;
     control.until_ready()?;
     let downtime = t.elapsed();

@@ -99,10 +99,13 @@ pub struct QemuAdapter {
     qemu: String,
     args: Vec<String>,
     dir: tempfile::TempDir,
-    /// The running QEMU, after [`HypervisorAdapter::resume`].
+    /// The running QEMU, after [`HypervisorAdapter::resume`] (or from
+    /// [`QemuAdapter::standby`] on).
     pub child: Option<Child>,
     /// Its QMP connection.
     pub qmp: Option<Qmp>,
+    /// Where a standby QEMU listens for the stream.
+    incoming: Option<PathBuf>,
 }
 
 impl QemuAdapter {
@@ -114,7 +117,51 @@ impl QemuAdapter {
     /// No temporary directory.
     pub fn new(image: &Path, qemu: &str, args: Vec<String>) -> Result<QemuAdapter> {
         let dir = tempfile::tempdir().map_err(|e| Error::io("cannot create a temporary directory", e))?;
-        Ok(QemuAdapter { image: image.to_path_buf(), qemu: qemu.to_owned(), args, dir, child: None, qmp: None })
+        Ok(QemuAdapter {
+            image: image.to_path_buf(),
+            qemu: qemu.to_owned(),
+            args,
+            dir,
+            child: None,
+            qmp: None,
+            incoming: None,
+        })
+    }
+
+    /// A standby QEMU: started now with `args`, initialised and listening
+    /// for a migration stream, so that a later restore of any image whose
+    /// recorded machine is `args` pays no process start (see
+    /// [`QemuAdapter::set_image`]).
+    ///
+    /// # Errors
+    /// QEMU did not start or its QMP never came up.
+    pub fn standby(qemu: &str, args: Vec<String>) -> Result<QemuAdapter> {
+        let mut q = QemuAdapter::new(Path::new(""), qemu, args)?;
+        let incoming = q.dir.path().join("incoming.sock");
+        let sock = q.dir.path().join("qmp.sock");
+        let child = Command::new(&q.qemu)
+            .args(&q.args)
+            .arg("-incoming")
+            .arg(format!("unix:{}", incoming.display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| Error::io(format!("cannot start {}", q.qemu), e))?;
+        q.child = Some(child);
+        q.qmp = Some(Qmp::connect(&sock)?);
+        q.incoming = Some(incoming);
+        Ok(q)
+    }
+
+    /// The machine arguments QEMU runs (or will run) with.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// The image a standby QEMU restores.
+    pub fn set_image(&mut self, image: &Path) {
+        self.image = image.to_path_buf();
     }
 
     /// The arguments recorded in the image's `restore.cmdline` (a JSON
@@ -148,6 +195,9 @@ impl HypervisorAdapter for QemuAdapter {
     }
 
     fn resume(&mut self) -> Result<()> {
+        if let Some(incoming) = self.incoming.take() {
+            return self.resume_standby(&incoming);
+        }
         // The stream goes through a pipe on QEMU's standard input: QEMU
         // loads while it is written, and nothing touches the disk.
         let (rx, tx) = std::io::pipe().map_err(|e| Error::io("cannot create the stream pipe", e))?;
@@ -180,6 +230,25 @@ impl HypervisorAdapter for QemuAdapter {
         written?;
         qmp.cmd("cont", json!({}))?;
         self.qmp = Some(qmp);
+        Ok(())
+    }
+}
+
+impl QemuAdapter {
+    /// Streams the image into the standby QEMU's listening socket.
+    fn resume_standby(&mut self, incoming: &Path) -> Result<()> {
+        let image = Image::open(&self.image)?;
+        let out = UnixStream::connect(incoming)
+            .map_err(|e| Error::io(format!("cannot reach the standby QEMU at {}", incoming.display()), e))?;
+        let qmp = self.qmp.as_mut().ok_or_else(|| Error::Unsupported("the standby QEMU has no QMP".into()))?;
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| export_qemu_to(&image, out, ExportOptions { omit_zero_pages: true }).map(|_| ()));
+            let loaded = qmp.wait_migration(Duration::from_secs(300));
+            let written = writer.join().map_err(|_| Error::Unsupported("the stream writer panicked".into()))?;
+            loaded?;
+            written
+        })?;
+        qmp.cmd("cont", json!({}))?;
         Ok(())
     }
 }
