@@ -46,3 +46,31 @@ fn every_phase_image_restarts_where_it_was() {
         assert!(pbr_format::Image::open(path).unwrap().verify().is_ok());
     }
 }
+
+/// `recover` restores the project's own VMM images on /dev/kvm: the latest
+/// candidate is chosen, its raw pages are mapped, and the guest's first
+/// port write after the restore carries on from the phase it was saved at.
+#[test]
+fn recover_uses_kvm_for_vmm_images() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let images = vmm::boot_and_capture(dir.path());
+    let paths: Vec<_> = images.iter().map(|(p, _)| p.clone()).collect();
+    let mut called = false;
+    let r =
+        pbr_tools::phase::recover(&paths, None, "qemu-system-x86_64", pbr_tools::phase::Vmm::Spawn, &mut |_, child| {
+            assert!(child.is_none(), "no QEMU for a VMM image");
+            called = true;
+        })
+        .unwrap();
+    assert!(called);
+    let (last, at) = images.last().unwrap();
+    assert_eq!(&r.chosen, last);
+    assert_eq!(r.adapter, "kvm");
+    // The first port write after the restore is the count after `at`.
+    let want: Vec<String> = (at + 1).to_le_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert!(r.signal.ends_with(&want.join(" ")), "{} after {at}", r.signal);
+    assert!(r.downtime < std::time::Duration::from_secs(1), "{:?}", r.downtime);
+}

@@ -116,26 +116,33 @@ pub fn recover_run(
     keep: bool,
     as_json: bool,
 ) -> Result<ExitCode> {
-    let mut report = |r: &pbr_tools::phase::Recovery, child: &mut std::process::Child| {
+    let mut report = |r: &pbr_tools::phase::Recovery, child: Option<&mut std::process::Child>| {
         if as_json {
             println!(
                 "{}",
                 json!({"chosen": r.chosen.display().to_string(), "downtime_s": r.downtime.as_secs_f64(), "select_s": r.select.as_secs_f64(),
-                       "restore_s": r.restore.as_secs_f64(), "guest_s": r.guest.as_secs_f64(), "standby": standby})
+                       "restore_s": r.restore.as_secs_f64(), "guest_s": r.guest.as_secs_f64(), "standby": standby,
+                       "adapter": r.adapter, "signal": r.signal})
             );
         } else {
             println!(
-                "recovered from {}: service ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s)",
+                "recovered from {} ({}): service ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s): {}",
                 r.chosen.display(),
+                r.adapter,
                 r.downtime.as_secs_f64(),
                 r.select.as_secs_f64(),
                 r.restore.as_secs_f64(),
-                r.guest.as_secs_f64()
+                r.guest.as_secs_f64(),
+                r.signal
             );
         }
-        if keep {
-            eprintln!("the recovered guest runs until its QEMU exits");
-            let _ = child.wait();
+        match (keep, child) {
+            (true, Some(child)) => {
+                eprintln!("the recovered guest runs until its QEMU exits");
+                let _ = child.wait();
+            }
+            (true, None) => eprintln!("note: --keep-running applies to QEMU recoveries"),
+            _ => {}
         }
     };
     recover(candidates, root, qemu, vmm(standby), &mut report)?;

@@ -212,6 +212,12 @@ pub struct Recovery {
     /// Of which the restored guest's work until it said its service was
     /// ready.
     pub guest: Duration,
+    /// The adapter that restored it: `qemu`, or `kvm` for images the
+    /// project's own VMM wrote.
+    pub adapter: &'static str,
+    /// What the guest said when it was ready: `PBR-READY <uptime>` from a
+    /// QEMU guest, the first port write of a VMM guest.
+    pub signal: String,
 }
 
 /// Recovers: picks the latest valid candidate (against `root` when given,
@@ -225,14 +231,19 @@ pub struct Recovery {
 /// chosen candidate records another machine, a new QEMU is started after
 /// all.
 ///
+/// A candidate the project's own VMM wrote (`source.format` = `vmm`, as
+/// `examples/phase_vmm.rs` does) is restored on /dev/kvm instead, raw pages
+/// mapped from the image, and is ready at its first port write; `on_ready`
+/// then gets no QEMU process.
+///
 /// # Errors
-/// No valid candidate, QEMU or the guest failed.
+/// No valid candidate, QEMU, KVM or the guest failed.
 pub fn recover(
     candidates: &[PathBuf],
     root: Option<&Path>,
     qemu: &str,
     vmm: Vmm,
-    on_ready: &mut dyn FnMut(&Recovery, &mut std::process::Child),
+    on_ready: &mut dyn FnMut(&Recovery, Option<&mut std::process::Child>),
 ) -> Result<Recovery> {
     let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
     let (serial, ctl) = serial_args(work.path());
@@ -261,6 +272,11 @@ pub fn recover(
     .ok_or_else(|| Error::Unsupported("no valid candidate: do a full reboot".into()))?;
     let select = t.elapsed();
     let img = &images[chosen];
+    if img.metadata_value("source.format") == Some("vmm") {
+        let r = recover_kvm(&candidates[chosen], img, t, select)?;
+        on_ready(&r, None);
+        return Ok(r);
+    }
     let mut args = QemuAdapter::recorded_args(img)
         .ok_or_else(|| Error::Unsupported("the candidate records no restore command line".into()))?;
     args.extend(serial);
@@ -282,15 +298,47 @@ pub fn recover(
         None => Control::connect(&ctl)?,
     };
     control.go()?;
-    control.until_ready()?;
+    let uptime = control.until_ready()?;
     let downtime = t.elapsed();
-    let r =
-        Recovery { chosen: candidates[chosen].clone(), downtime, select, restore, guest: downtime - select - restore };
-    if let Some(child) = q.child.as_mut() {
-        on_ready(&r, child);
-    }
+    let r = Recovery {
+        chosen: candidates[chosen].clone(),
+        downtime,
+        select,
+        restore,
+        guest: downtime - select - restore,
+        adapter: "qemu",
+        signal: format!("PBR-READY {uptime}"),
+    };
+    on_ready(&r, q.child.as_mut());
     if let Some(qmp) = q.qmp.as_mut() {
         let _ = qmp.cmd("quit", serde_json::json!({}));
     }
     Ok(r)
+}
+
+/// Restores a VMM-written image on /dev/kvm and runs its first vCPU until
+/// the guest writes to an I/O port.
+fn recover_kvm(path: &Path, img: &Image, t: Instant, select: Duration) -> Result<Recovery> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io("candidate", e))?;
+    let mut vm = crate::replay::kvm::KvmAdapter::new()?;
+    replay(img, &file, &mut vm)?;
+    let restore = t.elapsed() - select;
+    let id = img.vcpus().first().map(pbr_format::Vcpu::id).ok_or_else(|| Error::Unsupported("no vCPU".into()))?;
+    let signal = match vm.run_until_io(id)? {
+        crate::replay::kvm::Exit::IoOut { port, data } => {
+            let hex: Vec<String> = data.iter().map(|b| format!("{b:02x}")).collect();
+            format!("out port {port:#x}: {}", hex.join(" "))
+        }
+        crate::replay::kvm::Exit::Halt => return Err(Error::Unsupported("the restored guest halted".into())),
+    };
+    let downtime = t.elapsed();
+    Ok(Recovery {
+        chosen: path.to_path_buf(),
+        downtime,
+        select,
+        restore,
+        guest: downtime - select - restore,
+        adapter: "kvm",
+        signal,
+    })
 }
