@@ -255,11 +255,15 @@ pub fn recover(
                 .filter_map(|p| Image::open(p).ok())
                 .max_by_key(|i| i.phase().map_or((0, 0), |p| (p.sequence, p.since_boot_ns)))
                 .ok_or_else(|| Error::Unsupported("no candidate opens".into()))?;
-            let mut args = QemuAdapter::recorded_args(&latest)
-                .ok_or_else(|| Error::Unsupported("the candidate records no restore command line".into()))?;
-            args.extend(serial.iter().cloned());
-            let q = QemuAdapter::standby(qemu, args)?;
-            (Some(q), Some(Control::connect(&ctl)?))
+            // Images with no QEMU command line (a VMM's) need no standby QEMU.
+            match QemuAdapter::recorded_args(&latest) {
+                Some(mut args) => {
+                    args.extend(serial.iter().cloned());
+                    let q = QemuAdapter::standby(qemu, args)?;
+                    (Some(q), Some(Control::connect(&ctl)?))
+                }
+                None => (None, None),
+            }
         }
     };
     let t = Instant::now();
