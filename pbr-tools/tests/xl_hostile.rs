@@ -171,6 +171,15 @@ fn wrong_record_for_the_guest_type() {
     b.extend(rec(0x10, &[]));
     b.extend_from_slice(&v[pd..]);
     convert_fails(&b, "a second STATIC_DATA_END");
+    // A PV stream must send its p2m frames before its pages.
+    let mut pv = xl::xl_header(None);
+    pv.extend(xl::libxl_header());
+    pv.extend(rec(1, &[]));
+    pv.extend(xl::libxc_headers(3, 1));
+    pv.extend(rec(2, &[8, 4, 0, 0, 0, 0, 0, 0]));
+    pv.extend(xl::policies());
+    pv.extend(xl::page_data(&[(0, xl::NOTAB)], &content));
+    convert_fails(&pv, "X86_PV_P2M_FRAMES before its pages");
 }
 
 /// Every truncation is refused (library call, no process per case), and the

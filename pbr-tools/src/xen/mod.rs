@@ -150,6 +150,7 @@ struct Conv<'a, R: Read> {
     hvm_vcpus: Vec<X86Vcpu>,
     pv_vcpus: BTreeMap<u32, X86Vcpu>,
     pv_width: u8,
+    p2m_seen: bool,
     config: Option<(String, bool)>,
     libxc_started: bool,
     page_records: u64,
@@ -193,6 +194,7 @@ pub fn convert<R: Read>(input: R, out: &Path, opts: &ConvertOptions, progress: &
         hvm_vcpus: Vec::new(),
         pv_vcpus: BTreeMap::new(),
         pv_width: 0,
+        p2m_seen: false,
         config: None,
         libxc_started: false,
         page_records: 0,
@@ -632,6 +634,7 @@ impl<R: Read> Conv<'_, R> {
                 if self.version >= 3 && !self.static_data_end {
                     return bad(self, "comes before STATIC_DATA_END".into());
                 }
+                self.p2m_seen = true;
             }
             libxc::SHARED_INFO if len != PAGE => return bad(self, "not one page".into()),
             libxc::X86_PV_VCPU_BASIC
@@ -704,9 +707,7 @@ impl<R: Read> Conv<'_, R> {
         if self.version >= 3 && !self.static_data_end {
             return err(self, "comes before STATIC_DATA_END (Xen's restore fails: 'No STATIC_DATA_END seen')".into());
         }
-        if self.domain == DOMAIN_PV
-            && self.blobs.iter().all(|b| b.flags != libxc::X86_PV_P2M_FRAMES || b.origin != DeviceOrigin::XEN_LIBXC)
-        {
+        if self.domain == DOMAIN_PV && !self.p2m_seen {
             return err(self, "a PV stream sends X86_PV_P2M_FRAMES before its pages".into());
         }
         if len <= 8 {
