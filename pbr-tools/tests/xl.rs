@@ -352,3 +352,47 @@ fn checkpointed_streams() {
     assert_eq!(Image::open(&only).unwrap().content_hash().unwrap(), last.content_hash().unwrap());
     assert!(!dir.path().join("only.cp1.pbr").exists());
 }
+
+/// The bundled `testdata/xen` file: Xen's verifier accepts it, the CLI
+/// converts it (JSON report), inspects it and exports it back byte for byte.
+#[test]
+fn bundled_file_through_the_cli() {
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/xen/hvm-v3-small.xl");
+    xen_verify(&bundled).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pbr = dir.path().join("small.pbr");
+    let js: serde_json::Value = serde_json::from_str(&pbr_img_ok(&[
+        "convert",
+        bundled.to_str().unwrap(),
+        "-o",
+        pbr.to_str().unwrap(),
+        "--phase",
+        "daemons",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (js["format"].as_str(), js["guest_type"].as_str(), js["libxc_version"].as_u64()),
+        (Some("xl"), Some("hvm"), Some(3))
+    );
+    assert_eq!((js["vcpus"].as_u64(), js["domain_name"].as_str()), (Some(2), Some("lab-hvm")));
+    let text = pbr_img_ok(&["inspect", pbr.to_str().unwrap()]);
+    assert!(text.contains("xen        hvm guest, libxc stream v3"), "{text}");
+    let back = dir.path().join("back.xl");
+    let js: serde_json::Value = serde_json::from_str(&pbr_img_ok(&[
+        "export",
+        "--to",
+        "xl",
+        pbr.to_str().unwrap(),
+        "-o",
+        back.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(js["stream_bytes"].as_u64(), Some(std::fs::metadata(&bundled).unwrap().len()));
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&bundled).unwrap());
+    // Refusals are one line with exit status 2: a QEMU option on an xl file.
+    let out = pbr_img(&["convert", bundled.to_str().unwrap(), "-o", pbr.to_str().unwrap(), "--qemu-version", "7.2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
