@@ -672,8 +672,7 @@ const _: () = assert!(size_of::<X86VcpuFixed>() == 1720 - 16);
 ///
 /// # Example
 /// ```
-/// use zerocopy::little_endian::{U32, U64};
-/// let lstar = pbr_format::pod::MsrEntry { index: U32::new(0xc000_0082), reserved: U32::new(0), data: U64::new(0xffff_ffff_8200_0080) };
+/// let lstar = pbr_format::pod::MsrEntry::new(0xc000_0082, 0xffff_ffff_8200_0080);
 /// let mut v = pbr_format::X86Vcpu::new(0);
 /// v.msrs.push(lstar);
 /// assert_eq!(v.msr(0xc000_0082), Some(0xffff_ffff_8200_0080));
@@ -689,3 +688,16 @@ pub struct MsrEntry {
     pub data: U64,
 }
 const _: () = assert!(size_of::<MsrEntry>() == 16);
+
+impl MsrEntry {
+    /// MSR `index` holding `data` (reserved zero).
+    ///
+    /// # Example
+    /// ```
+    /// let efer = pbr_format::pod::MsrEntry::new(0xc000_0080, 0xd01);
+    /// assert_eq!((efer.index.get(), efer.reserved.get(), efer.data.get()), (0xc000_0080, 0, 0xd01));
+    /// ```
+    pub fn new(index: u32, data: u64) -> MsrEntry {
+        MsrEntry { index: U32::new(index), reserved: U32::new(0), data: U64::new(data) }
+    }
+}

@@ -253,7 +253,7 @@ pub fn recover(
             let latest = candidates
                 .iter()
                 .filter_map(|p| Image::open(p).ok())
-                .max_by_key(|i| i.phase().map_or((0, 0), |p| (p.sequence, p.since_boot_ns)))
+                .max_by_key(phase_order)
                 .ok_or_else(|| Error::Unsupported("no candidate opens".into()))?;
             // Images with no QEMU command line (a VMM's) need no standby QEMU.
             match QemuAdapter::recorded_args(&latest) {
@@ -271,7 +271,7 @@ pub fn recover(
     let refs: Vec<&Image> = images.iter().collect();
     let chosen = match root {
         Some(r) => pbr_format::select::select(&refs, r, false).chosen,
-        None => (0..images.len()).max_by_key(|&i| images[i].phase().map_or((0, 0), |p| (p.sequence, p.since_boot_ns))),
+        None => (0..images.len()).max_by_key(|&i| phase_order(&images[i])),
     }
     .ok_or_else(|| Error::Unsupported("no valid candidate: do a full reboot".into()))?;
     let select = t.elapsed();
@@ -318,6 +318,11 @@ pub fn recover(
         let _ = qmp.cmd("quit", serde_json::json!({}));
     }
     Ok(r)
+}
+
+/// Where a candidate's phase stands in its boot: later phases sort higher.
+fn phase_order(img: &Image) -> (u32, u64) {
+    img.phase().map_or((0, 0), |p| (p.sequence, p.since_boot_ns))
 }
 
 /// Restores a VMM-written image on /dev/kvm and runs its first vCPU until

@@ -216,8 +216,7 @@ fn events(b: &Body<'_>, interrupt: i32) -> [u8; 64] {
 }
 
 fn msrs(b: &Body<'_>) -> Vec<MsrEntry> {
-    let entry =
-        |index: u32, data: u64| MsrEntry { index: U32::new(index), reserved: U32::new(0), data: U64::new(data) };
+    let entry = MsrEntry::new;
     let mut out: Vec<MsrEntry> =
         MSR_FIELDS.iter().filter_map(|&(name, index)| b.opt(name).map(|d| entry(index, d))).collect();
     for (i, &index) in MTRR_FIXED.iter().enumerate() {

@@ -249,7 +249,7 @@ pub fn decode_cpu(id: u32, b: &[u8]) -> Result<X86Vcpu, String> {
     v.sregs.idt.base = U64::new(u64_at(b, 872));
     v.sregs.gdt.base = U64::new(u64_at(b, 880));
     v.sregs.efer = U64::new(u64_at(b, 992));
-    let msr = |index: u32, data: u64| MsrEntry { index: U32::new(index), reserved: U32::new(0), data: U64::new(data) };
+    let msr = MsrEntry::new;
     v.msrs = CPU_MSRS.iter().map(|&(at, index)| msr(index, u64_at(b, at))).collect();
     let (tsc_at, event_at) = if compat { (1000, 1008) } else { (1008, 1016) };
     if !compat {
@@ -314,8 +314,8 @@ pub fn encode_cpu(b: &mut [u8], v: &X86Vcpu) {
         put64(b, 720, dr.dr6.get());
         put64(b, 728, dr.dr7.get());
     }
-    let mut c = v.clone();
-    for (i, s) in segments(&mut c).into_iter().enumerate() {
+    let r = &v.sregs;
+    for (i, s) in [r.cs, r.ds, r.es, r.fs, r.gs, r.ss, r.tr, r.ldt].iter().enumerate() {
         put32(b, SEG_SEL + 4 * i, u32::from(s.selector.get()));
         put32(b, SEG_LIMIT + 4 * i, s.limit.get());
         put64(b, SEG_BASE + 8 * i, s.base.get());
@@ -359,7 +359,7 @@ pub fn decode_vcpus(entries: &[Entry<'_>], tsc_khz: u32) -> Result<Vec<X86Vcpu>,
             return Err(format!("two CPU entries for vCPU {}", e.instance));
         }
     }
-    let msr = |index: u32, data: u64| MsrEntry { index: U32::new(index), reserved: U32::new(0), data: U64::new(data) };
+    let msr = MsrEntry::new;
     for e in entries {
         let Some(v) = vcpus.get_mut(&e.instance) else { continue };
         let what = |n: &str| format!("{} entry of vCPU {} is {} bytes, {n}", name(e.code), e.instance, e.data.len());

@@ -776,20 +776,13 @@ impl<R: Read> Conv<'_, R> {
             if !pages::has_data(ty) {
                 continue;
             }
-            let mut page = std::mem::take(&mut self.page);
-            let r = self.r.read_exact(&mut page, "a page of a PAGE_DATA record");
-            let w = self.writer.as_mut().ok_or_else(|| Error::Unsupported("no image writer".into()));
-            let res = r.and_then(|()| {
-                let w = w?;
-                match (self.verify, ty) {
-                    // After VERIFY, pages are copies to compare, not to apply.
-                    (true, _) => Ok(()),
-                    (false, pages::page_type::NOTAB) => Ok(w.write_page(pfn, &page, PageClass::Unknown)?),
-                    (false, _) => Ok(w.write_page(pfn, &page, PageClass::Kernel)?),
-                }
-            });
-            self.page = page;
-            res?;
+            self.r.read_exact(&mut self.page, "a page of a PAGE_DATA record")?;
+            // After VERIFY, pages are copies to compare, not to apply.
+            if !self.verify {
+                let w = self.writer.as_mut().ok_or_else(|| Error::Unsupported("no image writer".into()))?;
+                let class = if ty == pages::page_type::NOTAB { PageClass::Unknown } else { PageClass::Kernel };
+                w.write_page(pfn, &self.page, class)?;
+            }
             self.data_pages += 1;
         }
         self.page_records += 1;

@@ -9,7 +9,7 @@
 
 use pbr_format::X86Vcpu;
 use pbr_format::pod::MsrEntry;
-use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::little_endian::{U16, U64};
 
 /// `vcpu_guest_context` of a 64-bit guest.
 pub const CONTEXT_SIZE: usize = 5168;
@@ -21,10 +21,6 @@ const GPR_AT: [usize; 16] = [80, 40, 88, 96, 104, 112, 152, 32, 72, 64, 56, 48, 
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
     b.get(at..at + 8).map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap_or_default()))
-}
-
-fn msr(index: u32, data: u64) -> MsrEntry {
-    MsrEntry { index: U32::new(index), reserved: U32::new(0), data: U64::new(data) }
 }
 
 /// Decodes the body of an `X86_PV_VCPU_BASIC` record after its 8-byte vCPU
@@ -67,8 +63,11 @@ pub fn decode_basic(id: u32, b: &[u8]) -> Result<X86Vcpu, String> {
     v.debugregs = Some(dr);
     v.sregs.fs.base = U64::new(u64_at(b, 5144));
     v.sregs.gs.base = U64::new(u64_at(b, 5160));
-    v.msrs =
-        vec![msr(0xc000_0100, u64_at(b, 5144)), msr(0xc000_0101, u64_at(b, 5160)), msr(0xc000_0102, u64_at(b, 5152))];
+    v.msrs = vec![
+        MsrEntry::new(0xc000_0100, u64_at(b, 5144)),
+        MsrEntry::new(0xc000_0101, u64_at(b, 5160)),
+        MsrEntry::new(0xc000_0102, u64_at(b, 5152)),
+    ];
     let mut x = vec![0u8; 4096];
     x[..512].copy_from_slice(&b[..512]);
     x[512] = 3;
@@ -101,7 +100,7 @@ pub fn add_msrs(v: &mut X86Vcpu, b: &[u8]) -> Result<(), String> {
         return Err(format!("X86_PV_VCPU_MSRS of vCPU {} holds {} bytes, not 16-byte entries", v.id, b.len()));
     }
     for e in b.chunks_exact(16) {
-        v.msrs.push(msr(u32::from_le_bytes([e[0], e[1], e[2], e[3]]), u64_at(e, 8)));
+        v.msrs.push(MsrEntry::new(u32::from_le_bytes([e[0], e[1], e[2], e[3]]), u64_at(e, 8)));
     }
     Ok(())
 }
