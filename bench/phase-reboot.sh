@@ -7,15 +7,19 @@
 # For each guest size (256, 1024 and 4096 MiB unless --mem is given):
 # captures classified, trimmed candidates at the `kernel` and `daemons`
 # phases (pbr-img capture), then measures, N times each (median), a cold
-# boot to service ready (pbr-img boot) and a recovery from each candidate to
-# the same readiness signal (pbr-img recover: decision, restore, resume),
-# twice: with QEMU started at the decision, and with a QEMU process already
-# running (--standby: the reboot runs in a QEMU started paused, as a reset
-# of a running VM does; the recovery gets a QEMU started beforehand and
-# waiting for the state). The last line is "phase-based reboot: cold boot X
-# s, recovery Y s, Z% shorter" for the best candidate of the last size with
-# the QEMU process already running; the line before it, for QEMU started at
-# the decision.
+# boot until the guest's service answers a client on the host (pbr-img
+# boot) and a recovery from each candidate until the same answer (pbr-img
+# recover: decision, restore, resume), three ways:
+#   spawn      QEMU started at the decision (for the reboot too);
+#   standby    a QEMU process already running: the reboot runs in a QEMU
+#              started paused (what a reset of a running VM gives), the
+#              recovery gets a QEMU started beforehand, waiting for the state;
+#   prestaged  as standby, and the waiting QEMU has loaded the latest
+#              candidate beforehand (the reboot is standby's).
+# Runs are interleaved, so that the machine's drift hits every column alike.
+# The last line is "phase-based reboot: cold boot X s, recovery Y s, Z%
+# shorter" for the best candidate of the last size, prestaged; the lines
+# before it, for standby and spawn.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mems="256 1024 4096"
@@ -55,18 +59,25 @@ for mem in $mems; do
     sizes=$(python3 -c "
 import json; d={c['phase']: c for c in json.load(open('$work/cap-$mem.json'))}['daemons']
 print('%.1f / %.1f' % (d['untrimmed_bytes'] / 1048576, d['image_bytes'] / 1048576))")
-    for vmm in spawn standby; do
-        flag=""
-        [ "$vmm" = standby ] && flag="--standby"
-        cold=(); rk=(); rd=()
-        for _ in $(seq "$runs"); do
-            cold+=("$($pbr boot $flag --kernel "$kernel" --initrd "$initrd" --append "$append" --mem "$mem" --json | json "['cold_boot_s']")")
-            rk+=("$($pbr recover $flag --json "$out/kernel.pbr" | json "['downtime_s']")")
-            rd+=("$($pbr recover $flag --json --root "$root" "$out/kernel.pbr" "$out/daemons.pbr" | json "['downtime_s']")")
+    declare -A cold=() rk=() rd=()
+    for _ in $(seq "$runs"); do
+        for vmm in spawn standby; do
+            flag=""
+            [ "$vmm" = standby ] && flag="--standby"
+            cold[$vmm]+="$($pbr boot $flag --kernel "$kernel" --initrd "$initrd" --append "$append" --mem "$mem" --json | json "['cold_boot_s']") "
         done
-        c=$(printf '%s\n' "${cold[@]}" | median)
-        k=$(printf '%s\n' "${rk[@]}" | median)
-        d=$(printf '%s\n' "${rd[@]}" | median)
+        for vmm in spawn standby prestaged; do
+            flag=""
+            [ "$vmm" != spawn ] && flag="--$vmm"
+            rk[$vmm]+="$($pbr recover $flag --json "$out/kernel.pbr" | json "['downtime_s']") "
+            rd[$vmm]+="$($pbr recover $flag --json --root "$root" "$out/kernel.pbr" "$out/daemons.pbr" | json "['downtime_s']") "
+        done
+    done
+    cold[prestaged]="${cold[standby]}"
+    for vmm in spawn standby prestaged; do
+        c=$(printf '%s\n' ${cold[$vmm]} | median)
+        k=$(printf '%s\n' ${rk[$vmm]} | median)
+        d=$(printf '%s\n' ${rd[$vmm]} | median)
         best=$(printf '%s\n%s\n' "$k" "$d" | sort -g | head -1)
         pct=$(awk -v c="$c" -v b="$best" 'BEGIN { printf "%.1f", (1 - b / c) * 100 }')
         rows[$vmm]+="$(printf '| %s | %.2f | %.2f | %.2f | %s%% | %s |' "$mem" "$c" "$k" "$d" "$pct" "$sizes")"$'\n'
@@ -77,6 +88,9 @@ header "QEMU started at the decision (its start is downtime, for the reboot too)
 printf '%s' "${rows[spawn]}"
 header "QEMU process already running (reboot: from cont of a QEMU started paused; recovery: a standby QEMU waiting for the state):"
 printf '%s' "${rows[standby]}"
+header "As above, the standby QEMU having loaded the latest candidate beforehand (reboot as above):"
+printf '%s' "${rows[prestaged]}"
 echo
 echo "phase-based reboot, QEMU started at the decision: ${last[spawn]}"
-echo "phase-based reboot: ${last[standby]}"
+echo "phase-based reboot, standby QEMU: ${last[standby]}"
+echo "phase-based reboot: ${last[prestaged]}"

@@ -10,13 +10,18 @@
 #
 # Boot phases, each announced on the control port ttyS1:
 #   kernel   - kernel is up, pseudo file systems mounted, nothing else running
-#   daemons  - syslogd, klogd, crond, httpd, telnetd, a worker loop and an
-#              "app" holding anon memory are running; data files written and read
+#   daemons  - the network is up (virtio NIC, driver modules loaded, address
+#              10.0.2.15 of QEMU's user network); syslogd, klogd, crond,
+#              telnetd, a worker loop and an "app" holding anon memory are
+#              running; data files written and read; the service (httpd)
+#              started last, so it answers once everything else is up
 # At each phase the guest prints "PBR-PHASE <name> <uptime>" on ttyS1 and then
 # blocks until the host sends a line ("go") back, so the host can stop the VM
 # and save it while the guest sits quietly in read().
-# After the last phase it checks its own service (HTTP on 127.0.0.1:8080) and
-# prints "PBR-READY <uptime>" on ttyS1, then runs the service loop forever.
+# The service (HTTP on port 8080, GET /index.html -> "ok") is what a client
+# outside the guest waits for (the host, through QEMU's user network). After
+# the last phase the guest prints "PBR-READY <uptime>" on ttyS1 (its boot
+# script is done), then runs the service loop forever.
 #
 # Kernel command line knobs (read from /proc/cmdline):
 #   pbr.kpf=1      dump /proc/kpageflags (gzip|base64) on ttyS1 at each phase
@@ -77,13 +82,18 @@ start_daemons() {
   cat /etc/pbr/app.conf > /dev/null
   hostname pbr-guest
   ip link set lo up
+  for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net; do
+    insmod /lib/modules/$m.ko 2>/dev/null
+  done
+  if [ -e /sys/class/net/eth0 ]; then
+    ip addr add 10.0.2.15/24 dev eth0
+    ip link set eth0 up
+  fi
   mkdir -p /var/log /var/spool/cron/crontabs /srv/www /srv/data
   syslogd -O /var/log/messages
   klogd
   echo '* * * * * date >> /run/cron.log' > /var/spool/cron/crontabs/root
   crond -c /var/spool/cron/crontabs
-  echo ok > /srv/www/index.html
-  httpd -p 127.0.0.1:8080 -h /srv/www
   telnetd -p 2323 -l /bin/sh
   # worker: touches a tmpfs file every second
   ( while :; do date > /run/worker.heartbeat; sleep 1; done ) &
@@ -98,19 +108,9 @@ start_daemons() {
   find / -xdev > /dev/null
   while [ ! -e /run/app.ready ]; do sleep 0.05; done
   logger "pbr: daemons started"
-}
-
-service_ready() {
-  # The service's own answer over HTTP; the reply lands in a file so that
-  # the check starts one process (wget), not a subshell as well.
-  for i in 1 2 3 4 5 6 7 8 9 10; do
-    if wget -q -O /run/probe http://127.0.0.1:8080/index.html 2>/dev/null; then
-      read -r got < /run/probe
-      [ "$got" = ok ] && return 0
-    fi
-    sleep 0.1
-  done
-  return 1
+  # the service last: it answers once everything else is up
+  echo ok > /srv/www/index.html
+  httpd -p 8080 -h /srv/www
 }
 
 echo "pbr init: kpf=$KPF data=${DATA_MB}MB anon=${ANON_MB}MB"
@@ -118,7 +118,7 @@ cat /etc/pbr/kernel.conf > /dev/null
 phase kernel
 start_daemons
 phase daemons
-if service_ready; then read_uptime; say "PBR-READY $UP"; else read_uptime; say "PBR-FAILED $UP"; fi
+read_uptime; say "PBR-READY $UP"
 
 # service loop: keeps serving; a heartbeat on the console every 10 s
 n=0

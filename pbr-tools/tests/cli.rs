@@ -133,3 +133,27 @@ fn completions_man_page_and_magic() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.matches("pbr restartable VM image, format 1.0, 4 KiB pages").count(), 2, "{text}");
 }
+
+/// A reader that went away (`pbr-img inspect X | head`) ends the command
+/// quietly with SIGPIPE's status; a full disk is one error line.
+#[test]
+fn closed_or_full_standard_output() {
+    let sample = testdata("sample.pbr");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_pbr-img"))
+        .args(["inspect", "--pages"])
+        .arg(&sample)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(141));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pbr-img")).arg("inspect").arg(&sample).stdout(full).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("pbr-img: error: cannot write to standard output:"), "{err}");
+}

@@ -1,7 +1,8 @@
 //! Phase-based reboot end to end on a real Linux guest: capture candidates
 //! at its boot phases (classified from its own kpageflags, trimmed, with the
 //! files each phase read), then recover from the latest valid one; the
-//! guest's service answers again, sooner than after a cold boot.
+//! guest's service answers a client on the host again (through QEMU's user
+//! network), sooner than after a cold boot.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -51,18 +52,24 @@ fn capture_then_recover_beats_a_cold_boot() {
     }
     let spec = GuestSpec { append: "console=ttyS0 pbr.data=1 pbr.anon=1".into(), ..spec };
     let paths: Vec<_> = list.iter().map(|c| c.path.clone()).collect();
-    for vmm in [Vmm::Spawn, Vmm::Standby] {
+    for vmm in [Vmm::Spawn, Vmm::Standby, Vmm::Prestaged] {
         let cold = cold_boot(&spec, vmm).unwrap();
         let r = recover(&paths, Some(&root), "qemu-system-x86_64", vmm, &mut |_, _| {}).unwrap();
         assert!(r.chosen.ends_with("daemons.pbr"), "{:?}", r.chosen);
+        assert_eq!(r.vmm, vmm, "the QEMU ready before the decision served the recovery");
         assert!(r.downtime < cold, "{vmm:?}: recovery {:?} is not shorter than a cold boot {cold:?}", r.downtime);
         assert!(r.downtime >= r.select + r.restore);
+        assert!(r.signal.starts_with("HTTP/1.1 200 OK on the host's port"), "{}", r.signal);
     }
     // A configuration only the daemons read changes: recover from kernel
-    // (the standby QEMU serves it: both candidates record one machine).
+    // (the standby QEMU serves it: both candidates record one machine; the
+    // prestaged one holds daemons, so a new QEMU is started), and its
+    // service answers once the daemons started again.
     std::fs::write(root.join("etc/pbr/app.conf"), "port=9090\n").unwrap();
-    for vmm in [Vmm::Spawn, Vmm::Standby] {
+    for (vmm, used) in [(Vmm::Spawn, Vmm::Spawn), (Vmm::Standby, Vmm::Standby), (Vmm::Prestaged, Vmm::Spawn)] {
         let r = recover(&paths, Some(&root), "qemu-system-x86_64", vmm, &mut |_, _| {}).unwrap();
         assert!(r.chosen.ends_with("kernel.pbr"), "{vmm:?}: {:?}", r.chosen);
+        assert_eq!(r.vmm, used, "{vmm:?}");
+        assert!(r.signal.contains("200 OK"), "{}", r.signal);
     }
 }

@@ -42,14 +42,14 @@ pub fn run(image: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
     if a.json {
         let by: serde_json::Map<String, serde_json::Value> =
             PageClass::ALL.iter().map(|c| (c.name().to_owned(), json!(r.pages[*c as usize]))).collect();
-        println!(
+        outln!(
             "{}",
             json!({"output": output.display().to_string(), "source": source, "input_pages": r.input_pages, "classes": by})
         );
     } else {
         let parts: Vec<String> =
             PageClass::ALL.iter().map(|c| format!("{} {}", r.pages[*c as usize], c.name())).collect();
-        println!("{}: {} page frames classified from {source}: {}", output.display(), r.input_pages, parts.join(", "));
+        outln!("{}: {} page frames classified from {source}: {}", output.display(), r.input_pages, parts.join(", "));
     }
     Ok(ExitCode::SUCCESS)
 }

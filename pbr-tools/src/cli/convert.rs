@@ -2,7 +2,7 @@
 //! image, the format found by magic.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -80,7 +80,7 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
                 eprintln!("warning: {note}");
             }
             if a.json {
-                println!(
+                outln!(
                     "{}",
                     json!({
                         "input": input.display().to_string(), "output": output.display().to_string(), "format": "qemu",
@@ -93,9 +93,7 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
                     })
                 );
             } else {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(
-                    out,
+                outln!(
                     "{} -> {}: qemu {} stream, {} bytes; {} page + {} zero records{}; {} device sections, {} vCPUs; image {} bytes",
                     input.display(),
                     output.display(),
@@ -132,7 +130,7 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
                 eprintln!("note: {note}");
             }
             if a.json {
-                println!(
+                outln!(
                     "{}",
                     json!({
                         "input": input.display().to_string(), "output": output.display().to_string(), "format": "xl",
@@ -146,9 +144,7 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
                     })
                 );
             } else {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(
-                    out,
+                outln!(
                     "{} -> {}: xl save of {} guest{} (libxc v{}, Xen {}), {} bytes; {} PAGE_DATA records, {} data pages, {} holes; {} vCPUs; image {} bytes",
                     input.display(),
                     output.display(),
@@ -164,7 +160,7 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
                     r.image.file_len
                 );
                 for c in &r.checkpoint_images {
-                    let _ = writeln!(out, "checkpoint image {}: {} bytes", c.path.display(), c.file_len);
+                    outln!("checkpoint image {}: {} bytes", c.path.display(), c.file_len);
                 }
             }
             Ok(ExitCode::SUCCESS)

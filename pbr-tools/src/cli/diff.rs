@@ -21,12 +21,12 @@ pub fn run(a: &Path, b: &Path, output: Option<&Path>, as_json: bool) -> Result<E
         let name = a.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let d = write_diff(&ia, &ib, &name, out)?;
         if as_json {
-            println!(
+            outln!(
                 "{}",
                 json!({"output": out.display().to_string(), "stored_pages": d.stored, "base_pages": d.in_base, "file_len": d.file_len})
             );
         } else {
-            println!(
+            outln!(
                 "{}: {} changed or added pages stored, {} left in the base; {}",
                 out.display(),
                 d.stored,
@@ -50,40 +50,36 @@ pub fn run(a: &Path, b: &Path, output: Option<&Path>, as_json: bool) -> Result<E
             "manifest": {"added": r.manifest.0, "removed": r.manifest.1, "changed": r.manifest.2},
             "metadata": r.metadata.iter().map(|(k, x, y)| json!({"key": k, "a": x, "b": y})).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
     let line = |c: &Counts| {
         format!("{} added, {} removed, {} changed, {} unchanged", c.added, c.removed, c.changed, c.unchanged)
     };
-    println!(
-        "phases     {} -> {}",
-        r.phases.0.as_deref().unwrap_or("(none)"),
-        r.phases.1.as_deref().unwrap_or("(none)")
-    );
-    println!("pages      {}; {} reclassified", line(&r.pages), r.reclassified);
+    outln!("phases     {} -> {}", r.phases.0.as_deref().unwrap_or("(none)"), r.phases.1.as_deref().unwrap_or("(none)"));
+    outln!("pages      {}; {} reclassified", line(&r.pages), r.reclassified);
     for (k, c) in &r.by_class {
-        println!("  class {k:<8} {}", line(c));
+        outln!("  class {k:<8} {}", line(c));
     }
     for (k, c) in &r.by_region {
-        println!("  region {k}: {}", line(c));
+        outln!("  region {k}: {}", line(c));
     }
-    println!("vcpus      {} differences", r.vcpus.len());
+    outln!("vcpus      {} differences", r.vcpus.len());
     for l in &r.vcpus {
-        println!("  {l}");
+        outln!("  {l}");
     }
     let list = |label: &str, (x, y, z): &(Vec<String>, Vec<String>, Vec<String>)| {
-        println!("{label:<10} {} added, {} removed, {} changed", x.len(), y.len(), z.len());
+        outln!("{label:<10} {} added, {} removed, {} changed", x.len(), y.len(), z.len());
         for (sign, v) in [("+", x), ("-", y), ("~", z)] {
             for k in v {
-                println!("  {sign} {k}");
+                outln!("  {sign} {k}");
             }
         }
     };
     list("devices", &r.devices);
     list("manifest", &r.manifest);
     for (k, x, y) in &r.metadata {
-        println!("metadata   {k}: {} -> {}", x.as_deref().unwrap_or("(none)"), y.as_deref().unwrap_or("(none)"));
+        outln!("metadata   {k}: {} -> {}", x.as_deref().unwrap_or("(none)"), y.as_deref().unwrap_or("(none)"));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -94,12 +90,12 @@ pub fn apply(base: &Path, diffs: &[PathBuf], output: &Path, as_json: bool) -> Re
     let refs: Vec<&Image> = ds.iter().collect();
     let r = pbr_tools::apply::apply(&b, &refs, output)?;
     if as_json {
-        println!(
+        outln!(
             "{}",
             json!({"output": output.display().to_string(), "file_len": r.file_len, "content_blake3": hex(&r.content_hash)})
         );
     } else {
-        println!(
+        outln!(
             "{}: rebuilt from {} diff(s), {}, content {}",
             output.display(),
             ds.len(),
@@ -118,9 +114,9 @@ pub fn rebase(diffs: &[PathBuf], output: &Path, as_json: bool) -> Result<ExitCod
     let refs: Vec<&Image> = ds.iter().collect();
     let len = pbr_tools::apply::rebase(&refs, output)?;
     if as_json {
-        println!("{}", json!({"output": output.display().to_string(), "file_len": len}));
+        outln!("{}", json!({"output": output.display().to_string(), "file_len": len}));
     } else {
-        println!("{}: one diff for {} ({})", output.display(), diffs.len(), bytes(len));
+        outln!("{}: one diff for {} ({})", output.display(), diffs.len(), bytes(len));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -31,13 +31,13 @@ pub fn run(to: Target, path: &Path, output: &Path, as_json: bool, quiet: bool) -
             let r = export_raw(&img, output, &|n| bar.inc(n))?;
             bar.finish_and_clear();
             if as_json {
-                println!(
+                outln!(
                     "{}",
                     json!({"output": output.display().to_string(), "file_len": r.file_len, "data_pages": r.data_pages,
                            "hole_pages": r.hole_pages, "skipped_regions": r.skipped_regions})
                 );
             } else {
-                println!(
+                outln!(
                     "{}: {} bytes of guest-physical memory, {} pages with data, {} holes",
                     output.display(),
                     r.file_len,
@@ -52,13 +52,13 @@ pub fn run(to: Target, path: &Path, output: &Path, as_json: bool, quiet: bool) -
         Target::Qemu => {
             let r = export_qemu(&img, output)?;
             if as_json {
-                println!(
+                outln!(
                     "{}",
                     json!({"output": output.display().to_string(), "stream_bytes": r.stream_bytes, "page_records": r.page_records,
                            "zero_records": r.zero_records, "dropped_mapped_ram": r.dropped_mapped_ram})
                 );
             } else {
-                println!(
+                outln!(
                     "{}: QEMU stream of {} bytes ({} page + {} zero records){}",
                     output.display(),
                     r.stream_bytes,
@@ -71,13 +71,13 @@ pub fn run(to: Target, path: &Path, output: &Path, as_json: bool, quiet: bool) -
         Target::Xl => {
             let r = export_xl(&img, output)?;
             if as_json {
-                println!(
+                outln!(
                     "{}",
                     json!({"output": output.display().to_string(), "stream_bytes": r.stream_bytes, "page_records": r.page_records,
                            "data_pages": r.data_pages, "added_pages": r.added_pages, "patched_entries": r.patched_entries})
                 );
             } else {
-                println!(
+                outln!(
                     "{}: xl save file of {} bytes ({} PAGE_DATA records, {} data pages){}{}",
                     output.display(),
                     r.stream_bytes,

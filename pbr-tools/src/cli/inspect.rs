@@ -14,7 +14,7 @@ pub fn run(path: &Path, as_json: bool, pages: bool) -> Result<ExitCode> {
     let img = Image::open(path)?;
     let model = model(&img, path, pages);
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&model).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&model).unwrap_or_default());
     } else {
         print_human(&model);
     }
@@ -199,7 +199,7 @@ fn print_human(m: &Value) {
     let f = &m["file"];
     let n = |v: &Value| v.as_u64().unwrap_or(0);
     let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
-    println!(
+    outln!(
         "image      {} ({}, format {}, page size {}, by {} {})",
         s(&f["path"]),
         bytes(n(&f["length"])),
@@ -216,7 +216,7 @@ fn print_human(m: &Value) {
         .map(s)
         .collect();
     if !feats.is_empty() {
-        println!("features   {}", feats.join(" "));
+        outln!("features   {}", feats.join(" "));
     }
     match m["phase"].as_object() {
         Some(p) => {
@@ -227,12 +227,12 @@ fn print_human(m: &Value) {
             if n(&p["captured_unix_ns"]) > 0 {
                 line += &format!(", captured {}", unix_ns(n(&p["captured_unix_ns"])));
             }
-            println!("{line})");
+            outln!("{line})");
         }
-        None => println!("phase      (none)"),
+        None => outln!("phase      (none)"),
     }
     let st = &m["storage"];
-    println!(
+    outln!(
         "size       guest {} in {} pages; file {} ({:.1}% of guest); page data {}; index+metadata {:.3}% of guest",
         bytes(n(&m["guest"]["bytes"])),
         n(&m["guest"]["pages"]),
@@ -241,7 +241,7 @@ fn print_human(m: &Value) {
         bytes(n(&st["page_data_bytes"])),
         st["index_and_metadata_percent_of_guest"].as_f64().unwrap_or(0.0),
     );
-    println!("regions");
+    outln!("regions");
     for r in m["guest"]["regions"].as_array().into_iter().flatten() {
         let base = n(&r["base"]);
         let mut flags = Vec::new();
@@ -251,7 +251,7 @@ fn print_human(m: &Value) {
         if r["synthetic"].as_bool() == Some(true) {
             flags.push("not guest-physical");
         }
-        println!(
+        outln!(
             "  {:#018x}-{:#018x} {:>10}  {}{}",
             base,
             base + n(&r["length"]) - 1,
@@ -261,28 +261,28 @@ fn print_human(m: &Value) {
         );
     }
     let p = &m["pages"];
-    println!("pages      {} extents, {} stored pages", n(&p["extents"]), n(&p["stored_pages"]));
-    print!("  {:<8}", "class");
+    outln!("pages      {} extents, {} stored pages", n(&p["extents"]), n(&p["stored_pages"]));
+    out!("  {:<8}", "class");
     for e in PageEncoding::ALL {
-        print!("{:>10}", e.name());
+        out!("{:>10}", e.name());
     }
-    println!("{:>10}", "total");
+    outln!("{:>10}", "total");
     for c in PageClass::ALL {
         let row = &p["by_class"][c.name()];
         if n(&row["total"]) == 0 {
             continue;
         }
-        print!("  {:<8}", c.name());
+        out!("  {:<8}", c.name());
         for e in PageEncoding::ALL {
-            print!("{:>10}", n(&row[e.name()]));
+            out!("{:>10}", n(&row[e.name()]));
         }
-        println!("{:>10}", n(&row["total"]));
+        outln!("{:>10}", n(&row["total"]));
     }
     let vcpus = m["vcpus"].as_array().cloned().unwrap_or_default();
-    println!("vcpus      {}", vcpus.len());
+    outln!("vcpus      {}", vcpus.len());
     for v in &vcpus {
         if s(&v["arch"]) == "x86_64" {
-            println!(
+            outln!(
                 "  vcpu{} x86_64 rip={} rsp={} rflags={} cr0={} cr3={} cr4={} efer={} msrs={} xsave={} lapic={}",
                 n(&v["id"]),
                 s(&v["rip"]),
@@ -297,11 +297,11 @@ fn print_human(m: &Value) {
                 if v["lapic"].as_bool() == Some(true) { "yes" } else { "no" }
             );
         } else {
-            println!("  vcpu{} {} ({} bytes)", n(&v["id"]), s(&v["arch"]), n(&v["bytes"]));
+            outln!("  vcpu{} {} ({} bytes)", n(&v["id"]), s(&v["arch"]), n(&v["bytes"]));
         }
     }
     if let Some(x) = m.get("xen") {
-        println!(
+        outln!(
             "xen        {} guest, libxc stream v{}, Xen {}; {} PAGE_DATA records, {} HVM context entries, {} checkpoints",
             s(&x["guest_type"]),
             s(&x["libxc_version"]),
@@ -313,7 +313,7 @@ fn print_human(m: &Value) {
         let e = &x["emulator_context"];
         if !e.is_null() {
             let names: Vec<&str> = e["sections"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            println!(
+            outln!(
                 "emulator   {} state, {}: {}",
                 s(&e["emulator"]),
                 bytes(n(&e["bytes"])),
@@ -326,9 +326,9 @@ fn print_human(m: &Value) {
         }
     }
     let d = &m["devices"];
-    println!("devices    {} blobs, {}", n(&d["count"]), bytes(n(&d["bytes"])));
+    outln!("devices    {} blobs, {}", n(&d["count"]), bytes(n(&d["bytes"])));
     for item in d["items"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "  {:<12} {}.{} v{} {}",
             s(&item["origin"]),
             s(&item["name"]),
@@ -338,18 +338,18 @@ fn print_human(m: &Value) {
         );
     }
     if let Some(md) = m["metadata"].as_object().filter(|o| !o.is_empty()) {
-        println!("metadata");
+        outln!("metadata");
         for (k, v) in md {
             let v = s(v);
             let shown =
                 if v.len() > 100 { format!("{}... ({} bytes)", &v[..v.floor_char_boundary(100)], v.len()) } else { v };
-            println!("  {k} = {shown}");
+            outln!("  {k} = {shown}");
         }
     }
     let files = m["manifest"]["files"].as_array().cloned().unwrap_or_default();
-    println!("manifest   {} files, {} cache back references", files.len(), n(&m["manifest"]["cache_refs"]));
+    outln!("manifest   {} files, {} cache back references", files.len(), n(&m["manifest"]["cache_refs"]));
     for f in &files {
-        println!(
+        outln!(
             "  {} ({}, inode {}, blake3 {}...)",
             s(&f["path"]),
             bytes(n(&f["size"])),
@@ -358,16 +358,16 @@ fn print_human(m: &Value) {
         );
     }
     for note in m["restore"]["notes"].as_array().into_iter().flatten() {
-        println!("restore    {}", s(note));
+        outln!("restore    {}", s(note));
     }
     if let Some(b) = m["base"].as_object() {
-        println!("base       {} (blake3 {})", s(&b["name"]), s(&b["blake3"]));
+        outln!("base       {} (blake3 {})", s(&b["name"]), s(&b["blake3"]));
     }
     if let Some(ext) = m["extents"].as_array() {
-        println!("extents");
-        println!("  {:>18} {:>18} {:>10} {:<8} {:<8}", "gfn", "gpa", "pages", "class", "encoding");
+        outln!("extents");
+        outln!("  {:>18} {:>18} {:>10} {:<8} {:<8}", "gfn", "gpa", "pages", "class", "encoding");
         for e in ext {
-            println!(
+            outln!(
                 "  {:#18x} {:#18x} {:>10} {:<8} {:<8}",
                 n(&e["gfn"]),
                 n(&e["gpa"]),

@@ -26,9 +26,9 @@ pub fn add_run(
     let img = Image::open(image)?;
     let added = add(&img, root, &paths, output)?;
     if as_json {
-        println!("{}", json!({"output": output.display().to_string(), "files_added": added, "paths": paths.len()}));
+        outln!("{}", json!({"output": output.display().to_string(), "files_added": added, "paths": paths.len()}));
     } else {
-        println!("{}: {added} files added to the manifest from {}", output.display(), root.display());
+        outln!("{}: {added} files added to the manifest from {}", output.display(), root.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -71,7 +71,7 @@ pub fn select_run(root: &Path, images: &[PathBuf], strict: bool, as_json: bool) 
                 list.push(verdict_json(&images[*i], None, None, Some(e.clone())));
             }
         }
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({"chosen": chosen.map(|i| images[i].display().to_string()), "candidates": list})
@@ -87,9 +87,9 @@ pub fn select_run(root: &Path, images: &[PathBuf], strict: bool, as_json: bool) 
                 None => format!("valid ({} files, {} hashed)", v.files_checked, v.files_hashed),
                 Some((p, m)) => format!("invalid: {p} {m}"),
             };
-            println!("{} ({phase}): {what}", images[*i].display());
+            outln!("{} ({phase}): {what}", images[*i].display());
             if !v.stale_cache.is_empty() {
-                println!(
+                outln!(
                     "  {} cache pages hold changed files: drop or refresh them after restoring",
                     v.stale_cache.len()
                 );
@@ -97,14 +97,14 @@ pub fn select_run(root: &Path, images: &[PathBuf], strict: bool, as_json: bool) 
         }
         for (i, r) in &opened {
             if let Err(e) = r {
-                println!("{}: refused: {e}", images[*i].display());
+                outln!("{}: refused: {e}", images[*i].display());
             }
         }
     }
     match chosen {
         Some(i) => {
             if !as_json {
-                println!("chosen: {}", images[i].display());
+                outln!("chosen: {}", images[i].display());
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,5 +1,8 @@
 //! The `pbr-img` subcommands.
 
+#[macro_use]
+mod out;
+
 mod classify;
 mod convert;
 mod diff;
@@ -19,6 +22,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use pbr_tools::Result;
+use pbr_tools::phase::Vmm;
 
 /// Restartable VM images: convert, inspect, verify and export `.pbr` files.
 ///
@@ -276,6 +280,11 @@ enum Command {
         /// downtime.
         #[arg(long)]
         standby: bool,
+        /// As --standby, and the standby QEMU loads the latest candidate
+        /// before the decision and holds it paused: choosing that candidate
+        /// (unchanged) only resumes it.
+        #[arg(long, conflicts_with = "standby")]
+        prestaged: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -369,8 +378,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Select { root, images, strict, json } => manifest::select_run(&root, &images, strict, json),
         Command::Capture { guest, root, output, json } => phase::capture_run(&guest, &output, root, json),
         Command::Boot { guest, standby, json } => phase::boot_run(&guest, standby, json),
-        Command::Recover { candidates, root, qemu, keep_running, standby, json } => {
-            phase::recover_run(&candidates, root.as_deref(), &qemu, standby, keep_running, json)
+        Command::Recover { candidates, root, qemu, keep_running, standby, prestaged, json } => {
+            let vmm = match (standby, prestaged) {
+                (_, true) => Vmm::Prestaged,
+                (true, _) => Vmm::Standby,
+                _ => Vmm::Spawn,
+            };
+            phase::recover_run(&candidates, root.as_deref(), &qemu, vmm, keep_running, json)
         }
         Command::Completions { shell } => {
             clap_complete::generate(

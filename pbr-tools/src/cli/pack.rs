@@ -13,13 +13,13 @@ pub fn run(image: &Path, output: &Path, packing: bool, as_json: bool) -> Result<
     let img = Image::open(image)?;
     let r = if packing { pbr_tools::pack::pack(&img, output)? } else { pbr_tools::pack::unpack(&img, output)? };
     if as_json {
-        println!(
+        outln!(
             "{}",
             json!({"output": output.display().to_string(), "before_bytes": r.before_bytes, "after_bytes": r.after_bytes,
                    "stored_pages": r.stored_pages, "dup_pages": r.dup_pages})
         );
     } else {
-        println!(
+        outln!(
             "{}: {} -> {} ({:.1}%); {} pages stored, {} stored once for several",
             output.display(),
             bytes(r.before_bytes),

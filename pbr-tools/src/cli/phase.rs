@@ -66,15 +66,20 @@ pub fn capture_run(g: &GuestArgs, out: &Path, root: Option<PathBuf>, as_json: bo
                        "untrimmed_bytes": c.untrimmed_bytes, "image_bytes": c.image_bytes})
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        println!(
+        outln!(
             "{:<10} {:>12} {:>10} {:>12} {:>12} {:>12}  image",
-            "phase", "since on (s)", "guest MiB", "stream MiB", "untrimmed", "stored MiB"
+            "phase",
+            "since on (s)",
+            "guest MiB",
+            "stream MiB",
+            "untrimmed",
+            "stored MiB"
         );
         for c in &list {
             let mib = |b: u64| b as f64 / 1048576.0;
-            println!(
+            outln!(
                 "{:<10} {:>12.2} {:>10.0} {:>12.1} {:>12.1} {:>12.1}  {}",
                 c.phase,
                 c.since_power_on,
@@ -97,9 +102,9 @@ fn vmm(standby: bool) -> Vmm {
 pub fn boot_run(g: &GuestArgs, standby: bool, as_json: bool) -> Result<ExitCode> {
     let d = cold_boot(&g.spec(), vmm(standby))?;
     if as_json {
-        println!("{}", json!({"cold_boot_s": d.as_secs_f64(), "standby": standby}));
+        outln!("{}", json!({"cold_boot_s": d.as_secs_f64(), "standby": standby}));
     } else {
-        println!(
+        outln!(
             "cold boot to service ready: {:.3} s{}",
             d.as_secs_f64(),
             if standby { " (from the start of a QEMU already running, paused)" } else { "" }
@@ -112,23 +117,24 @@ pub fn recover_run(
     candidates: &[PathBuf],
     root: Option<&Path>,
     qemu: &str,
-    standby: bool,
+    vmm: Vmm,
     keep: bool,
     as_json: bool,
 ) -> Result<ExitCode> {
     let mut report = |r: &pbr_tools::phase::Recovery, child: Option<&mut std::process::Child>| {
         if as_json {
-            println!(
+            outln!(
                 "{}",
                 json!({"chosen": r.chosen.display().to_string(), "downtime_s": r.downtime.as_secs_f64(), "select_s": r.select.as_secs_f64(),
-                       "restore_s": r.restore.as_secs_f64(), "guest_s": r.guest.as_secs_f64(), "standby": standby,
+                       "restore_s": r.restore.as_secs_f64(), "guest_s": r.guest.as_secs_f64(), "standby": vmm != Vmm::Spawn, "vmm": r.vmm.name(),
                        "adapter": r.adapter, "signal": r.signal})
             );
         } else {
-            println!(
-                "recovered from {} ({}): service ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s): {}",
+            outln!(
+                "recovered from {} ({} {}): service ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s): {}",
                 r.chosen.display(),
                 r.adapter,
+                r.vmm.name(),
                 r.downtime.as_secs_f64(),
                 r.select.as_secs_f64(),
                 r.restore.as_secs_f64(),
@@ -145,6 +151,6 @@ pub fn recover_run(
             _ => {}
         }
     };
-    recover(candidates, root, qemu, vmm(standby), &mut report)?;
+    recover(candidates, root, qemu, vmm, &mut report)?;
     Ok(ExitCode::SUCCESS)
 }

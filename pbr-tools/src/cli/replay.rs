@@ -25,18 +25,22 @@ pub enum Adapter {
 
 fn print(report: &ReplayReport, as_json: bool) {
     if as_json {
-        println!(
+        outln!(
             "{}",
             json!({"mapped_bytes": report.mapped_bytes, "copied_pages": report.copied_pages, "zero_pages": report.zero_pages,
                    "vcpus": report.vcpus, "devices": report.devices, "not_taken": report.not_taken})
         );
     } else {
-        println!(
+        outln!(
             "replayed: {} bytes mapped from the image, {} pages copied, {} zero pages, {} vCPUs, {} device blobs",
-            report.mapped_bytes, report.copied_pages, report.zero_pages, report.vcpus, report.devices
+            report.mapped_bytes,
+            report.copied_pages,
+            report.zero_pages,
+            report.vcpus,
+            report.devices
         );
         for n in &report.not_taken {
-            println!("not taken: {n}");
+            outln!("not taken: {n}");
         }
     }
 }
@@ -103,10 +107,10 @@ pub fn run(image: &Path, a: Args) -> Result<ExitCode> {
                 match vm.run_until_io(id)? {
                     Exit::IoOut { port, data } => {
                         let hex: Vec<String> = data.iter().map(|b| format!("{b:02x}")).collect();
-                        println!("out port {port:#x}: {}", hex.join(" "));
+                        outln!("out port {port:#x}: {}", hex.join(" "));
                     }
                     Exit::Halt => {
-                        println!("guest halted");
+                        outln!("guest halted");
                         break;
                     }
                 }

@@ -15,14 +15,14 @@ pub fn run(image: &Path, output: &Path, drop: Option<&str>, as_json: bool) -> Re
     let img = Image::open(image)?;
     let r = trim(&img, output, drop)?;
     if as_json {
-        println!(
+        outln!(
             "{}",
             json!({"output": output.display().to_string(), "before_bytes": r.before_bytes, "after_bytes": r.after_bytes,
                    "free_pages": r.free_pages, "cache_pages": r.cache_pages, "cache_pages_with_refs": r.cache_pages_with_refs,
                    "zero_pages": r.zero_pages})
         );
     } else {
-        println!(
+        outln!(
             "{}: {} -> {} ({:.1}%); dropped {} free and {} cache pages ({} with file back references); {} zero pages",
             output.display(),
             bytes(r.before_bytes),

@@ -20,14 +20,14 @@ pub fn run(path: &Path, as_json: bool, quiet: bool) -> Result<ExitCode> {
     bar.finish_and_clear();
     match result {
         Ok(r) if as_json => {
-            println!(
+            outln!(
                 "{}",
                 json!({"path": path.display().to_string(), "ok": true, "sections": r.sections, "pages": r.pages, "hashed_bytes": r.hashed_bytes})
             );
             Ok(ExitCode::SUCCESS)
         }
         Ok(r) => {
-            println!(
+            outln!(
                 "{}: ok ({} sections, {} stored pages, {} bytes hashed)",
                 path.display(),
                 r.sections,
@@ -55,7 +55,7 @@ fn is_damage(e: &pbr_format::Error) -> bool {
 
 fn report_failure(path: &Path, e: &pbr_format::Error, as_json: bool) -> ExitCode {
     if as_json {
-        println!(
+        outln!(
             "{}",
             json!({"path": path.display().to_string(), "ok": false, "error": e.to_string(), "section": e.section(), "offset": e.offset()})
         );

@@ -1,7 +1,8 @@
 //! A Linux guest under QEMU that announces its boot phases on ttyS1 (the
 //! protocol of `examples/phase-guest/guest-init.sh`): `PBR-FILE phase path`,
 //! `PBR-KPF-BEGIN/END phase` around base64 gzip kpageflags, `PBR-PHASE phase
-//! uptime` (then it waits for a line back), `PBR-READY uptime`.
+//! uptime` (then it waits for a line back), `PBR-READY uptime` (its boot
+//! script is done; its service is checked from outside, [`super::service`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -13,6 +14,8 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::replay::qemu::Qmp;
+
+use super::service;
 
 /// How to start the guest.
 #[derive(Clone, Debug)]
@@ -36,9 +39,10 @@ pub struct GuestSpec {
 }
 
 impl GuestSpec {
-    /// The machine part of the command line: what a restore must repeat.
+    /// The machine part of the command line: what a restore must repeat
+    /// (with the guest's NIC, [`service::nic_args`]).
     pub fn machine_args(&self) -> Vec<String> {
-        vec![
+        let mut args: Vec<String> = vec![
             "-machine".into(),
             self.machine.clone(),
             "-cpu".into(),
@@ -57,7 +61,9 @@ impl GuestSpec {
             "-no-user-config".into(),
             "-display".into(),
             "none".into(),
-        ]
+        ];
+        args.extend(service::nic_args());
+        args
     }
 }
 
@@ -129,7 +135,6 @@ impl Control {
                 ["PBR-FILE", p, f] => return Ok(Event::File(p.to_string(), f.trim_start_matches('/').to_string())),
                 ["PBR-PHASE", p, up] => return Ok(Event::Phase(p.to_string(), up.parse().unwrap_or(0.0))),
                 ["PBR-READY", up] => return Ok(Event::Ready(up.parse().unwrap_or(0.0))),
-                ["PBR-FAILED", ..] => return Err(Error::Unsupported("the guest's service did not come up".into())),
                 ["PBR-KPF-BEGIN", p] => {
                     let phase = p.to_string();
                     let mut text = String::new();
@@ -185,6 +190,8 @@ pub struct Guest {
     pub qmp: Qmp,
     /// The control port.
     pub control: Control,
+    /// The host port forwarded to the guest's service.
+    pub port: u16,
 }
 
 impl Guest {
@@ -196,8 +203,11 @@ impl Guest {
     pub fn boot(spec: &GuestSpec, dir: &Path, paused: bool) -> Result<Guest> {
         let (serial, ctl) = serial_args(dir);
         let sock = dir.join("qmp.sock");
+        let port = service::free_port()?;
+        let mut args = spec.machine_args();
+        service::forward(&mut args, port);
         let child = Command::new(&spec.qemu)
-            .args(spec.machine_args())
+            .args(args)
             .args(serial)
             .args(paused.then_some("-S"))
             .arg("-qmp")
@@ -208,7 +218,7 @@ impl Guest {
             .map_err(|e| Error::io(format!("cannot start {}", spec.qemu), e))?;
         let qmp = Qmp::connect(&sock)?;
         let control = Control::connect(&ctl)?;
-        Ok(Guest { child, qmp, control })
+        Ok(Guest { child, qmp, control, port })
     }
 
     /// Saves the (stopped) guest with QEMU's migration to `path`, waiting

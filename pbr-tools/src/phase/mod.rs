@@ -2,16 +2,18 @@
 //! guest's boot phases, and recover from the latest valid one.
 
 pub mod guest;
+pub mod service;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pbr_format::{Image, Phase};
 
 use crate::error::{Error, Result};
 use crate::qemu::{ConvertOptions, convert};
-use crate::replay::qemu::QemuAdapter;
+use crate::replay::qemu::{QemuAdapter, Qmp};
 use crate::replay::replay;
 use guest::{Control, Event, Guest, GuestSpec, serial_args};
 
@@ -170,11 +172,65 @@ pub enum Vmm {
     /// recovery, initialised and listening for a stream of the candidates'
     /// machine.
     Standby,
+    /// As [`Vmm::Standby`], and for a recovery the standby QEMU has already
+    /// loaded the latest candidate and holds it paused (the candidates are
+    /// known long before a failure): when the decision chooses that image,
+    /// unchanged, recovery only resumes it. A cold boot is as with
+    /// [`Vmm::Standby`].
+    Prestaged,
 }
 
-/// Boots `spec` from scratch and returns the time until the guest says its
-/// service is ready: from QEMU's start ([`Vmm::Spawn`]), or from `cont` of a
-/// QEMU started paused ([`Vmm::Standby`]).
+impl Vmm {
+    /// The name scripts see: `spawn`, `standby` or `prestaged`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Vmm::Spawn => "spawn",
+            Vmm::Standby => "standby",
+            Vmm::Prestaged => "prestaged",
+        }
+    }
+}
+
+/// How long a boot or a recovery may take to serve.
+const SERVICE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What a timed boot or recovery saw when the guest's service came up.
+struct Served {
+    /// From the start of the timing until the service answered.
+    at: Duration,
+    /// The service's status line.
+    status: String,
+    /// The guest's own `PBR-READY` uptime, which follows.
+    uptime: f64,
+}
+
+/// Waits, from `t`, until the guest's service answers on `port` (a client
+/// outside the guest, [`service::wait_ready`]) while the control port
+/// answers every phase marker at once (the first one, already seen, when
+/// `pending` is set); then waits for the guest's own `PBR-READY`, which is
+/// not timed. When the service never answers, QEMU is told to quit.
+fn serve(control: &mut Control, qmp: &mut Qmp, port: u16, pending: bool, t: Instant) -> Result<Served> {
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let guest = s.spawn(|| {
+            let r = if pending { control.go() } else { Ok(()) }.and_then(|()| control.until_ready());
+            failed.store(r.is_err(), Ordering::Relaxed);
+            r
+        });
+        let ready = service::wait_ready(port, SERVICE_TIMEOUT, &failed).map(|status| (t.elapsed(), status));
+        if ready.is_err() {
+            let _ = qmp.cmd("quit", serde_json::json!({}));
+        }
+        let uptime = guest.join().map_err(|_| Error::Unsupported("the control port reader panicked".into()))?;
+        let (at, status) = ready?;
+        Ok(Served { at, status, uptime: uptime? })
+    })
+}
+
+/// Boots `spec` from scratch and returns the time until the guest's
+/// service answers a client on the host ([`service::wait_ready`]): from
+/// QEMU's start ([`Vmm::Spawn`]), or from `cont` of a QEMU started paused
+/// ([`Vmm::Standby`]). The guest's own `PBR-READY` must follow.
 ///
 /// # Errors
 /// QEMU or the guest failed.
@@ -185,17 +241,16 @@ pub fn cold_boot(spec: &GuestSpec, vmm: Vmm) -> Result<Duration> {
             let t = Instant::now();
             (t, Guest::boot(spec, work.path(), false)?)
         }
-        Vmm::Standby => {
+        Vmm::Standby | Vmm::Prestaged => {
             let mut g = Guest::boot(spec, work.path(), true)?;
             let t = Instant::now();
             g.qmp.cmd("cont", serde_json::json!({}))?;
             (t, g)
         }
     };
-    g.control.until_ready()?;
-    let d = t.elapsed();
+    let served = serve(&mut g.control, &mut g.qmp, g.port, false, t)?;
     g.quit();
-    Ok(d)
+    Ok(served.at)
 }
 
 /// What [`recover`] did.
@@ -209,27 +264,34 @@ pub struct Recovery {
     pub select: Duration,
     /// Of which starting QEMU and loading the state, until the VM runs.
     pub restore: Duration,
-    /// Of which the restored guest's work until it said its service was
-    /// ready.
+    /// Of which the restored guest's work until its service answered.
     pub guest: Duration,
     /// The adapter that restored it: `qemu`, or `kvm` for images the
     /// project's own VMM wrote.
     pub adapter: &'static str,
-    /// What the guest said when it was ready: `PBR-READY <uptime>` from a
-    /// QEMU guest, the first port write of a VMM guest.
+    /// Where the restoring QEMU came from: the standby or prestaged one
+    /// when it served the chosen candidate, else [`Vmm::Spawn`] (also for
+    /// the KVM adapter, which starts no QEMU).
+    pub vmm: Vmm,
+    /// The ready signal: the service's status line and the guest's own
+    /// `PBR-READY <uptime>` that followed, for a QEMU guest; the first port
+    /// write of a VMM guest.
     pub signal: String,
 }
 
 /// Recovers: picks the latest valid candidate (against `root` when given,
-/// else the latest phase), restores it with QEMU and waits until the guest
-/// says its service is ready. Then `on_ready` is called; when it returns,
+/// else the latest phase), restores it with QEMU and waits until the
+/// guest's service answers a client on the host, as [`cold_boot`] does
+/// (the guest's pending phase marker is answered at resume). Then `on_ready` is called; when it returns,
 /// the restored QEMU is stopped (a caller that wants the guest to keep
 /// running waits inside `on_ready`, e.g. for QEMU to exit).
 ///
 /// With [`Vmm::Standby`], a QEMU for the machine the latest candidate
 /// records is started before the decision and waits for the state; when the
 /// chosen candidate records another machine, a new QEMU is started after
-/// all.
+/// all. With [`Vmm::Prestaged`], that QEMU has loaded the latest candidate
+/// before the decision; when another is chosen (or the file changed since),
+/// a new QEMU is started.
 ///
 /// A candidate the project's own VMM wrote (`source.format` = `vmm`, as
 /// `examples/phase_vmm.rs` does) is restored on /dev/kvm instead, raw pages
@@ -247,19 +309,24 @@ pub fn recover(
 ) -> Result<Recovery> {
     let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
     let (serial, ctl) = serial_args(work.path());
+    let port = service::free_port()?;
     let (standby, mut control) = match vmm {
         Vmm::Spawn => (None, None),
-        Vmm::Standby => {
-            let latest = candidates
+        Vmm::Standby | Vmm::Prestaged => {
+            let (path, latest) = candidates
                 .iter()
-                .filter_map(|p| Image::open(p).ok())
-                .max_by_key(phase_order)
+                .filter_map(|p| Image::open(p).ok().map(|i| (p, i)))
+                .max_by_key(|(_, i)| phase_order(i))
                 .ok_or_else(|| Error::Unsupported("no candidate opens".into()))?;
             // Images with no QEMU command line (a VMM's) need no standby QEMU.
             match QemuAdapter::recorded_args(&latest) {
                 Some(mut args) => {
+                    service::forward(&mut args, port);
                     args.extend(serial.iter().cloned());
-                    let q = QemuAdapter::standby(qemu, args)?;
+                    let q = match vmm {
+                        Vmm::Prestaged => QemuAdapter::prestage(qemu, args, path)?,
+                        _ => QemuAdapter::standby(qemu, args)?,
+                    };
                     (Some(q), Some(Control::connect(&ctl)?))
                 }
                 None => (None, None),
@@ -283,41 +350,57 @@ pub fn recover(
     }
     let mut args = QemuAdapter::recorded_args(img)
         .ok_or_else(|| Error::Unsupported("the candidate records no restore command line".into()))?;
+    service::forward(&mut args, port);
     args.extend(serial);
-    let mut q = match standby {
-        Some(mut s) if s.args() == args => {
-            s.set_image(&candidates[chosen]);
-            s
+    // A standby QEMU of another machine, or holding another image, goes
+    // first: it holds the serial socket and the service's host port.
+    let hash = img.image_blake3();
+    let reuse = standby.filter(|s| s.args() == args && s.held().is_none_or(|h| h == hash));
+    let (mut q, used) = match reuse {
+        Some(mut s) if s.held().is_some() => {
+            s.cont()?;
+            (s, Vmm::Prestaged)
         }
-        _ => {
+        Some(mut s) => {
+            s.set_image(&candidates[chosen]);
+            load(img, &candidates[chosen], &mut s)?;
+            (s, Vmm::Standby)
+        }
+        None => {
             control = None;
-            QemuAdapter::new(&candidates[chosen], qemu, args)?
+            let mut q = QemuAdapter::new(&candidates[chosen], qemu, args)?;
+            load(img, &candidates[chosen], &mut q)?;
+            (q, Vmm::Spawn)
         }
     };
-    let file = std::fs::File::open(&candidates[chosen]).map_err(|e| Error::io("candidate", e))?;
-    replay(img, &file, &mut q)?;
     let restore = t.elapsed() - select;
     let mut control = match control {
         Some(c) => c,
         None => Control::connect(&ctl)?,
     };
-    control.go()?;
-    let uptime = control.until_ready()?;
-    let downtime = t.elapsed();
+    let qmp = q.qmp.as_mut().ok_or_else(|| Error::Unsupported("the restored QEMU has no QMP".into()))?;
+    let served = serve(&mut control, qmp, port, true, t)?;
     let r = Recovery {
         chosen: candidates[chosen].clone(),
-        downtime,
+        downtime: served.at,
         select,
         restore,
-        guest: downtime - select - restore,
+        guest: served.at - select - restore,
         adapter: "qemu",
-        signal: format!("PBR-READY {uptime}"),
+        vmm: used,
+        signal: format!("{} on the host's port {port}, then PBR-READY {}", served.status, served.uptime),
     };
     on_ready(&r, q.child.as_mut());
     if let Some(qmp) = q.qmp.as_mut() {
         let _ = qmp.cmd("quit", serde_json::json!({}));
     }
     Ok(r)
+}
+
+/// Replays `img` (at `path`) into `q` and resumes it.
+fn load(img: &Image, path: &Path, q: &mut QemuAdapter) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io("candidate", e))?;
+    replay(img, &file, q).map(|_| ())
 }
 
 /// Where a candidate's phase stands in its boot: later phases sort higher.
@@ -348,6 +431,7 @@ fn recover_kvm(path: &Path, img: &Image, t: Instant, select: Duration) -> Result
         restore,
         guest: downtime - select - restore,
         adapter: "kvm",
+        vmm: Vmm::Spawn,
         signal,
     })
 }

@@ -106,6 +106,10 @@ pub struct QemuAdapter {
     pub qmp: Option<Qmp>,
     /// Where a standby QEMU listens for the stream.
     incoming: Option<PathBuf>,
+    /// Leave the guest paused after a standby load ([`QemuAdapter::prestage`]).
+    hold: bool,
+    /// The trailer hash of the image a prestaged QEMU holds, paused.
+    held: Option<[u8; 32]>,
 }
 
 impl QemuAdapter {
@@ -125,6 +129,8 @@ impl QemuAdapter {
             child: None,
             qmp: None,
             incoming: None,
+            hold: false,
+            held: None,
         })
     }
 
@@ -152,6 +158,42 @@ impl QemuAdapter {
         q.qmp = Some(Qmp::connect(&sock)?);
         q.incoming = Some(incoming);
         Ok(q)
+    }
+
+    /// A prestaged QEMU: a [`QemuAdapter::standby`] that has already loaded
+    /// `image` and holds its guest paused, so that a later restore of that
+    /// image only resumes it ([`QemuAdapter::cont`]). Its memory is
+    /// allocated from now on, as the restored guest's will be.
+    ///
+    /// # Errors
+    /// QEMU did not start, or the image did not load.
+    pub fn prestage(qemu: &str, args: Vec<String>, image: &Path) -> Result<QemuAdapter> {
+        let mut q = QemuAdapter::standby(qemu, args)?;
+        q.set_image(image);
+        q.hold = true;
+        let img = Image::open(image)?;
+        let file = File::open(image).map_err(|e| Error::io(format!("cannot open {}", image.display()), e))?;
+        super::replay(&img, &file, &mut q)?;
+        q.held = Some(img.image_blake3());
+        Ok(q)
+    }
+
+    /// The trailer hash ([`Image::image_blake3`]) of the image a prestaged
+    /// QEMU holds paused, until it is resumed.
+    pub fn held(&self) -> Option<[u8; 32]> {
+        self.held
+    }
+
+    /// Resumes the guest a prestaged QEMU holds.
+    ///
+    /// # Errors
+    /// Nothing is held, or QMP failed.
+    pub fn cont(&mut self) -> Result<()> {
+        let qmp = self.qmp.as_mut().filter(|_| self.held.is_some());
+        let qmp = qmp.ok_or_else(|| Error::Unsupported("this QEMU holds no loaded guest".into()))?;
+        qmp.cmd("cont", json!({}))?;
+        self.held = None;
+        Ok(())
     }
 
     /// The machine arguments QEMU runs (or will run) with.
@@ -248,7 +290,9 @@ impl QemuAdapter {
             loaded?;
             written
         })?;
-        qmp.cmd("cont", json!({}))?;
+        if !self.hold {
+            qmp.cmd("cont", json!({}))?;
+        }
         Ok(())
     }
 }
