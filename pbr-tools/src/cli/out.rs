@@ -16,7 +16,7 @@ pub fn write(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// `println!` through [`write`].
+/// `println!` through [`write()`].
 macro_rules! outln {
     () => {
         $crate::cli::out::write(format_args!("\n"))
@@ -26,7 +26,7 @@ macro_rules! outln {
     };
 }
 
-/// `print!` through [`write`].
+/// `print!` through [`write()`].
 macro_rules! out {
     ($($t:tt)*) => {
         $crate::cli::out::write(format_args!($($t)*))

@@ -282,9 +282,10 @@ pub struct Recovery {
 /// Recovers: picks the latest valid candidate (against `root` when given,
 /// else the latest phase), restores it with QEMU and waits until the
 /// guest's service answers a client on the host, as [`cold_boot`] does
-/// (the guest's pending phase marker is answered at resume). Then `on_ready` is called; when it returns,
-/// the restored QEMU is stopped (a caller that wants the guest to keep
-/// running waits inside `on_ready`, e.g. for QEMU to exit).
+/// (the guest's pending phase marker is answered at resume). Then
+/// `on_ready` is called; when it returns, the restored QEMU is stopped (a
+/// caller that wants the guest to keep running waits inside `on_ready`,
+/// e.g. for QEMU to exit).
 ///
 /// With [`Vmm::Standby`], a QEMU for the machine the latest candidate
 /// records is started before the decision and waits for the state; when the
