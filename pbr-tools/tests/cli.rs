@@ -157,3 +157,30 @@ fn closed_or_full_standard_output() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("pbr-img: error: cannot write to standard output:"), "{err}");
 }
+
+/// A candidate whose recorded machine has no network for the service
+/// check is refused at once, in one line (not after a long wait).
+#[test]
+fn recover_needs_the_service_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("counter.pbr");
+    let stream = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/qemu/counter-q35-16m.qemu");
+    let out = pbr_img(&[
+        "convert",
+        stream.to_str().unwrap(),
+        "-o",
+        image.to_str().unwrap(),
+        "--restore-cmdline",
+        "-machine q35,accel=tcg -m 16 -nodefaults -display none",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for way in [None, Some("--standby"), Some("--prestaged")] {
+        let mut args = vec!["recover", image.to_str().unwrap()];
+        args.extend(way);
+        let out = pbr_img(&args);
+        assert_eq!(out.status.code(), Some(2), "{way:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("no `-netdev user,id=pbrnet`"), "{way:?}: {err}");
+    }
+}

@@ -205,7 +205,7 @@ impl Guest {
         let sock = dir.join("qmp.sock");
         let port = service::free_port()?;
         let mut args = spec.machine_args();
-        service::forward(&mut args, port);
+        service::forward(&mut args, port)?;
         let child = Command::new(&spec.qemu)
             .args(args)
             .args(serial)

@@ -322,7 +322,7 @@ pub fn recover(
             // Images with no QEMU command line (a VMM's) need no standby QEMU.
             match QemuAdapter::recorded_args(&latest) {
                 Some(mut args) => {
-                    service::forward(&mut args, port);
+                    service::forward(&mut args, port)?;
                     args.extend(serial.iter().cloned());
                     let q = match vmm {
                         Vmm::Prestaged => QemuAdapter::prestage(qemu, args, path)?,
@@ -351,7 +351,7 @@ pub fn recover(
     }
     let mut args = QemuAdapter::recorded_args(img)
         .ok_or_else(|| Error::Unsupported("the candidate records no restore command line".into()))?;
-    service::forward(&mut args, port);
+    service::forward(&mut args, port)?;
     args.extend(serial);
     // A standby QEMU of another machine, or holding another image, goes
     // first: it holds the serial socket and the service's host port.

@@ -40,17 +40,20 @@ pub fn free_port() -> Result<u16> {
 }
 
 /// Forwards host port `port` to the guest's service in `args` (the
-/// `-netdev user,id=pbrnet` of [`nic_args`]); returns whether there was
-/// such a network to forward.
-pub fn forward(args: &mut [String], port: u16) -> bool {
+/// `-netdev user,id=pbrnet` of [`nic_args`]).
+///
+/// # Errors
+/// `args` have no such network (a machine recorded without it), so the
+/// service could not be reached.
+pub fn forward(args: &mut [String], port: u16) -> Result<()> {
     let own = format!("user,id={NETDEV}");
-    match args.iter_mut().find(|a| **a == own) {
-        Some(a) => {
-            a.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:{GUEST_PORT}"));
-            true
-        }
-        None => false,
-    }
+    let net = args.iter_mut().find(|a| **a == own).ok_or_else(|| {
+        Error::Unsupported(format!(
+            "the machine has no `-netdev {own}` to reach the guest's service on (recorded by an older pbr-img capture?)"
+        ))
+    })?;
+    net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:{GUEST_PORT}"));
+    Ok(())
 }
 
 /// One request in flight.
@@ -167,10 +170,11 @@ mod tests {
     #[test]
     fn forward_adds_a_host_port_to_the_own_network_only() {
         let mut args = nic_args();
-        assert!(forward(&mut args, 4321));
+        forward(&mut args, 4321).unwrap();
         assert_eq!(args[1], "user,id=pbrnet,hostfwd=tcp:127.0.0.1:4321-:8080");
         let mut other = vec!["-netdev".to_owned(), "user,id=other".to_owned()];
-        assert!(!forward(&mut other, 4321));
+        let e = forward(&mut other, 4321).unwrap_err().to_string();
+        assert!(e.contains("no `-netdev user,id=pbrnet`"), "{e}");
         assert_eq!(other[1], "user,id=other");
     }
 
