@@ -82,12 +82,14 @@ start_daemons() {
   cat /etc/pbr/app.conf > /dev/null
   hostname pbr-guest
   ip link set lo up
-  for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net; do
-    insmod /lib/modules/$m.ko 2>/dev/null
+  for m in $(cat /lib/modules/order 2>/dev/null); do
+    insmod /lib/modules/$m.ko || echo "pbr init: cannot load $m"
   done
   if [ -e /sys/class/net/eth0 ]; then
     ip addr add 10.0.2.15/24 dev eth0
     ip link set eth0 up
+  else
+    echo "pbr init: no eth0: the service cannot be reached from outside"
   fi
   mkdir -p /var/log /var/spool/cron/crontabs /srv/www /srv/data
   syslogd -O /var/log/messages
