@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use pbr_format::{Image, PageClass, PageEncoding};
+use pbr_format::{Image, ImageWriter, PageClass, PageEncoding, Phase, Region, WriterOptions};
 use pbr_tools::phase::guest::GuestSpec;
 use pbr_tools::phase::{CaptureOptions, Vmm, capture, cold_boot, recover};
 
@@ -50,6 +50,17 @@ fn capture_then_recover_beats_a_cold_boot() {
         assert!(c.image_bytes < c.untrimmed_bytes);
         assert!(img.manifest().iter().any(|f| f.path == "etc/pbr/kernel.conf"));
     }
+    // A later "candidate" for the same machine that opens but cannot be
+    // restored (no QEMU state at all), recording the daemons' configuration
+    // as it is now: what a prestaged QEMU finds when the latest image is bad.
+    let later = dir.path().join("later.pbr");
+    let daemons = Image::open(&list[1].path).unwrap();
+    let staged = dir.path().join("later-staging.pbr");
+    let mut w = ImageWriter::create(&staged, &[Region::ram("pc.ram", 0, 1 << 20)], WriterOptions::default()).unwrap();
+    w.set_phase(Phase::named("later", 3)).unwrap();
+    w.set_metadata("restore.cmdline", daemons.metadata_value("restore.cmdline").unwrap()).unwrap();
+    w.finish().unwrap();
+    pbr_tools::manifest::add(&Image::open(&staged).unwrap(), &root, &["etc/pbr/app.conf".into()], &later).unwrap();
     let spec = GuestSpec { append: "console=ttyS0 pbr.data=1 pbr.anon=1".into(), ..spec };
     let paths: Vec<_> = list.iter().map(|c| c.path.clone()).collect();
     for vmm in [Vmm::Spawn, Vmm::Standby, Vmm::Prestaged] {
@@ -72,4 +83,11 @@ fn capture_then_recover_beats_a_cold_boot() {
         assert_eq!(r.vmm, used, "{vmm:?}");
         assert!(r.signal.contains("200 OK"), "{}", r.signal);
     }
+    // The later image is invalid now too, and could not be prestaged: the
+    // QEMU prepared for it stays a plain standby, which serves kernel.
+    let mut with_later = paths.clone();
+    with_later.push(later);
+    let r = recover(&with_later, Some(&root), "qemu-system-x86_64", Vmm::Prestaged, &mut |_, _| {}).unwrap();
+    assert!(r.chosen.ends_with("kernel.pbr"), "{:?}", r.chosen);
+    assert_eq!(r.vmm, Vmm::Standby);
 }

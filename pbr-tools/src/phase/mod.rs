@@ -325,7 +325,11 @@ pub fn recover(
                     service::forward(&mut args, port)?;
                     args.extend(serial.iter().cloned());
                     let q = match vmm {
-                        Vmm::Prestaged => QemuAdapter::prestage(qemu, args, path)?,
+                        // Preparing before a failure must not prevent the
+                        // recovery: an image that does not load leaves a
+                        // plain standby QEMU (and is not chosen if invalid).
+                        Vmm::Prestaged => QemuAdapter::prestage(qemu, args.clone(), path)
+                            .or_else(|_| QemuAdapter::standby(qemu, args))?,
                         _ => QemuAdapter::standby(qemu, args)?,
                     };
                     (Some(q), Some(Control::connect(&ctl)?))

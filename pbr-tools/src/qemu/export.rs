@@ -75,10 +75,22 @@ impl<W: Write> Emitter<'_, W> {
             self.report.omitted_pages += 1;
             return Ok(());
         }
+        // Raw pages are borrowed from the mapped image, others decoded into
+        // the reused buffer: no copy of a page before the stream's buffer.
+        let img = self.img;
         let mut buf = std::mem::take(&mut self.buf);
-        let content = self.img.read_in_extent(&e, addr / ps, &mut buf)?.to_vec();
+        let written = match img.read_in_extent(&e, addr / ps, &mut buf) {
+            Ok(content) => self.record(block, page, kind, content),
+            Err(e) => Err(e.into()),
+        };
         self.buf = buf;
-        let zero = kind == RunKind::Zero && is_zero(&content);
+        written
+    }
+
+    /// The record of page `page` of block `block` holding `content`.
+    fn record(&mut self, block: u16, page: u64, kind: RunKind, content: &[u8]) -> Result<()> {
+        let ps = u64::from(self.img.page_size());
+        let zero = kind == RunKind::Zero && is_zero(content);
         let mut header = (page * ps) | if zero { flags::ZERO } else { flags::PAGE };
         let continues = self.last_block == Some(block);
         if continues {
@@ -96,7 +108,7 @@ impl<W: Write> Emitter<'_, W> {
             self.put(&[0])
         } else {
             self.report.page_records += 1;
-            self.put(&content)
+            self.put(content)
         }
     }
 
