@@ -184,3 +184,31 @@ fn recover_needs_the_service_network() {
         assert!(err.contains("no `-netdev user,id=pbrnet`"), "{way:?}: {err}");
     }
 }
+
+/// QEMU refusing the recorded machine is named at once, in one line, for
+/// each way of starting it (not after waiting for its QMP socket).
+#[test]
+fn recover_names_a_qemu_that_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("bogus.pbr");
+    let stream = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/qemu/counter-q35-16m.qemu");
+    let out = pbr_img(&[
+        "convert",
+        stream.to_str().unwrap(),
+        "-o",
+        image.to_str().unwrap(),
+        "--restore-cmdline",
+        "-machine no-such-machine -netdev user,id=pbrnet",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for way in [None, Some("--standby"), Some("--prestaged")] {
+        let mut args = vec!["recover", image.to_str().unwrap()];
+        args.extend(way);
+        let out = pbr_img(&args);
+        assert_eq!(out.status.code(), Some(2), "{way:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        let ours: Vec<&str> = err.lines().filter(|l| l.starts_with("pbr-img:")).collect();
+        assert_eq!(ours.len(), 1, "{err}");
+        assert!(ours[0].contains("exited (exit status: 1) before it was ready"), "{way:?}: {err}");
+    }
+}

@@ -206,7 +206,7 @@ impl Guest {
         let port = service::free_port()?;
         let mut args = spec.machine_args();
         service::forward(&mut args, port)?;
-        let child = Command::new(&spec.qemu)
+        let mut child = Command::new(&spec.qemu)
             .args(args)
             .args(serial)
             .args(paused.then_some("-S"))
@@ -216,7 +216,7 @@ impl Guest {
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| Error::io(format!("cannot start {}", spec.qemu), e))?;
-        let qmp = Qmp::connect(&sock)?;
+        let qmp = Qmp::connect_to(&sock, &mut child, &spec.qemu)?;
         let control = Control::connect(&ctl)?;
         Ok(Guest { child, qmp, control, port })
     }

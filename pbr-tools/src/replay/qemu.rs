@@ -26,6 +26,24 @@ impl Qmp {
     /// # Errors
     /// The socket never appeared or QMP misbehaved.
     pub fn connect(sock: &Path) -> Result<Qmp> {
+        Qmp::connect_watching(sock, &mut || None)
+    }
+
+    /// As [`Qmp::connect`] to the QMP of `child` (the process `qemu`),
+    /// failing at once when it exits first (bad arguments, a kernel it
+    /// cannot load) instead of after the 20 s wait.
+    ///
+    /// # Errors
+    /// QEMU exited, the socket never appeared, or QMP misbehaved.
+    pub fn connect_to(sock: &Path, child: &mut Child, qemu: &str) -> Result<Qmp> {
+        let mut gone = || match child.try_wait() {
+            Ok(Some(status)) => Some(exited(qemu, status)),
+            _ => None,
+        };
+        Qmp::connect_watching(sock, &mut gone).map_err(|e| qemu_failure(child, qemu, e))
+    }
+
+    fn connect_watching(sock: &Path, gone: &mut dyn FnMut() -> Option<Error>) -> Result<Qmp> {
         let t = Instant::now();
         let s = loop {
             match UnixStream::connect(sock) {
@@ -33,7 +51,12 @@ impl Qmp {
                 Err(e) if t.elapsed() > Duration::from_secs(20) => {
                     return Err(Error::io(format!("cannot connect to QMP at {}", sock.display()), e));
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                Err(_) => {
+                    if let Some(e) = gone() {
+                        return Err(e);
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
             }
         };
         s.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| Error::io("QMP", e))?;
@@ -91,6 +114,26 @@ impl Qmp {
             }
         }
     }
+}
+
+/// The error to report when talking to QEMU failed with `e`: if QEMU has
+/// exited (it is given a second), that it did and how, since its own message
+/// on stderr says why; else `e`.
+pub fn qemu_failure(child: &mut Child, qemu: &str, e: Error) -> Error {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(1) {
+        match child.try_wait() {
+            Ok(Some(status)) => return exited(qemu, status),
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => break,
+        }
+    }
+    e
+}
+
+/// QEMU exited with `status` before it was ready.
+fn exited(qemu: &str, status: std::process::ExitStatus) -> Error {
+    Error::Unsupported(format!("{qemu} exited ({status}) before it was ready: see its message above"))
 }
 
 /// Replays into a fresh QEMU.
@@ -154,8 +197,8 @@ impl QemuAdapter {
             .stdin(std::process::Stdio::null())
             .spawn()
             .map_err(|e| Error::io(format!("cannot start {}", q.qemu), e))?;
-        q.child = Some(child);
-        q.qmp = Some(Qmp::connect(&sock)?);
+        let child = q.child.insert(child);
+        q.qmp = Some(Qmp::connect_to(&sock, child, qemu)?);
         q.incoming = Some(incoming);
         Ok(q)
     }
@@ -253,20 +296,21 @@ impl HypervisorAdapter for QemuAdapter {
             .stdin(rx)
             .spawn()
             .map_err(|e| Error::io(format!("cannot start {}", self.qemu), e))?;
-        self.child = Some(child);
         let image_path = self.image.clone();
         let writer = std::thread::spawn(move || -> Result<()> {
             let image = Image::open(&image_path)?;
             // When QEMU fails, its end closes and the writes fail (EPIPE).
             export_qemu_to(&image, tx, ExportOptions { omit_zero_pages: true }).map(|_| ())
         });
-        let loaded = Qmp::connect(&sock).and_then(|mut q| q.wait_migration(Duration::from_secs(300)).map(|()| q));
-        if loaded.is_err()
-            && let Some(c) = self.child.as_mut()
-        {
-            // Its end of the pipe closes with it, so the writer stops.
-            let _ = c.kill();
-        }
+        let child = self.child.insert(child);
+        let loaded = Qmp::connect_to(&sock, child, &self.qemu)
+            .and_then(|mut q| q.wait_migration(Duration::from_secs(300)).map(|()| q))
+            .map_err(|e| {
+                let e = qemu_failure(child, &self.qemu, e);
+                // Its end of the pipe closes with it, so the writer stops.
+                let _ = child.kill();
+                e
+            });
         let written = writer.join().map_err(|_| Error::Unsupported("the stream writer panicked".into()))?;
         let mut qmp = loaded?;
         written?;
