@@ -158,30 +158,44 @@ fn closed_or_full_standard_output() {
     assert!(err.starts_with("pbr-img: error: cannot write to standard output:"), "{err}");
 }
 
+/// The bundled counter stream converted into `dir` as a candidate whose
+/// recorded QEMU command line is `cmdline`.
+fn counter_candidate(dir: &Path, cmdline: &str) -> PathBuf {
+    let image = dir.join("counter.pbr");
+    let stream = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/qemu/counter-q35-16m.qemu");
+    let (stream, out) = (stream.to_str().unwrap(), image.to_str().unwrap());
+    let got = pbr_img(&["convert", stream, "-o", out, "--restore-cmdline", cmdline]);
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    image
+}
+
+/// `pbr-img recover IMAGE` with QEMU started at the decision, standby and
+/// prestaged: each must fail with status 2 and one line of its own; the
+/// lines.
+fn recover_fails_each_way(image: &Path) -> Vec<String> {
+    [None, Some("--standby"), Some("--prestaged")]
+        .into_iter()
+        .map(|way| {
+            let mut args = vec!["recover", image.to_str().unwrap()];
+            args.extend(way);
+            let out = pbr_img(&args);
+            assert_eq!(out.status.code(), Some(2), "{way:?}");
+            let err = String::from_utf8(out.stderr).unwrap();
+            let ours: Vec<&str> = err.lines().filter(|l| l.starts_with("pbr-img:")).collect();
+            assert_eq!(ours.len(), 1, "{way:?}: {err}");
+            ours[0].to_owned()
+        })
+        .collect()
+}
+
 /// A candidate whose recorded machine has no network for the service
 /// check is refused at once, in one line (not after a long wait).
 #[test]
 fn recover_needs_the_service_network() {
     let dir = tempfile::tempdir().unwrap();
-    let image = dir.path().join("counter.pbr");
-    let stream = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/qemu/counter-q35-16m.qemu");
-    let out = pbr_img(&[
-        "convert",
-        stream.to_str().unwrap(),
-        "-o",
-        image.to_str().unwrap(),
-        "--restore-cmdline",
-        "-machine q35,accel=tcg -m 16 -nodefaults -display none",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for way in [None, Some("--standby"), Some("--prestaged")] {
-        let mut args = vec!["recover", image.to_str().unwrap()];
-        args.extend(way);
-        let out = pbr_img(&args);
-        assert_eq!(out.status.code(), Some(2), "{way:?}");
-        let err = String::from_utf8(out.stderr).unwrap();
-        assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.contains("no `-netdev user,id=pbrnet`"), "{way:?}: {err}");
+    let image = counter_candidate(dir.path(), "-machine q35,accel=tcg -m 16 -nodefaults -display none");
+    for err in recover_fails_each_way(&image) {
+        assert!(err.contains("no `-netdev user,id=pbrnet`"), "{err}");
     }
 }
 
@@ -190,25 +204,8 @@ fn recover_needs_the_service_network() {
 #[test]
 fn recover_names_a_qemu_that_exits() {
     let dir = tempfile::tempdir().unwrap();
-    let image = dir.path().join("bogus.pbr");
-    let stream = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/qemu/counter-q35-16m.qemu");
-    let out = pbr_img(&[
-        "convert",
-        stream.to_str().unwrap(),
-        "-o",
-        image.to_str().unwrap(),
-        "--restore-cmdline",
-        "-machine no-such-machine -netdev user,id=pbrnet",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for way in [None, Some("--standby"), Some("--prestaged")] {
-        let mut args = vec!["recover", image.to_str().unwrap()];
-        args.extend(way);
-        let out = pbr_img(&args);
-        assert_eq!(out.status.code(), Some(2), "{way:?}");
-        let err = String::from_utf8(out.stderr).unwrap();
-        let ours: Vec<&str> = err.lines().filter(|l| l.starts_with("pbr-img:")).collect();
-        assert_eq!(ours.len(), 1, "{err}");
-        assert!(ours[0].contains("exited (exit status: 1) before it was ready"), "{way:?}: {err}");
+    let image = counter_candidate(dir.path(), "-machine no-such-machine -netdev user,id=pbrnet");
+    for err in recover_fails_each_way(&image) {
+        assert!(err.contains("exited (exit status: 1) before it was ready"), "{err}");
     }
 }
