@@ -119,7 +119,7 @@ impl Qmp {
 /// The error to report when talking to QEMU failed with `e`: if QEMU has
 /// exited (it is given a second), that it did and how, since its own message
 /// on stderr says why; else `e`.
-pub fn qemu_failure(child: &mut Child, qemu: &str, e: Error) -> Error {
+fn qemu_failure(child: &mut Child, qemu: &str, e: Error) -> Error {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(1) {
         match child.try_wait() {
