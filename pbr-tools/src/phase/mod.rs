@@ -222,8 +222,11 @@ fn serve(control: &mut Control, qmp: &mut Qmp, port: u16, pending: bool, t: Inst
             let _ = qmp.cmd("quit", serde_json::json!({}));
         }
         let uptime = guest.join().map_err(|_| Error::Unsupported("the control port reader panicked".into()))?;
-        let (at, status) = ready?;
-        Ok(Served { at, status, uptime: uptime? })
+        // What the guest's side says comes first: it is why the wait ended.
+        match (ready, uptime) {
+            (Ok((at, status)), Ok(uptime)) => Ok(Served { at, status, uptime }),
+            (_, Err(e)) | (Err(e), _) => Err(e),
+        }
     })
 }
 
