@@ -1,7 +1,7 @@
 #!/bin/sh
-# /init of the phase-reboot test guest (busybox sh, PID 1): the lab guest of
-# ../shared/fixtures/qemu/lab/guest-init.sh, extended to report the files
-# its boot read up to each phase (for `pbr-img manifest add` / `select`):
+# /init of the phase-reboot test guest (busybox sh, PID 1). Besides its
+# phases it reports the files its boot read up to each phase (for
+# `pbr-img manifest add` / `select`):
 #   PBR-FILE <phase> <path>   one line per regular file of the root file
 #                             system whose access time is at or after the
 #                             start of /init, sent before PBR-PHASE.

@@ -18,8 +18,13 @@ use timing::median;
 
 use pbr_format::{Image, PageClass};
 
+/// The fixtures `scripts/make-fixtures` makes.
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/qemu")
+    let p = std::env::var_os("PBR_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures/qemu"));
+    assert!(p.join("fixtures.json").is_file(), "no fixtures at {}: run scripts/make-fixtures", p.display());
+    p
 }
 
 fn time(mut f: impl FnMut()) -> Duration {
@@ -40,10 +45,7 @@ fn compressed_len(tool: &str, args: &[&str], input: &Path) -> Option<u64> {
 }
 
 fn prepare(d: &Path, name: &str) -> PathBuf {
-    let stream = d.join(format!("{name}.qemu"));
-    let f = std::fs::File::create(&stream).unwrap();
-    let st = Command::new("xz").arg("-dc").arg(fixtures().join(format!("{name}.qemu.xz"))).stdout(f).status().unwrap();
-    assert!(st.success());
+    let stream = fixtures().join(format!("{name}.qemu"));
     let raw = d.join(format!("{name}.pbr"));
     pbr_tools::qemu::convert(std::fs::File::open(&stream).unwrap(), None, &raw, &Default::default(), &|_| {}).unwrap();
     let flags = pbr_tools::classify::read_words(&fixtures().join(format!("{name}.kpageflags.gz")), 1 << 24).unwrap();

@@ -9,8 +9,8 @@
 //! - the library's conversion without the fsync, to show what the durable
 //!   write costs.
 //!
-//! Two guests: `booted` (the real Linux guest's 256 MiB of memory from the
-//! shared fixtures, the rest of the 1 GiB zero, as a freshly booted guest
+//! Two guests: `booted` (the real Linux guest's 128 MiB of memory from the
+//! fixtures of `scripts/make-fixtures`, the rest of the 1 GiB zero, as a freshly booted guest
 //! is) and `dense` (every page pseudo-random: the worst case).
 //! Set `PBR_BENCH_MB` to change the guest size (default 1024).
 

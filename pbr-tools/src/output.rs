@@ -54,3 +54,14 @@ impl AtomicFile {
         Ok(dest)
     }
 }
+
+/// Writes `bytes` to `dest` atomically (temporary file, sync, rename).
+///
+/// # Errors
+/// The temporary file cannot be created, written, synced or renamed.
+pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    use std::io::Write;
+    let out = AtomicFile::create(dest)?;
+    out.file().write_all(bytes).map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?;
+    out.commit()
+}

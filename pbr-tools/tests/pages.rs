@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixture_info, fixture_stream, fixtures, pbr_img, pbr_img_ok};
+use common::{fixture_info, fixture_stream, fixtures, kpageflags_counts, pbr_img, pbr_img_ok};
 use pbr_format::{CacheRef, FileEntry, Image, ImageWriter, PageClass, PageEncoding};
 
 /// Converts and classifies fixture `name` into `dir`.
@@ -54,20 +54,17 @@ fn classes_from_real_kpageflags() {
     for name in ["q35-128m-kernel", "q35-128m-daemons"] {
         let img = Image::open(classified(dir.path(), name)).unwrap();
         img.verify().unwrap();
-        let pc = &fixture_info(name)["page_classes"];
-        let n = |k: &str| pc[k].as_u64().unwrap();
+        let flags = fixtures().join(fixture_info(name)["kpageflags"].as_str().unwrap());
+        let [free, user, other] = kpageflags_counts(&flags);
         let counts = img.page_counts();
         let class = |c: PageClass| counts[c as usize].iter().sum::<u64>();
-        // The lab's classifier (kpf.py) over the same dump, mapped onto ours.
-        assert_eq!(class(PageClass::Free), n("free") + n("nopage"), "{name}");
-        assert_eq!(class(PageClass::User), n("anon") + n("shmem_tmpfs"), "{name}");
-        assert_eq!(
-            class(PageClass::Kernel) + class(PageClass::Cache),
-            n("slab") + n("pgtable") + n("reserved") + n("kernel_other") + n("pagecache_file"),
-            "{name}"
-        );
+        // An independent reading of the same dump, mapped onto our classes.
+        assert!(free > 10_000 && user > 100 && other > 1000, "{name}: {free} {user} {other}");
+        assert_eq!(class(PageClass::Free), free, "{name}");
+        assert_eq!(class(PageClass::User), user, "{name}");
+        assert_eq!(class(PageClass::Kernel) + class(PageClass::Cache), other, "{name}");
         // Firmware blocks are not guest-physical: left unknown.
-        assert_eq!(class(PageClass::Unknown), img.page_count() - n("total_pfns"));
+        assert_eq!(class(PageClass::Unknown), img.page_count() - (free + user + other));
         assert_eq!(img.metadata_value("classes.source"), Some("kpageflags"));
         assert_eq!(img.metadata_value("guest.kernel"), Some("6.1.0-56-cloud-amd64"));
     }
@@ -123,7 +120,9 @@ fn trim_drops_free_pages_and_keeps_the_rest() {
             .unwrap();
     let (src, t) = (Image::open(&src_path).unwrap(), Image::open(&out).unwrap());
     t.verify().unwrap();
-    assert_eq!(report["free_pages"], 16705);
+    let flags = fixtures().join(fixture_info("q35-128m-kernel")["kpageflags"].as_str().unwrap());
+    let free = kpageflags_counts(&flags)[0];
+    assert_eq!(report["free_pages"], free);
     assert_eq!(report["after_bytes"], t.file_len());
     let (mut x, mut y) = (vec![0u8; 4096], vec![0u8; 4096]);
     for e in src.extents() {
@@ -139,10 +138,10 @@ fn trim_drops_free_pages_and_keeps_the_rest() {
         }
     }
     // Trimmed size against the non-free pages: at most those pages + 1%.
-    let non_free = (src.page_count() - 16705) * 4096;
+    let non_free = (src.page_count() - free) * 4096;
     assert!((t.file_len() as f64) <= non_free as f64 * 1.01, "{} > {non_free}", t.file_len());
     let inspect = pbr_img_ok(&["inspect", out.to_str().unwrap()]);
-    assert!(inspect.contains("restore    16705 free pages were dropped"), "{inspect}");
+    assert!(inspect.contains(&format!("restore    {free} free pages were dropped")), "{inspect}");
 }
 
 #[test]

@@ -39,7 +39,8 @@ fn capture_then_recover_beats_a_cold_boot() {
         .unwrap();
     assert!(st.success());
     let out = dir.path().join("candidates");
-    let list = capture(&spec, &out, &CaptureOptions { classify: true, root: Some(root.clone()) }).unwrap();
+    let list =
+        capture(&spec, &out, &CaptureOptions { classify: true, root: Some(root.clone()), keep_streams: None }).unwrap();
     assert_eq!(list.iter().map(|c| c.phase.as_str()).collect::<Vec<_>>(), ["kernel", "daemons"]);
     for c in &list {
         let img = Image::open(&c.path).unwrap();

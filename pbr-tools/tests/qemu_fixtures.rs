@@ -1,4 +1,4 @@
-//! The real QEMU 7.2 streams of a real Linux guest in `../shared/fixtures`:
+//! The real QEMU streams of a real Linux guest (`scripts/make-fixtures`):
 //! converted, every page checked against the stream, exported back byte for
 //! byte.
 

@@ -73,7 +73,7 @@ fn qemu_adapter_restores_a_converted_stream() {
     assert_eq!(&counts[..3], &[0x4a, 0x4b, 0x4c], "the restored guest carries on from 0x49");
 }
 
-/// The real Linux guest of the shared fixtures, converted and replayed
+/// The real Linux guest of the fixtures, converted and replayed
 /// through the QEMU adapter (no -kernel needed: it is all in the image),
 /// answers its phase handshake and reaches service-ready.
 #[test]
@@ -91,6 +91,7 @@ fn qemu_adapter_restores_the_real_linux_fixture() {
         "daemons",
     ]);
     let (tty0, tty1) = (d.join("ttyS0.txt"), d.join("ttyS1.sock"));
+    // The fixture's machine, with the NIC the guest was captured with.
     let args: Vec<String> = [
         "-machine",
         "q35,accel=tcg",
@@ -107,6 +108,7 @@ fn qemu_adapter_restores_the_real_linux_fixture() {
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(pbr_tools::phase::service::nic_args())
     .chain([
         "-serial".into(),
         format!("file:{}", tty0.display()),

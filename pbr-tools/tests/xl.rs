@@ -1,6 +1,6 @@
 //! `xl save` files: import and export, checked by Xen's own stream
 //! verifier. The files are built by `common::xl` the way Xen's savers write
-//! them, with real Linux guest memory (the shared QEMU fixtures' RAM) as
+//! them, with real Linux guest memory (the RAM of the QEMU fixtures that `scripts/make-fixtures` makes) as
 //! page content; each is accepted by `verify-stream-v2` before it is
 //! converted, and every file `export --to xl` writes is checked again.
 

@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use pbr_tools::Result;
-use pbr_tools::phase::Vmm;
+use pbr_tools::phase::{CaptureOptions, Vmm};
 
 /// Restartable VM images: convert, inspect, verify and export `.pbr` files.
 ///
@@ -240,6 +240,10 @@ enum Command {
         /// Record the files each phase read that exist under this root.
         #[arg(long)]
         root: Option<PathBuf>,
+        /// Keep each phase's QEMU stream (`PHASE.qemu`) and the guest's
+        /// kpageflags dump (`PHASE.kpageflags.gz`) in this directory.
+        #[arg(long, value_name = "DIR")]
+        keep_streams: Option<PathBuf>,
         /// Output directory.
         #[arg(short, long)]
         output: PathBuf,
@@ -376,7 +380,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             manifest::add_run(&image, &root, list.as_deref(), accessed_since, &output, json)
         }
         Command::Select { root, images, strict, json } => manifest::select_run(&root, &images, strict, json),
-        Command::Capture { guest, root, output, json } => phase::capture_run(&guest, &output, root, json),
+        Command::Capture { guest, root, keep_streams, output, json } => {
+            phase::capture_run(&guest, &output, CaptureOptions { classify: false, root, keep_streams }, json)
+        }
         Command::Boot { guest, standby, json } => phase::boot_run(&guest, standby, json),
         Command::Recover { candidates, root, qemu, keep_running, standby, prestaged, json } => {
             let vmm = match (standby, prestaged) {

@@ -54,16 +54,17 @@ impl GuestArgs {
     }
 }
 
-pub fn capture_run(g: &GuestArgs, out: &Path, root: Option<PathBuf>, as_json: bool) -> Result<ExitCode> {
+pub fn capture_run(g: &GuestArgs, out: &Path, opts: CaptureOptions, as_json: bool) -> Result<ExitCode> {
     let classify = g.append.split_whitespace().any(|w| w == "pbr.kpf=1");
-    let list = capture(&g.spec(), out, &CaptureOptions { classify, root })?;
+    let list = capture(&g.spec(), out, &CaptureOptions { classify, ..opts })?;
     if as_json {
         let v: Vec<_> = list
             .iter()
             .map(|c| {
                 json!({"phase": c.phase, "image": c.path.display().to_string(), "since_power_on_s": c.since_power_on,
                        "guest_uptime_s": c.guest_uptime, "guest_bytes": c.guest_bytes, "stream_bytes": c.stream_bytes,
-                       "untrimmed_bytes": c.untrimmed_bytes, "image_bytes": c.image_bytes})
+                       "untrimmed_bytes": c.untrimmed_bytes, "image_bytes": c.image_bytes,
+                       "qemu_zero_pages": c.counters.zero_pages, "qemu_normal_pages": c.counters.normal_pages})
             })
             .collect();
         outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());

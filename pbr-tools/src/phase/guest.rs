@@ -222,13 +222,17 @@ impl Guest {
     }
 
     /// Saves the (stopped) guest with QEMU's migration to `path`, waiting
-    /// until the file is whole.
+    /// until the file is whole. Returns QEMU's RAM counters of the save.
     ///
     /// # Errors
     /// The migration failed.
-    pub fn save(&mut self, path: &Path) -> Result<()> {
+    pub fn save(&mut self, path: &Path) -> Result<SaveCounters> {
         self.qmp.cmd("migrate", json!({"uri": format!("exec:cat > {}", path.display())}))?;
-        self.qmp.wait_migration(Duration::from_secs(600))?;
+        let st = self.qmp.wait_migration(Duration::from_secs(600))?;
+        let counters = SaveCounters {
+            zero_pages: st["ram"]["duplicate"].as_u64().unwrap_or(0),
+            normal_pages: st["ram"]["normal"].as_u64().unwrap_or(0),
+        };
         // With exec:cat, "completed" can come before cat has written the
         // last bytes: wait for the vmdescription's closing brace to settle.
         let t = Instant::now();
@@ -237,7 +241,7 @@ impl Guest {
             let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             let ends = last_byte(path) == Some(b'}');
             if ends && len == last {
-                return Ok(());
+                return Ok(counters);
             }
             last = len;
             if t.elapsed() > Duration::from_secs(120) {
@@ -252,6 +256,15 @@ impl Guest {
         let _ = self.qmp.cmd("quit", json!({}));
         let _ = self.child.wait();
     }
+}
+
+/// QEMU's own RAM counters of one save (`query-migrate`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SaveCounters {
+    /// Pages sent as zero records (`ram.duplicate`).
+    pub zero_pages: u64,
+    /// Pages sent with their content (`ram.normal`).
+    pub normal_pages: u64,
 }
 
 fn last_byte(path: &Path) -> Option<u8> {

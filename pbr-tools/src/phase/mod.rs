@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::qemu::{ConvertOptions, convert};
 use crate::replay::qemu::{QemuAdapter, Qmp};
 use crate::replay::replay;
-use guest::{Control, Event, Guest, GuestSpec, serial_args};
+use guest::{Control, Event, Guest, GuestSpec, SaveCounters, serial_args};
 
 /// One candidate written by [`capture`].
 #[derive(Clone, Debug)]
@@ -36,6 +36,8 @@ pub struct Candidate {
     pub untrimmed_bytes: u64,
     /// Size of the stored (classified, trimmed) image.
     pub image_bytes: u64,
+    /// QEMU's RAM counters of the save.
+    pub counters: SaveCounters,
 }
 
 /// What to do at each phase.
@@ -46,6 +48,9 @@ pub struct CaptureOptions {
     pub classify: bool,
     /// Record the files each phase read that exist under this root.
     pub root: Option<PathBuf>,
+    /// Keep each phase's QEMU stream (`<phase>.qemu`) and the guest's
+    /// kpageflags dump (`<phase>.kpageflags.gz`) in this directory.
+    pub keep_streams: Option<PathBuf>,
 }
 
 /// Boots `spec` and writes one trimmed candidate per phase into `out`.
@@ -56,6 +61,9 @@ pub fn capture(spec: &GuestSpec, out: &Path, opts: &CaptureOptions) -> Result<Ve
     std::fs::create_dir_all(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
     let work = tempfile::tempdir_in(out).map_err(|e| Error::io("cannot create a work directory", e))?;
     let t0 = Instant::now();
+    if let Some(dir) = &opts.keep_streams {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    }
     let mut g = Guest::boot(spec, work.path(), false)?;
     let mut files: HashMap<String, Vec<String>> = HashMap::new();
     let mut kpf: HashMap<String, Vec<u8>> = HashMap::new();
@@ -70,7 +78,7 @@ pub fn capture(spec: &GuestSpec, out: &Path, opts: &CaptureOptions) -> Result<Ve
                 let since_power_on = t0.elapsed().as_secs_f64();
                 g.qmp.cmd("stop", serde_json::json!({}))?;
                 let stream = work.path().join(format!("{p}.qemu"));
-                g.save(&stream)?;
+                let counters = g.save(&stream)?;
                 let c = candidate(
                     spec,
                     out,
@@ -83,8 +91,11 @@ pub fn capture(spec: &GuestSpec, out: &Path, opts: &CaptureOptions) -> Result<Ve
                     &kpf,
                     opts,
                 )?;
-                out_list.push(Candidate { since_power_on, ..c });
-                std::fs::remove_file(&stream).map_err(|e| Error::io("cannot remove a stream", e))?;
+                out_list.push(Candidate { since_power_on, counters, ..c });
+                match &opts.keep_streams {
+                    Some(dir) => keep(&stream, kpf.get(&p), dir, &p)?,
+                    None => std::fs::remove_file(&stream).map_err(|e| Error::io("cannot remove a stream", e))?,
+                }
                 g.qmp.cmd("cont", serde_json::json!({}))?;
                 g.control.go()?;
             }
@@ -93,6 +104,18 @@ pub fn capture(spec: &GuestSpec, out: &Path, opts: &CaptureOptions) -> Result<Ve
     }
     g.quit();
     Ok(out_list)
+}
+
+/// Moves a phase's stream into `dir` and writes its kpageflags dump beside.
+fn keep(stream: &Path, kpf: Option<&Vec<u8>>, dir: &Path, phase: &str) -> Result<()> {
+    let dest = dir.join(format!("{phase}.qemu"));
+    std::fs::rename(stream, &dest)
+        .or_else(|_| std::fs::copy(stream, &dest).and_then(|_| std::fs::remove_file(stream)))
+        .map_err(|e| Error::io(format!("cannot keep the stream as {}", dest.display()), e))?;
+    if let Some(gz) = kpf {
+        crate::output::write_atomic(&dir.join(format!("{phase}.kpageflags.gz")), gz)?;
+    }
+    Ok(())
 }
 
 /// Converts, classifies, trims and records the manifest of one phase.
@@ -157,6 +180,7 @@ fn candidate(
         stream_bytes,
         untrimmed_bytes,
         image_bytes,
+        counters: SaveCounters::default(),
     })
 }
 

@@ -96,16 +96,16 @@ impl Qmp {
 
     /// Polls `query-migrate` (every millisecond: a QMP round trip costs far
     /// less, and a recovery's downtime counts every wasted one) until
-    /// `completed`.
+    /// `completed`, and returns that last answer (its `ram` counters).
     ///
     /// # Errors
     /// The migration failed or took longer than `timeout`.
-    pub fn wait_migration(&mut self, timeout: Duration) -> Result<()> {
+    pub fn wait_migration(&mut self, timeout: Duration) -> Result<serde_json::Value> {
         let t = Instant::now();
         loop {
             let st = self.cmd("query-migrate", json!({}))?;
             match st["status"].as_str() {
-                Some("completed") => return Ok(()),
+                Some("completed") => return Ok(st),
                 Some("failed") | Some("cancelled") => return Err(Error::Unsupported(format!("migration {st}"))),
                 _ if t.elapsed() > timeout => {
                     return Err(Error::Unsupported(format!("migration did not finish: {st}")));
@@ -304,7 +304,7 @@ impl HypervisorAdapter for QemuAdapter {
         });
         let child = self.child.insert(child);
         let loaded = Qmp::connect_to(&sock, child, &self.qemu)
-            .and_then(|mut q| q.wait_migration(Duration::from_secs(300)).map(|()| q))
+            .and_then(|mut q| q.wait_migration(Duration::from_secs(300)).map(|_| q))
             .map_err(|e| {
                 let e = qemu_failure(child, &self.qemu, e);
                 // Its end of the pipe closes with it, so the writer stops.

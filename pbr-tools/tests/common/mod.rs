@@ -10,29 +10,23 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// `../shared/fixtures/qemu` beside the repository.
+/// The real-guest QEMU fixtures that `scripts/make-fixtures` makes (under
+/// `target/fixtures/qemu`, or where `PBR_FIXTURES` points).
 pub fn fixtures() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/qemu");
-    assert!(p.is_dir(), "the shared QEMU fixtures are missing at {}", p.display());
+    let p = std::env::var_os("PBR_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures/qemu"));
+    assert!(
+        p.join("fixtures.json").is_file(),
+        "the real-guest QEMU fixtures are missing at {}: run scripts/make-fixtures (scripts/test does)",
+        p.display()
+    );
     p
 }
 
-/// The fixture `name` (`q35-128m-daemons`, ...) decompressed once into the
-/// cargo target directory.
+/// The stream of fixture `name` (`q35-128m-daemons`, ...).
 pub fn fixture_stream(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join(format!("{name}.qemu"));
-    if !out.exists() {
-        let src = fixtures().join(format!("{name}.qemu.xz"));
-        // Unique per caller: tests in one process may race to make it.
-        let tmp = tempfile::NamedTempFile::new_in(&dir).unwrap();
-        let f = tmp.reopen().unwrap();
-        let st = Command::new("xz").arg("-dc").arg(&src).stdout(f).status().expect("xz (apt-get install xz-utils)");
-        assert!(st.success(), "xz -dc {}", src.display());
-        tmp.persist(&out).unwrap();
-    }
-    out
+    fixtures().join(format!("{name}.qemu"))
 }
 
 /// The fixture's entry in `fixtures.json`.
@@ -40,6 +34,44 @@ pub fn fixture_info(name: &str) -> serde_json::Value {
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixtures().join("fixtures.json")).unwrap()).unwrap();
     v.as_array().unwrap().iter().find(|f| f["fixture"] == name).cloned().unwrap()
+}
+
+/// Coarse page counts of a kpageflags dump, read here independently of
+/// pbr-tools: `[free, user, other]`. Free: in the buddy allocator, offline,
+/// poisoned or no page; user: anonymous, or on an LRU list or mapped and
+/// swap-backed and neither slab nor page table (shmem, tmpfs); other:
+/// everything else (kernel, file cache).
+/// Compound tail pages count with their head.
+pub fn kpageflags_counts(path: &Path) -> [u64; 3] {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()).read_to_end(&mut raw).unwrap();
+    let bit = |f: u64, b: u32| f & (1 << b) != 0;
+    let mut counts = [0u64; 3];
+    let mut head = None;
+    for w in raw.chunks_exact(8) {
+        let f = u64::from_le_bytes(w.try_into().unwrap());
+        let class = match head {
+            Some(c) if bit(f, 16) => c,
+            _ => {
+                let c = if bit(f, 20) || bit(f, 19) || bit(f, 23) || bit(f, 10) {
+                    0
+                } else if bit(f, 12) {
+                    1
+                } else if bit(f, 7) || bit(f, 26) {
+                    2
+                } else if (bit(f, 5) || bit(f, 11)) && bit(f, 14) {
+                    1
+                } else {
+                    2
+                };
+                head = bit(f, 15).then_some(c);
+                c
+            }
+        };
+        counts[class] += 1;
+    }
+    counts
 }
 
 /// Converts `data` (written to a file named `name`) and checks that

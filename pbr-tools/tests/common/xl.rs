@@ -412,11 +412,12 @@ pub fn build(path: &Path, s: &Spec<'_>) {
 
 /// Runs Xen's own stream verifier on `path`: `Ok` or its error text.
 pub fn xen_verify(path: &Path) -> Result<(), String> {
-    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/xen-verify-stream");
+    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/xen-verify-stream");
     // The first use unpacks Debian's xen-utils: once, not by racing threads.
     static UNPACKED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     UNPACKED.get_or_init(|| {
-        let _ = Command::new(&tool).args(["-f", "xl", "-i", "/dev/null"]).output();
+        let out = Command::new(&tool).arg("--fetch").output().expect("scripts/xen-verify-stream");
+        assert!(out.status.success(), "cannot fetch Xen's verifier: {}", String::from_utf8_lossy(&out.stderr));
     });
     let out = Command::new(&tool).args(["-f", "xl", "-i"]).arg(path).output().expect("xen-verify-stream");
     if out.status.success() {
