@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod classify;
+pub mod cleanup;
 pub mod convert;
 pub mod diff;
 pub mod error;

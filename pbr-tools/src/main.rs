@@ -12,6 +12,10 @@ mod cli;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    if let Err(e) = pbr_tools::cleanup::install() {
+        eprintln!("pbr-img: error: {}", one_line(&e.to_string()));
+        return ExitCode::from(cli::USAGE_OR_INPUT);
+    }
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -15,10 +15,12 @@ use crate::error::{Error, Result};
 pub struct AtomicFile {
     tmp: NamedTempFile,
     dest: PathBuf,
+    _interrupt: crate::cleanup::Registration,
 }
 
 impl AtomicFile {
-    /// Creates the temporary file in the destination's directory.
+    /// Creates the temporary file in the destination's directory, named as
+    /// [`crate::cleanup::temp_prefix`] says.
     ///
     /// # Errors
     /// The directory cannot hold a new file.
@@ -28,12 +30,13 @@ impl AtomicFile {
             _ => Path::new("."),
         };
         let tmp = tempfile::Builder::new()
-            .prefix(".pbr-")
+            .prefix(&crate::cleanup::temp_prefix())
             .suffix(".tmp")
             .permissions(std::fs::Permissions::from_mode(0o644))
             .tempfile_in(dir)
             .map_err(|e| Error::io(format!("cannot create a temporary file in {}", dir.display()), e))?;
-        Ok(AtomicFile { tmp, dest: dest.to_path_buf() })
+        let _interrupt = crate::cleanup::remove_on_interrupt(tmp.path());
+        Ok(AtomicFile { tmp, dest: dest.to_path_buf(), _interrupt })
     }
 
     /// The open temporary file.

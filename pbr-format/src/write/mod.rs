@@ -157,6 +157,8 @@ pub struct ImageWriter {
 
 impl ImageWriter {
     /// Starts an image of guest memory `regions` to be published at `path`.
+    /// Until [`ImageWriter::finish`], the image is a temporary file beside
+    /// `path` named `.pbr-<process ID>-<random>.tmp`.
     ///
     /// # Errors
     /// Invalid options or regions (unsorted, overlapping, unaligned, bad
@@ -182,8 +184,10 @@ impl ImageWriter {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        // The process ID in the name lets a tool that is interrupted remove
+        // its own temporary files, and only those.
         let tmp = tempfile::Builder::new()
-            .prefix(".pbr-")
+            .prefix(&format!(".pbr-{}-", std::process::id()))
             .suffix(".tmp")
             .permissions(std::fs::Permissions::from_mode(0o644))
             .tempfile_in(&dir)

@@ -8,8 +8,8 @@ use pbr_format::Image;
 use serde_json::json;
 
 use pbr_tools::export::raw::export_raw;
-use pbr_tools::qemu::export::export_qemu;
-use pbr_tools::xen::export::export_xl;
+use pbr_tools::qemu::export::{ExportOptions, export_qemu, export_qemu_to};
+use pbr_tools::xen::export::{export_xl, export_xl_to};
 use pbr_tools::{Result, progress};
 
 /// Formats `export` writes.
@@ -23,8 +23,18 @@ pub enum Target {
     Xl,
 }
 
+/// Prints the summary line: on standard output, or on standard error when
+/// the stream itself goes to standard output.
+macro_rules! report {
+    ($to_stdout:expr, $($t:tt)*) => {
+        if $to_stdout { eprintln!($($t)*) } else { outln!($($t)*) }
+    };
+}
+
 pub fn run(to: Target, path: &Path, output: &Path, as_json: bool, quiet: bool) -> Result<ExitCode> {
     let img = Image::open(path)?;
+    let piped = super::files::is_dash(output);
+    let stdout = || std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
     match to {
         Target::Raw => {
             let bar = progress::bytes(img.guest_size(), "export", quiet);
@@ -50,15 +60,21 @@ pub fn run(to: Target, path: &Path, output: &Path, as_json: bool, quiet: bool) -
             }
         }
         Target::Qemu => {
-            let r = export_qemu(&img, output)?;
+            let r = if piped {
+                export_qemu_to(&img, stdout(), ExportOptions::default())?
+            } else {
+                export_qemu(&img, output)?
+            };
             if as_json {
-                outln!(
+                report!(
+                    piped,
                     "{}",
                     json!({"output": output.display().to_string(), "stream_bytes": r.stream_bytes, "page_records": r.page_records,
                            "zero_records": r.zero_records, "dropped_mapped_ram": r.dropped_mapped_ram})
                 );
             } else {
-                outln!(
+                report!(
+                    piped,
                     "{}: QEMU stream of {} bytes ({} page + {} zero records){}",
                     output.display(),
                     r.stream_bytes,
@@ -69,15 +85,17 @@ pub fn run(to: Target, path: &Path, output: &Path, as_json: bool, quiet: bool) -
             }
         }
         Target::Xl => {
-            let r = export_xl(&img, output)?;
+            let r = if piped { export_xl_to(&img, stdout())? } else { export_xl(&img, output)? };
             if as_json {
-                outln!(
+                report!(
+                    piped,
                     "{}",
                     json!({"output": output.display().to_string(), "stream_bytes": r.stream_bytes, "page_records": r.page_records,
                            "data_pages": r.data_pages, "added_pages": r.added_pages, "patched_entries": r.patched_entries})
                 );
             } else {
-                outln!(
+                report!(
+                    piped,
                     "{}: xl save file of {} bytes ({} PAGE_DATA records, {} data pages){}{}",
                     output.display(),
                     r.stream_bytes,

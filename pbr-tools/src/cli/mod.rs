@@ -7,6 +7,7 @@ mod classify;
 mod convert;
 mod diff;
 mod export;
+mod files;
 mod fmt;
 mod inspect;
 mod manifest;
@@ -16,7 +17,7 @@ mod replay;
 mod trim;
 mod verify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -354,8 +355,60 @@ pub const CHECK_FAILED: u8 = 1;
 /// Exit status of a usage or input error.
 pub const USAGE_OR_INPUT: u8 = 2;
 
+impl Command {
+    /// The files the command reads and the one it writes.
+    fn files(&self) -> (Vec<files::Input<'_>>, Option<files::Output<'_>>) {
+        use files::{Input, Output};
+        fn file(path: &Path) -> Option<Output<'_>> {
+            Some(Output { path, streamable: false })
+        }
+        fn images(v: &[PathBuf]) -> Vec<Input<'_>> {
+            v.iter().map(|p| Input::Image(p)).collect()
+        }
+        match self {
+            Command::Inspect { image, .. } | Command::Verify { image, .. } | Command::Replay { image, .. } => {
+                (vec![Input::Image(image)], None)
+            }
+            Command::Convert { input, output, .. } => (vec![Input::Stream(input)], file(output)),
+            Command::Classify { image, output, kpageflags, kpagecount, class_map, .. } => {
+                let mut v = vec![Input::Image(image)];
+                v.extend([kpageflags, kpagecount, class_map].into_iter().flatten().map(|p| Input::Other(p)));
+                (v, file(output))
+            }
+            Command::Trim { image, output, .. }
+            | Command::Pack { image, output, .. }
+            | Command::Unpack { image, output, .. } => (vec![Input::Image(image)], file(output)),
+            Command::Diff { a, b, output, .. } => {
+                (vec![Input::Image(a), Input::Image(b)], output.as_deref().and_then(file))
+            }
+            Command::Apply { base, diffs, output, .. } => {
+                let mut v = vec![Input::Image(base)];
+                v.extend(images(diffs));
+                (v, file(output))
+            }
+            Command::Rebase { diffs, output, .. } => (images(diffs), file(output)),
+            Command::Manifest { action: ManifestAction::Add { image, list, output, .. } } => {
+                let mut v = vec![Input::Image(image)];
+                v.extend(list.iter().map(|p| Input::Other(p)));
+                (v, file(output))
+            }
+            Command::Select { images: v, .. } => (images(v), None),
+            Command::Recover { candidates, .. } => (images(candidates), None),
+            Command::Export { to, image, output, .. } => {
+                let streamable = !matches!(to, export::Target::Raw);
+                (vec![Input::Image(image)], Some(Output { path: output, streamable }))
+            }
+            Command::Capture { .. } | Command::Boot { .. } | Command::Completions { .. } | Command::Man => {
+                (Vec::new(), None)
+            }
+        }
+    }
+}
+
 /// Runs one subcommand.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    let (inputs, output) = cli.command.files();
+    let _temp_files = files::check(&inputs, output)?;
     match cli.command {
         Command::Inspect { image, json, pages } => inspect::run(&image, json, pages),
         Command::Verify { image, json } => verify::run(&image, json, cli.quiet),

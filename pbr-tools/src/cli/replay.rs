@@ -62,18 +62,25 @@ pub fn run(image: &Path, a: Args) -> Result<ExitCode> {
     let file = File::open(image).map_err(|e| Error::io(format!("cannot open {}", image.display()), e))?;
     match adapter {
         Adapter::Qemu => {
-            let args = if args.is_empty() {
-                QemuAdapter::recorded_args(&img).ok_or_else(|| {
-                    Error::Unsupported(
-                        "the image records no restore.cmdline: give QEMU's machine arguments after --".into(),
-                    )
-                })?
-            } else {
+            let mut args = if !args.is_empty() {
                 args
+            } else if let Some(recorded) = QemuAdapter::recorded_args(&img) {
+                recorded
+            } else {
+                let built = QemuAdapter::machine_args(&img).ok_or_else(|| {
+                    Error::Unsupported(
+                        "the image records neither restore.cmdline nor its machine type and RAM size: give QEMU's machine arguments after --".into(),
+                    )
+                })?;
+                eprintln!(
+                    "note: the image records no restore.cmdline: starting QEMU with `{}` (give the machine's arguments after -- if it had other devices)",
+                    built.join(" ")
+                );
+                built
             };
-            let mut args = args;
-            if !args.iter().any(|x| x == "-serial") {
-                // Show the guest's console here.
+            if !args.iter().any(|x| x == "-serial" || x == "-nographic") {
+                // Show the guest's console here (the stream does not use
+                // QEMU's standard input).
                 args.extend(["-serial".to_string(), "stdio".to_string()]);
             }
             let mut q = QemuAdapter::new(image, &qemu, args)?;

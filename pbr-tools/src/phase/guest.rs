@@ -192,6 +192,8 @@ pub struct Guest {
     pub control: Control,
     /// The host port forwarded to the guest's service.
     pub port: u16,
+    /// Stops QEMU if the tool is interrupted.
+    _interrupt: crate::cleanup::Registration,
 }
 
 impl Guest {
@@ -216,9 +218,10 @@ impl Guest {
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| Error::io(format!("cannot start {}", spec.qemu), e))?;
+        let _interrupt = crate::cleanup::stop_on_interrupt(child.id());
         let qmp = Qmp::connect_to(&sock, &mut child, &spec.qemu)?;
         let control = Control::connect(&ctl)?;
-        Ok(Guest { child, qmp, control, port })
+        Ok(Guest { child, qmp, control, port, _interrupt })
     }
 
     /// Saves the (stopped) guest with QEMU's migration to `path`, waiting

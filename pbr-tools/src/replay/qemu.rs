@@ -153,6 +153,8 @@ pub struct QemuAdapter {
     hold: bool,
     /// The trailer hash of the image a prestaged QEMU holds, paused.
     held: Option<[u8; 32]>,
+    /// Removes `dir` and stops QEMU if the tool is interrupted.
+    interrupt: Vec<crate::cleanup::Registration>,
 }
 
 impl QemuAdapter {
@@ -164,6 +166,7 @@ impl QemuAdapter {
     /// No temporary directory.
     pub fn new(image: &Path, qemu: &str, args: Vec<String>) -> Result<QemuAdapter> {
         let dir = tempfile::tempdir().map_err(|e| Error::io("cannot create a temporary directory", e))?;
+        let interrupt = vec![crate::cleanup::remove_on_interrupt(dir.path())];
         Ok(QemuAdapter {
             image: image.to_path_buf(),
             qemu: qemu.to_owned(),
@@ -174,6 +177,7 @@ impl QemuAdapter {
             incoming: None,
             hold: false,
             held: None,
+            interrupt,
         })
     }
 
@@ -186,21 +190,30 @@ impl QemuAdapter {
     /// QEMU did not start or its QMP never came up.
     pub fn standby(qemu: &str, args: Vec<String>) -> Result<QemuAdapter> {
         let mut q = QemuAdapter::new(Path::new(""), qemu, args)?;
-        let incoming = q.dir.path().join("incoming.sock");
-        let sock = q.dir.path().join("qmp.sock");
-        let child = Command::new(&q.qemu)
-            .args(&q.args)
+        q.listen(std::process::Stdio::null())?;
+        Ok(q)
+    }
+
+    /// Starts QEMU listening for the stream on a socket of its own
+    /// directory (QEMU's standard input stays free for a console the
+    /// arguments put there, as `-serial stdio` or `-nographic` do).
+    fn listen(&mut self, stdin: std::process::Stdio) -> Result<()> {
+        let incoming = self.dir.path().join("incoming.sock");
+        let sock = self.dir.path().join("qmp.sock");
+        let child = Command::new(&self.qemu)
+            .args(&self.args)
             .arg("-incoming")
             .arg(format!("unix:{}", incoming.display()))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
-            .stdin(std::process::Stdio::null())
+            .stdin(stdin)
             .spawn()
-            .map_err(|e| Error::io(format!("cannot start {}", q.qemu), e))?;
-        let child = q.child.insert(child);
-        q.qmp = Some(Qmp::connect_to(&sock, child, qemu)?);
-        q.incoming = Some(incoming);
-        Ok(q)
+            .map_err(|e| Error::io(format!("cannot start {}", self.qemu), e))?;
+        self.interrupt.push(crate::cleanup::stop_on_interrupt(child.id()));
+        let child = self.child.insert(child);
+        self.qmp = Some(Qmp::connect_to(&sock, child, &self.qemu)?);
+        self.incoming = Some(incoming);
+        Ok(())
     }
 
     /// A prestaged QEMU: a [`QemuAdapter::standby`] that has already loaded
@@ -249,6 +262,28 @@ impl QemuAdapter {
         self.image = image.to_path_buf();
     }
 
+    /// Machine arguments built from what a converted QEMU stream records
+    /// when it has no `restore.cmdline`: `-machine` with the resolved type
+    /// (`qemu.machine`, TCG), `-m` from `guest.ram_size`, no display, and
+    /// `-nodefaults` unless the stream holds a VGA device (QEMU's default
+    /// devices come with one). `None` when either value is missing.
+    pub fn machine_args(image: &Image) -> Option<Vec<String>> {
+        let machine = image.metadata_value("qemu.machine")?;
+        let ram: u64 = image.metadata_value("guest.ram_size")?.parse().ok()?;
+        let mut args = vec![
+            "-machine".to_string(),
+            format!("{machine},accel=tcg"),
+            "-m".to_string(),
+            format!("{}k", ram / 1024),
+            "-display".to_string(),
+            "none".to_string(),
+        ];
+        if !image.devices().any(|d| d.origin == DeviceOrigin::QEMU_SECTION && d.name.contains("vga")) {
+            args.push("-nodefaults".to_string());
+        }
+        Some(args)
+    }
+
     /// The arguments recorded in the image's `restore.cmdline` (a JSON
     /// array of strings, or a line split on white space), if any.
     pub fn recorded_args(image: &Image) -> Option<Vec<String>> {
@@ -280,43 +315,14 @@ impl HypervisorAdapter for QemuAdapter {
     }
 
     fn resume(&mut self) -> Result<()> {
-        if let Some(incoming) = self.incoming.take() {
-            return self.resume_standby(&incoming);
+        if self.incoming.is_none() {
+            // QEMU's standard input is the caller's: a console there works.
+            self.listen(std::process::Stdio::inherit())?;
         }
-        // The stream goes through a pipe on QEMU's standard input: QEMU
-        // loads while it is written, and nothing touches the disk.
-        let (rx, tx) = std::io::pipe().map_err(|e| Error::io("cannot create the stream pipe", e))?;
-        let sock = self.dir.path().join("qmp.sock");
-        let child = Command::new(&self.qemu)
-            .args(&self.args)
-            .arg("-incoming")
-            .arg("fd:0")
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", sock.display()))
-            .stdin(rx)
-            .spawn()
-            .map_err(|e| Error::io(format!("cannot start {}", self.qemu), e))?;
-        let image_path = self.image.clone();
-        let writer = std::thread::spawn(move || -> Result<()> {
-            let image = Image::open(&image_path)?;
-            // When QEMU fails, its end closes and the writes fail (EPIPE).
-            export_qemu_to(&image, tx, ExportOptions { omit_zero_pages: true }).map(|_| ())
-        });
-        let child = self.child.insert(child);
-        let loaded = Qmp::connect_to(&sock, child, &self.qemu)
-            .and_then(|mut q| q.wait_migration(Duration::from_secs(300)).map(|_| q))
-            .map_err(|e| {
-                let e = qemu_failure(child, &self.qemu, e);
-                // Its end of the pipe closes with it, so the writer stops.
-                let _ = child.kill();
-                e
-            });
-        let written = writer.join().map_err(|_| Error::Unsupported("the stream writer panicked".into()))?;
-        let mut qmp = loaded?;
-        written?;
-        qmp.cmd("cont", json!({}))?;
-        self.qmp = Some(qmp);
-        Ok(())
+        match self.incoming.take() {
+            Some(incoming) => self.resume_standby(&incoming),
+            None => Err(Error::Unsupported("QEMU is not listening for the stream".into())),
+        }
     }
 }
 
@@ -325,7 +331,7 @@ impl QemuAdapter {
     fn resume_standby(&mut self, incoming: &Path) -> Result<()> {
         let image = Image::open(&self.image)?;
         let out = UnixStream::connect(incoming)
-            .map_err(|e| Error::io(format!("cannot reach the standby QEMU at {}", incoming.display()), e))?;
+            .map_err(|e| Error::io(format!("cannot reach QEMU's incoming socket {}", incoming.display()), e))?;
         let qmp = self.qmp.as_mut().ok_or_else(|| Error::Unsupported("the standby QEMU has no QMP".into()))?;
         std::thread::scope(|s| {
             let writer = s.spawn(|| export_qemu_to(&image, out, ExportOptions { omit_zero_pages: true }).map(|_| ()));
@@ -343,6 +349,8 @@ impl QemuAdapter {
 
 impl Drop for QemuAdapter {
     fn drop(&mut self) {
+        // Forget the child before it is reaped.
+        self.interrupt.clear();
         if let Some(c) = self.child.as_mut()
             && let Ok(None) = c.try_wait()
         {

@@ -133,19 +133,24 @@ fn uncovered(img: &Image, shapes: &[Shape]) -> Vec<u64> {
 /// An image not converted from an xl file, a damaged shape or page, I/O.
 /// Nothing is created at `out` on error.
 pub fn export_xl(img: &Image, out: &Path) -> Result<XlExport> {
+    let file = AtomicFile::create(out)?;
+    let report = export_xl_to(img, file.file())?;
+    file.commit()?;
+    Ok(report)
+}
+
+/// Writes `img` (converted from an `xl save` file) as an `xl save` file
+/// into `out` (a file or a pipe).
+///
+/// # Errors
+/// As [`export_xl`].
+pub fn export_xl_to<W: Write>(img: &Image, out: W) -> Result<XlExport> {
     if img.metadata_value("source.format") != Some("xl") {
         return Err(Error::Unsupported(format!(
             "the image was converted from {}, not from an xl save file: export --to xl needs its Xen records",
             img.metadata_value("source.format").unwrap_or("an unknown source")
         )));
     }
-    let file = AtomicFile::create(out)?;
-    let report = write_stream(img, file.file())?;
-    file.commit()?;
-    Ok(report)
-}
-
-fn write_stream(img: &Image, out: &std::fs::File) -> Result<XlExport> {
     let mut em =
         Emitter { out: BufWriter::with_capacity(1 << 20, out), img, buf: vec![0u8; 4096], report: XlExport::default() };
     let blobs: Vec<DeviceBlob<'_>> = img.devices().filter(|b| b.origin.name().starts_with("xen")).collect();

@@ -1,0 +1,115 @@
+//! The files a command names, checked before it runs: an input that is a
+//! directory, a QEMU stream or xl file where an image is wanted, `-` where
+//! standard input or output cannot serve, and an output that is one of the
+//! inputs (also through a link) are refused in one line. The output's
+//! directory is registered so that an interrupt removes this process's
+//! temporary files there.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use pbr_tools::cleanup::{Registration, temp_files_in};
+use pbr_tools::{Error, Result};
+
+/// An input path and what the command reads from it.
+pub enum Input<'a> {
+    /// A `.pbr` image.
+    Image(&'a Path),
+    /// A stream to convert: a file, or `-` for standard input.
+    Stream(&'a Path),
+    /// Any other file the command reads.
+    Other(&'a Path),
+}
+
+/// An output path and whether `-` (standard output) may stand for it.
+pub struct Output<'a> {
+    /// The path.
+    pub path: &'a Path,
+    /// The output is written front to back, so a pipe can take it.
+    pub streamable: bool,
+}
+
+/// Whether `path` names standard input or output.
+pub fn is_dash(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// Checks the files; returns what keeps the output's temporary files
+/// registered for clean-up on interrupt.
+pub fn check(inputs: &[Input<'_>], output: Option<Output<'_>>) -> Result<Option<Registration>> {
+    let mut ids = Vec::new();
+    for input in inputs {
+        let (path, what) = match input {
+            Input::Image(p) => (*p, "image"),
+            Input::Stream(p) => (*p, "stream"),
+            Input::Other(p) => (*p, "input"),
+        };
+        if is_dash(path) {
+            if !matches!(input, Input::Stream(_)) {
+                return Err(Error::Unsupported(format!("`-` cannot stand for an {what} here: name a file")));
+            }
+            ids.extend(identity(Path::new("/dev/stdin")).map(|id| (id, PathBuf::from("standard input"))));
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(path) else { continue };
+        if meta.is_dir() {
+            return Err(Error::Unsupported(format!("{} is a directory, not an {what}", path.display())));
+        }
+        if let Input::Image(p) = input {
+            not_a_stream(p)?;
+        }
+        if meta.is_file() {
+            ids.push(((meta.dev(), meta.ino()), path.to_path_buf()));
+        }
+    }
+    let Some(out) = output else { return Ok(None) };
+    if is_dash(out.path) {
+        return if out.streamable {
+            Ok(None)
+        } else {
+            Err(Error::Unsupported(
+                "`-o -`: a .pbr image cannot go to standard output (it is finished by writing back into the file): name a file".into(),
+            ))
+        };
+    }
+    if std::fs::metadata(out.path).is_ok_and(|m| m.is_dir()) {
+        return Err(Error::Unsupported(format!("the output {} is a directory: name a file", out.path.display())));
+    }
+    if let Some(id) = identity(out.path)
+        && let Some((_, input)) = ids.iter().find(|(i, _)| *i == id)
+    {
+        return Err(Error::Unsupported(format!(
+            "the output {} is the input {}: inputs are never modified; name another file",
+            out.path.display(),
+            input.display()
+        )));
+    }
+    let dir = out.path.parent().unwrap_or(Path::new("."));
+    Ok(Some(temp_files_in(dir)))
+}
+
+/// The device and inode of an existing regular file.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| (m.dev(), m.ino()))
+}
+
+/// Refuses a QEMU migration stream or an xl save file given as an image.
+fn not_a_stream(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut head = [0u8; 32];
+    let n = std::fs::File::open(path).and_then(|f| f.take(32).read(&mut head)).unwrap_or(0);
+    let kind = if head[..n].starts_with(b"QEVM") {
+        "a QEMU migration stream"
+    } else if head[..n].starts_with(&pbr_tools::convert::XL_MAGIC[..n.min(pbr_tools::convert::XL_MAGIC.len())])
+        && n >= 16
+    {
+        "an xl save file"
+    } else {
+        return Ok(());
+    };
+    Err(Error::Unsupported(format!(
+        "{} is {kind}, not a .pbr image: convert it with `pbr-img convert {} -o IMAGE.pbr`",
+        path.display(),
+        path.display()
+    )))
+}
