@@ -68,7 +68,7 @@ pub use metadata::check_key;
 pub use page::{PageClass, PageEncoding};
 pub use phase::{Phase, WELL_KNOWN_PHASES};
 pub use read::zero_page_crc;
-pub use read::{ContentHasher, Extent, HeaderInfo, Image, RawRun, SectionInfo, VerifyReport};
+pub use read::{CheckReport, ContentHasher, Extent, HeaderInfo, Image, RawRun, SectionInfo, VerifyReport};
 pub use region::Region;
 pub use section::SectionKind;
 pub use vcpu::{EVENTS_SIZE, LAPIC_SIZE, Vcpu, X86Vcpu};

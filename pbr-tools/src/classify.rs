@@ -162,12 +162,21 @@ pub struct ClassifyReport {
     pub input_pages: u64,
 }
 
+/// The page frames a classification of `image` covers: every frame up to
+/// the end of its last guest-physical region, as the guest's
+/// `/proc/kpageflags` has one entry per frame up to its highest.
+pub fn frames(image: &Image) -> u64 {
+    let ps = image.page_size();
+    image.regions().iter().filter(|r| !r.synthetic).map(|r| r.first_gfn(ps) + r.pages(ps)).max().unwrap_or(0)
+}
+
 /// Writes `src` to `dest` with the class of page frame `n` of the
 /// guest-physical regions set to `classes[n]`; records `source` and the
 /// guest kernel version.
 ///
 /// # Errors
-/// I/O, a corrupt page.
+/// `classes` does not cover exactly the image's [`frames`]; I/O, a corrupt
+/// page.
 pub fn apply(
     src: &Image,
     dest: &Path,
@@ -175,6 +184,14 @@ pub fn apply(
     source: &str,
     kernel: Option<&str>,
 ) -> Result<ClassifyReport> {
+    let want = frames(src);
+    if classes.len() as u64 != want {
+        return Err(Error::Unsupported(format!(
+            "the {} covers {} page frames and the image {want}: it is from another guest or another moment",
+            if source == "bitmap" { "class map" } else { "kpageflags dump" },
+            classes.len()
+        )));
+    }
     let mut w = rewrite::derived(src, dest, rewrite::options(src, pbr_format::PageEncoding::Zero))?;
     w.set_metadata("classes.source", source)?;
     if let Some(k) = kernel {

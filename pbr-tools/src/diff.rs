@@ -45,6 +45,20 @@ pub struct DiffReport {
     pub phases: (Option<String>, Option<String>),
 }
 
+impl DiffReport {
+    /// Whether the two images differ in anything the report covers
+    /// (pages, classes, vCPUs, devices, manifest, metadata, phase).
+    pub fn differs(&self) -> bool {
+        let p = &self.pages;
+        p.added + p.removed + p.changed + self.reclassified > 0
+            || !self.vcpus.is_empty()
+            || !(self.devices.0.is_empty() && self.devices.1.is_empty() && self.devices.2.is_empty())
+            || !(self.manifest.0.is_empty() && self.manifest.1.is_empty() && self.manifest.2.is_empty())
+            || !self.metadata.is_empty()
+            || self.phases.0 != self.phases.1
+    }
+}
+
 /// Whether page `gfn` has the same content in `a` (extent `ea`) and `b`.
 fn same_page(a: &Image, ea: &Extent, b: &Image, eb: &Extent, gfn: u64, bufs: &mut (Vec<u8>, Vec<u8>)) -> Result<bool> {
     let zero_like = |e: &Extent| matches!(e.encoding, PageEncoding::Zero | PageEncoding::Trimmed);

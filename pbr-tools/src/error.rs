@@ -28,6 +28,10 @@ pub enum Error {
     /// The request cannot be carried out on this input.
     #[error("{0}")]
     Unsupported(String),
+    /// No candidate image can be restored safely: the caller reboots from
+    /// scratch.
+    #[error("no valid candidate: {0}")]
+    NoCandidate(String),
 }
 
 impl Error {

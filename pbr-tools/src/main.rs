@@ -1,8 +1,7 @@
 //! `pbr-img`: convert, inspect, verify, trim, diff, select and replay
 //! restartable VM images.
 //!
-//! Exit status: 0 ok; 1 the check failed (`verify` found damage, `select`
-//! found no valid candidate); 2 a usage or input error (one line on stderr).
+//! Exit status: see the table in the README and `pbr-img --help`.
 
 use std::process::ExitCode;
 
@@ -20,7 +19,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("pbr-img: error: {}", one_line(&e.to_string()));
-            ExitCode::from(cli::USAGE_OR_INPUT)
+            match e {
+                pbr_tools::Error::NoCandidate(_) => ExitCode::from(cli::NO_CANDIDATE),
+                _ => ExitCode::from(cli::USAGE_OR_INPUT),
+            }
         }
     }
 }

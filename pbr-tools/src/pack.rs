@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use pbr_format::{Image, PageEncoding};
+use pbr_format::{Extent, Image, ImageWriter, PageEncoding};
 
 use crate::error::Result;
 use crate::rewrite;
@@ -22,6 +22,50 @@ pub struct PackReport {
     pub dup_pages: u64,
 }
 
+/// Writes pages packed: zero pages as zero, a page seen before as a
+/// duplicate of its first copy, the rest lz4 (raw where lz4 does not win).
+pub(crate) struct Packer {
+    /// First 8 bytes of a page's blake3 -> the gfn first stored with it.
+    seen: HashMap<u64, u64>,
+    other: Vec<u8>,
+}
+
+impl Packer {
+    pub(crate) fn new(page_size: u32) -> Packer {
+        Packer { seen: HashMap::new(), other: vec![0u8; page_size as usize] }
+    }
+
+    /// Writes `page`, page `gfn` of `src` (in extent `e`), into `w`.
+    pub(crate) fn put(
+        &mut self,
+        src: &Image,
+        w: &mut ImageWriter,
+        e: &Extent,
+        gfn: u64,
+        page: &[u8],
+        r: &mut PackReport,
+    ) -> Result<()> {
+        if pbr_format::is_zero(page) {
+            w.write_page(gfn, page, e.class)?;
+            return Ok(());
+        }
+        let hash = src.stored_hash(e, gfn).unwrap_or_else(|| *blake3::hash(page).as_bytes());
+        let key = u64::from_le_bytes(hash[..8].try_into().unwrap_or_default());
+        match self.seen.get(&key) {
+            Some(&first) if src.read_page(first, &mut self.other)? == page => {
+                w.write_dup(gfn, first, e.class)?;
+                r.dup_pages += 1;
+            }
+            _ => {
+                self.seen.entry(key).or_insert(gfn);
+                w.write_page_lz4(gfn, page, e.class)?;
+                r.stored_pages += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Writes `src` to `dest` lz4-compressed and deduplicated.
 ///
 /// # Errors
@@ -33,10 +77,8 @@ pub fn pack(src: &Image, dest: &Path) -> Result<PackReport> {
         w.set_base(b.clone())?;
     }
     let mut r = PackReport { before_bytes: src.file_len(), ..Default::default() };
-    // First 8 bytes of a page's blake3 -> the gfn first stored with it.
-    let mut seen: HashMap<u64, u64> = HashMap::new();
+    let mut packer = Packer::new(src.page_size());
     let mut buf = vec![0u8; src.page_size() as usize];
-    let mut other = vec![0u8; src.page_size() as usize];
     for e in src.extents() {
         if !matches!(e.encoding, PageEncoding::Raw | PageEncoding::Lz4 | PageEncoding::Dup) {
             w.mark_pages(e.gfn, u64::from(e.count), e.encoding, e.class)?;
@@ -44,23 +86,7 @@ pub fn pack(src: &Image, dest: &Path) -> Result<PackReport> {
         }
         for gfn in e.gfns() {
             let page = src.read_in_extent(&e, gfn, &mut buf)?;
-            if pbr_format::is_zero(page) {
-                w.write_page(gfn, page, e.class)?;
-                continue;
-            }
-            let hash = src.stored_hash(&e, gfn).unwrap_or_else(|| *blake3::hash(page).as_bytes());
-            let key = u64::from_le_bytes(hash[..8].try_into().unwrap_or_default());
-            match seen.get(&key) {
-                Some(&first) if src.read_page(first, &mut other)? == page => {
-                    w.write_dup(gfn, first, e.class)?;
-                    r.dup_pages += 1;
-                }
-                _ => {
-                    seen.entry(key).or_insert(gfn);
-                    w.write_page_lz4(gfn, page, e.class)?;
-                    r.stored_pages += 1;
-                }
-            }
+            packer.put(src, &mut w, &e, gfn, page, &mut r)?;
         }
     }
     r.after_bytes = w.finish()?.file_len;

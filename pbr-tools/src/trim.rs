@@ -90,6 +90,9 @@ pub fn trim(src: &Image, dest: &Path, drop: Drop) -> Result<TrimReport> {
     let mut r = TrimReport { before_bytes: src.file_len(), ..Default::default() };
     let refs: std::collections::HashSet<u64> = src.cache_refs().iter().map(|c| c.gfn).collect();
     let mut buf = vec![0u8; src.page_size() as usize];
+    // Pages packed in the source stay packed.
+    let mut packer = crate::pack::Packer::new(src.page_size());
+    let mut packed = crate::pack::PackReport::default();
     for e in src.extents() {
         let dropped = match e.class {
             PageClass::Free => drop.free,
@@ -111,7 +114,14 @@ pub fn trim(src: &Image, dest: &Path, drop: Drop) -> Result<TrimReport> {
         }
         for gfn in e.gfns() {
             match e.encoding {
-                PageEncoding::Raw | PageEncoding::Lz4 | PageEncoding::Dup => {
+                PageEncoding::Lz4 | PageEncoding::Dup => {
+                    let page = src.read_in_extent(&e, gfn, &mut buf)?;
+                    if is_zero(page) {
+                        r.zero_pages += 1;
+                    }
+                    packer.put(src, &mut w, &e, gfn, page, &mut packed)?;
+                }
+                PageEncoding::Raw => {
                     let page = src.read_in_extent(&e, gfn, &mut buf)?;
                     if !drop.zero {
                         w.write_page_raw(gfn, page, e.class)?;

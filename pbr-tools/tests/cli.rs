@@ -58,14 +58,16 @@ fn verify_exit_codes() {
     let e = img.extent_of(7).unwrap();
     bytes[e.data as usize + 9] ^= 4;
     std::fs::write(&bad, &bytes).unwrap();
-    let err = assert_one_line_error(&pbr_img(&["verify", bad.to_str().unwrap()]), 1);
-    assert!(err.contains(&format!("at offset {:#x}", e.data)), "{err}");
+    let out = pbr_img(&["verify", bad.to_str().unwrap()]);
+    assert_one_line_error(&out, 1);
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(listed.contains(&format!("at offset {:#x}", e.data)), "{listed}");
 
     let out = pbr_img(&["verify", "--json", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false);
-    assert_eq!(v["offset"], e.data);
+    assert_eq!(v["damage"][0]["offset"], e.data);
 
     std::fs::write(&bad, &bytes[..bytes.len() - 10]).unwrap();
     let err = assert_one_line_error(&pbr_img(&["verify", bad.to_str().unwrap()]), 1);

@@ -258,8 +258,9 @@ fn diff_apply_and_chains_on_real_phases() {
     let d = dir.path();
     let k = classified(d, "q35-128m-kernel");
     let dm = classified(d, "q35-128m-daemons");
-    let report: serde_json::Value =
-        serde_json::from_str(&pbr_img_ok(&["diff", "--json", k.to_str().unwrap(), dm.to_str().unwrap()])).unwrap();
+    let out = pbr_img(&["diff", "--json", k.to_str().unwrap(), dm.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "diff exits 1 when the images differ");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let pages = &report["pages"];
     let total: u64 = ["added", "removed", "changed", "unchanged"].iter().map(|f| pages[f].as_u64().unwrap()).sum();
     assert_eq!(total, Image::open(&k).unwrap().page_count());

@@ -125,7 +125,7 @@ fn select_follows_the_files() {
     // A file every phase read is deleted: nothing is valid.
     std::fs::remove_file(root.join("etc/fstab")).unwrap();
     let (code, v) = select(&root, &imgs, &[]);
-    assert_eq!((code, chosen(&v)), (Some(1), None));
+    assert_eq!((code, chosen(&v)), (Some(3), None), "exit 3: no valid candidate");
     assert_eq!(v["candidates"][2]["first_mismatch"]["why"], "deleted");
 }
 

@@ -31,7 +31,7 @@ pub use content::ContentHasher;
 pub use page_index::{Extent, RawRun};
 pub use pages::zero_page_crc;
 pub use sections::SectionInfo;
-pub use verify::VerifyReport;
+pub use verify::{CheckReport, VerifyReport};
 
 use page_index::PageIndex;
 use records::Records;

@@ -29,6 +29,31 @@ pub struct VerifyReport {
     pub hashed_bytes: u64,
 }
 
+/// What [`Image::check`] found: the good parts counted, the damaged ones
+/// counted and listed (up to a bound).
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let r: pbr_format::CheckReport = image.check(10, &|_| {});
+/// println!("{} pages good, {} failures", r.pages, r.damaged);
+/// # Ok::<(), pbr_format::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct CheckReport {
+    /// Sections whose crc32 matched.
+    pub sections: usize,
+    /// Stored pages whose crc32 (and blake3, when present) matched.
+    pub pages: u64,
+    /// Bytes covered by the trailer hash.
+    pub hashed_bytes: u64,
+    /// The failures, in file order, at most the bound asked for.
+    pub damage: Vec<Error>,
+    /// How many failures there are in all.
+    pub damaged: u64,
+}
+
 /// Pages checked per parallel work item.
 const CHUNK_PAGES: u32 = 256;
 
@@ -69,29 +94,76 @@ impl Image {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn verify_with_progress(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyReport> {
+        let r = self.check(1, progress);
+        match r.damage.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(VerifyReport { sections: r.sections, pages: r.pages, hashed_bytes: r.hashed_bytes }),
+        }
+    }
+
+    /// Checks everything [`Image::verify`] checks without stopping at the
+    /// first failure, as `qemu-img check` does: every damaged section,
+    /// every damaged page and the trailer hash, in file order. At most
+    /// `max_listed` failures are kept; [`CheckReport::damaged`] counts them
+    /// all.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let report = image.check(100, &|_| {});
+    /// assert_eq!(report.damaged, 0);
+    /// assert!(report.damage.is_empty());
+    /// # Ok::<(), pbr_format::Error>(())
+    /// ```
+    pub fn check(&self, max_listed: usize, progress: &(dyn Fn(u64) + Sync)) -> CheckReport {
         let bytes = self.as_bytes();
+        let mut r = CheckReport { sections: 0, pages: 0, hashed_bytes: 0, damage: Vec::new(), damaged: 0 };
+        let note = |r: &mut CheckReport, e: Error| {
+            r.damaged += 1;
+            if r.damage.len() < max_listed {
+                r.damage.push(e);
+            }
+        };
         let is_data = |s: &&crate::SectionInfo| s.kind == Some(crate::SectionKind::PageData);
         for s in self.sections().iter().filter(|s| s.kind.is_some() && !is_data(s)) {
-            check_crc(bytes, s)?;
+            match check_crc(bytes, s) {
+                Ok(()) => r.sections += 1,
+                Err(e) => note(&mut r, e),
+            }
             progress(s.length);
         }
         // Pages before the PAGE_DATA crc: a page error names the page.
-        let pages = self.verify_pages(progress)?;
+        let (pages, bad, errors) = self.check_pages(max_listed, progress);
+        r.pages = pages;
+        r.damaged += bad;
+        for e in errors {
+            if r.damage.len() < max_listed {
+                r.damage.push(e);
+            }
+        }
         for s in self.sections().iter().filter(is_data) {
-            check_crc(bytes, s)?;
+            match check_crc(bytes, s) {
+                Ok(()) => r.sections += 1,
+                Err(e) => note(&mut r, e),
+            }
         }
         let hashed = bytes.len() - 32;
         let mut hasher = blake3::Hasher::new();
         hasher.update_rayon(&bytes[..hashed]);
         if *hasher.finalize().as_bytes() != self.image_blake3() {
-            return Err(Error::new(ErrorKind::HashMismatch { what: "the whole image (trailer image_blake3)".into() })
-                .at("trailer", hashed as u64));
+            let e = Error::new(ErrorKind::HashMismatch { what: "the whole image (trailer image_blake3)".into() })
+                .at("trailer", hashed as u64);
+            note(&mut r, e);
         }
         progress(hashed as u64);
-        Ok(VerifyReport { sections: self.sections().len(), pages, hashed_bytes: hashed as u64 })
+        r.hashed_bytes = hashed as u64;
+        r
     }
 
-    fn verify_pages(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<u64> {
+    /// Checks every stored page: the good ones counted, the bad ones
+    /// counted and the first `max_listed` of them (in file order) kept.
+    fn check_pages(&self, max_listed: usize, progress: &(dyn Fn(u64) + Sync)) -> (u64, u64, Vec<Error>) {
         let work: Vec<(crate::Extent, u64, u32)> = self
             .extents()
             .filter(|e| e.encoding.is_stored())
@@ -103,20 +175,35 @@ impl Image {
             })
             .collect();
         let ps = self.page_size() as usize;
-        let results: Vec<Result<u64>> = work
+        let results: Vec<(u64, u64, Vec<Error>)> = work
             .par_iter()
             .map_init(
                 || vec![0u8; ps],
                 |buf, (e, first, n)| {
+                    let (mut good, mut bad, mut errors) = (0, 0, Vec::new());
                     for gfn in *first..*first + u64::from(*n) {
-                        self.verify_page(e, gfn, buf)?;
+                        match self.verify_page(e, gfn, buf) {
+                            Ok(()) => good += 1,
+                            Err(err) => {
+                                bad += 1;
+                                if errors.len() < max_listed {
+                                    errors.push(err);
+                                }
+                            }
+                        }
                     }
                     progress(u64::from(*n) * ps as u64);
-                    Ok(u64::from(*n))
+                    (good, bad, errors)
                 },
             )
             .collect();
-        results.into_iter().sum()
+        let (mut good, mut bad, mut errors) = (0, 0, Vec::new());
+        for (g, b, e) in results {
+            good += g;
+            bad += b;
+            errors.extend(e.into_iter().take(max_listed.saturating_sub(errors.len())));
+        }
+        (good, bad, errors)
     }
 
     fn verify_page(&self, e: &crate::Extent, gfn: u64, buf: &mut [u8]) -> Result<()> {

@@ -10,6 +10,12 @@ use super::fmt::{bytes, hex};
 use pbr_tools::diff::{Counts, diff, write_diff};
 use pbr_tools::{Error, Result};
 
+/// As diff(1) and cmp(1): 0 when the images are the same, 1 when they
+/// differ.
+fn status(r: &pbr_tools::diff::DiffReport) -> ExitCode {
+    if r.differs() { ExitCode::from(super::DIFFERENT) } else { ExitCode::SUCCESS }
+}
+
 fn counts(c: &Counts) -> Value {
     json!({"added": c.added, "removed": c.removed, "changed": c.changed, "unchanged": c.unchanged})
 }
@@ -51,7 +57,7 @@ pub fn run(a: &Path, b: &Path, output: Option<&Path>, as_json: bool) -> Result<E
             "metadata": r.metadata.iter().map(|(k, x, y)| json!({"key": k, "a": x, "b": y})).collect::<Vec<_>>(),
         });
         outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        return Ok(ExitCode::SUCCESS);
+        return Ok(status(&r));
     }
     let line = |c: &Counts| {
         format!("{} added, {} removed, {} changed, {} unchanged", c.added, c.removed, c.changed, c.unchanged)
@@ -81,7 +87,7 @@ pub fn run(a: &Path, b: &Path, output: Option<&Path>, as_json: bool) -> Result<E
     for (k, x, y) in &r.metadata {
         outln!("metadata   {k}: {} -> {}", x.as_deref().unwrap_or("(none)"), y.as_deref().unwrap_or("(none)"));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(status(&r))
 }
 
 pub fn apply(base: &Path, diffs: &[PathBuf], output: &Path, as_json: bool) -> Result<ExitCode> {

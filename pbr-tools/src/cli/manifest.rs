@@ -110,7 +110,7 @@ pub fn select_run(root: &Path, images: &[PathBuf], strict: bool, as_json: bool) 
         }
         None => {
             eprintln!("pbr-img: no valid candidate: do a full reboot");
-            Ok(ExitCode::from(super::CHECK_FAILED))
+            Ok(ExitCode::from(super::NO_CANDIDATE))
         }
     }
 }

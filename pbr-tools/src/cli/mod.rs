@@ -27,8 +27,11 @@ use pbr_tools::phase::{CaptureOptions, Vmm};
 
 /// Restartable VM images: convert, inspect, verify and export `.pbr` files.
 ///
-/// Exit status: 0 ok; 1 the check failed (verify found damage, select found
-/// no valid candidate); 2 a usage or input error.
+/// Exit status, the same for every command: 0 ok; 1 `verify` found damage
+/// or `diff` found the images different; 2 a usage or input error (one line
+/// on standard error); 3 `select` or `recover` found no valid candidate (do
+/// a full reboot); 130 or 143 interrupted by SIGINT or SIGTERM (temporary
+/// files removed, child QEMUs stopped); 141 standard output closed.
 #[derive(Parser, Debug)]
 #[command(name = "pbr-img", version, about, long_about = None)]
 pub struct Cli {
@@ -350,10 +353,14 @@ enum ManifestAction {
     },
 }
 
-/// Exit status when a check failed.
+/// Exit status when a check failed: `verify` found damage.
 pub const CHECK_FAILED: u8 = 1;
+/// Exit status of `diff` when the images differ (as diff(1) and cmp(1)).
+pub const DIFFERENT: u8 = 1;
 /// Exit status of a usage or input error.
 pub const USAGE_OR_INPUT: u8 = 2;
+/// Exit status of `select` and `recover` when no candidate is valid.
+pub const NO_CANDIDATE: u8 = 3;
 
 impl Command {
     /// The files the command reads and the one it writes.

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use pbr_format::Image;
+use pbr_format::{Image, PageClass};
 use serde_json::json;
 
 use super::fmt::bytes;
@@ -13,13 +13,23 @@ use pbr_tools::trim::{Drop, trim};
 pub fn run(image: &Path, output: &Path, drop: Option<&str>, as_json: bool) -> Result<ExitCode> {
     let drop = drop.map(Drop::parse).transpose()?.unwrap_or_default();
     let img = Image::open(image)?;
+    let counts = img.page_counts();
+    let unknown: u64 = counts[PageClass::Unknown as usize].iter().sum();
+    let unclassified = (drop.free || drop.cache) && unknown == img.page_count();
+    if unclassified {
+        eprintln!(
+            "note: {} was never classified, so it has no free or cache pages to drop: classify it first with `pbr-img classify {} --kpageflags FILE -o OUT` (the guest's /proc/kpageflags) or `--class-map FILE`",
+            image.display(),
+            image.display()
+        );
+    }
     let r = trim(&img, output, drop)?;
     if as_json {
         outln!(
             "{}",
             json!({"output": output.display().to_string(), "before_bytes": r.before_bytes, "after_bytes": r.after_bytes,
                    "free_pages": r.free_pages, "cache_pages": r.cache_pages, "cache_pages_with_refs": r.cache_pages_with_refs,
-                   "zero_pages": r.zero_pages})
+                   "zero_pages": r.zero_pages, "classified": !unclassified})
         );
     } else {
         outln!(

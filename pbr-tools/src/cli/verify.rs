@@ -16,30 +16,49 @@ pub fn run(path: &Path, as_json: bool, quiet: bool) -> Result<ExitCode> {
     };
     let bar =
         progress::bytes(img.file_len() + img.page_data_range().end - img.page_data_range().start, "verify", quiet);
-    let result = img.verify_with_progress(&|n| bar.inc(n));
+    let r = img.check(MAX_LISTED, &|n| bar.inc(n));
     bar.finish_and_clear();
-    match result {
-        Ok(r) if as_json => {
-            outln!(
-                "{}",
-                json!({"path": path.display().to_string(), "ok": true, "sections": r.sections, "pages": r.pages, "hashed_bytes": r.hashed_bytes})
-            );
-            Ok(ExitCode::SUCCESS)
+    let ok = r.damaged == 0;
+    if as_json {
+        let damage: Vec<_> = r
+            .damage
+            .iter()
+            .map(|e| json!({"error": e.to_string(), "section": e.section(), "offset": e.offset()}))
+            .collect();
+        outln!(
+            "{}",
+            json!({"path": path.display().to_string(), "ok": ok, "sections": r.sections, "pages": r.pages,
+                   "hashed_bytes": r.hashed_bytes, "damaged": r.damaged, "damage": damage,
+                   "damage_listed": r.damage.len()})
+        );
+    } else if ok {
+        outln!(
+            "{}: ok ({} sections, {} stored pages, {} bytes hashed)",
+            path.display(),
+            r.sections,
+            r.pages,
+            r.hashed_bytes
+        );
+    } else {
+        for e in &r.damage {
+            outln!("damaged: {}", crate::one_line(&e.to_string()));
         }
-        Ok(r) => {
-            outln!(
-                "{}: ok ({} sections, {} stored pages, {} bytes hashed)",
-                path.display(),
-                r.sections,
-                r.pages,
-                r.hashed_bytes
-            );
-            Ok(ExitCode::SUCCESS)
+        if r.damaged > r.damage.len() as u64 {
+            outln!("... and {} more (the first {MAX_LISTED} are listed)", r.damaged - r.damage.len() as u64);
         }
-        Err(e) if is_damage(&e) => Ok(report_failure(path, &e, as_json)),
-        Err(e) => Err(e.into()),
+        eprintln!(
+            "pbr-img: error: {}: {} damaged (sections, pages or the trailer hash); {} sections and {} stored pages are good",
+            path.display(),
+            r.damaged,
+            r.sections,
+            r.pages
+        );
     }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(super::CHECK_FAILED) })
 }
+
+/// How many failures `verify` lists at most.
+const MAX_LISTED: usize = 100;
 
 /// Whether `e` says the image is damaged (the check failed), as opposed to
 /// an input that cannot be checked at all (missing, not a `.pbr` image).

@@ -346,7 +346,7 @@ pub fn recover(
                 .iter()
                 .filter_map(|p| Image::open(p).ok().map(|i| (p, i)))
                 .max_by_key(|(_, i)| phase_order(i))
-                .ok_or_else(|| Error::Unsupported("no candidate opens".into()))?;
+                .ok_or_else(|| Error::NoCandidate("no candidate opens: do a full reboot".into()))?;
             // Images with no QEMU command line (a VMM's) need no standby QEMU.
             match QemuAdapter::recorded_args(&latest) {
                 Some(mut args) => {
@@ -373,7 +373,7 @@ pub fn recover(
         Some(r) => pbr_format::select::select(&refs, r, false).chosen,
         None => (0..images.len()).max_by_key(|&i| phase_order(&images[i])),
     }
-    .ok_or_else(|| Error::Unsupported("no valid candidate: do a full reboot".into()))?;
+    .ok_or_else(|| Error::NoCandidate("do a full reboot".into()))?;
     let select = t.elapsed();
     let img = &images[chosen];
     if img.metadata_value("source.format") == Some("vmm") {
