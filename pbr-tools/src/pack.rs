@@ -110,7 +110,13 @@ pub fn unpack(src: &Image, dest: &Path) -> Result<PackReport> {
             if e.encoding.is_stored() || e.encoding == PageEncoding::Dup {
                 r.stored_pages += 1;
             }
-            rewrite::copy_page(src, &e, gfn, &mut w, e.class, &mut buf)?;
+            match e.encoding {
+                PageEncoding::Lz4 | PageEncoding::Dup => {
+                    let page = src.read_in_extent(&e, gfn, &mut buf)?;
+                    w.write_page(gfn, page, e.class)?;
+                }
+                _ => rewrite::copy_page(src, &e, gfn, &mut w, e.class, &mut buf)?,
+            }
         }
     }
     r.after_bytes = w.finish()?.file_len;

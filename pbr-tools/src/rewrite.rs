@@ -66,8 +66,8 @@ pub fn copy_machine_state(src: &Image, w: &mut ImageWriter) -> Result<()> {
 }
 
 /// Copies page `gfn` of extent `e` of `src` into `w` with `class`, keeping
-/// its encoding where the writer can (zero, trimmed, base), storing content
-/// raw otherwise.
+/// its encoding where the writer can (zero, trimmed, base, lz4), storing a
+/// duplicate as lz4 and raw content raw.
 ///
 /// # Errors
 /// A corrupt page, I/O.
@@ -81,9 +81,14 @@ pub fn copy_page(
 ) -> Result<()> {
     match e.encoding {
         PageEncoding::Zero | PageEncoding::Trimmed | PageEncoding::Base => w.mark_pages(gfn, 1, e.encoding, class)?,
-        PageEncoding::Raw | PageEncoding::Lz4 | PageEncoding::Dup => {
+        PageEncoding::Raw => {
             let page = src.read_in_extent(e, gfn, buf)?;
             w.write_page(gfn, page, class)?;
+        }
+        // Packed pages stay packed (a duplicate is stored compressed).
+        PageEncoding::Lz4 | PageEncoding::Dup => {
+            let page = src.read_in_extent(e, gfn, buf)?;
+            w.write_page_lz4(gfn, page, class)?;
         }
     }
     Ok(())

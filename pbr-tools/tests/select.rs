@@ -161,7 +161,7 @@ fn hostile_paths_are_refused() {
     let hostile = d.join("hostile.pbr");
     std::fs::write(&hostile, &bytes).unwrap();
     let (code, v) = select(&root, &[hostile], &[]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(3));
     let refused = v["candidates"][0]["refused"].as_str().unwrap();
     assert!(refused.contains("MANIFEST") && refused.contains("'..' component"), "{refused}");
 
@@ -173,7 +173,7 @@ fn hostile_paths_are_refused() {
     std::fs::remove_file(root.join("etc/ok.conf")).unwrap();
     std::os::unix::fs::symlink(d.join("outside.conf"), root.join("etc/ok.conf")).unwrap();
     let (code, v) = select(&root, &[good], &[]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(3));
     let why = v["candidates"][0]["first_mismatch"]["why"].as_str().unwrap();
     assert!(why.starts_with("refused:") && why.contains("outside the root"), "{why}");
 }
