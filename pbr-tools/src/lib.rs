@@ -11,6 +11,7 @@ pub mod convert;
 pub mod diff;
 pub mod error;
 pub mod export;
+pub mod extract;
 pub mod manifest;
 pub mod output;
 pub mod pack;
@@ -20,6 +21,7 @@ pub mod qemu;
 pub mod replay;
 pub mod rewrite;
 pub mod trim;
+pub mod vcpu_state;
 pub mod xen;
 
 pub use error::{Error, Result};

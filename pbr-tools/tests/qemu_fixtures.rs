@@ -148,3 +148,59 @@ fn bundled_counter_stream() {
     pbr_img_ok(&["export", "--to", "qemu", image.to_str().unwrap(), "-o", back.to_str().unwrap()]);
     assert!(std::fs::read(back).unwrap() == std::fs::read(stream).unwrap());
 }
+
+/// `inspect --json --devices` of the real guest: every general register of
+/// vCPU0, and the cpu section's fields decoded through the vmdescription
+/// agree with them; `inspect --vcpus` prints them; `extract` gives a
+/// section and a page back.
+#[test]
+fn inspect_shows_the_machine_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("d.pbr");
+    let stream = fixture_stream("q35-128m-daemons");
+    pbr_img_ok(&["convert", stream.to_str().unwrap(), "-o", image.to_str().unwrap()]);
+    let i = image.to_str().unwrap();
+    let m: serde_json::Value = serde_json::from_str(&pbr_img_ok(&["inspect", "--json", "--devices", i])).unwrap();
+    let regs = &m["vcpus"][0]["regs"];
+    let cpu = m["devices"]["sections"].as_array().unwrap().iter().find(|s| s["name"] == "cpu").unwrap();
+    let field =
+        |name: &str| cpu["fields"].as_array().unwrap().iter().find(|f| f["name"] == name).unwrap()["value"].clone();
+    let gprs = field("env.regs");
+    // QEMU keeps them in the instruction set's register numbering.
+    let qemu_order =
+        ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
+    for (k, name) in qemu_order.iter().enumerate() {
+        assert_eq!(regs[*name], gprs[k], "{name}");
+    }
+    assert_eq!(regs["rip"], field("env.eip"));
+    assert!(
+        u64::from_str_radix(regs["rip"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+            >= 0xffff_ffff_8000_0000
+    );
+    let v = &m["vcpus"][0];
+    assert_eq!(v["segments"]["cs"]["l"], 1);
+    assert_eq!(v["lapic"]["id"], 0);
+    assert!(v["msrs"].as_array().unwrap().iter().any(|x| x["name"] == "IA32_LSTAR"));
+    let serial = m["devices"]["sections"].as_array().unwrap().iter().find(|s| s["name"] == "serial").unwrap();
+    assert!(serial["fields"].as_array().is_some_and(|f| !f.is_empty()));
+
+    let text = pbr_img_ok(&["inspect", "--vcpus", i]);
+    assert!(text.contains(&format!("rip={}", regs["rip"].as_str().unwrap())), "{text}");
+    assert!(text.contains("gdt base=") && text.contains("lapic id=0") && text.contains("IA32_LSTAR"), "{text}");
+
+    // extract: the serial section blob, and two pages equal to the image's.
+    let blob = dir.path().join("serial.bin");
+    pbr_img_ok(&["extract", i, "--device", "serial.0", "-o", blob.to_str().unwrap()]);
+    let img = Image::open(&image).unwrap();
+    let want = img.devices().find(|d| d.name == "serial" && d.instance == 0).unwrap();
+    assert_eq!(std::fs::read(&blob).unwrap(), &want.data[..]);
+    let pages = dir.path().join("pages.bin");
+    pbr_img_ok(&["extract", i, "--pages", "0x1000+2", "-o", pages.to_str().unwrap()]);
+    let got = std::fs::read(&pages).unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(&got[..4096], img.read_page(0x1000, &mut buf).unwrap());
+    assert_eq!(&got[4096..], img.read_page(0x1001, &mut buf).unwrap());
+    let out = common::pbr_img(&["extract", i, "--device", "ram", "-o", blob.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name one as #K"));
+}

@@ -249,6 +249,17 @@ fn pv_v3_and_v2_convert_and_export_byte_identical() {
             assert_eq!(v.msr(0x48), Some(1));
             assert_eq!(v.xcr0, 3);
         }
+        // inspect --json shows vCPU0's registers, as the saver wrote them.
+        let m: serde_json::Value =
+            serde_json::from_str(&pbr_img_ok(&["inspect", "--json", b.pbr.to_str().unwrap()])).unwrap();
+        let c = xl::CpuSpec::new(0);
+        let regs = &m["vcpus"][0]["regs"];
+        assert_eq!(regs["rip"], format!("{:#x}", c.rip));
+        assert_eq!(regs["rax"], format!("{:#x}", c.rax));
+        assert_eq!(regs["rsp"], format!("{:#x}", c.rsp));
+        assert_eq!(m["vcpus"][0]["cr3"], format!("{:#x}", c.cr3));
+        let text = pbr_img_ok(&["inspect", "--vcpus", b.pbr.to_str().unwrap()]);
+        assert!(text.contains(&format!("rip={:#x}", c.rip)) && text.contains("IA32_SPEC_CTRL"), "{text}");
         let names: Vec<String> = img.devices().map(|d| d.name.into_owned()).collect();
         for n in ["x86-pv-info", "x86-pv-p2m-frames", "shared-info", "x86-pv-vcpu-basic", "x86-pv-vcpu-extended"] {
             assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");

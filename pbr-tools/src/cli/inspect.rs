@@ -10,13 +10,31 @@ use serde_json::{Value, json};
 use super::fmt::{bytes, hex, unix_ns};
 use pbr_tools::Result;
 
-pub fn run(path: &Path, as_json: bool, pages: bool) -> Result<ExitCode> {
+/// What `inspect` shows beyond the summary.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Show {
+    /// Every extent of the page index.
+    pub pages: bool,
+    /// Every vCPU register (always in JSON).
+    pub vcpus: bool,
+    /// Device sections with their fields decoded.
+    pub devices: bool,
+}
+
+pub fn run(path: &Path, as_json: bool, show: Show) -> Result<ExitCode> {
     let img = Image::open(path)?;
-    let model = model(&img, path, pages);
+    let mut model = model(&img, path, show.pages);
+    if show.devices {
+        match pbr_tools::qemu::devices::decode(&img) {
+            Some(Ok(sections)) => model["devices"]["sections"] = Value::Array(sections),
+            Some(Err(e)) => model["devices"]["sections_error"] = json!(e),
+            None => {}
+        }
+    }
     if as_json {
         outln!("{}", serde_json::to_string_pretty(&model).unwrap_or_default());
     } else {
-        print_human(&model);
+        print_human(&model, show);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -79,16 +97,17 @@ pub fn model(img: &Image, path: &Path, with_extents: bool) -> Value {
         .vcpus()
         .iter()
         .map(|v| match v {
-            Vcpu::X86_64(x) => json!({
-                "id": x.id, "arch": "x86_64",
-                "rip": format!("{:#x}", x.regs.rip.get()), "rsp": format!("{:#x}", x.regs.gpr[6].get()),
-                "rflags": format!("{:#x}", x.regs.rflags.get()),
-                "cr0": format!("{:#x}", x.sregs.cr0.get()), "cr3": format!("{:#x}", x.sregs.cr3.get()),
-                "cr4": format!("{:#x}", x.sregs.cr4.get()), "efer": format!("{:#x}", x.sregs.efer.get()),
-                "cs": format!("{:#x}", x.sregs.cs.selector.get()),
-                "msrs": x.msrs.len(), "xsave_bytes": x.xsave.len(), "lapic": x.lapic.is_some(),
-                "tsc": x.tsc, "tsc_khz": x.tsc_khz, "mp_state": x.mp_state,
-            }),
+            Vcpu::X86_64(x) => {
+                let mut d = pbr_tools::vcpu_state::describe(x);
+                // The summary fields scripts read since format 1.0.
+                d["rip"] = d["regs"]["rip"].clone();
+                d["rsp"] = d["regs"]["rsp"].clone();
+                d["rflags"] = d["regs"]["rflags"].clone();
+                d["cs"] = d["segments"]["cs"]["selector"].clone();
+                d["msr_count"] = json!(x.msrs.len());
+                d["xsave_bytes"] = json!(x.xsave.len());
+                d
+            }
             Vcpu::Other { arch, id, body, .. } => {
                 json!({"id": id, "arch": format!("unknown({arch})"), "bytes": body.len()})
             }
@@ -165,6 +184,95 @@ pub fn model(img: &Image, path: &Path, with_extents: bool) -> Value {
     model
 }
 
+/// `v` cut to `max` bytes, saying how long it is and where it is whole.
+fn shorten(v: &str, max: usize, whole: &str) -> String {
+    if v.len() > max {
+        format!("{}... ({} bytes; `{whole}` shows it whole)", &v[..v.floor_char_boundary(max)], v.len())
+    } else {
+        v.to_owned()
+    }
+}
+
+/// Every register of one described x86-64 vCPU.
+fn print_vcpu(v: &Value) {
+    let s = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let r = &v["regs"];
+    let regs: Vec<String> = pbr_tools::vcpu_state::GPR_NAMES
+        .iter()
+        .chain(&["rip", "rflags"])
+        .map(|name| format!("{name}={}", s(&r[*name])))
+        .collect();
+    for chunk in regs.chunks(6) {
+        outln!("    {}", chunk.join(" "));
+    }
+    for (name, seg) in v["segments"].as_object().into_iter().flatten() {
+        outln!(
+            "    {name:<3} sel={} base={} limit={} type={} s={} dpl={} p={} db={} l={} g={} avl={} unusable={}",
+            s(&seg["selector"]),
+            s(&seg["base"]),
+            s(&seg["limit"]),
+            seg["type"],
+            seg["s"],
+            seg["dpl"],
+            seg["present"],
+            seg["db"],
+            seg["l"],
+            seg["g"],
+            seg["avl"],
+            seg["unusable"]
+        );
+    }
+    outln!(
+        "    gdt base={} limit={}  idt base={} limit={}",
+        s(&v["gdt"]["base"]),
+        s(&v["gdt"]["limit"]),
+        s(&v["idt"]["base"]),
+        s(&v["idt"]["limit"])
+    );
+    outln!(
+        "    cr0={} cr2={} cr3={} cr4={} cr8={} efer={} apic_base={} xcr0={}",
+        s(&v["cr0"]),
+        s(&v["cr2"]),
+        s(&v["cr3"]),
+        s(&v["cr4"]),
+        s(&v["cr8"]),
+        s(&v["efer"]),
+        s(&v["apic_base"]),
+        s(&v["xcr0"])
+    );
+    if let Some(d) = v["debug"].as_object() {
+        let dr: Vec<String> =
+            ["dr0", "dr1", "dr2", "dr3", "dr6", "dr7"].iter().map(|k| format!("{k}={}", s(&d[*k]))).collect();
+        outln!("    {}", dr.join(" "));
+    }
+    if !v["events"].is_null() {
+        outln!("    events {}", v["events"]);
+    }
+    if let Some(l) = v["lapic"].as_object() {
+        outln!(
+            "    lapic id={} version={} tpr={} svr={} lvt_timer={} timer initial={} current={} divide={}",
+            l["id"],
+            s(&l["version"]),
+            s(&l["tpr"]),
+            s(&l["svr"]),
+            s(&l["lvt_timer"]),
+            s(&l["timer_initial_count"]),
+            s(&l["timer_current_count"]),
+            s(&l["timer_divide"])
+        );
+    }
+    let comps: Vec<String> = v["xsave"]["components"].as_array().into_iter().flatten().map(s).collect();
+    outln!(
+        "    xsave {} bytes: {}",
+        v["xsave"]["bytes"],
+        if comps.is_empty() { "(none)".into() } else { comps.join(" ") }
+    );
+    outln!("    tsc={} tsc_khz={} mp_state={}", v["tsc"], v["tsc_khz"], v["mp_state"]);
+    for m in v["msrs"].as_array().into_iter().flatten() {
+        outln!("    msr {:>10} {:<26} {}", s(&m["index"]), m["name"].as_str().unwrap_or("-"), s(&m["value"]));
+    }
+}
+
 /// What a restore must do about trimmed pages.
 fn restore_notes(img: &Image, counts: &[[u64; 6]; 5]) -> Value {
     let trimmed = |c: PageClass| counts[c as usize][PageEncoding::Trimmed as usize];
@@ -195,7 +303,7 @@ fn restore_notes(img: &Image, counts: &[[u64; 6]; 5]) -> Value {
     json!({"trimmed_free": trimmed(PageClass::Free), "trimmed_cache": cache, "trimmed_cache_with_refs": refs, "notes": notes})
 }
 
-fn print_human(m: &Value) {
+fn print_human(m: &Value, show: Show) {
     let f = &m["file"];
     let n = |v: &Value| v.as_u64().unwrap_or(0);
     let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
@@ -292,10 +400,13 @@ fn print_human(m: &Value) {
                 s(&v["cr3"]),
                 s(&v["cr4"]),
                 s(&v["efer"]),
-                n(&v["msrs"]),
+                n(&v["msr_count"]),
                 bytes(n(&v["xsave_bytes"])),
-                if v["lapic"].as_bool() == Some(true) { "yes" } else { "no" }
+                if v["lapic"].is_null() { "no" } else { "yes" }
             );
+            if show.vcpus {
+                print_vcpu(v);
+            }
         } else {
             outln!("  vcpu{} {} ({} bytes)", n(&v["id"]), s(&v["arch"]), n(&v["bytes"]));
         }
@@ -337,13 +448,33 @@ fn print_human(m: &Value) {
             bytes(n(&item["bytes"]))
         );
     }
+    if show.devices {
+        for sec in d["sections"].as_array().into_iter().flatten() {
+            outln!(
+                "  section {}.{} v{}, {}",
+                s(&sec["name"]),
+                n(&sec["instance"]),
+                n(&sec["version"]),
+                bytes(n(&sec["bytes"]))
+            );
+            for f in sec["fields"].as_array().into_iter().flatten() {
+                let v = match &f["value"] {
+                    Value::Null => "(beyond the section)".to_owned(),
+                    Value::String(x) => x.clone(),
+                    other => other.to_string(),
+                };
+                let sub = f["subsection"].as_str().map(|x| format!("{x}: ")).unwrap_or_default();
+                outln!("    {sub}{} = {}", s(&f["name"]), shorten(&v, 64, "inspect --devices --json"));
+            }
+        }
+        if let Some(e) = d["sections_error"].as_str() {
+            outln!("  (fields not decoded: {e})");
+        }
+    }
     if let Some(md) = m["metadata"].as_object().filter(|o| !o.is_empty()) {
         outln!("metadata");
         for (k, v) in md {
-            let v = s(v);
-            let shown =
-                if v.len() > 100 { format!("{}... ({} bytes)", &v[..v.floor_char_boundary(100)], v.len()) } else { v };
-            outln!("  {k} = {shown}");
+            outln!("  {k} = {}", shorten(&s(v), 100, "inspect --json"));
         }
     }
     let files = m["manifest"]["files"].as_array().cloned().unwrap_or_default();

@@ -7,6 +7,7 @@ mod classify;
 mod convert;
 mod diff;
 mod export;
+mod extract;
 mod files;
 mod fmt;
 mod inspect;
@@ -33,7 +34,7 @@ use pbr_tools::phase::{CaptureOptions, Vmm};
 /// a full reboot); 130 or 143 interrupted by SIGINT or SIGTERM (temporary
 /// files removed, child QEMUs stopped); 141 standard output closed.
 #[derive(Parser, Debug)]
-#[command(name = "pbr-img", version, about, long_about = None)]
+#[command(name = "pbr-img", version)]
 pub struct Cli {
     /// Hide progress bars.
     #[arg(long, short, global = true)]
@@ -55,6 +56,14 @@ enum Command {
         /// List every extent of the page index.
         #[arg(long)]
         pages: bool,
+        /// Show every vCPU register, segment, MSR, LAPIC and XSAVE state
+        /// (always in --json).
+        #[arg(long)]
+        vcpus: bool,
+        /// Show the device sections with their fields decoded through the
+        /// stream's vmdescription (QEMU images).
+        #[arg(long)]
+        devices: bool,
     },
     /// Convert a QEMU migration stream or an `xl save` file (file or `-`
     /// for stdin) into a `.pbr` image; the input format is found by its
@@ -152,7 +161,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show what changed from A to B, or write a diff image with -o.
+    /// Show what changed from A to B (exit 1 when they differ, 0 when not),
+    /// or write a diff image with -o.
     Diff {
         /// The older image.
         a: PathBuf,
@@ -197,7 +207,7 @@ enum Command {
         action: ManifestAction,
     },
     /// Pick the latest candidate of a boot still valid against the current
-    /// files. Exit 0 with the choice; 1 when none is valid (do a full reboot).
+    /// files. Exit 0 with the choice; 3 when none is valid (do a full reboot).
     Select {
         /// The guest root directory (a mounted guest file system).
         #[arg(long)]
@@ -268,7 +278,7 @@ enum Command {
         json: bool,
     },
     /// Recover: restore the latest valid candidate with QEMU and time it to
-    /// service ready.
+    /// service ready. Exit 3 when no candidate is valid (do a full reboot).
     Recover {
         /// The candidates of one boot, in any order.
         #[arg(required = true)]
@@ -308,6 +318,26 @@ enum Command {
     Verify {
         /// The image.
         image: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one device blob, or a range of guest pages, to a file (or `-`
+    /// for standard output).
+    Extract {
+        /// The image.
+        image: PathBuf,
+        /// The blob: NAME, NAME.INSTANCE, or #K for the K-th blob `inspect`
+        /// lists (from 0).
+        #[arg(long, required_unless_present = "pages", conflicts_with = "pages")]
+        device: Option<String>,
+        /// Guest frames FIRST-LAST (inclusive) or FIRST+COUNT, decimal or
+        /// 0x hex; written page after page, zero and trimmed pages as zeros.
+        #[arg(long)]
+        pages: Option<String>,
+        /// Output file, or `-` for standard output.
+        #[arg(short, long)]
+        output: PathBuf,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -401,6 +431,9 @@ impl Command {
             }
             Command::Select { images: v, .. } => (images(v), None),
             Command::Recover { candidates, .. } => (images(candidates), None),
+            Command::Extract { image, output, .. } => {
+                (vec![Input::Image(image)], Some(Output { path: output, streamable: true }))
+            }
             Command::Export { to, image, output, .. } => {
                 let streamable = !matches!(to, export::Target::Raw);
                 (vec![Input::Image(image)], Some(Output { path: output, streamable }))
@@ -417,7 +450,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let (inputs, output) = cli.command.files();
     let _temp_files = files::check(&inputs, output)?;
     match cli.command {
-        Command::Inspect { image, json, pages } => inspect::run(&image, json, pages),
+        Command::Inspect { image, json, pages, vcpus, devices } => {
+            inspect::run(&image, json, inspect::Show { pages, vcpus, devices })
+        }
         Command::Verify { image, json } => verify::run(&image, json, cli.quiet),
         Command::Classify { image, output, kpageflags, kpagecount, class_map, kernel, json } => classify::run(
             &image,
@@ -497,5 +532,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             },
         ),
         Command::Export { to, image, output, json } => export::run(to, &image, &output, json, cli.quiet),
+        Command::Extract { image, device, pages, output, json } => {
+            let what = match (&device, &pages) {
+                (Some(d), _) => extract::What::Device(d),
+                (None, Some(p)) => extract::What::Pages(p),
+                (None, None) => return Err(pbr_tools::Error::Unsupported("give --device or --pages".into())),
+            };
+            extract::run(&image, what, &output, json)
+        }
     }
 }

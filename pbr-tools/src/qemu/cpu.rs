@@ -307,7 +307,14 @@ mod tests {
                 name: "cpu".into(),
                 instance: 0,
                 body_len: 20,
-                fields: vec![FieldLoc { name: "s".into(), subsection: None, offset: 0, size: 20, count: 1 }],
+                fields: vec![FieldLoc {
+                    name: "s".into(),
+                    subsection: None,
+                    offset: 0,
+                    size: 20,
+                    count: 1,
+                    kind: "buffer".into(),
+                }],
             };
             let s = segment(&Body { bytes: &body, desc: &desc }, "s", 0).unwrap();
             assert_eq!(segment_flags(&s), flags & 0x00f0_ff00, "{flags:#x}");

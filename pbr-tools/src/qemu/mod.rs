@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod cpu;
+pub mod devices;
 pub mod export;
 pub mod plan;
 pub mod ram;
@@ -683,12 +684,15 @@ pub fn full_header_len(name_len: usize) -> usize {
     1 + 4 + 1 + name_len + 4 + 4
 }
 
+/// The body of a FULL device section blob: its fields, without the section
+/// header and footer.
+pub fn section_body<'a>(b: &'a DeviceBlob<'_>) -> &'a [u8] {
+    let start = full_header_len(b.name.len());
+    b.data.get(start..b.data.len().saturating_sub(5)).unwrap_or_default()
+}
+
 fn decode_vcpus(blobs: &[DeviceBlob<'static>], desc: &VmDesc) -> std::result::Result<Vec<pbr_format::X86Vcpu>, String> {
     let sections: Vec<&DeviceBlob<'static>> = blobs.iter().filter(|b| b.origin == DeviceOrigin::QEMU_SECTION).collect();
-    fn body<'a>(b: &'a DeviceBlob<'static>) -> &'a [u8] {
-        let start = full_header_len(b.name.len());
-        b.data.get(start..b.data.len().saturating_sub(5)).unwrap_or_default()
-    }
     let mut out = Vec::new();
     for (i, s) in sections.iter().enumerate().filter(|(_, s)| s.name == "cpu") {
         let d = desc.devices.get(i).ok_or("cpu section without a description")?;
@@ -696,8 +700,8 @@ fn decode_vcpus(blobs: &[DeviceBlob<'static>], desc: &VmDesc) -> std::result::Re
             .iter()
             .enumerate()
             .find(|(_, a)| a.name == "apic" && a.instance == s.instance)
-            .and_then(|(j, a)| desc.devices.get(j).map(|d| (body(a), d)));
-        out.push(cpu::decode(s.instance, (body(s), d), apic).map_err(|m| format!("cpu {}: {m}", s.instance))?);
+            .and_then(|(j, a)| desc.devices.get(j).map(|d| (section_body(a), d)));
+        out.push(cpu::decode(s.instance, (section_body(s), d), apic).map_err(|m| format!("cpu {}: {m}", s.instance))?);
     }
     Ok(out)
 }

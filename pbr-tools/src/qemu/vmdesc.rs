@@ -17,6 +17,8 @@ pub struct FieldLoc {
     pub size: u64,
     /// Number of elements.
     pub count: u64,
+    /// QEMU's type name of the field (`uint32`, `buffer`, `struct`, ...).
+    pub kind: String,
 }
 
 /// One device entry of the description, in stream order.
@@ -75,12 +77,18 @@ fn walk(desc: &Value, base: u64, sub: Option<&str>, out: &mut Vec<FieldLoc>) -> 
     for f in desc["fields"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let name = f["name"].as_str().ok_or("field without a name")?;
         let size = f["size"].as_u64().ok_or(format!("field '{name}' has no size"))?;
+        let kind = f["type"].as_str().unwrap_or("unknown");
         let count = f["array_len"].as_u64().unwrap_or(1);
         let len = size.checked_mul(count).ok_or(format!("field '{name}' overflows"))?;
         match last.map(|i| &mut out[i]) {
             // Consecutive same-name entries are one array (QEMU writes
             // non-compressible arrays one element per entry).
-            Some(prev) if prev.name == name && prev.size == size && prev.offset + prev.size * prev.count == off => {
+            Some(prev)
+                if prev.name == name
+                    && prev.size == size
+                    && prev.kind == kind
+                    && prev.offset + prev.size * prev.count == off =>
+            {
                 prev.count += count;
             }
             _ => {
@@ -90,6 +98,7 @@ fn walk(desc: &Value, base: u64, sub: Option<&str>, out: &mut Vec<FieldLoc>) -> 
                     offset: off,
                     size,
                     count,
+                    kind: kind.to_owned(),
                 });
                 last = Some(out.len() - 1);
             }
