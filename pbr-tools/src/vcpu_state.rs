@@ -27,7 +27,7 @@ pub fn msr_name(index: u32) -> Option<&'static str> {
         0x17a => "IA32_MCG_STATUS",
         0x17b => "IA32_MCG_CTL",
         0x1a0 => "IA32_MISC_ENABLE",
-        0x200..=0x20f if index % 2 == 0 => "IA32_MTRR_PHYSBASE",
+        0x200..=0x20f if index.is_multiple_of(2) => "IA32_MTRR_PHYSBASE",
         0x200..=0x20f => "IA32_MTRR_PHYSMASK",
         0x250 => "IA32_MTRR_FIX64K_00000",
         0x258 => "IA32_MTRR_FIX16K_80000",

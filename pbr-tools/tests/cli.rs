@@ -42,7 +42,8 @@ fn inspect_human_and_json() {
     assert_eq!(v["extents"].as_array().unwrap().len(), img.extent_count());
     assert_eq!(v["pages"]["by_class"]["user"]["lz4"], 4);
     assert_eq!(v["phase"]["name"], "daemons");
-    assert_eq!(v["vcpus"][0]["msrs"], 2);
+    assert_eq!(v["vcpus"][0]["msr_count"], 2);
+    assert_eq!(v["vcpus"][0]["msrs"].as_array().map(Vec::len), Some(2));
     assert_eq!(v["metadata"]["source.format"], "vmm");
 }
 
