@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -25,6 +26,11 @@ struct State {
 
 static STATE: Mutex<State> =
     Mutex::new(State { next: 0, temp_dirs: Vec::new(), paths: Vec::new(), children: Vec::new() });
+
+/// The signal being handled, 0 before any.
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+/// Held while an interrupt is cleaned up, until the process exits.
+static CLEANING: Mutex<()> = Mutex::new(());
 
 fn state() -> std::sync::MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -88,12 +94,26 @@ pub fn install() -> Result<()> {
         .name("pbr-signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
+                let _cleaning = CLEANING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                INTERRUPTED.store(sig, Ordering::SeqCst);
                 clean_up();
                 std::process::exit(128 + sig);
             }
         })
         .map_err(|e| Error::io("cannot start the signal thread", e))?;
     Ok(())
+}
+
+/// When an interrupt is being handled (its clean-up makes the work fail:
+/// QEMU stops, files vanish), waits for the clean-up to end the process
+/// with its status, so that the failure is not reported as an error.
+pub fn exit_if_interrupted() {
+    if INTERRUPTED.load(Ordering::SeqCst) != 0 {
+        let _wait = CLEANING.lock();
+        // Not reached: the signal thread exits the process while it holds
+        // the lock; if it panicked, exit here with its status.
+        std::process::exit(128 + INTERRUPTED.load(Ordering::SeqCst));
+    }
 }
 
 /// Stops the registered children and removes the registered files now.

@@ -16,8 +16,12 @@ fn main() -> ExitCode {
         return ExitCode::from(cli::USAGE_OR_INPUT);
     }
     match cli::run(args) {
-        Ok(code) => code,
+        Ok(code) => {
+            pbr_tools::cleanup::exit_if_interrupted();
+            code
+        }
         Err(e) => {
+            pbr_tools::cleanup::exit_if_interrupted();
             eprintln!("pbr-img: error: {}", one_line(&e.to_string()));
             match e {
                 pbr_tools::Error::NoCandidate(_) => ExitCode::from(cli::NO_CANDIDATE),

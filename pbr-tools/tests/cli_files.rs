@@ -211,3 +211,38 @@ fn replay_without_serial_or_restore_cmdline_shows_the_console() {
     // The guest was saved after printing 0x49: it carries on.
     assert!(stdout.contains("\n0000004a\n0000004b\n"), "{stdout}");
 }
+
+/// The guest `scripts/fetch-guest` builds (scripts/test runs it first).
+fn guest() -> (PathBuf, PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
+    let kernel = std::fs::read_dir(dir.join("kernel/boot"))
+        .ok()
+        .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path()).filter(|p| p.to_string_lossy().contains("vmlinuz"))));
+    let initrd = dir.join("initrd.cpio.gz");
+    match kernel {
+        Some(k) if initrd.is_file() => (k, initrd),
+        _ => panic!("the test guest is missing under {}: run scripts/fetch-guest", dir.display()),
+    }
+}
+
+#[test]
+fn interrupted_capture_removes_its_work_directory_and_stops_qemu() {
+    let (kernel, initrd) = guest();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("candidates");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pbr-img"))
+        .args(["capture", "--kernel", kernel.to_str().unwrap(), "--initrd", initrd.to_str().unwrap()])
+        .args(["--mem", "128", "-o", out.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the work directory and QEMU", || {
+        out.is_dir() && !names(&out).is_empty() && !children(child.id()).is_empty()
+    });
+    let qemu = children(child.id());
+    kill(&child, "INT");
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(names(&out).is_empty(), "left behind: {:?}", names(&out));
+    wait_for("QEMU to stop", || qemu.iter().all(|&p| gone(p)));
+}
