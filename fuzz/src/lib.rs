@@ -53,7 +53,8 @@ impl AsRef<Path> for Scratch {
     }
 }
 
-/// `.pbr` open, verify, read every stored page, every record.
+/// `.pbr` open, verify and check, read every stored page, every record,
+/// describe the vCPUs and decode the device sections.
 pub mod pbr_image {
     use pbr_format::{Image, PageEncoding};
 
@@ -61,6 +62,14 @@ pub mod pbr_image {
     pub fn run(data: &[u8]) {
         let Ok(img) = Image::from_bytes(data.to_vec()) else { return };
         let _ = img.verify();
+        let _ = img.check(16, &|_| {});
+        // What `inspect --vcpus --devices` shows of a hostile image.
+        for v in img.vcpus() {
+            if let pbr_format::Vcpu::X86_64(x) = v {
+                let _ = pbr_tools::vcpu_state::describe(x);
+            }
+        }
+        let _ = pbr_tools::qemu::devices::decode(&img);
         let _ = (img.vcpus().len(), img.metadata().len(), img.manifest().len(), img.cache_refs().len(), img.phase());
         let _ = img.devices().map(|d| d.data.len()).sum::<usize>();
         let _ = (img.page_counts(), img.raw_runs().len());
