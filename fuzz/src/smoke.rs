@@ -45,6 +45,11 @@ fn xl_save() {
 }
 
 #[test]
+fn libvirt_save() {
+    smoke("libvirt_save", crate::libvirt_save::run, 1500);
+}
+
+#[test]
 fn vmdesc() {
     smoke("vmdesc", crate::vmdesc::run, 3000);
 }

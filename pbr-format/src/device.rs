@@ -27,6 +27,8 @@ impl DeviceOrigin {
     pub const XEN_LIBXC: DeviceOrigin = DeviceOrigin(5);
     /// Defined by the VMM that wrote the image.
     pub const VMM: DeviceOrigin = DeviceOrigin(6);
+    /// A libvirt save file's header and domain XML (`spec/libvirt.md`).
+    pub const LIBVIRT: DeviceOrigin = DeviceOrigin(7);
 
     /// A short name for display.
     ///
@@ -42,6 +44,7 @@ impl DeviceOrigin {
             4 => "xen-libxl",
             5 => "xen-libxc",
             6 => "vmm",
+            7 => "libvirt",
             _ => "unknown",
         }
     }

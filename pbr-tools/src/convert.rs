@@ -7,6 +7,8 @@ pub enum InputFormat {
     Qemu,
     /// An `xl save` file.
     Xl,
+    /// A libvirt QEMU save file (`virsh save`), complete or partial.
+    Libvirt,
     /// Already a `.pbr` image.
     Pbr,
 }
@@ -32,6 +34,9 @@ pub fn detect(head: &[u8]) -> Option<InputFormat> {
         Some(InputFormat::Qemu)
     } else if head.starts_with(XL_MAGIC) {
         Some(InputFormat::Xl)
+    } else if head.starts_with(crate::libvirt::header::MAGIC) || head.starts_with(crate::libvirt::header::PARTIAL_MAGIC)
+    {
+        Some(InputFormat::Libvirt)
     } else if head.starts_with(&pbr_format::pod::MAGIC) {
         Some(InputFormat::Pbr)
     } else {
@@ -47,6 +52,8 @@ mod tests {
     fn detects_by_magic() {
         assert_eq!(detect(b"QEVM\0\0\0\x03"), Some(InputFormat::Qemu));
         assert_eq!(detect(XL_MAGIC), Some(InputFormat::Xl));
+        assert_eq!(detect(b"LibvirtQemudSave\x02"), Some(InputFormat::Libvirt));
+        assert_eq!(detect(b"LibvirtQemudPart\x02"), Some(InputFormat::Libvirt));
         assert_eq!(detect(b"\x89PBR\r\n\x1a\n"), Some(InputFormat::Pbr));
         assert_eq!(detect(b"ELF"), None);
     }

@@ -50,7 +50,10 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
     let mut head = Vec::with_capacity(64);
     (&mut reader).take(64).read_to_end(&mut head).map_err(|e| Error::io("cannot read the input", e))?;
     let format = detect(&head).ok_or_else(|| {
-        Error::Unsupported(format!("{}: not a QEMU migration stream or xl save file (unknown magic)", input.display()))
+        Error::Unsupported(format!(
+            "{}: not a QEMU migration stream, libvirt save file or xl save file (unknown magic)",
+            input.display()
+        ))
     })?;
     let phase = a.phase.map(|name| Phase {
         name: name.to_owned().into(),
@@ -66,16 +69,26 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
     let bar = progress::bytes(total, "convert", a.quiet);
     let full = std::io::Cursor::new(head).chain(reader);
     match format {
-        InputFormat::Qemu => {
+        InputFormat::Qemu | InputFormat::Libvirt => {
             let opts = ConvertOptions {
                 phase,
                 page_hashes: a.hashes,
                 qemu_version: a.qemu_version.clone(),
                 restore_cmdline: a.restore_cmdline.clone(),
-                no_sync: false,
+                ..Default::default()
             };
-            let r = qemu::convert(full, file.as_ref(), output, &opts, &|pos| bar.set_position(pos))?;
+            let (r, lv) = if format == InputFormat::Libvirt {
+                let l = pbr_tools::libvirt::convert(full, output, &opts, &|pos| bar.set_position(pos))?;
+                (l.qemu, Some(l.header))
+            } else {
+                (qemu::convert(full, file.as_ref(), output, &opts, &|pos| bar.set_position(pos))?, None)
+            };
             bar.finish_and_clear();
+            let libvirt = lv.as_ref().map(|h| {
+                let el = |t: &str| h.element(t).map(|e| e.0);
+                json!({"save_version": h.version, "was_running": h.was_running == 1, "compressed": h.compressed.name(),
+                       "xml_bytes": h.xml.len(), "domain": el("name"), "uuid": el("uuid")})
+            });
             if let Some(note) = &r.vcpu_note {
                 eprintln!("warning: {note}");
             }
@@ -83,7 +96,8 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
                 outln!(
                     "{}",
                     json!({
-                        "input": input.display().to_string(), "output": output.display().to_string(), "format": "qemu",
+                        "input": input.display().to_string(), "output": output.display().to_string(),
+                        "format": if lv.is_some() { "libvirt" } else { "qemu" }, "libvirt": libvirt,
                         "machine": r.machine, "capabilities": r.capabilities,
                         "blocks": r.blocks.iter().map(|b| json!({"name": b.name, "used_length": b.used_length})).collect::<Vec<_>>(),
                         "zero_records": r.zero_records, "page_records": r.page_records, "mapped_pages": r.mapped_pages,
@@ -94,9 +108,17 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
                 );
             } else {
                 outln!(
-                    "{} -> {}: qemu {} stream, {} bytes; {} page + {} zero records{}; {} device sections, {} vCPUs; image {} bytes",
+                    "{} -> {}: {}qemu {} stream, {} bytes; {} page + {} zero records{}; {} device sections, {} vCPUs; image {} bytes",
                     input.display(),
                     output.display(),
+                    lv.as_ref()
+                        .map(|h| format!(
+                            "libvirt save of '{}' ({}, {}) holding a ",
+                            h.element("name").map(|e| e.0).unwrap_or_default(),
+                            if h.was_running == 1 { "was running" } else { "was paused" },
+                            h.compressed.name()
+                        ))
+                        .unwrap_or_default(),
                     if r.machine.is_empty() { "(machine type not recorded)" } else { &r.machine },
                     r.stream_bytes,
                     r.page_records,

@@ -8,6 +8,7 @@ use pbr_format::Image;
 use serde_json::json;
 
 use pbr_tools::export::raw::export_raw;
+use pbr_tools::libvirt::{self, Compression};
 use pbr_tools::qemu::export::{ExportOptions, export_qemu, export_qemu_to};
 use pbr_tools::xen::export::{export_xl, export_xl_to};
 use pbr_tools::{Result, progress};
@@ -21,6 +22,35 @@ pub enum Target {
     Qemu,
     /// An `xl save` file for `xl restore` (images converted from xl).
     Xl,
+    /// A libvirt save file for `virsh restore` (images converted from one).
+    Libvirt,
+}
+
+/// `--compress` of a libvirt export.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Compress {
+    /// No compression.
+    Raw,
+    /// gzip.
+    Gzip,
+    /// bzip2.
+    Bzip2,
+    /// xz.
+    Xz,
+    /// zstd (libvirt 10.1 and later read it).
+    Zstd,
+}
+
+impl Compress {
+    fn libvirt(self) -> Compression {
+        match self {
+            Compress::Raw => Compression::Raw,
+            Compress::Gzip => Compression::Gzip,
+            Compress::Bzip2 => Compression::Bzip2,
+            Compress::Xz => Compression::Xz,
+            Compress::Zstd => Compression::Zstd,
+        }
+    }
 }
 
 /// Prints the summary line: on standard output, or on standard error when
@@ -31,7 +61,17 @@ macro_rules! report {
     };
 }
 
-pub fn run(to: Target, path: &Path, output: &Path, as_json: bool, quiet: bool) -> Result<ExitCode> {
+pub fn run(
+    to: Target,
+    path: &Path,
+    output: &Path,
+    compress: Option<Compress>,
+    as_json: bool,
+    quiet: bool,
+) -> Result<ExitCode> {
+    if compress.is_some() && !matches!(to, Target::Libvirt) {
+        return Err(pbr_tools::Error::Unsupported("--compress applies to --to libvirt".into()));
+    }
     let img = Image::open(path)?;
     let piped = super::files::is_dash(output);
     let stdout = || std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
@@ -81,6 +121,32 @@ pub fn run(to: Target, path: &Path, output: &Path, as_json: bool, quiet: bool) -
                     r.page_records,
                     r.zero_records,
                     if r.dropped_mapped_ram { "; written as a plain stream (mapped-ram dropped)" } else { "" }
+                );
+            }
+        }
+        Target::Libvirt => {
+            let c = compress.map(Compress::libvirt);
+            let r = if piped { libvirt::export_to(&img, stdout(), c)? } else { libvirt::export(&img, output, c)? };
+            let shown = if piped { "standard output".to_owned() } else { output.display().to_string() };
+            let c = c.or_else(|| {
+                img.metadata_value("libvirt.compressed")
+                    .and_then(|n| (0..6).filter_map(Compression::from_code).find(|c| c.name() == n))
+            });
+            let cname = c.map_or("as the original", Compression::name);
+            if as_json {
+                report!(
+                    piped,
+                    "{}",
+                    json!({"output": shown, "compressed": cname, "stream_bytes": r.stream_bytes,
+                                            "page_records": r.page_records, "zero_records": r.zero_records})
+                );
+            } else {
+                report!(
+                    piped,
+                    "{shown}: libvirt save file ({cname}) around a QEMU stream of {} bytes ({} page + {} zero records)",
+                    r.stream_bytes,
+                    r.page_records,
+                    r.zero_records
                 );
             }
         }

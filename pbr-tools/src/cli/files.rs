@@ -100,6 +100,8 @@ fn not_a_stream(path: &Path) -> Result<()> {
     let n = std::fs::File::open(path).and_then(|f| f.take(32).read(&mut head)).unwrap_or(0);
     let kind = if head[..n].starts_with(b"QEVM") {
         "a QEMU migration stream"
+    } else if head[..n].starts_with(pbr_tools::libvirt::header::MAGIC) {
+        "a libvirt save file"
     } else if head[..n].starts_with(&pbr_tools::convert::XL_MAGIC[..n.min(pbr_tools::convert::XL_MAGIC.len())])
         && n >= 16
     {

@@ -349,9 +349,12 @@ enum Command {
         to: export::Target,
         /// The image.
         image: PathBuf,
-        /// Output file.
+        /// Output file, or `-` for standard output (qemu, xl, libvirt).
         #[arg(short, long)]
         output: PathBuf,
+        /// The libvirt save file's compression (default: as the original).
+        #[arg(long, value_enum)]
+        compress: Option<export::Compress>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -531,7 +534,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 quiet: cli.quiet,
             },
         ),
-        Command::Export { to, image, output, json } => export::run(to, &image, &output, json, cli.quiet),
+        Command::Export { to, image, output, compress, json } => {
+            export::run(to, &image, &output, compress, json, cli.quiet)
+        }
         Command::Extract { image, device, pages, output, json } => {
             let what = match (&device, &pages) {
                 (Some(d), _) => extract::What::Device(d),

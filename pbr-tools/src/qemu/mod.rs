@@ -93,6 +93,11 @@ pub struct ConvertOptions {
     pub restore_cmdline: Option<String>,
     /// Skip the fsync of the image (scratch outputs only).
     pub no_sync: bool,
+    /// State of a container around the stream (a libvirt save file's
+    /// header): kept as device blobs before the stream's own.
+    pub container_blobs: Vec<DeviceBlob<'static>>,
+    /// Metadata of that container.
+    pub container_metadata: Vec<(String, String)>,
 }
 
 /// What a conversion read and wrote.
@@ -580,8 +585,11 @@ fn finish(mut st: State<'_>, desc: Option<VmDesc>, stream_bytes: u64) -> Result<
         w.add_vcpu(Vcpu::X86_64(Box::new(v)))?;
     }
     let device_sections = st.blobs.iter().filter(|b| b.origin == DeviceOrigin::QEMU_SECTION).count();
-    for b in st.blobs.drain(..) {
+    for b in st.opts.container_blobs.iter().cloned().chain(st.blobs.drain(..)) {
         w.add_device(b)?;
+    }
+    for (k, v) in &st.opts.container_metadata {
+        w.set_metadata(k, v)?;
     }
     w.set_metadata("source.format", "qemu")?;
     let (machine, capabilities) = cfg.map(|c| (c.machine, c.capabilities)).unwrap_or_default();

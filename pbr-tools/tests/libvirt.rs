@@ -1,0 +1,204 @@
+//! Real libvirt save files: the project's guest booted by libvirt's own
+//! daemon (`<domain type='qemu'>`, `scripts/libvirtd` starts it), saved
+//! with `virsh save`, converted, verified, exported back (byte for byte),
+//! and exports (gzip, trimmed) restored with `virsh restore`: the guest's
+//! service answers again.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{pbr_img, pbr_img_ok};
+use pbr_format::Image;
+
+fn uri() -> String {
+    std::env::var("PBR_LIBVIRT").unwrap_or_else(|_| "qemu:///system".into())
+}
+
+fn virsh(args: &[&str]) -> Output {
+    Command::new("virsh").arg("-c").arg(uri()).args(args).output().expect("virsh (scripts/libvirtd installs it)")
+}
+
+fn virsh_ok(args: &[&str]) -> String {
+    let out = virsh(args);
+    assert!(out.status.success(), "virsh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A transient domain, destroyed when dropped.
+struct Domain(String);
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        let _ = virsh(&["destroy", &self.0]);
+    }
+}
+
+fn guest() -> (PathBuf, PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
+    let kernel = std::fs::read_dir(dir.join("kernel/boot"))
+        .ok()
+        .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path()).filter(|p| p.to_string_lossy().contains("vmlinuz"))))
+        .unwrap_or_else(|| panic!("no test guest under {}: run scripts/fetch-guest", dir.display()));
+    (kernel, dir.join("initrd.cpio.gz"))
+}
+
+fn domain_xml(name: &str, d: &Path) -> String {
+    let (kernel, initrd) = guest();
+    format!(
+        "<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{}</kernel>
+    <initrd>{}</initrd>
+    <cmdline>console=ttyS0</cmdline>
+  </os>
+  <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <serial type='file'><source path='{}/ttyS0.log'/><target port='0'/></serial>
+    <serial type='unix'><source mode='bind' path='{}/ttyS1.sock'/><target port='1'/></serial>
+    <interface type='user'><model type='virtio'/></interface>
+    <video><model type='none'/></video>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+",
+        kernel.display(),
+        initrd.display(),
+        d.display(),
+        d.display()
+    )
+}
+
+/// Answers the guest's phases on ttyS1 until it is ready.
+fn boot_to_ready(sock: &Path) {
+    let t = Instant::now();
+    let s = loop {
+        match UnixStream::connect(sock) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(t.elapsed() < Duration::from_secs(60), "ttyS1 never came: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    for line in BufReader::new(s).lines() {
+        let line = line.expect("the guest's control port");
+        if line.starts_with("PBR-PHASE") {
+            w.write_all(b"go\n").unwrap();
+        }
+        if line.starts_with("PBR-READY") {
+            return;
+        }
+    }
+    panic!("ttyS1 closed before PBR-READY");
+}
+
+/// Forwards a host port to the restored guest's service and asks it.
+fn service_answers(name: &str) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    virsh_ok(&["qemu-monitor-command", name, "--hmp", &format!("hostfwd_add tcp:127.0.0.1:{port}-:8080")]);
+    let t = Instant::now();
+    loop {
+        let mut reply = String::new();
+        if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
+            let _ = c.read_to_string(&mut reply);
+        }
+        if reply.starts_with("HTTP/1.") && reply.contains(" 200 ") && reply.ends_with("ok\n") {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the restored guest's service does not answer: {reply:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn restore_and_check(save: &Path, name: &str) {
+    virsh_ok(&["restore", save.to_str().unwrap()]);
+    let _guard = Domain(name.to_owned());
+    service_answers(name);
+}
+
+#[test]
+fn virsh_save_converts_exports_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let name = format!("pbr-test-{}", std::process::id());
+    let xml = d.join("domain.xml");
+    std::fs::write(&xml, domain_xml(&name, d)).unwrap();
+    {
+        let _guard = Domain(name.clone());
+        virsh_ok(&["create", xml.to_str().unwrap()]);
+        boot_to_ready(&d.join("ttyS1.sock"));
+        virsh_ok(&["save", &name, d.join("raw.save").to_str().unwrap()]);
+    }
+    let raw = d.join("raw.save");
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+
+    // Import, from the file and from a pipe.
+    let image = d.join("raw.pbr");
+    let v: serde_json::Value =
+        serde_json::from_str(&pbr_img_ok(&["convert", &s(&raw), "-o", &s(&image), "--json"])).unwrap();
+    assert_eq!(v["format"], "libvirt");
+    assert_eq!(v["libvirt"]["domain"], name.as_str());
+    assert_eq!(v["libvirt"]["was_running"], true);
+    assert_eq!(v["libvirt"]["compressed"], "raw");
+    pbr_img_ok(&["verify", &s(&image)]);
+    let img = Image::open(&image).unwrap();
+    assert_eq!(img.metadata_value("libvirt.domain.name"), Some(name.as_str()));
+    assert_eq!(img.metadata_value("libvirt.domain.memory"), Some("131072 KiB"));
+    assert!(img.metadata_value("libvirt.domain.uuid").is_some_and(|u| u.len() == 36));
+    let piped = d.join("piped.pbr");
+    let out = Command::new(env!("CARGO_BIN_EXE_pbr-img"))
+        .args(["convert", "-", "-o", &s(&piped)])
+        .stdin(std::fs::File::open(&raw).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(Image::open(&piped).unwrap().content_hash().unwrap(), img.content_hash().unwrap());
+
+    // Export: the raw save byte for byte; gzip and a trimmed image restore.
+    let back = d.join("back.save");
+    pbr_img_ok(&["export", "--to", "libvirt", &s(&image), "-o", &s(&back)]);
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&raw).unwrap(), "the raw export differs from virsh's file");
+    let gz = d.join("gz.save");
+    pbr_img_ok(&["export", "--to", "libvirt", "--compress", "gzip", &s(&image), "-o", &s(&gz)]);
+    assert!(std::fs::metadata(&gz).unwrap().len() < std::fs::metadata(&raw).unwrap().len());
+    let gz_image = d.join("gz.pbr");
+    pbr_img_ok(&["convert", &s(&gz), "-o", &s(&gz_image)]);
+    assert_eq!(Image::open(&gz_image).unwrap().content_hash().unwrap(), img.content_hash().unwrap());
+    restore_and_check(&gz, &name);
+
+    // A trimmed image (no kpageflags of this moment: the trim drops zero
+    // pages, and the image is written anew) restores too.
+    let trimmed = d.join("t.pbr");
+    pbr_img_ok(&["trim", &s(&image), "-o", &s(&trimmed)]);
+    assert!(Image::open(&trimmed).unwrap().metadata_value("trim.dropped").is_some());
+    let t_save = d.join("t.save");
+    pbr_img_ok(&["export", "--to", "libvirt", &s(&trimmed), "-o", &s(&t_save)]);
+    restore_and_check(&t_save, &name);
+
+    // What the file says is kept: a partial save and a bad header refused.
+    let mut bytes = std::fs::read(&raw).unwrap();
+    bytes[..16].copy_from_slice(b"LibvirtQemudPart");
+    let partial = d.join("partial.save");
+    std::fs::write(&partial, &bytes[..1 << 20]).unwrap();
+    let out = pbr_img(&["convert", &s(&partial), "-o", &s(&d.join("x.pbr"))]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("partial libvirt save"));
+    assert!(!d.join("x.pbr").exists());
+}
