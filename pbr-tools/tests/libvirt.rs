@@ -1,7 +1,8 @@
 //! Real libvirt save files: the project's guest booted by libvirt's own
 //! daemon (`<domain type='qemu'>`, `scripts/libvirtd` starts it), saved
-//! with `virsh save`, converted, verified, exported back (byte for byte),
-//! and exports (gzip, trimmed) restored with `virsh restore`: the guest's
+//! with `virsh save` raw and (by a private daemon set to gzip) compressed,
+//! converted, verified, exported back (the raw one byte for byte), and
+//! exports (gzip, trimmed) restored with `virsh restore`: the guest's
 //! service answers again.
 
 mod common;
@@ -17,26 +18,47 @@ use std::time::{Duration, Instant};
 use common::{pbr_img, pbr_img_ok};
 use pbr_format::Image;
 
-fn uri() -> String {
+fn system_uri() -> String {
     std::env::var("PBR_LIBVIRT").unwrap_or_else(|_| "qemu:///system".into())
 }
 
-fn virsh(args: &[&str]) -> Output {
-    Command::new("virsh").arg("-c").arg(uri()).args(args).output().expect("virsh (scripts/libvirtd installs it)")
+fn virsh(uri: &str, args: &[&str]) -> Output {
+    Command::new("virsh").arg("-c").arg(uri).args(args).output().expect("virsh (scripts/libvirtd installs it)")
 }
 
-fn virsh_ok(args: &[&str]) -> String {
-    let out = virsh(args);
+fn virsh_ok(uri: &str, args: &[&str]) -> String {
+    let out = virsh(uri, args);
     assert!(out.status.success(), "virsh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A transient domain, destroyed when dropped.
-struct Domain(String);
+struct Domain<'a>(&'a str, String);
 
-impl Drop for Domain {
+impl Drop for Domain<'_> {
     fn drop(&mut self) {
-        let _ = virsh(&["destroy", &self.0]);
+        let _ = virsh(self.0, &["destroy", &self.1]);
+    }
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/libvirtd")
+}
+
+/// A private libvirtd saving with `format`, stopped when dropped.
+struct Private(PathBuf, String);
+
+impl Private {
+    fn start(dir: &Path, format: &str) -> Private {
+        let out = Command::new(script()).arg("--private").arg(dir).arg(format).output().unwrap();
+        assert!(out.status.success(), "scripts/libvirtd --private: {}", String::from_utf8_lossy(&out.stderr));
+        Private(dir.to_path_buf(), String::from_utf8(out.stdout).unwrap().trim().to_owned())
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        let _ = Command::new(script()).arg("--stop").arg(&self.0).status();
     }
 }
 
@@ -107,9 +129,9 @@ fn boot_to_ready(sock: &Path) {
 }
 
 /// Forwards a host port to the restored guest's service and asks it.
-fn service_answers(name: &str) {
+fn service_answers(uri: &str, name: &str) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    virsh_ok(&["qemu-monitor-command", name, "--hmp", &format!("hostfwd_add tcp:127.0.0.1:{port}-:8080")]);
+    virsh_ok(uri, &["qemu-monitor-command", name, "--hmp", &format!("hostfwd_add tcp:127.0.0.1:{port}-:8080")]);
     let t = Instant::now();
     loop {
         let mut reply = String::new();
@@ -126,10 +148,24 @@ fn service_answers(name: &str) {
     }
 }
 
-fn restore_and_check(save: &Path, name: &str) {
-    virsh_ok(&["restore", save.to_str().unwrap()]);
-    let _guard = Domain(name.to_owned());
-    service_answers(name);
+fn restore_and_check(uri: &str, save: &Path, name: &str) {
+    virsh_ok(uri, &["restore", save.to_str().unwrap()]);
+    let _guard = Domain(uri, name.to_owned());
+    service_answers(uri, name);
+}
+
+/// Boots the guest as domain `name` under `uri` until it is ready, and
+/// saves it with `virsh save` into `d/file`.
+fn boot_and_save(uri: &str, d: &Path, name: &str, file: &str) -> PathBuf {
+    let xml = d.join(format!("{name}.xml"));
+    std::fs::write(&xml, domain_xml(name, d)).unwrap();
+    let _ = std::fs::remove_file(d.join("ttyS1.sock"));
+    let _guard = Domain(uri, name.to_owned());
+    virsh_ok(uri, &["create", xml.to_str().unwrap()]);
+    boot_to_ready(&d.join("ttyS1.sock"));
+    let save = d.join(file);
+    virsh_ok(uri, &["save", name, save.to_str().unwrap()]);
+    save
 }
 
 #[test]
@@ -138,15 +174,8 @@ fn virsh_save_converts_exports_and_restores() {
     let d = dir.path();
     std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     let name = format!("pbr-test-{}", std::process::id());
-    let xml = d.join("domain.xml");
-    std::fs::write(&xml, domain_xml(&name, d)).unwrap();
-    {
-        let _guard = Domain(name.clone());
-        virsh_ok(&["create", xml.to_str().unwrap()]);
-        boot_to_ready(&d.join("ttyS1.sock"));
-        virsh_ok(&["save", &name, d.join("raw.save").to_str().unwrap()]);
-    }
-    let raw = d.join("raw.save");
+    let uri = system_uri();
+    let raw = boot_and_save(&uri, d, &name, "raw.save");
     let s = |p: &Path| p.to_str().unwrap().to_owned();
 
     // Import, from the file and from a pipe.
@@ -181,7 +210,7 @@ fn virsh_save_converts_exports_and_restores() {
     let gz_image = d.join("gz.pbr");
     pbr_img_ok(&["convert", &s(&gz), "-o", &s(&gz_image)]);
     assert_eq!(Image::open(&gz_image).unwrap().content_hash().unwrap(), img.content_hash().unwrap());
-    restore_and_check(&gz, &name);
+    restore_and_check(&uri, &gz, &name);
 
     // A trimmed image (no kpageflags of this moment: the trim drops zero
     // pages, and the image is written anew) restores too.
@@ -190,7 +219,7 @@ fn virsh_save_converts_exports_and_restores() {
     assert!(Image::open(&trimmed).unwrap().metadata_value("trim.dropped").is_some());
     let t_save = d.join("t.save");
     pbr_img_ok(&["export", "--to", "libvirt", &s(&trimmed), "-o", &s(&t_save)]);
-    restore_and_check(&t_save, &name);
+    restore_and_check(&uri, &t_save, &name);
 
     // What the file says is kept: a partial save and a bad header refused.
     let mut bytes = std::fs::read(&raw).unwrap();
@@ -201,4 +230,44 @@ fn virsh_save_converts_exports_and_restores() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("partial libvirt save"));
     assert!(!d.join("x.pbr").exists());
+}
+
+#[test]
+fn a_gzip_save_made_by_libvirt_converts_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Private::start(&d.join("libvirt"), "gzip");
+    let uri = daemon.1.clone();
+    let name = format!("pbr-gz-{}", std::process::id());
+    let save = boot_and_save(&uri, d, &name, "gzip.save");
+    let bytes = std::fs::read(&save).unwrap();
+    assert_eq!(&bytes[..16], b"LibvirtQemudSave");
+    assert_eq!(u32::from_le_bytes(bytes[28..32].try_into().unwrap()), 1, "libvirt compressed the stream with gzip");
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let image = d.join("gz.pbr");
+    let v: serde_json::Value =
+        serde_json::from_str(&pbr_img_ok(&["convert", &s(&save), "-o", &s(&image), "--json"])).unwrap();
+    assert_eq!(v["libvirt"]["compressed"], "gzip");
+    pbr_img_ok(&["verify", &s(&image)]);
+    // Equivalent, not equal: same header and, once decompressed, the same
+    // stream as libvirt's file.
+    let back = d.join("back.save");
+    pbr_img_ok(&["export", "--to", "libvirt", &s(&image), "-o", &s(&back)]);
+    let again = d.join("again.pbr");
+    pbr_img_ok(&["convert", &s(&back), "-o", &s(&again)]);
+    assert_eq!(
+        Image::open(&again).unwrap().content_hash().unwrap(),
+        Image::open(&image).unwrap().content_hash().unwrap()
+    );
+    let ours = std::fs::read(&back).unwrap();
+    let area = 92 + u32::from_le_bytes(bytes[20..24].try_into().unwrap()) as usize;
+    assert_eq!(&ours[..area], &bytes[..area]);
+    let unzip = |b: &[u8]| {
+        let mut v = Vec::new();
+        flate2::read::MultiGzDecoder::new(b).read_to_end(&mut v).unwrap();
+        v
+    };
+    assert!(unzip(&ours[area..]) == unzip(&bytes[area..]), "the decompressed streams differ");
+    restore_and_check(&uri, &back, &name);
 }
