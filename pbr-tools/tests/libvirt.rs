@@ -204,6 +204,7 @@ fn virsh_save_converts_exports_and_restores() {
     let back = d.join("back.save");
     pbr_img_ok(&["export", "--to", "libvirt", &s(&image), "-o", &s(&back)]);
     assert!(std::fs::read(&back).unwrap() == std::fs::read(&raw).unwrap(), "the raw export differs from virsh's file");
+    restore_and_check(&uri, &back, &name);
     let gz = d.join("gz.save");
     pbr_img_ok(&["export", "--to", "libvirt", "--compress", "gzip", &s(&image), "-o", &s(&gz)]);
     assert!(std::fs::metadata(&gz).unwrap().len() < std::fs::metadata(&raw).unwrap().len());
