@@ -12,6 +12,7 @@ pub mod diff;
 pub mod error;
 pub mod export;
 pub mod extract;
+pub mod flat;
 pub mod libvirt;
 pub mod manifest;
 pub mod output;

@@ -371,7 +371,12 @@ impl ImageWriter {
             self.sink.pad_to(ps)?;
             let slot =
                 u32::try_from(self.sink.pos() / ps).map_err(|_| Error::invalid("page data exceeds 2^32 pages"))?;
-            self.sink.write(data)?;
+            // A stored zero page is a hole: the same bytes, no disk space.
+            if is_zero(data) {
+                self.sink.skip(ps)
+            } else {
+                self.sink.write(data)?
+            }
             slot
         };
         self.pages.set(d, PageEncoding::Raw, class, slot, crc);

@@ -157,6 +157,11 @@ enum Command {
         /// The image to write.
         #[arg(short, long)]
         output: PathBuf,
+        /// The flat layout: each region one range of the file in region
+        /// order, zero and trimmed pages as holes (QEMU 8.2+ maps the RAM
+        /// from it at restore).
+        #[arg(long)]
+        flat: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -469,8 +474,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             },
         ),
         Command::Trim { image, output, drop, json } => trim::run(&image, &output, drop.as_deref(), json),
-        Command::Pack { image, output, json } => pack::run(&image, &output, true, json),
-        Command::Unpack { image, output, json } => pack::run(&image, &output, false, json),
+        Command::Pack { image, output, json } => pack::run(&image, &output, pack::Layout::Packed, json),
+        Command::Unpack { image, output, flat, json } => {
+            let layout = if flat { pack::Layout::Flat } else { pack::Layout::Raw };
+            pack::run(&image, &output, layout, json)
+        }
         Command::Diff { a, b, output, json } => diff::run(&a, &b, output.as_deref(), json),
         Command::Apply { base, diffs, output, json } => diff::apply(&base, &diffs, &output, json),
         Command::Rebase { diffs, output, json } => diff::rebase(&diffs, &output, json),

@@ -9,9 +9,24 @@ use serde_json::json;
 use super::fmt::bytes;
 use pbr_tools::Result;
 
-pub fn run(image: &Path, output: &Path, packing: bool, as_json: bool) -> Result<ExitCode> {
+/// What `pack` and `unpack` write.
+#[derive(Clone, Copy, Debug)]
+pub enum Layout {
+    /// lz4 and duplicates.
+    Packed,
+    /// Raw pages, mmap-able.
+    Raw,
+    /// Raw pages in region order, zeros as holes.
+    Flat,
+}
+
+pub fn run(image: &Path, output: &Path, layout: Layout, as_json: bool) -> Result<ExitCode> {
     let img = Image::open(image)?;
-    let r = if packing { pbr_tools::pack::pack(&img, output)? } else { pbr_tools::pack::unpack(&img, output)? };
+    let r = match layout {
+        Layout::Packed => pbr_tools::pack::pack(&img, output)?,
+        Layout::Raw => pbr_tools::pack::unpack(&img, output)?,
+        Layout::Flat => pbr_tools::flat::unpack_flat(&img, output)?,
+    };
     if as_json {
         outln!(
             "{}",

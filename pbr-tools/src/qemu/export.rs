@@ -44,7 +44,15 @@ pub struct ExportOptions {
     /// does not touch those pages; the stream is then no longer byte for
     /// byte the one captured.
     pub omit_zero_pages: bool,
+    /// Leave every page of the `pc.ram` block out: the destination QEMU
+    /// maps that RAM from a flat image (`memory-backend-file`), so the
+    /// stream carries only the block list, the other blocks' pages and the
+    /// device state.
+    pub mapped_ram: bool,
 }
+
+/// The RAM block a flat image's mapping stands for.
+pub const MAIN_RAM: &str = "pc.ram";
 
 struct Emitter<'a, W: Write> {
     out: W,
@@ -55,6 +63,7 @@ struct Emitter<'a, W: Write> {
     buf: Vec<u8>,
     report: QemuExport,
     omit_zero: bool,
+    mapped_ram: bool,
 }
 
 impl<W: Write> Emitter<'_, W> {
@@ -65,6 +74,10 @@ impl<W: Write> Emitter<'_, W> {
 
     /// One page record for page `page` of block `block`.
     fn page(&mut self, block: u16, page: u64, kind: RunKind) -> Result<()> {
+        if self.mapped_ram && self.blocks[usize::from(block)].name == MAIN_RAM {
+            self.report.omitted_pages += 1;
+            return Ok(());
+        }
         let ps = u64::from(self.img.page_size());
         let addr = self
             .layout
@@ -211,6 +224,7 @@ pub fn export_qemu_to<W: Write>(image: &Image, out: W, opts: ExportOptions) -> R
             buf: vec![0; ps as usize],
             report: QemuExport::default(),
             omit_zero: opts.omit_zero_pages,
+            mapped_ram: opts.mapped_ram,
         };
         e.report.dropped_mapped_ram = config.as_ref().is_some_and(|c| c.has("mapped-ram"));
         e.put(&MAGIC)?;

@@ -155,6 +155,9 @@ pub struct QemuAdapter {
     held: Option<[u8; 32]>,
     /// Removes `dir` and stops QEMU if the tool is interrupted.
     interrupt: Vec<crate::cleanup::Registration>,
+    /// QEMU maps the guest's RAM from the (flat) image instead of loading
+    /// it from the stream.
+    mapped: bool,
 }
 
 impl QemuAdapter {
@@ -178,6 +181,7 @@ impl QemuAdapter {
             hold: false,
             held: None,
             interrupt,
+            mapped: false,
         })
     }
 
@@ -198,10 +202,15 @@ impl QemuAdapter {
     /// directory (QEMU's standard input stays free for a console the
     /// arguments put there, as `-serial stdio` or `-nographic` do).
     fn listen(&mut self, stdin: std::process::Stdio) -> Result<()> {
+        self.listen_with(stdin, &[])
+    }
+
+    fn listen_with(&mut self, stdin: std::process::Stdio, extra: &[String]) -> Result<()> {
         let incoming = self.dir.path().join("incoming.sock");
         let sock = self.dir.path().join("qmp.sock");
         let child = Command::new(&self.qemu)
             .args(&self.args)
+            .args(extra)
             .arg("-incoming")
             .arg(format!("unix:{}", incoming.display()))
             .arg("-qmp")
@@ -250,6 +259,13 @@ impl QemuAdapter {
         qmp.cmd("cont", json!({}))?;
         self.held = None;
         Ok(())
+    }
+
+    /// Whether QEMU maps the guest's RAM from the image (a flat image and
+    /// QEMU 8.2 or later) rather than loading it from the stream: known
+    /// once the guest is resumed.
+    pub fn ram_mapped(&self) -> bool {
+        self.mapped
     }
 
     /// The machine arguments QEMU runs (or will run) with.
@@ -316,8 +332,14 @@ impl HypervisorAdapter for QemuAdapter {
 
     fn resume(&mut self) -> Result<()> {
         if self.incoming.is_none() {
+            // RAM mapped from a flat image where QEMU can (8.2 and later).
+            let mapping = match qemu_version(&self.qemu) {
+                Some(v) if v >= (8, 2) => mapped_ram_args(&Image::open(&self.image)?, &self.image),
+                _ => None,
+            };
+            self.mapped = mapping.is_some();
             // QEMU's standard input is the caller's: a console there works.
-            self.listen(std::process::Stdio::inherit())?;
+            self.listen_with(std::process::Stdio::inherit(), &mapping.unwrap_or_default())?;
         }
         match self.incoming.take() {
             Some(incoming) => self.resume_standby(&incoming),
@@ -333,8 +355,9 @@ impl QemuAdapter {
         let out = UnixStream::connect(incoming)
             .map_err(|e| Error::io(format!("cannot reach QEMU's incoming socket {}", incoming.display()), e))?;
         let qmp = self.qmp.as_mut().ok_or_else(|| Error::Unsupported("the standby QEMU has no QMP".into()))?;
+        let opts = ExportOptions { omit_zero_pages: true, mapped_ram: self.mapped };
         std::thread::scope(|s| {
-            let writer = s.spawn(|| export_qemu_to(&image, out, ExportOptions { omit_zero_pages: true }).map(|_| ()));
+            let writer = s.spawn(move || export_qemu_to(&image, out, opts).map(|_| ()));
             let loaded = qmp.wait_migration(Duration::from_secs(300));
             let written = writer.join().map_err(|_| Error::Unsupported("the stream writer panicked".into()))?;
             loaded?;
@@ -345,6 +368,48 @@ impl QemuAdapter {
         }
         Ok(())
     }
+}
+
+/// `qemu --version` as (major, minor).
+pub fn qemu_version(qemu: &str) -> Option<(u32, u32)> {
+    let out = Command::new(qemu).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.split("version ").nth(1)?.split_whitespace().next()?;
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
+/// QEMU arguments that back the `pc.ram` block with the flat image at
+/// `path`: a private (copy on write) mapping of a file opened read-only,
+/// which the guest may write (`rom=off`), at the block's offset in the
+/// file. `None` when the image is not flat or its `pc.ram` is not one
+/// range of the file.
+pub fn mapped_ram_args(image: &Image, path: &Path) -> Option<Vec<String>> {
+    use crate::flat;
+    use crate::qemu::export::MAIN_RAM;
+    if image.metadata_value(flat::LAYOUT_KEY) != Some("flat") {
+        return None;
+    }
+    let regions: Vec<(usize, &pbr_format::Region<'_>)> =
+        image.regions().iter().enumerate().filter(|(_, r)| r.name == MAIN_RAM).collect();
+    let (first, _) = *regions.first()?;
+    let base = flat::region_offset(image, first)?;
+    let mut size = 0;
+    for &(i, r) in &regions {
+        if flat::region_offset(image, i)? != base + r.source_offset {
+            return None;
+        }
+        size = size.max(r.source_offset + r.length);
+    }
+    let file = std::fs::canonicalize(path).ok()?.display().to_string().replace(',', ",,");
+    Some(vec![
+        "-object".into(),
+        format!(
+            "memory-backend-file,id={MAIN_RAM},mem-path={file},offset={base},size={size},share=off,readonly=on,rom=off"
+        ),
+        "-machine".into(),
+        format!("memory-backend={MAIN_RAM}"),
+    ])
 }
 
 impl Drop for QemuAdapter {

@@ -1,0 +1,98 @@
+//! Restore without streaming memory: the real guest of the fixtures,
+//! classified, trimmed and unpacked flat, restored by QEMU 10 with its RAM
+//! mapped from the image (`memory-backend-file`, private, the file opened
+//! read-only); the guest's service answers a client on the host, and the
+//! image file is unchanged afterwards.
+
+mod common;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{fixture_info, fixture_stream, fixtures, pbr_img_ok, vm::qemu10};
+use pbr_format::Image;
+use pbr_tools::replay::qemu::QemuAdapter;
+use pbr_tools::replay::replay;
+
+fn flat_daemons(d: &Path) -> std::path::PathBuf {
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let (raw, classified, trimmed, flat) = (d.join("r.pbr"), d.join("c.pbr"), d.join("t.pbr"), d.join("f.pbr"));
+    pbr_img_ok(&["convert", &s(&fixture_stream("q35-128m-daemons")), "-o", &s(&raw), "--phase", "daemons"]);
+    let flags = fixtures().join(fixture_info("q35-128m-daemons")["kpageflags"].as_str().unwrap());
+    pbr_img_ok(&["classify", &s(&raw), "--kpageflags", &s(&flags), "-o", &s(&classified)]);
+    pbr_img_ok(&["trim", &s(&classified), "-o", &s(&trimmed)]);
+    pbr_img_ok(&["unpack", "--flat", &s(&trimmed), "-o", &s(&flat)]);
+    flat
+}
+
+/// Restores `image` with QEMU 10 and waits for the guest's service; returns
+/// whether the RAM was mapped.
+fn restore(image: &Path, d: &Path) -> bool {
+    let (qemu, firmware) = qemu10();
+    let (tty0, tty1) = (d.join("ttyS0.txt"), d.join("ttyS1.sock"));
+    let _ = std::fs::remove_file(&tty1);
+    let port = pbr_tools::phase::service::free_port().unwrap();
+    let mut args: Vec<String> = firmware
+        .into_iter()
+        .chain(
+            ["-machine", "pc-q35-7.2,accel=tcg", "-cpu", "max", "-m", "128", "-smp", "1", "-display", "none"]
+                .map(String::from),
+        )
+        .chain(["-nodefaults", "-no-user-config"].map(String::from))
+        .chain(pbr_tools::phase::service::nic_args())
+        .collect();
+    pbr_tools::phase::service::forward(&mut args, port).unwrap();
+    args.extend([
+        "-serial".into(),
+        format!("file:{}", tty0.display()),
+        "-serial".into(),
+        format!("unix:{},server=on,wait=off", tty1.display()),
+    ]);
+    let img = Image::open(image).unwrap();
+    let mut q = QemuAdapter::new(image, &qemu, args).unwrap();
+    replay(&img, &File::open(image).unwrap(), &mut q).unwrap();
+    // The guest was saved waiting for its "go" on ttyS1.
+    let s = UnixStream::connect(&tty1).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    (&s).write_all(b"go\n").unwrap();
+    for line in BufReader::new(&s).lines() {
+        if line.expect("ttyS1").starts_with("PBR-READY") {
+            break;
+        }
+    }
+    let t = Instant::now();
+    loop {
+        let mut reply = String::new();
+        if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
+            let _ = c.read_to_string(&mut reply);
+        }
+        if reply.contains(" 200 ") && reply.ends_with("ok\n") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the service does not answer: {reply:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    q.ram_mapped()
+}
+
+#[test]
+fn qemu_10_maps_a_flat_image_and_the_guest_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let flat = flat_daemons(d);
+    let before = blake3::hash(&std::fs::read(&flat).unwrap());
+    let img = Image::open(&flat).unwrap();
+    img.verify().unwrap();
+    assert!(pbr_tools::replay::qemu::mapped_ram_args(&img, &flat).is_some(), "pc.ram is one range of the file");
+    assert!(restore(&flat, d), "QEMU 10 with a flat image maps the RAM");
+    assert_eq!(blake3::hash(&std::fs::read(&flat).unwrap()), before, "the image changed");
+    // The same image not flat: streamed, as before.
+    let streamed = d.join("t.pbr");
+    assert!(!restore(&streamed, d), "a non-flat image is streamed");
+}
