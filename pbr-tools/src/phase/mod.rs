@@ -297,6 +297,9 @@ pub struct Recovery {
     /// The adapter that restored it: `qemu`, or `kvm` for images the
     /// project's own VMM wrote.
     pub adapter: &'static str,
+    /// How the guest's RAM got there: `mapped` from the image (KVM; QEMU
+    /// 8.2+ with a flat image) or `streamed` through QEMU's migration.
+    pub ram: &'static str,
     /// Where the restoring QEMU came from: the standby or prestaged one
     /// when it served the chosen candidate, else [`Vmm::Spawn`] (also for
     /// the KVM adapter, which starts no QEMU).
@@ -420,6 +423,7 @@ pub fn recover(
         restore,
         guest: served.at - select - restore,
         adapter: "qemu",
+        ram: if q.ram_mapped() { "mapped" } else { "streamed" },
         vmm: used,
         signal: format!("{} on the host's port {port}, then PBR-READY {}", served.status, served.uptime),
     };
@@ -464,6 +468,7 @@ fn recover_kvm(path: &Path, img: &Image, t: Instant, select: Duration) -> Result
         restore,
         guest: downtime - select - restore,
         adapter: "kvm",
+        ram: "mapped",
         vmm: Vmm::Spawn,
         signal,
     })

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Restore without streaming memory, against the streamed restore, measured
+# in one run on the real guest (Debian's cloud kernel + busybox,
+# examples/phase-guest/guest-init.sh) under QEMU 10 (scripts/fetch-qemu10).
+#
+#   bench/restore-flat.sh [--runs N]
+#
+# For a 256 MiB and a 4096 MiB guest of the same content: captures the
+# classified, trimmed `daemons` candidate (pbr-img capture), unpacks it
+# flat (pbr-img unpack --flat), then times N recoveries of each (pbr-img
+# recover, spawn: from the decision until the guest's service answers a
+# client on the host, median), interleaved. Then recovers 4 guests from the
+# one flat candidate at once and reads their QEMUs' resident memory (RSS
+# and PSS from /proc) against one guest's.
+# The last line: "flat restore: 256 MiB X ms, 4096 MiB Y ms (ratio R), 4
+# guests resident A MiB vs 1 guest B MiB".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=5
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --runs) runs="$2"; shift 2 ;;
+        *) echo "usage: bench/restore-flat.sh [--runs N]" >&2; exit 2 ;;
+    esac
+done
+command -v qemu-system-x86_64 >/dev/null || { echo "needs qemu-system-x86 (apt-get install qemu-system-x86)" >&2; exit 2; }
+cargo build --release -q -p pbr-tools
+pbr="$PWD/target/release/pbr-img"
+qemu10="$(scripts/fetch-qemu10 2>/dev/null)"
+read -r kernel initrd < <(scripts/fetch-guest 2>/dev/null)
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+append="console=ttyS0 pbr.data=1 pbr.anon=1 pbr.kpf=1"
+median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+ms() { python3 -c "import json,sys; print(round(json.load(sys.stdin)['downtime_s'] * 1000, 1))"; }
+
+# The versioned machine type, so that QEMU 10 loads QEMU 7.2's streams.
+machine="$(qemu-system-x86_64 -machine help | awk '$1 == "q35" { sub(/.*alias of /, ""); sub(/\).*/, ""); print }')"
+
+declare -A flat streamed
+for mem in 256 4096; do
+    $pbr -q capture --kernel "$kernel" --initrd "$initrd" --append "$append" --mem "$mem" \
+        --machine "$machine,accel=tcg" -o "$work/cap-$mem" > /dev/null
+    $pbr -q unpack --flat "$work/cap-$mem/daemons.pbr" -o "$work/flat-$mem.pbr" > /dev/null
+    for _ in $(seq "$runs"); do
+        $pbr recover --qemu "$qemu10" --json "$work/flat-$mem.pbr" | ms >> "$work/flat-$mem.ms"
+        $pbr recover --qemu "$qemu10" --json "$work/cap-$mem/daemons.pbr" | ms >> "$work/streamed-$mem.ms"
+    done
+    flat[$mem]=$(median < "$work/flat-$mem.ms")
+    streamed[$mem]=$(median < "$work/streamed-$mem.ms")
+    echo "$mem MiB: flat ${flat[$mem]} ms, streamed ${streamed[$mem]} ms (median of $runs; candidate $(du -m --apparent-size "$work/cap-$mem/daemons.pbr" | cut -f1) MiB, flat file $(du -m --apparent-size "$work/flat-$mem.pbr" | cut -f1) MiB apparent, $(du -m "$work/flat-$mem.pbr" | cut -f1) MiB allocated)"
+done
+
+# Resident memory: n guests recovered from the one flat 4 GiB candidate.
+resident() {
+    local n=$1 qemus=() rss=0 pss=0
+    pids=()
+    for i in $(seq "$n"); do
+        $pbr recover --qemu "$qemu10" --keep-running "$work/flat-4096.pbr" > "$work/keep-$i.out" 2>&1 &
+        pids+=($!)
+    done
+    for i in $(seq "$n"); do
+        for _ in $(seq 600); do grep -q "recovered from" "$work/keep-$i.out" && break; sleep 0.1; done
+    done
+    sleep 2
+    for p in "${pids[@]}"; do
+        for q in $(cat /proc/"$p"/task/*/children 2>/dev/null); do qemus+=("$q"); done
+    done
+    for q in "${qemus[@]}"; do
+        rss=$((rss + $(awk '/^Rss:/ { print $2 }' /proc/"$q"/smaps_rollup)))
+        pss=$((pss + $(awk '/^Pss:/ { print $2 }' /proc/"$q"/smaps_rollup)))
+    done
+    for q in "${qemus[@]}"; do kill "$q" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    pids=()
+    echo "$((rss / 1024)) $((pss / 1024)) ${#qemus[@]}"
+}
+read -r rss1 pss1 n1 < <(resident 1)
+read -r rss4 pss4 n4 < <(resident 4)
+echo "resident memory, 4096 MiB guests from one flat candidate: 1 guest RSS $rss1 MiB (PSS $pss1), $n4 guests RSS $rss4 MiB in all (PSS $pss4)"
+ratio=$(python3 -c "print(round(${flat[4096]} / ${flat[256]}, 2))")
+echo "streamed restore: 256 MiB ${streamed[256]} ms, 4096 MiB ${streamed[4096]} ms"
+echo "flat restore: 256 MiB ${flat[256]} ms, 4096 MiB ${flat[4096]} ms (ratio $ratio), 4 guests resident $pss4 MiB vs 1 guest $pss1 MiB"
