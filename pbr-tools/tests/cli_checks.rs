@@ -102,46 +102,26 @@ fn classify_refuses_a_dump_of_the_wrong_size() {
     let image = counter_image(d);
     let frames = 4096; // 16 MiB of guest-physical RAM
     let out_path = d.join("k.pbr");
+    // `classify IMAGE --<how> <file holding bytes> -o OUT`.
+    let classify = |how: &str, bytes: Vec<u8>| {
+        let input = d.join(how);
+        std::fs::write(&input, bytes).unwrap();
+        let (i, f, o) = (image.to_str().unwrap(), input.to_str().unwrap(), out_path.to_str().unwrap());
+        pbr_img(&["classify", i, &format!("--{how}"), f, "-o", o, "--json"])
+    };
     for n in [10usize, 100_000] {
-        let map = d.join("map");
-        std::fs::write(&map, vec![1u8; n]).unwrap();
-        let out = pbr_img(&[
-            "classify",
-            image.to_str().unwrap(),
-            "--class-map",
-            map.to_str().unwrap(),
-            "-o",
-            out_path.to_str().unwrap(),
-        ]);
+        let out = classify("class-map", vec![1u8; n]);
         assert_eq!(out.status.code(), Some(2));
         let err = stderr(&out);
         assert!(err.contains(&format!("the class map covers {n} page frames and the image {frames}")), "{err}");
-        let flags = d.join("flags");
-        std::fs::write(&flags, vec![0u8; n * 8]).unwrap();
-        let out = pbr_img(&[
-            "classify",
-            image.to_str().unwrap(),
-            "--kpageflags",
-            flags.to_str().unwrap(),
-            "-o",
-            out_path.to_str().unwrap(),
-        ]);
+        let out = classify("kpageflags", vec![0u8; n * 8]);
         assert_eq!(out.status.code(), Some(2));
         assert!(stderr(&out).contains(&format!("kpageflags dump covers {n} page frames and the image {frames}")));
         assert!(!out_path.exists());
     }
-    let map = d.join("map");
-    std::fs::write(&map, vec![3u8; frames]).unwrap();
-    let out = pbr_img_ok(&[
-        "classify",
-        image.to_str().unwrap(),
-        "--class-map",
-        map.to_str().unwrap(),
-        "-o",
-        out_path.to_str().unwrap(),
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let out = classify("class-map", vec![3u8; frames]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["classes"]["kernel"], frames);
 }
 

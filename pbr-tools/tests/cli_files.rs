@@ -212,22 +212,9 @@ fn replay_without_serial_or_restore_cmdline_shows_the_console() {
     assert!(stdout.contains("\n0000004a\n0000004b\n"), "{stdout}");
 }
 
-/// The guest `scripts/fetch-guest` builds (scripts/test runs it first).
-fn guest() -> (PathBuf, PathBuf) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
-    let kernel = std::fs::read_dir(dir.join("kernel/boot"))
-        .ok()
-        .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path()).filter(|p| p.to_string_lossy().contains("vmlinuz"))));
-    let initrd = dir.join("initrd.cpio.gz");
-    match kernel {
-        Some(k) if initrd.is_file() => (k, initrd),
-        _ => panic!("the test guest is missing under {}: run scripts/fetch-guest", dir.display()),
-    }
-}
-
 #[test]
 fn interrupted_capture_removes_its_work_directory_and_stops_qemu() {
-    let (kernel, initrd) = guest();
+    let (kernel, initrd) = common::guest();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("candidates");
     let mut child = Command::new(env!("CARGO_BIN_EXE_pbr-img"))

@@ -7,11 +7,10 @@
 mod common;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{fixture_info, fixture_stream, fixtures, pbr_img_ok, vm::qemu10};
 use pbr_format::Image;
@@ -64,20 +63,7 @@ fn restore(image: &Path, d: &Path) -> bool {
             break;
         }
     }
-    let t = Instant::now();
-    loop {
-        let mut reply = String::new();
-        if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
-            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let _ = c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
-            let _ = c.read_to_string(&mut reply);
-        }
-        if reply.contains(" 200 ") && reply.ends_with("ok\n") {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(60), "the service does not answer: {reply:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::service_answers_on(port);
     q.ram_mapped()
 }
 

@@ -8,7 +8,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -62,17 +61,8 @@ impl Drop for Private {
     }
 }
 
-fn guest() -> (PathBuf, PathBuf) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
-    let kernel = std::fs::read_dir(dir.join("kernel/boot"))
-        .ok()
-        .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path()).filter(|p| p.to_string_lossy().contains("vmlinuz"))))
-        .unwrap_or_else(|| panic!("no test guest under {}: run scripts/fetch-guest", dir.display()));
-    (kernel, dir.join("initrd.cpio.gz"))
-}
-
 fn domain_xml(name: &str, d: &Path) -> String {
-    let (kernel, initrd) = guest();
+    let (kernel, initrd) = common::guest();
     format!(
         "<domain type='qemu'>
   <name>{name}</name>
@@ -132,20 +122,7 @@ fn boot_to_ready(sock: &Path) {
 fn service_answers(uri: &str, name: &str) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     virsh_ok(uri, &["qemu-monitor-command", name, "--hmp", &format!("hostfwd_add tcp:127.0.0.1:{port}-:8080")]);
-    let t = Instant::now();
-    loop {
-        let mut reply = String::new();
-        if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
-            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let _ = c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
-            let _ = c.read_to_string(&mut reply);
-        }
-        if reply.starts_with("HTTP/1.") && reply.contains(" 200 ") && reply.ends_with("ok\n") {
-            return;
-        }
-        assert!(t.elapsed() < Duration::from_secs(60), "the restored guest's service does not answer: {reply:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    common::service_answers_on(port);
 }
 
 fn restore_and_check(uri: &str, save: &Path, name: &str) {

@@ -169,3 +169,37 @@ pub fn stream_ram(stream: &[u8]) -> HashMap<String, HashMap<u64, Option<Vec<u8>>
         }
     }
 }
+
+/// The test guest `scripts/fetch-guest` builds (scripts/test runs it):
+/// its kernel and initramfs.
+pub fn guest() -> (PathBuf, PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
+    let kernel = std::fs::read_dir(dir.join("kernel/boot"))
+        .ok()
+        .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path()).filter(|p| p.to_string_lossy().contains("vmlinuz"))));
+    let initrd = dir.join("initrd.cpio.gz");
+    match kernel {
+        Some(k) if initrd.is_file() => (k, initrd),
+        _ => panic!("the test guest is missing under {}: run scripts/fetch-guest", dir.display()),
+    }
+}
+
+/// Waits (at most 60 s) until the guest's service answers `GET
+/// /index.html` on the host's `port` with `200` and `ok`.
+pub fn service_answers_on(port: u16) {
+    use std::io::{Read, Write};
+    let t = std::time::Instant::now();
+    loop {
+        let mut reply = String::new();
+        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            c.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+            let _ = c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
+            let _ = c.read_to_string(&mut reply);
+        }
+        if reply.starts_with("HTTP/1.") && reply.contains(" 200 ") && reply.ends_with("ok\n") {
+            return;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(60), "the guest's service does not answer: {reply:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
