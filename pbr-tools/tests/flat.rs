@@ -82,3 +82,48 @@ fn qemu_10_maps_a_flat_image_and_the_guest_serves() {
     let streamed = d.join("t.pbr");
     assert!(!restore(&streamed, d), "a non-flat image is streamed");
 }
+
+/// `pbr-img recover` with QEMU 10 maps the flat candidate's RAM each way:
+/// spawned at the decision, a standby QEMU that mapped it beforehand (and
+/// loaded nothing), and prestaged.
+#[test]
+fn recover_maps_the_ram_each_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let (qemu, firmware) = qemu10();
+    let machine: Vec<String> = firmware
+        .into_iter()
+        .chain(
+            ["-machine", "pc-q35-7.2,accel=tcg", "-cpu", "max", "-m", "128", "-smp", "1", "-display", "none"]
+                .map(String::from),
+        )
+        .chain(["-nodefaults", "-no-user-config"].map(String::from))
+        .chain(pbr_tools::phase::service::nic_args())
+        .collect();
+    let raw = d.join("r.pbr");
+    let cmdline = serde_json::to_string(&machine).unwrap();
+    pbr_img_ok(&[
+        "convert",
+        &s(&fixture_stream("q35-128m-daemons")),
+        "-o",
+        &s(&raw),
+        "--phase",
+        "daemons",
+        "--restore-cmdline",
+        &cmdline,
+    ]);
+    let flat = d.join("daemons.pbr");
+    pbr_img_ok(&["unpack", "--flat", &s(&raw), "-o", &s(&flat)]);
+    for (way, vmm) in [(None, "spawn"), (Some("--standby"), "standby"), (Some("--prestaged"), "prestaged")] {
+        let mut args = vec!["recover".to_owned(), "--json".into(), "--qemu".into(), qemu.clone(), s(&flat)];
+        args.extend(way.map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let v: serde_json::Value = serde_json::from_str(&pbr_img_ok(&args)).unwrap();
+        assert_eq!((v["vmm"].as_str(), v["ram"].as_str()), (Some(vmm), Some("mapped")), "{v}");
+    }
+    // The unpacked (not flat) image streams.
+    let v: serde_json::Value =
+        serde_json::from_str(&pbr_img_ok(&["recover", "--json", "--standby", "--qemu", &qemu, &s(&raw)])).unwrap();
+    assert_eq!((v["vmm"].as_str(), v["ram"].as_str()), (Some("standby"), Some("streamed")), "{v}");
+}

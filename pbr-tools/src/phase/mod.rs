@@ -361,7 +361,8 @@ pub fn recover(
                         // plain standby QEMU (and is not chosen if invalid).
                         Vmm::Prestaged => QemuAdapter::prestage(qemu, args.clone(), path)
                             .or_else(|_| QemuAdapter::standby(qemu, args))?,
-                        _ => QemuAdapter::standby(qemu, args)?,
+                        _ => QemuAdapter::standby_for(qemu, args.clone(), path)
+                            .or_else(|_| QemuAdapter::standby(qemu, args))?,
                     };
                     (Some(q), Some(Control::connect(&ctl)?))
                 }
@@ -391,7 +392,8 @@ pub fn recover(
     // A standby QEMU of another machine, or holding another image, goes
     // first: it holds the serial socket and the service's host port.
     let hash = img.image_blake3();
-    let reuse = standby.filter(|s| s.args() == args && s.held().is_none_or(|h| h == hash));
+    let reuse = standby
+        .filter(|s| s.args() == args && s.held().is_none_or(|h| h == hash) && s.maps().is_none_or(|h| h == hash));
     let (mut q, used) = match reuse {
         Some(mut s) if s.held().is_some() => {
             s.cont()?;

@@ -158,6 +158,8 @@ pub struct QemuAdapter {
     /// QEMU maps the guest's RAM from the (flat) image instead of loading
     /// it from the stream.
     mapped: bool,
+    /// The trailer hash of the image a standby QEMU maps its RAM from.
+    maps: Option<[u8; 32]>,
 }
 
 impl QemuAdapter {
@@ -182,6 +184,7 @@ impl QemuAdapter {
             held: None,
             interrupt,
             mapped: false,
+            maps: None,
         })
     }
 
@@ -196,6 +199,35 @@ impl QemuAdapter {
         let mut q = QemuAdapter::new(Path::new(""), qemu, args)?;
         q.listen(std::process::Stdio::null())?;
         Ok(q)
+    }
+
+    /// A standby QEMU for `image` in particular: where the image is flat
+    /// and QEMU 8.2 or later, its RAM is already mapped from the image
+    /// (nothing is read or loaded before the failure: the mapping is
+    /// private and pages come in when the guest touches them), so that
+    /// restoring that image later streams only the device state. Otherwise
+    /// a plain [`QemuAdapter::standby`].
+    ///
+    /// # Errors
+    /// QEMU did not start or its QMP never came up.
+    pub fn standby_for(qemu: &str, args: Vec<String>, image: &Path) -> Result<QemuAdapter> {
+        let img = Image::open(image)?;
+        let mapping = match qemu_version(qemu) {
+            Some(v) if v >= (8, 2) => mapped_ram_args(&img, image),
+            _ => None,
+        };
+        let Some(mapping) = mapping else { return QemuAdapter::standby(qemu, args) };
+        let mut q = QemuAdapter::new(image, qemu, args)?;
+        q.listen_with(std::process::Stdio::null(), &mapping)?;
+        q.mapped = true;
+        q.maps = Some(img.image_blake3());
+        Ok(q)
+    }
+
+    /// The trailer hash of the image a standby QEMU maps its RAM from, if
+    /// any: only that image can be restored into it.
+    pub fn maps(&self) -> Option<[u8; 32]> {
+        self.maps
     }
 
     /// Starts QEMU listening for the stream on a socket of its own
@@ -233,7 +265,7 @@ impl QemuAdapter {
     /// # Errors
     /// QEMU did not start, or the image did not load.
     pub fn prestage(qemu: &str, args: Vec<String>, image: &Path) -> Result<QemuAdapter> {
-        let mut q = QemuAdapter::standby(qemu, args)?;
+        let mut q = QemuAdapter::standby_for(qemu, args, image)?;
         q.set_image(image);
         q.hold = true;
         let img = Image::open(image)?;
