@@ -11,7 +11,8 @@
 # recover, spawn: from the decision until the guest's service answers a
 # client on the host, median), interleaved. Then recovers 4 guests from the
 # one flat candidate at once and reads their QEMUs' resident memory (RSS
-# and PSS from /proc) against one guest's.
+# and PSS from /proc) against one guest's. Also the standby way with the
+# flat candidate against the prestaged way with the streamed one.
 # The last line: "flat restore: 256 MiB X ms, 4096 MiB Y ms (ratio R), 4
 # guests resident A MiB vs 1 guest B MiB".
 set -euo pipefail
@@ -56,6 +57,15 @@ for mem in 256 4096; do
     streamed[$mem]=$(median < "$work/streamed-$mem.ms")
     echo "$mem MiB: flat ${flat[$mem]} ms, streamed ${streamed[$mem]} ms (median of $runs; candidate $(du -m --apparent-size "$work/cap-$mem/daemons.pbr" | cut -f1) MiB, flat file $(du -m --apparent-size "$work/flat-$mem.pbr" | cut -f1) MiB apparent, $(du -m "$work/flat-$mem.pbr" | cut -f1) MiB allocated)"
 done
+
+# The standby way with the flat candidate mapped beforehand (nothing
+# loaded) against the prestaged way with today's streamed candidate
+# (loaded into the waiting QEMU beforehand), 256 MiB.
+for _ in $(seq "$runs"); do
+    $pbr recover --standby --qemu "$qemu10" --json "$work/flat-256.pbr" | ms >> "$work/standby-flat.ms"
+    $pbr recover --prestaged --qemu "$qemu10" --json "$work/cap-256/daemons.pbr" | ms >> "$work/prestaged.ms"
+done
+echo "256 MiB, QEMU waiting before the decision: standby with the flat candidate mapped $(median < "$work/standby-flat.ms") ms, prestaged (streamed candidate loaded beforehand) $(median < "$work/prestaged.ms") ms"
 
 # Resident memory: n guests recovered from the one flat 4 GiB candidate.
 resident() {
