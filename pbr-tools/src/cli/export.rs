@@ -37,7 +37,7 @@ pub enum Compress {
     Bzip2,
     /// xz.
     Xz,
-    /// zstd (libvirt 10.1 and later read it).
+    /// zstd (only newer libvirt reads it; libvirt 9.0 does not).
     Zstd,
 }
 
