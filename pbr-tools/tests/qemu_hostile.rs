@@ -26,7 +26,7 @@ fn corruptions_are_named() {
     let stream = std::fs::read(fixture_stream("q35-128m-kernel")).unwrap();
     let mut s = stream.clone();
     s[0] = b'X';
-    convert_fails(&s, "not a QEMU migration stream or xl save file");
+    convert_fails(&s, "not a QEMU migration stream, libvirt save file or xl save file");
     let mut s = stream.clone();
     s[7] = 2;
     assert_eq!(offset_in(&convert_fails(&s, "version 2 is obsolete")), 4);
