@@ -61,6 +61,7 @@ pub fn capture(spec: &GuestSpec, out: &Path, opts: &CaptureOptions) -> Result<Ve
     std::fs::create_dir_all(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
     let work = tempfile::tempdir_in(out).map_err(|e| Error::io("cannot create a work directory", e))?;
     let _interrupt = crate::cleanup::remove_on_interrupt(work.path());
+    let _temps = crate::cleanup::temp_files_in(out);
     let t0 = Instant::now();
     if let Some(dir) = &opts.keep_streams {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;

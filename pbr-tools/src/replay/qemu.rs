@@ -212,10 +212,7 @@ impl QemuAdapter {
     /// QEMU did not start or its QMP never came up.
     pub fn standby_for(qemu: &str, args: Vec<String>, image: &Path) -> Result<QemuAdapter> {
         let img = Image::open(image)?;
-        let mapping = match qemu_version(qemu) {
-            Some(v) if v >= (8, 2) => mapped_ram_args(&img, image),
-            _ => None,
-        };
+        let mapping = mapped_ram_args(&img, image).filter(|_| qemu_version(qemu).is_some_and(|v| v >= (8, 2)));
         let Some(mapping) = mapping else { return QemuAdapter::standby(qemu, args) };
         let mut q = QemuAdapter::new(image, qemu, args)?;
         q.listen_with(std::process::Stdio::null(), &mapping)?;
@@ -364,11 +361,10 @@ impl HypervisorAdapter for QemuAdapter {
 
     fn resume(&mut self) -> Result<()> {
         if self.incoming.is_none() {
-            // RAM mapped from a flat image where QEMU can (8.2 and later).
-            let mapping = match qemu_version(&self.qemu) {
-                Some(v) if v >= (8, 2) => mapped_ram_args(&Image::open(&self.image)?, &self.image),
-                _ => None,
-            };
+            // RAM mapped from a flat image where QEMU can (8.2 and later;
+            // QEMU is asked its version only for a flat image).
+            let mapping = mapped_ram_args(&Image::open(&self.image)?, &self.image)
+                .filter(|_| qemu_version(&self.qemu).is_some_and(|v| v >= (8, 2)));
             self.mapped = mapping.is_some();
             // QEMU's standard input is the caller's: a console there works.
             self.listen_with(std::process::Stdio::inherit(), &mapping.unwrap_or_default())?;
