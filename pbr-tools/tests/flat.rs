@@ -28,14 +28,11 @@ fn flat_daemons(d: &Path) -> std::path::PathBuf {
     flat
 }
 
-/// Restores `image` with QEMU 10 and waits for the guest's service; returns
-/// whether the RAM was mapped.
-fn restore(image: &Path, d: &Path) -> bool {
+/// QEMU 10 and the fixture guest's machine for it (the 7.2 machine type it
+/// was saved on, its NIC).
+fn qemu10_machine() -> (String, Vec<String>) {
     let (qemu, firmware) = qemu10();
-    let (tty0, tty1) = (d.join("ttyS0.txt"), d.join("ttyS1.sock"));
-    let _ = std::fs::remove_file(&tty1);
-    let port = pbr_tools::phase::service::free_port().unwrap();
-    let mut args: Vec<String> = firmware
+    let machine = firmware
         .into_iter()
         .chain(
             ["-machine", "pc-q35-7.2,accel=tcg", "-cpu", "max", "-m", "128", "-smp", "1", "-display", "none"]
@@ -44,6 +41,16 @@ fn restore(image: &Path, d: &Path) -> bool {
         .chain(["-nodefaults", "-no-user-config"].map(String::from))
         .chain(pbr_tools::phase::service::nic_args())
         .collect();
+    (qemu, machine)
+}
+
+/// Restores `image` with QEMU 10 and waits for the guest's service; returns
+/// whether the RAM was mapped.
+fn restore(image: &Path, d: &Path) -> bool {
+    let (qemu, mut args) = qemu10_machine();
+    let (tty0, tty1) = (d.join("ttyS0.txt"), d.join("ttyS1.sock"));
+    let _ = std::fs::remove_file(&tty1);
+    let port = pbr_tools::phase::service::free_port().unwrap();
     pbr_tools::phase::service::forward(&mut args, port).unwrap();
     args.extend([
         "-serial".into(),
@@ -91,16 +98,7 @@ fn recover_maps_the_ram_each_way() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let s = |p: &Path| p.to_str().unwrap().to_owned();
-    let (qemu, firmware) = qemu10();
-    let machine: Vec<String> = firmware
-        .into_iter()
-        .chain(
-            ["-machine", "pc-q35-7.2,accel=tcg", "-cpu", "max", "-m", "128", "-smp", "1", "-display", "none"]
-                .map(String::from),
-        )
-        .chain(["-nodefaults", "-no-user-config"].map(String::from))
-        .chain(pbr_tools::phase::service::nic_args())
-        .collect();
+    let (qemu, machine) = qemu10_machine();
     let raw = d.join("r.pbr");
     let cmdline = serde_json::to_string(&machine).unwrap();
     pbr_img_ok(&[
