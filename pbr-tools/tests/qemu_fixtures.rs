@@ -181,11 +181,13 @@ fn inspect_shows_the_machine_state() {
         assert_eq!(regs[*name], gprs[k], "{name}");
     }
     assert_eq!(regs["rip"], field("env.eip"));
-    assert!(
-        u64::from_str_radix(regs["rip"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-            >= 0xffff_ffff_8000_0000
-    );
+    // Kernel half in ring 0, user half in ring 3: the save stops the vCPU
+    // wherever it was.
+    let rip = u64::from_str_radix(regs["rip"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
     let v = &m["vcpus"][0];
+    let ring = if rip >= 0xffff_ffff_8000_0000 { 0 } else { 3 };
+    assert!(ring == 0 || rip < 0x0000_8000_0000_0000, "rip {rip:#x}");
+    assert_eq!(v["segments"]["cs"]["dpl"], ring, "{}", v["segments"]["cs"]);
     assert_eq!(v["segments"]["cs"]["l"], 1);
     assert_eq!(v["lapic"]["id"], 0);
     assert!(v["msrs"].as_array().unwrap().iter().any(|x| x["name"] == "IA32_LSTAR"));
