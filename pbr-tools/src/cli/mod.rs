@@ -14,6 +14,7 @@ mod inspect;
 mod manifest;
 mod pack;
 mod phase;
+mod points;
 mod replay;
 mod trim;
 mod verify;
@@ -250,9 +251,14 @@ enum Command {
         #[arg(last = true)]
         qemu_args: Vec<String>,
     },
-    /// Boot a guest (kernel + initramfs), save it with QEMU at each boot
-    /// phase it announces, and write one classified, trimmed candidate per
-    /// phase into OUTDIR.
+    /// Boot a guest, save it with QEMU at each boot phase it announces, and
+    /// write one classified, trimmed candidate per phase into OUTDIR.
+    ///
+    /// Either the project's busybox guest (--kernel, --initrd), or any QEMU
+    /// command line after `--` whose guest runs pbr-agent: QMP, the agent's
+    /// port and a vmgenid device are added, nothing else is changed. Each
+    /// candidate records seals of the boot files and of every disk it holds
+    /// mounted; a point with a disk mounted read-write gives no candidate.
     Capture {
         #[command(flatten)]
         guest: phase::GuestArgs,
@@ -269,8 +275,13 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// The QEMU command line of a guest that runs pbr-agent (binary
+        /// first).
+        #[arg(last = true, value_name = "QEMU")]
+        command: Vec<String>,
     },
-    /// Boot the guest from scratch and time it to service ready.
+    /// Boot the guest from scratch and time it to service ready (for a QEMU
+    /// command line after `--`: until its agent says ready).
     Boot {
         #[command(flatten)]
         guest: phase::GuestArgs,
@@ -281,9 +292,18 @@ enum Command {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// The QEMU command line of a guest that runs pbr-agent (binary
+        /// first).
+        #[arg(last = true, value_name = "QEMU")]
+        command: Vec<String>,
     },
     /// Recover: restore the latest valid candidate with QEMU and time it to
     /// service ready. Exit 3 when no candidate is valid (do a full reboot).
+    ///
+    /// Candidates captured at agent points are checked against their seals
+    /// first: one whose boot files, disks or QEMU changed is refused with
+    /// one line saying why, and the next older one is tried; when none is
+    /// left, the machine boots from scratch (exit 0, "chosen": null).
     Recover {
         /// The candidates of one boot, in any order.
         #[arg(required = true)]
@@ -291,9 +311,10 @@ enum Command {
         /// Check candidates against the files under this root.
         #[arg(long)]
         root: Option<PathBuf>,
-        /// The QEMU binary.
-        #[arg(long, default_value = "qemu-system-x86_64")]
-        qemu: String,
+        /// The QEMU binary [default: the one the capture ran, else
+        /// qemu-system-x86_64].
+        #[arg(long)]
+        qemu: Option<String>,
         /// Keep the recovered guest running (until its QEMU exits) instead
         /// of stopping it once its service answered.
         #[arg(long)]
@@ -486,17 +507,28 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             manifest::add_run(&image, &root, list.as_deref(), accessed_since, &output, json)
         }
         Command::Select { root, images, strict, json } => manifest::select_run(&root, &images, strict, json),
-        Command::Capture { guest, root, keep_streams, output, json } => {
-            phase::capture_run(&guest, &output, CaptureOptions { classify: false, root, keep_streams }, json)
+        Command::Capture { guest, root, keep_streams, output, json, command } => {
+            let opts = CaptureOptions { classify: false, root, keep_streams };
+            if command.is_empty() {
+                phase::capture_run(&guest, &output, opts, json)
+            } else {
+                phase::capture_points_run(&command, &output, opts, json, cli.quiet)
+            }
         }
-        Command::Boot { guest, standby, json } => phase::boot_run(&guest, standby, json),
+        Command::Boot { guest, standby, json, command } => {
+            if command.is_empty() {
+                phase::boot_run(&guest, standby, json)
+            } else {
+                phase::boot_points_run(&command, standby, json)
+            }
+        }
         Command::Recover { candidates, root, qemu, keep_running, standby, prestaged, json } => {
             let vmm = match (standby, prestaged) {
                 (_, true) => Vmm::Prestaged,
                 (true, _) => Vmm::Standby,
                 _ => Vmm::Spawn,
             };
-            phase::recover_run(&candidates, root.as_deref(), &qemu, vmm, keep_running, json)
+            phase::recover_run(&candidates, root.as_deref(), qemu.as_deref(), vmm, keep_running, json)
         }
         Command::Completions { shell } => {
             clap_complete::generate(

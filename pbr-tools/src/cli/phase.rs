@@ -14,11 +14,11 @@ use pbr_tools::phase::{CaptureOptions, Vmm, capture, cold_boot, recover};
 #[derive(Args, Debug, Clone)]
 pub struct GuestArgs {
     /// The guest kernel.
-    #[arg(long)]
-    kernel: PathBuf,
+    #[arg(long, required_unless_present = "command")]
+    kernel: Option<PathBuf>,
     /// The guest initramfs.
-    #[arg(long)]
-    initrd: PathBuf,
+    #[arg(long, required_unless_present = "command")]
+    initrd: Option<PathBuf>,
     /// The kernel command line.
     #[arg(long, default_value = "console=ttyS0", allow_hyphen_values = true)]
     append: String,
@@ -47,8 +47,8 @@ impl GuestArgs {
             cpu: self.cpu.clone(),
             mem_mb: self.mem,
             smp: self.smp,
-            kernel: self.kernel.clone(),
-            initrd: self.initrd.clone(),
+            kernel: self.kernel.clone().unwrap_or_default(),
+            initrd: self.initrd.clone().unwrap_or_default(),
             append: self.append.clone(),
         }
     }
@@ -100,6 +100,8 @@ fn vmm(standby: bool) -> Vmm {
     if standby { Vmm::Standby } else { Vmm::Spawn }
 }
 
+pub use super::points::{boot_run as boot_points_run, capture_run as capture_points_run};
+
 pub fn boot_run(g: &GuestArgs, standby: bool, as_json: bool) -> Result<ExitCode> {
     let d = cold_boot(&g.spec(), vmm(standby))?;
     if as_json {
@@ -117,11 +119,18 @@ pub fn boot_run(g: &GuestArgs, standby: bool, as_json: bool) -> Result<ExitCode>
 pub fn recover_run(
     candidates: &[PathBuf],
     root: Option<&Path>,
-    qemu: &str,
+    qemu: Option<&str>,
     vmm: Vmm,
     keep: bool,
     as_json: bool,
 ) -> Result<ExitCode> {
+    let agent = candidates.iter().any(|c| {
+        pbr_format::Image::open(c).is_ok_and(|i| pbr_tools::phase::restore::is_agent_candidate(&i))
+    });
+    if agent {
+        return super::points::recover_run(candidates, qemu, vmm, keep, as_json);
+    }
+    let qemu = qemu.unwrap_or("qemu-system-x86_64");
     let mut report = |r: &pbr_tools::phase::Recovery, child: Option<&mut std::process::Child>| {
         if as_json {
             outln!(

@@ -224,40 +224,51 @@ impl Guest {
         Ok(Guest { child, qmp, control, port, _interrupt })
     }
 
-    /// Saves the (stopped) guest with QEMU's migration to `path`, waiting
-    /// until the file is whole. Returns QEMU's RAM counters of the save.
+    /// Saves the (stopped) guest to `path` ([`save`]).
     ///
     /// # Errors
     /// The migration failed.
     pub fn save(&mut self, path: &Path) -> Result<SaveCounters> {
-        self.qmp.cmd("migrate", json!({"uri": format!("exec:cat > {}", path.display())}))?;
-        let st = self.qmp.wait_migration(Duration::from_secs(600))?;
-        let counters = SaveCounters {
-            zero_pages: st["ram"]["duplicate"].as_u64().unwrap_or(0),
-            normal_pages: st["ram"]["normal"].as_u64().unwrap_or(0),
-        };
-        // With exec:cat, "completed" can come before cat has written the
-        // last bytes: wait for the vmdescription's closing brace to settle.
-        let t = Instant::now();
-        let mut last = 0;
-        loop {
-            let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            let ends = last_byte(path) == Some(b'}');
-            if ends && len == last {
-                return Ok(counters);
-            }
-            last = len;
-            if t.elapsed() > Duration::from_secs(120) {
-                return Err(Error::Unsupported(format!("the saved stream {} never completed", path.display())));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        save(&mut self.qmp, path)
     }
 
     /// Quits QEMU.
     pub fn quit(mut self) {
         let _ = self.qmp.cmd("quit", json!({}));
         let _ = self.child.wait();
+    }
+}
+
+/// Saves a stopped QEMU guest with QEMU's migration to `path`, waiting
+/// until the file is whole. Returns QEMU's RAM counters of the save. The
+/// bandwidth limit is lifted first (QEMU's default, 32 MiB/s, would make
+/// a save of a few hundred MiB take seconds).
+///
+/// # Errors
+/// The migration failed.
+pub fn save(qmp: &mut Qmp, path: &Path) -> Result<SaveCounters> {
+    qmp.cmd("migrate-set-parameters", json!({"max-bandwidth": 64u64 << 30}))?;
+    qmp.cmd("migrate", json!({"uri": format!("exec:cat > {}", path.display())}))?;
+    let st = qmp.wait_migration(Duration::from_secs(600))?;
+    let counters = SaveCounters {
+        zero_pages: st["ram"]["duplicate"].as_u64().unwrap_or(0),
+        normal_pages: st["ram"]["normal"].as_u64().unwrap_or(0),
+    };
+    // With exec:cat, "completed" can come before cat has written the
+    // last bytes: wait for the vmdescription's closing brace to settle.
+    let t = Instant::now();
+    let mut last = 0;
+    loop {
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let ends = last_byte(path) == Some(b'}');
+        if ends && len == last {
+            return Ok(counters);
+        }
+        last = len;
+        if t.elapsed() > Duration::from_secs(120) {
+            return Err(Error::Unsupported(format!("the saved stream {} never completed", path.display())));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -1,7 +1,12 @@
 //! Phase-based reboot end to end: capture restartable candidates at a real
 //! guest's boot phases, and recover from the latest valid one.
 
+pub mod agent;
 pub mod guest;
+pub mod machine;
+pub mod points;
+pub mod restore;
+pub mod seal;
 pub mod service;
 
 use std::collections::HashMap;
@@ -82,15 +87,28 @@ pub fn capture(spec: &GuestSpec, out: &Path, opts: &CaptureOptions) -> Result<Ve
                 let stream = work.path().join(format!("{p}.qemu"));
                 let counters = g.save(&stream)?;
                 let c = candidate(
-                    spec,
                     out,
                     work.path(),
                     &stream,
-                    &p,
-                    out_list.len() as u32 + 1,
-                    uptime,
-                    &files,
-                    &kpf,
+                    &PhaseInput {
+                        phase: &p,
+                        sequence: out_list.len() as u32 + 1,
+                        uptime,
+                        restore_cmdline: serde_json::to_string(&spec.machine_args()).unwrap_or_default(),
+                        kpageflags: match (opts.classify, kpf.get(&p)) {
+                            (false, _) => None,
+                            (true, Some(gz)) => Some(gz),
+                            (true, None) => {
+                                return Err(Error::Unsupported(format!(
+                                    "no kpageflags dump for phase {p} (pbr.kpf=1?)"
+                                )));
+                            }
+                        },
+                        kpagecount: None,
+                        files: files.get(&p).map_or(&[], Vec::as_slice),
+                        metadata: Vec::new(),
+                        max_pages: 1 << 30,
+                    },
                     opts,
                 )?;
                 out_list.push(Candidate { since_power_on, counters, ..c });
@@ -120,40 +138,56 @@ fn keep(stream: &Path, kpf: Option<&Vec<u8>>, dir: &Path, phase: &str) -> Result
     Ok(())
 }
 
+/// What one phase gives [`candidate`].
+pub(crate) struct PhaseInput<'a> {
+    /// Phase name.
+    pub phase: &'a str,
+    /// Its place in the boot (1 for the first).
+    pub sequence: u32,
+    /// The guest's uptime at the phase, seconds.
+    pub uptime: f64,
+    /// The command line a restore repeats (JSON list).
+    pub restore_cmdline: String,
+    /// gzip of the guest's kpageflags: classify with it.
+    pub kpageflags: Option<&'a [u8]>,
+    /// gzip of the guest's kpagecount, with it.
+    pub kpagecount: Option<&'a [u8]>,
+    /// Files the phase read (kept in the manifest when `root` is given).
+    pub files: &'a [String],
+    /// Metadata for the candidate.
+    pub metadata: Vec<(String, String)>,
+    /// Most pages a kpageflags dump may describe.
+    pub max_pages: u64,
+}
+
 /// Converts, classifies, trims and records the manifest of one phase.
-#[allow(clippy::too_many_arguments)]
-fn candidate(
-    spec: &GuestSpec,
+pub(crate) fn candidate(
     out: &Path,
     work: &Path,
     stream: &Path,
-    phase: &str,
-    sequence: u32,
-    uptime: f64,
-    files: &HashMap<String, Vec<String>>,
-    kpf: &HashMap<String, Vec<u8>>,
+    input: &PhaseInput<'_>,
     opts: &CaptureOptions,
 ) -> Result<Candidate> {
+    let phase = input.phase;
     let stream_bytes = std::fs::metadata(stream).map_err(|e| Error::io("stream", e))?.len();
     let raw = work.join(format!("{phase}-raw.pbr"));
     let copts = ConvertOptions {
-        phase: Some(Phase { since_boot_ns: (uptime * 1e9) as u64, ..Phase::named(phase, sequence) }),
-        restore_cmdline: Some(serde_json::to_string(&spec.machine_args()).unwrap_or_default()),
+        phase: Some(Phase { since_boot_ns: (input.uptime * 1e9) as u64, ..Phase::named(phase, input.sequence) }),
+        restore_cmdline: Some(input.restore_cmdline.clone()),
+        container_metadata: input.metadata.clone(),
         ..Default::default()
     };
     let file = std::fs::File::open(stream).map_err(|e| Error::io("stream", e))?;
     let report = convert(&file, Some(&file), &raw, &copts, &|_| {})?;
     let mut current = raw;
-    if opts.classify {
-        let gz = kpf
-            .get(phase)
-            .ok_or_else(|| Error::Unsupported(format!("no kpageflags dump for phase {phase} (pbr.kpf=1?)")))?;
-        let words = crate::classify::parse_words(gz, 1 << 30)?;
+    if let Some(gz) = input.kpageflags {
+        let words = crate::classify::parse_words(gz, input.max_pages)?;
+        let counts = input.kpagecount.map(|c| crate::classify::parse_words(c, input.max_pages)).transpose()?;
         let next = work.join(format!("{phase}-classified.pbr"));
         crate::classify::apply(
             &Image::open(&current)?,
             &next,
-            &crate::classify::classes(&words, None),
+            &crate::classify::classes(&words, counts.as_deref()),
             "kpageflags",
             None,
         )?;
@@ -165,8 +199,7 @@ fn candidate(
     let dest = out.join(format!("{phase}.pbr"));
     match &opts.root {
         Some(root) => {
-            let list: Vec<String> =
-                files.get(phase).into_iter().flatten().filter(|f| root.join(f).is_file()).cloned().collect();
+            let list: Vec<String> = input.files.iter().filter(|f| root.join(f).is_file()).cloned().collect();
             crate::manifest::add(&Image::open(&trimmed)?, root, &list, &dest)?;
         }
         None => std::fs::rename(&trimmed, &dest).map_err(|e| Error::io("cannot move the candidate", e))?,
@@ -177,7 +210,7 @@ fn candidate(
         phase: phase.to_owned(),
         path: dest,
         since_power_on: 0.0,
-        guest_uptime: uptime,
+        guest_uptime: input.uptime,
         guest_bytes,
         stream_bytes,
         untrimmed_bytes,

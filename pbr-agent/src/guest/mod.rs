@@ -1,0 +1,47 @@
+//! What the agent does inside the guest.
+
+mod mounts;
+mod pages;
+mod port;
+mod resume;
+
+use std::time::Duration;
+
+use pbr_agent::message::{Message, Point, Ready};
+
+/// Announces point `name` and waits for the host's answer.
+pub fn point(name: &str, timeout: Duration) -> Result<String, String> {
+    let Some(mut port) = port::Port::open()? else {
+        return Ok(format!("no host port {}: point {name} not announced", pbr_agent::PORT_NAME));
+    };
+    let mounts = mounts::block_mounts()?;
+    let held = mounts.len();
+    port.send(&Message::Kpageflags(pages::gzip_file("/proc/kpageflags")?))?;
+    port.send(&Message::Kpagecount(pages::gzip_file("/proc/kpagecount")?))?;
+    port.send(&Message::Point(Point { name: name.to_owned(), uptime_ns: resume::uptime_ns(), mounts }))?;
+    match port.receive(timeout)? {
+        None => Ok(format!("point {name}: no answer from the host in {} s; carrying on", timeout.as_secs())),
+        Some(Message::Continue) => Ok(format!("point {name} ({held} block mounts): the host carries on")),
+        Some(Message::Resume(r)) => {
+            let done = resume::resume(&r)?;
+            let said = format!(
+                "point {name}: restored; clock stepped {:.3} s, {} entropy bytes, random generator {}",
+                done.clock_step_ns as f64 / 1e9,
+                done.entropy_bytes,
+                if done.reseeded { "reseeded" } else { "NOT reseeded" }
+            );
+            port.send(&Message::Resumed(done))?;
+            Ok(said)
+        }
+        Some(other) => Err(format!("unexpected answer from the host: {:?}", other.encode().kind)),
+    }
+}
+
+/// Tells the host the guest's service is ready.
+pub fn ready() -> Result<String, String> {
+    let Some(mut port) = port::Port::open()? else {
+        return Ok(format!("no host port {}: ready not announced", pbr_agent::PORT_NAME));
+    };
+    port.send(&Message::Ready(Ready { uptime_ns: resume::uptime_ns() }))?;
+    Ok("ready announced".into())
+}

@@ -1,0 +1,18 @@
+//! The pbr guest agent's protocol (`spec/agent.md`), shared by the guest
+//! binary and the host.
+//!
+//! The guest announces restartable points over a virtio-serial port; the
+//! host saves the machine, then tells the guest to carry on, or, in a
+//! restored copy, to step its clock and reseed its random generator first.
+//! Everything read from the other side is bounded before it is allocated
+//! and checked before it is used: [`frame`] reads frames, [`message`]
+//! turns them into typed messages.
+
+pub mod frame;
+pub mod message;
+
+pub use frame::{Frame, FrameError, Kind};
+pub use message::{Disk, Message, MessageError, Mount, Point, Ready, Resume, Resumed};
+
+/// The name of the virtio-serial port (`-device virtserialport,name=...`).
+pub const PORT_NAME: &str = "org.pbr.agent.0";

@@ -1,0 +1,40 @@
+//! `pbr-agent`: the guest side of phase-based reboot.
+//!
+//! - `pbr-agent point NAME`: announce a restartable point (mounted block
+//!   devices, kpageflags, kpagecount), then wait while the host saves. In a
+//!   restored copy, step the clock and reseed the random generator first.
+//! - `pbr-agent ready`: tell the host that the guest's service is ready.
+//!
+//! With no host port (`org.pbr.agent.0`) it says so and exits 0: a guest
+//! booted without pbr boots as before.
+
+mod guest;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// How long a point waits for the host before the boot carries on.
+const HOST_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["point", name] if pbr_agent::message::valid_point_name(name) => guest::point(name, HOST_TIMEOUT),
+        ["point", name] => Err(format!("{name:?} is not a point name (1 to 64 of A-Z a-z 0-9 _ . -)")),
+        ["ready"] => guest::ready(),
+        _ => {
+            eprintln!("usage: pbr-agent point NAME | pbr-agent ready");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(said) => {
+            eprintln!("pbr-agent: {said}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pbr-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! `capture`, `boot` and `recover` for a QEMU command line whose guest runs
+//! pbr-agent.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use pbr_tools::Result;
+use pbr_tools::phase::machine::UserCommand;
+use pbr_tools::phase::restore::{PointsRecovery, Refused, boot_points, recover_points};
+use pbr_tools::phase::{CaptureOptions, Vmm, points};
+
+pub fn capture_run(command: &[String], out: &Path, opts: CaptureOptions, as_json: bool, quiet: bool) -> Result<ExitCode> {
+    let cmd = UserCommand::parse(command)?;
+    let mut progress = |line: &str| {
+        if !quiet {
+            eprintln!("capture: {line}");
+        }
+    };
+    let r = points::capture_points(&cmd, out, &opts, &mut progress)?;
+    if as_json {
+        let list: Vec<_> = r
+            .candidates
+            .iter()
+            .map(|c| {
+                json!({"phase": c.phase, "image": c.path.display().to_string(), "since_power_on_s": c.since_power_on,
+                       "guest_uptime_s": c.guest_uptime, "guest_bytes": c.guest_bytes, "stream_bytes": c.stream_bytes,
+                       "untrimmed_bytes": c.untrimmed_bytes, "image_bytes": c.image_bytes})
+            })
+            .collect();
+        let skipped: Vec<_> = r.skipped.iter().map(|s| json!({"point": s.point, "reason": s.reason})).collect();
+        outln!("{}", serde_json::to_string_pretty(&json!({"candidates": list, "skipped": skipped, "ready_s": r.ready_s})).unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mib = |b: u64| b as f64 / 1048576.0;
+    outln!("{:<10} {:>12} {:>10} {:>12} {:>12} {:>12}  image", "point", "since on (s)", "guest MiB", "stream MiB", "untrimmed", "stored MiB");
+    for c in &r.candidates {
+        outln!(
+            "{:<10} {:>12.2} {:>10.0} {:>12.1} {:>12.1} {:>12.1}  {}",
+            c.phase,
+            c.since_power_on,
+            mib(c.guest_bytes),
+            mib(c.stream_bytes),
+            mib(c.untrimmed_bytes),
+            mib(c.image_bytes),
+            c.path.display()
+        );
+    }
+    for s in &r.skipped {
+        outln!("{:<10} no candidate: {}", s.point, s.reason);
+    }
+    outln!("the guest's agent said ready {:.2} s after QEMU started", r.ready_s);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn boot_run(command: &[String], standby: bool, as_json: bool) -> Result<ExitCode> {
+    let cmd = UserCommand::parse(command)?;
+    let vmm = if standby { Vmm::Standby } else { Vmm::Spawn };
+    let r = boot_points(&cmd, vmm, &mut |_, _| {})?;
+    if as_json {
+        outln!("{}", json!({"cold_boot_s": r.downtime.as_secs_f64(), "standby": standby}));
+    } else {
+        outln!("cold boot until the agent said ready: {:.3} s", r.downtime.as_secs_f64());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn recover_run(candidates: &[PathBuf], qemu: Option<&str>, vmm: Vmm, keep: bool, as_json: bool) -> Result<ExitCode> {
+    let mut refused = |r: &Refused| {
+        if !as_json {
+            eprintln!("refused {}: {}", r.path.display(), r.reason);
+        }
+    };
+    let mut ready = |_: &PointsRecovery, child: &mut std::process::Child| {
+        if keep {
+            eprintln!("the recovered guest runs until its QEMU exits");
+            let _ = child.wait();
+        }
+    };
+    let r = recover_points(candidates, qemu, vmm, &mut refused, &mut ready)?;
+    let s = |d: std::time::Duration| d.as_secs_f64();
+    if as_json {
+        let refused: Vec<_> =
+            r.refused.iter().map(|x| json!({"candidate": x.path.display().to_string(), "reason": x.reason})).collect();
+        outln!(
+            "{}",
+            json!({"chosen": r.chosen.as_ref().map(|p| p.display().to_string()), "refused": refused,
+                   "downtime_s": s(r.downtime), "select_s": s(r.select), "restore_s": s(r.restore),
+                   "guest_s": s(r.downtime.saturating_sub(r.select + r.restore)), "vmm": r.vmm.name(), "adapter": "qemu",
+                   "clock_step_s": r.resumed.as_ref().map(|x| x.clock_step_ns as f64 / 1e9),
+                   "reseeded": r.resumed.as_ref().map(|x| x.reseeded)})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &r.chosen {
+        Some(path) => {
+            let caught_up = r.resumed.as_ref().map_or("the agent did not report its clock".into(), |x| {
+                format!(
+                    "clock stepped {:.3} s, {} entropy bytes, RNG {}",
+                    x.clock_step_ns as f64 / 1e9,
+                    x.entropy_bytes,
+                    if x.reseeded { "reseeded" } else { "NOT reseeded" }
+                )
+            });
+            outln!(
+                "recovered from {} (qemu {}): ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s); {caught_up}",
+                path.display(),
+                r.vmm.name(),
+                s(r.downtime),
+                s(r.select),
+                s(r.restore),
+                s(r.downtime.saturating_sub(r.select + r.restore)),
+            );
+        }
+        None => outln!(
+            "no candidate is safe to restore: booted from scratch, ready {:.3} s after the decision",
+            s(r.downtime)
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
