@@ -307,3 +307,27 @@ pub mod manifest_select {
 
 #[cfg(test)]
 pub mod smoke;
+
+/// What a guest sends the host's agent port: frames, then messages, then
+/// the seals a candidate carries in its metadata.
+pub mod agent_port {
+    use pbr_agent::frame::FrameReader;
+    use pbr_agent::message::Message;
+    use pbr_tools::phase::seal::Seals;
+
+    /// Runs one input.
+    pub fn run(data: &[u8]) {
+        let mut r = FrameReader::new(data, true);
+        while let Ok(frame) = r.read() {
+            assert!(frame.payload.len() as u64 <= u64::from(frame.kind.max_len()), "a frame over its limit was read");
+            if let Ok(m) = Message::decode(&frame) {
+                assert_eq!(Message::decode(&m.encode()).expect("a decoded message does not decode again"), m);
+            }
+        }
+        if let Ok(text) = std::str::from_utf8(data)
+            && let Ok(s) = Seals::from_json(text)
+        {
+            assert_eq!(Seals::from_json(&s.to_json()).expect("seals do not read back"), s);
+        }
+    }
+}

@@ -68,3 +68,8 @@ fn diff_apply() {
 fn manifest_select() {
     smoke("manifest_select", crate::manifest_select::run, 3000);
 }
+
+#[test]
+fn agent_port() {
+    smoke("agent_port", crate::agent_port::run, 4000);
+}

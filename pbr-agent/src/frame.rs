@@ -269,7 +269,8 @@ mod tests {
         r.read().unwrap();
         assert!(matches!(r.read(), Err(FrameError::TooLong { offset: 14, len: u32::MAX, .. })));
 
-        let cases: Vec<(Vec<u8>, fn(&FrameError) -> bool)> = vec![
+        type Want = fn(&FrameError) -> bool;
+        let cases: Vec<(Vec<u8>, Want)> = vec![
             (b"PBRB\x06\0\0\0\0\0\0\0".to_vec(), |e| matches!(e, FrameError::Magic { offset: 0, .. })),
             (framed(0x0081, 0, 0, b""), |e| matches!(e, FrameError::Kind { kind: 0x81, .. })),
             (framed(0x7777, 0, 0, b""), |e| matches!(e, FrameError::Kind { kind: 0x7777, .. })),

@@ -209,7 +209,8 @@ fn uint(o: &serde_json::Map<String, Value>, key: &str, k: Kind) -> Result<u64, M
 }
 
 fn string(o: &serde_json::Map<String, Value>, key: &str, k: Kind, at: &str) -> Result<String, MessageError> {
-    let s = o.get(key).and_then(Value::as_str).ok_or_else(|| err(k, format!("{at}{key} is missing or not a string")))?;
+    let s =
+        o.get(key).and_then(Value::as_str).ok_or_else(|| err(k, format!("{at}{key} is missing or not a string")))?;
     if s.len() > MAX_STRING || s.contains('\0') {
         return Err(err(k, format!("{at}{key} is over {MAX_STRING} bytes or holds a NUL")));
     }

@@ -55,18 +55,18 @@ fn bit(flags: u64, b: u32) -> bool {
     flags & (1 << b) != 0
 }
 
-/// The class of one page from its kpageflags word and, when known, its
-/// kpagecount. Conservative: only pages with a copy on disk are `cache`,
-/// only pages the allocator owns are `free`.
-pub fn class_of(flags: u64, count: Option<u64>) -> PageClass {
+/// The class of one page from its kpageflags word alone. Conservative:
+/// only pages with a copy on disk are `cache`, only pages the allocator
+/// owns are `free`.
+pub fn class_of(flags: u64) -> PageClass {
     use kpf::*;
     if bit(flags, BUDDY) || bit(flags, OFFLINE) || bit(flags, NOPAGE) {
         return PageClass::Free;
     }
-    if flags == 0 && count == Some(0) {
-        // The tail pages of a free block on kernels that flag only the head.
-        return PageClass::Free;
-    }
+    // A page with no flags may be the tail of a free block (the allocator
+    // flags only its head) or of a high-order allocation that is not
+    // compound (a virtqueue's rings, for one): only [`classes`], which sees
+    // the head and the counts, can tell.
     if bit(flags, ANON) || bit(flags, HUGE) || bit(flags, THP) || bit(flags, SWAPBACKED) || bit(flags, SWAPCACHE) {
         return PageClass::User;
     }
@@ -78,14 +78,26 @@ pub fn class_of(flags: u64, count: Option<u64>) -> PageClass {
 }
 
 /// Classes by page frame number; compound tails take their head's class.
+///
+/// A page with no flags and a count of 0 is the tail of a block whose
+/// head is the nearest page before it that has flags or references: free
+/// when that head is a free block's (`BUDDY`), else part of an allocation
+/// that is not compound and kept (the kernel's). Without counts such pages
+/// are kept.
 pub fn classes(flags: &[u64], counts: Option<&[u64]>) -> Vec<PageClass> {
     let mut out = Vec::with_capacity(flags.len());
     let mut head = PageClass::Kernel;
+    let mut in_free_block = false;
     for (pfn, &f) in flags.iter().enumerate() {
-        let c = if bit(f, kpf::COMPOUND_TAIL) && !bit(f, kpf::BUDDY) {
+        let count = counts.and_then(|c| c.get(pfn).copied());
+        let c = if f == 0 && count == Some(0) {
+            if in_free_block { PageClass::Free } else { PageClass::Kernel }
+        } else if bit(f, kpf::COMPOUND_TAIL) && !bit(f, kpf::BUDDY) {
+            in_free_block = false;
             head
         } else {
-            class_of(f, counts.and_then(|c| c.get(pfn).copied()))
+            in_free_block = bit(f, kpf::BUDDY);
+            class_of(f)
         };
         if bit(f, kpf::COMPOUND_HEAD) {
             head = c;
@@ -229,21 +241,27 @@ mod tests {
     #[test]
     fn classes_follow_the_rules() {
         use kpf::*;
-        assert_eq!(class_of(f(&[BUDDY]), None), PageClass::Free);
-        assert_eq!(class_of(f(&[OFFLINE]), Some(1)), PageClass::Free);
-        assert_eq!(class_of(0, Some(0)), PageClass::Free);
-        assert_eq!(class_of(0, None), PageClass::Kernel);
-        assert_eq!(class_of(0, Some(1)), PageClass::Kernel);
-        assert_eq!(class_of(f(&[LRU, 3]), Some(1)), PageClass::Cache);
-        assert_eq!(class_of(f(&[LRU, DIRTY]), Some(1)), PageClass::User);
-        assert_eq!(class_of(f(&[LRU, WRITEBACK]), Some(1)), PageClass::User);
-        assert_eq!(class_of(f(&[LRU, UNEVICTABLE]), Some(1)), PageClass::User);
-        assert_eq!(class_of(f(&[LRU, SWAPBACKED]), Some(1)), PageClass::User);
-        assert_eq!(class_of(f(&[LRU, ANON]), Some(1)), PageClass::User);
-        assert_eq!(class_of(f(&[SLAB]), Some(1)), PageClass::Kernel);
-        assert_eq!(class_of(f(&[PGTABLE]), Some(1)), PageClass::Kernel);
-        assert_eq!(class_of(f(&[RESERVED]), Some(1)), PageClass::Kernel);
+        assert_eq!(class_of(f(&[BUDDY])), PageClass::Free);
+        assert_eq!(class_of(f(&[OFFLINE])), PageClass::Free);
+        assert_eq!(class_of(0), PageClass::Kernel);
+        assert_eq!(class_of(f(&[LRU, 3])), PageClass::Cache);
+        assert_eq!(class_of(f(&[LRU, DIRTY])), PageClass::User);
+        assert_eq!(class_of(f(&[LRU, WRITEBACK])), PageClass::User);
+        assert_eq!(class_of(f(&[LRU, UNEVICTABLE])), PageClass::User);
+        assert_eq!(class_of(f(&[LRU, SWAPBACKED])), PageClass::User);
+        assert_eq!(class_of(f(&[LRU, ANON])), PageClass::User);
+        assert_eq!(class_of(f(&[SLAB])), PageClass::Kernel);
+        assert_eq!(class_of(f(&[PGTABLE])), PageClass::Kernel);
+        assert_eq!(class_of(f(&[RESERVED])), PageClass::Kernel);
         let c = classes(&[f(&[COMPOUND_HEAD, ANON, LRU]), f(&[COMPOUND_TAIL]), f(&[COMPOUND_TAIL]), f(&[SLAB])], None);
         assert_eq!(c, [PageClass::User, PageClass::User, PageClass::User, PageClass::Kernel]);
+        // Unflagged, unreferenced pages: free after a free block's head,
+        // kept after an allocation's (a non-compound order-2 block).
+        let flags = [f(&[BUDDY]), 0, 0, 0, 0, 0, 0, 0, f(&[SLAB]), 0];
+        let counts = [0, 0, 0, 0, 1, 0, 0, 0, 1, 0];
+        let c = classes(&flags, Some(&counts));
+        let (fr, k) = (PageClass::Free, PageClass::Kernel);
+        assert_eq!(c, [fr, fr, fr, fr, k, k, k, k, k, k]);
+        assert_eq!(classes(&flags, None)[1], k);
     }
 }

@@ -84,13 +84,20 @@ fn serial(disk: &Path) -> Option<String> {
 /// The last PCI address (`0000:00:03.0`) on the disk's sysfs path: its
 /// controller.
 fn pci_address(disk: &Path) -> Option<String> {
-    disk.components().filter_map(|c| c.as_os_str().to_str()).filter(|c| is_pci(c)).last().map(str::to_owned)
+    disk.components().filter_map(|c| c.as_os_str().to_str()).rfind(|c| is_pci(c)).map(str::to_owned)
 }
 
 fn is_pci(s: &str) -> bool {
     let b = s.as_bytes();
     let hex = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
-    b.len() == 12 && b[4] == b':' && b[7] == b':' && b[10] == b'.' && hex(0..4) && hex(5..7) && hex(8..10) && hex(11..12)
+    b.len() == 12
+        && b[4] == b':'
+        && b[7] == b':'
+        && b[10] == b'.'
+        && hex(0..4)
+        && hex(5..7)
+        && hex(8..10)
+        && hex(11..12)
 }
 
 #[cfg(test)]

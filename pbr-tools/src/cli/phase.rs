@@ -124,9 +124,9 @@ pub fn recover_run(
     keep: bool,
     as_json: bool,
 ) -> Result<ExitCode> {
-    let agent = candidates.iter().any(|c| {
-        pbr_format::Image::open(c).is_ok_and(|i| pbr_tools::phase::restore::is_agent_candidate(&i))
-    });
+    let agent = candidates
+        .iter()
+        .any(|c| pbr_format::Image::open(c).is_ok_and(|i| pbr_tools::phase::restore::is_agent_candidate(&i)));
     if agent {
         return super::points::recover_run(candidates, qemu, vmm, keep, as_json);
     }

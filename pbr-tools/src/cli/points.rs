@@ -11,7 +11,13 @@ use pbr_tools::phase::machine::UserCommand;
 use pbr_tools::phase::restore::{PointsRecovery, Refused, boot_points, recover_points};
 use pbr_tools::phase::{CaptureOptions, Vmm, points};
 
-pub fn capture_run(command: &[String], out: &Path, opts: CaptureOptions, as_json: bool, quiet: bool) -> Result<ExitCode> {
+pub fn capture_run(
+    command: &[String],
+    out: &Path,
+    opts: CaptureOptions,
+    as_json: bool,
+    quiet: bool,
+) -> Result<ExitCode> {
     let cmd = UserCommand::parse(command)?;
     let mut progress = |line: &str| {
         if !quiet {
@@ -30,11 +36,23 @@ pub fn capture_run(command: &[String], out: &Path, opts: CaptureOptions, as_json
             })
             .collect();
         let skipped: Vec<_> = r.skipped.iter().map(|s| json!({"point": s.point, "reason": s.reason})).collect();
-        outln!("{}", serde_json::to_string_pretty(&json!({"candidates": list, "skipped": skipped, "ready_s": r.ready_s})).unwrap_or_default());
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"candidates": list, "skipped": skipped, "ready_s": r.ready_s}))
+                .unwrap_or_default()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let mib = |b: u64| b as f64 / 1048576.0;
-    outln!("{:<10} {:>12} {:>10} {:>12} {:>12} {:>12}  image", "point", "since on (s)", "guest MiB", "stream MiB", "untrimmed", "stored MiB");
+    outln!(
+        "{:<10} {:>12} {:>10} {:>12} {:>12} {:>12}  image",
+        "point",
+        "since on (s)",
+        "guest MiB",
+        "stream MiB",
+        "untrimmed",
+        "stored MiB"
+    );
     for c in &r.candidates {
         outln!(
             "{:<10} {:>12.2} {:>10.0} {:>12.1} {:>12.1} {:>12.1}  {}",
@@ -66,20 +84,33 @@ pub fn boot_run(command: &[String], standby: bool, as_json: bool) -> Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn recover_run(candidates: &[PathBuf], qemu: Option<&str>, vmm: Vmm, keep: bool, as_json: bool) -> Result<ExitCode> {
+pub fn recover_run(
+    candidates: &[PathBuf],
+    qemu: Option<&str>,
+    vmm: Vmm,
+    keep: bool,
+    as_json: bool,
+) -> Result<ExitCode> {
     let mut refused = |r: &Refused| {
         if !as_json {
             eprintln!("refused {}: {}", r.path.display(), r.reason);
         }
     };
-    let mut ready = |_: &PointsRecovery, child: &mut std::process::Child| {
+    // Said once the agent is ready, before a kept guest runs on.
+    let mut ready = |r: &PointsRecovery, child: &mut std::process::Child| {
+        report(r, as_json);
         if keep {
             eprintln!("the recovered guest runs until its QEMU exits");
             let _ = child.wait();
         }
     };
-    let r = recover_points(candidates, qemu, vmm, &mut refused, &mut ready)?;
+    recover_points(candidates, qemu, vmm, &mut refused, &mut ready)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(r: &PointsRecovery, as_json: bool) {
     let s = |d: std::time::Duration| d.as_secs_f64();
+    let guest = r.downtime.saturating_sub(r.select + r.restore);
     if as_json {
         let refused: Vec<_> =
             r.refused.iter().map(|x| json!({"candidate": x.path.display().to_string(), "reason": x.reason})).collect();
@@ -87,11 +118,11 @@ pub fn recover_run(candidates: &[PathBuf], qemu: Option<&str>, vmm: Vmm, keep: b
             "{}",
             json!({"chosen": r.chosen.as_ref().map(|p| p.display().to_string()), "refused": refused,
                    "downtime_s": s(r.downtime), "select_s": s(r.select), "restore_s": s(r.restore),
-                   "guest_s": s(r.downtime.saturating_sub(r.select + r.restore)), "vmm": r.vmm.name(), "adapter": "qemu",
+                   "guest_s": s(guest), "vmm": r.vmm.name(), "adapter": "qemu",
                    "clock_step_s": r.resumed.as_ref().map(|x| x.clock_step_ns as f64 / 1e9),
                    "reseeded": r.resumed.as_ref().map(|x| x.reseeded)})
         );
-        return Ok(ExitCode::SUCCESS);
+        return;
     }
     match &r.chosen {
         Some(path) => {
@@ -110,7 +141,7 @@ pub fn recover_run(candidates: &[PathBuf], qemu: Option<&str>, vmm: Vmm, keep: b
                 s(r.downtime),
                 s(r.select),
                 s(r.restore),
-                s(r.downtime.saturating_sub(r.select + r.restore)),
+                s(guest),
             );
         }
         None => outln!(
@@ -118,5 +149,4 @@ pub fn recover_run(candidates: &[PathBuf], qemu: Option<&str>, vmm: Vmm, keep: b
             s(r.downtime)
         ),
     }
-    Ok(ExitCode::SUCCESS)
 }

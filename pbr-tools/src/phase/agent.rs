@@ -80,7 +80,9 @@ impl AgentPort {
         self.reader.get_ref().set_read_timeout(Some(timeout)).map_err(|e| Error::io("agent port", e))?;
         let at = self.reader.offset();
         let frame = self.reader.read().map_err(|e| match e {
-            pbr_agent::FrameError::Io(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            pbr_agent::FrameError::Io(e)
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
                 Error::Unsupported(format!("the guest agent said nothing for {} s", timeout.as_secs()))
             }
             e => Error::Unsupported(format!("guest agent: {e}")),

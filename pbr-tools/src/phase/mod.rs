@@ -108,6 +108,7 @@ pub fn capture(spec: &GuestSpec, out: &Path, opts: &CaptureOptions) -> Result<Ve
                         files: files.get(&p).map_or(&[], Vec::as_slice),
                         metadata: Vec::new(),
                         max_pages: 1 << 30,
+                        drop: crate::trim::Drop::default(),
                     },
                     opts,
                 )?;
@@ -158,6 +159,8 @@ pub(crate) struct PhaseInput<'a> {
     pub metadata: Vec<(String, String)>,
     /// Most pages a kpageflags dump may describe.
     pub max_pages: u64,
+    /// What trimming drops.
+    pub drop: crate::trim::Drop,
 }
 
 /// Converts, classifies, trims and records the manifest of one phase.
@@ -195,7 +198,7 @@ pub(crate) fn candidate(
     }
     let untrimmed_bytes = Image::open(&current)?.file_len();
     let trimmed = work.join(format!("{phase}-trimmed.pbr"));
-    crate::trim::trim(&Image::open(&current)?, &trimmed, crate::trim::Drop::default())?;
+    crate::trim::trim(&Image::open(&current)?, &trimmed, input.drop)?;
     let dest = out.join(format!("{phase}.pbr"));
     match &opts.root {
         Some(root) => {

@@ -19,6 +19,13 @@ pub const AGENT_KEY: &str = "pbr.agent";
 /// The QEMU binary the capture ran.
 pub const QEMU_KEY: &str = "pbr.qemu";
 
+/// What an agent candidate's trim drops: zero pages only. The agent reads
+/// kpageflags before the machine stops, so a page free in the dump may be
+/// in use by the time of the save; dropping it would lose that page. A
+/// guest that zeroes the pages it frees (`init_on_free=1`) has its free
+/// pages dropped as zero pages, exactly.
+const SAFE_DROP: crate::trim::Drop = crate::trim::Drop { free: false, zero: true, cache: false };
+
 /// How long the agent may stay silent during a boot.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -105,6 +112,7 @@ pub fn capture_points(
                                 (QEMU_KEY.into(), cmd.qemu.clone()),
                             ],
                             max_pages,
+                            drop: SAFE_DROP,
                         };
                         let c = candidate(out, work.path(), &stream, &input, opts)?;
                         keep_or_remove(&stream, opts.keep_streams.as_deref(), &p.name)?;

@@ -100,8 +100,8 @@ pub fn recover_points(
     order.sort_by_key(|&i| std::cmp::Reverse(images[i].phase().map_or((0, 0), |p| (p.sequence, p.since_boot_ns))));
     let latest = *order.first().ok_or_else(|| Error::NoCandidate("no candidates".into()))?;
     let cmd = recorded_command(&images[latest], qemu)?;
-    let version = qemu_full_version(&cmd.qemu)
-        .ok_or_else(|| Error::Unsupported(format!("cannot run {} --version", cmd.qemu)))?;
+    let version =
+        qemu_full_version(&cmd.qemu).ok_or_else(|| Error::Unsupported(format!("cannot run {} --version", cmd.qemu)))?;
     let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
     let _interrupt = crate::cleanup::remove_on_interrupt(work.path());
     let (port, sock) = port_args(work.path());

@@ -316,7 +316,10 @@ mod tests {
         f.write_all(b"x").unwrap();
         drop(f);
         let e = seals.check("7.2.0").unwrap_err().to_string();
-        assert!(e.starts_with("disk vda (") && e.contains("mounted / ro in the candidate) changed since capture"), "{e}");
+        assert!(
+            e.starts_with("disk vda (") && e.contains("mounted / ro in the candidate) changed since capture"),
+            "{e}"
+        );
         // A copy with the same bytes put in its place is another file.
         let seals = disk_seals(&disk);
         std::fs::copy(&disk, dir.path().join("copy")).unwrap();

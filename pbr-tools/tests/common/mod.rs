@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod distro;
 pub mod vm;
 pub mod xl;
 

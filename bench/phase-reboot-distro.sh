@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Phase-based reboot of a real distribution guest against a cold boot: the
+# Debian guest of scripts/fetch-distro-guest (systemd, nginx-light, a
+# read-only root disk and a data disk) under QEMU (TCG), its pbr-agent
+# announcing the `kernel` (initramfs) and `daemons` points.
+#
+#   bench/phase-reboot-distro.sh [--mem MB] [--runs N] [--json FILE]
+#
+# For each guest size (512, 1024 and 4096 MiB unless --mem is given): one
+# capture (pbr-img capture -- QEMU...), then N times each, interleaved:
+#   - a cold boot until the agent says ready (pbr-img boot -- QEMU...);
+#   - a recovery from each candidate until the agent says ready (pbr-img
+#     recover: seal check, restore, clock and RNG, data disk mounted),
+#     three ways: spawn (QEMU started at the decision), standby (a QEMU
+#     started beforehand waits for the state), prestaged (that QEMU has
+#     loaded the candidate beforehand).
+# Medians are printed as a table; --json writes, per guest size, mem_mb,
+# cold_boot_s, recovery_s (per candidate and way) and image_mib (untrimmed
+# and trimmed, per candidate). The last line is "phase-based reboot
+# (distro): cold boot X s, recovery Y s, Z% shorter" for the first size,
+# daemons, spawn.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mems="512 1024 4096"
+runs=3
+json_out=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --mem) mems="$2"; shift 2 ;;
+        --runs) runs="$2"; shift 2 ;;
+        --json) json_out="$2"; shift 2 ;;
+        *) echo "usage: bench/phase-reboot-distro.sh [--mem MB] [--runs N] [--json FILE]" >&2; exit 2 ;;
+    esac
+done
+command -v qemu-system-x86_64 >/dev/null || { echo "needs qemu-system-x86 (apt-get install qemu-system-x86)" >&2; exit 2; }
+cargo build --release -q -p pbr-tools
+pbr="$PWD/target/release/pbr-img"
+guest_json="$(mktemp)"
+scripts/fetch-distro-guest > "$guest_json"
+work="$(mktemp -d /var/tmp/pbr-bench-distro.XXXXXX)"
+trap 'rm -rf "$work" "$guest_json"' EXIT
+
+# The guest's QEMU command line for `mem` MiB and disks in `dir`, one
+# argument a line.
+argv() {
+    python3 - "$guest_json" "$1" "$2" <<'PY'
+import json, socket, sys
+g = json.load(open(sys.argv[1])); mem, d = sys.argv[2], sys.argv[3]
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+args = ["qemu-system-x86_64"] + [a.replace("ROOT", d + "/root.raw").replace("DATA", d + "/data.raw").replace("PORT", str(port)) for a in g["qemu_args"]]
+args[args.index("-m") + 1] = mem
+args += ["-serial", "file:" + d + "/console.txt"]
+print("\n".join(args))
+PY
+}
+
+results="$work/results.jsonl"
+: > "$results"
+for mem in $mems; do
+    d="$work/$mem"
+    mkdir -p "$d"
+    root="$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['root'])" "$guest_json")"
+    data="$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['data'])" "$guest_json")"
+    cp --sparse=always "$root" "$d/root.raw"
+    cp --sparse=always "$data" "$d/data.raw"
+    mapfile -t cmd < <(argv "$mem" "$d")
+    echo "== $mem MiB: capture" >&2
+    "$pbr" -q capture --json -o "$d/cand" -- "${cmd[@]}" > "$d/capture.json"
+    echo "{\"mem_mb\": $mem, \"capture\": $(tr -d '\n' < "$d/capture.json")}" >> "$results"
+    for run in $(seq "$runs"); do
+        echo "== $mem MiB: run $run of $runs" >&2
+        t="$("$pbr" boot --json -- "${cmd[@]}")"
+        echo "{\"mem_mb\": $mem, \"cold\": $t}" >> "$results"
+        for cand in kernel daemons; do
+            for way in spawn standby prestaged; do
+                flag=""
+                [ "$way" = spawn ] || flag="--$way"
+                r="$("$pbr" recover --json $flag "$d/cand/$cand.pbr")"
+                echo "{\"mem_mb\": $mem, \"candidate\": \"$cand\", \"way\": \"$way\", \"recovery\": $r}" >> "$results"
+            done
+        done
+    done
+done
+
+python3 - "$results" "$json_out" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+out = []
+for mem in dict.fromkeys(r["mem_mb"] for r in rows):
+    mine = [r for r in rows if r["mem_mb"] == mem]
+    cap = next(r["capture"] for r in mine if "capture" in r)
+    cold = statistics.median(r["cold"]["cold_boot_s"] for r in mine if "cold" in r)
+    rec, chosen = {}, {}
+    for r in mine:
+        if "recovery" in r:
+            rec.setdefault(r["candidate"], {}).setdefault(r["way"], []).append(r["recovery"]["downtime_s"])
+            chosen.setdefault(r["candidate"], set()).add(r["recovery"]["chosen"] is not None)
+    assert all(c == {True} for c in chosen.values()), "a candidate was refused: the bench's disks changed"
+    rec = {c: {w: statistics.median(v) for w, v in ways.items()} for c, ways in rec.items()}
+    mib = lambda b: round(b / 1048576, 1)
+    images = {c["phase"]: {"untrimmed": mib(c["untrimmed_bytes"]), "trimmed": mib(c["image_bytes"])} for c in cap["candidates"]}
+    out.append({"mem_mb": mem, "cold_boot_s": cold, "recovery_s": rec, "image_mib": images})
+print()
+print("| guest MiB | cold boot (s) | kernel: spawn / standby / prestaged (s) | daemons: spawn / standby / prestaged (s) | daemons vs cold boot | kernel / daemons image, untrimmed -> trimmed (MiB) |")
+print("|---|---|---|---|---|---|")
+for o in out:
+    r = o["recovery_s"]; i = o["image_mib"]
+    ways = lambda c: " / ".join(f"{r[c][w]:.3f}" for w in ("spawn", "standby", "prestaged"))
+    print(f"| {o['mem_mb']} | {o['cold_boot_s']:.2f} | {ways('kernel')} | {ways('daemons')} | "
+          f"{100 * (1 - r['daemons']['spawn'] / o['cold_boot_s']):.1f}% shorter | "
+          f"{i['kernel']['untrimmed']} -> {i['kernel']['trimmed']} / {i['daemons']['untrimmed']} -> {i['daemons']['trimmed']} |")
+if sys.argv[2]:
+    with open(sys.argv[2], "w") as f:
+        json.dump(out, f, indent=2)
+first = out[0]
+cold, rec = first["cold_boot_s"], first["recovery_s"]["daemons"]["spawn"]
+print(f"phase-based reboot (distro): cold boot {cold:.2f} s, recovery {rec:.3f} s, {100 * (1 - rec / cold):.1f}% shorter")
+PY

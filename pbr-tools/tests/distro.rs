@@ -1,0 +1,119 @@
+//! Phase-based reboot of a real Debian guest with disks
+//! (`scripts/fetch-distro-guest`): capture at the agent's points, recovery
+//! that refuses candidates whose disks changed, and no damage: after every
+//! recovery the guest writes its data disk, powers off cleanly, and
+//! `e2fsck -fn` is clean on both disks.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use common::distro::Lab;
+use pbr_tools::phase::Vmm;
+use pbr_tools::phase::machine::UserCommand;
+use pbr_tools::phase::points::capture_points;
+use pbr_tools::phase::restore::{PointsRecovery, Refused, recover_points};
+
+/// One TCG guest at a time: the machine has two cores.
+static ONE_GUEST: Mutex<()> = Mutex::new(());
+
+/// Captures the lab's guest; returns (kernel, daemons) candidates.
+fn capture(lab: &Lab) -> (PathBuf, PathBuf) {
+    let cmd = UserCommand::parse(&lab.argv).unwrap();
+    let r = capture_points(&cmd, &lab.out(), &Default::default(), &mut |_| {}).unwrap();
+    assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+    let names: Vec<&str> = r.candidates.iter().map(|c| c.phase.as_str()).collect();
+    assert_eq!(names, ["kernel", "daemons"]);
+    (r.candidates[0].path.clone(), r.candidates[1].path.clone())
+}
+
+/// Recovers from `candidates`; `inside` runs while the guest runs.
+fn recover(
+    candidates: &[PathBuf],
+    inside: &mut dyn FnMut(&PointsRecovery, &mut std::process::Child),
+) -> (PointsRecovery, Vec<Refused>) {
+    let mut refused = Vec::new();
+    let r = recover_points(candidates, None, Vmm::Spawn, &mut |x| refused.push(x.clone()), inside).unwrap();
+    (r, refused)
+}
+
+#[test]
+fn data_changes_guest_writes_clock_and_rng() {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::new(512);
+    let (kernel, daemons) = capture(&lab);
+    let both = [kernel.clone(), daemons.clone()];
+
+    // The host changes a file on the data disk, which `daemons` does not
+    // hold mounted: it is restored and serves the new content.
+    Lab::edit(&lab.data, "/www/index.html", "changed on the host\n");
+    let mut first_random = String::new();
+    let (r, refused) = recover(&both, &mut |r, child| {
+        assert!(r.resumed.as_ref().is_some_and(|x| x.reseeded), "{:?}", r.resumed);
+        assert_eq!(lab.get().1, "changed on the host\n");
+        let offset = lab.clock_offset();
+        assert!(offset.abs() < 1.0, "guest clock off by {offset} s after recovery");
+        first_random = lab.urandom();
+        lab.write_and_power_off(child);
+    });
+    assert_eq!(r.chosen.as_ref(), Some(&daemons), "refused: {refused:?}");
+    // The clock was behind by the candidate's age, and was stepped.
+    assert!(r.resumed.as_ref().unwrap().clock_step_ns > 1_000_000_000);
+    lab.fsck_clean();
+
+    // Again from the same candidate: another random state.
+    let (r, _) = recover(&both, &mut |_, child| {
+        let again = lab.urandom();
+        assert_ne!(again, first_random, "two recoveries of one candidate gave the same /dev/urandom output");
+        assert!(lab.clock_offset().abs() < 1.0);
+        lab.write_and_power_off(child);
+    });
+    assert_eq!(r.chosen.as_ref(), Some(&daemons));
+    lab.fsck_clean();
+
+    // The guest writes to the root, which `daemons` holds mounted, and
+    // crashes: `daemons` is refused, `kernel` restored, the boot goes on.
+    recover(&both, &mut |_, child| {
+        let (_, status) =
+            lab.shell("mount -o remount,rw / && echo guest > /root/written && sync && mount -o remount,ro /");
+        assert_eq!(status, 0);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    });
+    let (r, refused) = recover(&both, &mut |_, child| {
+        assert!(lab.get().0.contains("X-Pbr-Site: v1"));
+        lab.write_and_power_off(child);
+    });
+    assert_eq!(r.chosen.as_ref(), Some(&kernel));
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].path, daemons);
+    assert!(
+        refused[0].reason.starts_with(&format!(
+            "disk vda ({}, mounted / ro in the candidate) changed since capture",
+            lab.root.display()
+        )),
+        "{}",
+        refused[0].reason
+    );
+    lab.fsck_clean();
+}
+
+#[test]
+fn root_changed_on_the_host_goes_back_to_kernel() {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::new(512);
+    let (kernel, daemons) = capture(&lab);
+    Lab::edit(&lab.root, "/etc/nginx/pbr-site.conf", "add_header X-Pbr-Site \"v2\" always;\n");
+    let (r, refused) = recover(&[daemons.clone(), kernel.clone()], &mut |r, child| {
+        assert!(r.chosen.is_some());
+        let (head, body) = lab.get();
+        assert!(head.contains("X-Pbr-Site: v2"), "{head}");
+        assert_eq!(body, "served from the data disk\n");
+        lab.write_and_power_off(child);
+    });
+    assert_eq!(r.chosen.as_ref(), Some(&kernel));
+    assert_eq!(refused.iter().map(|x| &x.path).collect::<Vec<_>>(), [&daemons]);
+    assert!(refused[0].reason.contains("disk vda") && refused[0].reason.contains("changed since capture"));
+    lab.fsck_clean();
+}
