@@ -146,16 +146,18 @@ impl Lab {
         let (_, status) = self.shell("date > /srv/data/written-after-recovery && sync");
         assert_eq!(status, 0, "the guest could not write its data disk");
         let mut c = UnixStream::connect(&self.console).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         c.write_all(b"systemctl poweroff\n").unwrap();
-        // A client that does not read holds QEMU's serial output back, and
-        // the guest's console with it.
-        drop(c);
+        // Read on: QEMU takes input only as fast as the UART does and drops
+        // what is left when the client goes, and a client that does not
+        // read holds the guest's console output back.
         let t = Instant::now();
+        let mut buf = [0u8; 4096];
         while t.elapsed() < Duration::from_secs(120) {
             if child.try_wait().unwrap().is_some() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            let _ = c.read(&mut buf);
         }
         let _ = child.kill();
         panic!("the guest did not power off; console:\n{}", self.console_tail());
