@@ -105,6 +105,12 @@ fn root_changed_on_the_host_goes_back_to_kernel() {
     let lab = Lab::new(512);
     let (kernel, daemons) = capture(&lab);
     Lab::edit(&lab.root, "/etc/nginx/pbr-site.conf", "add_header X-Pbr-Site \"v2\" always;\n");
+    // `select` judges by the same seals, without restoring.
+    let (k, d) = (kernel.to_str().unwrap(), daemons.to_str().unwrap());
+    let v: serde_json::Value = serde_json::from_str(&common::pbr_img_ok(&["select", "--json", d, k])).unwrap();
+    assert_eq!(v["chosen"], k);
+    assert_eq!(v["candidates"][0]["valid"], false);
+    assert!(v["candidates"][0]["reason"].as_str().unwrap().contains("disk vda"), "{v}");
     let (r, refused) = recover(&[daemons.clone(), kernel.clone()], &mut |r, child| {
         assert!(r.chosen.is_some());
         let (head, body) = lab.get();

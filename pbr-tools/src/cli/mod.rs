@@ -215,9 +215,15 @@ enum Command {
     /// Pick the latest candidate of a boot still valid against the current
     /// files. Exit 0 with the choice; 3 when none is valid (do a full reboot).
     Select {
-        /// The guest root directory (a mounted guest file system).
+        /// The guest root directory (a mounted guest file system). Without
+        /// it, candidates are judged by the seals an agent capture recorded
+        /// (boot files, mounted disks, QEMU version).
         #[arg(long)]
-        root: PathBuf,
+        root: Option<PathBuf>,
+        /// The QEMU binary that would restore (seal judging) [default: the
+        /// one the capture ran].
+        #[arg(long)]
+        qemu: Option<String>,
         /// The candidate images, in any order.
         #[arg(required = true)]
         images: Vec<PathBuf>,
@@ -506,7 +512,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Manifest { action: ManifestAction::Add { image, root, list, accessed_since, output, json } } => {
             manifest::add_run(&image, &root, list.as_deref(), accessed_since, &output, json)
         }
-        Command::Select { root, images, strict, json } => manifest::select_run(&root, &images, strict, json),
+        Command::Select { root, images, strict, json, qemu } => match root {
+            Some(root) => manifest::select_run(&root, &images, strict, json),
+            None => points::select_run(&images, qemu.as_deref(), json),
+        },
         Command::Capture { guest, root, keep_streams, output, json, command } => {
             let opts = CaptureOptions { classify: false, root, keep_streams };
             if command.is_empty() {

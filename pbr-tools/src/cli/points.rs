@@ -8,8 +8,9 @@ use serde_json::json;
 
 use pbr_tools::Result;
 use pbr_tools::phase::machine::UserCommand;
-use pbr_tools::phase::restore::{PointsRecovery, Refused, boot_points, recover_points};
+use pbr_tools::phase::restore::{PointsRecovery, Refused, boot_points, check, recorded_command, recover_points};
 use pbr_tools::phase::{CaptureOptions, Vmm, points};
+use pbr_tools::replay::qemu::qemu_full_version;
 
 pub fn capture_run(
     command: &[String],
@@ -148,5 +149,56 @@ fn report(r: &PointsRecovery, as_json: bool) {
             "no candidate is safe to restore: booted from scratch, ready {:.3} s after the decision",
             s(r.downtime)
         ),
+    }
+}
+
+/// `select` without `--root`: the latest candidate whose seals hold. Exit 3
+/// when none does.
+pub fn select_run(images: &[PathBuf], qemu: Option<&str>, as_json: bool) -> Result<ExitCode> {
+    let mut opened = Vec::new();
+    for p in images {
+        opened.push((p, pbr_format::Image::open(p)));
+    }
+    opened.sort_by_key(|(_, i)| {
+        std::cmp::Reverse(i.as_ref().ok().and_then(|i| i.phase()).map_or((0, 0), |p| (p.sequence, p.since_boot_ns)))
+    });
+    let mut verdicts = Vec::new();
+    let mut chosen = None;
+    for (path, img) in &opened {
+        let verdict = match img {
+            Err(e) => Err(format!("refused: {e}")),
+            Ok(img) => recorded_command(img, qemu).map_err(|e| e.to_string()).and_then(|cmd| {
+                let version = qemu_full_version(&cmd.qemu).ok_or(format!("cannot run {} --version", cmd.qemu))?;
+                check(img, &version)
+            }),
+        };
+        if verdict.is_ok() && chosen.is_none() {
+            chosen = Some(path.display().to_string());
+        }
+        verdicts.push((path.display().to_string(), verdict));
+    }
+    if as_json {
+        let list: Vec<_> =
+            verdicts.iter().map(|(p, v)| json!({"image": p, "valid": v.is_ok(), "reason": v.as_ref().err()})).collect();
+        outln!("{}", serde_json::to_string_pretty(&json!({"chosen": chosen, "candidates": list})).unwrap_or_default());
+    } else {
+        for (p, v) in &verdicts {
+            match v {
+                Ok(()) => outln!("{p}: valid (seals hold)"),
+                Err(reason) => outln!("{p}: invalid: {reason}"),
+            }
+        }
+    }
+    match chosen {
+        Some(c) => {
+            if !as_json {
+                outln!("chosen: {c}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("pbr-img: no candidate's seals hold: do a full reboot");
+            Ok(ExitCode::from(super::NO_CANDIDATE))
+        }
     }
 }

@@ -407,6 +407,8 @@ pub fn recover(
             }
         }
     };
+    // Asked before the decision: a flat candidate's restore needs it.
+    let _ = crate::replay::qemu::qemu_full_version(qemu);
     let t = Instant::now();
     let images = candidates.iter().map(Image::open).collect::<std::result::Result<Vec<_>, _>>()?;
     let refs: Vec<&Image> = images.iter().collect();

@@ -17,7 +17,7 @@ use super::machine::{Machine, UserCommand};
 use super::points::{AGENT_KEY, QEMU_KEY};
 use super::seal::{SEALS_KEY, Seals};
 use crate::error::{Error, Result};
-use crate::replay::qemu::QemuAdapter;
+use crate::replay::qemu::{QemuAdapter, qemu_full_version};
 
 /// How long a restored or booting guest may take to say ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -65,13 +65,6 @@ pub fn recorded_command(img: &Image, qemu: Option<&str>) -> Result<UserCommand> 
         .ok_or_else(|| Error::Unsupported("the candidate records no QEMU command line".into()))?;
     let binary = qemu.or(img.metadata_value(QEMU_KEY)).unwrap_or("qemu-system-x86_64");
     Ok(UserCommand { qemu: binary.to_owned(), args })
-}
-
-/// `qemu --version`'s version number (`7.2.22`).
-pub fn qemu_full_version(qemu: &str) -> Option<String> {
-    let out = std::process::Command::new(qemu).arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Some(text.split("version ").nth(1)?.split_whitespace().next()?.to_owned())
 }
 
 /// Checks a candidate's seals against the host now.

@@ -346,7 +346,8 @@ mod tests {
     #[test]
     fn utc_times() {
         assert_eq!(utc(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(utc(SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_214_645_123)), "2026-12-02T14:30:45.123Z");
+        assert_eq!(utc(SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_221_845_123)), "2026-12-02T14:30:45.123Z");
+        assert_eq!(utc(SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_251_199)), "2024-02-29T23:59:59.000Z");
     }
 
     #[test]
