@@ -4,6 +4,8 @@
 //!   devices, kpageflags, kpagecount), then wait while the host saves. In a
 //!   restored copy, step the clock and reseed the random generator first.
 //! - `pbr-agent ready`: tell the host that the guest's service is ready.
+//! - `pbr-agent watch`: from early boot, keep the paths of the files opened
+//!   on the root file system (fanotify), for the points to send.
 //!
 //! With no host port (`org.pbr.agent.0`) it says so and exits 0: a guest
 //! booted without pbr boots as before.
@@ -22,8 +24,9 @@ fn main() -> ExitCode {
         ["point", name] if pbr_agent::message::valid_point_name(name) => guest::point(name, HOST_TIMEOUT),
         ["point", name] => Err(format!("{name:?} is not a point name (1 to 64 of A-Z a-z 0-9 _ . -)")),
         ["ready"] => guest::ready(),
+        ["watch"] => guest::watch(),
         _ => {
-            eprintln!("usage: pbr-agent point NAME | pbr-agent ready");
+            eprintln!("usage: pbr-agent point NAME | pbr-agent ready | pbr-agent watch");
             return ExitCode::from(2);
         }
     };

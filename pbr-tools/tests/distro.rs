@@ -25,6 +25,19 @@ fn capture(lab: &Lab) -> (PathBuf, PathBuf) {
     assert!(r.skipped.is_empty(), "{:?}", r.skipped);
     let names: Vec<&str> = r.candidates.iter().map(|c| c.phase.as_str()).collect();
     assert_eq!(names, ["kernel", "daemons"]);
+    // The files the boot read, from the agent's fanotify watch: none before
+    // the root is mounted; nginx's binary and settings by `daemons`.
+    let files = |p: &PathBuf| {
+        let img = pbr_format::Image::open(p).unwrap();
+        img.metadata_value(pbr_tools::phase::points::FILES_KEY)
+            .map(|v| serde_json::from_str::<Vec<String>>(v).unwrap())
+            .unwrap_or_default()
+    };
+    assert!(files(&r.candidates[0].path).is_empty());
+    let read = files(&r.candidates[1].path);
+    for f in ["/usr/sbin/nginx", "/etc/nginx/nginx.conf", "/etc/nginx/pbr-site.conf"] {
+        assert!(read.iter().any(|x| x == f), "{f} not among the {} files read: {read:?}", read.len());
+    }
     (r.candidates[0].path.clone(), r.candidates[1].path.clone())
 }
 

@@ -4,6 +4,9 @@ mod mounts;
 mod pages;
 mod port;
 mod resume;
+mod watch;
+
+pub use watch::watch;
 
 use std::time::Duration;
 
@@ -18,6 +21,10 @@ pub fn point(name: &str, timeout: Duration) -> Result<String, String> {
     let held = mounts.len();
     port.send(&Message::Kpageflags(pages::gzip_file("/proc/kpageflags")?))?;
     port.send(&Message::Kpagecount(pages::gzip_file("/proc/kpagecount")?))?;
+    let files = watch::list(pbr_agent::Kind::Files.max_len() as usize);
+    if !files.is_empty() {
+        port.send(&Message::Files(files))?;
+    }
     port.send(&Message::Point(Point { name: name.to_owned(), uptime_ns: resume::uptime_ns(), mounts }))?;
     match port.receive(timeout)? {
         None => Ok(format!("point {name}: no answer from the host in {} s; carrying on", timeout.as_secs())),

@@ -18,6 +18,9 @@ use crate::error::{Error, Result};
 pub const AGENT_KEY: &str = "pbr.agent";
 /// The QEMU binary the capture ran.
 pub const QEMU_KEY: &str = "pbr.qemu";
+/// The files the guest's boot had read by the point (a JSON list of
+/// paths, as the guest named them).
+pub const FILES_KEY: &str = "pbr.files_read";
 
 /// What an agent candidate's trim drops: zero pages only. The agent reads
 /// kpageflags before the machine stops, so a page free in the dump may be
@@ -79,12 +82,13 @@ pub fn capture_points(
     let max_pages = (m.ram_bytes()? >> 12) + (4 << 30 >> 12);
     let mut kpf: Option<Vec<u8>> = None;
     let mut kpc: Option<Vec<u8>> = None;
+    let mut files: Option<Vec<String>> = None;
     let mut result = PointsCapture { candidates: Vec::new(), skipped: Vec::new(), ready_s: 0.0 };
     loop {
         match m.agent.next(BOOT_TIMEOUT)? {
             Message::Kpageflags(gz) => kpf = Some(gz),
             Message::Kpagecount(gz) => kpc = Some(gz),
-            Message::Files(_) => {}
+            Message::Files(f) => files = Some(f),
             Message::Point(p) => {
                 let since_power_on = t0.elapsed().as_secs_f64();
                 m.qmp.cmd("stop", serde_json::json!({}))?;
@@ -98,6 +102,14 @@ pub fn capture_points(
                         let seals = Seals { boot: boot.clone(), disks, qemu_version: qemu_version.clone() };
                         let stream = work.path().join(format!("{}.qemu", p.name));
                         let counters = save(&mut m.qmp, &stream)?;
+                        let mut metadata = vec![
+                            (SEALS_KEY.into(), seals.to_json()),
+                            (AGENT_KEY.into(), "1".into()),
+                            (QEMU_KEY.into(), cmd.qemu.clone()),
+                        ];
+                        if let Some(f) = &files {
+                            metadata.push((FILES_KEY.into(), serde_json::to_string(f).unwrap_or_default()));
+                        }
                         let input = PhaseInput {
                             phase: &p.name,
                             sequence: result.candidates.len() as u32 + 1,
@@ -106,11 +118,7 @@ pub fn capture_points(
                             kpageflags: kpf.as_deref(),
                             kpagecount: kpc.as_deref(),
                             files: &[],
-                            metadata: vec![
-                                (SEALS_KEY.into(), seals.to_json()),
-                                (AGENT_KEY.into(), "1".into()),
-                                (QEMU_KEY.into(), cmd.qemu.clone()),
-                            ],
+                            metadata,
                             max_pages,
                             drop: SAFE_DROP,
                         };
@@ -124,6 +132,7 @@ pub fn capture_points(
                 }
                 kpf = None;
                 kpc = None;
+                files = None;
                 m.qmp.cmd("cont", serde_json::json!({}))?;
                 m.agent.carry_on()?;
             }
