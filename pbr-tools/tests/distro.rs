@@ -124,7 +124,10 @@ fn root_changed_on_the_host_goes_back_to_kernel() {
     assert_eq!(v["chosen"], k);
     assert_eq!(v["candidates"][0]["valid"], false);
     assert!(v["candidates"][0]["reason"].as_str().unwrap().contains("disk vda"), "{v}");
-    let (r, refused) = recover(&[daemons.clone(), kernel.clone()], &mut |r, child| {
+    // A file that is no image among the candidates is refused, not fatal.
+    let garbage = lab.dir.path().join("garbage.pbr");
+    std::fs::write(&garbage, b"not an image").unwrap();
+    let (r, refused) = recover(&[daemons.clone(), garbage.clone(), kernel.clone()], &mut |r, child| {
         assert!(r.chosen.is_some());
         let (head, body) = lab.get();
         assert!(head.contains("X-Pbr-Site: v2"), "{head}");
@@ -132,7 +135,8 @@ fn root_changed_on_the_host_goes_back_to_kernel() {
         lab.write_and_power_off(child);
     });
     assert_eq!(r.chosen.as_ref(), Some(&kernel));
-    assert_eq!(refused.iter().map(|x| &x.path).collect::<Vec<_>>(), [&daemons]);
-    assert!(refused[0].reason.contains("disk vda") && refused[0].reason.contains("changed since capture"));
+    assert_eq!(refused.iter().map(|x| &x.path).collect::<Vec<_>>(), [&garbage, &daemons]);
+    assert!(refused[0].reason.starts_with("does not open"), "{}", refused[0].reason);
+    assert!(refused[1].reason.contains("disk vda") && refused[1].reason.contains("changed since capture"));
     lab.fsck_clean();
 }

@@ -152,10 +152,20 @@ impl Machine {
         self.qmp.cmd("qom-get", json!({"path": path, "property": property})).ok()
     }
 
-    /// Quits QEMU and waits for it.
+    /// Quits QEMU and waits for it (killing it after 10 s).
     pub fn quit(mut self) {
         let _ = self.qmp.cmd("quit", json!({}));
         wait_or_kill(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+impl Drop for Machine {
+    /// A machine left behind by an error is stopped, not orphaned.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

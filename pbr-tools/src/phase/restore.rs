@@ -88,10 +88,28 @@ pub fn recover_points(
     on_refused: &mut dyn FnMut(&Refused),
     on_ready: &mut dyn FnMut(&PointsRecovery, &mut Child),
 ) -> Result<PointsRecovery> {
-    let images = candidates.iter().map(Image::open).collect::<std::result::Result<Vec<_>, _>>()?;
+    // A candidate that does not open is refused, never trusted; the others
+    // are still judged.
+    let mut refused = Vec::new();
+    let mut images = Vec::new();
+    let mut paths = Vec::new();
+    for p in candidates {
+        match Image::open(p) {
+            Ok(img) => {
+                images.push(img);
+                paths.push(p.clone());
+            }
+            Err(e) => {
+                let r = Refused { path: p.clone(), reason: format!("does not open: {e}") };
+                on_refused(&r);
+                refused.push(r);
+            }
+        }
+    }
+    let candidates = &paths[..];
     let mut order: Vec<usize> = (0..images.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(images[i].phase().map_or((0, 0), |p| (p.sequence, p.since_boot_ns))));
-    let latest = *order.first().ok_or_else(|| Error::NoCandidate("no candidates".into()))?;
+    let latest = *order.first().ok_or_else(|| Error::NoCandidate("no candidate opens: do a full reboot".into()))?;
     let cmd = recorded_command(&images[latest], qemu)?;
     let version =
         qemu_full_version(&cmd.qemu).ok_or_else(|| Error::Unsupported(format!("cannot run {} --version", cmd.qemu)))?;
@@ -118,7 +136,6 @@ pub fn recover_points(
     };
 
     let t = Instant::now();
-    let mut refused = Vec::new();
     let mut chosen = None;
     for &i in &order {
         match check(&images[i], &version) {
