@@ -58,41 +58,47 @@ pub fn capture_run(g: &GuestArgs, out: &Path, opts: CaptureOptions, as_json: boo
     let classify = g.append.split_whitespace().any(|w| w == "pbr.kpf=1");
     let list = capture(&g.spec(), out, &CaptureOptions { classify, ..opts })?;
     if as_json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|c| {
-                json!({"phase": c.phase, "image": c.path.display().to_string(), "since_power_on_s": c.since_power_on,
-                       "guest_uptime_s": c.guest_uptime, "guest_bytes": c.guest_bytes, "stream_bytes": c.stream_bytes,
-                       "untrimmed_bytes": c.untrimmed_bytes, "image_bytes": c.image_bytes,
-                       "qemu_zero_pages": c.counters.zero_pages, "qemu_normal_pages": c.counters.normal_pages})
-            })
-            .collect();
+        let v: Vec<_> = list.iter().map(candidate_json).collect();
         outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        outln!(
-            "{:<10} {:>12} {:>10} {:>12} {:>12} {:>12}  image",
-            "phase",
-            "since on (s)",
-            "guest MiB",
-            "stream MiB",
-            "untrimmed",
-            "stored MiB"
-        );
-        for c in &list {
-            let mib = |b: u64| b as f64 / 1048576.0;
-            outln!(
-                "{:<10} {:>12.2} {:>10.0} {:>12.1} {:>12.1} {:>12.1}  {}",
-                c.phase,
-                c.since_power_on,
-                mib(c.guest_bytes),
-                mib(c.stream_bytes),
-                mib(c.untrimmed_bytes),
-                mib(c.image_bytes),
-                c.path.display()
-            );
-        }
+        candidate_table("phase", &list);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A candidate as `capture --json` lists it.
+pub fn candidate_json(c: &pbr_tools::phase::Candidate) -> serde_json::Value {
+    json!({"phase": c.phase, "image": c.path.display().to_string(), "since_power_on_s": c.since_power_on,
+           "guest_uptime_s": c.guest_uptime, "guest_bytes": c.guest_bytes, "stream_bytes": c.stream_bytes,
+           "untrimmed_bytes": c.untrimmed_bytes, "image_bytes": c.image_bytes,
+           "qemu_zero_pages": c.counters.zero_pages, "qemu_normal_pages": c.counters.normal_pages})
+}
+
+/// The candidates as `capture` prints them, `first` naming the phase
+/// column.
+pub fn candidate_table(first: &str, list: &[pbr_tools::phase::Candidate]) {
+    outln!(
+        "{:<10} {:>12} {:>10} {:>12} {:>12} {:>12}  image",
+        first,
+        "since on (s)",
+        "guest MiB",
+        "stream MiB",
+        "untrimmed",
+        "stored MiB"
+    );
+    let mib = |b: u64| b as f64 / 1048576.0;
+    for c in list {
+        outln!(
+            "{:<10} {:>12.2} {:>10.0} {:>12.1} {:>12.1} {:>12.1}  {}",
+            c.phase,
+            c.since_power_on,
+            mib(c.guest_bytes),
+            mib(c.stream_bytes),
+            mib(c.untrimmed_bytes),
+            mib(c.image_bytes),
+            c.path.display()
+        );
+    }
 }
 
 /// `--standby` as a [`Vmm`].

@@ -27,15 +27,7 @@ pub fn capture_run(
     };
     let r = points::capture_points(&cmd, out, &opts, &mut progress)?;
     if as_json {
-        let list: Vec<_> = r
-            .candidates
-            .iter()
-            .map(|c| {
-                json!({"phase": c.phase, "image": c.path.display().to_string(), "since_power_on_s": c.since_power_on,
-                       "guest_uptime_s": c.guest_uptime, "guest_bytes": c.guest_bytes, "stream_bytes": c.stream_bytes,
-                       "untrimmed_bytes": c.untrimmed_bytes, "image_bytes": c.image_bytes})
-            })
-            .collect();
+        let list: Vec<_> = r.candidates.iter().map(super::phase::candidate_json).collect();
         let skipped: Vec<_> = r.skipped.iter().map(|s| json!({"point": s.point, "reason": s.reason})).collect();
         outln!(
             "{}",
@@ -44,28 +36,7 @@ pub fn capture_run(
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let mib = |b: u64| b as f64 / 1048576.0;
-    outln!(
-        "{:<10} {:>12} {:>10} {:>12} {:>12} {:>12}  image",
-        "point",
-        "since on (s)",
-        "guest MiB",
-        "stream MiB",
-        "untrimmed",
-        "stored MiB"
-    );
-    for c in &r.candidates {
-        outln!(
-            "{:<10} {:>12.2} {:>10.0} {:>12.1} {:>12.1} {:>12.1}  {}",
-            c.phase,
-            c.since_power_on,
-            mib(c.guest_bytes),
-            mib(c.stream_bytes),
-            mib(c.untrimmed_bytes),
-            mib(c.image_bytes),
-            c.path.display()
-        );
-    }
+    super::phase::candidate_table("point", &r.candidates);
     for s in &r.skipped {
         outln!("{:<10} no candidate: {}", s.point, s.reason);
     }
@@ -159,9 +130,7 @@ pub fn select_run(images: &[PathBuf], qemu: Option<&str>, as_json: bool) -> Resu
     for p in images {
         opened.push((p, pbr_format::Image::open(p)));
     }
-    opened.sort_by_key(|(_, i)| {
-        std::cmp::Reverse(i.as_ref().ok().and_then(|i| i.phase()).map_or((0, 0), |p| (p.sequence, p.since_boot_ns)))
-    });
+    opened.sort_by_key(|(_, i)| std::cmp::Reverse(i.as_ref().ok().map_or((0, 0), pbr_tools::phase::phase_order)));
     let mut verdicts = Vec::new();
     let mut chosen = None;
     for (path, img) in &opened {

@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use pbr_agent::frame::{FrameReader, write_frame};
 use pbr_agent::message::{MIN_ENTROPY, Message, Resume};
@@ -57,16 +57,8 @@ impl AgentPort {
     /// # Errors
     /// It never appeared.
     pub fn connect(sock: &Path) -> Result<AgentPort> {
-        let t = Instant::now();
-        let s = loop {
-            match UnixStream::connect(sock) {
-                Ok(s) => break s,
-                Err(e) if t.elapsed() > Duration::from_secs(20) => {
-                    return Err(Error::io(format!("cannot reach the agent's port {}", sock.display()), e));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        };
+        let s = super::guest::connect_socket(sock)
+            .map_err(|e| Error::io(format!("cannot reach the agent's port {}", sock.display()), e))?;
         let writer = s.try_clone().map_err(|e| Error::io("agent port", e))?;
         Ok(AgentPort { reader: FrameReader::new(s, true), writer })
     }

@@ -93,6 +93,22 @@ pub fn serial_args(dir: &Path) -> (Vec<String>, PathBuf) {
     (args, ctl)
 }
 
+/// Connects to a unix socket QEMU serves, waiting up to 20 s for QEMU to
+/// create it.
+///
+/// # Errors
+/// The last connection error, once the 20 s are up.
+pub fn connect_socket(path: &Path) -> std::io::Result<UnixStream> {
+    let t = Instant::now();
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Ok(s),
+            Err(e) if t.elapsed() > Duration::from_secs(20) => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
 /// The guest's control port.
 pub struct Control {
     reader: BufReader<UnixStream>,
@@ -105,16 +121,7 @@ impl Control {
     /// # Errors
     /// It never appeared.
     pub fn connect(path: &Path) -> Result<Control> {
-        let t = Instant::now();
-        let s = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if t.elapsed() > Duration::from_secs(20) => {
-                    return Err(Error::io("cannot reach the guest's ttyS1", e));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        };
+        let s = connect_socket(path).map_err(|e| Error::io("cannot reach the guest's ttyS1", e))?;
         s.set_read_timeout(Some(Duration::from_secs(300))).map_err(|e| Error::io("ttyS1", e))?;
         let writer = s.try_clone().map_err(|e| Error::io("ttyS1", e))?;
         Ok(Control { reader: BufReader::new(s), writer })

@@ -482,7 +482,7 @@ fn load(img: &Image, path: &Path, q: &mut QemuAdapter) -> Result<()> {
 }
 
 /// Where a candidate's phase stands in its boot: later phases sort higher.
-fn phase_order(img: &Image) -> (u32, u64) {
+pub fn phase_order(img: &Image) -> (u32, u64) {
     img.phase().map_or((0, 0), |p| (p.sequence, p.since_boot_ns))
 }
 

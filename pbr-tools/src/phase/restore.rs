@@ -108,7 +108,7 @@ pub fn recover_points(
     }
     let candidates = &paths[..];
     let mut order: Vec<usize> = (0..images.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(images[i].phase().map_or((0, 0), |p| (p.sequence, p.since_boot_ns))));
+    order.sort_by_key(|&i| std::cmp::Reverse(super::phase_order(&images[i])));
     let latest = *order.first().ok_or_else(|| Error::NoCandidate("no candidate opens: do a full reboot".into()))?;
     let cmd = recorded_command(&images[latest], qemu)?;
     let version =
