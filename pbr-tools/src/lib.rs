@@ -22,6 +22,7 @@ pub mod progress;
 pub mod qemu;
 pub mod replay;
 pub mod rewrite;
+pub mod time;
 pub mod trim;
 pub mod vcpu_state;
 pub mod xen;

@@ -19,7 +19,7 @@
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -101,10 +101,7 @@ impl FileSeal {
 
     /// What moved since the seal, in words; `None` when nothing did.
     fn moved(&self, now: &FileSeal) -> Option<String> {
-        let when = |t: i128| {
-            let s = SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(t.max(0)).unwrap_or(0));
-            utc(s)
-        };
+        let when = |t: i128| crate::time::rfc3339(u64::try_from(t.max(0)).unwrap_or(0), true);
         if (self.dev, self.ino) != (now.dev, now.ino) {
             Some("replaced by another file".into())
         } else if self.size != now.size {
@@ -135,30 +132,6 @@ impl FileSeal {
             blake3: v.get("blake3").and_then(Value::as_str).map(str::to_owned),
         })
     }
-}
-
-/// `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-pub fn utc(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86400, secs % 86400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_millis()
-    )
 }
 
 /// blake3 of a file's content, hex.
@@ -341,13 +314,6 @@ mod tests {
         assert!(seals.check("").unwrap_err().0.starts_with(&format!("boot file {}", kernel.display())));
         std::fs::remove_file(&kernel).unwrap();
         assert!(seals.check("").is_err());
-    }
-
-    #[test]
-    fn utc_times() {
-        assert_eq!(utc(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(utc(SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_221_845_123)), "2026-12-02T14:30:45.123Z");
-        assert_eq!(utc(SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_251_199)), "2024-02-29T23:59:59.000Z");
     }
 
     #[test]
