@@ -70,7 +70,14 @@ pub mod pbr_image {
             }
         }
         let _ = pbr_tools::qemu::devices::decode(&img);
-        let _ = (img.vcpus().len(), img.metadata().len(), img.manifest().len(), img.cache_refs().len(), img.phase());
+        let _ = (
+            img.vcpus().len(),
+            img.metadata().len(),
+            img.manifest().len(),
+            img.cache_refs().len(),
+            img.disk_refs().pages.len(),
+            img.phase(),
+        );
         let _ = img.devices().map(|d| d.data.len()).sum::<usize>();
         let _ = (img.page_counts(), img.raw_runs().len());
         let mut buf = vec![0u8; img.page_size() as usize];

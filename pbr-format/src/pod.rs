@@ -15,8 +15,11 @@ pub const MAGIC: [u8; 8] = *b"\x89PBR\r\n\x1a\n";
 pub const TRAILER_MAGIC: [u8; 8] = *b"PBRTRAIL";
 /// Format major version this crate reads and writes.
 pub const VERSION_MAJOR: u16 = 1;
-/// Format minor version this crate writes.
+/// Format minor version this crate writes for an image without disk
+/// references.
 pub const VERSION_MINOR: u16 = 0;
+/// Format minor version of an image with a `DISK_REFS` section (format 1.1).
+pub const VERSION_MINOR_DISK_REFS: u16 = 1;
 /// Size of the header in format 1.0.
 pub const HEADER_SIZE: usize = 128;
 /// Size of the trailer.
@@ -408,6 +411,31 @@ pub struct CacheRefRecord {
     pub offset: U64,
 }
 const _: () = assert!(size_of::<CacheRefRecord>() == 24);
+
+/// A `DISK_REFS` record (`spec/format.md` §7.8).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct DiskRefRecord {
+    /// Guest frame number of the page.
+    pub gfn: U64,
+    /// Byte offset on the disk of the page's first byte.
+    pub disk_offset: U64,
+    /// Byte offset of the page in its file.
+    pub file_offset: U64,
+    /// Index of the disk in the metadata `pbr.seals`.
+    pub disk: U32,
+    /// Bytes of the page read from the disk.
+    pub length: U32,
+    /// crc32 of the page as captured.
+    pub crc32: U32,
+    /// Heap offset of the file's path.
+    pub path_off: U32,
+    /// Length of the path.
+    pub path_len: U32,
+    /// Reserved.
+    pub reserved: U32,
+}
+const _: () = assert!(size_of::<DiskRefRecord>() == 48);
 
 /// A `BASE` record.
 ///

@@ -39,11 +39,13 @@ pub enum SectionKind {
     CacheRefs,
     /// The base image of a diff.
     Base,
+    /// Pages whose content sits on a guest disk.
+    DiskRefs,
 }
 
 impl SectionKind {
     /// Every known kind.
-    pub const ALL: [SectionKind; 12] = [
+    pub const ALL: [SectionKind; 13] = [
         SectionKind::Regions,
         SectionKind::PageIndex,
         SectionKind::PageCrcs,
@@ -56,6 +58,7 @@ impl SectionKind {
         SectionKind::Manifest,
         SectionKind::CacheRefs,
         SectionKind::Base,
+        SectionKind::DiskRefs,
     ];
 
     /// The kind id without the must-understand bit.
@@ -78,6 +81,7 @@ impl SectionKind {
             SectionKind::Manifest => 10,
             SectionKind::CacheRefs => 11,
             SectionKind::Base => 12,
+            SectionKind::DiskRefs => 13,
         }
     }
 
@@ -98,6 +102,7 @@ impl SectionKind {
                 | SectionKind::PageCrcs
                 | SectionKind::PageData
                 | SectionKind::Base
+                | SectionKind::DiskRefs
         )
     }
 
@@ -142,6 +147,7 @@ impl SectionKind {
             SectionKind::Manifest => "MANIFEST",
             SectionKind::CacheRefs => "CACHE_REFS",
             SectionKind::Base => "BASE",
+            SectionKind::DiskRefs => "DISK_REFS",
         }
     }
 }

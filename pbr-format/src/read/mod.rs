@@ -434,6 +434,20 @@ impl Image {
         &self.records.cache_refs
     }
 
+    /// Disk references (`spec/format.md` §7.8): pages whose content sits on
+    /// a guest disk; the `TRIMMED` ones are refilled from it at restore.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// assert!(image.disk_refs().is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn disk_refs(&self) -> &crate::DiskRefs {
+        &self.records.disk_refs
+    }
+
     /// The base image of a diff image.
     ///
     /// # Example

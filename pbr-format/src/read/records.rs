@@ -12,9 +12,10 @@ use crate::manifest::{CacheRef, FileEntry, check_path};
 use crate::metadata::check_key;
 use crate::phase::Phase;
 use crate::pod::{
-    BaseRecord, CacheRefRecord, DeviceRecord, FILE_CACHE_ONLY, FileRecord, KNOWN_REGION_FLAGS, MetadataRecord,
-    PhaseRecord, REGION_READ_ONLY, REGION_SYNTHETIC, RegionRecord,
+    BaseRecord, CacheRefRecord, DeviceRecord, DiskRefRecord, FILE_CACHE_ONLY, FileRecord, KNOWN_REGION_FLAGS,
+    MetadataRecord, PhaseRecord, REGION_READ_ONLY, REGION_SYNTHETIC, RegionRecord,
 };
+use crate::refill::{DiskRef, DiskRefs};
 use crate::region::Region;
 use crate::section::SectionKind;
 use crate::vcpu::Vcpu;
@@ -49,6 +50,7 @@ pub(crate) struct Records {
     pub metadata: Vec<(String, String)>,
     pub manifest: Vec<FileEntry<'static>>,
     pub cache_refs: Vec<CacheRef>,
+    pub disk_refs: DiskRefs,
     pub base: Option<BaseRef<'static>>,
     pub vcpus: Vec<Vcpu>,
     devices: Vec<DeviceLoc>,
@@ -82,6 +84,10 @@ impl Records {
             Some(t) => parse_cache_refs(bytes, &t, manifest.len())?,
             None => Vec::new(),
         };
+        let disk_refs = match table(SectionKind::DiskRefs, size_of::<DiskRefRecord>(), None)? {
+            Some(t) => parse_disk_refs(bytes, &t, &regions, header.page_size)?,
+            None => DiskRefs::default(),
+        };
         let base = match table(SectionKind::Base, size_of::<BaseRecord>(), Some(1))? {
             Some(t) => Some(parse_base(bytes, &t, header.page_size)?),
             None => None,
@@ -94,7 +100,7 @@ impl Records {
             Some(r) => super::vcpus::parse(bytes, r)?,
             None => Vec::new(),
         };
-        Ok(Records { regions, phase, metadata, manifest, cache_refs, base, vcpus, devices })
+        Ok(Records { regions, phase, metadata, manifest, cache_refs, disk_refs, base, vcpus, devices })
     }
 
     pub fn devices<'a>(&'a self, bytes: &'a [u8]) -> impl ExactSizeIterator<Item = DeviceBlob<'a>> + 'a {
@@ -218,6 +224,50 @@ fn parse_cache_refs(bytes: &[u8], t: &Table, files: usize) -> Result<Vec<CacheRe
         }
         out.push(c);
     }
+    Ok(out)
+}
+
+fn parse_disk_refs(bytes: &[u8], t: &Table, regions: &[Region<'_>], page_size: u32) -> Result<DiskRefs> {
+    let mut out = DiskRefs::default();
+    // Records of one file share its heap string: each path is one file.
+    let mut files: std::collections::HashMap<(u32, u32), u32> = std::collections::HashMap::new();
+    let ps = u64::from(page_size);
+    for i in 0..t.count {
+        let r: DiskRefRecord = t.record(bytes, i)?;
+        let key = (r.path_off.get(), r.path_len.get());
+        let file = match files.get(&key) {
+            Some(&f) => f,
+            None => {
+                let path = t.heap_str(bytes, i, key.0, key.1, &PATH)?;
+                let f = out.files.len() as u32;
+                out.files.push(path.to_owned());
+                files.insert(key, f);
+                f
+            }
+        };
+        let gfn = r.gfn.get();
+        let addr = gfn.checked_mul(ps);
+        if !addr.is_some_and(|a| regions.iter().any(|g| a >= g.base && a - g.base < g.length)) {
+            return Err(Error::malformed(
+                "DISK_REFS",
+                t.offset_of(i),
+                format!("record {i}: page {gfn:#x} is in no region"),
+            ));
+        }
+        out.pages.push(DiskRef {
+            gfn,
+            disk: r.disk.get(),
+            disk_offset: r.disk_offset.get(),
+            length: r.length.get(),
+            crc32: r.crc32.get(),
+            file,
+            file_offset: r.file_offset.get(),
+        });
+    }
+    out.check(page_size).map_err(|(i, m)| match i {
+        Some(i) => Error::malformed("DISK_REFS", t.offset_of(i), format!("record {i}: {m}")),
+        None => Error::malformed("DISK_REFS", t.offset_of(0), m),
+    })?;
     Ok(out)
 }
 

@@ -9,10 +9,11 @@ use crate::error::{Error, Result};
 use crate::manifest::{CacheRef, FileEntry};
 use crate::phase::Phase;
 use crate::pod::{
-    ARCH_X86_64, BaseRecord, CacheRefRecord, DeviceRecord, FILE_CACHE_ONLY, FileRecord, MetadataRecord, PhaseRecord,
-    REGION_READ_ONLY, REGION_SYNTHETIC, RegionRecord, TablePrefix, VCPU_DEBUGREGS, VCPU_EVENTS, VCPU_LAPIC, VCPU_TSC,
-    VcpuHeader, X86VcpuFixed,
+    ARCH_X86_64, BaseRecord, CacheRefRecord, DeviceRecord, DiskRefRecord, FILE_CACHE_ONLY, FileRecord, MetadataRecord,
+    PhaseRecord, REGION_READ_ONLY, REGION_SYNTHETIC, RegionRecord, TablePrefix, VCPU_DEBUGREGS, VCPU_EVENTS,
+    VCPU_LAPIC, VCPU_TSC, VcpuHeader, X86VcpuFixed,
 };
+use crate::refill::DiskRefs;
 use crate::region::Region;
 use crate::vcpu::{Vcpu, X86Vcpu};
 
@@ -148,6 +149,26 @@ pub(crate) fn cache_refs(refs: &[CacheRef]) -> Vec<u8> {
         });
     }
     t.into_bytes()
+}
+
+pub(crate) fn disk_refs(refs: &DiskRefs) -> Result<Vec<u8>> {
+    let mut t = TableBuf::new(size_of::<DiskRefRecord>());
+    let paths = refs.files.iter().map(|f| t.string(f)).collect::<Result<Vec<_>>>()?;
+    for r in &refs.pages {
+        let (path_off, path_len) = paths[r.file as usize];
+        t.push(&DiskRefRecord {
+            gfn: U64::new(r.gfn),
+            disk_offset: U64::new(r.disk_offset),
+            file_offset: U64::new(r.file_offset),
+            disk: U32::new(r.disk),
+            length: U32::new(r.length),
+            crc32: U32::new(r.crc32),
+            path_off,
+            path_len,
+            reserved: U32::new(0),
+        });
+    }
+    Ok(t.into_bytes())
 }
 
 pub(crate) fn base(b: &BaseRef<'_>) -> Result<Vec<u8>> {

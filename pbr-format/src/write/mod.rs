@@ -24,6 +24,7 @@ use crate::metadata::check_key;
 use crate::page::{PageClass, PageEncoding};
 use crate::phase::Phase;
 use crate::pod::{self, HEADER_SIZE, Header, SectionEntry, TRAILER_MAGIC, Trailer};
+use crate::refill::DiskRefs;
 use crate::region::Region;
 use crate::section::SectionKind;
 use crate::vcpu::Vcpu;
@@ -152,6 +153,7 @@ pub struct ImageWriter {
     metadata: Vec<(String, String)>,
     manifest: Vec<FileEntry<'static>>,
     cache_refs: Vec<CacheRef>,
+    disk_refs: DiskRefs,
     base: Option<BaseRef<'static>>,
 }
 
@@ -194,7 +196,7 @@ impl ImageWriter {
             .map_err(|e| Error::io(format!("cannot create a temporary file in {}", dir.display()), e))?;
         let file = tmp.reopen().map_err(|e| Error::io("cannot reopen the temporary file", e))?;
         let mut sink = Sink::new(file);
-        sink.write(header(&opts, 0, 0).as_bytes())?;
+        sink.write(header(&opts, 0, 0, pod::VERSION_MINOR).as_bytes())?;
         sink.pad_to(u64::from(opts.page_size))?;
         let data_start = sink.pos();
         let pages = PageTable::new(regions, opts.page_size)?;
@@ -220,6 +222,7 @@ impl ImageWriter {
             metadata: Vec::new(),
             manifest: Vec::new(),
             cache_refs: Vec::new(),
+            disk_refs: DiskRefs::default(),
             base: None,
         })
     }
@@ -700,6 +703,35 @@ impl ImageWriter {
         }
     }
 
+    /// Sets the image's disk references (`spec/format.md` §7.8), replacing
+    /// any set before. An image with them is written as format 1.1.
+    ///
+    /// # Errors
+    /// References that break §7.8's rules, or name a page outside every
+    /// region.
+    ///
+    /// # Example
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use pbr_format::{DiskRef, DiskRefs, ImageWriter, PageClass, PageEncoding, Region, WriterOptions};
+    /// let mut w = ImageWriter::create(dir.path().join("g.pbr"), &[Region::ram("ram", 0, 16 * 4096)], WriterOptions::default())?;
+    /// w.mark_pages(3, 1, PageEncoding::Trimmed, PageClass::Cache)?;
+    /// let page = DiskRef { gfn: 3, disk: 0, disk_offset: 8192, length: 4096, crc32: 0, file: 0, file_offset: 0 };
+    /// w.set_disk_refs(DiskRefs { files: vec!["usr/bin/app".into()], pages: vec![page] })?;
+    /// w.finish()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_disk_refs(&mut self, refs: DiskRefs) -> Result<()> {
+        refs.check(self.opts.page_size).map_err(|(i, m)| {
+            Error::invalid(format!("disk reference {}: {m}", i.map_or("files".into(), |i| i.to_string())))
+        })?;
+        for r in &refs.pages {
+            self.pages.dense(r.gfn)?;
+        }
+        self.disk_refs = refs;
+        Ok(())
+    }
+
     /// Names the base image of a diff.
     ///
     /// # Errors
@@ -807,6 +839,9 @@ impl ImageWriter {
         if let Some(b) = &self.base {
             small.push((SectionKind::Base, encode::base(b)?));
         }
+        if !self.disk_refs.is_empty() {
+            small.push((SectionKind::DiskRefs, encode::disk_refs(&self.disk_refs)?));
+        }
         for (kind, bytes) in small {
             self.section(kind, &mut sections, |w| w.sink.write(&bytes))?;
         }
@@ -869,6 +904,7 @@ impl ImageWriter {
         extents: u64,
         stored: u64,
     ) -> Result<WriteReport> {
+        let minor = if self.disk_refs.is_empty() { pod::VERSION_MINOR } else { pod::VERSION_MINOR_DISK_REFS };
         let ImageWriter { tmp, dest, mut sink, opts, .. } = self;
         sink.pad_to(8)?;
         let table_offset = sink.pos();
@@ -886,7 +922,7 @@ impl ImageWriter {
             required |= pod::FEATURE_DUP;
         }
         let optional = if opts.page_hashes { pod::FEATURE_PAGE_HASHES } else { 0 };
-        file.write_all_at(header(&opts, required, optional).as_bytes(), 0)
+        file.write_all_at(header(&opts, required, optional, minor).as_bytes(), 0)
             .map_err(|e| Error::io("cannot write the header", e))?;
         #[allow(unsafe_code)]
         // SAFETY: the temporary file is private to this writer (created
@@ -942,11 +978,11 @@ fn prefix(count: u64, record_size: u32) -> pod::TablePrefix {
     pod::TablePrefix { count: U32::new(count as u32), record_size: U32::new(record_size) }
 }
 
-fn header(opts: &WriterOptions, required: u64, optional: u64) -> Header {
+fn header(opts: &WriterOptions, required: u64, optional: u64, minor: u16) -> Header {
     let mut h = Header {
         magic: pod::MAGIC,
         version_major: U16::new(pod::VERSION_MAJOR),
-        version_minor: U16::new(pod::VERSION_MINOR),
+        version_minor: U16::new(minor),
         header_size: U32::new(HEADER_SIZE as u32),
         page_size: U32::new(opts.page_size),
         reserved0: U32::new(0),
