@@ -27,6 +27,9 @@ pub enum Kind {
     Resumed = 0x0005,
     /// Guest: the guest's service is ready (JSON).
     Ready = 0x0006,
+    /// Guest: page-cache pages of files on its disks at the coming point
+    /// (binary, `cache`).
+    Cache = 0x0007,
     /// Host: carry on (the point was saved, or nobody saves).
     Continue = 0x0081,
     /// Host: this is a restored copy: the host's time and entropy.
@@ -43,6 +46,7 @@ impl Kind {
             0x0004 => Kind::Files,
             0x0005 => Kind::Resumed,
             0x0006 => Kind::Ready,
+            0x0007 => Kind::Cache,
             0x0081 => Kind::Continue,
             0x0082 => Kind::Resume,
             _ => return None,
@@ -61,6 +65,8 @@ impl Kind {
             // 8 bytes a page, 1 TiB of guest memory, before gzip.
             Kind::Kpageflags | Kind::Kpagecount => 64 << 20,
             Kind::Files => 16 << 20,
+            // 24 bytes a page: 2.7 million pages, 10 GiB of page cache.
+            Kind::Cache => 64 << 20,
             Kind::Continue => 0,
             Kind::Resume => 8 + crate::message::MAX_ENTROPY as u32,
         }

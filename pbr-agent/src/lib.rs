@@ -8,9 +8,11 @@
 //! and checked before it is used: [`frame`] reads frames, [`message`]
 //! turns them into typed messages.
 
+pub mod cache;
 pub mod frame;
 pub mod message;
 
+pub use cache::{CachedFile, CachedPage};
 pub use frame::{Frame, FrameError, Kind};
 pub use message::{Disk, Message, MessageError, Mount, Point, Ready, Resume, Resumed};
 

@@ -89,6 +89,8 @@ pub enum Message {
     Kpagecount(Vec<u8>),
     /// Files the boot read.
     Files(Vec<String>),
+    /// Page-cache pages of files on the guest's disks.
+    Cache(Vec<crate::cache::CachedFile>),
     /// See [`Resumed`].
     Resumed(Resumed),
     /// See [`Ready`].
@@ -131,6 +133,7 @@ impl Message {
             Kind::Kpageflags => Message::Kpageflags(p.clone()),
             Kind::Kpagecount => Message::Kpagecount(p.clone()),
             Kind::Files => Message::Files(files(p, k)?),
+            Kind::Cache => Message::Cache(crate::cache::decode(p).map_err(|m| err(k, m))?),
             Kind::Resumed => {
                 let o = object(k, p)?;
                 let entropy_bytes = u32::try_from(uint(&o, "entropy_bytes", k)?)
@@ -178,6 +181,7 @@ impl Message {
             Message::Kpageflags(b) => (Kind::Kpageflags, b.clone()),
             Message::Kpagecount(b) => (Kind::Kpagecount, b.clone()),
             Message::Files(f) => (Kind::Files, f.join("\0").into_bytes()),
+            Message::Cache(c) => (Kind::Cache, crate::cache::encode(c)),
             Message::Resumed(r) => (
                 Kind::Resumed,
                 json!({"clock_step_ns": r.clock_step_ns, "entropy_bytes": r.entropy_bytes, "reseeded": r.reseeded})

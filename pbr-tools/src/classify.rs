@@ -77,6 +77,29 @@ pub fn class_of(flags: u64) -> PageClass {
     PageClass::Kernel
 }
 
+/// Demotes every page `classes` calls free whose content in `img` is not
+/// zero to `unknown`. For a dump read while the guest ran, of a guest that
+/// zeroes what it frees (`init_on_free=1`): a free page that is not zero
+/// was taken after the dump, and dropping it would lose it.
+///
+/// # Errors
+/// A corrupt page.
+pub fn free_only_if_zero(img: &Image, classes: &mut [PageClass]) -> Result<()> {
+    let mut buf = vec![0u8; img.page_size() as usize];
+    for e in img.extents() {
+        if matches!(e.encoding, pbr_format::PageEncoding::Zero | pbr_format::PageEncoding::Trimmed) {
+            continue;
+        }
+        for gfn in e.gfns() {
+            let Some(c) = classes.get_mut(gfn as usize).filter(|c| **c == PageClass::Free) else { continue };
+            if !pbr_format::is_zero(img.read_in_extent(&e, gfn, &mut buf)?) {
+                *c = PageClass::Unknown;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Classes by page frame number; compound tails take their head's class.
 ///
 /// A page with no flags and a count of 0 is the tail of a block whose

@@ -28,6 +28,10 @@ pub enum Error {
     /// The request cannot be carried out on this input.
     #[error("{0}")]
     Unsupported(String),
+    /// Page-cache pages left out of an image cannot be read back from the
+    /// guest's disk as they were captured: the image must not be restored.
+    #[error("cannot refill the page cache: {0}")]
+    Refill(String),
     /// No candidate image can be restored safely: the caller reboots from
     /// scratch.
     #[error("no valid candidate: {0}")]

@@ -20,6 +20,7 @@ pub mod pack;
 pub mod phase;
 pub mod progress;
 pub mod qemu;
+pub mod refill;
 pub mod replay;
 pub mod rewrite;
 pub mod time;

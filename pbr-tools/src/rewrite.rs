@@ -42,6 +42,9 @@ pub fn copy_state(src: &Image, w: &mut ImageWriter) -> Result<()> {
     for c in src.cache_refs() {
         w.add_cache_ref(*c)?;
     }
+    if !src.disk_refs().is_empty() {
+        w.set_disk_refs(src.disk_refs().clone())?;
+    }
     Ok(())
 }
 

@@ -1,10 +1,12 @@
 //! `trim`: drop what a restore does not need. Free pages and clean page
 //! cache become `trimmed` (reading as zero, class kept, so a restore knows
-//! why); all-zero pages take no space.
+//! why); all-zero pages take no space. A cache page is dropped only when a
+//! disk reference says where its bytes are and its crc32 matches the page
+//! (`crate::refill`): a restore reads it back.
 
 use std::path::Path;
 
-use pbr_format::{Image, PageClass, PageEncoding, is_zero};
+use pbr_format::{DiskRefs, Image, PageClass, PageEncoding, is_zero};
 
 use crate::error::{Error, Result};
 use crate::rewrite;
@@ -16,7 +18,8 @@ pub struct Drop {
     pub free: bool,
     /// All-zero pages (stored as zero, taking no space).
     pub zero: bool,
-    /// Clean page-cache pages (their back references are kept).
+    /// Clean page-cache pages that a disk reference lets a restore read
+    /// back (`crate::refill`).
     pub cache: bool,
 }
 
@@ -70,10 +73,11 @@ pub struct TrimReport {
     pub after_bytes: u64,
     /// Free pages dropped.
     pub free_pages: u64,
-    /// Cache pages dropped.
+    /// Cache pages dropped (each has a disk reference to refill it from).
     pub cache_pages: u64,
-    /// Of those, pages with a file back reference.
-    pub cache_pages_with_refs: u64,
+    /// Cache pages kept: no disk reference, or one whose crc32 does not
+    /// match the page.
+    pub cache_pages_kept: u64,
     /// Stored all-zero pages now recorded as zero.
     pub zero_pages: u64,
 }
@@ -83,12 +87,32 @@ pub struct TrimReport {
 /// # Errors
 /// A diff image, a corrupt page, I/O.
 pub fn trim(src: &Image, dest: &Path, drop: Drop) -> Result<TrimReport> {
+    trim_with(src, dest, drop, src.disk_refs(), &[])
+}
+
+/// [`trim`] with `refs` as the output's disk references (in place of
+/// `src`'s) and `extra` metadata.
+///
+/// # Errors
+/// As [`trim`]; references that name pages outside the image.
+pub fn trim_with(
+    src: &Image,
+    dest: &Path,
+    drop: Drop,
+    refs: &DiskRefs,
+    extra: &[(String, String)],
+) -> Result<TrimReport> {
     if src.base().is_some() {
         return Err(Error::Unsupported("trim works on full images: apply the diff to its base first".into()));
     }
     let mut w = rewrite::derived(src, dest, rewrite::options(src, PageEncoding::Zero))?;
     let mut r = TrimReport { before_bytes: src.file_len(), ..Default::default() };
-    let refs: std::collections::HashSet<u64> = src.cache_refs().iter().map(|c| c.gfn).collect();
+    if !refs.is_empty() {
+        w.set_disk_refs(refs.clone())?;
+    }
+    for (k, v) in extra {
+        w.set_metadata(k, v)?;
+    }
     let mut buf = vec![0u8; src.page_size() as usize];
     // Pages packed in the source stay packed.
     let mut packer = crate::pack::Packer::new(src.page_size());
@@ -96,20 +120,30 @@ pub fn trim(src: &Image, dest: &Path, drop: Drop) -> Result<TrimReport> {
     for e in src.extents() {
         let dropped = match e.class {
             PageClass::Free => drop.free,
-            PageClass::Cache => drop.cache,
             _ => false,
         };
         if dropped {
             if e.encoding != PageEncoding::Trimmed {
-                match e.class {
-                    PageClass::Free => r.free_pages += u64::from(e.count),
-                    _ => {
-                        r.cache_pages += u64::from(e.count);
-                        r.cache_pages_with_refs += e.gfns().filter(|g| refs.contains(g)).count() as u64;
-                    }
-                }
+                r.free_pages += u64::from(e.count);
             }
             w.mark_pages(e.gfn, u64::from(e.count), PageEncoding::Trimmed, e.class)?;
+            continue;
+        }
+        if drop.cache && e.class == PageClass::Cache {
+            for gfn in e.gfns() {
+                if e.encoding == PageEncoding::Trimmed {
+                    w.mark_pages(gfn, 1, e.encoding, e.class)?;
+                    continue;
+                }
+                let page = src.read_in_extent(&e, gfn, &mut buf)?;
+                if refs.get(gfn).is_some_and(|d| d.crc32 == crc32fast::hash(page)) && !is_zero(page) {
+                    r.cache_pages += 1;
+                    w.mark_pages(gfn, 1, PageEncoding::Trimmed, e.class)?;
+                } else {
+                    r.cache_pages_kept += 1;
+                    crate::rewrite::copy_page(src, &e, gfn, &mut w, e.class, &mut buf)?;
+                }
+            }
             continue;
         }
         for gfn in e.gfns() {
@@ -140,7 +174,7 @@ pub fn trim(src: &Image, dest: &Path, drop: Drop) -> Result<TrimReport> {
     w.set_metadata("trim.dropped", &label)?;
     w.set_metadata("trim.free_pages", &r.free_pages.to_string())?;
     w.set_metadata("trim.cache_pages", &r.cache_pages.to_string())?;
-    w.set_metadata("trim.cache_pages_with_refs", &r.cache_pages_with_refs.to_string())?;
+    w.set_metadata("trim.cache_pages_kept", &r.cache_pages_kept.to_string())?;
     r.after_bytes = w.finish()?.file_len;
     Ok(r)
 }

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{fixture_info, fixture_stream, fixtures, kpageflags_counts, pbr_img, pbr_img_ok};
-use pbr_format::{CacheRef, FileEntry, Image, ImageWriter, PageClass, PageEncoding};
+use pbr_format::{DiskRef, DiskRefs, Image, ImageWriter, PageClass, PageEncoding};
 
 /// Converts and classifies fixture `name` into `dir`.
 fn classified(dir: &Path, name: &str) -> PathBuf {
@@ -144,46 +144,70 @@ fn trim_drops_free_pages_and_keeps_the_rest() {
     assert!(inspect.contains(&format!("restore    {free} free pages were dropped")), "{inspect}");
 }
 
-#[test]
-fn trim_cache_keeps_back_references() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let src_path = classified(d, "q35-128m-daemons");
-    let src = Image::open(&src_path).unwrap();
-    // Mark ten user pages as clean cache of a file, with back references
-    // for six of them, as a guest agent would report.
-    let cache_path = d.join("cache.pbr");
-    let mut w =
-        ImageWriter::create(&cache_path, src.regions(), pbr_tools::rewrite::options(&src, PageEncoding::Zero)).unwrap();
-    pbr_tools::rewrite::copy_state(&src, &mut w).unwrap();
-    let f = w
-        .add_file(FileEntry {
-            path: "usr/lib/libc.so.6".into(),
-            size: 1 << 20,
-            mtime_ns: 1,
-            inode: 7,
-            blake3: [1; 32],
-            cache_only: true,
-        })
-        .unwrap();
+/// A classified fixture with ten user pages marked as clean cache; the
+/// first six have disk references into a disk file that holds their
+/// bytes (the fifth's only in part: its file ends inside the page), as
+/// capture makes them from the agent's report. Returns the image, the
+/// disk, and the ten pages.
+fn cache_image(d: &Path) -> (PathBuf, PathBuf, Vec<u64>) {
+    let src = Image::open(classified(d, "q35-128m-daemons")).unwrap();
     let user: Vec<u64> = src
         .extents_of_class(PageClass::User)
         .filter(|e| e.encoding == PageEncoding::Raw)
         .flat_map(|e| e.gfns())
+        .filter(|&g| !pbr_format::is_zero(src.read_page(g, &mut vec![0u8; 4096]).unwrap()))
         .take(10)
         .collect();
+    let disk = d.join("root.raw");
+    let mut bytes = vec![0xa5u8; 64 * 4096];
+    let mut refs = DiskRefs { files: vec!["usr/lib/libc.so.6".into()], pages: Vec::new() };
     let mut buf = vec![0u8; 4096];
+    for (i, &g) in user.iter().take(6).enumerate() {
+        let page = src.read_page(g, &mut buf).unwrap().to_vec();
+        let at = (8 + 2 * i) * 4096;
+        bytes[at..at + 4096].copy_from_slice(&page);
+        refs.pages.push(DiskRef {
+            gfn: g,
+            disk: 0,
+            disk_offset: at as u64,
+            length: 4096,
+            crc32: crc32fast::hash(&page),
+            file: 0,
+            file_offset: i as u64 * 4096,
+        });
+    }
+    refs.pages.sort_by_key(|r| r.gfn);
+    std::fs::write(&disk, &bytes).unwrap();
+    let seals = pbr_tools::phase::seal::Seals {
+        disks: vec![pbr_tools::phase::seal::DiskSeal {
+            drive: "root".into(),
+            guest: "vda".into(),
+            mounts: vec!["/ ro".into()],
+            file: pbr_tools::phase::seal::FileSeal::of(&disk, false).unwrap(),
+        }],
+        ..Default::default()
+    };
+    let path = d.join("cache.pbr");
+    let mut w =
+        ImageWriter::create(&path, src.regions(), pbr_tools::rewrite::options(&src, PageEncoding::Zero)).unwrap();
+    pbr_tools::rewrite::copy_state(&src, &mut w).unwrap();
+    w.set_metadata(pbr_tools::phase::seal::SEALS_KEY, &seals.to_json()).unwrap();
     for e in src.extents() {
         for g in e.gfns() {
             let class = if user.contains(&g) { PageClass::Cache } else { e.class };
             pbr_tools::rewrite::copy_page(&src, &e, g, &mut w, class, &mut buf).unwrap();
         }
     }
-    for (i, &g) in user.iter().take(6).enumerate() {
-        w.add_cache_ref(CacheRef { gfn: g, file_index: f, offset: i as u64 * 4096 }).unwrap();
-    }
+    w.set_disk_refs(refs).unwrap();
     w.finish().unwrap();
+    (path, disk, user)
+}
 
+#[test]
+fn trim_cache_drops_only_pages_a_restore_can_refill() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cache_path, disk, user) = cache_image(d);
     let kept = d.join("kept.pbr");
     pbr_img_ok(&["trim", cache_path.to_str().unwrap(), "-o", kept.to_str().unwrap()]);
     assert!(
@@ -201,19 +225,106 @@ fn trim_cache_keeps_back_references() {
         "--json",
     ]))
     .unwrap();
-    assert_eq!((r["cache_pages"].as_u64(), r["cache_pages_with_refs"].as_u64()), (Some(10), Some(6)));
+    assert_eq!((r["cache_pages"].as_u64(), r["cache_pages_kept"].as_u64()), (Some(6), Some(4)));
     let t = Image::open(&out).unwrap();
     t.verify().unwrap();
-    assert!(user.iter().all(|g| t.extent_of(*g).unwrap().encoding == PageEncoding::Trimmed));
-    assert_eq!(t.cache_refs().len(), 6);
+    let refd: Vec<u64> = t.disk_refs().pages.iter().map(|r| r.gfn).collect();
+    for g in &user {
+        let want = if refd.contains(g) { PageEncoding::Trimmed } else { PageEncoding::Raw };
+        assert_eq!(t.extent_of(*g).unwrap().encoding, want, "page {g:#x}");
+    }
     assert_eq!(t.metadata_value("trim.dropped"), Some("free,zero,cache"));
     let v: serde_json::Value =
         serde_json::from_str(&pbr_img_ok(&["inspect", "--json", out.to_str().unwrap()])).unwrap();
-    assert_eq!(v["restore"]["trimmed_cache"], 10);
-    assert_eq!(v["restore"]["trimmed_cache_with_refs"], 6);
+    assert_eq!(v["restore"]["trimmed_cache"], 6);
+    assert_eq!(v["restore"]["refill"]["pages"], 6);
+    assert_eq!(v["restore"]["refill"]["disks"][0]["disk"], "vda");
+    assert_eq!(v["restore"]["refill"]["files"][0]["path"], "/usr/lib/libc.so.6");
+    let human = pbr_img_ok(&["inspect", out.to_str().unwrap()]);
+    assert!(human.contains("refill     6 pages from disk vda"), "{human}");
+
+    // Exported memory is that of the image trimmed without cache, byte for
+    // byte: every dropped cache page is read back from the disk.
+    let free_zero = d.join("free-zero.pbr");
+    pbr_img_ok(&["trim", cache_path.to_str().unwrap(), "-o", free_zero.to_str().unwrap(), "--drop", "free,zero"]);
+    let (a, b) = (d.join("a.mem"), d.join("b.mem"));
+    pbr_img_ok(&["export", "--to", "raw", free_zero.to_str().unwrap(), "-o", a.to_str().unwrap()]);
+    pbr_img_ok(&["export", "--to", "raw", out.to_str().unwrap(), "-o", b.to_str().unwrap()]);
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "refilled memory differs");
+
+    // A page that reads back differently is refused, named with its file.
+    let mut bytes = std::fs::read(&disk).unwrap();
+    let r0 = t.disk_refs().pages[0];
+    bytes[r0.disk_offset as usize + 100] ^= 0xff;
+    std::fs::write(&disk, &bytes).unwrap();
+    let o = pbr_img(&["export", "--to", "raw", out.to_str().unwrap(), "-o", d.join("c.mem").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("disk vda") && err.contains("changed since capture"), "the seal sees the write: {err}");
+    // The same bytes under a fresh seal: the crc32 check is what refuses.
+    let resealed = d.join("resealed.pbr");
+    reseal_disk(&out, &disk, &resealed);
+    let o = pbr_img(&["export", "--to", "raw", resealed.to_str().unwrap(), "-o", d.join("c.mem").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(&format!("page {:#x}", r0.gfn))
+            && err.contains("/usr/lib/libc.so.6")
+            && err.contains("differently"),
+        "{err}"
+    );
+    assert!(!d.join("c.mem").exists(), "nothing is written when a refill fails");
+
     let o =
         pbr_img(&["trim", cache_path.to_str().unwrap(), "-o", d.join("x.pbr").to_str().unwrap(), "--drop", "dirty"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--drop dirty: expected free, zero or cache"));
+}
+
+/// `src` with its disk seal taken again from `disk` as it is now.
+fn reseal_disk(src: &Path, disk: &Path, dest: &Path) {
+    let img = Image::open(src).unwrap();
+    let key = pbr_tools::phase::seal::SEALS_KEY;
+    let mut seals = pbr_tools::phase::seal::Seals::from_json(img.metadata_value(key).unwrap()).unwrap();
+    seals.disks[0].file = pbr_tools::phase::seal::FileSeal::of(disk, false).unwrap();
+    let mut w = pbr_tools::rewrite::derived(&img, dest, pbr_tools::rewrite::options(&img, PageEncoding::Zero)).unwrap();
+    w.set_metadata(key, &seals.to_json()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    for e in img.extents() {
+        for g in e.gfns() {
+            pbr_tools::rewrite::copy_page(&img, &e, g, &mut w, e.class, &mut buf).unwrap();
+        }
+    }
+    w.finish().unwrap();
+}
+
+#[test]
+fn trimmed_cache_without_a_disk_reference_is_never_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = Image::open(classified(d, "q35-128m-daemons")).unwrap();
+    let g = src.extents_of_class(PageClass::User).next().unwrap().gfn;
+    let path = d.join("orphan.pbr");
+    let mut w =
+        ImageWriter::create(&path, src.regions(), pbr_tools::rewrite::options(&src, PageEncoding::Zero)).unwrap();
+    pbr_tools::rewrite::copy_state(&src, &mut w).unwrap();
+    let mut buf = vec![0u8; 4096];
+    for e in src.extents() {
+        for gfn in e.gfns() {
+            if gfn == g {
+                w.mark_pages(gfn, 1, PageEncoding::Trimmed, PageClass::Cache).unwrap();
+            } else {
+                pbr_tools::rewrite::copy_page(&src, &e, gfn, &mut w, e.class, &mut buf).unwrap();
+            }
+        }
+    }
+    w.finish().unwrap();
+    for to in ["raw", "qemu"] {
+        let o = pbr_img(&["export", "--to", to, path.to_str().unwrap(), "-o", d.join("x").to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("trimmed with no disk reference"), "{to}: {err}");
+    }
+    let human = pbr_img_ok(&["inspect", path.to_str().unwrap()]);
+    assert!(human.contains("cannot be restored"), "{human}");
 }
 
 #[test]

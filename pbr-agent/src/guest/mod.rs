@@ -1,5 +1,6 @@
 //! What the agent does inside the guest.
 
+mod cache;
 mod mounts;
 mod pages;
 mod port;
@@ -19,9 +20,13 @@ pub fn point(name: &str, timeout: Duration) -> Result<String, String> {
     };
     let mounts = mounts::block_mounts()?;
     let held = mounts.len();
+    let files = watch::list(pbr_agent::Kind::Files.max_len() as usize);
+    let cached = cache::cached_files(&mounts, &files);
+    if !cached.is_empty() {
+        port.send(&Message::Cache(cached))?;
+    }
     port.send(&Message::Kpageflags(pages::gzip_file("/proc/kpageflags")?))?;
     port.send(&Message::Kpagecount(pages::gzip_file("/proc/kpagecount")?))?;
-    let files = watch::list(pbr_agent::Kind::Files.max_len() as usize);
     if !files.is_empty() {
         port.send(&Message::Files(files))?;
     }

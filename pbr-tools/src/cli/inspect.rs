@@ -1,6 +1,7 @@
 //! `pbr-img inspect`: one JSON model of the image, printed as JSON or as a
 //! human summary.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -9,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::fmt::{bytes, hex, unix_ns};
 use pbr_tools::Result;
+use pbr_tools::phase::seal::{SEALS_KEY, Seals};
 
 /// What `inspect` shows beyond the summary.
 #[derive(Clone, Copy, Debug, Default)]
@@ -277,11 +279,27 @@ fn print_vcpu(v: &Value) {
 fn restore_notes(img: &Image, counts: &[[u64; 6]; 5]) -> Value {
     let trimmed = |c: PageClass| counts[c as usize][PageEncoding::Trimmed as usize];
     let cache = trimmed(PageClass::Cache);
-    let refs = img
-        .cache_refs()
+    let refs = img.disk_refs();
+    let refill: Vec<&pbr_format::DiskRef> =
+        refs.pages.iter().filter(|r| img.extent_of(r.gfn).is_ok_and(|e| e.encoding == PageEncoding::Trimmed)).collect();
+    let seals = img.metadata_value(SEALS_KEY).and_then(|s| Seals::from_json(s).ok()).unwrap_or_default();
+    let mut by_disk: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut by_file: BTreeMap<u32, u64> = BTreeMap::new();
+    for r in &refill {
+        *by_disk.entry(r.disk).or_default() += 1;
+        *by_file.entry(r.file).or_default() += 1;
+    }
+    let disks: Vec<Value> = by_disk
         .iter()
-        .filter(|r| img.extent_of(r.gfn).is_ok_and(|e| e.encoding == PageEncoding::Trimmed))
-        .count() as u64;
+        .map(|(&d, &n)| {
+            let s = seals.disks.get(d as usize);
+            json!({"disk": s.map(|s| s.guest.clone()), "image": s.map(|s| s.file.path.display().to_string()), "pages": n})
+        })
+        .collect();
+    let mut files: Vec<(u64, &str)> =
+        by_file.iter().map(|(&f, &n)| (n, refs.files.get(f as usize).map_or("?", String::as_str))).collect();
+    files.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    let files: Vec<Value> = files.iter().map(|(n, p)| json!({"path": format!("/{p}"), "pages": n})).collect();
     let mut notes = Vec::new();
     if trimmed(PageClass::Free) > 0 {
         notes.push(format!(
@@ -289,18 +307,27 @@ fn restore_notes(img: &Image, counts: &[[u64; 6]; 5]) -> Value {
             trimmed(PageClass::Free)
         ));
     }
-    if cache > 0 {
+    if !refill.is_empty() {
         notes.push(format!(
-            "{cache} clean page-cache pages were dropped and read as zero: re-read the {refs} with file back references \
-             from their files, and make the guest drop the other {} from its page cache before use",
-            cache - refs
+            "{} page-cache pages were dropped: a restore reads them back from {} disk(s), {} files, after checking \
+             that the disks did not change since capture",
+            refill.len(),
+            disks.len(),
+            files.len()
+        ));
+    }
+    let orphans = cache - refill.len() as u64;
+    if orphans > 0 {
+        notes.push(format!(
+            "{orphans} page-cache pages were dropped with no disk reference: this image cannot be restored"
         ));
     }
     let other: u64 = [PageClass::Unknown, PageClass::Kernel, PageClass::User].iter().map(|c| trimmed(*c)).sum();
     if other > 0 {
         notes.push(format!("{other} trimmed pages of other classes read as zero"));
     }
-    json!({"trimmed_free": trimmed(PageClass::Free), "trimmed_cache": cache, "trimmed_cache_with_refs": refs, "notes": notes})
+    json!({"trimmed_free": trimmed(PageClass::Free), "trimmed_cache": cache,
+           "refill": {"pages": refill.len(), "disks": disks, "files": files}, "notes": notes})
 }
 
 fn print_human(m: &Value, show: Show) {
@@ -490,6 +517,17 @@ fn print_human(m: &Value, show: Show) {
     }
     for note in m["restore"]["notes"].as_array().into_iter().flatten() {
         outln!("restore    {}", s(note));
+    }
+    let refill = &m["restore"]["refill"];
+    for d in refill["disks"].as_array().into_iter().flatten() {
+        outln!("refill     {} pages from disk {} ({})", n(&d["pages"]), s(&d["disk"]), s(&d["image"]));
+    }
+    let refill_files = refill["files"].as_array().cloned().unwrap_or_default();
+    for f in refill_files.iter().take(10) {
+        outln!("  {:>8} pages  {}", n(&f["pages"]), s(&f["path"]));
+    }
+    if refill_files.len() > 10 {
+        outln!("  ... {} more files (inspect --json lists them all)", refill_files.len() - 10);
     }
     if let Some(b) = m["base"].as_object() {
         outln!("base       {} (blake3 {})", s(&b["name"]), s(&b["blake3"]));

@@ -28,19 +28,19 @@ pub fn run(image: &Path, output: &Path, drop: Option<&str>, as_json: bool) -> Re
         outln!(
             "{}",
             json!({"output": output.display().to_string(), "before_bytes": r.before_bytes, "after_bytes": r.after_bytes,
-                   "free_pages": r.free_pages, "cache_pages": r.cache_pages, "cache_pages_with_refs": r.cache_pages_with_refs,
+                   "free_pages": r.free_pages, "cache_pages": r.cache_pages, "cache_pages_kept": r.cache_pages_kept,
                    "zero_pages": r.zero_pages, "classified": !unclassified})
         );
     } else {
         outln!(
-            "{}: {} -> {} ({:.1}%); dropped {} free and {} cache pages ({} with file back references); {} zero pages",
+            "{}: {} -> {} ({:.1}%); dropped {} free and {} cache pages (a restore refills them from the disk; {} cache pages kept, with no disk reference); {} zero pages",
             output.display(),
             bytes(r.before_bytes),
             bytes(r.after_bytes),
             r.after_bytes as f64 * 100.0 / r.before_bytes.max(1) as f64,
             r.free_pages,
             r.cache_pages,
-            r.cache_pages_with_refs,
+            r.cache_pages_kept,
             r.zero_pages
         );
     }

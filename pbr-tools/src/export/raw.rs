@@ -28,7 +28,8 @@ pub struct RawExport {
 ///
 /// # Errors
 /// A diff image (its pages live in the base: apply it first), a corrupt
-/// page, or I/O.
+/// page, page-cache pages that cannot be refilled from the guest's disks,
+/// or I/O.
 pub fn export_raw(image: &Image, dest: &Path, progress: &dyn Fn(u64)) -> Result<RawExport> {
     if image.base().is_some() {
         return Err(Error::Unsupported(
@@ -36,6 +37,7 @@ pub fn export_raw(image: &Image, dest: &Path, progress: &dyn Fn(u64)) -> Result<
                 .into(),
         ));
     }
+    let refill = crate::refill::Refill::load(image)?;
     let ps = u64::from(image.page_size());
     let mut report = RawExport::default();
     let physical: Vec<_> = image.regions().iter().filter(|r| !r.synthetic).collect();
@@ -50,7 +52,18 @@ pub fn export_raw(image: &Image, dest: &Path, progress: &dyn Fn(u64)) -> Result<
         let gfns = r.first_gfn(image.page_size())..r.first_gfn(image.page_size()) + r.pages(image.page_size());
         for e in image.extents_in(gfns) {
             match e.encoding {
-                PageEncoding::Zero | PageEncoding::Trimmed => report.hole_pages += u64::from(e.count),
+                PageEncoding::Zero => report.hole_pages += u64::from(e.count),
+                PageEncoding::Trimmed => {
+                    for gfn in e.gfns() {
+                        match refill.as_ref().and_then(|r| r.page(gfn)) {
+                            Some(page) => {
+                                f.write_all_at(page, gfn * ps).map_err(write_err)?;
+                                report.data_pages += 1;
+                            }
+                            None => report.hole_pages += 1,
+                        }
+                    }
+                }
                 PageEncoding::Raw => {
                     let bytes =
                         image.raw_bytes(&e).ok_or_else(|| Error::Unsupported("raw extent outside the file".into()))?;

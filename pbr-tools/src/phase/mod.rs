@@ -91,6 +91,8 @@ pub fn capture(spec: &GuestSpec, out: &Path, opts: &CaptureOptions) -> Result<Ve
                     work.path(),
                     &stream,
                     &PhaseInput {
+                        cache: None,
+                        free_only_if_zero: false,
                         phase: &p,
                         sequence: out_list.len() as u32 + 1,
                         uptime,
@@ -161,7 +163,18 @@ pub(crate) struct PhaseInput<'a> {
     pub max_pages: u64,
     /// What trimming drops.
     pub drop: crate::trim::Drop,
+    /// What the agent said is in the page cache, and the disks sealed at
+    /// the point: verified into the candidate's disk references.
+    pub cache: Option<(&'a [pbr_agent::CachedFile], &'a seal::Seals)>,
+    /// The kpageflags dump was read while the guest ran: a page it calls
+    /// free stays free only when its saved bytes are zero (the guest zeroes
+    /// what it frees; a page that is not zero was taken since the dump).
+    pub free_only_if_zero: bool,
 }
+
+/// The metadata key that says how the agent's page-cache references fared
+/// at capture (JSON: pages offered, kept, differing, unusable).
+pub const CACHE_KEY: &str = "pbr.cache_refs";
 
 /// Converts, classifies, trims and records the manifest of one phase.
 pub(crate) fn candidate(
@@ -187,18 +200,27 @@ pub(crate) fn candidate(
         let words = crate::classify::parse_words(gz, input.max_pages)?;
         let counts = input.kpagecount.map(|c| crate::classify::parse_words(c, input.max_pages)).transpose()?;
         let next = work.join(format!("{phase}-classified.pbr"));
-        crate::classify::apply(
-            &Image::open(&current)?,
-            &next,
-            &crate::classify::classes(&words, counts.as_deref()),
-            "kpageflags",
-            None,
-        )?;
+        let raw_img = Image::open(&current)?;
+        let mut classes = crate::classify::classes(&words, counts.as_deref());
+        if input.free_only_if_zero {
+            crate::classify::free_only_if_zero(&raw_img, &mut classes)?;
+        }
+        crate::classify::apply(&raw_img, &next, &classes, "kpageflags", None)?;
         current = next;
     }
-    let untrimmed_bytes = Image::open(&current)?.file_len();
+    let classified = Image::open(&current)?;
+    let untrimmed_bytes = classified.file_len();
     let trimmed = work.join(format!("{phase}-trimmed.pbr"));
-    crate::trim::trim(&Image::open(&current)?, &trimmed, input.drop)?;
+    let (refs, extra) = match input.cache {
+        Some((files, seals)) => {
+            let (refs, r) = crate::refill::verify(&classified, files, seals)?;
+            let note =
+                serde_json::json!({"offered": r.offered, "kept": r.kept, "differ": r.differ, "unusable": r.unusable});
+            (refs, vec![(CACHE_KEY.to_owned(), note.to_string())])
+        }
+        None => (classified.disk_refs().clone(), Vec::new()),
+    };
+    crate::trim::trim_with(&classified, &trimmed, input.drop, &refs, &extra)?;
     let dest = out.join(format!("{phase}.pbr"));
     match &opts.root {
         Some(root) => {

@@ -83,12 +83,14 @@ pub fn capture_points(
     let mut kpf: Option<Vec<u8>> = None;
     let mut kpc: Option<Vec<u8>> = None;
     let mut files: Option<Vec<String>> = None;
+    let mut cache: Option<Vec<pbr_agent::CachedFile>> = None;
     let mut result = PointsCapture { candidates: Vec::new(), skipped: Vec::new(), ready_s: 0.0 };
     loop {
         match m.agent.next(BOOT_TIMEOUT)? {
             Message::Kpageflags(gz) => kpf = Some(gz),
             Message::Kpagecount(gz) => kpc = Some(gz),
             Message::Files(f) => files = Some(f),
+            Message::Cache(c) => cache = Some(c),
             Message::Point(p) => {
                 let since_power_on = t0.elapsed().as_secs_f64();
                 m.qmp.cmd("stop", serde_json::json!({}))?;
@@ -121,6 +123,8 @@ pub fn capture_points(
                             metadata,
                             max_pages,
                             drop: SAFE_DROP,
+                            cache: cache.as_deref().map(|c| (c, &seals)),
+                            free_only_if_zero: true,
                         };
                         let c = candidate(out, work.path(), &stream, &input, opts)?;
                         keep_or_remove(&stream, opts.keep_streams.as_deref(), &p.name)?;
@@ -133,6 +137,7 @@ pub fn capture_points(
                 kpf = None;
                 kpc = None;
                 files = None;
+                cache = None;
                 m.qmp.cmd("cont", serde_json::json!({}))?;
                 m.agent.carry_on()?;
             }

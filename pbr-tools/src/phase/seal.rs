@@ -152,6 +152,34 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+impl DiskSeal {
+    /// Checks the disk's image file against its seal: one `stat`.
+    ///
+    /// # Errors
+    /// The refusal, naming the disk, its image and what moved.
+    pub fn check(&self) -> std::result::Result<(), Refusal> {
+        let mounted = self.mounts.join(", ");
+        let now = match std::fs::metadata(&self.file.path) {
+            Ok(m) => FileSeal::from_metadata(self.file.path.clone(), &m, None),
+            Err(e) => {
+                return Err(Refusal(format!(
+                    "disk {} ({}, mounted {mounted}): {e}",
+                    self.guest,
+                    self.file.path.display()
+                )));
+            }
+        };
+        match self.file.moved(&now) {
+            Some(what) => Err(Refusal(format!(
+                "disk {} ({}, mounted {mounted} in the candidate) changed since capture: {what}",
+                self.guest,
+                self.file.path.display()
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Seals {
     /// Checks every seal against the files as they are now, and the QEMU
     /// that would restore against the one that saved (`qemu_version`).
@@ -173,27 +201,7 @@ impl Seals {
                 }
             }
         }
-        for d in &self.disks {
-            let mounted = d.mounts.join(", ");
-            let now = match std::fs::metadata(&d.file.path) {
-                Ok(m) => FileSeal::from_metadata(d.file.path.clone(), &m, None),
-                Err(e) => {
-                    return Err(Refusal(format!(
-                        "disk {} ({}, mounted {mounted}): {e}",
-                        d.guest,
-                        d.file.path.display()
-                    )));
-                }
-            };
-            if let Some(what) = d.file.moved(&now) {
-                return Err(Refusal(format!(
-                    "disk {} ({}, mounted {mounted} in the candidate) changed since capture: {what}",
-                    d.guest,
-                    d.file.path.display()
-                )));
-            }
-        }
-        Ok(())
+        self.disks.iter().try_for_each(DiskSeal::check)
     }
 
     /// The JSON kept in the candidate's metadata.

@@ -7,6 +7,8 @@
 //! sections verbatim, EOF and the vmdescription. An unchanged image gives
 //! back the original bytes. Pages the recorded RAM sections do not cover
 //! (a mapped-ram source, or pages a diff added) go into the last RAM section.
+//! Page-cache pages that were trimmed are read back from the guest's disks
+//! first (`crate::refill`) and sent with their captured content.
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -20,6 +22,7 @@ use super::reader::StreamReader;
 use super::{MAGIC, VERSION, blob, section};
 use crate::error::{Error, Result};
 use crate::output::AtomicFile;
+use crate::refill::Refill;
 
 /// What [`export_qemu`] wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,6 +37,8 @@ pub struct QemuExport {
     pub dropped_mapped_ram: bool,
     /// Zero and trimmed pages left out (see [`ExportOptions::omit_zero_pages`]).
     pub omitted_pages: u64,
+    /// Page-cache pages read back from the guest's disks (`crate::refill`).
+    pub refilled_pages: u64,
 }
 
 /// How [`export_qemu_to`] writes.
@@ -57,6 +62,7 @@ pub const MAIN_RAM: &str = "pc.ram";
 struct Emitter<'a, W: Write> {
     out: W,
     img: &'a Image,
+    refill: Option<&'a Refill>,
     layout: Layout,
     blocks: Vec<BlockInfo>,
     last_block: Option<u16>,
@@ -74,15 +80,21 @@ impl<W: Write> Emitter<'_, W> {
 
     /// One page record for page `page` of block `block`.
     fn page(&mut self, block: u16, page: u64, kind: RunKind) -> Result<()> {
-        if self.mapped_ram && self.blocks[usize::from(block)].name == MAIN_RAM {
-            self.report.omitted_pages += 1;
-            return Ok(());
-        }
         let ps = u64::from(self.img.page_size());
         let addr = self
             .layout
             .address(usize::from(block), page * ps)
             .ok_or_else(|| Error::Unsupported(format!("page {page} of block {block} has no place in the image")))?;
+        // A refilled page differs from the image's (trimmed) bytes: it is
+        // sent even where the rest of the RAM is mapped from the image.
+        if let Some(content) = self.refill.and_then(|r| r.page(addr / ps)) {
+            self.report.refilled_pages += 1;
+            return self.record(block, page, RunKind::Page, content);
+        }
+        if self.mapped_ram && self.blocks[usize::from(block)].name == MAIN_RAM {
+            self.report.omitted_pages += 1;
+            return Ok(());
+        }
         let e = self.img.extent_of(addr / ps)?;
         if self.omit_zero && matches!(e.encoding, pbr_format::PageEncoding::Zero | pbr_format::PageEncoding::Trimmed) {
             self.report.omitted_pages += 1;
@@ -175,7 +187,8 @@ pub fn export_qemu(image: &Image, dest: &Path) -> Result<QemuExport> {
 /// # Errors
 /// An image that was not converted from a QEMU stream, a diff image (apply
 /// it first), a region layout that no longer matches the stream's blocks,
-/// a corrupt page, I/O.
+/// a corrupt page, page-cache pages that cannot be refilled from the
+/// guest's disks ([`Error::Refill`]), I/O.
 pub fn export_qemu_to<W: Write>(image: &Image, out: W, opts: ExportOptions) -> Result<QemuExport> {
     if image.base().is_some() {
         return Err(Error::Unsupported("this is a diff image: apply it to its base before exporting".into()));
@@ -212,12 +225,14 @@ pub fn export_qemu_to<W: Write>(image: &Image, out: W, opts: ExportOptions) -> R
             "the image's regions no longer match the QEMU ram blocks it was converted from".into(),
         ));
     }
-    let extra = uncovered_pages(image, &layout, &blocks, &sections)?;
+    let refill = Refill::load(image)?;
+    let extra = uncovered_pages(image, &layout, &blocks, &sections, refill.as_ref())?;
 
     let report = {
         let mut e = Emitter {
             out: BufWriter::with_capacity(1 << 20, out),
             img: image,
+            refill: refill.as_ref(),
             layout,
             blocks,
             last_block: None,
@@ -272,6 +287,7 @@ fn uncovered_pages(
     layout: &Layout,
     blocks: &[BlockInfo],
     sections: &[(RamSection, bool)],
+    refill: Option<&Refill>,
 ) -> Result<Vec<(u16, u64)>> {
     let ps = u64::from(image.page_size());
     let mut covered: Vec<Vec<bool>> = blocks.iter().map(|b| vec![false; b.used_length.div_ceil(ps) as usize]).collect();
@@ -297,7 +313,8 @@ fn uncovered_pages(
                 .address(bi, p as u64 * ps)
                 .ok_or_else(|| Error::Unsupported("block page outside the layout".into()))?;
             let e = image.extent_of(addr / ps)?;
-            if !matches!(e.encoding, pbr_format::PageEncoding::Zero | pbr_format::PageEncoding::Trimmed) {
+            let empty = matches!(e.encoding, pbr_format::PageEncoding::Zero | pbr_format::PageEncoding::Trimmed);
+            if !empty || refill.is_some_and(|r| r.page(addr / ps).is_some()) {
                 out.push((bi as u16, p as u64));
             }
         }

@@ -215,6 +215,7 @@ impl HypervisorAdapter for KvmAdapter {
         if r.synthetic {
             return Ok(Taken::No("not guest-physical memory".into()));
         }
+        crate::refill::refuse_refill(image, "the KVM adapter")?;
         let slot = self.add_ram(r.base, r.length)?;
         let m = &self.memory[slot];
         for run in &plan.mapped {

@@ -151,6 +151,7 @@ pub fn export_xl_to<W: Write>(img: &Image, out: W) -> Result<XlExport> {
             img.metadata_value("source.format").unwrap_or("an unknown source")
         )));
     }
+    crate::refill::refuse_refill(img, "export --to xl")?;
     let mut em =
         Emitter { out: BufWriter::with_capacity(1 << 20, out), img, buf: vec![0u8; 4096], report: XlExport::default() };
     let blobs: Vec<DeviceBlob<'_>> = img.devices().filter(|b| b.origin.name().starts_with("xen")).collect();
