@@ -140,3 +140,60 @@ fn root_changed_on_the_host_goes_back_to_kernel() {
     assert!(refused[1].reason.contains("disk vda") && refused[1].reason.contains("changed since capture"));
     lab.fsck_clean();
 }
+
+#[test]
+fn cache_trimmed_candidate_is_refilled_exactly() {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::new(512);
+    let (_, daemons) = capture(&lab);
+    let img = pbr_format::Image::open(&daemons).unwrap();
+    // Capture kept the agent's page-cache references that equal the disk.
+    let note: serde_json::Value =
+        serde_json::from_str(img.metadata_value(pbr_tools::phase::CACHE_KEY).unwrap()).unwrap();
+    let kept = note["kept"].as_u64().unwrap();
+    assert!(kept > 1000, "only {kept} cache pages verified: {note}");
+    assert_eq!(img.disk_refs().pages.len() as u64, kept);
+    let files = &img.disk_refs().files;
+    for f in ["usr/sbin/nginx", "usr/lib/systemd/systemd"] {
+        assert!(files.iter().any(|x| x == f || x.ends_with(f)), "{f} has no cached page among {} files", files.len());
+    }
+
+    let trimmed = lab.out().join("daemons-trimmed.pbr");
+    let (d, t) = (daemons.to_str().unwrap(), trimmed.to_str().unwrap());
+    let r: serde_json::Value =
+        serde_json::from_str(&common::pbr_img_ok(&["trim", d, "-o", t, "--drop", "free,zero,cache", "--json"]))
+            .unwrap();
+    assert!(r["cache_pages"].as_u64().unwrap() > 1000, "{r}");
+    let small = pbr_format::Image::open(&trimmed).unwrap();
+    assert!(small.file_len() < img.file_len(), "{} >= {}", small.file_len(), img.file_len());
+
+    // Every page of the trimmed candidate, refilled, equals the untrimmed
+    // candidate's page of the same moment.
+    let refill = pbr_tools::refill::Refill::load(&small).unwrap().expect("pages to refill");
+    assert_eq!(refill.len() as u64, r["cache_pages"].as_u64().unwrap());
+    let (mut a, mut b) = (vec![0u8; 4096], vec![0u8; 4096]);
+    let mut compared = 0;
+    for e in img.extents() {
+        for g in e.gfns() {
+            let want = img.read_page(g, &mut a).unwrap();
+            let got = match refill.page(g) {
+                Some(p) => p,
+                None => small.read_page(g, &mut b).unwrap(),
+            };
+            assert!(want == got, "page {g:#x} differs after refill");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, img.page_count());
+
+    // Restored from the trimmed candidate alone: nginx serves, and every
+    // unit runs (processes whose file pages were refilled keep running).
+    let (r, refused) = recover(&[trimmed.clone()], &mut |_, child| {
+        assert_eq!(lab.get().1, "served from the data disk\n");
+        let (state, _) = lab.shell("systemctl is-system-running");
+        assert_eq!(state.lines().last().unwrap_or(""), "running", "{state}");
+        lab.write_and_power_off(child);
+    });
+    assert_eq!(r.chosen.as_ref(), Some(&trimmed), "refused: {refused:?}");
+    lab.fsck_clean();
+}
