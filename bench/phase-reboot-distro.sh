@@ -4,7 +4,7 @@
 # read-only root disk and a data disk) under QEMU (TCG), its pbr-agent
 # announcing the `kernel` (initramfs) and `daemons` points.
 #
-#   bench/phase-reboot-distro.sh [--mem MB] [--runs N] [--json FILE]
+#   bench/phase-reboot-distro.sh [--mem MB] [--runs N] [--candidates "kernel daemons"] [--json FILE]
 #
 # For each guest size (512, 1024 and 4096 MiB unless --mem is given): one
 # capture (pbr-img capture -- QEMU...), then N times each, interleaved:
@@ -14,22 +14,30 @@
 #     three ways: spawn (QEMU started at the decision), standby (a QEMU
 #     started beforehand waits for the state), prestaged (that QEMU has
 #     loaded the candidate beforehand).
+# The `daemons` candidate is also trimmed of its page cache (pbr-img trim
+# --drop free,zero,cache: a restore reads those pages back from the root
+# disk) and packed; that image, `daemons_cache`, is recovered the same
+# three ways, so the refill's cost shows against the stored candidate.
 # Medians are printed as a table; --json writes, per guest size, mem_mb,
-# cold_boot_s, recovery_s (per candidate and way) and image_mib (untrimmed
-# and trimmed, per candidate). The last line is "phase-based reboot
-# (distro): cold boot X s, recovery Y s, Z% shorter" for the first size,
-# daemons, spawn.
+# cold_boot_s, recovery_s (per candidate and way), image_mib (per
+# candidate: untrimmed and as captured; for daemons also trimmed of free
+# and zero pages, trimmed_cache and packed) and daemons_stored_mib (the
+# stored pages of the cache-trimmed daemons image by class: where the
+# rest goes). The last line is "phase-based reboot (distro): cold boot X
+# s, recovery Y s, Z% shorter" for the first size, daemons, spawn.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mems="512 1024 4096"
 runs=3
 json_out=""
+cands="kernel daemons"
 while [ $# -gt 0 ]; do
     case "$1" in
         --mem) mems="$2"; shift 2 ;;
         --runs) runs="$2"; shift 2 ;;
         --json) json_out="$2"; shift 2 ;;
-        *) echo "usage: bench/phase-reboot-distro.sh [--mem MB] [--runs N] [--json FILE]" >&2; exit 2 ;;
+        --candidates) cands="$2"; shift 2 ;;
+        *) echo "usage: bench/phase-reboot-distro.sh [--mem MB] [--runs N] [--candidates \"kernel daemons\"] [--json FILE]" >&2; exit 2 ;;
     esac
 done
 command -v qemu-system-x86_64 >/dev/null || { echo "needs qemu-system-x86 (apt-get install qemu-system-x86)" >&2; exit 2; }
@@ -67,15 +75,24 @@ for mem in $mems; do
     echo "== $mem MiB: capture" >&2
     "$pbr" -q capture --json -o "$d/cand" -- "${cmd[@]}" > "$d/capture.json"
     echo "{\"mem_mb\": $mem, \"capture\": $(tr -d '\n' < "$d/capture.json")}" >> "$results"
+    c="$d/cand"
+    "$pbr" -q trim "$c/daemons.pbr" --drop free,zero -o "$d/daemons-free-zero.pbr"
+    "$pbr" -q trim "$c/daemons.pbr" --drop free,zero,cache -o "$d/daemons_cache.pbr"
+    "$pbr" -q pack "$d/daemons_cache.pbr" -o "$d/daemons-packed.pbr"
+    sizes="{\"trimmed\": $(stat -c %s "$d/daemons-free-zero.pbr"), \"trimmed_cache\": $(stat -c %s "$d/daemons_cache.pbr"), \"packed\": $(stat -c %s "$d/daemons-packed.pbr")}"
+    echo "{\"mem_mb\": $mem, \"daemons_sizes\": $sizes, \"daemons_cache_inspect\": $("$pbr" inspect --json "$d/daemons_cache.pbr" | tr -d '\n')}" >> "$results"
+    mkdir -p "$d/cache" && mv "$d/daemons_cache.pbr" "$d/cache/"
     for run in $(seq "$runs"); do
         echo "== $mem MiB: run $run of $runs" >&2
         t="$("$pbr" boot --json -- "${cmd[@]}")"
         echo "{\"mem_mb\": $mem, \"cold\": $t}" >> "$results"
-        for cand in kernel daemons; do
+        for cand in $cands daemons_cache; do
+            file="$d/cand/$cand.pbr"
+            [ "$cand" = daemons_cache ] && file="$d/cache/daemons_cache.pbr"
             for way in spawn standby prestaged; do
                 flag=""
                 [ "$way" = spawn ] || flag="--$way"
-                r="$("$pbr" recover --json $flag "$d/cand/$cand.pbr")"
+                r="$("$pbr" recover --json $flag "$file")"
                 echo "{\"mem_mb\": $mem, \"candidate\": \"$cand\", \"way\": \"$way\", \"recovery\": $r}" >> "$results"
             done
         done
@@ -98,17 +115,36 @@ for mem in dict.fromkeys(r["mem_mb"] for r in rows):
     assert all(c == {True} for c in chosen.values()), "a candidate was refused: the bench's disks changed"
     rec = {c: {w: statistics.median(v) for w, v in ways.items()} for c, ways in rec.items()}
     mib = lambda b: round(b / 1048576, 1)
-    images = {c["phase"]: {"untrimmed": mib(c["untrimmed_bytes"]), "trimmed": mib(c["image_bytes"])} for c in cap["candidates"]}
-    out.append({"mem_mb": mem, "cold_boot_s": cold, "recovery_s": rec, "image_mib": images})
+    images = {c["phase"]: {"untrimmed": mib(c["untrimmed_bytes"]), "captured": mib(c["image_bytes"])} for c in cap["candidates"]}
+    sizes = next(r for r in mine if "daemons_sizes" in r)
+    images["daemons"].update({k: mib(v) for k, v in sizes["daemons_sizes"].items()})
+    by_class = sizes["daemons_cache_inspect"]["pages"]["by_class"]
+    stored = {c: mib(4096 * sum(v for e, v in row.items() if e in ("raw", "lz4", "dup"))) for c, row in by_class.items()}
+    refill = sizes["daemons_cache_inspect"]["restore"]["refill"]["pages"]
+    out.append({"mem_mb": mem, "cold_boot_s": cold, "recovery_s": rec, "image_mib": images,
+                "daemons_stored_mib": stored, "refilled_mib": mib(4096 * refill)})
 print()
-print("| guest MiB | cold boot (s) | kernel: spawn / standby / prestaged (s) | daemons: spawn / standby / prestaged (s) | daemons vs cold boot | kernel / daemons image, untrimmed -> trimmed (MiB) |")
+print("| guest MiB | cold boot (s) | daemons: spawn / standby / prestaged (s) | daemons trimmed of cache: spawn / standby / prestaged (s) | refill cost (spawn) | daemons vs cold boot |")
 print("|---|---|---|---|---|---|")
+ways = lambda r, c: " / ".join(f"{r[c][w]:.3f}" for w in ("spawn", "standby", "prestaged"))
 for o in out:
-    r = o["recovery_s"]; i = o["image_mib"]
-    ways = lambda c: " / ".join(f"{r[c][w]:.3f}" for w in ("spawn", "standby", "prestaged"))
-    print(f"| {o['mem_mb']} | {o['cold_boot_s']:.2f} | {ways('kernel')} | {ways('daemons')} | "
-          f"{100 * (1 - r['daemons']['spawn'] / o['cold_boot_s']):.1f}% shorter | "
-          f"{i['kernel']['untrimmed']} -> {i['kernel']['trimmed']} / {i['daemons']['untrimmed']} -> {i['daemons']['trimmed']} |")
+    r = o["recovery_s"]
+    print(f"| {o['mem_mb']} | {o['cold_boot_s']:.2f} | {ways(r, 'daemons')} | {ways(r, 'daemons_cache')} | "
+          f"{100 * (r['daemons_cache']['spawn'] / r['daemons']['spawn'] - 1):+.1f}% | "
+          f"{100 * (1 - r['daemons']['spawn'] / o['cold_boot_s']):.1f}% shorter |")
+print()
+print("| guest MiB | daemons image (MiB): untrimmed / captured / trimmed (free, zero) / trimmed_cache / packed | refilled (MiB) | stored in trimmed_cache by class (MiB) |")
+print("|---|---|---|---|")
+for o in out:
+    i = o["image_mib"]["daemons"]
+    st = ", ".join(f"{c} {v}" for c, v in o["daemons_stored_mib"].items() if v)
+    print(f"| {o['mem_mb']} | {i['untrimmed']} / {i['captured']} / {i['trimmed']} / {i['trimmed_cache']} / {i['packed']} | {o['refilled_mib']} | {st} |")
+if "kernel" in out[0]["recovery_s"]:
+    print()
+    print("| guest MiB | kernel: spawn / standby / prestaged (s) |")
+    print("|---|---|")
+    for o in out:
+        print(f"| {o['mem_mb']} | {ways(o['recovery_s'], 'kernel')} |")
 if sys.argv[2]:
     with open(sys.argv[2], "w") as f:
         json.dump(out, f, indent=2)

@@ -2,33 +2,13 @@
 
 mod common;
 
-use pbr_format::{DiskRef, DiskRefs, ErrorKind, Image, ImageWriter, PageClass, PageEncoding, Region, WriterOptions};
-
-fn refs() -> DiskRefs {
-    let page = |gfn, file, length| DiskRef {
-        gfn,
-        disk: 0,
-        disk_offset: gfn * 4096 + 512,
-        length,
-        crc32: gfn as u32,
-        file,
-        file_offset: (gfn - 2) * 4096,
-    };
-    DiskRefs {
-        files: vec!["usr/lib/libc.so.6".into(), "etc/nginx/nginx.conf".into()],
-        pages: vec![page(2, 0, 4096), page(3, 0, 4096), page(5, 1, 1200)],
-    }
-}
+use pbr_format::{DiskRefs, ErrorKind, Image, ImageWriter, Region, WriterOptions};
 
 fn write(path: &std::path::Path, refs: Option<DiskRefs>) {
-    let mut w = ImageWriter::create(path, &[Region::ram("ram", 0, 8 * 4096)], WriterOptions::default()).unwrap();
-    w.write_page(2, &[7; 4096], PageClass::Cache).unwrap();
-    w.mark_pages(3, 1, PageEncoding::Trimmed, PageClass::Cache).unwrap();
-    w.mark_pages(5, 1, PageEncoding::Trimmed, PageClass::Cache).unwrap();
-    if let Some(r) = refs {
-        w.set_disk_refs(r).unwrap();
+    match refs {
+        Some(_) => common::write_disk_refs(path),
+        None => common::write_disk_refs_pages(path),
     }
-    w.finish().unwrap();
 }
 
 #[test]
@@ -36,10 +16,10 @@ fn disk_refs_round_trip_as_format_1_1() {
     let dir = tempfile::tempdir().unwrap();
     let with = dir.path().join("with.pbr");
     let without = dir.path().join("without.pbr");
-    write(&with, Some(refs()));
+    write(&with, Some(common::disk_refs()));
     write(&without, None);
     let img = Image::open(&with).unwrap();
-    assert_eq!(img.disk_refs(), &refs());
+    assert_eq!(img.disk_refs(), &common::disk_refs());
     assert_eq!((img.header().version_major, img.header().version_minor), (1, 1));
     img.verify().unwrap();
     let plain = Image::open(&without).unwrap();
@@ -55,16 +35,16 @@ fn the_writer_refuses_bad_references() {
     let mut w =
         ImageWriter::create(dir.path().join("x.pbr"), &[Region::ram("ram", 0, 8 * 4096)], WriterOptions::default())
             .unwrap();
-    let mut r = refs();
+    let mut r = common::disk_refs();
     r.pages.swap(0, 1);
     assert!(w.set_disk_refs(r).unwrap_err().to_string().contains("not after"));
-    let mut r = refs();
+    let mut r = common::disk_refs();
     r.pages[2].length = 0;
     assert!(w.set_disk_refs(r).unwrap_err().to_string().contains("length 0"));
-    let mut r = refs();
+    let mut r = common::disk_refs();
     r.files[1] = "../etc/passwd".into();
     assert!(w.set_disk_refs(r).is_err());
-    let mut r = refs();
+    let mut r = common::disk_refs();
     r.pages[2].gfn = 9;
     assert!(w.set_disk_refs(r).is_err(), "page 9 is past the region");
 }
@@ -79,7 +59,7 @@ fn record_at(img: &Image, i: usize) -> usize {
 fn hostile_records_are_named_with_their_offset() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("with.pbr");
-    write(&path, Some(refs()));
+    write(&path, Some(common::disk_refs()));
     let good = std::fs::read(&path).unwrap();
     let img = Image::open(&path).unwrap();
     let cases: [(usize, usize, u64, &str); 3] = [

@@ -16,11 +16,15 @@ fn testdata() -> PathBuf {
 }
 
 fn check_golden(name: &str, write: impl FnOnce(&Path)) {
+    check_golden_in("v1.0", name, write);
+}
+
+fn check_golden_in(version: &str, name: &str, write: impl FnOnce(&Path)) {
     let dir = tempfile::tempdir().unwrap();
     let fresh = dir.path().join(name);
     write(&fresh);
     let fresh = std::fs::read(&fresh).unwrap();
-    let golden = testdata().join("v1.0").join(name);
+    let golden = testdata().join(version).join(name);
     if std::env::var_os("PBR_BLESS").is_some() {
         std::fs::write(&golden, &fresh).unwrap();
     }
@@ -50,6 +54,11 @@ fn diff_bytes_are_pinned() {
 }
 
 #[test]
+fn disk_refs_bytes_are_pinned_as_1_1() {
+    check_golden_in("v1.1", "disk-refs.pbr", common::write_disk_refs);
+}
+
+#[test]
 fn every_released_version_still_loads() {
     let mut n = 0;
     for dir in std::fs::read_dir(testdata()).unwrap() {
@@ -66,5 +75,5 @@ fn every_released_version_still_loads() {
             }
         }
     }
-    assert!(n >= 2, "golden files missing");
+    assert!(n >= 3, "golden files missing");
 }

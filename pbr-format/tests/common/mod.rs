@@ -208,3 +208,44 @@ pub fn section_offset(bytes: &[u8], raw_kind: u32) -> Option<(usize, usize, usiz
         })
     })
 }
+
+/// The disk references of [`write_disk_refs`]: pages 2 and 3 of a library,
+/// page 5 the last 1200 bytes of a settings file.
+pub fn disk_refs() -> pbr_format::DiskRefs {
+    let page = |gfn: u64, file, length| pbr_format::DiskRef {
+        gfn,
+        disk: 0,
+        disk_offset: gfn * 4096 + 512,
+        length,
+        crc32: gfn as u32,
+        file,
+        file_offset: (gfn - 2) * 4096,
+    };
+    pbr_format::DiskRefs {
+        files: vec!["usr/lib/libc.so.6".into(), "etc/nginx/nginx.conf".into()],
+        pages: vec![page(2, 0, 4096), page(3, 0, 4096), page(5, 1, 1200)],
+    }
+}
+
+/// The pages of [`write_disk_refs`] without the references.
+pub fn write_disk_refs_pages(path: &Path) {
+    disk_refs_writer(path).finish().unwrap();
+}
+
+/// A format 1.1 image: one stored and two trimmed cache pages with disk
+/// references.
+pub fn write_disk_refs(path: &Path) {
+    let mut w = disk_refs_writer(path);
+    w.set_disk_refs(disk_refs()).unwrap();
+    w.finish().unwrap();
+}
+
+fn disk_refs_writer(path: &Path) -> ImageWriter {
+    let opts =
+        WriterOptions { producer_name: "pbr-tests".into(), producer_version: "1".into(), ..WriterOptions::default() };
+    let mut w = ImageWriter::create(path, &[Region::ram("ram", 0, 8 * 4096)], opts).unwrap();
+    w.write_page(2, &[7; 4096], PageClass::Cache).unwrap();
+    w.mark_pages(3, 1, PageEncoding::Trimmed, PageClass::Cache).unwrap();
+    w.mark_pages(5, 1, PageEncoding::Trimmed, PageClass::Cache).unwrap();
+    w
+}
