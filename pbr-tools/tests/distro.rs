@@ -195,5 +195,6 @@ fn cache_trimmed_candidate_is_refilled_exactly() {
         lab.write_and_power_off(child);
     });
     assert_eq!(r.chosen.as_ref(), Some(&trimmed), "refused: {refused:?}");
+    assert_eq!(r.refilled_pages as usize, refill.len());
     lab.fsck_clean();
 }

@@ -90,7 +90,7 @@ fn report(r: &PointsRecovery, as_json: bool) {
             "{}",
             json!({"chosen": r.chosen.as_ref().map(|p| p.display().to_string()), "refused": refused,
                    "downtime_s": s(r.downtime), "select_s": s(r.select), "restore_s": s(r.restore),
-                   "guest_s": s(guest), "vmm": r.vmm.name(), "adapter": "qemu",
+                   "guest_s": s(guest), "vmm": r.vmm.name(), "adapter": "qemu", "refilled_pages": r.refilled_pages,
                    "clock_step_s": r.resumed.as_ref().map(|x| x.clock_step_ns as f64 / 1e9),
                    "reseeded": r.resumed.as_ref().map(|x| x.reseeded)})
         );
@@ -106,8 +106,12 @@ fn report(r: &PointsRecovery, as_json: bool) {
                     if x.reseeded { "reseeded" } else { "NOT reseeded" }
                 )
             });
+            let refilled = match r.refilled_pages {
+                0 => String::new(),
+                n => format!(", {n} page-cache pages refilled from the disks"),
+            };
             outln!(
-                "recovered from {} (qemu {}): ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s); {caught_up}",
+                "recovered from {} (qemu {}{refilled}): ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s); {caught_up}",
                 path.display(),
                 r.vmm.name(),
                 s(r.downtime),

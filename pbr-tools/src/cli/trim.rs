@@ -32,15 +32,21 @@ pub fn run(image: &Path, output: &Path, drop: Option<&str>, as_json: bool) -> Re
                    "zero_pages": r.zero_pages, "classified": !unclassified})
         );
     } else {
+        let cache = if drop.cache {
+            format!(
+                ", {} cache pages (a restore reads them back from the disk; {} kept, with no disk reference)",
+                r.cache_pages, r.cache_pages_kept
+            )
+        } else {
+            String::new()
+        };
         outln!(
-            "{}: {} -> {} ({:.1}%); dropped {} free and {} cache pages (a restore refills them from the disk; {} cache pages kept, with no disk reference); {} zero pages",
+            "{}: {} -> {} ({:.1}%); dropped {} free pages{cache}; {} zero pages",
             output.display(),
             bytes(r.before_bytes),
             bytes(r.after_bytes),
             r.after_bytes as f64 * 100.0 / r.before_bytes.max(1) as f64,
             r.free_pages,
-            r.cache_pages,
-            r.cache_pages_kept,
             r.zero_pages
         );
     }

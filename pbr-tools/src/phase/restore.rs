@@ -48,6 +48,8 @@ pub struct PointsRecovery {
     pub vmm: Vmm,
     /// What the restored guest's agent did (clock step, entropy).
     pub resumed: Option<Resumed>,
+    /// Page-cache pages read back from the guest's disks before it ran.
+    pub refilled_pages: u64,
 }
 
 /// Whether `img` was captured at an agent's point.
@@ -193,6 +195,7 @@ pub fn recover_points(
         restore,
         vmm: used,
         resumed,
+        refilled_pages: q.refilled_pages(),
     };
     if let Some(child) = q.child.as_mut() {
         on_ready(&r, child);
@@ -267,6 +270,7 @@ pub fn boot_points(
         restore,
         vmm: if paused { Vmm::Standby } else { Vmm::Spawn },
         resumed: None,
+        refilled_pages: 0,
     };
     on_ready(&r, &mut m.child);
     m.quit();

@@ -158,6 +158,7 @@ pub struct QemuAdapter {
     /// QEMU maps the guest's RAM from the (flat) image instead of loading
     /// it from the stream.
     mapped: bool,
+    refilled: u64,
     /// The trailer hash of the image a standby QEMU maps its RAM from.
     maps: Option<[u8; 32]>,
 }
@@ -184,6 +185,7 @@ impl QemuAdapter {
             held: None,
             interrupt,
             mapped: false,
+            refilled: 0,
             maps: None,
         })
     }
@@ -297,6 +299,12 @@ impl QemuAdapter {
         self.mapped
     }
 
+    /// Page-cache pages read back from the guest's disks into the stream
+    /// (`crate::refill`): known once the guest is resumed.
+    pub fn refilled_pages(&self) -> u64 {
+        self.refilled
+    }
+
     /// The machine arguments QEMU runs (or will run) with.
     pub fn args(&self) -> &[String] {
         &self.args
@@ -384,13 +392,14 @@ impl QemuAdapter {
             .map_err(|e| Error::io(format!("cannot reach QEMU's incoming socket {}", incoming.display()), e))?;
         let qmp = self.qmp.as_mut().ok_or_else(|| Error::Unsupported("the standby QEMU has no QMP".into()))?;
         let opts = ExportOptions { omit_zero_pages: true, mapped_ram: self.mapped };
-        std::thread::scope(|s| {
-            let writer = s.spawn(move || export_qemu_to(&image, out, opts).map(|_| ()));
+        let report = std::thread::scope(|s| {
+            let writer = s.spawn(move || export_qemu_to(&image, out, opts));
             let loaded = qmp.wait_migration(Duration::from_secs(300));
             let written = writer.join().map_err(|_| Error::Unsupported("the stream writer panicked".into()))?;
             loaded?;
             written
         })?;
+        self.refilled = report.refilled_pages;
         if !self.hold {
             qmp.cmd("cont", json!({}))?;
         }
