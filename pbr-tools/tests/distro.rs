@@ -188,7 +188,7 @@ fn cache_trimmed_candidate_is_refilled_exactly() {
 
     // Restored from the trimmed candidate alone: nginx serves, and every
     // unit runs (processes whose file pages were refilled keep running).
-    let (r, refused) = recover(&[trimmed.clone()], &mut |_, child| {
+    let (r, refused) = recover(std::slice::from_ref(&trimmed), &mut |_, child| {
         assert_eq!(lab.get().1, "served from the data disk\n");
         let (state, _) = lab.shell("systemctl is-system-running");
         assert_eq!(state.lines().last().unwrap_or(""), "running", "{state}");
