@@ -21,7 +21,14 @@ pub fn point(name: &str, timeout: Duration) -> Result<String, String> {
     let mounts = mounts::block_mounts()?;
     let held = mounts.len();
     let files = watch::list(pbr_agent::Kind::Files.max_len() as usize);
+    let t = std::time::Instant::now();
     let cached = cache::cached_files(&mounts, &files);
+    let cache_note = format!(
+        "{} cached pages of {} files in {} ms",
+        cached.iter().map(|f| f.pages.len()).sum::<usize>(),
+        cached.len(),
+        t.elapsed().as_millis()
+    );
     if !cached.is_empty() {
         port.send(&Message::Cache(cached))?;
     }
@@ -33,7 +40,7 @@ pub fn point(name: &str, timeout: Duration) -> Result<String, String> {
     port.send(&Message::Point(Point { name: name.to_owned(), uptime_ns: resume::uptime_ns(), mounts }))?;
     match port.receive(timeout)? {
         None => Ok(format!("point {name}: no answer from the host in {} s; carrying on", timeout.as_secs())),
-        Some(Message::Continue) => Ok(format!("point {name} ({held} block mounts): the host carries on")),
+        Some(Message::Continue) => Ok(format!("point {name} ({held} block mounts, {cache_note}): the host carries on")),
         Some(Message::Resume(r)) => {
             let done = resume::resume(&r)?;
             let said = format!(

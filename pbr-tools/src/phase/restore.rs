@@ -227,7 +227,7 @@ fn until_ready(agent: &mut AgentPort) -> Result<Option<Resumed>> {
             Message::Resumed(r) => resumed = Some(r),
             Message::Point(_) => agent.carry_on()?,
             Message::Ready(_) => return Ok(resumed),
-            Message::Kpageflags(_) | Message::Kpagecount(_) | Message::Files(_) => {}
+            Message::Kpageflags(_) | Message::Kpagecount(_) | Message::Files(_) | Message::Cache(_) => {}
             other => return Err(Error::Unsupported(format!("the guest agent sent {:?}", other.encode().kind))),
         }
     }
