@@ -23,6 +23,9 @@ pub fn unpack_flat(src: &Image, dest: &Path) -> Result<PackReport> {
     if src.base().is_some() {
         return Err(Error::Unsupported("a diff image cannot be flat: apply it to its base first".into()));
     }
+    // A trimmed cache page becomes a zero page here: its disk reference
+    // (whose crc32 is not a zero page's) is what still marks it a refill.
+    crate::refill::refuse_orphans(src)?;
     let mut w = rewrite::derived(src, dest, rewrite::options(src, PageEncoding::Zero))?;
     w.set_metadata(LAYOUT_KEY, "flat")?;
     let mut r = PackReport { before_bytes: src.file_len(), ..Default::default() };

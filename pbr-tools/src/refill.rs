@@ -128,24 +128,9 @@ impl Refill {
     /// a disk that changed or cannot be read, a page whose crc32 differs
     /// (named with its file).
     pub fn load(img: &Image) -> Result<Option<Refill>> {
-        let refs = img.disk_refs();
         let ps = img.page_size() as usize;
-        let mut trimmed: Vec<&DiskRef> = Vec::new();
-        let mut orphans = 0u64;
-        for e in img.extents().filter(|e| e.encoding == PageEncoding::Trimmed && e.class == PageClass::Cache) {
-            for g in e.gfns() {
-                match refs.get(g) {
-                    Some(r) => trimmed.push(r),
-                    None => orphans += 1,
-                }
-            }
-        }
-        if orphans > 0 {
-            return Err(Error::Refill(format!(
-                "{orphans} page-cache pages were trimmed with no disk reference to read them from: \
-                 the guest would find zeros where it expects file data"
-            )));
-        }
+        refuse_orphans(img)?;
+        let trimmed = pending(img)?;
         if trimmed.is_empty() {
             return Ok(None);
         }
@@ -225,6 +210,11 @@ impl Refill {
         Some(&self.data[i * self.page_size..(i + 1) * self.page_size])
     }
 
+    /// Every refilled page: `(gfn, content)`, by frame.
+    pub fn pages(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.gfns.iter().copied().zip(self.data.chunks_exact(self.page_size))
+    }
+
     /// Pages refilled.
     pub fn len(&self) -> usize {
         self.gfns.len()
@@ -246,17 +236,67 @@ fn file_of(img: &Image, r: &DiskRef) -> String {
     img.disk_refs().files.get(r.file as usize).map_or_else(|| "?".into(), |f| format!("/{f}"))
 }
 
+/// The disk references of `img` whose pages a restore must read back: a
+/// page that is `TRIMMED`, or one stored as all zeros while its crc32 says
+/// otherwise (the flat layout keeps a trimmed page as a zero page,
+/// `spec/format.md` §11).
+///
+/// # Errors
+/// A corrupt page.
+pub fn pending(img: &Image) -> Result<Vec<&DiskRef>> {
+    let zero_crc = pbr_format::zero_page_crc(img.page_size());
+    let mut buf = vec![0u8; img.page_size() as usize];
+    let mut out = Vec::new();
+    for r in &img.disk_refs().pages {
+        let e = img.extent_of(r.gfn)?;
+        let refill = match e.encoding {
+            PageEncoding::Trimmed => true,
+            PageEncoding::Raw | PageEncoding::Lz4 | PageEncoding::Dup => {
+                r.crc32 != zero_crc && pbr_format::is_zero(img.read_in_extent(&e, r.gfn, &mut buf)?)
+            }
+            PageEncoding::Zero | PageEncoding::Base => false,
+        };
+        if refill {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// Page-cache pages of `img` trimmed with no disk reference: nothing can
+/// put them back.
+pub fn orphans(img: &Image) -> usize {
+    let refs = img.disk_refs();
+    img.extents()
+        .filter(|e| e.encoding == PageEncoding::Trimmed && e.class == PageClass::Cache)
+        .flat_map(|e| e.gfns())
+        .filter(|&g| refs.get(g).is_none())
+        .count()
+}
+
+/// Refuses `img` when it has [`orphans`].
+///
+/// # Errors
+/// [`Error::Refill`] with the count.
+pub fn refuse_orphans(img: &Image) -> Result<()> {
+    let orphans = orphans(img);
+    if orphans > 0 {
+        return Err(Error::Refill(format!(
+            "{orphans} page-cache pages were trimmed with no disk reference to read them from: \
+             the guest would find zeros where it expects file data"
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses `img` when a restore by `what` would need pages refilled, which
 /// `what` does not do.
 ///
 /// # Errors
-/// [`Error::Refill`] naming `what`.
+/// [`Error::Refill`] naming `what`; a corrupt page.
 pub fn refuse_refill(img: &Image, what: &str) -> Result<()> {
-    let n = img
-        .extents()
-        .filter(|e| e.encoding == PageEncoding::Trimmed && e.class == PageClass::Cache)
-        .map(|e| u64::from(e.count))
-        .sum::<u64>();
+    refuse_orphans(img)?;
+    let n = pending(img)?.len();
     if n > 0 {
         return Err(Error::Refill(format!("{what} does not refill page-cache pages, and {n} were trimmed")));
     }

@@ -251,6 +251,16 @@ fn trim_cache_drops_only_pages_a_restore_can_refill() {
     pbr_img_ok(&["export", "--to", "raw", free_zero.to_str().unwrap(), "-o", a.to_str().unwrap()]);
     pbr_img_ok(&["export", "--to", "raw", out.to_str().unwrap(), "-o", b.to_str().unwrap()]);
     assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "refilled memory differs");
+    // The flat layout keeps the dropped pages as zero pages; their disk
+    // references still mark them to be refilled.
+    let flat = d.join("flat.pbr");
+    pbr_img_ok(&["unpack", "--flat", out.to_str().unwrap(), "-o", flat.to_str().unwrap()]);
+    let v: serde_json::Value =
+        serde_json::from_str(&pbr_img_ok(&["inspect", "--json", flat.to_str().unwrap()])).unwrap();
+    assert_eq!(v["restore"]["refill"]["pages"], 6);
+    let c = d.join("flat.mem");
+    pbr_img_ok(&["export", "--to", "raw", flat.to_str().unwrap(), "-o", c.to_str().unwrap()]);
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&c).unwrap(), "flat refilled memory differs");
 
     // A page that reads back differently is refused, named with its file.
     let mut bytes = std::fs::read(&disk).unwrap();

@@ -84,15 +84,17 @@ pub fn run(
                 outln!(
                     "{}",
                     json!({"output": output.display().to_string(), "file_len": r.file_len, "data_pages": r.data_pages,
-                           "hole_pages": r.hole_pages, "skipped_regions": r.skipped_regions})
+                           "hole_pages": r.hole_pages, "skipped_regions": r.skipped_regions,
+                           "refilled_pages": r.refilled_pages})
                 );
             } else {
                 outln!(
-                    "{}: {} bytes of guest-physical memory, {} pages with data, {} holes",
+                    "{}: {} bytes of guest-physical memory, {} pages with data, {} holes, {} page-cache pages refilled from the disks",
                     output.display(),
                     r.file_len,
                     r.data_pages,
-                    r.hole_pages
+                    r.hole_pages,
+                    r.refilled_pages
                 );
                 if !r.skipped_regions.is_empty() {
                     eprintln!("note: not guest-physical, not exported: {}", r.skipped_regions.join(", "));
@@ -110,16 +112,18 @@ pub fn run(
                     piped,
                     "{}",
                     json!({"output": output.display().to_string(), "stream_bytes": r.stream_bytes, "page_records": r.page_records,
-                           "zero_records": r.zero_records, "dropped_mapped_ram": r.dropped_mapped_ram})
+                           "zero_records": r.zero_records, "dropped_mapped_ram": r.dropped_mapped_ram,
+                           "refilled_pages": r.refilled_pages})
                 );
             } else {
                 report!(
                     piped,
-                    "{}: QEMU stream of {} bytes ({} page + {} zero records){}",
+                    "{}: QEMU stream of {} bytes ({} page + {} zero records, {} of them page-cache pages refilled from the disks){}",
                     output.display(),
                     r.stream_bytes,
                     r.page_records,
                     r.zero_records,
+                    r.refilled_pages,
                     if r.dropped_mapped_ram { "; written as a plain stream (mapped-ram dropped)" } else { "" }
                 );
             }

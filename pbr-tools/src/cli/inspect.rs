@@ -280,8 +280,7 @@ fn restore_notes(img: &Image, counts: &[[u64; 6]; 5]) -> Value {
     let trimmed = |c: PageClass| counts[c as usize][PageEncoding::Trimmed as usize];
     let cache = trimmed(PageClass::Cache);
     let refs = img.disk_refs();
-    let refill: Vec<&pbr_format::DiskRef> =
-        refs.pages.iter().filter(|r| img.extent_of(r.gfn).is_ok_and(|e| e.encoding == PageEncoding::Trimmed)).collect();
+    let refill = pbr_tools::refill::pending(img).unwrap_or_default();
     let seals = img.metadata_value(SEALS_KEY).and_then(|s| Seals::from_json(s).ok()).unwrap_or_default();
     let mut by_disk: BTreeMap<u32, u64> = BTreeMap::new();
     let mut by_file: BTreeMap<u32, u64> = BTreeMap::new();
@@ -316,7 +315,7 @@ fn restore_notes(img: &Image, counts: &[[u64; 6]; 5]) -> Value {
             files.len()
         ));
     }
-    let orphans = cache - refill.len() as u64;
+    let orphans = pbr_tools::refill::orphans(img);
     if orphans > 0 {
         notes.push(format!(
             "{orphans} page-cache pages were dropped with no disk reference: this image cannot be restored"

@@ -91,6 +91,7 @@ fn report(r: &PointsRecovery, as_json: bool) {
             json!({"chosen": r.chosen.as_ref().map(|p| p.display().to_string()), "refused": refused,
                    "downtime_s": s(r.downtime), "select_s": s(r.select), "restore_s": s(r.restore),
                    "guest_s": s(guest), "vmm": r.vmm.name(), "adapter": "qemu", "refilled_pages": r.refilled_pages,
+                   "ram": if r.ram_mapped { "mapped" } else { "streamed" },
                    "clock_step_s": r.resumed.as_ref().map(|x| x.clock_step_ns as f64 / 1e9),
                    "reseeded": r.resumed.as_ref().map(|x| x.reseeded)})
         );
@@ -111,9 +112,10 @@ fn report(r: &PointsRecovery, as_json: bool) {
                 n => format!(", {n} page-cache pages refilled from the disks"),
             };
             outln!(
-                "recovered from {} (qemu {}{refilled}): ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s); {caught_up}",
+                "recovered from {} (qemu {}, RAM {}{refilled}): ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s); {caught_up}",
                 path.display(),
                 r.vmm.name(),
+                if r.ram_mapped { "mapped" } else { "streamed" },
                 s(r.downtime),
                 s(r.select),
                 s(r.restore),

@@ -1,6 +1,7 @@
 //! `export --to raw`: guest-physical memory as one flat sparse file, the
 //! byte at offset `A` being guest-physical address `A`. Zero and trimmed
-//! pages, and addresses no region holds, are holes.
+//! pages, and addresses no region holds, are holes; page-cache pages that
+//! were trimmed are read back from the guest's disks (`crate::refill`).
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -21,6 +22,9 @@ pub struct RawExport {
     pub hole_pages: u64,
     /// Regions not exported because their base is not guest-physical.
     pub skipped_regions: Vec<String>,
+    /// Page-cache pages read back from the guest's disks (`crate::refill`)
+    /// and written over their zeros.
+    pub refilled_pages: u64,
 }
 
 /// Writes the guest-physical memory of `image` to `dest` atomically,
@@ -52,18 +56,7 @@ pub fn export_raw(image: &Image, dest: &Path, progress: &dyn Fn(u64)) -> Result<
         let gfns = r.first_gfn(image.page_size())..r.first_gfn(image.page_size()) + r.pages(image.page_size());
         for e in image.extents_in(gfns) {
             match e.encoding {
-                PageEncoding::Zero => report.hole_pages += u64::from(e.count),
-                PageEncoding::Trimmed => {
-                    for gfn in e.gfns() {
-                        match refill.as_ref().and_then(|r| r.page(gfn)) {
-                            Some(page) => {
-                                f.write_all_at(page, gfn * ps).map_err(write_err)?;
-                                report.data_pages += 1;
-                            }
-                            None => report.hole_pages += 1,
-                        }
-                    }
-                }
+                PageEncoding::Zero | PageEncoding::Trimmed => report.hole_pages += u64::from(e.count),
                 PageEncoding::Raw => {
                     let bytes =
                         image.raw_bytes(&e).ok_or_else(|| Error::Unsupported("raw extent outside the file".into()))?;
@@ -80,6 +73,12 @@ pub fn export_raw(image: &Image, dest: &Path, progress: &dyn Fn(u64)) -> Result<
             }
             progress(u64::from(e.count) * ps);
         }
+    }
+    // Page-cache pages read back from the disks, over the zeros the image
+    // holds for them.
+    for (gfn, page) in refill.iter().flat_map(|r| r.pages()) {
+        f.write_all_at(page, gfn * ps).map_err(write_err)?;
+        report.refilled_pages += 1;
     }
     out.commit()?;
     Ok(report)

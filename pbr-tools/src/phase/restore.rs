@@ -50,6 +50,9 @@ pub struct PointsRecovery {
     pub resumed: Option<Resumed>,
     /// Page-cache pages read back from the guest's disks before it ran.
     pub refilled_pages: u64,
+    /// Whether QEMU mapped the guest's RAM from a flat candidate rather
+    /// than loading it from the stream.
+    pub ram_mapped: bool,
 }
 
 /// Whether `img` was captured at an agent's point.
@@ -196,6 +199,7 @@ pub fn recover_points(
         vmm: used,
         resumed,
         refilled_pages: q.refilled_pages(),
+        ram_mapped: q.ram_mapped(),
     };
     if let Some(child) = q.child.as_mut() {
         on_ready(&r, child);
@@ -271,6 +275,7 @@ pub fn boot_points(
         vmm: if paused { Vmm::Standby } else { Vmm::Spawn },
         resumed: None,
         refilled_pages: 0,
+        ram_mapped: false,
     };
     on_ready(&r, &mut m.child);
     m.quit();

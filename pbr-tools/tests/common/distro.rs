@@ -34,8 +34,15 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Fresh copies of the guest's disks, `mem_mb` of RAM.
+    /// Fresh copies of the guest's disks, `mem_mb` of RAM, the machine's
+    /// QEMU.
     pub fn new(mem_mb: u32) -> Lab {
+        Lab::with_qemu(mem_mb, "qemu-system-x86_64", &[])
+    }
+
+    /// As [`Lab::new`], run by the QEMU binary `qemu` with `extra`
+    /// arguments first (its firmware search path).
+    pub fn with_qemu(mem_mb: u32, qemu: &str, extra: &[String]) -> Lab {
         let g = guest();
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root.raw");
@@ -46,7 +53,8 @@ impl Lab {
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let console = dir.path().join("console.sock");
-        let mut argv = vec!["qemu-system-x86_64".to_string()];
+        let mut argv = vec![qemu.to_string()];
+        argv.extend(extra.iter().cloned());
         for a in g["qemu_args"].as_array().unwrap() {
             let a = a.as_str().unwrap();
             argv.push(
