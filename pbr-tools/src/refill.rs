@@ -30,7 +30,7 @@ pub struct VerifyReport {
     /// agent's look and the save, or not what the agent said).
     pub differ: u64,
     /// Pages that name no page of the image, no sealed disk, or a place
-    /// past the disk's end.
+    /// past the disk's end, and zero pages (which need no reference).
     pub unusable: u64,
 }
 
@@ -80,6 +80,10 @@ pub fn verify(img: &Image, files: &[CachedFile], seals: &Seals) -> Result<(DiskR
                 continue;
             }
             let saved = img.read_in_extent(&extent, p.pfn, &mut page)?;
+            if pbr_format::is_zero(saved) {
+                report.unusable += 1;
+                continue;
+            }
             file.read_exact_at(&mut disk[..length], p.disk_offset)
                 .map_err(|e| Error::io(format!("cannot read disk {}", seals.disks[d].file.path.display()), e))?;
             disk[length..].fill(0);
@@ -301,4 +305,79 @@ pub fn refuse_refill(img: &Image, what: &str) -> Result<()> {
         return Err(Error::Refill(format!("{what} does not refill page-cache pages, and {n} were trimmed")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phase::seal::{DiskSeal, FileSeal};
+    use pbr_agent::CachedPage;
+    use pbr_format::{ImageWriter, Region, WriterOptions};
+
+    /// An image of 8 pages (page `g` filled with `g + 1`, page 7 zero)
+    /// and a disk holding page 2 at byte 8192 and page 3's first 100
+    /// bytes at 16384.
+    fn lab(dir: &std::path::Path) -> (Image, Seals) {
+        let disk = dir.join("root.raw");
+        let mut bytes = vec![0xeeu8; 8 * 4096];
+        bytes[8192..12288].fill(3);
+        bytes[16384..16484].fill(4);
+        std::fs::write(&disk, &bytes).unwrap();
+        let path = dir.join("img.pbr");
+        let mut w = ImageWriter::create(&path, &[Region::ram("ram", 0, 8 * 4096)], WriterOptions::default()).unwrap();
+        for g in 0..7u64 {
+            let mut page = vec![g as u8 + 1; 4096];
+            if g == 3 {
+                page[100..].fill(0);
+            }
+            w.write_page(g, &page, PageClass::Cache).unwrap();
+        }
+        w.mark_pages(7, 1, PageEncoding::Zero, PageClass::Cache).unwrap();
+        w.finish().unwrap();
+        let seals = Seals {
+            disks: vec![DiskSeal {
+                drive: "root".into(),
+                guest: "vda".into(),
+                mounts: vec!["/ ro".into()],
+                file: FileSeal::of(&disk, false).unwrap(),
+            }],
+            ..Default::default()
+        };
+        (Image::open(&path).unwrap(), seals)
+    }
+
+    fn page(file_offset: u64, pfn: u64, disk_offset: u64) -> CachedPage {
+        CachedPage { file_offset, pfn, disk_offset }
+    }
+
+    #[test]
+    fn only_pages_equal_to_the_disk_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, seals) = lab(dir.path());
+        let files = vec![
+            CachedFile {
+                path: "/usr/lib/a.so".into(),
+                disk: "vda".into(),
+                size: 4096 + 100,
+                pages: vec![
+                    page(0, 2, 8192),         // equal: kept
+                    page(4096, 3, 16384),     // the file's last 100 bytes, then zeros: kept
+                    page(0, 1, 8192),         // another page's bytes: differ
+                    page(0, 7, 0),            // a zero page: no reference needed
+                    page(0, 99, 0),           // no such page
+                    page(0, 2, u64::MAX - 5), // past the disk
+                    page(8192, 4, 0),         // past the file's end
+                ],
+            },
+            CachedFile { path: "/x".into(), disk: "vdz".into(), size: 4096, pages: vec![page(0, 2, 8192)] },
+            CachedFile { path: "/../etc".into(), disk: "vda".into(), size: 4096, pages: vec![page(0, 2, 8192)] },
+        ];
+        let (refs, r) = verify(&img, &files, &seals).unwrap();
+        assert_eq!(r, VerifyReport { offered: 9, kept: 2, differ: 1, unusable: 6 });
+        assert_eq!(refs.files, ["usr/lib/a.so"]);
+        let gfns: Vec<u64> = refs.pages.iter().map(|p| p.gfn).collect();
+        assert_eq!(gfns, [2, 3]);
+        assert_eq!(refs.pages[1].length, 100);
+        assert_eq!(refs.pages[0].crc32, crc32fast::hash(&[3u8; 4096]));
+    }
 }
