@@ -22,8 +22,8 @@
 # cold_boot_s, recovery_s (per candidate and way), image_mib (per
 # candidate: untrimmed and as captured; for daemons also trimmed of free
 # and zero pages, trimmed_cache and packed) and daemons_stored_mib (the
-# stored pages of the cache-trimmed daemons image by class: where the
-# rest goes). The last line is "phase-based reboot (distro): cold boot X
+# stored pages of the cache-trimmed daemons image by class, and its kernel
+# pages by kind: reserved, slab, page tables, other: where the rest goes). The last line is "phase-based reboot (distro): cold boot X
 # s, recovery Y s, Z% shorter" for the first size, daemons, spawn.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,6 +76,10 @@ for mem in $mems; do
     "$pbr" -q capture --json -o "$d/cand" -- "${cmd[@]}" > "$d/capture.json"
     echo "{\"mem_mb\": $mem, \"capture\": $(tr -d '\n' < "$d/capture.json")}" >> "$results"
     c="$d/cand"
+    # The agent's own account of its page-cache walk at `daemons`.
+    walk="$(grep -ao 'point daemons ([^)]*)' "$d/console.txt" | head -1 || true)"
+    echo "== $mem MiB: agent: ${walk:-no report on the console}" >&2
+    echo "{\"mem_mb\": $mem, \"agent_walk\": \"$walk\"}" >> "$results"
     "$pbr" -q trim "$c/daemons.pbr" --drop free,zero -o "$d/daemons-free-zero.pbr"
     "$pbr" -q trim "$c/daemons.pbr" --drop free,zero,cache -o "$d/daemons_cache.pbr"
     "$pbr" -q pack "$d/daemons_cache.pbr" -o "$d/daemons-packed.pbr"
@@ -121,8 +125,11 @@ for mem in dict.fromkeys(r["mem_mb"] for r in rows):
     by_class = sizes["daemons_cache_inspect"]["pages"]["by_class"]
     stored = {c: mib(4096 * sum(v for e, v in row.items() if e in ("raw", "lz4", "dup"))) for c, row in by_class.items()}
     refill = sizes["daemons_cache_inspect"]["restore"]["refill"]["pages"]
+    kernel = json.loads(sizes["daemons_cache_inspect"]["metadata"].get("classes.kernel_pages", "{}"))
+    stored["kernel_by_kind"] = {k: mib(4096 * v) for k, v in kernel.items()}
+    walk = next((r["agent_walk"] for r in mine if "agent_walk" in r), "")
     out.append({"mem_mb": mem, "cold_boot_s": cold, "recovery_s": rec, "image_mib": images,
-                "daemons_stored_mib": stored, "refilled_mib": mib(4096 * refill)})
+                "daemons_stored_mib": stored, "refilled_mib": mib(4096 * refill), "agent_walk": walk})
 print()
 print("| guest MiB | cold boot (s) | daemons: spawn / standby / prestaged (s) | daemons trimmed of cache: spawn / standby / prestaged (s) | refill cost (spawn) | daemons vs cold boot |")
 print("|---|---|---|---|---|---|")
@@ -137,8 +144,12 @@ print("| guest MiB | daemons image (MiB): untrimmed / captured / trimmed (free, 
 print("|---|---|---|---|")
 for o in out:
     i = o["image_mib"]["daemons"]
-    st = ", ".join(f"{c} {v}" for c, v in o["daemons_stored_mib"].items() if v)
+    st = ", ".join(f"{c} {v}" for c, v in o["daemons_stored_mib"].items() if v and c != "kernel_by_kind")
+    st += " (kernel: " + ", ".join(f"{k} {v}" for k, v in o["daemons_stored_mib"].get("kernel_by_kind", {}).items()) + ")"
     print(f"| {o['mem_mb']} | {i['untrimmed']} / {i['captured']} / {i['trimmed']} / {i['trimmed_cache']} / {i['packed']} | {o['refilled_mib']} | {st} |")
+print()
+for o in out:
+    print(f"{o['mem_mb']} MiB, the agent at daemons: {o['agent_walk']}")
 if "kernel" in out[0]["recovery_s"]:
     print()
     print("| guest MiB | kernel: spawn / standby / prestaged (s) |")

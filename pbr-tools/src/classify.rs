@@ -77,6 +77,47 @@ pub fn class_of(flags: u64) -> PageClass {
     PageClass::Kernel
 }
 
+/// Stored pages of class `kernel` by what kpageflags says they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelPages {
+    /// Reserved: the kernel's image (text and data), firmware tables,
+    /// early allocations.
+    pub reserved: u64,
+    /// Slab caches.
+    pub slab: u64,
+    /// Page tables.
+    pub page_tables: u64,
+    /// Everything else (vmalloc, per-CPU, buffers, compound tails).
+    pub other: u64,
+}
+
+impl KernelPages {
+    /// Counts the stored (not zero, not trimmed) `kernel` pages of `img`
+    /// by their kpageflags word in `flags`.
+    pub fn of(img: &Image, flags: &[u64], classes: &[PageClass]) -> KernelPages {
+        let mut k = KernelPages::default();
+        for e in img.extents().filter(|e| e.encoding.is_stored() || e.encoding == pbr_format::PageEncoding::Dup) {
+            for g in e.gfns() {
+                if classes.get(g as usize) != Some(&PageClass::Kernel) {
+                    continue;
+                }
+                let f = flags.get(g as usize).copied().unwrap_or(0);
+                let slot = if bit(f, kpf::RESERVED) {
+                    &mut k.reserved
+                } else if bit(f, kpf::SLAB) {
+                    &mut k.slab
+                } else if bit(f, kpf::PGTABLE) {
+                    &mut k.page_tables
+                } else {
+                    &mut k.other
+                };
+                *slot += 1;
+            }
+        }
+        k
+    }
+}
+
 /// Demotes every page `classes` calls free whose content in `img` is not
 /// zero to `unknown`. For a dump read while the guest ran, of a guest that
 /// zeroes what it frees (`init_on_free=1`): a free page that is not zero
@@ -259,6 +300,32 @@ mod tests {
 
     fn f(bits: &[u32]) -> u64 {
         bits.iter().fold(0, |a, b| a | (1 << b))
+    }
+
+    #[test]
+    fn kernel_pages_by_kind_and_free_pages_that_are_not_zero() {
+        use pbr_format::{ImageWriter, PageEncoding, Region, WriterOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pbr");
+        let mut w = ImageWriter::create(&path, &[Region::ram("ram", 0, 8 * 4096)], WriterOptions::default()).unwrap();
+        for g in 0..6 {
+            w.write_page(g, &[g as u8 + 1; 4096], PageClass::Unknown).unwrap();
+        }
+        w.mark_pages(6, 2, PageEncoding::Zero, PageClass::Unknown).unwrap();
+        w.finish().unwrap();
+        let img = Image::open(&path).unwrap();
+        use kpf::*;
+        let flags = [f(&[RESERVED]), f(&[SLAB]), f(&[PGTABLE]), 0, f(&[RESERVED]), f(&[BUDDY]), f(&[RESERVED]), 0];
+        let mut classes = vec![PageClass::Kernel; 8];
+        classes[3] = PageClass::User;
+        classes[5] = PageClass::Free;
+        classes[7] = PageClass::Free;
+        // Page 6 is a zero page: not stored, not counted.
+        let k = KernelPages::of(&img, &flags, &classes);
+        assert_eq!(k, KernelPages { reserved: 2, slab: 1, page_tables: 1, other: 0 });
+        free_only_if_zero(&img, &mut classes).unwrap();
+        assert_eq!(classes[5], PageClass::Unknown, "a free page with content was taken after the dump");
+        assert_eq!(classes[7], PageClass::Free, "a zero page stays free");
     }
 
     #[test]

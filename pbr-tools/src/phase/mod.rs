@@ -176,6 +176,11 @@ pub(crate) struct PhaseInput<'a> {
 /// at capture (JSON: pages offered, kept, differing, unusable).
 pub const CACHE_KEY: &str = "pbr.cache_refs";
 
+/// The metadata key with the stored `kernel` pages by kpageflags kind
+/// (JSON: reserved, slab, page_tables, other): where a candidate's size
+/// goes once free pages and page cache are dropped.
+pub const KERNEL_PAGES_KEY: &str = "classes.kernel_pages";
+
 /// Converts, classifies, trims and records the manifest of one phase.
 pub(crate) fn candidate(
     out: &Path,
@@ -196,6 +201,7 @@ pub(crate) fn candidate(
     let file = std::fs::File::open(stream).map_err(|e| Error::io("stream", e))?;
     let report = convert(&file, Some(&file), &raw, &copts, &|_| {})?;
     let mut current = raw;
+    let mut kernel_pages = None;
     if let Some(gz) = input.kpageflags {
         let words = crate::classify::parse_words(gz, input.max_pages)?;
         let counts = input.kpagecount.map(|c| crate::classify::parse_words(c, input.max_pages)).transpose()?;
@@ -205,13 +211,17 @@ pub(crate) fn candidate(
         if input.free_only_if_zero {
             crate::classify::free_only_if_zero(&raw_img, &mut classes)?;
         }
+        let k = crate::classify::KernelPages::of(&raw_img, &words, &classes);
+        let detail =
+            serde_json::json!({"reserved": k.reserved, "slab": k.slab, "page_tables": k.page_tables, "other": k.other});
+        kernel_pages = Some(detail.to_string());
         crate::classify::apply(&raw_img, &next, &classes, "kpageflags", None)?;
         current = next;
     }
     let classified = Image::open(&current)?;
     let untrimmed_bytes = classified.file_len();
     let trimmed = work.join(format!("{phase}-trimmed.pbr"));
-    let (refs, extra) = match input.cache {
+    let (refs, mut extra) = match input.cache {
         Some((files, seals)) => {
             let (refs, r) = crate::refill::verify(&classified, files, seals)?;
             let note =
@@ -220,6 +230,9 @@ pub(crate) fn candidate(
         }
         None => (classified.disk_refs().clone(), Vec::new()),
     };
+    if let Some(k) = kernel_pages {
+        extra.push((KERNEL_PAGES_KEY.to_owned(), k));
+    }
     crate::trim::trim_with(&classified, &trimmed, input.drop, &refs, &extra)?;
     let dest = out.join(format!("{phase}.pbr"));
     match &opts.root {
