@@ -11,7 +11,8 @@
 # recover, spawn: from the decision until the guest's service answers a
 # client on the host, median), interleaved. Then recovers 4 guests from the
 # one flat candidate at once and reads their QEMUs' resident memory (RSS
-# and PSS from /proc) against one guest's. Also the standby way with the
+# and PSS from /proc) against one guest's, and where one guest's goes, by
+# mapping (/proc/PID/smaps). Also the standby way with the
 # flat candidate against the prestaged way with the streamed one.
 # The last line: "flat restore: 256 MiB X ms, 4096 MiB Y ms (ratio R), 4
 # guests resident A MiB vs 1 guest B MiB".
@@ -67,6 +68,29 @@ for _ in $(seq "$runs"); do
 done
 echo "256 MiB, QEMU waiting before the decision: standby with the flat candidate mapped $(median < "$work/standby-flat.ms") ms, prestaged (streamed candidate loaded beforehand) $(median < "$work/prestaged.ms") ms"
 
+# One QEMU's resident memory by kind of mapping, from /proc/PID/smaps.
+breakdown() {
+    python3 - "$1" <<'PY'
+import re, sys
+groups = {}
+name = None
+for line in open(f"/proc/{sys.argv[1]}/smaps"):
+    if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+        parts = line.split(None, 5)
+        path = parts[5].strip() if len(parts) > 5 else ""
+        name = ("the image (guest RAM mapped)" if path.endswith(".pbr") else
+                "anonymous (QEMU heap, TCG code buffer, ROMs)" if path in ("", "[heap]") or path.startswith("[anon") else
+                "QEMU and its libraries" if path.startswith("/") else "other (" + path + ")")
+        groups.setdefault(name, {"Pss": 0, "Private_Dirty": 0, "Shared_Clean": 0})
+    else:
+        k, _, v = line.partition(":")
+        if name and k in ("Pss", "Private_Dirty", "Shared_Clean"):
+            groups[name][k] += int(v.split()[0])
+for n, g in sorted(groups.items(), key=lambda x: -x[1]["Pss"]):
+    print(f"  1 guest, {n}: PSS {g['Pss'] // 1024} MiB, private dirty {g['Private_Dirty'] // 1024} MiB, shared clean {g['Shared_Clean'] // 1024} MiB")
+PY
+}
+
 # Resident memory: n guests recovered from the one flat 4 GiB candidate.
 resident() {
     local n=$1 qemus=() rss=0 pss=0
@@ -86,6 +110,8 @@ resident() {
         rss=$((rss + $(awk '/^Rss:/ { print $2 }' /proc/"$q"/smaps_rollup)))
         pss=$((pss + $(awk '/^Pss:/ { print $2 }' /proc/"$q"/smaps_rollup)))
     done
+    # Where one guest's memory goes, by mapping.
+    [ "$n" = 1 ] && breakdown "${qemus[0]}" >&2
     for q in "${qemus[@]}"; do kill "$q" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     pids=()

@@ -2,10 +2,11 @@
 //! read-only disks, and where those bytes sit on the disk.
 //!
 //! For each file the boot opened or a process maps: `mincore` says which
-//! of its pages are cached; each cached page is read once through a shared
-//! mapping (it is resident, so nothing is read from the disk), which puts
-//! it in this process's page table, where `/proc/self/pagemap` gives its
-//! frame; `FS_IOC_FIEMAP` gives where the file's blocks sit on the disk.
+//! of its pages are cached; each run of cached pages is mapped into a
+//! shared mapping (`MADV_POPULATE_READ`, or a read of each page on older
+//! kernels; the pages are resident, so nothing is read from the disk),
+//! which puts them in this process's page table, where
+//! `/proc/self/pagemap` gives their frames; `FS_IOC_FIEMAP` gives where the file's blocks sit on the disk.
 //! None of it has to be exact: the host keeps a reference only when the
 //! saved page equals the disk's bytes (`spec/agent.md` §3.8).
 
@@ -28,6 +29,9 @@ const EXTENTS: usize = 128;
 const NOT_ON_DISK: u32 = 0x2 | 0x4 | 0x8 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800;
 /// Last extent of the file.
 const LAST: u32 = 0x1;
+/// `MADV_POPULATE_READ` (Linux 5.14): map the pages of a range as reads
+/// would, without a fault per page.
+const MADV_POPULATE_READ: libc::c_int = 22;
 /// Most files looked at.
 const MAX_FILES: usize = 50_000;
 
@@ -166,10 +170,28 @@ fn resident_frames(f: &File, size: u64, pagemap: &File) -> Option<Vec<(u64, u64)
     let ok = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) } == 0;
     let mut out = Vec::new();
     if ok {
-        for (i, _) in vec.iter().enumerate().filter(|(_, v)| **v & 1 != 0) {
-            // SAFETY: page `i` lies inside the mapping; reading one byte of
-            // a resident page maps it without reading the disk.
-            unsafe { std::ptr::read_volatile((addr as *const u8).add(i * PAGE as usize)) };
+        let mut i = 0;
+        while i < pages {
+            if vec[i] & 1 == 0 {
+                i += 1;
+                continue;
+            }
+            let run = vec[i..].iter().take_while(|v| **v & 1 != 0).count();
+            let at = i * PAGE as usize;
+            // SAFETY: the run lies inside the mapping. The kernel maps its
+            // resident pages in one call (no fault per page).
+            let populated = unsafe {
+                libc::madvise((addr as *mut u8).add(at).cast(), run * PAGE as usize, MADV_POPULATE_READ)
+            } == 0;
+            if !populated {
+                for p in i..i + run {
+                    // SAFETY: page `p` lies inside the mapping; reading one
+                    // byte of a resident page maps it without reading the
+                    // disk.
+                    unsafe { std::ptr::read_volatile((addr as *const u8).add(p * PAGE as usize)) };
+                }
+            }
+            i += run;
         }
         let first = addr as u64 / PAGE;
         let mut entries = vec![0u8; pages * 8];
