@@ -368,17 +368,19 @@ impl HypervisorAdapter for QemuAdapter {
     }
 
     fn resume(&mut self) -> Result<()> {
+        // Opened once: for the mapping's offsets and for the stream.
+        let image = Image::open(&self.image)?;
         if self.incoming.is_none() {
             // RAM mapped from a flat image where QEMU can (8.2 and later;
             // QEMU is asked its version only for a flat image).
-            let mapping = mapped_ram_args(&Image::open(&self.image)?, &self.image)
+            let mapping = mapped_ram_args(&image, &self.image)
                 .filter(|_| qemu_version(&self.qemu).is_some_and(|v| v >= (8, 2)));
             self.mapped = mapping.is_some();
             // QEMU's standard input is the caller's: a console there works.
             self.listen_with(std::process::Stdio::inherit(), &mapping.unwrap_or_default())?;
         }
         match self.incoming.take() {
-            Some(incoming) => self.resume_standby(&incoming),
+            Some(incoming) => self.resume_standby(&incoming, image),
             None => Err(Error::Unsupported("QEMU is not listening for the stream".into())),
         }
     }
@@ -386,8 +388,7 @@ impl HypervisorAdapter for QemuAdapter {
 
 impl QemuAdapter {
     /// Streams the image into the standby QEMU's listening socket.
-    fn resume_standby(&mut self, incoming: &Path) -> Result<()> {
-        let image = Image::open(&self.image)?;
+    fn resume_standby(&mut self, incoming: &Path, image: Image) -> Result<()> {
         let out = UnixStream::connect(incoming)
             .map_err(|e| Error::io(format!("cannot reach QEMU's incoming socket {}", incoming.display()), e))?;
         let qmp = self.qmp.as_mut().ok_or_else(|| Error::Unsupported("the standby QEMU has no QMP".into()))?;
