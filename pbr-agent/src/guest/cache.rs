@@ -180,9 +180,9 @@ fn resident_frames(f: &File, size: u64, pagemap: &File) -> Option<Vec<(u64, u64)
             let at = i * PAGE as usize;
             // SAFETY: the run lies inside the mapping. The kernel maps its
             // resident pages in one call (no fault per page).
-            let populated = unsafe {
-                libc::madvise((addr as *mut u8).add(at).cast(), run * PAGE as usize, MADV_POPULATE_READ)
-            } == 0;
+            let populated =
+                unsafe { libc::madvise((addr as *mut u8).add(at).cast(), run * PAGE as usize, MADV_POPULATE_READ) }
+                    == 0;
             if !populated {
                 for p in i..i + run {
                     // SAFETY: page `p` lies inside the mapping; reading one

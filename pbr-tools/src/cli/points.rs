@@ -90,7 +90,7 @@ fn report(r: &PointsRecovery, as_json: bool) {
             "{}",
             json!({"chosen": r.chosen.as_ref().map(|p| p.display().to_string()), "refused": refused,
                    "downtime_s": s(r.downtime), "select_s": s(r.select), "restore_s": s(r.restore),
-                   "guest_s": s(guest), "vmm": r.vmm.name(), "adapter": "qemu", "refilled_pages": r.refilled_pages,
+                   "guest_s": s(guest), "vmm": r.vmm.name(), "adapter": "qemu", "refilled_pages": r.refilled_pages, "refill_s": s(r.refill),
                    "ram": if r.ram_mapped { "mapped" } else { "streamed" },
                    "clock_step_s": r.resumed.as_ref().map(|x| x.clock_step_ns as f64 / 1e9),
                    "reseeded": r.resumed.as_ref().map(|x| x.reseeded)})
@@ -109,7 +109,7 @@ fn report(r: &PointsRecovery, as_json: bool) {
             });
             let refilled = match r.refilled_pages {
                 0 => String::new(),
-                n => format!(", {n} page-cache pages refilled from the disks"),
+                n => format!(", {n} page-cache pages refilled from the disks in {:.3} s", s(r.refill)),
             };
             outln!(
                 "recovered from {} (qemu {}, RAM {}{refilled}): ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s); {caught_up}",

@@ -50,6 +50,8 @@ pub struct PointsRecovery {
     pub resumed: Option<Resumed>,
     /// Page-cache pages read back from the guest's disks before it ran.
     pub refilled_pages: u64,
+    /// Of the restore, reading them back.
+    pub refill: Duration,
     /// Whether QEMU mapped the guest's RAM from a flat candidate rather
     /// than loading it from the stream.
     pub ram_mapped: bool,
@@ -135,6 +137,12 @@ pub fn recover_points(
                 .or_else(|_| QemuAdapter::standby(&cmd.qemu, args.clone()))?,
         ),
     };
+    // A standby QEMU also has the latest candidate's page-cache pages read
+    // back beforehand; the seal check at the decision proves them current.
+    // Failing here only means the restore reads them itself.
+    if let Some(s) = standby.as_mut().filter(|_| vmm == Vmm::Standby) {
+        let _ = s.preload_refill(&images[latest]);
+    }
     let mut agent = match standby {
         Some(_) => Some(AgentPort::connect(&sock)?),
         None => None,
@@ -199,6 +207,7 @@ pub fn recover_points(
         vmm: used,
         resumed,
         refilled_pages: q.refilled_pages(),
+        refill: q.refill_time(),
         ram_mapped: q.ram_mapped(),
     };
     if let Some(child) = q.child.as_mut() {
@@ -275,6 +284,7 @@ pub fn boot_points(
         vmm: if paused { Vmm::Standby } else { Vmm::Spawn },
         resumed: None,
         refilled_pages: 0,
+        refill: Duration::ZERO,
         ram_mapped: false,
     };
     on_ready(&r, &mut m.child);

@@ -39,6 +39,9 @@ pub struct QemuExport {
     pub omitted_pages: u64,
     /// Page-cache pages read back from the guest's disks (`crate::refill`).
     pub refilled_pages: u64,
+    /// Time spent reading them back and checking them, before the first
+    /// byte of the stream.
+    pub refill_time: std::time::Duration,
 }
 
 /// How [`export_qemu_to`] writes.
@@ -190,6 +193,29 @@ pub fn export_qemu(image: &Image, dest: &Path) -> Result<QemuExport> {
 /// a corrupt page, page-cache pages that cannot be refilled from the
 /// guest's disks ([`Error::Refill`]), I/O.
 pub fn export_qemu_to<W: Write>(image: &Image, out: W, opts: ExportOptions) -> Result<QemuExport> {
+    let t = std::time::Instant::now();
+    let refill = Refill::load(image)?;
+    let refill_time = t.elapsed();
+    let mut report = export_qemu_refilled(image, out, opts, refill.as_ref())?;
+    report.refill_time = refill_time;
+    Ok(report)
+}
+
+/// [`export_qemu_to`] with the image's page-cache pages already read back
+/// ([`Refill::load`], `None` when it has none): a restore reads them while
+/// QEMU starts.
+///
+/// # Errors
+/// As [`export_qemu_to`]; an image that needs a refill and got none.
+pub fn export_qemu_refilled<W: Write>(
+    image: &Image,
+    out: W,
+    opts: ExportOptions,
+    refill: Option<&Refill>,
+) -> Result<QemuExport> {
+    if refill.is_none() {
+        crate::refill::refuse_refill(image, "this export")?;
+    }
     if image.base().is_some() {
         return Err(Error::Unsupported("this is a diff image: apply it to its base before exporting".into()));
     }
@@ -225,14 +251,13 @@ pub fn export_qemu_to<W: Write>(image: &Image, out: W, opts: ExportOptions) -> R
             "the image's regions no longer match the QEMU ram blocks it was converted from".into(),
         ));
     }
-    let refill = Refill::load(image)?;
-    let extra = uncovered_pages(image, &layout, &blocks, &sections, refill.as_ref())?;
+    let extra = uncovered_pages(image, &layout, &blocks, &sections, refill)?;
 
     let report = {
         let mut e = Emitter {
             out: BufWriter::with_capacity(1 << 20, out),
             img: image,
-            refill: refill.as_ref(),
+            refill,
             layout,
             blocks,
             last_block: None,

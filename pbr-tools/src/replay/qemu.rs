@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 
 use super::{HypervisorAdapter, RegionPlan, Taken};
 use crate::error::{Error, Result};
-use crate::qemu::export::{ExportOptions, export_qemu_to};
+use crate::qemu::export::{ExportOptions, export_qemu_refilled};
+use crate::refill::Refill;
 
 /// A minimal QMP client over a unix socket.
 pub struct Qmp(BufReader<UnixStream>);
@@ -158,7 +159,8 @@ pub struct QemuAdapter {
     /// QEMU maps the guest's RAM from the (flat) image instead of loading
     /// it from the stream.
     mapped: bool,
-    refilled: u64,
+    refilled: (u64, Duration),
+    preloaded: Option<([u8; 32], Refill)>,
     /// The trailer hash of the image a standby QEMU maps its RAM from.
     maps: Option<[u8; 32]>,
 }
@@ -185,7 +187,8 @@ impl QemuAdapter {
             held: None,
             interrupt,
             mapped: false,
-            refilled: 0,
+            refilled: (0, Duration::ZERO),
+            preloaded: None,
             maps: None,
         })
     }
@@ -302,7 +305,28 @@ impl QemuAdapter {
     /// Page-cache pages read back from the guest's disks into the stream
     /// (`crate::refill`): known once the guest is resumed.
     pub fn refilled_pages(&self) -> u64 {
-        self.refilled
+        self.refilled.0
+    }
+
+    /// How long reading those pages back took (while QEMU started, when
+    /// it was started for the restore).
+    pub fn refill_time(&self) -> Duration {
+        self.refilled.1
+    }
+
+    /// Reads `image`'s page-cache pages back now, before a failure, for a
+    /// standby QEMU that may be asked to restore it: a later restore of
+    /// that image (the same trailer hash) uses them. Sound because the
+    /// decision checks the disks' seals first: if they still hold, the disk
+    /// has not changed since these pages were read.
+    ///
+    /// # Errors
+    /// As [`Refill::load`].
+    pub fn preload_refill(&mut self, image: &Image) -> Result<()> {
+        if let Some(r) = Refill::load(image)? {
+            self.preloaded = Some((image.image_blake3(), r));
+        }
+        Ok(())
     }
 
     /// The machine arguments QEMU runs (or will run) with.
@@ -370,17 +394,32 @@ impl HypervisorAdapter for QemuAdapter {
     fn resume(&mut self) -> Result<()> {
         // Opened once: for the mapping's offsets and for the stream.
         let image = Image::open(&self.image)?;
-        if self.incoming.is_none() {
-            // RAM mapped from a flat image where QEMU can (8.2 and later;
-            // QEMU is asked its version only for a flat image).
-            let mapping = mapped_ram_args(&image, &self.image)
-                .filter(|_| qemu_version(&self.qemu).is_some_and(|v| v >= (8, 2)));
-            self.mapped = mapping.is_some();
-            // QEMU's standard input is the caller's: a console there works.
-            self.listen_with(std::process::Stdio::inherit(), &mapping.unwrap_or_default())?;
-        }
+        let preloaded = self.preloaded.take().filter(|(h, _)| *h == image.image_blake3()).map(|(_, r)| r);
+        // Page-cache pages are read back from the disks while QEMU starts.
+        let (refill, refill_time) = std::thread::scope(|s| {
+            let loader = s.spawn(|| {
+                let t = Instant::now();
+                let r = match preloaded {
+                    Some(r) => Ok(Some(r)),
+                    None => Refill::load(&image),
+                };
+                (r, t.elapsed())
+            });
+            if self.incoming.is_none() {
+                // RAM mapped from a flat image where QEMU can (8.2 and
+                // later; QEMU is asked its version only for a flat image).
+                let mapping = mapped_ram_args(&image, &self.image)
+                    .filter(|_| qemu_version(&self.qemu).is_some_and(|v| v >= (8, 2)));
+                self.mapped = mapping.is_some();
+                // QEMU's standard input is the caller's: a console there
+                // works.
+                self.listen_with(std::process::Stdio::inherit(), &mapping.unwrap_or_default())?;
+            }
+            let (r, took) = loader.join().map_err(|_| Error::Unsupported("the refill panicked".into()))?;
+            Ok::<_, Error>((r?, took))
+        })?;
         match self.incoming.take() {
-            Some(incoming) => self.resume_standby(&incoming, image),
+            Some(incoming) => self.resume_standby(&incoming, image, refill, refill_time),
             None => Err(Error::Unsupported("QEMU is not listening for the stream".into())),
         }
     }
@@ -388,19 +427,25 @@ impl HypervisorAdapter for QemuAdapter {
 
 impl QemuAdapter {
     /// Streams the image into the standby QEMU's listening socket.
-    fn resume_standby(&mut self, incoming: &Path, image: Image) -> Result<()> {
+    fn resume_standby(
+        &mut self,
+        incoming: &Path,
+        image: Image,
+        refill: Option<Refill>,
+        refill_time: Duration,
+    ) -> Result<()> {
         let out = UnixStream::connect(incoming)
             .map_err(|e| Error::io(format!("cannot reach QEMU's incoming socket {}", incoming.display()), e))?;
         let qmp = self.qmp.as_mut().ok_or_else(|| Error::Unsupported("the standby QEMU has no QMP".into()))?;
         let opts = ExportOptions { omit_zero_pages: true, mapped_ram: self.mapped };
         let report = std::thread::scope(|s| {
-            let writer = s.spawn(move || export_qemu_to(&image, out, opts));
+            let writer = s.spawn(move || export_qemu_refilled(&image, out, opts, refill.as_ref()));
             let loaded = qmp.wait_migration(Duration::from_secs(300));
             let written = writer.join().map_err(|_| Error::Unsupported("the stream writer panicked".into()))?;
             loaded?;
             written
         })?;
-        self.refilled = report.refilled_pages;
+        self.refilled = (report.refilled_pages, refill_time);
         if !self.hold {
             qmp.cmd("cont", json!({}))?;
         }
