@@ -23,8 +23,10 @@
 # candidate: untrimmed and as captured; for daemons also trimmed of free
 # and zero pages, trimmed_cache and packed) and daemons_stored_mib (the
 # stored pages of the cache-trimmed daemons image by class, and its kernel
-# pages by kind: reserved, slab, page tables, other: where the rest goes). The last line is "phase-based reboot (distro): cold boot X
-# s, recovery Y s, Z% shorter" for the first size, daemons, spawn.
+# pages by kind: reserved, slab, page tables, other: where the rest
+# goes); every run's own JSON goes to FILE.rows.jsonl. The last line is
+# "phase-based reboot (distro): cold boot X s, recovery Y s, Z% shorter"
+# for the first size, daemons, spawn.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mems="512 1024 4096"
@@ -103,6 +105,7 @@ for mem in $mems; do
     done
 done
 
+[ -z "$json_out" ] || cp "$results" "$json_out.rows.jsonl"
 python3 - "$results" "$json_out" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
