@@ -86,7 +86,7 @@ for line in open(f"/proc/{sys.argv[1]}/smaps"):
         k, _, v = line.partition(":")
         if name and k in ("Pss", "Private_Dirty", "Shared_Clean"):
             groups[name][k] += int(v.split()[0])
-for n, g in sorted(groups.items(), key=lambda x: -x[1]["Pss"]):
+for n, g in sorted((x for x in groups.items() if x[1]["Pss"] >= 1024), key=lambda x: -x[1]["Pss"]):
     print(f"  1 guest, {n}: PSS {g['Pss'] // 1024} MiB, private dirty {g['Private_Dirty'] // 1024} MiB, shared clean {g['Shared_Clean'] // 1024} MiB")
 PY
 }
