@@ -413,6 +413,19 @@ pub struct CacheRefRecord {
 const _: () = assert!(size_of::<CacheRefRecord>() == 24);
 
 /// A `DISK_REFS` record (`spec/format.md` §7.8).
+///
+/// # Example
+/// ```
+/// use zerocopy::FromBytes;
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.1/disk-refs.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let s = image.sections().iter().find(|s| s.name() == "DISK_REFS").unwrap();
+/// let body = &image.as_bytes()[s.offset as usize + 8..];
+/// let (r, _) = pbr_format::pod::DiskRefRecord::read_from_prefix(body).unwrap();
+/// assert_eq!(r.gfn.get(), image.disk_refs().pages[0].gfn);
+/// assert_eq!(r.length.get(), 4096);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub struct DiskRefRecord {

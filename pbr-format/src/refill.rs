@@ -41,6 +41,18 @@ pub struct DiskRef {
 /// A page with a reference that is stored is unchanged by it; a page with a
 /// reference that is `TRIMMED` (class `cache`) must be refilled from the
 /// disk before the guest runs.
+///
+/// # Example
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.1/disk-refs.pbr");
+/// let image = pbr_format::Image::open(path)?;
+/// let refs = image.disk_refs();
+/// for r in &refs.pages {
+///     println!("page {:#x}: /{} at byte {}, disk byte {}", r.gfn, refs.files[r.file as usize], r.file_offset, r.disk_offset);
+/// }
+/// assert!(refs.check(image.page_size()).is_ok());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DiskRefs {
     /// Files, as paths relative to the guest's root.
@@ -51,6 +63,11 @@ pub struct DiskRefs {
 
 impl DiskRefs {
     /// Whether there are none.
+    ///
+    /// # Example
+    /// ```
+    /// assert!(pbr_format::DiskRefs::default().is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.pages.is_empty()
     }
@@ -77,6 +94,16 @@ impl DiskRefs {
     /// # Errors
     /// `(index, message)` of the first bad reference; the index is `None`
     /// for a bad file path.
+    ///
+    /// # Example
+    /// ```
+    /// use pbr_format::{DiskRef, DiskRefs};
+    /// let r = DiskRef { gfn: 7, disk: 0, disk_offset: 0, length: 5000, crc32: 0, file: 0, file_offset: 0 };
+    /// let refs = DiskRefs { files: vec!["etc/hosts".into()], pages: vec![r] };
+    /// let (at, why) = refs.check(4096).unwrap_err();
+    /// assert_eq!(at, Some(0));
+    /// assert!(why.contains("length 5000"));
+    /// ```
     pub fn check(&self, page_size: u32) -> Result<(), (Option<usize>, String)> {
         for (i, f) in self.files.iter().enumerate() {
             check_path(f).map_err(|m| (None, format!("file {i}: {m}")))?;
