@@ -1,5 +1,5 @@
 //! The page-cache message: which guest page frames hold which bytes of
-//! which files, and where those bytes sit on the disk (`spec/agent.md` §3.8).
+//! which files, and where those bytes sit on the disk (`spec/agent.md` §3.1).
 //!
 //! Binary, little-endian, one record per file until the payload ends:
 //!

@@ -1,5 +1,5 @@
 //! Page-cache pages left out of an image and read back from the guest's
-//! disks before it runs (`spec/format.md` §7.8, `spec/agent.md` §3.8).
+//! disks before it runs (`spec/format.md` §7.8, `spec/agent.md` §3.1).
 //!
 //! - At capture, [`verify`] turns what the agent says is cached (file,
 //!   offset, frame, place on the disk) into disk references, keeping only
@@ -119,13 +119,11 @@ pub struct Refill {
     gfns: Vec<u64>,
     data: Vec<u8>,
     page_size: usize,
-    disks: Vec<(String, u64)>,
 }
 
 impl Refill {
-    /// Reads back every `TRIMMED` page of `img` that has a disk reference,
-    /// after proving each disk unchanged since capture; `None` when the
-    /// image has none.
+    /// Reads back every page of `img` that [`pending`] names, after proving
+    /// each disk unchanged since capture; `None` when the image has none.
     ///
     /// # Errors
     /// [`Error::Refill`]: cache pages trimmed with no reference, no seals,
@@ -143,7 +141,6 @@ impl Refill {
             .ok_or_else(|| Error::Refill(format!("the image has disk references but no {SEALS_KEY}")))
             .and_then(|s| Seals::from_json(s).map_err(|e| Error::Refill(e.to_string())))?;
         let mut files: HashMap<u32, File> = HashMap::new();
-        let mut disks = Vec::new();
         for r in &trimmed {
             if files.contains_key(&r.disk) {
                 continue;
@@ -155,7 +152,6 @@ impl Refill {
             let f = File::open(&d.file.path)
                 .map_err(|e| Error::Refill(format!("disk {} ({}): {e}", d.guest, d.file.path.display())))?;
             files.insert(r.disk, f);
-            disks.push((d.guest.clone(), 0));
         }
         let mut data = vec![0u8; trimmed.len() * ps];
         // Read in disk order, a run of adjacent whole pages at once.
@@ -199,13 +195,9 @@ impl Refill {
                     )));
                 }
             }
-            let d = seals.disks[first.disk as usize].guest.as_str();
-            if let Some(e) = disks.iter_mut().find(|(n, _)| n == d) {
-                e.1 += run.len() as u64;
-            }
             run.clear();
         }
-        Ok(Some(Refill { gfns: trimmed.iter().map(|r| r.gfn).collect(), data, page_size: ps, disks }))
+        Ok(Some(Refill { gfns: trimmed.iter().map(|r| r.gfn).collect(), data, page_size: ps }))
     }
 
     /// The refilled content of page `gfn`, if it is one.
@@ -227,11 +219,6 @@ impl Refill {
     /// Whether none are.
     pub fn is_empty(&self) -> bool {
         self.gfns.is_empty()
-    }
-
-    /// Pages refilled from each disk, by the guest's name for it.
-    pub fn disks(&self) -> &[(String, u64)] {
-        &self.disks
     }
 }
 

@@ -8,7 +8,7 @@
 //! which puts them in this process's page table, where
 //! `/proc/self/pagemap` gives their frames; `FS_IOC_FIEMAP` gives where the file's blocks sit on the disk.
 //! None of it has to be exact: the host keeps a reference only when the
-//! saved page equals the disk's bytes (`spec/agent.md` §3.8).
+//! saved page equals the disk's bytes (`spec/agent.md` §3.1).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
