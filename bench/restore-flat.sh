@@ -12,8 +12,10 @@
 # client on the host, median), interleaved. Then recovers 4 guests from the
 # one flat candidate at once and reads their QEMUs' resident memory (RSS
 # and PSS from /proc) against one guest's, and where one guest's goes, by
-# mapping (/proc/PID/smaps). Also the standby way with the
-# flat candidate against the prestaged way with the streamed one.
+# mapping (/proc/PID/smaps), and the guests' RAM apart from what each QEMU
+# holds besides. Also the standby and prestaged ways with the flat
+# candidate against the prestaged way with the streamed one, with what
+# each QEMU held before the decision.
 # The last line: "flat restore: 256 MiB X ms, 4096 MiB Y ms (ratio R), 4
 # guests resident A MiB vs 1 guest B MiB".
 set -euo pipefail
@@ -59,14 +61,21 @@ for mem in 256 4096; do
     echo "$mem MiB: flat ${flat[$mem]} ms, streamed ${streamed[$mem]} ms (median of $runs; candidate $(du -m --apparent-size "$work/cap-$mem/daemons.pbr" | cut -f1) MiB, flat file $(du -m --apparent-size "$work/flat-$mem.pbr" | cut -f1) MiB apparent, $(du -m "$work/flat-$mem.pbr" | cut -f1) MiB allocated)"
 done
 
-# The standby way with the flat candidate mapped beforehand (nothing
-# loaded) against the prestaged way with today's streamed candidate
-# (loaded into the waiting QEMU beforehand), 256 MiB.
+# QEMU waiting before the decision, 256 MiB: the standby way with the flat
+# candidate (RAM mapped, its stream made ready, nothing loaded), the
+# prestaged way with it (device state loaded, RAM still only mapped), and
+# the prestaged way with the streamed candidate (every page loaded
+# beforehand). Each with what its QEMU held before the decision (PSS).
+held() { python3 -c "import json,sys; d=json.load(sys.stdin); print(round(d['downtime_s'] * 1000, 1), d['held']['pss_kib'] // 1024, d['held']['anon_kib'] // 1024)"; }
 for _ in $(seq "$runs"); do
-    $pbr recover --standby --qemu "$qemu10" --json "$work/flat-256.pbr" | ms >> "$work/standby-flat.ms"
-    $pbr recover --prestaged --qemu "$qemu10" --json "$work/cap-256/daemons.pbr" | ms >> "$work/prestaged.ms"
+    $pbr recover --standby --qemu "$qemu10" --json "$work/flat-256.pbr" | held >> "$work/standby-flat.ms"
+    $pbr recover --prestaged --qemu "$qemu10" --json "$work/flat-256.pbr" | held >> "$work/prestaged-flat.ms"
+    $pbr recover --prestaged --qemu "$qemu10" --json "$work/cap-256/daemons.pbr" | held >> "$work/prestaged.ms"
 done
-echo "256 MiB, QEMU waiting before the decision: standby with the flat candidate mapped $(median < "$work/standby-flat.ms") ms, prestaged (streamed candidate loaded beforehand) $(median < "$work/prestaged.ms") ms"
+col() { cut -d' ' -f"$1" < "$2" | median; }
+for way in standby-flat prestaged-flat prestaged; do
+    echo "256 MiB, $way: $(col 1 "$work/$way.ms") ms; its QEMU held $(col 2 "$work/$way.ms") MiB before the decision (PSS; $(col 3 "$work/$way.ms") MiB of its own)"
+done
 
 # One QEMU's resident memory by kind of mapping, from /proc/PID/smaps.
 breakdown() {
@@ -93,7 +102,7 @@ PY
 
 # Resident memory: n guests recovered from the one flat 4 GiB candidate.
 resident() {
-    local n=$1 qemus=() rss=0 pss=0
+    local n=$1 qemus=() rss=0 pss=0 ram=0
     pids=()
     for i in $(seq "$n"); do
         $pbr recover --qemu "$qemu10" --keep-running "$work/flat-4096.pbr" > "$work/keep-$i.out" 2>&1 &
@@ -109,17 +118,23 @@ resident() {
     for q in "${qemus[@]}"; do
         rss=$((rss + $(awk '/^Rss:/ { print $2 }' /proc/"$q"/smaps_rollup)))
         pss=$((pss + $(awk '/^Pss:/ { print $2 }' /proc/"$q"/smaps_rollup)))
+        # The guest's RAM: the mapping of the image.
+        ram=$((ram + $(awk '/^[0-9a-f]+-[0-9a-f]+ / { img = ($NF ~ /\.pbr$/) } img && /^Pss:/ { s += $2 } END { print s + 0 }' /proc/"$q"/smaps)))
     done
     # Where one guest's memory goes, by mapping.
     [ "$n" = 1 ] && breakdown "${qemus[0]}" >&2
     for q in "${qemus[@]}"; do kill "$q" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     pids=()
-    echo "$((rss / 1024)) $((pss / 1024)) ${#qemus[@]}"
+    echo "$((rss / 1024)) $((pss / 1024)) ${#qemus[@]} $((ram / 1024))"
 }
-read -r rss1 pss1 n1 < <(resident 1)
-read -r rss4 pss4 n4 < <(resident 4)
+read -r rss1 pss1 n1 ram1 < <(resident 1)
+read -r rss4 pss4 n4 ram4 < <(resident 4)
 echo "resident memory, 4096 MiB guests from one flat candidate: 1 guest RSS $rss1 MiB (PSS $pss1), $n4 guests RSS $rss4 MiB in all (PSS $pss4)"
+# Split: the guests' RAM (the image mapping, shared but for the pages each
+# guest wrote) and what each QEMU holds besides (its heap, the TCG code
+# buffer, its copies of -kernel and -initrd, its libraries' share).
+echo "of which guest RAM (the image mapping): 1 guest $ram1 MiB, $n4 guests $ram4 MiB in all (ratio $(python3 -c "print(round($ram4 / max($ram1, 1), 2))")); QEMU besides: 1 guest $((pss1 - ram1)) MiB, $n4 guests $((pss4 - ram4)) MiB in all"
 ratio=$(python3 -c "print(round(${flat[4096]} / ${flat[256]}, 2))")
 echo "streamed restore: 256 MiB ${streamed[256]} ms, 4096 MiB ${streamed[4096]} ms"
 echo "flat restore: 256 MiB ${flat[256]} ms, 4096 MiB ${flat[4096]} ms (ratio $ratio), 4 guests resident $pss4 MiB vs 1 guest $pss1 MiB"

@@ -46,8 +46,17 @@ fn recover(
     candidates: &[PathBuf],
     inside: &mut dyn FnMut(&PointsRecovery, &mut std::process::Child),
 ) -> (PointsRecovery, Vec<Refused>) {
+    recover_with(candidates, Vmm::Spawn, inside)
+}
+
+/// [`recover`] with QEMU started the way `vmm` says.
+fn recover_with(
+    candidates: &[PathBuf],
+    vmm: Vmm,
+    inside: &mut dyn FnMut(&PointsRecovery, &mut std::process::Child),
+) -> (PointsRecovery, Vec<Refused>) {
     let mut refused = Vec::new();
-    let r = recover_points(candidates, None, Vmm::Spawn, &mut |x| refused.push(x.clone()), inside).unwrap();
+    let r = recover_points(candidates, None, vmm, &mut |x| refused.push(x.clone()), inside).unwrap();
     (r, refused)
 }
 
@@ -144,8 +153,8 @@ fn root_changed_on_the_host_goes_back_to_kernel() {
 /// Recovers from `image` alone and checks the guest: nginx serves, every
 /// unit runs (processes whose file pages were refilled keep running), it
 /// writes its data disk and powers off, and both disks are clean.
-fn recover_serving(lab: &Lab, image: &std::path::Path) -> PointsRecovery {
-    let (r, refused) = recover(&[image.to_path_buf()], &mut |_, child| {
+fn recover_serving(lab: &Lab, image: &std::path::Path, vmm: Vmm) -> PointsRecovery {
+    let (r, refused) = recover_with(&[image.to_path_buf()], vmm, &mut |_, child| {
         assert_eq!(lab.get().1, "served from the data disk\n");
         let (state, _) = lab.shell("systemctl is-system-running");
         assert_eq!(state.lines().last().unwrap_or(""), "running", "{state}");
@@ -205,7 +214,7 @@ fn cache_trimmed_candidate_refills_exactly_streamed_and_mapped() {
     }
     assert_eq!(compared, img.page_count());
 
-    let r = recover_serving(&lab, &trimmed);
+    let r = recover_serving(&lab, &trimmed, Vmm::Spawn);
     assert!(!r.ram_mapped);
     assert_eq!(r.refilled_pages, dropped);
 
@@ -214,8 +223,14 @@ fn cache_trimmed_candidate_refills_exactly_streamed_and_mapped() {
     let flat = lab.out().join("daemons-flat.pbr");
     common::pbr_img_ok(&["unpack", "--flat", t, "-o", flat.to_str().unwrap()]);
     let before = blake3::hash(&std::fs::read(&flat).unwrap());
-    let r = recover_serving(&lab, &flat);
+    let r = recover_serving(&lab, &flat, Vmm::Spawn);
     assert!(r.ram_mapped, "QEMU 10 maps a flat candidate's RAM");
     assert_eq!(r.refilled_pages, dropped);
+    // A standby QEMU mapped the flat candidate's RAM and had its stream,
+    // refilled pages included, ready before the decision.
+    let r = recover_serving(&lab, &flat, Vmm::Standby);
+    assert_eq!((r.vmm, r.ram_mapped), (Vmm::Standby, true), "{r:?}");
+    assert_eq!(r.refilled_pages, dropped);
+    assert_eq!(r.refill, std::time::Duration::ZERO, "the pages were read before the decision");
     assert_eq!(blake3::hash(&std::fs::read(&flat).unwrap()), before, "the flat image changed");
 }

@@ -113,15 +113,33 @@ fn recover_maps_the_ram_each_way() {
     ]);
     let flat = d.join("daemons.pbr");
     pbr_img_ok(&["unpack", "--flat", &s(&raw), "-o", &s(&flat)]);
+    // What each waiting QEMU held of its own before the decision (KiB).
+    let mut own = std::collections::BTreeMap::new();
     for (way, vmm) in [(None, "spawn"), (Some("--standby"), "standby"), (Some("--prestaged"), "prestaged")] {
         let mut args = vec!["recover".to_owned(), "--json".into(), "--qemu".into(), qemu.clone(), s(&flat)];
         args.extend(way.map(String::from));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let v: serde_json::Value = serde_json::from_str(&pbr_img_ok(&args)).unwrap();
         assert_eq!((v["vmm"].as_str(), v["ram"].as_str()), (Some(vmm), Some("mapped")), "{v}");
+        assert_eq!(v["held"].is_null(), way.is_none(), "only a waiting QEMU held memory before: {v}");
+        own.insert(vmm, v["held"]["anon_kib"].as_u64());
     }
-    // The unpacked (not flat) image streams.
-    let v: serde_json::Value =
-        serde_json::from_str(&pbr_img_ok(&["recover", "--json", "--standby", "--qemu", &qemu, &s(&raw)])).unwrap();
-    assert_eq!((v["vmm"].as_str(), v["ram"].as_str()), (Some("standby"), Some("streamed")), "{v}");
+    // The unpacked (not flat) image streams; prestaged, its QEMU holds the
+    // guest's pages before the decision, and flat it does not.
+    for (way, vmm) in [("--standby", "standby"), ("--prestaged", "prestaged")] {
+        let v: serde_json::Value =
+            serde_json::from_str(&pbr_img_ok(&["recover", "--json", way, "--qemu", &qemu, &s(&raw)])).unwrap();
+        assert_eq!((v["vmm"].as_str(), v["ram"].as_str()), (Some(vmm), Some("streamed")), "{v}");
+        own.insert(
+            if vmm == "standby" { "standby streamed" } else { "prestaged streamed" },
+            v["held"]["anon_kib"].as_u64(),
+        );
+    }
+    let img = pbr_format::Image::open(&raw).unwrap();
+    let stored = img.extents().filter(|e| e.encoding.is_stored()).map(|e| e.gfns().count() as u64).sum::<u64>()
+        * u64::from(img.page_size())
+        / 1024;
+    let kib = |k: &str| own[k].unwrap_or_else(|| panic!("{k}: {own:?}"));
+    assert!(kib("prestaged streamed") >= kib("prestaged") + stored / 2, "stored {stored} KiB: {own:?}");
+    assert!(kib("prestaged streamed") >= kib("standby") + stored / 2, "stored {stored} KiB: {own:?}");
 }

@@ -17,6 +17,26 @@ pub fn unix_ns(ns: u64) -> String {
     pbr_tools::time::rfc3339(ns, false)
 }
 
+/// What a standby QEMU held before the decision, for a recovery's line:
+/// empty without one.
+pub fn held(h: Option<pbr_tools::phase::resident::Resident>) -> String {
+    h.map_or(String::new(), |h| {
+        format!(
+            "; before the decision its QEMU held {} (PSS; {} of its own)",
+            bytes(h.pss_kib * 1024),
+            bytes(h.anon_kib * 1024)
+        )
+    })
+}
+
+/// The same as JSON: `null` without one.
+pub fn held_json(h: Option<pbr_tools::phase::resident::Resident>) -> serde_json::Value {
+    h.map_or(
+        serde_json::Value::Null,
+        |h| serde_json::json!({"rss_kib": h.rss_kib, "pss_kib": h.pss_kib, "anon_kib": h.anon_kib}),
+    )
+}
+
 /// Lower-case hex.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

@@ -143,11 +143,11 @@ pub fn recover_run(
                 "{}",
                 json!({"chosen": r.chosen.display().to_string(), "downtime_s": r.downtime.as_secs_f64(), "select_s": r.select.as_secs_f64(),
                        "restore_s": r.restore.as_secs_f64(), "guest_s": r.guest.as_secs_f64(), "standby": vmm != Vmm::Spawn, "vmm": r.vmm.name(),
-                       "adapter": r.adapter, "ram": r.ram, "signal": r.signal})
+                       "adapter": r.adapter, "ram": r.ram, "signal": r.signal, "held": super::fmt::held_json(r.held)})
             );
         } else {
             outln!(
-                "recovered from {} ({} {}, RAM {}): service ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s): {}",
+                "recovered from {} ({} {}, RAM {}): service ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s): {}{}",
                 r.chosen.display(),
                 r.adapter,
                 r.vmm.name(),
@@ -156,7 +156,8 @@ pub fn recover_run(
                 r.select.as_secs_f64(),
                 r.restore.as_secs_f64(),
                 r.guest.as_secs_f64(),
-                r.signal
+                r.signal,
+                super::fmt::held(r.held)
             );
         }
         match (keep, child) {

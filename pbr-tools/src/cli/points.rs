@@ -91,7 +91,7 @@ fn report(r: &PointsRecovery, as_json: bool) {
             json!({"chosen": r.chosen.as_ref().map(|p| p.display().to_string()), "refused": refused,
                    "downtime_s": s(r.downtime), "select_s": s(r.select), "restore_s": s(r.restore),
                    "guest_s": s(guest), "vmm": r.vmm.name(), "adapter": "qemu", "refilled_pages": r.refilled_pages, "refill_s": s(r.refill),
-                   "ram": if r.ram_mapped { "mapped" } else { "streamed" },
+                   "ram": if r.ram_mapped { "mapped" } else { "streamed" }, "held": super::fmt::held_json(r.held),
                    "clock_step_s": r.resumed.as_ref().map(|x| x.clock_step_ns as f64 / 1e9),
                    "reseeded": r.resumed.as_ref().map(|x| x.reseeded)})
         );
@@ -112,7 +112,7 @@ fn report(r: &PointsRecovery, as_json: bool) {
                 n => format!(", {n} page-cache pages refilled from the disks in {:.3} s", s(r.refill)),
             };
             outln!(
-                "recovered from {} (qemu {}, RAM {}{refilled}): ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s); {caught_up}",
+                "recovered from {} (qemu {}, RAM {}{refilled}): ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s); {caught_up}{}",
                 path.display(),
                 r.vmm.name(),
                 if r.ram_mapped { "mapped" } else { "streamed" },
@@ -120,6 +120,7 @@ fn report(r: &PointsRecovery, as_json: bool) {
                 s(r.select),
                 s(r.restore),
                 s(guest),
+                super::fmt::held(r.held),
             );
         }
         None => outln!(

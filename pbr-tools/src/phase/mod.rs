@@ -5,6 +5,7 @@ pub mod agent;
 pub mod guest;
 pub mod machine;
 pub mod points;
+pub mod resident;
 pub mod restore;
 pub mod seal;
 pub mod service;
@@ -380,6 +381,9 @@ pub struct Recovery {
     /// `PBR-READY <uptime>` that followed, for a QEMU guest; the first port
     /// write of a VMM guest.
     pub signal: String,
+    /// What the standby or prestaged QEMU held in memory just before the
+    /// decision; `None` without one.
+    pub held: Option<resident::Resident>,
 }
 
 /// Recovers: picks the latest valid candidate (against `root` when given,
@@ -433,8 +437,14 @@ pub fn recover(
                         // plain standby QEMU (and is not chosen if invalid).
                         Vmm::Prestaged => QemuAdapter::prestage(qemu, args.clone(), path)
                             .or_else(|_| QemuAdapter::standby(qemu, args))?,
-                        _ => QemuAdapter::standby_for(qemu, args.clone(), path)
-                            .or_else(|_| QemuAdapter::standby(qemu, args))?,
+                        _ => {
+                            let mut q = QemuAdapter::standby_for(qemu, args.clone(), path)
+                                .or_else(|_| QemuAdapter::standby(qemu, args))?;
+                            // Its stream made ready too (failing here only
+                            // means the restore makes it).
+                            let _ = q.preload(&latest);
+                            q
+                        }
                     };
                     (Some(q), Some(Control::connect(&ctl)?))
                 }
@@ -444,6 +454,7 @@ pub fn recover(
     };
     // Asked before the decision: a flat candidate's restore needs it.
     let _ = crate::replay::qemu::qemu_full_version(qemu);
+    let held = standby.as_ref().and_then(|q| q.child.as_ref()).and_then(|c| resident::Resident::of(c.id()));
     let t = Instant::now();
     let images = candidates.iter().map(Image::open).collect::<std::result::Result<Vec<_>, _>>()?;
     let refs: Vec<&Image> = images.iter().collect();
@@ -502,6 +513,7 @@ pub fn recover(
         ram: if q.ram_mapped() { "mapped" } else { "streamed" },
         vmm: used,
         signal: format!("{} on the host's port {port}, then PBR-READY {}", served.status, served.uptime),
+        held,
     };
     on_ready(&r, q.child.as_mut());
     if let Some(qmp) = q.qmp.as_mut() {
@@ -547,5 +559,6 @@ fn recover_kvm(path: &Path, img: &Image, t: Instant, select: Duration) -> Result
         ram: "mapped",
         vmm: Vmm::Spawn,
         signal,
+        held: None,
     })
 }

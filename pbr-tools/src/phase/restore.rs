@@ -46,6 +46,9 @@ pub struct PointsRecovery {
     pub restore: Duration,
     /// Where the QEMU came from.
     pub vmm: Vmm,
+    /// What the standby or prestaged QEMU held in memory just before the
+    /// decision; `None` without one.
+    pub held: Option<super::resident::Resident>,
     /// What the restored guest's agent did (clock step, entropy).
     pub resumed: Option<Resumed>,
     /// Page-cache pages read back from the guest's disks before it ran.
@@ -131,7 +134,11 @@ pub fn recover_points(
     // latest candidate paused.
     let mut standby = match vmm {
         Vmm::Spawn => None,
-        Vmm::Standby => Some(QemuAdapter::standby(&cmd.qemu, args.clone())?),
+        // RAM already mapped from the latest candidate where it is flat.
+        Vmm::Standby => Some(
+            QemuAdapter::standby_for(&cmd.qemu, args.clone(), &candidates[latest])
+                .or_else(|_| QemuAdapter::standby(&cmd.qemu, args.clone()))?,
+        ),
         Vmm::Prestaged => Some(
             QemuAdapter::prestage(&cmd.qemu, args.clone(), &candidates[latest])
                 .or_else(|_| QemuAdapter::standby(&cmd.qemu, args.clone()))?,
@@ -141,13 +148,14 @@ pub fn recover_points(
     // back beforehand; the seal check at the decision proves them current.
     // Failing here only means the restore reads them itself.
     if let Some(s) = standby.as_mut().filter(|_| vmm == Vmm::Standby) {
-        let _ = s.preload_refill(&images[latest]);
+        let _ = s.preload(&images[latest]);
     }
     let mut agent = match standby {
         Some(_) => Some(AgentPort::connect(&sock)?),
         None => None,
     };
 
+    let held = standby.as_ref().and_then(|q| q.child.as_ref()).and_then(|c| super::resident::Resident::of(c.id()));
     let t = Instant::now();
     let mut chosen = None;
     for &i in &order {
@@ -169,6 +177,7 @@ pub fn recover_points(
         let mut r = boot_points(&cmd, Vmm::Spawn, on_ready)?;
         r.refused = refused;
         r.select = select;
+        r.held = held;
         r.downtime += select;
         return Ok(r);
     };
@@ -178,8 +187,9 @@ pub fn recover_points(
             s.cont()?;
             (s, Vmm::Prestaged)
         }
-        Some(s) if s.held().is_some() => {
-            // It holds another candidate: a new QEMU after all.
+        Some(s) if s.held().is_some() || s.maps().is_some_and(|h| h != hash) => {
+            // It holds another candidate, or maps another's RAM: a new QEMU
+            // after all.
             drop(s);
             agent = None;
             (spawn_load(&cmd, &args, &candidates[i], &images[i])?, Vmm::Spawn)
@@ -205,6 +215,7 @@ pub fn recover_points(
         select,
         restore,
         vmm: used,
+        held,
         resumed,
         refilled_pages: q.refilled_pages(),
         refill: q.refill_time(),
@@ -282,6 +293,7 @@ pub fn boot_points(
         select: Duration::ZERO,
         restore,
         vmm: if paused { Vmm::Standby } else { Vmm::Spawn },
+        held: None,
         resumed: None,
         refilled_pages: 0,
         refill: Duration::ZERO,

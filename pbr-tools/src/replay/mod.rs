@@ -7,6 +7,7 @@
 //! be copied; zero and trimmed pages need nothing (fresh memory is zero).
 
 pub mod kvm;
+mod prepared;
 pub mod qemu;
 pub mod recording;
 

@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 use pbr_format::{DeviceBlob, DeviceOrigin, Image, Vcpu};
 use serde_json::{Value, json};
 
+use super::prepared::Prepared;
 use super::{HypervisorAdapter, RegionPlan, Taken};
 use crate::error::{Error, Result};
-use crate::qemu::export::{ExportOptions, export_qemu_refilled};
-use crate::refill::Refill;
 
 /// A minimal QMP client over a unix socket.
 pub struct Qmp(BufReader<UnixStream>);
@@ -160,7 +159,7 @@ pub struct QemuAdapter {
     /// it from the stream.
     mapped: bool,
     refilled: (u64, Duration),
-    preloaded: Option<([u8; 32], Refill)>,
+    preloaded: Option<Prepared>,
     /// The trailer hash of the image a standby QEMU maps its RAM from.
     maps: Option<[u8; 32]>,
 }
@@ -314,18 +313,19 @@ impl QemuAdapter {
         self.refilled.1
     }
 
-    /// Reads `image`'s page-cache pages back now, before a failure, for a
-    /// standby QEMU that may be asked to restore it: a later restore of
-    /// that image (the same trailer hash) uses them. Sound because the
-    /// decision checks the disks' seals first: if they still hold, the disk
-    /// has not changed since these pages were read.
+    /// Makes `image`'s restore ready now, before a failure, for a standby
+    /// QEMU that may be asked to restore it: its page-cache pages read back
+    /// and, when this QEMU maps `image`'s RAM, its whole stream (the device
+    /// state: no guest memory). A later restore of that image (the same
+    /// trailer hash) only writes it. Sound because the decision checks the
+    /// disks' seals first: if they still hold, the disk has not changed
+    /// since these pages were read.
     ///
     /// # Errors
-    /// As [`Refill::load`].
-    pub fn preload_refill(&mut self, image: &Image) -> Result<()> {
-        if let Some(r) = Refill::load(image)? {
-            self.preloaded = Some((image.image_blake3(), r));
-        }
+    /// As [`Refill::load`], or the image does not export.
+    pub fn preload(&mut self, image: &Image) -> Result<()> {
+        let mapped = self.maps == Some(image.image_blake3());
+        self.preloaded = Some(Prepared::load(image, mapped)?);
         Ok(())
     }
 
@@ -394,32 +394,43 @@ impl HypervisorAdapter for QemuAdapter {
     fn resume(&mut self) -> Result<()> {
         // Opened once: for the mapping's offsets and for the stream.
         let image = Image::open(&self.image)?;
-        let preloaded = self.preloaded.take().filter(|(h, _)| *h == image.image_blake3()).map(|(_, r)| r);
-        // Page-cache pages are read back from the disks while QEMU starts.
-        let (refill, refill_time) = std::thread::scope(|s| {
-            let loader = s.spawn(|| {
-                let t = Instant::now();
-                let r = match preloaded {
-                    Some(r) => Ok(Some(r)),
-                    None => Refill::load(&image),
-                };
-                (r, t.elapsed())
+        if self.maps.is_some_and(|h| h != image.image_blake3()) {
+            // Its RAM is another image's: the stream carries no pages.
+            return Err(Error::Unsupported(format!(
+                "this standby QEMU maps another image's RAM, not {}'s",
+                self.image.display()
+            )));
+        }
+        // RAM mapped from a flat image where QEMU can (8.2 and later; QEMU
+        // is asked its version only for a flat image).
+        let mapping = match self.incoming {
+            Some(_) => None,
+            None => {
+                mapped_ram_args(&image, &self.image).filter(|_| qemu_version(&self.qemu).is_some_and(|v| v >= (8, 2)))
+            }
+        };
+        if self.incoming.is_none() {
+            self.mapped = mapping.is_some();
+        }
+        let mapped = self.mapped;
+        let hash = image.image_blake3();
+        let preloaded = self.preloaded.take().filter(|p| p.hash == hash && p.mapped == mapped);
+        // What was made ready before took no time of this restore; the
+        // rest is made ready while QEMU starts.
+        let prepared = std::thread::scope(|s| {
+            let loader = s.spawn(|| match preloaded {
+                Some(p) => Ok(p.beforehand()),
+                None => Prepared::load(&image, mapped),
             });
             if self.incoming.is_none() {
-                // RAM mapped from a flat image where QEMU can (8.2 and
-                // later; QEMU is asked its version only for a flat image).
-                let mapping = mapped_ram_args(&image, &self.image)
-                    .filter(|_| qemu_version(&self.qemu).is_some_and(|v| v >= (8, 2)));
-                self.mapped = mapping.is_some();
                 // QEMU's standard input is the caller's: a console there
                 // works.
                 self.listen_with(std::process::Stdio::inherit(), &mapping.unwrap_or_default())?;
             }
-            let (r, took) = loader.join().map_err(|_| Error::Unsupported("the refill panicked".into()))?;
-            Ok::<_, Error>((r?, took))
+            loader.join().map_err(|_| Error::Unsupported("the stream's preparation panicked".into()))?
         })?;
         match self.incoming.take() {
-            Some(incoming) => self.resume_standby(&incoming, image, refill, refill_time),
+            Some(incoming) => self.resume_standby(&incoming, image, prepared),
             None => Err(Error::Unsupported("QEMU is not listening for the stream".into())),
         }
     }
@@ -427,19 +438,13 @@ impl HypervisorAdapter for QemuAdapter {
 
 impl QemuAdapter {
     /// Streams the image into the standby QEMU's listening socket.
-    fn resume_standby(
-        &mut self,
-        incoming: &Path,
-        image: Image,
-        refill: Option<Refill>,
-        refill_time: Duration,
-    ) -> Result<()> {
+    fn resume_standby(&mut self, incoming: &Path, image: Image, prepared: Prepared) -> Result<()> {
         let out = UnixStream::connect(incoming)
             .map_err(|e| Error::io(format!("cannot reach QEMU's incoming socket {}", incoming.display()), e))?;
         let qmp = self.qmp.as_mut().ok_or_else(|| Error::Unsupported("the standby QEMU has no QMP".into()))?;
-        let opts = ExportOptions { omit_zero_pages: true, mapped_ram: self.mapped };
+        let refill_time = prepared.refill_time;
         let report = std::thread::scope(|s| {
-            let writer = s.spawn(move || export_qemu_refilled(&image, out, opts, refill.as_ref()));
+            let writer = s.spawn(move || prepared.write_to(&image, out));
             let loaded = qmp.wait_migration(Duration::from_secs(300));
             let written = writer.join().map_err(|_| Error::Unsupported("the stream writer panicked".into()))?;
             loaded?;
