@@ -75,7 +75,8 @@ impl Prepared {
                 Ok(report)
             }
             Form::Refill(refill) => {
-                let opts = ExportOptions { omit_zero_pages: true, mapped_ram: self.mapped };
+                // Only prepared so when QEMU loads the RAM from the stream.
+                let opts = ExportOptions { omit_zero_pages: true, mapped_ram: false };
                 export_qemu_refilled(image, out, opts, refill.as_ref())
             }
         }

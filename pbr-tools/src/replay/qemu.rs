@@ -322,7 +322,7 @@ impl QemuAdapter {
     /// since these pages were read.
     ///
     /// # Errors
-    /// As [`Refill::load`], or the image does not export.
+    /// As [`crate::refill::Refill::load`], or the image does not export.
     pub fn preload(&mut self, image: &Image) -> Result<()> {
         let mapped = self.maps == Some(image.image_blake3());
         self.preloaded = Some(Prepared::load(image, mapped)?);
