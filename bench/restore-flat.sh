@@ -65,15 +65,19 @@ done
 # candidate (RAM mapped, its stream made ready, nothing loaded), the
 # prestaged way with it (device state loaded, RAM still only mapped), and
 # the prestaged way with the streamed candidate (every page loaded
-# beforehand). Each with what its QEMU held before the decision (PSS).
+# beforehand), and the standby way with it (nothing loaded or mapped). Each
+# with what its QEMU held before the decision (PSS).
 held() { python3 -c "import json,sys; d=json.load(sys.stdin); print(round(d['downtime_s'] * 1000, 1), d['held']['pss_kib'] // 1024, d['held']['anon_kib'] // 1024)"; }
 for _ in $(seq "$runs"); do
     $pbr recover --standby --qemu "$qemu10" --json "$work/flat-256.pbr" | held >> "$work/standby-flat.ms"
     $pbr recover --prestaged --qemu "$qemu10" --json "$work/flat-256.pbr" | held >> "$work/prestaged-flat.ms"
     $pbr recover --prestaged --qemu "$qemu10" --json "$work/cap-256/daemons.pbr" | held >> "$work/prestaged.ms"
+    $pbr recover --standby --qemu "$qemu10" --json "$work/cap-256/daemons.pbr" | held >> "$work/standby.ms"
 done
 col() { cut -d' ' -f"$1" < "$2" | median; }
-for way in standby-flat prestaged-flat prestaged; do
+# The last, a QEMU waiting for the streamed candidate with nothing loaded,
+# is what any QEMU of this command line holds of its own.
+for way in standby-flat prestaged-flat prestaged standby; do
     echo "256 MiB, $way: $(col 1 "$work/$way.ms") ms; its QEMU held $(col 2 "$work/$way.ms") MiB before the decision (PSS; $(col 3 "$work/$way.ms") MiB of its own)"
 done
 
