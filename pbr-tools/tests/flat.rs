@@ -143,3 +143,27 @@ fn recover_maps_the_ram_each_way() {
     assert!(kib("prestaged streamed") >= kib("prestaged") + stored / 2, "stored {stored} KiB: {own:?}");
     assert!(kib("prestaged streamed") >= kib("standby") + stored / 2, "stored {stored} KiB: {own:?}");
 }
+
+/// A standby QEMU that maps one flat candidate's RAM is never given
+/// another's device state: that guest would run on the wrong memory.
+#[test]
+fn standby_mapping_one_image_refuses_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let (qemu, machine) = qemu10_machine();
+    let mut flats = Vec::new();
+    for phase in ["kernel", "daemons"] {
+        let (raw, flat) = (d.join(format!("{phase}.pbr")), d.join(format!("{phase}-flat.pbr")));
+        pbr_img_ok(&["convert", &s(&fixture_stream("q35-128m-daemons")), "-o", &s(&raw), "--phase", phase]);
+        pbr_img_ok(&["unpack", "--flat", &s(&raw), "-o", &s(&flat)]);
+        flats.push(flat);
+    }
+    let (mapped, other) = (Image::open(&flats[1]).unwrap(), Image::open(&flats[0]).unwrap());
+    assert_ne!(mapped.image_blake3(), other.image_blake3());
+    let mut q = QemuAdapter::standby_for(&qemu, machine, &flats[1]).unwrap();
+    assert_eq!(q.maps(), Some(mapped.image_blake3()));
+    q.set_image(&flats[0]);
+    let err = replay(&other, &File::open(&flats[0]).unwrap(), &mut q).unwrap_err().to_string();
+    assert!(err.contains("maps another image's RAM"), "{err}");
+}
