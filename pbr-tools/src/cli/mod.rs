@@ -310,6 +310,11 @@ enum Command {
     /// first: one whose boot files, disks or QEMU changed is refused with
     /// one line saying why, and the next older one is tried; when none is
     /// left, the machine boots from scratch (exit 0, "chosen": null).
+    ///
+    /// A flat candidate (`unpack --flat`) restored with QEMU 8.2 or later
+    /// has its RAM mapped from the image instead of streamed; the line says
+    /// which. With --standby or --prestaged it also says what the waiting
+    /// QEMU held in memory before the decision.
     Recover {
         /// The candidates of one boot, in any order.
         #[arg(required = true)]
@@ -327,12 +332,14 @@ enum Command {
         keep_running: bool,
         /// Start a QEMU for the candidates' machine before the decision,
         /// waiting for the state (a warm standby VMM): its start is not
-        /// downtime.
+        /// downtime. A flat latest candidate's RAM is mapped in it and its
+        /// stream built beforehand; nothing of the guest is loaded.
         #[arg(long)]
         standby: bool,
         /// As --standby, and the standby QEMU loads the latest candidate
         /// before the decision and holds it paused: choosing that candidate
-        /// (unchanged) only resumes it.
+        /// (unchanged) only resumes it. The guest's memory is held from
+        /// then on, unless the candidate is flat (its RAM is only mapped).
         #[arg(long, conflicts_with = "standby")]
         prestaged: bool,
         /// Print the result as JSON.
