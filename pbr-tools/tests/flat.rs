@@ -28,6 +28,19 @@ fn flat_daemons(d: &Path) -> std::path::PathBuf {
     flat
 }
 
+/// The fixture guest converted as `phase` (with `extra` convert options)
+/// into `d`, and that image unpacked flat: `(image, flat image)`.
+fn convert_flat(d: &Path, phase: &str, extra: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (raw, flat) = (d.join(format!("{phase}.pbr")), d.join(format!("{phase}-flat.pbr")));
+    let (r, f) = (raw.to_str().unwrap(), flat.to_str().unwrap());
+    let stream = fixture_stream("q35-128m-daemons");
+    let mut args = vec!["convert", stream.to_str().unwrap(), "-o", r, "--phase", phase];
+    args.extend_from_slice(extra);
+    pbr_img_ok(&args);
+    pbr_img_ok(&["unpack", "--flat", r, "-o", f]);
+    (raw, flat)
+}
+
 /// QEMU 10 and the fixture guest's machine for it (the 7.2 machine type it
 /// was saved on, its NIC).
 fn qemu10_machine() -> (String, Vec<String>) {
@@ -99,20 +112,8 @@ fn recover_maps_the_ram_each_way() {
     let d = dir.path();
     let s = |p: &Path| p.to_str().unwrap().to_owned();
     let (qemu, machine) = qemu10_machine();
-    let raw = d.join("r.pbr");
     let cmdline = serde_json::to_string(&machine).unwrap();
-    pbr_img_ok(&[
-        "convert",
-        &s(&fixture_stream("q35-128m-daemons")),
-        "-o",
-        &s(&raw),
-        "--phase",
-        "daemons",
-        "--restore-cmdline",
-        &cmdline,
-    ]);
-    let flat = d.join("daemons.pbr");
-    pbr_img_ok(&["unpack", "--flat", &s(&raw), "-o", &s(&flat)]);
+    let (raw, flat) = convert_flat(d, "daemons", &["--restore-cmdline", &cmdline]);
     // What each waiting QEMU held of its own before the decision (KiB).
     let mut own = std::collections::BTreeMap::new();
     for (way, vmm) in [(None, "spawn"), (Some("--standby"), "standby"), (Some("--prestaged"), "prestaged")] {
@@ -149,16 +150,8 @@ fn recover_maps_the_ram_each_way() {
 #[test]
 fn standby_mapping_one_image_refuses_another() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let s = |p: &Path| p.to_str().unwrap().to_owned();
     let (qemu, machine) = qemu10_machine();
-    let mut flats = Vec::new();
-    for phase in ["kernel", "daemons"] {
-        let (raw, flat) = (d.join(format!("{phase}.pbr")), d.join(format!("{phase}-flat.pbr")));
-        pbr_img_ok(&["convert", &s(&fixture_stream("q35-128m-daemons")), "-o", &s(&raw), "--phase", phase]);
-        pbr_img_ok(&["unpack", "--flat", &s(&raw), "-o", &s(&flat)]);
-        flats.push(flat);
-    }
+    let flats = ["kernel", "daemons"].map(|phase| convert_flat(dir.path(), phase, &[]).1);
     let (mapped, other) = (Image::open(&flats[1]).unwrap(), Image::open(&flats[0]).unwrap());
     assert_ne!(mapped.image_blake3(), other.image_blake3());
     let mut q = QemuAdapter::standby_for(&qemu, machine, &flats[1]).unwrap();

@@ -437,14 +437,7 @@ pub fn recover(
                         // plain standby QEMU (and is not chosen if invalid).
                         Vmm::Prestaged => QemuAdapter::prestage(qemu, args.clone(), path)
                             .or_else(|_| QemuAdapter::standby(qemu, args))?,
-                        _ => {
-                            let mut q = QemuAdapter::standby_for(qemu, args.clone(), path)
-                                .or_else(|_| QemuAdapter::standby(qemu, args))?;
-                            // Its stream made ready too (failing here only
-                            // means the restore makes it).
-                            let _ = q.preload(&latest);
-                            q
-                        }
+                        _ => QemuAdapter::standby_prepared(qemu, args, path, &latest)?,
                     };
                     (Some(q), Some(Control::connect(&ctl)?))
                 }
@@ -454,7 +447,7 @@ pub fn recover(
     };
     // Asked before the decision: a flat candidate's restore needs it.
     let _ = crate::replay::qemu::qemu_full_version(qemu);
-    let held = standby.as_ref().and_then(|q| q.child.as_ref()).and_then(|c| resident::Resident::of(c.id()));
+    let held = standby.as_ref().and_then(QemuAdapter::pid).and_then(resident::Resident::of);
     let t = Instant::now();
     let images = candidates.iter().map(Image::open).collect::<std::result::Result<Vec<_>, _>>()?;
     let refs: Vec<&Image> = images.iter().collect();

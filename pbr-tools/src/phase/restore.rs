@@ -134,28 +134,23 @@ pub fn recover_points(
     // latest candidate paused.
     let mut standby = match vmm {
         Vmm::Spawn => None,
-        // RAM already mapped from the latest candidate where it is flat.
-        Vmm::Standby => Some(
-            QemuAdapter::standby_for(&cmd.qemu, args.clone(), &candidates[latest])
-                .or_else(|_| QemuAdapter::standby(&cmd.qemu, args.clone()))?,
-        ),
+        // RAM already mapped from the latest candidate where it is flat,
+        // and its page-cache pages read back beforehand: the seal check at
+        // the decision proves them current.
+        Vmm::Standby => {
+            Some(QemuAdapter::standby_prepared(&cmd.qemu, args.clone(), &candidates[latest], &images[latest])?)
+        }
         Vmm::Prestaged => Some(
             QemuAdapter::prestage(&cmd.qemu, args.clone(), &candidates[latest])
                 .or_else(|_| QemuAdapter::standby(&cmd.qemu, args.clone()))?,
         ),
     };
-    // A standby QEMU also has the latest candidate's page-cache pages read
-    // back beforehand; the seal check at the decision proves them current.
-    // Failing here only means the restore reads them itself.
-    if let Some(s) = standby.as_mut().filter(|_| vmm == Vmm::Standby) {
-        let _ = s.preload(&images[latest]);
-    }
     let mut agent = match standby {
         Some(_) => Some(AgentPort::connect(&sock)?),
         None => None,
     };
 
-    let held = standby.as_ref().and_then(|q| q.child.as_ref()).and_then(|c| super::resident::Resident::of(c.id()));
+    let held = standby.as_ref().and_then(QemuAdapter::pid).and_then(super::resident::Resident::of);
     let t = Instant::now();
     let mut chosen = None;
     for &i in &order {

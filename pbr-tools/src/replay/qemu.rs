@@ -225,6 +225,29 @@ impl QemuAdapter {
         Ok(q)
     }
 
+    /// A standby QEMU for the image at `path` ([`QemuAdapter::standby_for`],
+    /// else a plain [`QemuAdapter::standby`]) with `image`'s restore made
+    /// ready now, before a failure: its page-cache pages read back and,
+    /// when this QEMU maps `image`'s RAM, its whole stream (the device
+    /// state: no guest memory). A later restore of that image (the same
+    /// trailer hash) only writes it. Sound because the decision checks the
+    /// disks' seals first: if they still hold, the disk has not changed
+    /// since these pages were read. An image that cannot be made ready is
+    /// made ready by its restore, which then reports why.
+    ///
+    /// # Errors
+    /// QEMU did not start or its QMP never came up.
+    pub fn standby_prepared(qemu: &str, args: Vec<String>, path: &Path, image: &Image) -> Result<QemuAdapter> {
+        let mut q = QemuAdapter::standby_for(qemu, args.clone(), path).or_else(|_| QemuAdapter::standby(qemu, args))?;
+        q.preloaded = Prepared::load(image, q.maps == Some(image.image_blake3())).ok();
+        Ok(q)
+    }
+
+    /// The process id of QEMU, once started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The trailer hash of the image a standby QEMU maps its RAM from, if
     /// any: only that image can be restored into it.
     pub fn maps(&self) -> Option<[u8; 32]> {
@@ -313,22 +336,6 @@ impl QemuAdapter {
         self.refilled.1
     }
 
-    /// Makes `image`'s restore ready now, before a failure, for a standby
-    /// QEMU that may be asked to restore it: its page-cache pages read back
-    /// and, when this QEMU maps `image`'s RAM, its whole stream (the device
-    /// state: no guest memory). A later restore of that image (the same
-    /// trailer hash) only writes it. Sound because the decision checks the
-    /// disks' seals first: if they still hold, the disk has not changed
-    /// since these pages were read.
-    ///
-    /// # Errors
-    /// As [`crate::refill::Refill::load`], or the image does not export.
-    pub fn preload(&mut self, image: &Image) -> Result<()> {
-        let mapped = self.maps == Some(image.image_blake3());
-        self.preloaded = Some(Prepared::load(image, mapped)?);
-        Ok(())
-    }
-
     /// The machine arguments QEMU runs (or will run) with.
     pub fn args(&self) -> &[String] {
         &self.args
@@ -403,15 +410,16 @@ impl HypervisorAdapter for QemuAdapter {
         }
         // RAM mapped from a flat image where QEMU can (8.2 and later; QEMU
         // is asked its version only for a flat image).
-        let mapping = match self.incoming {
+        // QEMU is started here unless a standby one is already listening.
+        let start = match self.incoming {
             Some(_) => None,
             None => {
-                mapped_ram_args(&image, &self.image).filter(|_| qemu_version(&self.qemu).is_some_and(|v| v >= (8, 2)))
+                let m = mapped_ram_args(&image, &self.image)
+                    .filter(|_| qemu_version(&self.qemu).is_some_and(|v| v >= (8, 2)));
+                self.mapped = m.is_some();
+                Some(m.unwrap_or_default())
             }
         };
-        if self.incoming.is_none() {
-            self.mapped = mapping.is_some();
-        }
         let mapped = self.mapped;
         let hash = image.image_blake3();
         let preloaded = self.preloaded.take().filter(|p| p.hash == hash && p.mapped == mapped);
@@ -422,10 +430,10 @@ impl HypervisorAdapter for QemuAdapter {
                 Some(p) => Ok(p.beforehand()),
                 None => Prepared::load(&image, mapped),
             });
-            if self.incoming.is_none() {
+            if let Some(extra) = &start {
                 // QEMU's standard input is the caller's: a console there
                 // works.
-                self.listen_with(std::process::Stdio::inherit(), &mapping.unwrap_or_default())?;
+                self.listen_with(std::process::Stdio::inherit(), extra)?;
             }
             loader.join().map_err(|_| Error::Unsupported("the stream's preparation panicked".into()))?
         })?;
