@@ -185,6 +185,21 @@ impl Error {
         &self.0.kind
     }
 
+    /// Whether the error is damage found by a checksum or hash: bytes that
+    /// are not what was written, as opposed to a malformed structure, an
+    /// I/O failure or a wrong argument.
+    ///
+    /// # Example
+    /// ```
+    /// use pbr_format::{Error, ErrorKind};
+    /// let e = Error::new(ErrorKind::ChecksumMismatch { what: "raw page gfn 0x10".into(), stored: 1, computed: 2 });
+    /// assert!(e.is_damage());
+    /// assert!(!Error::invalid("x").is_damage());
+    /// ```
+    pub fn is_damage(&self) -> bool {
+        matches!(self.0.kind, ErrorKind::ChecksumMismatch { .. } | ErrorKind::HashMismatch { .. })
+    }
+
     /// The section the error was found in, if any.
     ///
     /// # Example

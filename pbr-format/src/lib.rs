@@ -43,6 +43,7 @@
 mod base;
 mod device;
 mod error;
+mod file_kind;
 #[cfg(feature = "kvm")]
 pub mod kvm;
 pub mod limits;

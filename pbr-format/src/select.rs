@@ -6,6 +6,12 @@
 //! anyway), or, when those differ, the same blake3 of the content. Files
 //! flagged cache-only do not disqualify a candidate when they change; their
 //! cache pages are listed as stale instead.
+//!
+//! [`select`] also checks the stored pages of the candidate it is about to
+//! choose against their crc32 ([`Image::verify_pages`]): a damaged
+//! candidate is never chosen, the next older valid one is.
+//! [`select_fast`] skips that check, for callers that check every page as
+//! they restore it.
 
 use std::fs::File;
 use std::io::Read;
@@ -73,6 +79,12 @@ pub struct Verdict {
     pub files_hashed: usize,
     /// Cache pages whose file changed: a restore must drop or refresh them.
     pub stale_cache: Vec<CacheRef>,
+    /// Whether the stored pages were checked against their crc32 (only
+    /// candidates whose files match are, latest first, until one passes).
+    pub pages_checked: bool,
+    /// The first damaged page, when the check found one: the candidate is
+    /// then not valid.
+    pub damage: Option<String>,
 }
 
 /// The outcome of [`select`].
@@ -192,6 +204,8 @@ pub fn judge(index: usize, image: &Image, root: &Path, strict: bool) -> Verdict 
         files_checked: 0,
         files_hashed: 0,
         stale_cache: Vec::new(),
+        pages_checked: false,
+        damage: None,
     };
     let mut changed = Vec::new();
     for (i, e) in image.manifest().iter().enumerate() {
@@ -214,7 +228,9 @@ pub fn judge(index: usize, image: &Image, root: &Path, strict: bool) -> Verdict 
 
 /// Picks the latest valid candidate among the images of one boot, given in
 /// any order: candidates are judged latest phase first (by phase sequence,
-/// then time since boot).
+/// then time since boot). The latest whose files match has its stored
+/// pages checked too; a damaged one is refused ([`Verdict::damage`]) and
+/// the next is tried.
 ///
 /// # Example
 /// ```no_run
@@ -229,6 +245,37 @@ pub fn judge(index: usize, image: &Image, root: &Path, strict: bool) -> Verdict 
 /// # Ok::<(), pbr_format::Error>(())
 /// ```
 pub fn select(candidates: &[&Image], root: &Path, strict: bool) -> Selection {
+    let mut s = select_fast(candidates, root, strict);
+    s.chosen = None;
+    for v in s.verdicts.iter_mut().filter(|v| v.valid) {
+        v.pages_checked = true;
+        match candidates[v.index].verify_pages() {
+            Ok(_) => {
+                s.chosen = Some(v.index);
+                break;
+            }
+            Err(e) => {
+                v.valid = false;
+                v.damage = Some(e.to_string());
+            }
+        }
+    }
+    s
+}
+
+/// As [`select`], judging the files only: the stored pages are not read.
+/// For a caller that checks every page as it restores it, and falls back
+/// to the next candidate when one is damaged.
+///
+/// # Example
+/// ```no_run
+/// use pbr_format::{Image, select::select_fast};
+/// let daemons = Image::open("daemons.pbr")?;
+/// let s = select_fast(&[&daemons], "/".as_ref(), false);
+/// assert!(!s.verdicts[0].pages_checked);
+/// # Ok::<(), pbr_format::Error>(())
+/// ```
+pub fn select_fast(candidates: &[&Image], root: &Path, strict: bool) -> Selection {
     let key = |img: &Image| img.phase().map_or((0, 0), |p| (p.sequence, p.since_boot_ns));
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(key(candidates[i])));

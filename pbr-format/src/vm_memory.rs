@@ -35,7 +35,8 @@ fn region(len: u64, gpa: u64, file: Option<(&File, u64)>) -> Result<GuestRegionM
 /// # Errors
 /// A diff image (its base pages are elsewhere), a raw run that does not lie
 /// inside the file (checked before mapping: no SIGBUS on a truncated
-/// image), mmap refusing, a corrupt lz4 page.
+/// image), mmap refusing, a corrupt lz4 page, a page whose crc32 does not
+/// match (every page is checked before it is mapped or copied).
 ///
 /// # Example
 /// ```no_run
@@ -64,6 +65,8 @@ pub fn guest_memory(image: &Image, file: &File) -> Result<GuestMemoryMmap> {
                 regions.push(region((s - at) * ps, at * ps, None)?);
             }
             let off = run.file_offset + (s - run.gfn) * ps;
+            // Checked before it is mapped: no damaged page reaches a guest.
+            image.check_run(run)?;
             if off + (e - s) * ps > file_len {
                 return Err(Error::malformed("PAGE_DATA", off, "raw pages lie past the end of the file"));
             }

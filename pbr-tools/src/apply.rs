@@ -93,13 +93,7 @@ fn check_base(want: [u8; 32], have: [u8; 32]) -> Result<()> {
 fn run_bytes<'a>(img: &'a Image, e: &Extent, gfns: Range<u64>, buf: &mut [u8]) -> Result<std::borrow::Cow<'a, [u8]>> {
     let ps = u64::from(img.page_size());
     if e.encoding == PageEncoding::Raw {
-        let at = ((gfns.start - e.gfn) * ps) as usize;
-        let len = ((gfns.end - gfns.start) * ps) as usize;
-        return img
-            .raw_bytes(e)
-            .and_then(|b| b.get(at..at + len))
-            .map(std::borrow::Cow::Borrowed)
-            .ok_or_else(|| Error::Unsupported("raw extent outside its image".into()));
+        return Ok(std::borrow::Cow::Borrowed(img.raw_pages(e, gfns)?));
     }
     let mut out = Vec::with_capacity(((gfns.end - gfns.start) * ps) as usize);
     for gfn in gfns {

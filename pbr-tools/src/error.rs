@@ -39,6 +39,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this is damage found in an image: a page or section whose
+    /// crc32 or hash does not match ([`pbr_format::Error::is_damage`]).
+    /// A recovery refuses such a candidate and tries the next one.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, Error::Format(e) if e.is_damage())
+    }
+
     /// An I/O error while doing `context`.
     #[cold]
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {

@@ -20,11 +20,14 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     /// Creates the temporary file in the destination's directory, named as
-    /// [`crate::cleanup::temp_prefix`] says.
+    /// [`crate::cleanup::temp_prefix`] says. The destination is `dest`, or
+    /// the file a link there points to ([`pbr_format::write::destination`]).
     ///
     /// # Errors
-    /// The directory cannot hold a new file.
+    /// Something other than a regular file is at `dest` (a device, a named
+    /// pipe: it is never replaced), or the directory cannot hold a new file.
     pub fn create(dest: &Path) -> Result<AtomicFile> {
+        let dest = &pbr_format::write::destination(dest)?;
         let dir = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -67,4 +70,77 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<PathBuf> {
     let out = AtomicFile::create(dest)?;
     out.file().write_all(bytes).map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?;
     out.commit()
+}
+
+/// Where a stream (not an image: it is written front to back) goes: a
+/// regular file, written atomically, or a character device or named pipe
+/// that is already there, written directly and never replaced.
+pub enum StreamFile {
+    /// A regular file, through a temporary file.
+    Atomic(AtomicFile),
+    /// A character device or named pipe, opened for writing.
+    Direct(File),
+}
+
+impl StreamFile {
+    /// Opens `dest` as its kind says.
+    ///
+    /// # Errors
+    /// `dest` is a block device, a directory or a socket, or cannot be
+    /// opened or created.
+    pub fn create(dest: &Path) -> Result<StreamFile> {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = std::fs::metadata(dest).ok().map(|m| m.file_type());
+        match kind {
+            Some(k) if k.is_char_device() || k.is_fifo() => std::fs::OpenOptions::new()
+                .write(true)
+                .open(dest)
+                .map(StreamFile::Direct)
+                .map_err(|e| Error::io(format!("cannot open {} for writing", dest.display()), e)),
+            _ => AtomicFile::create(dest).map(StreamFile::Atomic),
+        }
+    }
+
+    /// Whether bytes written go straight to their destination, where a
+    /// failure half way cannot be taken back: a writer of pages checks
+    /// them all first.
+    pub fn is_direct(&self) -> bool {
+        matches!(self, StreamFile::Direct(_))
+    }
+
+    /// The file to write.
+    pub fn file(&self) -> &File {
+        match self {
+            StreamFile::Atomic(a) => a.file(),
+            StreamFile::Direct(f) => f,
+        }
+    }
+
+    /// Finishes: [`AtomicFile::commit`] for a regular file.
+    ///
+    /// # Errors
+    /// As [`AtomicFile::commit`].
+    pub fn commit(self, dest: &Path) -> Result<PathBuf> {
+        match self {
+            StreamFile::Atomic(a) => a.commit(),
+            StreamFile::Direct(_) => Ok(dest.to_path_buf()),
+        }
+    }
+}
+
+/// Writes a stream made from `image` to `dest` with `write`: atomically to
+/// a regular file; directly to a character device or named pipe, after
+/// every stored page of `image` passed its crc32 (a damaged page found half
+/// way could not be taken back there).
+///
+/// # Errors
+/// As [`StreamFile::create`], a damaged page, or what `write` returns.
+pub fn write_stream<T>(image: &pbr_format::Image, dest: &Path, write: impl FnOnce(&File) -> Result<T>) -> Result<T> {
+    let out = StreamFile::create(dest)?;
+    if out.is_direct() {
+        image.verify_pages()?;
+    }
+    let r = write(out.file())?;
+    out.commit(dest)?;
+    Ok(r)
 }

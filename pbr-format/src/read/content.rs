@@ -138,7 +138,8 @@ impl Image {
     /// encodings or producer.
     ///
     /// # Errors
-    /// A diff image (its base pages are elsewhere), or a corrupt lz4 page.
+    /// A diff image (its base pages are elsewhere), a corrupt lz4 page, or
+    /// a page whose crc32 does not match.
     ///
     /// # Example
     /// ```
@@ -170,10 +171,7 @@ impl Image {
                         }
                     }
                     PageEncoding::Raw => {
-                        let bytes = self
-                            .raw_bytes(&e)
-                            .ok_or_else(|| Error::malformed("PAGE_DATA", e.data, "raw extent outside the file"))?;
-                        h.pages(bytes);
+                        h.pages(self.raw_bytes(&e)?);
                     }
                     PageEncoding::Lz4 | PageEncoding::Dup | PageEncoding::Base => {
                         for gfn in e.gfns() {

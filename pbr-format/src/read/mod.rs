@@ -122,7 +122,9 @@ impl Image {
     /// # Errors
     /// Any I/O error, and any structural problem, named with its section and
     /// offset. A file with no valid trailer is reported as
-    /// [`ErrorKind::Incomplete`].
+    /// [`ErrorKind::Incomplete`]. Only a regular file or a block device is
+    /// read (a character device or a pipe may never end): anything else is
+    /// refused as [`ErrorKind::InvalidInput`].
     ///
     /// # Example
     /// ```no_run
@@ -131,14 +133,31 @@ impl Image {
     /// # Ok::<(), pbr_format::Error>(())
     /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<Image> {
+        use std::io::{Read, Seek, SeekFrom};
+        use std::os::unix::fs::FileTypeExt;
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-        let len = file.metadata().map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?.len();
+        let mut file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        let kind = file.metadata().map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?.file_type();
+        // Only a file of a known length is read: a character device or a
+        // pipe could be endless.
+        if !kind.is_file() && !kind.is_block_device() {
+            return Err(Error::invalid(format!(
+                "{} is {}, not an image file",
+                path.display(),
+                crate::file_kind::describe(kind)
+            )));
+        }
+        let len = file.seek(SeekFrom::End(0)).map_err(|e| Error::io(format!("cannot size {}", path.display()), e))?;
         if len < (HEADER_SIZE + TRAILER_SIZE) as u64 {
             // Too short to map meaningfully; read what is there for the error.
-            let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+            let mut bytes = Vec::new();
+            file.seek(SeekFrom::Start(0))
+                .and_then(|_| (&mut file).take(len).read_to_end(&mut bytes))
+                .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
             return Image::from_bytes(bytes);
         }
+        let len =
+            usize::try_from(len).map_err(|_| Error::invalid(format!("{} is too large to map", path.display())))?;
         #[allow(unsafe_code)]
         // SAFETY: the map is read-only and private. The file could still be
         // changed by another process while mapped; every access through the
@@ -146,7 +165,8 @@ impl Image {
         // content changes can only make checks fail, never read out of
         // bounds. A truncation by another process would raise SIGBUS, which
         // is the documented hazard of `memmap2::Mmap::map`.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }
+            .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
         Image::from_backing(Backing::Map(map))
     }
 

@@ -130,7 +130,12 @@ impl Image {
         runs
     }
 
-    /// The bytes of a raw extent, borrowed from the map with no copy.
+    /// The bytes of a raw extent, borrowed from the map with no copy, each
+    /// page checked against its crc32 first.
+    ///
+    /// # Errors
+    /// An extent that is not raw or lies outside the file;
+    /// [`ErrorKind::ChecksumMismatch`] naming the first damaged page.
     ///
     /// # Example
     /// ```
@@ -138,16 +143,69 @@ impl Image {
     /// let image = pbr_format::Image::open(path)?;
     /// use pbr_format::PageEncoding;
     /// let e = image.extents().find(|e| e.encoding == PageEncoding::Raw).unwrap();
-    /// let bytes = image.raw_bytes(&e).unwrap();
+    /// let bytes = image.raw_bytes(&e)?;
     /// assert_eq!(bytes.len(), e.count as usize * 4096);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn raw_bytes(&self, e: &Extent) -> Option<&[u8]> {
+    pub fn raw_bytes(&self, e: &Extent) -> Result<&[u8]> {
+        self.raw_pages(e, e.gfns())
+    }
+
+    /// The bytes of pages `gfns` of raw extent `e`, borrowed from the map
+    /// with no copy, each page checked against its crc32 first.
+    ///
+    /// # Errors
+    /// As [`Image::raw_bytes`]; `gfns` not inside `e`.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// use pbr_format::PageEncoding;
+    /// let e = image.extents().find(|e| e.encoding == PageEncoding::Raw).unwrap();
+    /// assert_eq!(image.raw_pages(&e, e.gfn..e.gfn + 1)?.len(), 4096);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn raw_pages(&self, e: &Extent, gfns: Range<u64>) -> Result<&[u8]> {
         if e.encoding != PageEncoding::Raw {
-            return None;
+            return Err(Error::invalid(format!("the extent at gfn {:#x} is {}, not raw", e.gfn, e.encoding)));
         }
-        let len = u64::from(e.count) * u64::from(self.page_size());
-        self.as_bytes().get(e.data as usize..(e.data + len) as usize)
+        if gfns.start < e.gfn || gfns.end > e.gfn + u64::from(e.count) || gfns.start > gfns.end {
+            return Err(Error::invalid(format!("pages {gfns:#x?} are not all in the extent at {:#x}", e.gfn)));
+        }
+        let ps = self.page_size() as usize;
+        let start = e.data as usize + (gfns.start - e.gfn) as usize * ps;
+        let len = (gfns.end - gfns.start) as usize * ps;
+        let bytes = self
+            .as_bytes()
+            .get(start..start + len)
+            .ok_or_else(|| Error::malformed("PAGE_DATA", start as u64, "raw extent lies outside the file"))?;
+        for (page, gfn) in bytes.chunks_exact(ps).zip(gfns) {
+            self.check_page(e, gfn, page)?;
+        }
+        Ok(bytes)
+    }
+
+    /// Checks every stored page of the raw run `run` against its crc32:
+    /// what a VMM does before it maps the run as guest memory.
+    ///
+    /// # Errors
+    /// [`ErrorKind::ChecksumMismatch`] naming the first damaged page.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// for run in image.raw_runs() {
+    ///     image.check_run(&run)?; // then mmap it
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn check_run(&self, run: &RawRun) -> Result<()> {
+        for e in self.extents_in(run.gfn..run.gfn + run.pages).filter(|e| e.encoding == PageEncoding::Raw) {
+            self.raw_bytes(&e)?;
+        }
+        Ok(())
     }
 
     /// The content of page `gfn`: borrowed from the map for a raw page,
@@ -157,7 +215,10 @@ impl Image {
     /// # Errors
     /// [`ErrorKind::NoSuchPage`] for a page outside every region; an error
     /// for a page stored in a base image (see [`Image::base`]); a corruption
-    /// error when an lz4 page does not decode to exactly one page.
+    /// error when an lz4 page does not decode to exactly one page;
+    /// [`ErrorKind::ChecksumMismatch`] when the page's bytes do not match
+    /// the crc32 the index holds for them: no stored page is handed out
+    /// unchecked.
     ///
     /// # Example
     /// ```no_run
@@ -191,6 +252,62 @@ impl Image {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn read_in_extent<'a>(&'a self, e: &Extent, gfn: u64, buf: &'a mut [u8]) -> Result<&'a [u8]> {
+        let page = self.decode_in_extent(e, gfn, buf)?;
+        self.check_page(e, gfn, page)?;
+        Ok(page)
+    }
+
+    /// Checks `content`, page `gfn` of extent `e` as read, against the
+    /// crc32 the index holds for it. Zero and trimmed pages hold no bytes
+    /// and pass; base pages have no crc32 here and pass.
+    ///
+    /// # Errors
+    /// [`ErrorKind::ChecksumMismatch`] naming the page, with the `PAGE_DATA`
+    /// offset of its stored bytes.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// let e = image.extents().find(|e| e.encoding.is_stored()).unwrap();
+    /// let mut page = image.read_in_extent(&e, e.gfn, &mut vec![0; 4096])?.to_vec();
+    /// image.check_page(&e, e.gfn, &page)?;
+    /// page[7] ^= 1;
+    /// assert!(image.check_page(&e, e.gfn, &page).unwrap_err().is_damage());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn check_page(&self, e: &Extent, gfn: u64, content: &[u8]) -> Result<()> {
+        if !e.encoding.is_stored() && e.encoding != PageEncoding::Dup {
+            return Ok(());
+        }
+        let Some(stored) = self.expected_crc(e, gfn) else { return Ok(()) };
+        let computed = crc32fast::hash(content);
+        if computed == stored {
+            return Ok(());
+        }
+        let (e, gfn) = match e.encoding {
+            PageEncoding::Dup => (self.extent_of(e.data)?, e.data),
+            _ => (*e, gfn),
+        };
+        Err(Error::new(ErrorKind::ChecksumMismatch {
+            what: format!("{} page gfn {gfn:#x} (stored page {})", e.encoding, e.aux + (gfn - e.gfn)),
+            stored,
+            computed,
+        })
+        .at("PAGE_DATA", self.page_offset(&e, gfn)))
+    }
+
+    /// The file offset of the stored bytes of page `gfn` of extent `e`
+    /// (for an lz4 extent, of the extent's length table).
+    pub(crate) fn page_offset(&self, e: &Extent, gfn: u64) -> u64 {
+        match e.encoding {
+            PageEncoding::Raw => e.data + (gfn - e.gfn) * u64::from(self.page_size()),
+            _ => e.data,
+        }
+    }
+
+    /// The content of page `gfn` of `e`, not checked against its crc32.
+    fn decode_in_extent<'a>(&'a self, e: &Extent, gfn: u64, buf: &'a mut [u8]) -> Result<&'a [u8]> {
         let ps = self.page_size() as usize;
         if buf.len() != ps {
             return Err(Error::invalid(format!("page buffer is {} bytes, not the page size {ps}", buf.len())));
@@ -234,7 +351,7 @@ impl Image {
                 if !source.encoding.is_stored() {
                     return Err(Error::malformed("PAGE_INDEX", 0, format!("dup source {:#x} is not stored", e.data)));
                 }
-                self.read_in_extent(&source, e.data, buf)
+                self.decode_in_extent(&source, e.data, buf)
             }
             PageEncoding::Base => Err(Error::invalid(format!(
                 "page {gfn:#x} is in the base image; apply this diff to its base to read it"

@@ -179,7 +179,7 @@ impl ImageWriter {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn create(path: impl AsRef<Path>, regions: &[Region<'_>], opts: WriterOptions) -> Result<ImageWriter> {
-        let dest = path.as_ref().to_path_buf();
+        let dest = destination(path.as_ref())?;
         check_options(&opts)?;
         check_regions(regions, opts.page_size)?;
         let dir = match dest.parent() {
@@ -1080,4 +1080,39 @@ fn check_regions(regions: &[Region<'_>], page_size: u32) -> Result<()> {
         prev_end = end;
     }
     Ok(())
+}
+/// The path an atomically written output is renamed to: `path`, or the
+/// file a symbolic link at `path` points to (the link is kept). Only a
+/// regular file is ever replaced: anything else already at `path` (a
+/// device, a named pipe, a directory, a socket) is refused.
+///
+/// # Errors
+/// [`crate::ErrorKind::InvalidInput`] naming what is at `path`.
+///
+/// # Example
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let out = dir.path().join("guest.pbr");
+/// assert_eq!(pbr_format::write::destination(&out)?, out);
+/// assert!(pbr_format::write::destination("/dev/null".as_ref()).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn destination(path: &Path) -> Result<PathBuf> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        // Nothing there (or a dangling link): the rename creates the file.
+        return Ok(path.to_path_buf());
+    };
+    if meta.is_file() {
+        let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        if !link {
+            return Ok(path.to_path_buf());
+        }
+        return std::fs::canonicalize(path)
+            .map_err(|e| Error::io(format!("cannot resolve the link {}", path.display()), e));
+    }
+    let what = crate::file_kind::describe(meta.file_type());
+    Err(Error::invalid(format!(
+        "the output {} is {what}: this output is written to a regular file (a temporary file renamed over it), never over {what}",
+        path.display()
+    )))
 }

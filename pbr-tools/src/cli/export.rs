@@ -74,6 +74,10 @@ pub fn run(
     }
     let img = Image::open(path)?;
     let piped = super::files::is_dash(output);
+    if piped {
+        // Nothing half-written can be taken back from a pipe.
+        img.verify_pages()?;
+    }
     let stdout = || std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
     match to {
         Target::Raw => {

@@ -9,7 +9,7 @@ use pbr_format::Image;
 use serde_json::json;
 
 use pbr_tools::extract::{find_device, parse_range, write_pages};
-use pbr_tools::output::AtomicFile;
+use pbr_tools::output::write_stream;
 use pbr_tools::{Error, Result};
 
 /// What to extract.
@@ -23,14 +23,15 @@ pub enum What<'a> {
 pub fn run(image: &Path, what: What<'_>, output: &Path, as_json: bool) -> Result<ExitCode> {
     let img = Image::open(image)?;
     let piped = super::files::is_dash(output);
+    if piped && matches!(what, What::Pages(_)) {
+        // Nothing half-written can be taken back from a pipe.
+        img.verify_pages()?;
+    }
     let write = |f: &mut dyn FnMut(&mut dyn Write) -> Result<u64>| -> Result<u64> {
         if piped {
             f(&mut std::io::BufWriter::new(std::io::stdout().lock()))
         } else {
-            let out = AtomicFile::create(output)?;
-            let n = f(&mut std::io::BufWriter::new(out.file()))?;
-            out.commit()?;
-            Ok(n)
+            write_stream(&img, output, |file| f(&mut std::io::BufWriter::new(file)))
         }
     };
     let (n, label) = match what {

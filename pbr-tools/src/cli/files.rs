@@ -5,7 +5,7 @@
 //! directory is registered so that an interrupt removes this process's
 //! temporary files there.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use pbr_tools::cleanup::{Registration, temp_files_in};
@@ -56,6 +56,11 @@ pub fn check(inputs: &[Input<'_>], output: Option<Output<'_>>) -> Result<Option<
             return Err(Error::Unsupported(format!("{} is a directory, not an {what}", path.display())));
         }
         if let Input::Image(p) = input {
+            let kind = meta.file_type();
+            if !kind.is_file() && !kind.is_block_device() {
+                // Image::open says what it is; a device or pipe may never end.
+                pbr_format::Image::open(p)?;
+            }
             not_a_stream(p)?;
         }
         if meta.is_file() {
@@ -74,6 +79,12 @@ pub fn check(inputs: &[Input<'_>], output: Option<Output<'_>>) -> Result<Option<
     }
     if std::fs::metadata(out.path).is_ok_and(|m| m.is_dir()) {
         return Err(Error::Unsupported(format!("the output {} is a directory: name a file", out.path.display())));
+    }
+    // A stream may go to a device or named pipe already there; nothing is
+    // ever renamed over one.
+    let direct = std::fs::metadata(out.path).is_ok_and(|m| m.file_type().is_char_device() || m.file_type().is_fifo());
+    if !(out.streamable && direct) {
+        pbr_format::write::destination(out.path)?;
     }
     if let Some(id) = identity(out.path)
         && let Some((_, input)) = ids.iter().find(|(i, _)| *i == id)

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use pbr_format::Image;
-use pbr_format::select::{Verdict, select};
+use pbr_format::select::{Verdict, select, select_fast};
 use serde_json::json;
 
 use pbr_tools::manifest::{accessed_since, add, read_list};
@@ -48,17 +48,19 @@ fn verdict_json(
         "files_checked": v.map_or(0, |v| v.files_checked),
         "files_hashed": v.map_or(0, |v| v.files_hashed),
         "stale_cache_pages": v.map(|v| v.stale_cache.iter().map(|c| c.gfn).collect::<Vec<_>>()).unwrap_or_default(),
+        "pages_checked": v.is_some_and(|v| v.pages_checked),
+        "damage": v.and_then(|v| v.damage.clone()),
     })
 }
 
-pub fn select_run(root: &Path, images: &[PathBuf], strict: bool, as_json: bool) -> Result<ExitCode> {
+pub fn select_run(root: &Path, images: &[PathBuf], strict: bool, fast: bool, as_json: bool) -> Result<ExitCode> {
     // A candidate that cannot be opened (a hostile manifest, corruption) is
     // refused, never trusted; the others are still judged.
     let opened: Vec<(usize, std::result::Result<Image, String>)> =
         images.iter().enumerate().map(|(i, p)| (i, Image::open(p).map_err(|e| e.to_string()))).collect();
     let (idx, good): (Vec<usize>, Vec<&Image>) =
         opened.iter().filter_map(|(i, r)| r.as_ref().ok().map(|img| (*i, img))).unzip();
-    let s = select(&good, root, strict);
+    let s = if fast { select_fast(&good, root, strict) } else { select(&good, root, strict) };
     let verdicts: Vec<(usize, Verdict)> = s.verdicts.into_iter().map(|v| (idx[v.index], v)).collect();
     let chosen = s.chosen.map(|i| idx[i]);
     if as_json {
@@ -83,9 +85,11 @@ pub fn select_run(root: &Path, images: &[PathBuf], strict: bool, as_json: bool) 
             let img = opened[*i].1.as_ref().ok();
             let phase =
                 img.and_then(|i| i.phase()).map_or("(no phase)".to_string(), |p| format!("{} #{}", p.name, p.sequence));
-            let what = match &v.first_mismatch {
-                None => format!("valid ({} files, {} hashed)", v.files_checked, v.files_hashed),
-                Some((p, m)) => format!("invalid: {p} {m}"),
+            let pages = if v.pages_checked { ", pages checked" } else { "" };
+            let what = match (&v.first_mismatch, &v.damage) {
+                (Some((p, m)), _) => format!("invalid: {p} {m}"),
+                (None, Some(d)) => format!("refused: damaged: {d}"),
+                (None, None) => format!("valid ({} files, {} hashed{pages})", v.files_checked, v.files_hashed),
             };
             outln!("{} ({phase}): {what}", images[*i].display());
             if !v.stale_cache.is_empty() {
@@ -99,6 +103,9 @@ pub fn select_run(root: &Path, images: &[PathBuf], strict: bool, as_json: bool) 
             if let Err(e) = r {
                 outln!("{}: refused: {e}", images[*i].display());
             }
+        }
+        if fast {
+            outln!("note: --fast: no stored page was read; recover checks every page it restores");
         }
     }
     match chosen {

@@ -230,6 +230,12 @@ enum Command {
         /// Hash every file even when its size and mtime match.
         #[arg(long)]
         strict: bool,
+        /// Do not read the stored pages: judge the files and seals only.
+        /// Without it the candidate about to be chosen has every stored
+        /// page checked against its crc32, as `recover` does, and a damaged
+        /// one is refused.
+        #[arg(long)]
+        fast: bool,
         /// Print the verdicts as JSON.
         #[arg(long)]
         json: bool,
@@ -519,9 +525,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Manifest { action: ManifestAction::Add { image, root, list, accessed_since, output, json } } => {
             manifest::add_run(&image, &root, list.as_deref(), accessed_since, &output, json)
         }
-        Command::Select { root, images, strict, json, qemu } => match root {
-            Some(root) => manifest::select_run(&root, &images, strict, json),
-            None => points::select_run(&images, qemu.as_deref(), json),
+        Command::Select { root, images, strict, fast, json, qemu } => match root {
+            Some(root) => manifest::select_run(&root, &images, strict, fast, json),
+            None => points::select_run(&images, qemu.as_deref(), fast, json),
         },
         Command::Capture { guest, root, keep_streams, output, json, command } => {
             let opts = CaptureOptions { classify: false, root, keep_streams };

@@ -143,9 +143,13 @@ pub fn recover_run(
                 "{}",
                 json!({"chosen": r.chosen.display().to_string(), "downtime_s": r.downtime.as_secs_f64(), "select_s": r.select.as_secs_f64(),
                        "restore_s": r.restore.as_secs_f64(), "guest_s": r.guest.as_secs_f64(), "standby": vmm != Vmm::Spawn, "vmm": r.vmm.name(),
-                       "adapter": r.adapter, "ram": r.ram, "signal": r.signal, "held": super::fmt::held_json(r.held)})
+                       "adapter": r.adapter, "ram": r.ram, "signal": r.signal, "held": super::fmt::held_json(r.held),
+                       "refused": r.refused.iter().map(|x| json!({"candidate": x.path.display().to_string(), "reason": x.reason})).collect::<Vec<_>>()})
             );
         } else {
+            for x in &r.refused {
+                eprintln!("refused {}: {}", x.path.display(), x.reason);
+            }
             outln!(
                 "recovered from {} ({} {}, RAM {}): service ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s): {}{}",
                 r.chosen.display(),

@@ -10,7 +10,7 @@ use pbr_tools::Result;
 use pbr_tools::phase::machine::UserCommand;
 use pbr_tools::phase::restore::{PointsRecovery, Refused, boot_points, check, recorded_command, recover_points};
 use pbr_tools::phase::{CaptureOptions, Vmm, points};
-use pbr_tools::replay::qemu::qemu_full_version;
+use pbr_tools::replay::compat::QemuHost;
 
 pub fn capture_run(
     command: &[String],
@@ -90,7 +90,7 @@ fn report(r: &PointsRecovery, as_json: bool) {
             "{}",
             json!({"chosen": r.chosen.as_ref().map(|p| p.display().to_string()), "refused": refused,
                    "downtime_s": s(r.downtime), "select_s": s(r.select), "restore_s": s(r.restore),
-                   "guest_s": s(guest), "vmm": r.vmm.name(), "adapter": "qemu", "refilled_pages": r.refilled_pages, "refill_s": s(r.refill),
+                   "guest_s": s(guest), "vmm": r.vmm.name(), "adapter": "qemu", "refilled_pages": r.refilled_pages, "refill_s": s(r.refill), "page_check_s": s(r.page_check),
                    "ram": if r.ram_mapped { "mapped" } else { "streamed" }, "held": super::fmt::held_json(r.held),
                    "clock_step_s": r.resumed.as_ref().map(|x| x.clock_step_ns as f64 / 1e9),
                    "reseeded": r.resumed.as_ref().map(|x| x.reseeded)})
@@ -130,9 +130,10 @@ fn report(r: &PointsRecovery, as_json: bool) {
     }
 }
 
-/// `select` without `--root`: the latest candidate whose seals hold. Exit 3
-/// when none does.
-pub fn select_run(images: &[PathBuf], qemu: Option<&str>, as_json: bool) -> Result<ExitCode> {
+/// `select` without `--root`: the latest candidate whose seals hold and,
+/// unless `fast`, whose stored pages match their crc32. Exit 3 when none
+/// does.
+pub fn select_run(images: &[PathBuf], qemu: Option<&str>, fast: bool, as_json: bool) -> Result<ExitCode> {
     let mut opened = Vec::new();
     for p in images {
         opened.push((p, pbr_format::Image::open(p)));
@@ -143,10 +144,17 @@ pub fn select_run(images: &[PathBuf], qemu: Option<&str>, as_json: bool) -> Resu
     for (path, img) in &opened {
         let verdict = match img {
             Err(e) => Err(format!("refused: {e}")),
-            Ok(img) => recorded_command(img, qemu).map_err(|e| e.to_string()).and_then(|cmd| {
-                let version = qemu_full_version(&cmd.qemu).ok_or(format!("cannot run {} --version", cmd.qemu))?;
-                check(img, &version)
-            }),
+            Ok(img) => recorded_command(img, qemu)
+                .map_err(|e| e.to_string())
+                .and_then(|cmd| check(img, &QemuHost::of(&cmd.qemu)?)),
+        };
+        // The candidate about to be chosen has its pages checked too, as
+        // recover checks them while restoring.
+        let verdict = match (img, verdict) {
+            (Ok(img), Ok(())) if chosen.is_none() && !fast => {
+                img.verify_pages().map(|_| ()).map_err(|e| format!("damaged: {e}"))
+            }
+            (_, v) => v,
         };
         if verdict.is_ok() && chosen.is_none() {
             chosen = Some(path.display().to_string());
@@ -163,6 +171,9 @@ pub fn select_run(images: &[PathBuf], qemu: Option<&str>, as_json: bool) -> Resu
                 Ok(()) => outln!("{p}: valid (seals hold)"),
                 Err(reason) => outln!("{p}: invalid: {reason}"),
             }
+        }
+        if fast {
+            outln!("note: --fast: no stored page was read; recover checks every page it restores");
         }
     }
     match chosen {

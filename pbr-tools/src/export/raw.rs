@@ -58,9 +58,7 @@ pub fn export_raw(image: &Image, dest: &Path, progress: &dyn Fn(u64)) -> Result<
             match e.encoding {
                 PageEncoding::Zero | PageEncoding::Trimmed => report.hole_pages += u64::from(e.count),
                 PageEncoding::Raw => {
-                    let bytes =
-                        image.raw_bytes(&e).ok_or_else(|| Error::Unsupported("raw extent outside the file".into()))?;
-                    f.write_all_at(bytes, e.gfn * ps).map_err(write_err)?;
+                    f.write_all_at(image.raw_bytes(&e)?, e.gfn * ps).map_err(write_err)?;
                     report.data_pages += u64::from(e.count);
                 }
                 PageEncoding::Lz4 | PageEncoding::Dup | PageEncoding::Base => {

@@ -12,7 +12,6 @@ use std::path::Path;
 use pbr_format::{DeviceBlob, DeviceOrigin, Image};
 
 use crate::error::{Error, Result};
-use crate::output::AtomicFile;
 use crate::qemu::export::{ExportOptions, QemuExport, export_qemu_to};
 use crate::qemu::{ConvertOptions, ConvertReport, convert as convert_qemu};
 pub use header::{Compression, HEADER_LEN, Header};
@@ -211,8 +210,5 @@ fn finish<T>((report, ended): (QemuExport, std::io::Result<T>)) -> Result<QemuEx
 /// # Errors
 /// As [`export_to`].
 pub fn export(image: &Image, dest: &Path, compress: Option<Compression>) -> Result<QemuExport> {
-    let out = AtomicFile::create(dest)?;
-    let report = export_to(image, out.file(), compress)?;
-    out.commit()?;
-    Ok(report)
+    crate::output::write_stream(image, dest, |f| export_to(image, f, compress))
 }

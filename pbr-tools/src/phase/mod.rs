@@ -384,6 +384,8 @@ pub struct Recovery {
     /// What the standby or prestaged QEMU held in memory just before the
     /// decision; `None` without one.
     pub held: Option<resident::Resident>,
+    /// The later candidates refused because a stored page is damaged.
+    pub refused: Vec<restore::Refused>,
 }
 
 /// Recovers: picks the latest valid candidate (against `root` when given,
@@ -451,15 +453,46 @@ pub fn recover(
     let t = Instant::now();
     let images = candidates.iter().map(Image::open).collect::<std::result::Result<Vec<_>, _>>()?;
     let refs: Vec<&Image> = images.iter().collect();
-    let chosen = match root {
-        Some(r) => pbr_format::select::select(&refs, r, false).chosen,
-        None => (0..images.len()).max_by_key(|&i| phase_order(&images[i])),
-    }
-    .ok_or_else(|| Error::NoCandidate("do a full reboot".into()))?;
+    // Every stored page of the candidate chosen is checked first: a damaged
+    // one is refused and the next is judged.
+    let (chosen, refused) = match root {
+        Some(r) => {
+            let s = pbr_format::select::select(&refs, r, false);
+            let refused = s
+                .verdicts
+                .iter()
+                .filter_map(|v| v.damage.as_ref().map(|d| (v.index, d)))
+                .map(|(i, d)| restore::Refused { path: candidates[i].clone(), reason: format!("damaged: {d}") })
+                .collect();
+            (s.chosen, refused)
+        }
+        None => {
+            let mut order: Vec<usize> = (0..images.len()).collect();
+            order.sort_by_key(|&i| std::cmp::Reverse(phase_order(&images[i])));
+            let mut refused = Vec::new();
+            let chosen = order.into_iter().find(|&i| match images[i].verify_pages() {
+                Ok(_) => true,
+                Err(e) => {
+                    refused.push(restore::Refused { path: candidates[i].clone(), reason: format!("damaged: {e}") });
+                    false
+                }
+            });
+            (chosen, refused)
+        }
+    };
+    let chosen = chosen.ok_or_else(|| {
+        let why: Vec<String> = refused.iter().map(|r| format!("{}: {}", r.path.display(), r.reason)).collect();
+        Error::NoCandidate(if why.is_empty() {
+            "do a full reboot".into()
+        } else {
+            format!("do a full reboot ({})", why.join("; "))
+        })
+    })?;
     let select = t.elapsed();
     let img = &images[chosen];
     if img.metadata_value("source.format") == Some("vmm") {
-        let r = recover_kvm(&candidates[chosen], img, t, select)?;
+        let mut r = recover_kvm(&candidates[chosen], img, t, select)?;
+        r.refused = refused;
         on_ready(&r, None);
         return Ok(r);
     }
@@ -507,6 +540,7 @@ pub fn recover(
         vmm: used,
         signal: format!("{} on the host's port {port}, then PBR-READY {}", served.status, served.uptime),
         held,
+        refused,
     };
     on_ready(&r, q.child.as_mut());
     if let Some(qmp) = q.qmp.as_mut() {
@@ -553,5 +587,6 @@ fn recover_kvm(path: &Path, img: &Image, t: Instant, select: Duration) -> Result
         vmm: Vmm::Spawn,
         signal,
         held: None,
+        refused: Vec::new(),
     })
 }

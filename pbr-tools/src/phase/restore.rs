@@ -17,7 +17,8 @@ use super::machine::{Machine, UserCommand};
 use super::points::{AGENT_KEY, QEMU_KEY};
 use super::seal::{SEALS_KEY, Seals};
 use crate::error::{Error, Result};
-use crate::replay::qemu::{QemuAdapter, qemu_full_version};
+use crate::replay::compat::QemuHost;
+use crate::replay::qemu::QemuAdapter;
 
 /// How long a restored or booting guest may take to say ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -58,6 +59,10 @@ pub struct PointsRecovery {
     /// Whether QEMU mapped the guest's RAM from a flat candidate rather
     /// than loading it from the stream.
     pub ram_mapped: bool,
+    /// Of the restore, checking the crc32 of the pages QEMU maps from a
+    /// flat candidate (zero when done before the decision, or streamed:
+    /// each streamed page is checked as it is written).
+    pub page_check: Duration,
 }
 
 /// Whether `img` was captured at an agent's point.
@@ -77,11 +82,12 @@ pub fn recorded_command(img: &Image, qemu: Option<&str>) -> Result<UserCommand> 
     Ok(UserCommand { qemu: binary.to_owned(), args })
 }
 
-/// Checks a candidate's seals against the host now.
-pub fn check(img: &Image, qemu_version: &str) -> std::result::Result<(), String> {
+/// Checks a candidate's seals against the host now, `host` being the QEMU
+/// that would restore it.
+pub fn check(img: &Image, host: &QemuHost) -> std::result::Result<(), String> {
     let seals = img.metadata_value(SEALS_KEY).ok_or("it records no seals")?;
     let seals = Seals::from_json(seals).map_err(|e| e.to_string())?;
-    seals.check(qemu_version).map_err(|r| r.0)
+    seals.check(host, img.metadata_value("qemu.machine")).map_err(|r| r.0)
 }
 
 /// Recovers from the latest of `candidates` whose seals hold (refusals go
@@ -121,8 +127,7 @@ pub fn recover_points(
     order.sort_by_key(|&i| std::cmp::Reverse(super::phase_order(&images[i])));
     let latest = *order.first().ok_or_else(|| Error::NoCandidate("no candidate opens: do a full reboot".into()))?;
     let cmd = recorded_command(&images[latest], qemu)?;
-    let version =
-        qemu_full_version(&cmd.qemu).ok_or_else(|| Error::Unsupported(format!("cannot run {} --version", cmd.qemu)))?;
+    let host = QemuHost::of(&cmd.qemu).map_err(Error::Unsupported)?;
     let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
     let _interrupt = crate::cleanup::remove_on_interrupt(work.path());
     let (port, sock) = port_args(work.path());
@@ -152,50 +157,43 @@ pub fn recover_points(
 
     let held = standby.as_ref().and_then(QemuAdapter::pid).and_then(super::resident::Resident::of);
     let t = Instant::now();
-    let mut chosen = None;
-    for &i in &order {
-        match check(&images[i], &version) {
-            Ok(()) => {
-                chosen = Some(i);
-                break;
-            }
+    let mut select = Duration::ZERO;
+    let mut next = order.iter().copied();
+    // The latest candidate whose seals hold is restored; one found damaged
+    // while it loads (a page failing its crc32 stops the stream before the
+    // guest runs) is refused and the next one is tried.
+    let (i, mut q, used) = loop {
+        let s = Instant::now();
+        let chosen = next.by_ref().find(|&i| match check(&images[i], &host) {
+            Ok(()) => true,
             Err(reason) => {
                 let r = Refused { path: candidates[i].clone(), reason };
                 on_refused(&r);
                 refused.push(r);
+                false
             }
+        });
+        select += s.elapsed();
+        let Some(i) = chosen else {
+            drop(standby.take());
+            let before = Before { refused, select, held, spent: t.elapsed() };
+            return boot_after(&cmd, Vmm::Spawn, before, on_ready);
+        };
+        match restore(&cmd, &args, &candidates[i], &images[i], standby.take()) {
+            Ok((q, used)) => break (i, q, used),
+            Err(e) if e.is_damage() => {
+                agent = None;
+                let r = Refused { path: candidates[i].clone(), reason: format!("damaged: {e}") };
+                on_refused(&r);
+                refused.push(r);
+            }
+            Err(e) => return Err(e),
         }
+    };
+    if used == Vmm::Spawn {
+        // The standby QEMU's agent connection went with it.
+        agent = None;
     }
-    let select = t.elapsed();
-    let Some(i) = chosen else {
-        drop(standby.take());
-        let mut r = boot_points(&cmd, Vmm::Spawn, on_ready)?;
-        r.refused = refused;
-        r.select = select;
-        r.held = held;
-        r.downtime += select;
-        return Ok(r);
-    };
-    let hash = images[i].image_blake3();
-    let (mut q, used) = match standby.take() {
-        Some(mut s) if s.held() == Some(hash) => {
-            s.cont()?;
-            (s, Vmm::Prestaged)
-        }
-        Some(s) if s.held().is_some() || s.maps().is_some_and(|h| h != hash) => {
-            // It holds another candidate, or maps another's RAM: a new QEMU
-            // after all.
-            drop(s);
-            agent = None;
-            (spawn_load(&cmd, &args, &candidates[i], &images[i])?, Vmm::Spawn)
-        }
-        Some(mut s) => {
-            s.set_image(&candidates[i]);
-            load(&images[i], &candidates[i], &mut s)?;
-            (s, Vmm::Standby)
-        }
-        None => (spawn_load(&cmd, &args, &candidates[i], &images[i])?, Vmm::Spawn),
-    };
     let restore = t.elapsed() - select;
     let mut agent = match agent {
         Some(a) => a,
@@ -215,6 +213,7 @@ pub fn recover_points(
         refilled_pages: q.refilled_pages(),
         refill: q.refill_time(),
         ram_mapped: q.ram_mapped(),
+        page_check: q.page_check_time(),
     };
     if let Some(child) = q.child.as_mut() {
         on_ready(&r, child);
@@ -223,6 +222,36 @@ pub fn recover_points(
         let _ = qmp.cmd("quit", serde_json::json!({}));
     }
     Ok(r)
+}
+
+/// Restores `img` (at `path`) into the waiting QEMU where it can take it,
+/// else into a new one; says which way it went.
+fn restore(
+    cmd: &UserCommand,
+    args: &[String],
+    path: &Path,
+    img: &Image,
+    standby: Option<QemuAdapter>,
+) -> Result<(QemuAdapter, Vmm)> {
+    let hash = img.image_blake3();
+    match standby {
+        Some(mut s) if s.held() == Some(hash) => {
+            s.cont()?;
+            Ok((s, Vmm::Prestaged))
+        }
+        // It holds another candidate, or maps another's RAM: a new QEMU
+        // after all.
+        Some(s) if s.held().is_some() || s.maps().is_some_and(|h| h != hash) => {
+            drop(s);
+            Ok((spawn_load(cmd, args, path, img)?, Vmm::Spawn))
+        }
+        Some(mut s) => {
+            s.set_image(path);
+            load(img, path, &mut s)?;
+            Ok((s, Vmm::Standby))
+        }
+        None => Ok((spawn_load(cmd, args, path, img)?, Vmm::Spawn)),
+    }
 }
 
 fn spawn_load(cmd: &UserCommand, args: &[String], path: &Path, img: &Image) -> Result<QemuAdapter> {
@@ -263,6 +292,27 @@ pub fn boot_points(
     vmm: Vmm,
     on_ready: &mut dyn FnMut(&PointsRecovery, &mut Child),
 ) -> Result<PointsRecovery> {
+    boot_after(cmd, vmm, Before::default(), on_ready)
+}
+
+/// What a recovery did before it had to boot from scratch.
+#[derive(Default)]
+struct Before {
+    refused: Vec<Refused>,
+    select: Duration,
+    held: Option<super::resident::Resident>,
+    /// From the decision until the boot started.
+    spent: Duration,
+}
+
+/// [`boot_points`] after `before`, which the report (also the one
+/// `on_ready` gets) includes.
+fn boot_after(
+    cmd: &UserCommand,
+    vmm: Vmm,
+    before: Before,
+    on_ready: &mut dyn FnMut(&PointsRecovery, &mut Child),
+) -> Result<PointsRecovery> {
     let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
     let _interrupt = crate::cleanup::remove_on_interrupt(work.path());
     let mut extra = vmgenid_args()?;
@@ -283,16 +333,17 @@ pub fn boot_points(
     until_ready(&mut m.agent)?;
     let r = PointsRecovery {
         chosen: None,
-        refused: Vec::new(),
-        downtime: t.elapsed(),
-        select: Duration::ZERO,
-        restore,
+        refused: before.refused,
+        downtime: before.spent + t.elapsed(),
+        select: before.select,
+        restore: before.spent - before.select + restore,
         vmm: if paused { Vmm::Standby } else { Vmm::Spawn },
-        held: None,
+        held: before.held,
         resumed: None,
         refilled_pages: 0,
         refill: Duration::ZERO,
         ram_mapped: false,
+        page_check: Duration::ZERO,
     };
     on_ready(&r, &mut m.child);
     m.quit();

@@ -21,6 +21,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::replay::compat::QemuHost;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
@@ -182,13 +183,13 @@ impl DiskSeal {
 
 impl Seals {
     /// Checks every seal against the files as they are now, and the QEMU
-    /// that would restore against the one that saved (`qemu_version`).
-    /// Reads no disk: a `stat` per file, and a hash of a boot file only
-    /// when its `stat` moved.
-    pub fn check(&self, qemu_version: &str) -> std::result::Result<(), Refusal> {
-        if !self.qemu_version.is_empty() && self.qemu_version != qemu_version {
-            return Err(Refusal(format!("saved by QEMU {}, restored by QEMU {qemu_version}", self.qemu_version)));
-        }
+    /// that would restore (`host`) against the one that saved: the same
+    /// release, or a later one that still provides the versioned machine
+    /// type the stream was saved with (`machine`,
+    /// [`QemuHost::may_load`]). Reads no disk: a `stat` per file, and a
+    /// hash of a boot file only when its `stat` moved.
+    pub fn check(&self, host: &QemuHost, machine: Option<&str>) -> std::result::Result<(), Refusal> {
+        host.may_load(&self.qemu_version, machine).map_err(Refusal)?;
         for b in &self.boot {
             let now = match std::fs::metadata(&b.path) {
                 Ok(m) => FileSeal::from_metadata(b.path.clone(), &m, None),
@@ -270,6 +271,10 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    fn host() -> QemuHost {
+        QemuHost { version: "7.2.0".into(), machines: Vec::new() }
+    }
+
     fn disk_seals(path: &Path) -> Seals {
         Seals {
             boot: Vec::new(),
@@ -289,14 +294,14 @@ mod tests {
         let disk = dir.path().join("root.raw");
         std::fs::write(&disk, vec![0u8; 8192]).unwrap();
         let seals = disk_seals(&disk);
-        assert_eq!(seals.check("7.2.0"), Ok(()));
+        assert_eq!(seals.check(&host(), None), Ok(()));
         assert_eq!(Seals::from_json(&seals.to_json()).unwrap(), seals);
         wait_past(seals.disks[0].file.ctime_ns);
         // The same size, one byte changed in place: still seen.
         let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
         f.write_all(b"x").unwrap();
         drop(f);
-        let e = seals.check("7.2.0").unwrap_err().to_string();
+        let e = seals.check(&host(), None).unwrap_err().to_string();
         assert!(
             e.starts_with("disk vda (") && e.contains("mounted / ro in the candidate) changed since capture"),
             "{e}"
@@ -305,8 +310,14 @@ mod tests {
         let seals = disk_seals(&disk);
         std::fs::copy(&disk, dir.path().join("copy")).unwrap();
         std::fs::rename(dir.path().join("copy"), &disk).unwrap();
-        assert!(seals.check("7.2.0").unwrap_err().0.contains("replaced by another file"));
-        assert!(seals.check("8.2.0").unwrap_err().0.contains("QEMU 7.2.0"));
+        assert!(seals.check(&host(), None).unwrap_err().0.contains("replaced by another file"));
+        assert!(
+            seals
+                .check(&QemuHost { version: "8.2.0".into(), machines: Vec::new() }, None)
+                .unwrap_err()
+                .0
+                .contains("QEMU 7.2.0")
+        );
     }
 
     #[test]
@@ -317,11 +328,11 @@ mod tests {
         let seals = Seals { boot: vec![FileSeal::of(&kernel, true).unwrap()], ..Default::default() };
         wait_past(seals.boot[0].ctime_ns);
         std::fs::write(&kernel, b"kernel v1").unwrap();
-        assert_eq!(seals.check(""), Ok(()));
+        assert_eq!(seals.check(&host(), None), Ok(()));
         std::fs::write(&kernel, b"kernel v2").unwrap();
-        assert!(seals.check("").unwrap_err().0.starts_with(&format!("boot file {}", kernel.display())));
+        assert!(seals.check(&host(), None).unwrap_err().0.starts_with(&format!("boot file {}", kernel.display())));
         std::fs::remove_file(&kernel).unwrap();
-        assert!(seals.check("").is_err());
+        assert!(seals.check(&host(), None).is_err());
     }
 
     #[test]

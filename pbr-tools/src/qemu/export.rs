@@ -21,7 +21,6 @@ use super::ram::{Layout, flags};
 use super::reader::StreamReader;
 use super::{MAGIC, VERSION, blob, section};
 use crate::error::{Error, Result};
-use crate::output::AtomicFile;
 use crate::refill::Refill;
 
 /// What [`export_qemu`] wrote.
@@ -178,10 +177,7 @@ impl<W: Write> Emitter<'_, W> {
 /// # Errors
 /// As [`export_qemu_to`].
 pub fn export_qemu(image: &Image, dest: &Path) -> Result<QemuExport> {
-    let out = AtomicFile::create(dest)?;
-    let report = export_qemu_to(image, out.file(), ExportOptions::default())?;
-    out.commit()?;
-    Ok(report)
+    crate::output::write_stream(image, dest, |f| export_qemu_to(image, f, ExportOptions::default()))
 }
 
 /// Writes `image` as a QEMU migration stream into `out` (a file, or a pipe

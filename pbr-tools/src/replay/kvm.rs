@@ -216,6 +216,7 @@ impl HypervisorAdapter for KvmAdapter {
             return Ok(Taken::No("not guest-physical memory".into()));
         }
         crate::refill::refuse_refill(image, "the KVM adapter")?;
+        plan.check_mapped(image)?;
         let slot = self.add_ram(r.base, r.length)?;
         let m = &self.memory[slot];
         for run in &plan.mapped {

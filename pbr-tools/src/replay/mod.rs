@@ -6,6 +6,7 @@
 //! adapter can map `MAP_PRIVATE` with no copy; lz4 and duplicate pages must
 //! be copied; zero and trimmed pages need nothing (fresh memory is zero).
 
+pub mod compat;
 pub mod kvm;
 mod prepared;
 pub mod qemu;
@@ -39,6 +40,24 @@ pub struct RegionPlan {
     pub copied: Vec<u64>,
     /// Zero and trimmed pages (nothing to do).
     pub zero_pages: u64,
+}
+
+impl RegionPlan {
+    /// Checks every page of the runs to map against its crc32: an adapter
+    /// that maps them calls this first, so that no damaged page reaches the
+    /// guest.
+    ///
+    /// # Errors
+    /// The first damaged page, named with its offset.
+    pub fn check_mapped(&self, image: &Image) -> Result<()> {
+        let ps = u64::from(image.page_size());
+        let first = self.region.first_gfn(image.page_size());
+        for m in &self.mapped {
+            let gfn = first + m.region_offset / ps;
+            image.check_run(&pbr_format::RawRun { gfn, pages: m.len / ps, file_offset: m.file_offset })?;
+        }
+        Ok(())
+    }
 }
 
 /// Whether an adapter took what it was given.

@@ -25,6 +25,9 @@ pub(crate) struct Prepared {
     pub(crate) mapped: bool,
     /// How long reading the page-cache pages took.
     pub(crate) refill_time: Duration,
+    /// How long checking the pages QEMU maps took (zero when streamed:
+    /// each page is checked as it is written).
+    pub(crate) check_time: Duration,
     form: Form,
 }
 
@@ -37,16 +40,24 @@ enum Form {
 }
 
 impl Prepared {
-    /// Reads `image`'s page-cache pages back and, when `mapped`, builds its
-    /// stream with no `pc.ram` pages.
+    /// Reads `image`'s page-cache pages back and, when `mapped`, checks
+    /// every stored page against its crc32 and builds its stream with no
+    /// `pc.ram` pages. (Streamed, each page is checked as it is written.)
     ///
     /// # Errors
-    /// As [`Refill::load`], or the image does not export.
+    /// As [`Refill::load`], a damaged page, or the image does not export.
     pub(crate) fn load(image: &Image, mapped: bool) -> Result<Prepared> {
         let t = Instant::now();
         let refill = Refill::load(image)?;
         let refill_time = t.elapsed();
+        let mut check_time = Duration::ZERO;
         let form = if mapped {
+            // QEMU maps these pages as the guest's RAM: none is read
+            // through the stream, so each is checked here, before the
+            // stream that lets the guest run exists.
+            let t = Instant::now();
+            image.verify_pages()?;
+            check_time = t.elapsed();
             let mut bytes = Vec::new();
             let opts = ExportOptions { omit_zero_pages: true, mapped_ram: true };
             let report = export_qemu_refilled(image, &mut bytes, opts, refill.as_ref())?;
@@ -54,13 +65,13 @@ impl Prepared {
         } else {
             Form::Refill(refill)
         };
-        Ok(Prepared { hash: image.image_blake3(), mapped, refill_time, form })
+        Ok(Prepared { hash: image.image_blake3(), mapped, refill_time, check_time, form })
     }
 
     /// This, made ready before the restore was asked for: none of its
     /// time is the restore's.
     pub(crate) fn beforehand(self) -> Prepared {
-        Prepared { refill_time: Duration::ZERO, ..self }
+        Prepared { refill_time: Duration::ZERO, check_time: Duration::ZERO, ..self }
     }
 
     /// Writes the stream of `image` (the image this was prepared for) to

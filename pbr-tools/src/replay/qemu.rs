@@ -159,6 +159,8 @@ pub struct QemuAdapter {
     /// it from the stream.
     mapped: bool,
     refilled: (u64, Duration),
+    /// How long the restore spent checking the pages QEMU maps.
+    checked: Duration,
     preloaded: Option<Prepared>,
     /// The trailer hash of the image a standby QEMU maps its RAM from.
     maps: Option<[u8; 32]>,
@@ -187,6 +189,7 @@ impl QemuAdapter {
             interrupt,
             mapped: false,
             refilled: (0, Duration::ZERO),
+            checked: Duration::ZERO,
             preloaded: None,
             maps: None,
         })
@@ -336,6 +339,14 @@ impl QemuAdapter {
         self.refilled.1
     }
 
+    /// How long the restore spent checking the crc32 of the pages QEMU maps
+    /// from a flat image (while QEMU started, when it was started for the
+    /// restore; zero when that was done before the decision, or when the
+    /// pages were streamed and checked as they were written).
+    pub fn page_check_time(&self) -> Duration {
+        self.checked
+    }
+
     /// The machine arguments QEMU runs (or will run) with.
     pub fn args(&self) -> &[String] {
         &self.args
@@ -370,9 +381,18 @@ impl QemuAdapter {
 
     /// The arguments recorded in the image's `restore.cmdline` (a JSON
     /// array of strings, or a line split on white space), if any.
+    /// The machine type is pinned to the one the stream was saved with
+    /// (`qemu.machine`, [`super::compat::pin_machine`]), so that a later
+    /// QEMU builds the machine the stream describes.
     pub fn recorded_args(image: &Image) -> Option<Vec<String>> {
         let c = image.metadata_value("restore.cmdline")?;
-        serde_json::from_str::<Vec<String>>(c).ok().or_else(|| Some(c.split_whitespace().map(str::to_owned).collect()))
+        let args = serde_json::from_str::<Vec<String>>(c)
+            .ok()
+            .unwrap_or_else(|| c.split_whitespace().map(str::to_owned).collect());
+        Some(match image.metadata_value("qemu.machine").filter(|m| !m.is_empty()) {
+            Some(m) => super::compat::pin_machine(&args, m),
+            None => args,
+        })
     }
 }
 
@@ -451,12 +471,17 @@ impl QemuAdapter {
             .map_err(|e| Error::io(format!("cannot reach QEMU's incoming socket {}", incoming.display()), e))?;
         let qmp = self.qmp.as_mut().ok_or_else(|| Error::Unsupported("the standby QEMU has no QMP".into()))?;
         let refill_time = prepared.refill_time;
+        self.checked = prepared.check_time;
         let report = std::thread::scope(|s| {
             let writer = s.spawn(move || prepared.write_to(&image, out));
             let loaded = qmp.wait_migration(Duration::from_secs(300));
             let written = writer.join().map_err(|_| Error::Unsupported("the stream writer panicked".into()))?;
-            loaded?;
-            written
+            // A damaged page stops the stream, so QEMU's load fails too: the
+            // damage is what happened. The guest never ran.
+            match written {
+                Err(e) if e.is_damage() => Err(e),
+                written => loaded.and(written),
+            }
         })?;
         self.refilled = (report.refilled_pages, refill_time);
         if !self.hold {

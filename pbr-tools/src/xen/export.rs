@@ -19,7 +19,6 @@ use super::pages::{self, SAVER_BATCH, Shape};
 use super::record::{self, libxc};
 use super::{blob, hvm};
 use crate::error::{Error, Result};
-use crate::output::AtomicFile;
 
 /// What [`export_xl`] wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -133,10 +132,7 @@ fn uncovered(img: &Image, shapes: &[Shape]) -> Vec<u64> {
 /// An image not converted from an xl file, a damaged shape or page, I/O.
 /// Nothing is created at `out` on error.
 pub fn export_xl(img: &Image, out: &Path) -> Result<XlExport> {
-    let file = AtomicFile::create(out)?;
-    let report = export_xl_to(img, file.file())?;
-    file.commit()?;
-    Ok(report)
+    crate::output::write_stream(img, out, |f| export_xl_to(img, f))
 }
 
 /// Writes `img` (converted from an `xl save` file) as an `xl save` file
