@@ -89,23 +89,14 @@ impl StreamFile {
     /// `dest` is a block device, a directory or a socket, or cannot be
     /// opened or created.
     pub fn create(dest: &Path) -> Result<StreamFile> {
-        use std::os::unix::fs::FileTypeExt;
-        let kind = std::fs::metadata(dest).ok().map(|m| m.file_type());
-        match kind {
-            Some(k) if k.is_char_device() || k.is_fifo() => std::fs::OpenOptions::new()
-                .write(true)
-                .open(dest)
-                .map(StreamFile::Direct)
-                .map_err(|e| Error::io(format!("cannot open {} for writing", dest.display()), e)),
-            _ => AtomicFile::create(dest).map(StreamFile::Atomic),
+        if !is_device_or_pipe(dest) {
+            return AtomicFile::create(dest).map(StreamFile::Atomic);
         }
-    }
-
-    /// Whether bytes written go straight to their destination, where a
-    /// failure half way cannot be taken back: a writer of pages checks
-    /// them all first.
-    pub fn is_direct(&self) -> bool {
-        matches!(self, StreamFile::Direct(_))
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dest)
+            .map(StreamFile::Direct)
+            .map_err(|e| Error::io(format!("cannot open {} for writing", dest.display()), e))
     }
 
     /// The file to write.
@@ -136,11 +127,19 @@ impl StreamFile {
 /// # Errors
 /// As [`StreamFile::create`], a damaged page, or what `write` returns.
 pub fn write_stream<T>(image: &pbr_format::Image, dest: &Path, write: impl FnOnce(&File) -> Result<T>) -> Result<T> {
-    let out = StreamFile::create(dest)?;
-    if out.is_direct() {
+    if is_device_or_pipe(dest) {
+        // Before the pipe is opened: its reader gets nothing at all.
         image.verify_pages()?;
     }
+    let out = StreamFile::create(dest)?;
     let r = write(out.file())?;
     out.commit(dest)?;
     Ok(r)
+}
+
+/// Whether `path` is a character device or a named pipe: a stream is
+/// written into it directly.
+pub fn is_device_or_pipe(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device() || m.file_type().is_fifo())
 }

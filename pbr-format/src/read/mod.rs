@@ -136,10 +136,10 @@ impl Image {
         use std::io::{Read, Seek, SeekFrom};
         use std::os::unix::fs::FileTypeExt;
         let path = path.as_ref();
-        let mut file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-        let kind = file.metadata().map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?.file_type();
         // Only a file of a known length is read: a character device or a
-        // pipe could be endless.
+        // pipe could be endless (and opening a pipe waits for a writer).
+        let kind =
+            std::fs::metadata(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?.file_type();
         if !kind.is_file() && !kind.is_block_device() {
             return Err(Error::invalid(format!(
                 "{} is {}, not an image file",
@@ -147,6 +147,7 @@ impl Image {
                 crate::file_kind::describe(kind)
             )));
         }
+        let mut file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
         let len = file.seek(SeekFrom::End(0)).map_err(|e| Error::io(format!("cannot size {}", path.display()), e))?;
         if len < (HEADER_SIZE + TRAILER_SIZE) as u64 {
             // Too short to map meaningfully; read what is there for the error.

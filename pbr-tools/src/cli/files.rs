@@ -82,8 +82,7 @@ pub fn check(inputs: &[Input<'_>], output: Option<Output<'_>>) -> Result<Option<
     }
     // A stream may go to a device or named pipe already there; nothing is
     // ever renamed over one.
-    let direct = std::fs::metadata(out.path).is_ok_and(|m| m.file_type().is_char_device() || m.file_type().is_fifo());
-    if !(out.streamable && direct) {
+    if !(out.streamable && pbr_tools::output::is_device_or_pipe(out.path)) {
         pbr_format::write::destination(out.path)?;
     }
     if let Some(id) = identity(out.path)
