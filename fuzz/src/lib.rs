@@ -80,6 +80,9 @@ pub mod pbr_image {
         );
         let _ = img.devices().map(|d| d.data.len()).sum::<usize>();
         let _ = (img.page_counts(), img.raw_runs().len());
+        for run in img.raw_runs().iter().take(64) {
+            let _ = img.check_run(run);
+        }
         let mut buf = vec![0u8; img.page_size() as usize];
         let mut budget = 1 << 14;
         for e in img.extents() {
@@ -87,8 +90,19 @@ pub mod pbr_image {
                 continue;
             }
             for gfn in e.gfns().take(budget) {
-                let _ = img.read_in_extent(&e, gfn, &mut buf);
-                let _ = img.expected_crc(&e, gfn);
+                // No page is handed out unless it matches its crc32.
+                let expected = img.expected_crc(&e, gfn);
+                if let Ok(page) = img.read_in_extent(&e, gfn, &mut buf) {
+                    assert!(
+                        expected.is_none_or(|c| c == crc32fast::hash(page)),
+                        "page {gfn:#x} was read although its crc32 does not match"
+                    );
+                }
+                if e.encoding == PageEncoding::Raw
+                    && let Ok(page) = img.raw_pages(&e, gfn..gfn + 1)
+                {
+                    assert_eq!(expected, Some(crc32fast::hash(page)), "raw page {gfn:#x} handed out unchecked");
+                }
                 budget -= 1;
             }
             if budget == 0 {

@@ -202,12 +202,12 @@ fn recover_needs_the_service_network() {
     }
 }
 
-/// QEMU refusing the recorded machine is named at once, in one line, for
-/// each way of starting it (not after waiting for its QMP socket).
+/// QEMU refusing the recorded command line is named at once, in one line,
+/// for each way of starting it (not after waiting for its QMP socket).
 #[test]
 fn recover_names_a_qemu_that_exits() {
     let dir = tempfile::tempdir().unwrap();
-    let image = counter_candidate(dir.path(), "-machine no-such-machine -netdev user,id=pbrnet");
+    let image = counter_candidate(dir.path(), "-machine q35 -device no-such-device -netdev user,id=pbrnet");
     for err in recover_fails_each_way(&image) {
         assert!(err.contains("exited (exit status: 1) before it was ready"), "{err}");
     }

@@ -110,8 +110,9 @@ fn is_versioned(machine: &str) -> bool {
 }
 
 /// `args` with the machine type pinned to `machine`: the type of every
-/// `-machine`/`-M` option that names one is replaced (its other options
-/// are kept), and `-machine machine` is added when none names one.
+/// `-machine`/`-M` option that names an unversioned one (an alias such as
+/// `q35`) is replaced (its other options are kept), a versioned one is
+/// kept, and `-machine machine` is added when none names one.
 pub fn pin_machine(args: &[String], machine: &str) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len() + 2);
     let mut named = false;
@@ -124,8 +125,12 @@ pub fn pin_machine(args: &[String], machine: &str) -> Vec<String> {
         let Some(value) = it.next() else { break };
         let mut parts: Vec<String> = value.split(',').map(str::to_owned).collect();
         if let Some(t) = parts.iter_mut().find(|p| !p.contains('=') || p.starts_with("type=")) {
-            *t = if t.starts_with("type=") { format!("type={machine}") } else { machine.to_owned() };
             named = true;
+            // An alias (`q35`) means the running release's newest type; a
+            // versioned type the user named is kept as it is.
+            if !is_versioned(t.trim_start_matches("type=")) {
+                *t = if t.starts_with("type=") { format!("type={machine}") } else { machine.to_owned() };
+            }
         }
         out.push(parts.join(","));
     }
@@ -182,5 +187,7 @@ mod tests {
             s(&["-M", "accel=tcg", "-machine", "type=pc-q35-7.2"])
         );
         assert_eq!(pin_machine(&s(&["-m", "512"]), "pc-i440fx-7.2"), s(&["-m", "512", "-machine", "pc-i440fx-7.2"]));
+        let named = s(&["-machine", "pc-q35-8.0,accel=tcg"]);
+        assert_eq!(pin_machine(&named, "pc-q35-7.2"), named, "a versioned type named is kept");
     }
 }
