@@ -172,7 +172,7 @@ fn cache_trimmed_candidate_refills_exactly_streamed_and_mapped() {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let (qemu, firmware) = common::vm::qemu10();
     let lab = Lab::with_qemu(512, &qemu, &firmware);
-    let (_, daemons) = capture(&lab);
+    let (kernel, daemons) = capture(&lab);
     let img = pbr_format::Image::open(&daemons).unwrap();
     // Capture kept the agent's page-cache references that equal the disk.
     let note: serde_json::Value =
@@ -233,4 +233,18 @@ fn cache_trimmed_candidate_refills_exactly_streamed_and_mapped() {
     assert_eq!(r.refilled_pages, dropped);
     assert_eq!(r.refill, std::time::Duration::ZERO, "the pages were read before the decision");
     assert_eq!(blake3::hash(&std::fs::read(&flat).unwrap()), before, "the flat image changed");
+
+    // QEMU 7.2 may not load what QEMU 10 saved: both candidates are
+    // refused for it, the machine boots from scratch, and `recover --json`
+    // lists both refusals with their reason.
+    let (k, d) = (kernel.to_str().unwrap(), daemons.to_str().unwrap());
+    let out = common::pbr_img(&["recover", "--json", "--qemu", "qemu-system-x86_64", d, k]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["chosen"], serde_json::Value::Null, "{v}");
+    let refused = v["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 2, "{v}");
+    for x in refused {
+        assert!(x["reason"].as_str().unwrap().contains("which is older"), "{x}");
+    }
 }
