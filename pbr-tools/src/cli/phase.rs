@@ -142,7 +142,7 @@ pub fn recover_run(
             outln!(
                 "{}",
                 json!({"chosen": r.chosen.display().to_string(), "downtime_s": r.downtime.as_secs_f64(), "select_s": r.select.as_secs_f64(),
-                       "restore_s": r.restore.as_secs_f64(), "guest_s": r.guest.as_secs_f64(), "standby": vmm != Vmm::Spawn, "vmm": r.vmm.name(),
+                       "restore_s": r.restore.as_secs_f64(), "page_check_s": r.page_check.as_secs_f64(), "guest_s": r.guest.as_secs_f64(), "standby": vmm != Vmm::Spawn, "vmm": r.vmm.name(),
                        "adapter": r.adapter, "ram": r.ram, "signal": r.signal, "held": super::fmt::held_json(r.held),
                        "refused": r.refused.iter().map(|x| json!({"candidate": x.path.display().to_string(), "reason": x.reason})).collect::<Vec<_>>()})
             );

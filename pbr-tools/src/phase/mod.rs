@@ -384,7 +384,12 @@ pub struct Recovery {
     /// What the standby or prestaged QEMU held in memory just before the
     /// decision; `None` without one.
     pub held: Option<resident::Resident>,
-    /// The later candidates refused because a stored page is damaged.
+    /// Of the restore, checking the crc32 of the pages QEMU maps from a
+    /// flat candidate (zero when done before the decision, or streamed:
+    /// each streamed page is checked as it is written).
+    pub page_check: Duration,
+    /// The candidates refused, latest first, because a stored page was
+    /// found damaged while they were restored (before their guest ran).
     pub refused: Vec<restore::Refused>,
 }
 
@@ -453,75 +458,85 @@ pub fn recover(
     let t = Instant::now();
     let images = candidates.iter().map(Image::open).collect::<std::result::Result<Vec<_>, _>>()?;
     let refs: Vec<&Image> = images.iter().collect();
-    // Every stored page of the candidate chosen is checked first: a damaged
-    // one is refused and the next is judged.
-    let (chosen, refused) = match root {
-        Some(r) => {
-            let s = pbr_format::select::select(&refs, r, false);
-            let refused = s
-                .verdicts
-                .iter()
-                .filter_map(|v| v.damage.as_ref().map(|d| (v.index, d)))
-                .map(|(i, d)| restore::Refused { path: candidates[i].clone(), reason: format!("damaged: {d}") })
-                .collect();
-            (s.chosen, refused)
-        }
+    // The candidates by their files (against `root`) or by phase, latest
+    // first; each is restored with every page checked as it goes, and one
+    // found damaged before its guest runs is refused for the next.
+    let order: Vec<usize> = match root {
+        Some(r) => pbr_format::select::select_fast(&refs, r, false)
+            .verdicts
+            .iter()
+            .filter(|v| v.valid)
+            .map(|v| v.index)
+            .collect(),
         None => {
             let mut order: Vec<usize> = (0..images.len()).collect();
             order.sort_by_key(|&i| std::cmp::Reverse(phase_order(&images[i])));
-            let mut refused = Vec::new();
-            let chosen = order.into_iter().find(|&i| match images[i].verify_pages() {
-                Ok(_) => true,
-                Err(e) => {
-                    refused.push(restore::Refused { path: candidates[i].clone(), reason: format!("damaged: {e}") });
-                    false
-                }
-            });
-            (chosen, refused)
+            order
         }
     };
-    let chosen = chosen.ok_or_else(|| {
-        let why: Vec<String> = refused.iter().map(|r| format!("{}: {}", r.path.display(), r.reason)).collect();
-        Error::NoCandidate(if why.is_empty() {
-            "do a full reboot".into()
-        } else {
-            format!("do a full reboot ({})", why.join("; "))
-        })
-    })?;
     let select = t.elapsed();
-    let img = &images[chosen];
-    if img.metadata_value("source.format") == Some("vmm") {
-        let mut r = recover_kvm(&candidates[chosen], img, t, select)?;
-        r.refused = refused;
-        on_ready(&r, None);
-        return Ok(r);
-    }
-    let mut args = QemuAdapter::recorded_args(img)
-        .ok_or_else(|| Error::Unsupported("the candidate records no restore command line".into()))?;
-    service::forward(&mut args, port)?;
-    args.extend(serial);
-    // A standby QEMU of another machine, or holding another image, goes
-    // first: it holds the serial socket and the service's host port.
-    let hash = img.image_blake3();
-    let reuse = standby
-        .filter(|s| s.args() == args && s.held().is_none_or(|h| h == hash) && s.maps().is_none_or(|h| h == hash));
-    let (mut q, used) = match reuse {
-        Some(mut s) if s.held().is_some() => {
-            s.cont()?;
-            (s, Vmm::Prestaged)
+    let mut refused = Vec::new();
+    let mut standby = standby;
+    let attempt = |chosen: usize, standby: Option<QemuAdapter>| -> Result<Attempt> {
+        let img = &images[chosen];
+        if img.metadata_value("source.format") == Some("vmm") {
+            return recover_kvm(&candidates[chosen], img, t, select).map(Attempt::Kvm);
         }
-        Some(mut s) => {
-            s.set_image(&candidates[chosen]);
-            load(img, &candidates[chosen], &mut s)?;
-            (s, Vmm::Standby)
-        }
-        None => {
-            control = None;
-            let mut q = QemuAdapter::new(&candidates[chosen], qemu, args)?;
-            load(img, &candidates[chosen], &mut q)?;
-            (q, Vmm::Spawn)
+        let mut args = QemuAdapter::recorded_args(img)
+            .ok_or_else(|| Error::Unsupported("the candidate records no restore command line".into()))?;
+        service::forward(&mut args, port)?;
+        args.extend(serial.iter().cloned());
+        // A standby QEMU of another machine, or holding another image,
+        // goes first: it holds the serial socket and the service's host
+        // port.
+        let hash = img.image_blake3();
+        let reuse = standby
+            .filter(|s| s.args() == args && s.held().is_none_or(|h| h == hash) && s.maps().is_none_or(|h| h == hash));
+        Ok(match reuse {
+            Some(mut s) if s.held().is_some() => {
+                s.cont()?;
+                Attempt::Qemu(Box::new(s), Vmm::Prestaged)
+            }
+            Some(mut s) => {
+                s.set_image(&candidates[chosen]);
+                load(img, &candidates[chosen], &mut s)?;
+                Attempt::Qemu(Box::new(s), Vmm::Standby)
+            }
+            None => {
+                let mut q = QemuAdapter::new(&candidates[chosen], qemu, args)?;
+                load(img, &candidates[chosen], &mut q)?;
+                Attempt::Qemu(Box::new(q), Vmm::Spawn)
+            }
+        })
+    };
+    let mut tried = order.into_iter();
+    let (chosen, mut q, used) = loop {
+        let Some(i) = tried.next() else {
+            let why: Vec<String> =
+                refused.iter().map(|r: &restore::Refused| format!("{}: {}", r.path.display(), r.reason)).collect();
+            return Err(Error::NoCandidate(if why.is_empty() {
+                "do a full reboot".into()
+            } else {
+                format!("do a full reboot ({})", why.join("; "))
+            }));
+        };
+        match attempt(i, standby.take()) {
+            Ok(Attempt::Qemu(q, used)) => break (i, q, used),
+            Ok(Attempt::Kvm(mut r)) => {
+                r.refused = refused;
+                on_ready(&r, None);
+                return Ok(r);
+            }
+            Err(e) if e.is_damage() => {
+                refused.push(restore::Refused { path: candidates[i].clone(), reason: format!("damaged: {e}") })
+            }
+            Err(e) => return Err(e),
         }
     };
+    if used == Vmm::Spawn {
+        // The waiting QEMU's serial went with it.
+        control = None;
+    }
     let restore = t.elapsed() - select;
     let mut control = match control {
         Some(c) => c,
@@ -540,6 +555,7 @@ pub fn recover(
         vmm: used,
         signal: format!("{} on the host's port {port}, then PBR-READY {}", served.status, served.uptime),
         held,
+        page_check: q.page_check_time(),
         refused,
     };
     on_ready(&r, q.child.as_mut());
@@ -547,6 +563,13 @@ pub fn recover(
         let _ = qmp.cmd("quit", serde_json::json!({}));
     }
     Ok(r)
+}
+
+/// What restoring one candidate gave: a QEMU running it, or the whole
+/// recovery of a VMM image on KVM.
+enum Attempt {
+    Qemu(Box<QemuAdapter>, Vmm),
+    Kvm(Recovery),
 }
 
 /// Replays `img` (at `path`) into `q` and resumes it.
@@ -587,6 +610,7 @@ fn recover_kvm(path: &Path, img: &Image, t: Instant, select: Duration) -> Result
         vmm: Vmm::Spawn,
         signal,
         held: None,
+        page_check: Duration::ZERO,
         refused: Vec::new(),
     })
 }
