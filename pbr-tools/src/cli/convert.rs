@@ -92,6 +92,9 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
             if let Some(note) = &r.vcpu_note {
                 eprintln!("warning: {note}");
             }
+            for note in &r.notes {
+                eprintln!("note: {note}");
+            }
             if a.json {
                 outln!(
                     "{}",
@@ -102,7 +105,7 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
                         "blocks": r.blocks.iter().map(|b| json!({"name": b.name, "used_length": b.used_length})).collect::<Vec<_>>(),
                         "zero_records": r.zero_records, "page_records": r.page_records, "mapped_pages": r.mapped_pages,
                         "stream_bytes": r.stream_bytes, "device_sections": r.device_sections, "vcpus": r.vcpus,
-                        "vmdescription": r.vmdescription, "image_bytes": r.image.file_len,
+                        "vmdescription": r.vmdescription, "notes": r.notes, "image_bytes": r.image.file_len,
                         "stored_pages": r.image.stored_pages, "extents": r.image.extents,
                     })
                 );

@@ -74,7 +74,7 @@ pub fn run(
     }
     let img = Image::open(path)?;
     let piped = super::files::is_dash(output);
-    let stdout = || std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    let stdout = || std::io::BufWriter::with_capacity(1 << 20, super::out::Stdout::lock());
     match to {
         Target::Raw => {
             let bar = progress::bytes(img.guest_size(), "export", quiet);

@@ -25,7 +25,7 @@ pub fn run(image: &Path, what: What<'_>, output: &Path, as_json: bool) -> Result
     let piped = super::files::is_dash(output);
     let write = |f: &mut dyn FnMut(&mut dyn Write) -> Result<u64>| -> Result<u64> {
         if piped {
-            f(&mut std::io::BufWriter::new(std::io::stdout().lock()))
+            f(&mut std::io::BufWriter::new(super::out::Stdout::lock()))
         } else {
             let out = AtomicFile::create(output)?;
             let n = f(&mut std::io::BufWriter::new(out.file()))?;

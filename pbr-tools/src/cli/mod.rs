@@ -1,7 +1,7 @@
 //! The `pbr-img` subcommands.
 
 #[macro_use]
-mod out;
+pub mod out;
 
 mod classify;
 mod convert;
@@ -487,10 +487,16 @@ impl Command {
     }
 }
 
-/// Runs one subcommand.
-pub fn run(cli: Cli) -> Result<ExitCode> {
+/// Checks the files the command names ([`files::check`]); returns what
+/// keeps its output registered for the interrupt handling, to be held until
+/// the process exits.
+pub fn check_files(cli: &Cli) -> Result<Option<pbr_tools::cleanup::Registration>> {
     let (inputs, output) = cli.command.files();
-    let _temp_files = files::check(&inputs, output)?;
+    files::check(&inputs, output)
+}
+
+/// Runs one subcommand (its files checked by [`check_files`]).
+pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Inspect { image, json, pages, vcpus, devices } => {
             inspect::run(&image, json, inspect::Show { pages, vcpus, devices })
@@ -547,18 +553,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             phase::recover_run(&candidates, root.as_deref(), qemu.as_deref(), vmm, keep_running, json)
         }
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut <Cli as clap::CommandFactory>::command(),
-                "pbr-img",
-                &mut std::io::stdout(),
-            );
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "pbr-img", &mut text);
+            out::write_bytes(&text)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Man => {
+            let mut text = Vec::new();
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-                .render(&mut std::io::stdout())
+                .render(&mut text)
                 .map_err(|e| pbr_tools::Error::io("cannot write the man page", e))?;
+            out::write_bytes(&text)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { image, adapter, qemu, max_exits, seconds, json, qemu_args } => {
