@@ -65,8 +65,13 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
     });
-    let total = file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
-    let bar = progress::bytes(total, "convert", a.quiet);
+    // A pipe (standard input, a FIFO) has no length: a spinner counts what
+    // was read.
+    let total = file.as_ref().and_then(|f| f.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len());
+    let bar = match total {
+        Some(total) => progress::bytes(total, "convert", a.quiet),
+        None => progress::stream("convert", a.quiet),
+    };
     let full = std::io::Cursor::new(head).chain(reader);
     match format {
         InputFormat::Qemu | InputFormat::Libvirt => {

@@ -514,10 +514,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             },
         ),
         Command::Trim { image, output, drop, json } => trim::run(&image, &output, drop.as_deref(), json),
-        Command::Pack { image, output, json } => pack::run(&image, &output, pack::Layout::Packed, json),
+        Command::Pack { image, output, json } => pack::run(&image, &output, pack::Layout::Packed, json, cli.quiet),
         Command::Unpack { image, output, flat, json } => {
             let layout = if flat { pack::Layout::Flat } else { pack::Layout::Raw };
-            pack::run(&image, &output, layout, json)
+            pack::run(&image, &output, layout, json, cli.quiet)
         }
         Command::Diff { a, b, output, json } => diff::run(&a, &b, output.as_deref(), json),
         Command::Apply { base, diffs, output, json } => diff::apply(&base, &diffs, &output, json),
