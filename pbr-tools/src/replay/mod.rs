@@ -9,6 +9,7 @@
 pub mod kvm;
 mod prepared;
 pub mod qemu;
+mod qemu_stderr;
 pub mod recording;
 
 use std::fs::File;
