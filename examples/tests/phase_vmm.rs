@@ -38,7 +38,7 @@ fn every_phase_image_restarts_where_it_was() {
         assert_eq!(next, (at + 1..at + 6).collect::<Vec<_>>(), "phase {} did not carry on from {at}", vmm::PHASES[i].0);
         // Packed (lz4) pages take the copy path and restart the same way.
         let packed = dir.path().join(format!("packed-{i}.pbr"));
-        pbr_tools::pack::pack(&img, &packed).unwrap();
+        pbr_tools::pack::pack(&img, &packed, &|_| {}).unwrap();
         let (report, next) = vmm::restart(&packed, 5);
         assert!(report.copied_pages > 0 && report.mapped_bytes == 0);
         assert_eq!(next, (at + 1..at + 6).collect::<Vec<_>>());

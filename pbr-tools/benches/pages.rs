@@ -75,7 +75,7 @@ fn main() {
         let trimmed = d.join(format!("{name}-t.pbr"));
         let t = pbr_tools::trim::trim(&img, &trimmed, Default::default()).unwrap();
         let packed = d.join(format!("{name}-p.pbr"));
-        let p = pbr_tools::pack::pack(&Image::open(&trimmed).unwrap(), &packed).unwrap();
+        let p = pbr_tools::pack::pack(&Image::open(&trimmed).unwrap(), &packed, &|_| {}).unwrap();
         let raw = d.join(format!("{name}.raw"));
         pbr_tools::export::raw::export_raw(&img, &raw, &|_| {}).unwrap();
         let lz4 = compressed_len("lz4", &["-1", "-c"], &raw);
@@ -101,7 +101,7 @@ fn main() {
             ratio(zstd)
         );
         let full = d.join(format!("{name}-pf.pbr"));
-        let pf = pbr_tools::pack::pack(&img, &full).unwrap();
+        let pf = pbr_tools::pack::pack(&img, &full, &|_| {}).unwrap();
         let ratio =
             |x: Option<u64>| x.map_or("n/a".to_string(), |x| format!("{:.3}", pf.after_bytes as f64 / x as f64));
         println!(

@@ -3,12 +3,17 @@
 //! and child processes (QEMU) are stopped, before the process exits with
 //! 128 + the signal number (130, 143), as a shell reports it.
 //!
+//! An interrupt that comes once the run's output (registered with
+//! [`output`]) has been renamed into place no longer fails the run: it ends
+//! as it would have, and [`after_run`] names the output written.
+//!
 //! Temporary files of outputs (this crate's [`crate::output::AtomicFile`]
 //! and `pbr_format::ImageWriter`) are named `.pbr-<process ID>-*.tmp`, so a
 //! directory registered with [`temp_files_in`] loses those of this process
 //! only. Everything else is registered by what creates it, for as long as
 //! the returned [`Registration`] lives.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -22,15 +27,23 @@ struct State {
     temp_dirs: Vec<(u64, PathBuf)>,
     paths: Vec<(u64, PathBuf)>,
     children: Vec<(u64, u32)>,
+    /// Outputs, with the device and inode their path had when registered.
+    outputs: Vec<(u64, PathBuf, Option<Identity>)>,
 }
 
+/// The device and inode of a directory entry.
+type Identity = (u64, u64);
+
 static STATE: Mutex<State> =
-    Mutex::new(State { next: 0, temp_dirs: Vec::new(), paths: Vec::new(), children: Vec::new() });
+    Mutex::new(State { next: 0, temp_dirs: Vec::new(), paths: Vec::new(), children: Vec::new(), outputs: Vec::new() });
 
 /// The signal being handled, 0 before any.
 static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
-/// Held while an interrupt is cleaned up, until the process exits.
+/// Held while an interrupt is cleaned up, until the process exits or the
+/// interrupt is found to have come after the output was written.
 static CLEANING: Mutex<()> = Mutex::new(());
+/// The output an interrupt found written.
+static WRITTEN: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 fn state() -> std::sync::MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -47,6 +60,7 @@ impl Drop for Registration {
         s.temp_dirs.retain(|e| e.0 != self.0);
         s.paths.retain(|e| e.0 != self.0);
         s.children.retain(|e| e.0 != self.0);
+        s.outputs.retain(|e| e.0 != self.0);
     }
 }
 
@@ -69,6 +83,58 @@ pub fn temp_files_in(dir: &Path) -> Registration {
     register(|s, id| s.temp_dirs.push((id, dir)))
 }
 
+/// The output of the run, `dest`: on interrupt, this process's temporary
+/// output files in its directory are removed (as [`temp_files_in`]); then,
+/// if `dest` is no longer the file it was at this registration (an output
+/// renamed into place: committed), the interrupt no longer fails the run.
+pub fn output(dest: &Path) -> Registration {
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let before = identity(dest);
+    let dest = dest.to_path_buf();
+    register(|s, id| {
+        s.temp_dirs.push((id, dir));
+        s.outputs.push((id, dest, before));
+    })
+}
+
+/// The device and inode of the directory entry `path` (a link is not
+/// followed: a rename replaces the entry).
+fn identity(path: &Path) -> Option<Identity> {
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// A registered output that has been renamed into place since it was
+/// registered.
+fn written_output() -> Option<PathBuf> {
+    let s = state();
+    s.outputs.iter().find(|(_, p, before)| identity(p).is_some_and(|now| Some(now) != *before)).map(|o| o.1.clone())
+}
+
+/// What an interrupt does, decided by [`interrupt`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Interrupt {
+    /// The process exits with this status (128 + the signal number): the
+    /// output was not written.
+    Exit(i32),
+    /// The output was already written: the run ends as it would have.
+    Written(PathBuf),
+}
+
+/// Handles signal `sig`: cleans up what is registered, then decides. The
+/// temporary files are removed first: an output renamed into place before
+/// that is found written; one renamed after cannot be (its temporary file
+/// is gone), so the decision holds whatever the run does meanwhile.
+pub fn interrupt(sig: i32) -> Interrupt {
+    clean_up();
+    match written_output() {
+        Some(p) => Interrupt::Written(p),
+        None => Interrupt::Exit(128 + sig),
+    }
+}
+
 /// On interrupt, removes `path` (a file, or a directory with its contents).
 pub fn remove_on_interrupt(path: &Path) -> Registration {
     let path = path.to_path_buf();
@@ -82,7 +148,8 @@ pub fn stop_on_interrupt(pid: u32) -> Registration {
 }
 
 /// Starts a thread that waits for SIGINT and SIGTERM; on either, cleans up
-/// what is registered and exits with 128 + the signal number.
+/// what is registered and exits with 128 + the signal number, unless the
+/// run's output was already written ([`interrupt`]).
 ///
 /// # Errors
 /// The signal handlers could not be installed.
@@ -93,26 +160,48 @@ pub fn install() -> Result<()> {
     std::thread::Builder::new()
         .name("pbr-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
                 let _cleaning = CLEANING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 INTERRUPTED.store(sig, Ordering::SeqCst);
-                clean_up();
-                std::process::exit(128 + sig);
+                match interrupt(sig) {
+                    Interrupt::Exit(status) => std::process::exit(status),
+                    Interrupt::Written(p) => *written() = Some(p),
+                }
             }
         })
         .map_err(|e| Error::io("cannot start the signal thread", e))?;
     Ok(())
 }
 
-/// When an interrupt is being handled (its clean-up makes the work fail:
-/// QEMU stops, files vanish), waits for the clean-up to end the process
-/// with its status, so that the failure is not reported as an error.
-pub fn exit_if_interrupted() {
-    if INTERRUPTED.load(Ordering::SeqCst) != 0 {
-        let _wait = CLEANING.lock();
+fn written() -> std::sync::MutexGuard<'static, Option<PathBuf>> {
+    WRITTEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An interrupt that came after the run's output was written.
+#[derive(Debug)]
+pub struct Interrupted {
+    /// The output.
+    pub output: PathBuf,
+    /// The status an interrupt ends with (128 + the signal number).
+    pub status: u8,
+}
+
+/// Called when the run is over (the output's registration still held).
+/// When an interrupt is being handled, waits for its clean-up: one before
+/// the output was written ends the process there with its status (its
+/// clean-up makes the work fail: QEMU stops, files vanish, and that failure
+/// is not reported as an error); one after is returned.
+pub fn after_run() -> Option<Interrupted> {
+    let sig = INTERRUPTED.load(Ordering::SeqCst);
+    if sig == 0 {
+        return None;
+    }
+    let _wait = CLEANING.lock();
+    match written().clone() {
+        Some(output) => Some(Interrupted { output, status: u8::try_from(128 + sig).unwrap_or(u8::MAX) }),
         // Not reached: the signal thread exits the process while it holds
         // the lock; if it panicked, exit here with its status.
-        std::process::exit(128 + INTERRUPTED.load(Ordering::SeqCst));
+        None => std::process::exit(128 + sig),
     }
 }
 

@@ -15,11 +15,13 @@ use crate::rewrite;
 /// The metadata key a flat image carries, with value `flat`.
 pub const LAYOUT_KEY: &str = "layout";
 
-/// Writes `src` to `dest` in the flat layout.
+/// Writes `src` to `dest` in the flat layout; `progress` gets the bytes of
+/// guest memory written as it goes (all of [`Image::guest_size`] in the
+/// end).
 ///
 /// # Errors
 /// A diff image (apply it first), a corrupt page, I/O.
-pub fn unpack_flat(src: &Image, dest: &Path) -> Result<PackReport> {
+pub fn unpack_flat(src: &Image, dest: &Path, progress: &dyn Fn(u64)) -> Result<PackReport> {
     if src.base().is_some() {
         return Err(Error::Unsupported("a diff image cannot be flat: apply it to its base first".into()));
     }
@@ -42,6 +44,7 @@ pub fn unpack_flat(src: &Image, dest: &Path) -> Result<PackReport> {
                 if e.encoding.is_stored() || e.encoding == PageEncoding::Dup {
                     r.stored_pages += 1;
                 }
+                progress(u64::from(ps));
             }
         }
     }
@@ -90,7 +93,9 @@ mod tests {
         let src = Image::open(&src_path).unwrap();
         assert_eq!(region_offset(&src, 0), None);
         let flat_path = dir.path().join("f.pbr");
-        unpack_flat(&src, &flat_path).unwrap();
+        let done = std::cell::Cell::new(0);
+        unpack_flat(&src, &flat_path, &|n| done.set(done.get() + n)).unwrap();
+        assert_eq!(done.get(), src.guest_size(), "the progress ends at the guest's size");
         let flat = Image::open(&flat_path).unwrap();
         flat.verify().unwrap();
         assert_eq!(flat.metadata_value(LAYOUT_KEY), Some("flat"));

@@ -66,11 +66,13 @@ impl Packer {
     }
 }
 
-/// Writes `src` to `dest` lz4-compressed and deduplicated.
+/// Writes `src` to `dest` lz4-compressed and deduplicated; `progress` gets
+/// the bytes of guest memory done as it goes (all of
+/// [`Image::guest_size`] in the end).
 ///
 /// # Errors
 /// A corrupt page, I/O.
-pub fn pack(src: &Image, dest: &Path) -> Result<PackReport> {
+pub fn pack(src: &Image, dest: &Path, progress: &dyn Fn(u64)) -> Result<PackReport> {
     let unwritten = if src.base().is_some() { PageEncoding::Base } else { PageEncoding::Zero };
     let mut w = rewrite::derived(src, dest, rewrite::options(src, unwritten))?;
     if let Some(b) = src.base() {
@@ -82,22 +84,25 @@ pub fn pack(src: &Image, dest: &Path) -> Result<PackReport> {
     for e in src.extents() {
         if !matches!(e.encoding, PageEncoding::Raw | PageEncoding::Lz4 | PageEncoding::Dup) {
             w.mark_pages(e.gfn, u64::from(e.count), e.encoding, e.class)?;
+            progress(u64::from(e.count) * u64::from(src.page_size()));
             continue;
         }
         for gfn in e.gfns() {
             let page = src.read_in_extent(&e, gfn, &mut buf)?;
             packer.put(src, &mut w, &e, gfn, page, &mut r)?;
+            progress(u64::from(src.page_size()));
         }
     }
     r.after_bytes = w.finish()?.file_len;
     Ok(r)
 }
 
-/// Writes `src` to `dest` with every stored page raw and page-aligned.
+/// Writes `src` to `dest` with every stored page raw and page-aligned;
+/// `progress` as for [`pack`].
 ///
 /// # Errors
 /// A corrupt page, I/O.
-pub fn unpack(src: &Image, dest: &Path) -> Result<PackReport> {
+pub fn unpack(src: &Image, dest: &Path, progress: &dyn Fn(u64)) -> Result<PackReport> {
     let unwritten = if src.base().is_some() { PageEncoding::Base } else { PageEncoding::Zero };
     let mut w = rewrite::derived(src, dest, rewrite::options(src, unwritten))?;
     if let Some(b) = src.base() {
@@ -117,6 +122,7 @@ pub fn unpack(src: &Image, dest: &Path) -> Result<PackReport> {
                 }
                 _ => rewrite::copy_page(src, &e, gfn, &mut w, e.class, &mut buf)?,
             }
+            progress(u64::from(src.page_size()));
         }
     }
     r.after_bytes = w.finish()?.file_len;

@@ -212,3 +212,73 @@ fn recover_names_a_qemu_that_exits() {
         assert!(err.contains("exited (exit status: 1) before it was ready"), "{err}");
     }
 }
+
+/// Bytes after a QEMU stream's end (QEMU stops reading at its
+/// vmdescription) are accepted with one note, and the image is the one the
+/// stream alone gives.
+#[test]
+fn a_qemu_stream_with_bytes_after_its_end_converts_with_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/qemu/counter-q35-16m.qemu");
+    let stream = std::fs::read(&bundled).unwrap();
+    // Bytes that look like stream: an EOF, a section start, zeros.
+    let mut longer = stream.clone();
+    longer.extend_from_slice(b"\x00\x04\x00\x00\x00\x07");
+    longer.extend(std::iter::repeat_n(0u8, 4090));
+    let input = dir.path().join("longer.qemu");
+    std::fs::write(&input, &longer).unwrap();
+    let (plain, padded) = (dir.path().join("plain.pbr"), dir.path().join("padded.pbr"));
+    let out = pbr_img(&["convert", bundled.to_str().unwrap(), "-o", plain.to_str().unwrap()]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = pbr_img(&["convert", input.to_str().unwrap(), "-o", padded.to_str().unwrap()]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("note: 4096 bytes after the end of the stream"), "{err}");
+    let vmdesc = stream.windows(2).rposition(|w| w == b"\x00\x06").unwrap() + 1;
+    assert!(err.contains(&format!("vmdescription at offset {vmdesc:#x}")), "{err}");
+    let same = pbr_img(&["diff", plain.to_str().unwrap(), padded.to_str().unwrap()]);
+    assert_eq!(same.status.code(), Some(0), "{}", String::from_utf8_lossy(&same.stdout));
+}
+
+/// Every command that writes to standard output ends with status 141 and
+/// no message when its reader went away: streams (`-o -`) and generated
+/// texts as well as reports; a standard output that is not open at all is
+/// an error.
+#[test]
+fn every_writer_to_a_closed_standard_output_ends_141() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = counter_candidate(dir.path(), "-machine q35,accel=tcg -m 16");
+    let image = image.to_str().unwrap();
+    let sample = testdata("sample.pbr");
+    let sample = sample.to_str().unwrap();
+    let runs: [&[&str]; 6] = [
+        &["export", "--to", "qemu", image, "-o", "-"],
+        &["extract", image, "--pages", "0+16", "-o", "-"],
+        &["extract", sample, "--device", "#0", "-o", "-"],
+        &["completions", "bash"],
+        &["man"],
+        &["verify", sample],
+    ];
+    for args in runs {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_pbr-img")).args(args).stdout(writer).output().unwrap();
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // A reader that takes a little and goes (the stream is larger than the
+    // pipe's buffer).
+    let script = r#""$0" export --to qemu "$1" -o - | head -c 10 >/dev/null; echo "${PIPESTATUS[0]}""#;
+    let out = Command::new("bash").args(["-c", script, env!("CARGO_BIN_EXE_pbr-img"), image]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "141", "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Closed before the start: the output would be lost.
+    let out = Command::new("sh")
+        .args(["-c", r#"exec "$0" inspect "$1" >&-"#, env!("CARGO_BIN_EXE_pbr-img"), sample])
+        .output()
+        .unwrap();
+    let err = assert_one_line_error(&out, 2);
+    assert!(err.starts_with("pbr-img: error: cannot write to standard output: Bad file descriptor"), "{err}");
+}

@@ -133,3 +133,33 @@ fn qemu_adapter_restores_the_real_linux_fixture() {
     let console = std::fs::read_to_string(&tty0).unwrap();
     assert!(console.contains("phase daemons: host said 'go'"), "{console}");
 }
+
+/// `pbr-img replay --adapter qemu` when QEMU cannot load the image exits
+/// 2 with one line of ours holding QEMU's own message and the likely
+/// cause (QEMU's standard error is held back while it loads), not a QMP
+/// read error.
+#[test]
+fn a_load_qemu_refuses_names_its_message_and_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let machine = ["-machine", "q35,accel=tcg", "-m", "16", "-nodefaults", "-display", "none"];
+    // An xl save converted: its device state is Xen's; a counter image
+    // restored on another machine type.
+    let xl = d.join("xl.pbr");
+    let xl_save = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/xen/hvm-v3-small.xl");
+    pbr_img_ok(&["convert", xl_save.to_str().unwrap(), "-o", xl.to_str().unwrap()]);
+    let counter = d.join("c.pbr");
+    pbr_img_ok(&["convert", bundled().to_str().unwrap(), "-o", counter.to_str().unwrap()]);
+    let other_machine = ["-machine", "pc,accel=tcg", "-m", "16", "-nodefaults", "-display", "none"];
+    for (image, args) in [(&xl, &machine), (&counter, &other_machine)] {
+        let mut all = vec!["replay", "--adapter", "qemu", image.to_str().unwrap(), "--"];
+        all.extend(args.iter().copied());
+        let out = common::pbr_img(&all);
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{image:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{image:?}: QEMU's lines are held back: {err}");
+        assert!(err.starts_with("pbr-img: error: qemu-system-x86_64 exited"), "{err}");
+        assert!(err.contains("QEMU said: ") && !err.contains("QMP read"), "{err}");
+        assert!(err.contains("likely cause: ") && err.contains("-machine"), "{err}");
+    }
+}

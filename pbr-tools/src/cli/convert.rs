@@ -65,8 +65,13 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
     });
-    let total = file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
-    let bar = progress::bytes(total, "convert", a.quiet);
+    // A pipe (standard input, a FIFO) has no length: a spinner counts what
+    // was read.
+    let total = file.as_ref().and_then(|f| f.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len());
+    let bar = match total {
+        Some(total) => progress::bytes(total, "convert", a.quiet),
+        None => progress::stream("convert", a.quiet),
+    };
     let full = std::io::Cursor::new(head).chain(reader);
     match format {
         InputFormat::Qemu | InputFormat::Libvirt => {
@@ -92,6 +97,9 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
             if let Some(note) = &r.vcpu_note {
                 eprintln!("warning: {note}");
             }
+            for note in &r.notes {
+                eprintln!("note: {note}");
+            }
             if a.json {
                 outln!(
                     "{}",
@@ -102,7 +110,7 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
                         "blocks": r.blocks.iter().map(|b| json!({"name": b.name, "used_length": b.used_length})).collect::<Vec<_>>(),
                         "zero_records": r.zero_records, "page_records": r.page_records, "mapped_pages": r.mapped_pages,
                         "stream_bytes": r.stream_bytes, "device_sections": r.device_sections, "vcpus": r.vcpus,
-                        "vmdescription": r.vmdescription, "image_bytes": r.image.file_len,
+                        "vmdescription": r.vmdescription, "notes": r.notes, "image_bytes": r.image.file_len,
                         "stored_pages": r.image.stored_pages, "extents": r.image.extents,
                     })
                 );

@@ -78,7 +78,7 @@ pub fn run(
         // Nothing half-written can be taken back from a pipe.
         img.verify_pages()?;
     }
-    let stdout = || std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    let stdout = || std::io::BufWriter::with_capacity(1 << 20, super::out::Stdout::lock());
     match to {
         Target::Raw => {
             let bar = progress::bytes(img.guest_size(), "export", quiet);

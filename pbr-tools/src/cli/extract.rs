@@ -29,7 +29,7 @@ pub fn run(image: &Path, what: What<'_>, output: &Path, as_json: bool) -> Result
     }
     let write = |f: &mut dyn FnMut(&mut dyn Write) -> Result<u64>| -> Result<u64> {
         if piped {
-            f(&mut std::io::BufWriter::new(std::io::stdout().lock()))
+            f(&mut std::io::BufWriter::new(super::out::Stdout::lock()))
         } else {
             write_stream(&img, output, |file| f(&mut std::io::BufWriter::new(file)))
         }

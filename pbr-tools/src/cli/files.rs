@@ -1,14 +1,14 @@
 //! The files a command names, checked before it runs: an input that is a
 //! directory, a QEMU stream or xl file where an image is wanted, `-` where
 //! standard input or output cannot serve, and an output that is one of the
-//! inputs (also through a link) are refused in one line. The output's
-//! directory is registered so that an interrupt removes this process's
-//! temporary files there.
+//! inputs (also through a link) are refused in one line. The output is
+//! registered so that an interrupt removes this process's temporary files
+//! beside it, and does not fail a run whose output was already written.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use pbr_tools::cleanup::{Registration, temp_files_in};
+use pbr_tools::cleanup::{self, Registration};
 use pbr_tools::{Error, Result};
 
 /// An input path and what the command reads from it.
@@ -34,8 +34,8 @@ pub fn is_dash(path: &Path) -> bool {
     path.as_os_str() == "-"
 }
 
-/// Checks the files; returns what keeps the output's temporary files
-/// registered for clean-up on interrupt.
+/// Checks the files; returns what keeps the output registered for the
+/// interrupt handling ([`pbr_tools::cleanup::output`]).
 pub fn check(inputs: &[Input<'_>], output: Option<Output<'_>>) -> Result<Option<Registration>> {
     let mut ids = Vec::new();
     for input in inputs {
@@ -94,8 +94,7 @@ pub fn check(inputs: &[Input<'_>], output: Option<Output<'_>>) -> Result<Option<
             input.display()
         )));
     }
-    let dir = out.path.parent().unwrap_or(Path::new("."));
-    Ok(Some(temp_files_in(dir)))
+    Ok(Some(cleanup::output(out.path)))
 }
 
 /// The device and inode of an existing regular file.

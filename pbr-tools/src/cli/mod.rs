@@ -1,7 +1,7 @@
 //! The `pbr-img` subcommands.
 
 #[macro_use]
-mod out;
+pub mod out;
 
 mod classify;
 mod convert;
@@ -493,10 +493,16 @@ impl Command {
     }
 }
 
-/// Runs one subcommand.
-pub fn run(cli: Cli) -> Result<ExitCode> {
+/// Checks the files the command names ([`files::check`]); returns what
+/// keeps its output registered for the interrupt handling, to be held until
+/// the process exits.
+pub fn check_files(cli: &Cli) -> Result<Option<pbr_tools::cleanup::Registration>> {
     let (inputs, output) = cli.command.files();
-    let _temp_files = files::check(&inputs, output)?;
+    files::check(&inputs, output)
+}
+
+/// Runs one subcommand (its files checked by [`check_files`]).
+pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Inspect { image, json, pages, vcpus, devices } => {
             inspect::run(&image, json, inspect::Show { pages, vcpus, devices })
@@ -514,10 +520,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             },
         ),
         Command::Trim { image, output, drop, json } => trim::run(&image, &output, drop.as_deref(), json),
-        Command::Pack { image, output, json } => pack::run(&image, &output, pack::Layout::Packed, json),
+        Command::Pack { image, output, json } => pack::run(&image, &output, pack::Layout::Packed, json, cli.quiet),
         Command::Unpack { image, output, flat, json } => {
             let layout = if flat { pack::Layout::Flat } else { pack::Layout::Raw };
-            pack::run(&image, &output, layout, json)
+            pack::run(&image, &output, layout, json, cli.quiet)
         }
         Command::Diff { a, b, output, json } => diff::run(&a, &b, output.as_deref(), json),
         Command::Apply { base, diffs, output, json } => diff::apply(&base, &diffs, &output, json),
@@ -553,18 +559,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             phase::recover_run(&candidates, root.as_deref(), qemu.as_deref(), vmm, keep_running, json)
         }
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut <Cli as clap::CommandFactory>::command(),
-                "pbr-img",
-                &mut std::io::stdout(),
-            );
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "pbr-img", &mut text);
+            out::write_bytes(&text)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Man => {
+            let mut text = Vec::new();
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-                .render(&mut std::io::stdout())
+                .render(&mut text)
                 .map_err(|e| pbr_tools::Error::io("cannot write the man page", e))?;
+            out::write_bytes(&text)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { image, adapter, qemu, max_exits, seconds, json, qemu_args } => {

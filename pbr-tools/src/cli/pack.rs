@@ -7,7 +7,7 @@ use pbr_format::Image;
 use serde_json::json;
 
 use super::fmt::bytes;
-use pbr_tools::Result;
+use pbr_tools::{Result, progress};
 
 /// What `pack` and `unpack` write.
 #[derive(Clone, Copy, Debug)]
@@ -20,13 +20,19 @@ pub enum Layout {
     Flat,
 }
 
-pub fn run(image: &Path, output: &Path, layout: Layout, as_json: bool) -> Result<ExitCode> {
+/// A function writing an image in one layout, reporting progress.
+type Writer = fn(&Image, &Path, &dyn Fn(u64)) -> Result<pbr_tools::pack::PackReport>;
+
+pub fn run(image: &Path, output: &Path, layout: Layout, as_json: bool, quiet: bool) -> Result<ExitCode> {
     let img = Image::open(image)?;
-    let r = match layout {
-        Layout::Packed => pbr_tools::pack::pack(&img, output)?,
-        Layout::Raw => pbr_tools::pack::unpack(&img, output)?,
-        Layout::Flat => pbr_tools::flat::unpack_flat(&img, output)?,
+    let (name, write): (_, Writer) = match layout {
+        Layout::Packed => ("pack", pbr_tools::pack::pack),
+        Layout::Raw => ("unpack", pbr_tools::pack::unpack),
+        Layout::Flat => ("unpack", pbr_tools::flat::unpack_flat),
     };
+    let bar = progress::bytes(img.guest_size(), name, quiet);
+    let r = write(&img, output, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
     if as_json {
         outln!(
             "{}",

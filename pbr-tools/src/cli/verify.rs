@@ -14,8 +14,7 @@ pub fn run(path: &Path, as_json: bool, quiet: bool) -> Result<ExitCode> {
         Err(e) if is_damage(&e) => return Ok(report_failure(path, &e, as_json)),
         Err(e) => return Err(e.into()),
     };
-    let bar =
-        progress::bytes(img.file_len() + img.page_data_range().end - img.page_data_range().start, "verify", quiet);
+    let bar = progress::bytes(progress::check_total(&img), "verify", quiet);
     let r = img.check(MAX_LISTED, &|n| bar.inc(n));
     bar.finish_and_clear();
     let ok = r.damaged == 0;

@@ -126,6 +126,8 @@ pub struct ConvertReport {
     pub vcpu_note: Option<String>,
     /// Whether the stream carried a vmdescription.
     pub vmdescription: bool,
+    /// What was accepted although unusual (bytes after the stream's end).
+    pub notes: Vec<String>,
     /// The image written.
     pub image: WriteReport,
 }
@@ -145,6 +147,7 @@ struct State<'a> {
     mapped_pages: u64,
     progress: &'a dyn Fn(u64),
     pos: u64,
+    notes: Vec<String>,
 }
 
 impl PageSink for State<'_> {
@@ -232,6 +235,7 @@ pub fn convert<R: Read>(
         mapped_pages: 0,
         progress,
         pos: 0,
+        notes: Vec::new(),
     };
     let desc;
     loop {
@@ -416,9 +420,16 @@ fn read_mapped(st: &mut State<'_>, file: Option<&File>) -> Result<()> {
 fn tail_sections(tail: &[u8], base: u64, st: &mut State<'_>) -> Result<Option<VmDesc>> {
     let err = |off: usize, msg: String| Error::Parse { format: "qemu", offset: base + off as u64, msg };
     let (end, desc) = match find_vmdesc(tail) {
-        Some(p) => {
-            let json = &tail[p + 5..];
+        Some((p, json_end)) => {
+            let json = &tail[p + 5..json_end];
             let d = vmdesc::parse(json).map_err(|m| err(p, m))?;
+            if json_end < tail.len() {
+                st.notes.push(format!(
+                    "{} bytes after the end of the stream (its vmdescription at offset {:#x}), ignored as QEMU ignores them",
+                    tail.len() - json_end,
+                    base + p as u64
+                ));
+            }
             (p, Some((d, json.to_vec())))
         }
         None => (tail.len(), None),
@@ -553,15 +564,23 @@ fn scan_footer(b: &[u8], body: usize, id: u32) -> Option<usize> {
         .map(|p| p - body)
 }
 
-/// Offset of the VMDESCRIPTION type byte in `tail`: `0x00 0x06 be32(len)
-/// '{'`, with the JSON ending exactly at the end.
-fn find_vmdesc(tail: &[u8]) -> Option<usize> {
+/// Offset of the VMDESCRIPTION type byte in `tail` (`0x00 0x06 be32(len)
+/// '{'`) and the end of its JSON: the JSON ending exactly at the end of
+/// `tail`, else (bytes follow the stream, which QEMU does not read) the
+/// last such section whose JSON fits and parses.
+fn find_vmdesc(tail: &[u8]) -> Option<(usize, usize)> {
     let n = tail.len();
-    (1..n.saturating_sub(5)).rev().find(|&p| {
-        tail[p] == section::VMDESCRIPTION
-            && tail[p - 1] == section::EOF
-            && tail.get(p + 5) == Some(&b'{')
-            && u32::from_be_bytes(tail[p + 1..p + 5].try_into().unwrap_or_default()) as usize == n - p - 5
+    let header = |p: usize| {
+        (tail[p] == section::VMDESCRIPTION && tail[p - 1] == section::EOF && tail.get(p + 5) == Some(&b'{'))
+            .then(|| u32::from_be_bytes(tail[p + 1..p + 5].try_into().unwrap_or_default()) as usize)
+    };
+    let candidates = || (1..n.saturating_sub(5)).rev();
+    if let Some(p) = candidates().find(|&p| header(p) == Some(n - p - 5)) {
+        return Some((p, n));
+    }
+    candidates().find_map(|p| {
+        let json_end = (p + 5).checked_add(header(p)?).filter(|&e| e <= n)?;
+        vmdesc::parse(&tail[p + 5..json_end]).is_ok().then_some((p, json_end))
     })
 }
 
@@ -628,6 +647,7 @@ fn finish(mut st: State<'_>, desc: Option<VmDesc>, stream_bytes: u64) -> Result<
         vcpus: n_vcpus,
         vcpu_note,
         vmdescription: desc.is_some(),
+        notes: st.notes,
         image,
     })
 }

@@ -10,6 +10,7 @@ pub mod compat;
 pub mod kvm;
 mod prepared;
 pub mod qemu;
+mod qemu_stderr;
 pub mod recording;
 
 use std::fs::File;

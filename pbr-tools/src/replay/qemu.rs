@@ -13,6 +13,7 @@ use pbr_format::{DeviceBlob, DeviceOrigin, Image, Vcpu};
 use serde_json::{Value, json};
 
 use super::prepared::Prepared;
+use super::qemu_stderr::{self, QemuStderr};
 use super::{HypervisorAdapter, RegionPlan, Taken};
 use crate::error::{Error, Result};
 
@@ -164,6 +165,8 @@ pub struct QemuAdapter {
     preloaded: Option<Prepared>,
     /// The trailer hash of the image a standby QEMU maps its RAM from.
     maps: Option<[u8; 32]>,
+    /// QEMU's standard error: held until the guest is loaded.
+    stderr: Option<QemuStderr>,
 }
 
 impl QemuAdapter {
@@ -192,6 +195,7 @@ impl QemuAdapter {
             checked: Duration::ZERO,
             preloaded: None,
             maps: None,
+            stderr: None,
         })
     }
 
@@ -267,7 +271,7 @@ impl QemuAdapter {
     fn listen_with(&mut self, stdin: std::process::Stdio, extra: &[String]) -> Result<()> {
         let incoming = self.dir.path().join("incoming.sock");
         let sock = self.dir.path().join("qmp.sock");
-        let child = Command::new(&self.qemu)
+        let mut child = Command::new(&self.qemu)
             .args(&self.args)
             .args(extra)
             .arg("-incoming")
@@ -275,13 +279,40 @@ impl QemuAdapter {
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
             .stdin(stdin)
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .map_err(|e| Error::io(format!("cannot start {}", self.qemu), e))?;
         self.interrupt.push(crate::cleanup::stop_on_interrupt(child.id()));
+        self.stderr = child.stderr.take().map(QemuStderr::start);
         let child = self.child.insert(child);
-        self.qmp = Some(Qmp::connect_to(&sock, child, &self.qemu)?);
+        match Qmp::connect_to(&sock, child, &self.qemu) {
+            Ok(qmp) => self.qmp = Some(qmp),
+            Err(e) => return Err(self.failure(e, "before it was ready")),
+        }
         self.incoming = Some(incoming);
         Ok(())
+    }
+
+    /// The error to report for `e`, which happened `when`: if QEMU has
+    /// exited (it is given a second), that it did, with its own message
+    /// and the likely cause; else `e`.
+    fn failure(&mut self, e: Error, when: &str) -> Error {
+        let Some(child) = self.child.as_mut() else { return e };
+        let t = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if t.elapsed() < Duration::from_secs(1) => std::thread::sleep(Duration::from_millis(10)),
+                _ => return e,
+            }
+        };
+        match &self.stderr {
+            Some(tail) if !tail.passed_on() => {
+                qemu_stderr::exited(&self.qemu, status, when, &tail.lines(Duration::from_secs(1)))
+            }
+            // Its message went to our standard error as it came.
+            _ => exited(&self.qemu, status),
+        }
     }
 
     /// A prestaged QEMU: a [`QemuAdapter::standby`] that has already loaded
@@ -482,10 +513,21 @@ impl QemuAdapter {
                 Err(e) if e.is_damage() => Err(e),
                 written => loaded.and(written),
             }
-        })?;
+        });
+        let report = match report {
+            Err(e) if e.is_damage() => return Err(e),
+            r => r.map_err(|e| self.failure(e, "while loading the image"))?,
+        };
         self.refilled = (report.refilled_pages, refill_time);
         if !self.hold {
-            qmp.cmd("cont", json!({}))?;
+            let qmp = self.qmp.as_mut().ok_or_else(|| Error::Unsupported("the standby QEMU has no QMP".into()))?;
+            if let Err(e) = qmp.cmd("cont", json!({})) {
+                return Err(self.failure(e, "while resuming the guest"));
+            }
+        }
+        // Loaded: what QEMU says from now on is the running guest's.
+        if let Some(tail) = &self.stderr {
+            tail.pass_on();
         }
         Ok(())
     }
