@@ -25,8 +25,8 @@ pub enum ErrorKind {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The file does not start with the `.pbr` magic.
-    #[error("not a .pbr image (bad magic {found:02x?})")]
+    /// The file does not start with the `.pbr` magic (or is empty).
+    #[error("not a .pbr image: {}", bad_magic(found))]
     BadMagic {
         /// The first bytes of the file.
         found: Vec<u8>,
@@ -257,6 +257,11 @@ impl From<ErrorKind> for Error {
     }
 }
 
+/// What the first bytes of a file that is not a `.pbr` image are.
+fn bad_magic(found: &[u8]) -> String {
+    if found.is_empty() { "the file is empty".into() } else { format!("bad magic {found:02x?}") }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +269,15 @@ mod tests {
     #[test]
     fn error_is_one_pointer_wide() {
         assert_eq!(size_of::<Error>(), size_of::<usize>());
+    }
+
+    #[test]
+    fn an_empty_file_is_said_to_be_empty() {
+        let e = crate::Image::from_bytes(Vec::new()).unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::BadMagic { found } if found.is_empty()));
+        assert_eq!(e.to_string(), "not a .pbr image: the file is empty");
+        let e = crate::Image::from_bytes(b"QEVM".to_vec()).unwrap_err();
+        assert_eq!(e.to_string(), "not a .pbr image: bad magic [51, 45, 56, 4d]");
     }
 
     #[test]

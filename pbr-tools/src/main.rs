@@ -6,6 +6,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use clap::error::ErrorKind;
 
 mod cli;
 
@@ -14,7 +15,10 @@ fn main() -> ExitCode {
         eprintln!("pbr-img: error: cannot write to standard output: {e}");
         return ExitCode::from(cli::USAGE_OR_INPUT);
     }
-    let args = cli::Cli::parse();
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => return usage_error(&e),
+    };
     if let Err(e) = pbr_tools::cleanup::install() {
         eprintln!("pbr-img: error: {}", one_line(&e.to_string()));
         return ExitCode::from(cli::USAGE_OR_INPUT);
@@ -51,4 +55,49 @@ fn main() -> ExitCode {
 /// Errors are printed as one line, whatever they hold.
 pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `--help` and `--version` print as clap prints them; a usage error is one
+/// line `pbr-img: error: ...` and at most one `hint:` line, exit status 2.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit()
+    }
+    let (mut msg, hint) = usage_lines(&e.render().to_string());
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // clap would print the whole help: say what is missing instead.
+        msg = "no command given".into();
+    }
+    eprintln!("pbr-img: error: {}", one_line(&msg));
+    if let Some(h) = hint {
+        eprintln!("hint: {}", one_line(&h));
+    }
+    ExitCode::from(cli::USAGE_OR_INPUT)
+}
+
+/// clap's error text (`error: MESSAGE`, indented detail lines, `Usage: ...`,
+/// `For more information ...`) as a message and a hint. A message ending
+/// in `:` takes the detail lines that follow it (the missing arguments);
+/// the hint is the first other detail line (clap's tip, the possible
+/// values), else where to read the command's help.
+fn usage_lines(text: &str) -> (String, Option<String>) {
+    let mut lines = text.lines();
+    let mut msg = lines.next().unwrap_or_default().trim_start_matches("error:").trim().to_owned();
+    let rest: Vec<&str> = lines.collect();
+    let detail = |l: &&&str| l.starts_with(char::is_whitespace) && !l.trim().is_empty();
+    let mut details = rest.iter().take_while(detail).map(|l| l.trim()).peekable();
+    if msg.ends_with(':') {
+        let items: Vec<&str> = std::iter::from_fn(|| details.next_if(|l| !l.starts_with('['))).collect();
+        msg = format!("{msg} {}", items.join(", "));
+    }
+    let hint = details.next().filter(|l| !l.starts_with("Usage:")).map(|l| {
+        let l = l.trim_start_matches('[').trim_end_matches(']');
+        l.strip_prefix("tip:").unwrap_or(l).trim().to_owned()
+    });
+    let help = || {
+        let usage = rest.iter().find_map(|l| l.strip_prefix("Usage:"))?;
+        let words: Vec<&str> = usage.split_whitespace().take_while(|w| !w.starts_with(['[', '<', '-'])).collect();
+        Some(format!("see `{} --help`", words.join(" ")))
+    };
+    (msg, hint.or_else(help))
 }

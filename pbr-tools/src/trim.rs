@@ -33,11 +33,19 @@ impl Drop {
     /// Parses `free,zero,cache` (any subset, at least one).
     ///
     /// # Errors
-    /// An unknown word.
+    /// An empty list, an empty item, an unknown word.
     pub fn parse(s: &str) -> Result<Drop> {
+        if s.trim().is_empty() {
+            return Err(Error::Unsupported("--drop is empty: give one or more of free, zero, cache".into()));
+        }
         let mut d = Drop { free: false, zero: false, cache: false };
-        for w in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        for w in s.split(',').map(str::trim) {
             match w {
+                "" => {
+                    return Err(Error::Unsupported(format!(
+                        "--drop {s:?} has an empty item: give free, zero or cache separated by commas"
+                    )));
+                }
                 "free" => d.free = true,
                 "zero" => d.zero = true,
                 "cache" => d.cache = true,
@@ -177,4 +185,21 @@ pub fn trim_with(
     w.set_metadata("trim.cache_pages_kept", &r.cache_pages_kept.to_string())?;
     r.after_bytes = w.finish()?.file_len;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_lists() {
+        let d = Drop::parse("free, cache").unwrap();
+        assert!(d.free && d.cache && !d.zero);
+        assert_eq!(Drop::parse("zero,free").unwrap().label(), "free,zero");
+        for bad in ["", "  ", "free,", ",zero", "free,,zero", "free, ,zero"] {
+            let e = Drop::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("empty"), "{bad:?}: {e}");
+        }
+        assert!(Drop::parse("free,swap").unwrap_err().to_string().contains("--drop swap"));
+    }
 }

@@ -1,7 +1,8 @@
 //! An x86-64 vCPU record described for people and scripts: every general
 //! register, segments, descriptor tables, control and debug registers,
 //! pending events, MSRs by name, the local APIC's ID, version and timer,
-//! and the XSAVE components present (what `pbr-img inspect --vcpus` shows).
+//! and the XSAVE components holding state (what `pbr-img inspect --vcpus`
+//! shows), derived from the area when its XSTATE_BV was left 0.
 
 use pbr_format::X86Vcpu;
 use pbr_format::pod::{KvmDtable, KvmSegment};
@@ -11,10 +12,60 @@ use serde_json::{Value, json};
 pub const GPR_NAMES: [&str; 16] =
     ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
 
+/// IA32_MTRR_PHYSBASE0 (0x200), IA32_MTRR_PHYSMASK0, ... IA32_MTRR_PHYSMASK15
+/// (0x21f).
+const MTRR_PHYS: [&str; 32] = [
+    "IA32_MTRR_PHYSBASE0",
+    "IA32_MTRR_PHYSMASK0",
+    "IA32_MTRR_PHYSBASE1",
+    "IA32_MTRR_PHYSMASK1",
+    "IA32_MTRR_PHYSBASE2",
+    "IA32_MTRR_PHYSMASK2",
+    "IA32_MTRR_PHYSBASE3",
+    "IA32_MTRR_PHYSMASK3",
+    "IA32_MTRR_PHYSBASE4",
+    "IA32_MTRR_PHYSMASK4",
+    "IA32_MTRR_PHYSBASE5",
+    "IA32_MTRR_PHYSMASK5",
+    "IA32_MTRR_PHYSBASE6",
+    "IA32_MTRR_PHYSMASK6",
+    "IA32_MTRR_PHYSBASE7",
+    "IA32_MTRR_PHYSMASK7",
+    "IA32_MTRR_PHYSBASE8",
+    "IA32_MTRR_PHYSMASK8",
+    "IA32_MTRR_PHYSBASE9",
+    "IA32_MTRR_PHYSMASK9",
+    "IA32_MTRR_PHYSBASE10",
+    "IA32_MTRR_PHYSMASK10",
+    "IA32_MTRR_PHYSBASE11",
+    "IA32_MTRR_PHYSMASK11",
+    "IA32_MTRR_PHYSBASE12",
+    "IA32_MTRR_PHYSMASK12",
+    "IA32_MTRR_PHYSBASE13",
+    "IA32_MTRR_PHYSMASK13",
+    "IA32_MTRR_PHYSBASE14",
+    "IA32_MTRR_PHYSMASK14",
+    "IA32_MTRR_PHYSBASE15",
+    "IA32_MTRR_PHYSMASK15",
+];
+
+/// The fixed-range MTRRs 0x268..0x26f, by the first address they cover.
+const MTRR_FIX4K: [&str; 8] = [
+    "IA32_MTRR_FIX4K_C0000",
+    "IA32_MTRR_FIX4K_C8000",
+    "IA32_MTRR_FIX4K_D0000",
+    "IA32_MTRR_FIX4K_D8000",
+    "IA32_MTRR_FIX4K_E0000",
+    "IA32_MTRR_FIX4K_E8000",
+    "IA32_MTRR_FIX4K_F0000",
+    "IA32_MTRR_FIX4K_F8000",
+];
+
 /// The architectural name of MSR `index`, for the MSRs hypervisors save.
 pub fn msr_name(index: u32) -> Option<&'static str> {
     Some(match index {
         0x10 => "IA32_TIME_STAMP_COUNTER",
+        0xfe => "IA32_MTRRCAP",
         0x1b => "IA32_APIC_BASE",
         0x34 => "MSR_SMI_COUNT",
         0x3a => "IA32_FEATURE_CONTROL",
@@ -27,12 +78,11 @@ pub fn msr_name(index: u32) -> Option<&'static str> {
         0x17a => "IA32_MCG_STATUS",
         0x17b => "IA32_MCG_CTL",
         0x1a0 => "IA32_MISC_ENABLE",
-        0x200..=0x20f if index.is_multiple_of(2) => "IA32_MTRR_PHYSBASE",
-        0x200..=0x20f => "IA32_MTRR_PHYSMASK",
+        0x200..=0x21f => MTRR_PHYS[(index - 0x200) as usize],
         0x250 => "IA32_MTRR_FIX64K_00000",
         0x258 => "IA32_MTRR_FIX16K_80000",
         0x259 => "IA32_MTRR_FIX16K_A0000",
-        0x268..=0x26f => "IA32_MTRR_FIX4K",
+        0x268..=0x26f => MTRR_FIX4K[(index - 0x268) as usize],
         0x277 => "IA32_PAT",
         0x2ff => "IA32_MTRR_DEF_TYPE",
         0x6e0 => "IA32_TSC_DEADLINE",
@@ -114,12 +164,99 @@ fn events(e: &[u8]) -> Value {
     })
 }
 
-/// The XSAVE components whose bit is set in the area's XSTATE_BV (the
-/// first 8 bytes of the XSAVE header, at byte 512).
-pub fn xsave_components(xsave: &[u8]) -> Vec<&'static str> {
-    let Some(bv) = xsave.get(512..520) else { return Vec::new() };
-    let bv = u64::from_le_bytes(bv.try_into().unwrap_or_default());
+/// Where the user state components from AVX on lie in a standard-format
+/// XSAVE area: (XSTATE_BV bit, offset, size), the layout of Intel CPUs
+/// that KVM's `kvm_xsave` and QEMU's XSAVE code use.
+const XSAVE_AREAS: [(u32, usize, usize); 9] = [
+    (2, 576, 256),
+    (3, 960, 64),
+    (4, 1024, 64),
+    (5, 1088, 64),
+    (6, 1152, 512),
+    (7, 1664, 1024),
+    (9, 2688, 8),
+    (17, 2752, 64),
+    (18, 2816, 8192),
+];
+
+/// x87 control word and MXCSR after reset (their init values).
+const FCW_INIT: u16 = 0x037f;
+const MXCSR_INIT: u32 = 0x1f80;
+
+/// The area's XSTATE_BV (the first 8 bytes of the XSAVE header, at byte
+/// 512); 0 for an area too short to have one.
+pub fn xstate_bv(xsave: &[u8]) -> u64 {
+    xsave.get(512..520).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+}
+
+/// The state components whose content in the area is not their init
+/// state: x87 and SSE (which exist whatever XCR0 holds) and those `xcr0`
+/// enables. x87 for a control word other than 0x37f, a non-zero status
+/// word, tag (a register in use), opcode or pointer, or a non-zero
+/// register; SSE for an MXCSR other than 0x1f80 or
+/// a non-zero XMM register; the others for any non-zero byte of their
+/// area. This is what an XSAVE would have set in XSTATE_BV, for areas
+/// written with XSTATE_BV left 0 (QEMU under TCG does so).
+pub fn xsave_live(xsave: &[u8], xcr0: u64) -> u64 {
+    let enabled = xcr0 | 0b11;
+    let nonzero = |at: usize, len: usize| xsave.get(at..at + len).is_some_and(|b| b.iter().any(|&x| x != 0));
+    let mut live = 0u64;
+    if xsave.len() >= 512 {
+        let fcw = u16::from_le_bytes([xsave[0], xsave[1]]);
+        if fcw != FCW_INIT || nonzero(2, 3) || nonzero(6, 18) || nonzero(32, 128) {
+            live |= 1;
+        }
+        if u32::from_le_bytes([xsave[24], xsave[25], xsave[26], xsave[27]]) != MXCSR_INIT || nonzero(160, 256) {
+            live |= 2;
+        }
+    }
+    for (bit, at, len) in XSAVE_AREAS {
+        if nonzero(at, len) {
+            live |= 1 << bit;
+        }
+    }
+    live & enabled
+}
+
+/// The components the area holds: those of its XSTATE_BV, or, when that is
+/// 0, those [`xsave_live`] finds; and whether they were derived so.
+pub fn xsave_holds(xsave: &[u8], xcr0: u64) -> (u64, bool) {
+    match xstate_bv(xsave) {
+        0 => {
+            let live = xsave_live(xsave, xcr0);
+            (live, live != 0)
+        }
+        bv => (bv, false),
+    }
+}
+
+/// The area to load into a hypervisor that trusts XSTATE_BV (KVM): the
+/// recorded one, or a copy with XSTATE_BV set to the derived components
+/// when it was recorded 0 while the area holds state.
+pub fn xsave_for_restore(xsave: &[u8], xcr0: u64) -> std::borrow::Cow<'_, [u8]> {
+    match xsave_holds(xsave, xcr0) {
+        (bv, true) => {
+            let mut x = xsave.to_vec();
+            x[512..520].copy_from_slice(&bv.to_le_bytes());
+            std::borrow::Cow::Owned(x)
+        }
+        _ => std::borrow::Cow::Borrowed(xsave),
+    }
+}
+
+/// The names of the components in `bv`.
+pub fn component_names(bv: u64) -> Vec<&'static str> {
     XSAVE_COMPONENTS.iter().enumerate().filter(|(i, _)| bv & (1 << i) != 0).map(|(_, n)| *n).collect()
+}
+
+/// The XSAVE area described: its size, XSTATE_BV, the components holding
+/// state and whether they were derived from the area (XSTATE_BV 0).
+fn xsave(v: &X86Vcpu) -> Value {
+    let (holds, derived) = xsave_holds(&v.xsave, v.xcr0);
+    json!({
+        "bytes": v.xsave.len(), "xstate_bv": hex(xstate_bv(&v.xsave)),
+        "components": component_names(holds), "derived": derived,
+    })
 }
 
 /// Everything the record holds, as JSON (integers as hex strings).
@@ -173,14 +310,29 @@ pub fn describe(v: &X86Vcpu) -> Value {
         "msrs": msrs,
         "lapic": lapic,
         "xcr0": hex(v.xcr0),
-        "xsave": {"bytes": v.xsave.len(), "components": xsave_components(&v.xsave)},
+        "xsave": xsave(v),
         "tsc": v.tsc, "tsc_khz": v.tsc_khz, "mp_state": v.mp_state,
     })
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// vCPU 0 of the real QEMU stream `testdata/qemu/counter-q35-16m.qemu`
+    /// (QEMU 7.2 under TCG).
+    pub(crate) fn counter_vcpu0() -> X86Vcpu {
+        let stream = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/qemu/counter-q35-16m.qemu");
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("c.pbr");
+        let input = std::fs::File::open(&stream).unwrap();
+        crate::qemu::convert(input, None, &out, &Default::default(), &|_| {}).unwrap();
+        let img = pbr_format::Image::open(&out).unwrap();
+        match &img.vcpus()[0] {
+            pbr_format::Vcpu::X86_64(x) => (**x).clone(),
+            pbr_format::Vcpu::Other { .. } => panic!("not x86-64"),
+        }
+    }
 
     #[test]
     fn registers_msrs_lapic_and_xsave_are_named() {
@@ -205,10 +357,67 @@ mod tests {
         assert_eq!(d["segments"]["cs"]["l"], 1);
         assert_eq!(d["msrs"][0]["name"], "IA32_LSTAR");
         assert!(d["msrs"][1]["name"].is_null());
+        for (index, name) in [
+            (0xfe, "IA32_MTRRCAP"),
+            (0x200, "IA32_MTRR_PHYSBASE0"),
+            (0x201, "IA32_MTRR_PHYSMASK0"),
+            (0x20e, "IA32_MTRR_PHYSBASE7"),
+            (0x21f, "IA32_MTRR_PHYSMASK15"),
+            (0x268, "IA32_MTRR_FIX4K_C0000"),
+            (0x26b, "IA32_MTRR_FIX4K_D8000"),
+            (0x26f, "IA32_MTRR_FIX4K_F8000"),
+        ] {
+            assert_eq!(msr_name(index), Some(name), "{index:#x}");
+        }
         assert_eq!(d["lapic"]["id"], 2);
         assert_eq!(d["lapic"]["version"], "0x14");
         assert_eq!(d["lapic"]["timer_initial_count"], "0x3e8");
         assert_eq!(d["xsave"]["components"], json!(["x87", "sse", "avx"]));
-        assert!(xsave_components(&[0u8; 100]).is_empty());
+        assert_eq!(d["xsave"]["derived"], false);
+        assert_eq!(xsave_holds(&[0u8; 100], 7), (0, false));
+    }
+
+    /// QEMU under TCG leaves XSTATE_BV 0; the components come from the
+    /// area. The real stream's guest never used x87 or SSE (nothing held);
+    /// with SSE state put into its area, SSE is held.
+    #[test]
+    fn tcg_xsave_components_are_derived_from_the_area() {
+        let mut v = counter_vcpu0();
+        assert_eq!(xstate_bv(&v.xsave), 0);
+        assert_eq!(xsave_live(&v.xsave, v.xcr0), 0);
+        let d = describe(&v);
+        assert_eq!((&d["xsave"]["xstate_bv"], &d["xsave"]["derived"]), (&json!("0x0"), &json!(false)));
+        assert_eq!(d["xsave"]["components"], json!([]));
+        v.xsave[160..176].copy_from_slice(&[0xa0, 0x27, 0x5e, 0, 0, 0, 0, 0, 0xa0, 0x27, 0x5e, 0, 0, 0, 0, 0]);
+        let d = describe(&v);
+        assert_eq!(d["xsave"]["derived"], true);
+        assert_eq!(d["xsave"]["components"], json!(["sse"]));
+    }
+
+    #[test]
+    fn live_components_follow_the_area() {
+        let mut x = vec![0u8; 4096];
+        x[0..2].copy_from_slice(&FCW_INIT.to_le_bytes());
+        x[24..28].copy_from_slice(&MXCSR_INIT.to_le_bytes());
+        assert_eq!(xsave_live(&x, 0x21f), 0, "init state holds nothing");
+        assert_eq!(xsave_holds(&x, 0x21f), (0, false));
+        x[24] = 0xa0; // MXCSR 0x1fa0
+        assert_eq!(xsave_live(&x, 0x21f), 0b10);
+        x[32 + 3] = 1; // st0
+        assert_eq!(xsave_live(&x, 0x21f), 0b11);
+        x[576 + 200] = 9; // upper half of a YMM register
+        x[2688] = 0x55; // PKRU
+        assert_eq!(xsave_live(&x, 0x21f), 0x207);
+        // Components xcr0 does not enable are not state; x87 and SSE are.
+        assert_eq!(xsave_live(&x, 0x3), 0b11);
+        assert_eq!(xsave_live(&x, 0x1), 0b11);
+        assert_eq!(component_names(xsave_holds(&x, 0x21f).0), ["x87", "sse", "avx", "pkru"]);
+        let restored = xsave_for_restore(&x, 0x21f);
+        assert_eq!(xstate_bv(&restored), 0x207);
+        // A recorded XSTATE_BV is kept as it is.
+        x[512] = 1;
+        assert_eq!(xsave_holds(&x, 0x21f), (1, false));
+        assert!(matches!(xsave_for_restore(&x, 0x21f), std::borrow::Cow::Borrowed(_)));
+        assert!(xsave_live(&x[..100], 0x21f) == 0);
     }
 }

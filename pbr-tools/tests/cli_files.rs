@@ -61,7 +61,10 @@ fn dash_output_streams_exports_and_is_refused_for_images() {
         .current_dir(d)
         .output()
         .unwrap();
-    refused(&out, "cannot go to standard output");
+    // A raw export is no .pbr image: it is refused for what it is.
+    refused(&out, "`-o -`: a raw export is a sparse file");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("seekable regular file"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(".pbr image"));
     assert_eq!(names(d), ["c.pbr"]);
 }
 
@@ -103,7 +106,8 @@ fn directories_and_streams_given_as_images_are_named() {
     let s = d.to_str().unwrap();
     refused(&pbr_img(&["inspect", s]), "is a directory, not an image");
     refused(&pbr_img(&["verify", s]), "is a directory");
-    refused(&pbr_img(&["convert", s, "-o", d.join("x.pbr").to_str().unwrap()]), "is a directory");
+    refused(&pbr_img(&["convert", s, "-o", d.join("x.pbr").to_str().unwrap()]), "is a directory, not a stream");
+    refused(&pbr_img(&["inspect", "-"]), "`-` cannot stand for an image here");
     let image = counter_image(d);
     refused(&pbr_img(&["trim", image.to_str().unwrap(), "-o", s]), "the output");
     refused(

@@ -194,8 +194,15 @@ fn inspect_shows_the_machine_state() {
     let serial = m["devices"]["sections"].as_array().unwrap().iter().find(|s| s["name"] == "serial").unwrap();
     assert!(serial["fields"].as_array().is_some_and(|f| !f.is_empty()));
 
+    // QEMU under TCG leaves XSTATE_BV 0 over live SSE state (xcr0 0x21f):
+    // the components are derived from the area.
+    assert_eq!((&v["xcr0"], &v["xsave"]["xstate_bv"]), (&serde_json::json!("0x21f"), &serde_json::json!("0x0")));
+    assert_eq!(v["xsave"]["derived"], true);
+    assert!(v["xsave"]["components"].as_array().unwrap().contains(&serde_json::json!("sse")), "{}", v["xsave"]);
+
     let text = pbr_img_ok(&["inspect", "--vcpus", i]);
     assert!(text.contains(&format!("rip={}", regs["rip"].as_str().unwrap())), "{text}");
+    assert!(text.contains("sse (XSTATE_BV recorded 0; derived from the area)"), "{text}");
     assert!(text.contains("gdt base=") && text.contains("lapic id=0") && text.contains("IA32_LSTAR"), "{text}");
 
     // extract: the serial section blob, and two pages equal to the image's.

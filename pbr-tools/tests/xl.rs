@@ -247,6 +247,7 @@ fn pv_v3_and_v2_convert_and_export_byte_identical() {
             assert_eq!((v.regs.rip.get(), v.regs.gpr[0].get(), v.regs.gpr[6].get()), (c.rip, c.rax, c.rsp));
             assert_eq!(v.sregs.cr3.get(), c.cr3);
             assert_eq!(v.msr(0x48), Some(1));
+            assert_eq!((v.msr(0xc000_0101), v.msr(0xc000_0102)), (Some(c.gs_base_kernel), Some(c.gs_base_user)));
             assert_eq!(v.xcr0, 3);
         }
         // inspect --json shows vCPU0's registers, as the saver wrote them.
@@ -267,6 +268,46 @@ fn pv_v3_and_v2_convert_and_export_byte_identical() {
         let back = b.xl.with_extension("back.xl");
         export_xl(&b.pbr, &back);
         assert!(std::fs::read(&back).unwrap() == std::fs::read(&b.xl).unwrap(), "v{version}");
+    }
+}
+
+/// A saved PV vCPU is in its kernel (spec/xen.md): `gs_base_kernel` is
+/// IA32_GS_BASE and the GS base, `gs_base_user` IA32_KERNEL_GS_BASE; the
+/// export gives the saved context back unchanged. Needs no fixture.
+#[test]
+fn pv_gs_bases_are_the_kernel_s() {
+    let content = |pfn: u64| vec![pfn as u8; xl::PAGE];
+    for version in [3, 2] {
+        let spec = Spec { hvm: false, version, pages: 64, vcpus: 2, content: &content, ..lab(false, version, 64, 2) };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pv.xl");
+        xl::build(&file, &spec);
+        let pbr = dir.path().join("pv.pbr");
+        pbr_img_ok(&["convert", file.to_str().unwrap(), "-o", pbr.to_str().unwrap()]);
+        let img = Image::open(&pbr).unwrap();
+        for (i, v) in x86(&img).iter().enumerate() {
+            let c = xl::CpuSpec::new(i as u32);
+            assert_eq!(v.msr(0xc000_0100), Some(c.fs_base), "v{version} vcpu{i}");
+            assert_eq!(v.msr(0xc000_0101), Some(c.gs_base_kernel), "v{version} vcpu{i}");
+            assert_eq!(v.msr(0xc000_0102), Some(c.gs_base_user), "v{version} vcpu{i}");
+            assert_eq!((v.sregs.fs.base.get(), v.sregs.gs.base.get()), (c.fs_base, c.gs_base_kernel));
+        }
+        // inspect --vcpus: `msr INDEX NAME VALUE` lines, vCPU0's first.
+        let text = pbr_img_ok(&["inspect", "--vcpus", pbr.to_str().unwrap()]);
+        let msr = |name: &str| {
+            text.lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .find(|w| w.len() == 4 && w[0] == "msr" && w[2] == name)
+                .map(|w| w[3].to_owned())
+        };
+        let c = xl::CpuSpec::new(0);
+        assert_eq!(msr("IA32_GS_BASE"), Some(format!("{:#x}", c.gs_base_kernel)), "{text}");
+        assert_eq!(msr("IA32_KERNEL_GS_BASE"), Some(format!("{:#x}", c.gs_base_user)), "{text}");
+        // A PV context has no TSC.
+        assert!(text.contains("tsc: not recorded") && !text.contains("tsc=null"), "{text}");
+        let back = dir.path().join("back.xl");
+        pbr_img_ok(&["export", "--to", "xl", pbr.to_str().unwrap(), "-o", back.to_str().unwrap()]);
+        assert!(std::fs::read(&back).unwrap() == std::fs::read(&file).unwrap(), "v{version}");
     }
 }
 

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use pbr_format::{Phase, WELL_KNOWN_PHASES};
 use serde_json::json;
 
+use super::fmt::count;
 use pbr_tools::convert::{InputFormat, detect};
 use pbr_tools::qemu::{self, ConvertOptions};
 use pbr_tools::xen;
@@ -116,7 +117,7 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
                 );
             } else {
                 outln!(
-                    "{} -> {}: {}qemu {} stream, {} bytes; {} page + {} zero records{}; {} device sections, {} vCPUs; image {} bytes",
+                    "{} -> {}: {}qemu {} stream, {} bytes; {} + {}{}; {}, {}; image {} bytes",
                     input.display(),
                     output.display(),
                     lv.as_ref()
@@ -129,11 +130,15 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
                         .unwrap_or_default(),
                     if r.machine.is_empty() { "(machine type not recorded)" } else { &r.machine },
                     r.stream_bytes,
-                    r.page_records,
-                    r.zero_records,
-                    if r.mapped_pages > 0 { format!(" + {} mapped-ram pages", r.mapped_pages) } else { String::new() },
-                    r.device_sections,
-                    r.vcpus,
+                    count(r.page_records, "page record"),
+                    count(r.zero_records, "zero record"),
+                    if r.mapped_pages > 0 {
+                        format!(" + {}", count(r.mapped_pages, "mapped-ram page"))
+                    } else {
+                        String::new()
+                    },
+                    count(r.device_sections as u64, "device section"),
+                    count(r.vcpus as u64, "vCPU"),
                     r.image.file_len
                 );
             }
@@ -175,7 +180,7 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
                 );
             } else {
                 outln!(
-                    "{} -> {}: xl save of {} guest{} (libxc v{}, Xen {}), {} bytes; {} PAGE_DATA records, {} data pages, {} holes; {} vCPUs; image {} bytes",
+                    "{} -> {}: xl save of {} guest{} (libxc v{}, Xen {}), {} bytes; {}, {}, {}; {}; image {} bytes",
                     input.display(),
                     output.display(),
                     r.guest_type,
@@ -183,10 +188,10 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
                     r.libxc_version,
                     r.xen_version,
                     r.stream_bytes,
-                    r.page_records,
-                    r.data_pages,
-                    r.hole_entries,
-                    r.vcpus,
+                    count(r.page_records, "PAGE_DATA record"),
+                    count(r.data_pages, "data page"),
+                    count(r.hole_entries, "hole"),
+                    count(r.vcpus as u64, "vCPU"),
                     r.image.file_len
                 );
                 for c in &r.checkpoint_images {

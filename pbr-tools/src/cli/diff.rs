@@ -70,7 +70,7 @@ pub fn run(a: &Path, b: &Path, output: Option<&Path>, as_json: bool) -> Result<E
     for (k, c) in &r.by_region {
         outln!("  region {k}: {}", line(c));
     }
-    outln!("vcpus      {} differences", r.vcpus.len());
+    outln!("vcpus      {}", super::fmt::count(r.vcpus.len() as u64, "difference"));
     for l in &r.vcpus {
         outln!("  {l}");
     }

@@ -25,9 +25,16 @@ pub enum Input<'a> {
 pub struct Output<'a> {
     /// The path.
     pub path: &'a Path,
-    /// The output is written front to back, so a pipe can take it.
-    pub streamable: bool,
+    /// `None` when the output is written front to back, so a pipe can take
+    /// it; else why it needs a file.
+    pub needs_file: Option<&'static str>,
 }
+
+/// Why a `.pbr` image cannot go to standard output.
+pub const IMAGE_NEEDS_FILE: &str =
+    "a .pbr image cannot go to standard output (it is finished by writing back into the file)";
+/// Why a raw export cannot go to standard output.
+pub const RAW_NEEDS_FILE: &str = "a raw export is a sparse file written page by page at each page's guest address, which needs a seekable regular file, not standard output";
 
 /// Whether `path` names standard input or output.
 pub fn is_dash(path: &Path) -> bool {
@@ -40,20 +47,20 @@ pub fn check(inputs: &[Input<'_>], output: Option<Output<'_>>) -> Result<Option<
     let mut ids = Vec::new();
     for input in inputs {
         let (path, what) = match input {
-            Input::Image(p) => (*p, "image"),
-            Input::Stream(p) => (*p, "stream"),
-            Input::Other(p) => (*p, "input"),
+            Input::Image(p) => (*p, "an image"),
+            Input::Stream(p) => (*p, "a stream"),
+            Input::Other(p) => (*p, "an input"),
         };
         if is_dash(path) {
             if !matches!(input, Input::Stream(_)) {
-                return Err(Error::Unsupported(format!("`-` cannot stand for an {what} here: name a file")));
+                return Err(Error::Unsupported(format!("`-` cannot stand for {what} here: name a file")));
             }
             ids.extend(identity(Path::new("/dev/stdin")).map(|id| (id, PathBuf::from("standard input"))));
             continue;
         }
         let Ok(meta) = std::fs::metadata(path) else { continue };
         if meta.is_dir() {
-            return Err(Error::Unsupported(format!("{} is a directory, not an {what}", path.display())));
+            return Err(Error::Unsupported(format!("{} is a directory, not {what}", path.display())));
         }
         if let Input::Image(p) = input {
             let kind = meta.file_type();
@@ -69,12 +76,9 @@ pub fn check(inputs: &[Input<'_>], output: Option<Output<'_>>) -> Result<Option<
     }
     let Some(out) = output else { return Ok(None) };
     if is_dash(out.path) {
-        return if out.streamable {
-            Ok(None)
-        } else {
-            Err(Error::Unsupported(
-                "`-o -`: a .pbr image cannot go to standard output (it is finished by writing back into the file): name a file".into(),
-            ))
+        return match out.needs_file {
+            None => Ok(None),
+            Some(why) => Err(Error::Unsupported(format!("`-o -`: {why}: name a file"))),
         };
     }
     if std::fs::metadata(out.path).is_ok_and(|m| m.is_dir()) {
@@ -82,7 +86,7 @@ pub fn check(inputs: &[Input<'_>], output: Option<Output<'_>>) -> Result<Option<
     }
     // A stream may go to a device or named pipe already there; nothing is
     // ever renamed over one.
-    if !(out.streamable && pbr_tools::output::is_device_or_pipe(out.path)) {
+    if out.needs_file.is_some() || !pbr_tools::output::is_device_or_pipe(out.path) {
         pbr_format::write::destination(out.path)?;
     }
     if let Some(id) = identity(out.path)

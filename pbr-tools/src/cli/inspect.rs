@@ -248,7 +248,7 @@ fn print_vcpu(v: &Value) {
         outln!("    {}", dr.join(" "));
     }
     if !v["events"].is_null() {
-        outln!("    events {}", v["events"]);
+        outln!("    events {}", super::fmt::events_text(&v["events"]));
     }
     if let Some(l) = v["lapic"].as_object() {
         outln!(
@@ -265,11 +265,13 @@ fn print_vcpu(v: &Value) {
     }
     let comps: Vec<String> = v["xsave"]["components"].as_array().into_iter().flatten().map(s).collect();
     outln!(
-        "    xsave {} bytes: {}",
+        "    xsave {} bytes: {}{}",
         v["xsave"]["bytes"],
-        if comps.is_empty() { "(none)".into() } else { comps.join(" ") }
+        if comps.is_empty() { "(none)".into() } else { comps.join(" ") },
+        if v["xsave"]["derived"] == true { " (XSTATE_BV recorded 0; derived from the area)" } else { "" }
     );
-    outln!("    tsc={} tsc_khz={} mp_state={}", v["tsc"], v["tsc_khz"], v["mp_state"]);
+    let tsc = if v["tsc"].is_null() { "tsc: not recorded".to_owned() } else { format!("tsc={}", v["tsc"]) };
+    outln!("    {tsc} tsc_khz={} mp_state={}", v["tsc_khz"], v["mp_state"]);
     for m in v["msrs"].as_array().into_iter().flatten() {
         outln!("    msr {:>10} {:<26} {}", s(&m["index"]), m["name"].as_str().unwrap_or("-"), s(&m["value"]));
     }

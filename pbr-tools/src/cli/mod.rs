@@ -11,6 +11,7 @@ mod extract;
 mod files;
 mod fmt;
 mod inspect;
+mod man;
 mod manifest;
 mod pack;
 mod phase;
@@ -66,11 +67,12 @@ enum Command {
         #[arg(long)]
         devices: bool,
     },
-    /// Convert a QEMU migration stream or an `xl save` file (file or `-`
-    /// for stdin) into a `.pbr` image; the input format is found by its
-    /// magic.
+    /// Convert a QEMU migration stream, a libvirt save file (`virsh save`,
+    /// `virsh managedsave`) or an `xl save` file (file or `-` for stdin)
+    /// into a `.pbr` image; the input format is found by its magic.
     Convert {
-        /// The input stream or save file, or `-` for standard input.
+        /// The QEMU stream, libvirt save file or xl save file, or `-` for
+        /// standard input.
         input: PathBuf,
         /// The image to write.
         #[arg(short, long)]
@@ -357,7 +359,7 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
+    /// Print the man page, pbr-img(1), with every command (roff).
     Man,
     /// Check every checksum and hash; exit 0 only when all pass.
     Verify {
@@ -445,7 +447,7 @@ impl Command {
     fn files(&self) -> (Vec<files::Input<'_>>, Option<files::Output<'_>>) {
         use files::{Input, Output};
         fn file(path: &Path) -> Option<Output<'_>> {
-            Some(Output { path, streamable: false })
+            Some(Output { path, needs_file: Some(files::IMAGE_NEEDS_FILE) })
         }
         fn images(v: &[PathBuf]) -> Vec<Input<'_>> {
             v.iter().map(|p| Input::Image(p)).collect()
@@ -480,11 +482,11 @@ impl Command {
             Command::Select { images: v, .. } => (images(v), None),
             Command::Recover { candidates, .. } => (images(candidates), None),
             Command::Extract { image, output, .. } => {
-                (vec![Input::Image(image)], Some(Output { path: output, streamable: true }))
+                (vec![Input::Image(image)], Some(Output { path: output, needs_file: None }))
             }
             Command::Export { to, image, output, .. } => {
-                let streamable = !matches!(to, export::Target::Raw);
-                (vec![Input::Image(image)], Some(Output { path: output, streamable }))
+                let needs_file = matches!(to, export::Target::Raw).then_some(files::RAW_NEEDS_FILE);
+                (vec![Input::Image(image)], Some(Output { path: output, needs_file }))
             }
             Command::Capture { .. } | Command::Boot { .. } | Command::Completions { .. } | Command::Man => {
                 (Vec::new(), None)
@@ -566,9 +568,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Man => {
             let mut text = Vec::new();
-            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-                .render(&mut text)
-                .map_err(|e| pbr_tools::Error::io("cannot write the man page", e))?;
+            man::render(&mut text).map_err(|e| pbr_tools::Error::io("cannot write the man page", e))?;
             out::write_bytes(&text)?;
             Ok(ExitCode::SUCCESS)
         }

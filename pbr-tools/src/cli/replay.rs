@@ -9,6 +9,7 @@ use clap::ValueEnum;
 use pbr_format::Image;
 use serde_json::json;
 
+use super::fmt::count;
 use pbr_tools::replay::kvm::{Exit, KvmAdapter};
 use pbr_tools::replay::qemu::QemuAdapter;
 use pbr_tools::replay::{ReplayReport, replay};
@@ -32,12 +33,12 @@ fn print(report: &ReplayReport, as_json: bool) {
         );
     } else {
         outln!(
-            "replayed: {} bytes mapped from the image, {} pages copied, {} zero pages, {} vCPUs, {} device blobs",
+            "replayed: {} bytes mapped from the image, {} copied, {}, {}, {}",
             report.mapped_bytes,
-            report.copied_pages,
-            report.zero_pages,
-            report.vcpus,
-            report.devices
+            count(report.copied_pages, "page"),
+            count(report.zero_pages, "zero page"),
+            count(report.vcpus as u64, "vCPU"),
+            count(report.devices as u64, "device blob")
         );
         for n in &report.not_taken {
             outln!("not taken: {n}");

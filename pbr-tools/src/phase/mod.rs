@@ -480,7 +480,7 @@ pub fn recover(
     let attempt = |chosen: usize, standby: Option<QemuAdapter>| -> Result<Attempt> {
         let img = &images[chosen];
         if img.metadata_value("source.format") == Some("vmm") {
-            return recover_kvm(&candidates[chosen], img, t, select).map(Attempt::Kvm);
+            return recover_kvm(&candidates[chosen], img, t, select).map(|r| Attempt::Kvm(Box::new(r)));
         }
         let mut args = QemuAdapter::recorded_args(img)
             .ok_or_else(|| Error::Unsupported("the candidate records no restore command line".into()))?;
@@ -525,7 +525,7 @@ pub fn recover(
             Ok(Attempt::Kvm(mut r)) => {
                 r.refused = refused;
                 on_ready(&r, None);
-                return Ok(r);
+                return Ok(*r);
             }
             Err(e) if e.is_damage() => {
                 refused.push(restore::Refused { path: candidates[i].clone(), reason: format!("damaged: {e}") })
@@ -569,7 +569,7 @@ pub fn recover(
 /// recovery of a VMM image on KVM.
 enum Attempt {
     Qemu(Box<QemuAdapter>, Vmm),
-    Kvm(Recovery),
+    Kvm(Box<Recovery>),
 }
 
 /// Replays `img` (at `path`) into `q` and resumes it.

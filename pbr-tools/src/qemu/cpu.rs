@@ -241,8 +241,9 @@ fn xsave(b: &Body<'_>) -> Result<Vec<u8>, String> {
     let fpus = b.int("env.fpus_vmstate", 0)? as u16;
     put(&mut x, 0, &(b.int("env.fpuc", 0)? as u16).to_le_bytes());
     put(&mut x, 2, &fpus.to_le_bytes());
-    // fptag_vmstate has 1 for an empty register; the abridged tag 1 for a valid one.
-    x[4] = !(b.int("env.fptag_vmstate", 0)? as u8);
+    // fptag_vmstate has 1 for a valid register (QEMU saves `!fptags[i]`,
+    // fptags being 1 for an empty one), as the abridged tag has.
+    x[4] = b.int("env.fptag_vmstate", 0)? as u8;
     put(&mut x, 6, &(b.opt("env.fpop").unwrap_or(0) as u16).to_le_bytes());
     put(&mut x, 8, &b.opt("env.fpip").unwrap_or(0).to_le_bytes());
     put(&mut x, 16, &b.opt("env.fpdp").unwrap_or(0).to_le_bytes());

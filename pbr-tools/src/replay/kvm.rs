@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
-use kvm_bindings::{Msrs, kvm_msr_entry, kvm_userspace_memory_region};
+use kvm_bindings::{Msrs, kvm_msr_entry, kvm_userspace_memory_region, kvm_xsave};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use pbr_format::kvm::{events_to_kvm, xsave_to_kvm};
 use pbr_format::{DeviceBlob, Image, Vcpu, X86Vcpu};
@@ -54,6 +54,23 @@ pub struct KvmAdapter {
     _kvm: Kvm,
     /// Optional vCPU state KVM refused (the vCPU still runs).
     pub notes: Vec<String>,
+}
+
+/// The vCPU's XSAVE area as KVM loads it. KVM restores only the components
+/// of XSTATE_BV and resets the others; an area recorded with XSTATE_BV 0
+/// that holds state (QEMU under TCG writes so) gets the components that
+/// hold it, so that they are restored. The note says so.
+fn xsave_for_kvm(x: &X86Vcpu) -> (kvm_xsave, Option<String>) {
+    let area = crate::vcpu_state::xsave_for_restore(&x.xsave, x.xcr0);
+    let note = matches!(area, std::borrow::Cow::Owned(_)).then(|| {
+        let bv = crate::vcpu_state::xstate_bv(&area);
+        format!(
+            "vcpu{}: XSTATE_BV was recorded 0 over live state; loaded as {bv:#x} ({})",
+            x.id,
+            crate::vcpu_state::component_names(bv).join(" ")
+        )
+    });
+    (xsave_to_kvm(&area), note)
 }
 
 fn kvm_err(what: &str, e: kvm_ioctls::Error) -> Error {
@@ -150,9 +167,11 @@ impl KvmAdapter {
         fd.set_sregs(&(&x.sregs).into()).map_err(|e| kvm_err("set sregs", e))?;
         fd.set_regs(&(&x.regs).into()).map_err(|e| kvm_err("set regs", e))?;
         if !x.xsave.is_empty() {
+            let (area, note) = xsave_for_kvm(x);
+            self.notes.extend(note);
             // SAFETY: `kvm_xsave` is the legacy fixed-size 4 KiB area, which
             // is what this ioctl reads.
-            if let Err(e) = unsafe { fd.set_xsave(&xsave_to_kvm(&x.xsave)) } {
+            if let Err(e) = unsafe { fd.set_xsave(&area) } {
                 self.notes.push(format!("vcpu{}: XSAVE state refused: {e}", x.id));
             }
         }
@@ -270,5 +289,38 @@ impl HypervisorAdapter for KvmAdapter {
             return Err(Error::Unsupported("the image has no vCPU to run".into()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real QEMU stream (TCG: XSTATE_BV 0) loads as recorded while its
+    /// area is in the init state; with x87 and SSE state in it, XSTATE_BV
+    /// is set to those components. A recorded XSTATE_BV is kept.
+    #[test]
+    fn tcg_xsave_gets_the_components_it_holds() {
+        let mut x = crate::vcpu_state::tests::counter_vcpu0();
+        assert_eq!(crate::vcpu_state::xstate_bv(&x.xsave), 0);
+        let (area, note) = xsave_for_kvm(&x);
+        assert_eq!(pbr_format::kvm::xsave_from_kvm(&area), x.xsave);
+        assert!(note.is_none());
+
+        x.xsave[24..28].copy_from_slice(&0x1fa0u32.to_le_bytes()); // MXCSR
+        x.xsave[32..40].copy_from_slice(&0x8000_0000_0000_0000u64.to_le_bytes()); // st0 = 1.0
+        x.xsave[40..42].copy_from_slice(&0x3fffu16.to_le_bytes());
+        let (area, note) = xsave_for_kvm(&x);
+        let loaded = pbr_format::kvm::xsave_from_kvm(&area);
+        assert_eq!(crate::vcpu_state::xstate_bv(&loaded), 0b11);
+        assert!(note.unwrap().ends_with("loaded as 0x3 (x87 sse)"));
+        // Only XSTATE_BV changed.
+        assert_eq!(loaded[..512], x.xsave[..512]);
+        assert_eq!(loaded[520..], x.xsave[520..]);
+
+        x.xsave[512] = 0b1;
+        let (area, note) = xsave_for_kvm(&x);
+        assert_eq!(pbr_format::kvm::xsave_from_kvm(&area), x.xsave);
+        assert!(note.is_none());
     }
 }

@@ -6,6 +6,11 @@
 //! registers, selectors (no hidden parts), control and debug registers
 //! (`cr3` as the saver wrote it, in PFN form), the FS/GS bases as MSRs, the
 //! FXSAVE area, and the XSAVE image and MSRs of the other records.
+//!
+//! A saved PV vCPU is in its kernel (the guest suspended itself), so the
+//! GS base in use is the kernel's: `gs_base_kernel` is `IA32_GS_BASE` (and
+//! the GS segment's base) and `gs_base_user`, the one SWAPGS brings back on
+//! the way to user space, is `IA32_KERNEL_GS_BASE`.
 
 use pbr_format::X86Vcpu;
 use pbr_format::pod::MsrEntry;
@@ -15,6 +20,10 @@ use zerocopy::little_endian::{U16, U64};
 pub const CONTEXT_SIZE: usize = 5168;
 /// `cpu_user_regs` inside it.
 const USER_REGS: usize = 520;
+/// `fs_base`, `gs_base_kernel` and `gs_base_user` in the context.
+const FS_BASE: usize = 5144;
+const GS_BASE_KERNEL: usize = 5152;
+const GS_BASE_USER: usize = 5160;
 /// Offsets in `cpu_user_regs` of rax rbx rcx rdx rsi rdi rsp rbp r8..r15,
 /// by `kvm_regs.gpr` index.
 const GPR_AT: [usize; 16] = [80, 40, 88, 96, 104, 112, 152, 32, 72, 64, 56, 48, 24, 16, 8, 0];
@@ -61,12 +70,13 @@ pub fn decode_basic(id: u32, b: &[u8]) -> Result<X86Vcpu, String> {
     dr.dr6 = U64::new(u64_at(b, 5048 + 48));
     dr.dr7 = U64::new(u64_at(b, 5048 + 56));
     v.debugregs = Some(dr);
-    v.sregs.fs.base = U64::new(u64_at(b, 5144));
-    v.sregs.gs.base = U64::new(u64_at(b, 5160));
+    let (fs, gs_kernel, gs_user) = (u64_at(b, FS_BASE), u64_at(b, GS_BASE_KERNEL), u64_at(b, GS_BASE_USER));
+    v.sregs.fs.base = U64::new(fs);
+    v.sregs.gs.base = U64::new(gs_kernel);
     v.msrs = vec![
-        MsrEntry::new(0xc000_0100, u64_at(b, 5144)),
-        MsrEntry::new(0xc000_0101, u64_at(b, 5160)),
-        MsrEntry::new(0xc000_0102, u64_at(b, 5152)),
+        MsrEntry::new(0xc000_0100, fs),
+        MsrEntry::new(0xc000_0101, gs_kernel),
+        MsrEntry::new(0xc000_0102, gs_user),
     ];
     let mut x = vec![0u8; 4096];
     x[..512].copy_from_slice(&b[..512]);
@@ -117,13 +127,19 @@ mod tests {
         put(&mut b, USER_REGS + 128, 0xffff_ffff_8100_0000); // rip
         put(&mut b, USER_REGS + 136, 0xe033); // cs
         put(&mut b, 4984 + 24, 0x1234 << 12); // cr3
-        put(&mut b, 5144, 0x7f00_0000); // fs_base
+        put(&mut b, FS_BASE, 0x7f00_0000);
+        put(&mut b, GS_BASE_KERNEL, 0xffff_8880_3fc0_0000);
+        put(&mut b, GS_BASE_USER, 0x7f12_3456_7000);
         let v = decode_basic(1, &b).unwrap();
         assert_eq!(v.regs.gpr[0].get(), 0xaa);
         assert_eq!(v.regs.rip.get(), 0xffff_ffff_8100_0000);
         assert_eq!(v.sregs.cs.selector.get(), 0xe033);
         assert_eq!(v.sregs.cr3.get(), 0x1234 << 12);
         assert_eq!(v.msr(0xc000_0100), Some(0x7f00_0000));
+        // In its kernel: the kernel's GS base is the one in use.
+        assert_eq!(v.msr(0xc000_0101), Some(0xffff_8880_3fc0_0000));
+        assert_eq!(v.sregs.gs.base.get(), 0xffff_8880_3fc0_0000);
+        assert_eq!(v.msr(0xc000_0102), Some(0x7f12_3456_7000));
         assert!(decode_basic(0, &b[..100]).is_err());
     }
 }

@@ -94,6 +94,10 @@ pub struct CpuSpec {
     pub cr3: u64,
     pub tsc: u64,
     pub apic_id: u32,
+    /// PV: `fs_base`, `gs_base_kernel`, `gs_base_user`.
+    pub fs_base: u64,
+    pub gs_base_kernel: u64,
+    pub gs_base_user: u64,
 }
 
 impl CpuSpec {
@@ -105,6 +109,9 @@ impl CpuSpec {
             cr3: 0x0100_0000 + 0x1000 * u64::from(i),
             tsc: 0x1_0000_0000 + u64::from(i),
             apic_id: i,
+            fs_base: 0x7f3a_0000_0000 + 0x1000 * u64::from(i),
+            gs_base_kernel: 0xffff_8880_3fc0_0000 + 0x4_0000 * u64::from(i),
+            gs_base_user: 0x7f3b_0000_0000 + 0x1000 * u64::from(i),
         }
     }
 }
@@ -361,6 +368,9 @@ pub fn build(path: &Path, s: &Spec<'_>) {
                 ctx[520 + 128..520 + 136].copy_from_slice(&c.rip.to_le_bytes());
                 ctx[520 + 152..520 + 160].copy_from_slice(&c.rsp.to_le_bytes());
                 ctx[4984 + 24..4984 + 32].copy_from_slice(&c.cr3.to_le_bytes());
+                for (at, v) in [(5144, c.fs_base), (5152, c.gs_base_kernel), (5160, c.gs_base_user)] {
+                    ctx[at..at + 8].copy_from_slice(&v.to_le_bytes());
+                }
                 basic.extend(ctx);
                 w.write_all(&rec(4, &basic)).unwrap();
                 let mut ext = (c.apic_id).to_le_bytes().to_vec();
