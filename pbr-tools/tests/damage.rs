@@ -84,8 +84,15 @@ fn no_command_passes_a_damaged_page_on() {
         refused(&r, gfn, at, &args.join(" "));
         assert!(r.stdout.is_empty(), "{}: {} bytes written before the refusal", args.join(" "), r.stdout.len());
     }
-    // verify lists it, exit 1; the undamaged image passes everything.
+    // verify lists it, exit 1, and so does the pages-only check a restore
+    // makes; the undamaged image passes everything.
     assert_eq!(pbr_img(&["verify", s(&bad)]).status.code(), Some(1));
+    let r = pbr_img(&["verify", "--pages", s(&bad)]);
+    assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
+    assert!(stderr(&r).contains(&format!("gfn {gfn:#x}")), "{}", stderr(&r));
+    let v: serde_json::Value = serde_json::from_str(&pbr_img_ok(&["verify", "--pages", "--json", s(&good)])).unwrap();
+    assert_eq!(v["pages"].as_u64(), Some(Image::open(&good).unwrap().stored_page_count()), "{v}");
+    assert!(v["check_s"].as_f64().is_some(), "{v}");
     pbr_img_ok(&["trim", s(&good), "-o", o, "--drop", "zero"]);
     pbr_img_ok(&["verify", o]);
 }

@@ -16,6 +16,8 @@ pub fn run(image: &Path, output: &Path, drop: Option<&str>, as_json: bool) -> Re
     let counts = img.page_counts();
     let unknown: u64 = counts[PageClass::Unknown as usize].iter().sum();
     let unclassified = (drop.free || drop.cache) && unknown == img.page_count();
+    let r = trim(&img, output, drop)?;
+    // Said once the output is written: a failure is its one line alone.
     if unclassified {
         eprintln!(
             "note: {} was never classified, so it has no free or cache pages to drop: classify it first with `pbr-img classify {} --kpageflags FILE -o OUT` (the guest's /proc/kpageflags) or `--class-map FILE`",
@@ -23,7 +25,6 @@ pub fn run(image: &Path, output: &Path, drop: Option<&str>, as_json: bool) -> Re
             image.display()
         );
     }
-    let r = trim(&img, output, drop)?;
     if as_json {
         outln!(
             "{}",
