@@ -4,6 +4,8 @@
 //! guest's service answers a client on the host again (through QEMU's user
 //! network), sooner than after a cold boot.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -31,12 +33,7 @@ fn capture_then_recover_beats_a_cold_boot() {
     };
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest/root"))
-        .arg(&root)
-        .status()
-        .unwrap();
+    let st = Command::new("cp").arg("-a").arg(common::target_dir().join("guest/root")).arg(&root).status().unwrap();
     assert!(st.success());
     let out = dir.path().join("candidates");
     let list =

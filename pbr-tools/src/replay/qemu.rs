@@ -162,6 +162,8 @@ pub struct QemuAdapter {
     preloaded: Option<Prepared>,
     /// The trailer hash of the image a standby QEMU maps its RAM from.
     maps: Option<[u8; 32]>,
+    /// QEMU's standard output goes to a pipe ([`QemuAdapter::pipe_stdout`]).
+    stdout_piped: bool,
 }
 
 impl QemuAdapter {
@@ -189,7 +191,16 @@ impl QemuAdapter {
             refilled: (0, Duration::ZERO),
             preloaded: None,
             maps: None,
+            stdout_piped: false,
         })
+    }
+
+    /// Makes the QEMU this adapter starts write its standard output (the
+    /// guest's console under `-serial stdio`) into a pipe, the `stdout` of
+    /// [`QemuAdapter::child`], instead of the caller's: the caller orders
+    /// the console with its own output.
+    pub fn pipe_stdout(&mut self) {
+        self.stdout_piped = true;
     }
 
     /// A standby QEMU: started now with `args`, initialised and listening
@@ -272,6 +283,7 @@ impl QemuAdapter {
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
             .stdin(stdin)
+            .stdout(if self.stdout_piped { std::process::Stdio::piped() } else { std::process::Stdio::inherit() })
             .spawn()
             .map_err(|e| Error::io(format!("cannot start {}", self.qemu), e))?;
         self.interrupt.push(crate::cleanup::stop_on_interrupt(child.id()));
