@@ -42,9 +42,11 @@ while [ $# -gt 0 ]; do
         *) echo "usage: bench/phase-reboot-distro.sh [--mem MB] [--runs N] [--candidates \"kernel daemons\"] [--json FILE]" >&2; exit 2 ;;
     esac
 done
-command -v qemu-system-x86_64 >/dev/null || { echo "needs qemu-system-x86 (apt-get install qemu-system-x86)" >&2; exit 2; }
+# QEMU 7.2 first on PATH (the system's, or unpacked by scripts/fetch-qemu72).
+PATH="$(scripts/fetch-qemu72):$PATH"
 cargo build --release -q -p pbr-tools
-pbr="$PWD/target/release/pbr-img"
+target="$(scripts/target-dir)"
+pbr="$target/release/pbr-img"
 guest_json="$(mktemp)"
 scripts/fetch-distro-guest > "$guest_json"
 work="$(mktemp -d /var/tmp/pbr-bench-distro.XXXXXX)"

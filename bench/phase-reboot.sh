@@ -31,11 +31,13 @@ while [ $# -gt 0 ]; do
         *) echo "usage: bench/phase-reboot.sh [--mem MB] [--runs N]" >&2; exit 2 ;;
     esac
 done
-command -v qemu-system-x86_64 >/dev/null || { echo "needs qemu-system-x86 (apt-get install qemu-system-x86)" >&2; exit 2; }
+# QEMU 7.2 first on PATH (the system's, or unpacked by scripts/fetch-qemu72).
+PATH="$(scripts/fetch-qemu72):$PATH"
 cargo build --release -q -p pbr-tools
-pbr=target/release/pbr-img
+target="$(scripts/target-dir)"
+pbr="$target/release/pbr-img"
 read -r kernel initrd < <(scripts/fetch-guest)
-root=target/guest/root
+root="$target/guest/root"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 append="console=ttyS0 pbr.data=1 pbr.anon=1"

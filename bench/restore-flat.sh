@@ -27,9 +27,11 @@ while [ $# -gt 0 ]; do
         *) echo "usage: bench/restore-flat.sh [--runs N]" >&2; exit 2 ;;
     esac
 done
-command -v qemu-system-x86_64 >/dev/null || { echo "needs qemu-system-x86 (apt-get install qemu-system-x86)" >&2; exit 2; }
+# QEMU 7.2 first on PATH (the system's, or unpacked by scripts/fetch-qemu72).
+PATH="$(scripts/fetch-qemu72):$PATH"
 cargo build --release -q -p pbr-tools
-pbr="$PWD/target/release/pbr-img"
+target="$(scripts/target-dir)"
+pbr="$target/release/pbr-img"
 qemu10="$(scripts/fetch-qemu10 2>/dev/null)"
 read -r kernel initrd < <(scripts/fetch-guest 2>/dev/null)
 work="$(mktemp -d)"

@@ -20,9 +20,11 @@ use pbr_format::{Image, PageClass};
 
 /// The fixtures `scripts/make-fixtures` makes.
 fn fixtures() -> PathBuf {
-    let p = std::env::var_os("PBR_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures/qemu"));
+    let p = std::env::var_os("PBR_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
+        // Under cargo's target directory, the one pbr-img was built in.
+        let target = Path::new(env!("CARGO_BIN_EXE_pbr-img")).ancestors().nth(2).expect("TARGET/release/pbr-img");
+        target.join("fixtures/qemu")
+    });
     assert!(p.join("fixtures.json").is_file(), "no fixtures at {}: run scripts/make-fixtures", p.display());
     p
 }

@@ -141,7 +141,30 @@ pub fn free_only_if_zero(img: &Image, classes: &mut [PageClass]) -> Result<()> {
     Ok(())
 }
 
-/// Classes by page frame number; compound tails take their head's class.
+/// Page frames in one of Linux's memory sections on x86-64 (128 MiB of
+/// 4 KiB pages). `/proc/kpageflags` and `/proc/kpagecount` run to the end
+/// of the section holding the guest's highest frame: a 160 MiB guest's
+/// dumps cover 65536 frames, the 24576 past its RAM "no page" (`NOPAGE`).
+pub const SECTION_FRAMES: usize = 1 << 15;
+
+/// The guest's frames in a kpageflags dump: all of them, less Linux's
+/// padding. A dump that is a whole number of sections long ends with
+/// "no page" frames after its highest frame that has a page; the last
+/// section holds at least one such frame. A "no page" frame inside the
+/// guest's RAM is a hole; an unflagged one is no padding (the pages of a
+/// free block but its head carry no flags).
+pub fn guest_frames(flags: &[u64]) -> usize {
+    let n = flags.len();
+    if !n.is_multiple_of(SECTION_FRAMES) {
+        return n;
+    }
+    let end = flags.iter().rposition(|&f| !bit(f, kpf::NOPAGE)).map_or(0, |i| i + 1);
+    if end + SECTION_FRAMES > n { end } else { n }
+}
+
+/// Classes by page frame number, for the guest's frames ([`guest_frames`]:
+/// Linux's padding of the dump left out); compound tails take their head's
+/// class.
 ///
 /// A page with no flags and a count of 0 is the tail of a block whose
 /// head is the nearest page before it that has flags or references: free
@@ -152,7 +175,7 @@ pub fn classes(flags: &[u64], counts: Option<&[u64]>) -> Vec<PageClass> {
     let mut out = Vec::with_capacity(flags.len());
     let mut head = PageClass::Kernel;
     let mut in_free_block = false;
-    for (pfn, &f) in flags.iter().enumerate() {
+    for (pfn, &f) in flags[..guest_frames(flags)].iter().enumerate() {
         let count = counts.and_then(|c| c.get(pfn).copied());
         let c = if f == 0 && count == Some(0) {
             if in_free_block { PageClass::Free } else { PageClass::Kernel }
@@ -251,8 +274,9 @@ pub fn frames(image: &Image) -> u64 {
 /// guest kernel version.
 ///
 /// # Errors
-/// `classes` does not cover exactly the image's [`frames`]; I/O, a corrupt
-/// page.
+/// `classes` does not cover exactly the image's [`frames`] (the error names
+/// the last frame of a kpageflags dump that runs past the image: one that is
+/// not Linux's padding, see [`classes`]); I/O, a corrupt page.
 pub fn apply(
     src: &Image,
     dest: &Path,
@@ -261,11 +285,20 @@ pub fn apply(
     kernel: Option<&str>,
 ) -> Result<ClassifyReport> {
     let want = frames(src);
-    if classes.len() as u64 != want {
+    let got = classes.len() as u64;
+    if got != want {
+        let what = if source == "bitmap" { "class map" } else { "kpageflags dump" };
+        let why = if source == "bitmap" || got < want {
+            String::new()
+        } else {
+            format!(
+                ": page frame {}, past the image, is not Linux's padding (no-page frames to the end of a {} MiB memory section)",
+                got - 1,
+                SECTION_FRAMES >> 8
+            )
+        };
         return Err(Error::Unsupported(format!(
-            "the {} covers {} page frames and the image {want}: it is from another guest or another moment",
-            if source == "bitmap" { "class map" } else { "kpageflags dump" },
-            classes.len()
+            "the {what} covers {got} page frames and the image {want}{why}: it is from another guest or another moment"
         )));
     }
     let mut w = rewrite::derived(src, dest, rewrite::options(src, pbr_format::PageEncoding::Zero))?;
@@ -326,6 +359,63 @@ mod tests {
         free_only_if_zero(&img, &mut classes).unwrap();
         assert_eq!(classes[5], PageClass::Unknown, "a free page with content was taken after the dump");
         assert_eq!(classes[7], PageClass::Free, "a zero page stays free");
+    }
+
+    /// An image of `frames` zero page frames.
+    fn zero_image(dir: &Path, frames: u64) -> Image {
+        use pbr_format::{ImageWriter, PageEncoding, Region, WriterOptions};
+        let path = dir.join("z.pbr");
+        let mut w =
+            ImageWriter::create(&path, &[Region::ram("ram", 0, frames * 4096)], WriterOptions::default()).unwrap();
+        w.mark_pages(0, frames, PageEncoding::Zero, PageClass::Unknown).unwrap();
+        w.finish().unwrap();
+        Image::open(&path).unwrap()
+    }
+
+    #[test]
+    fn a_dump_padded_to_its_memory_section_covers_a_guest_of_160_mib() {
+        use kpf::*;
+        let dir = tempfile::tempdir().unwrap();
+        let img = zero_image(dir.path(), 40960);
+        let out = dir.path().join("out.pbr");
+        // A 160 MiB guest: 40960 frames, its top ones reserved (firmware
+        // tables), then Linux's padding to 65536.
+        let mut flags = vec![f(&[BUDDY]); 40960];
+        flags[40959] = f(&[RESERVED]);
+        flags.resize(65536, f(&[NOPAGE]));
+        let counts = vec![0u64; 65536];
+        assert_eq!(guest_frames(&flags), 40960);
+        let c = classes(&flags, Some(&counts));
+        assert_eq!(c.len(), 40960);
+        assert_eq!(c[40959], PageClass::Kernel);
+        let r = apply(&img, &out, &c, "kpageflags", None).unwrap();
+        assert_eq!(r.input_pages, 40960);
+
+        // An extra frame that has a page (a larger guest's): refused, named.
+        let mut other = flags.clone();
+        other[50000] = f(&[SLAB]);
+        let err = apply(&img, &out, &classes(&other, Some(&counts)), "kpageflags", None).unwrap_err().to_string();
+        assert!(
+            err.contains("covers 50001 page frames and the image 40960: page frame 50000, past the image"),
+            "{err}"
+        );
+        // Unflagged frames are no padding: they may be a free block's.
+        let mut unflagged = flags.clone();
+        unflagged[65535] = 0;
+        let err = apply(&img, &out, &classes(&unflagged, None), "kpageflags", None).unwrap_err().to_string();
+        assert!(err.contains("page frame 65535, past the image"), "{err}");
+
+        // Padding longer than the section: refused.
+        let mut long = flags.clone();
+        long.resize(98304, f(&[NOPAGE]));
+        assert_eq!(guest_frames(&long), 98304);
+        let err = apply(&img, &out, &classes(&long, None), "kpageflags", None).unwrap_err().to_string();
+        assert!(err.contains("covers 98304 page frames and the image 40960: page frame 98303"), "{err}");
+        // A dump that is not a whole number of sections has no padding.
+        assert_eq!(guest_frames(&long[..65535]), 65535);
+        // A class map has none either.
+        let err = apply(&img, &out, &vec![PageClass::Free; 65536], "bitmap", None).unwrap_err().to_string();
+        assert!(err.contains("the class map covers 65536 page frames and the image 40960: it is"), "{err}");
     }
 
     #[test]

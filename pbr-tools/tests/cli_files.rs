@@ -212,7 +212,9 @@ fn replay_without_serial_or_restore_cmdline_shows_the_console() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("-machine pc-q35-7.2,accel=tcg -m 16384k"), "{stderr}");
-    // The guest was saved after printing 0x49: it carries on.
+    // The summary first, then the console: the guest was saved after
+    // printing 0x49, and carries on.
+    assert!(stdout.starts_with("replayed: "), "{stdout}");
     assert!(stdout.contains("\n0000004a\n0000004b\n"), "{stdout}");
 }
 

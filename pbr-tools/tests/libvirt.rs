@@ -40,6 +40,18 @@ impl Drop for Domain<'_> {
     }
 }
 
+/// The QEMU libvirt runs: the `qemu-system-x86_64` first on PATH (QEMU 7.2:
+/// the system's, or the one `scripts/fetch-qemu72` unpacks, which libvirt's
+/// QEMU user reads in the world-readable target directory).
+fn emulator() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let bin = std::env::split_paths(&path)
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|b| b.is_file())
+        .expect("qemu-system-x86_64 on PATH (scripts/test puts QEMU 7.2 there)");
+    std::fs::canonicalize(bin).unwrap()
+}
+
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/libvirtd")
 }
@@ -76,7 +88,7 @@ fn domain_xml(name: &str, d: &Path) -> String {
   </os>
   <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
   <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <emulator>{}</emulator>
     <serial type='file'><source path='{}/ttyS0.log'/><target port='0'/></serial>
     <serial type='unix'><source mode='bind' path='{}/ttyS1.sock'/><target port='1'/></serial>
     <interface type='user'><model type='virtio'/></interface>
@@ -87,6 +99,7 @@ fn domain_xml(name: &str, d: &Path) -> String {
 ",
         kernel.display(),
         initrd.display(),
+        emulator().display(),
         d.display(),
         d.display()
     )

@@ -4,6 +4,9 @@
 //! guest's service answers a client on the host again (through QEMU's user
 //! network), sooner than after a cold boot.
 
+mod common;
+
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -31,12 +34,7 @@ fn capture_then_recover_beats_a_cold_boot() {
     };
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest/root"))
-        .arg(&root)
-        .status()
-        .unwrap();
+    let st = Command::new("cp").arg("-a").arg(common::target_dir().join("guest/root")).arg(&root).status().unwrap();
     assert!(st.success());
     let out = dir.path().join("candidates");
     let list =
@@ -91,4 +89,63 @@ fn capture_then_recover_beats_a_cold_boot() {
     let r = recover(&with_later, Some(&root), "qemu-system-x86_64", Vmm::Prestaged, &mut |_, _| {}).unwrap();
     assert!(r.chosen.ends_with("kernel.pbr"), "{:?}", r.chosen);
     assert_eq!(r.vmm, Vmm::Standby);
+}
+
+/// Linux pads `/proc/kpageflags` to the end of its 128 MiB memory section:
+/// a 160 MiB guest's dump covers 65536 page frames, the 24576 past its RAM
+/// "no page". `capture` classifies such a guest, and so does `classify`
+/// from the dump it kept.
+#[test]
+fn a_guest_of_160_mib_classifies_from_its_padded_kpageflags() {
+    let (kernel, initrd) = common::guest();
+    let dir = tempfile::tempdir().unwrap();
+    let (streams, out) = (dir.path().join("streams"), dir.path().join("candidates"));
+    let p = |p: &Path| p.to_str().unwrap().to_owned();
+    common::pbr_img_ok(&[
+        "capture",
+        "--kernel",
+        &p(&kernel),
+        "--initrd",
+        &p(&initrd),
+        "--append",
+        "console=ttyS0 pbr.data=1 pbr.anon=1 pbr.kpf=1",
+        "--mem",
+        "160",
+        "--machine",
+        "q35,accel=tcg",
+        "--keep-streams",
+        &p(&streams),
+        "-o",
+        &p(&out),
+    ]);
+    let frames = 160 << 8;
+    for phase in ["kernel", "daemons"] {
+        let dump = streams.join(format!("{phase}.kpageflags.gz"));
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(&dump).unwrap()).read_to_end(&mut raw).unwrap();
+        let words: Vec<u64> = raw.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap())).collect();
+        assert_eq!(words.len(), 65536, "{phase}: the dump runs to the end of the memory section");
+        assert!(words[frames..].iter().all(|&f| f == 1 << 20), "{phase}: the padding is no-page frames");
+
+        let img = Image::open(out.join(format!("{phase}.pbr"))).unwrap();
+        assert_eq!(img.metadata_value("classes.source"), Some("kpageflags"));
+        let free = img.page_counts()[PageClass::Free as usize][PageEncoding::Trimmed as usize];
+        assert!(free > 10_000, "{phase}: free pages trimmed: {free}");
+
+        // The CLI, from the stream and the dump `capture` kept.
+        let converted = dir.path().join(format!("{phase}-raw.pbr"));
+        let classified = dir.path().join(format!("{phase}-classified.pbr"));
+        common::pbr_img_ok(&["convert", &p(&streams.join(format!("{phase}.qemu"))), "-o", &p(&converted)]);
+        let text = common::pbr_img_ok(&[
+            "classify",
+            &p(&converted),
+            "--kpageflags",
+            &p(&dump),
+            "-o",
+            &p(&classified),
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["input_pages"], frames, "{text}");
+    }
 }

@@ -1,6 +1,7 @@
 //! `pbr-img replay`: restore an image into a hypervisor.
 
 use std::fs::File;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -46,6 +47,25 @@ fn print(report: &ReplayReport, as_json: bool) {
     }
 }
 
+/// Copies QEMU's standard output (the guest's console) to ours as it
+/// comes, until QEMU closes it or ours is closed.
+fn forward(mut console: std::process::ChildStdout) {
+    let mut buf = [0u8; 4096];
+    let mut out = std::io::stdout();
+    loop {
+        match console.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+}
+
 /// Options of `replay`.
 pub struct Args {
     pub adapter: Adapter,
@@ -85,20 +105,32 @@ pub fn run(image: &Path, a: Args) -> Result<ExitCode> {
                 args.extend(["-serial".to_string(), "stdio".to_string()]);
             }
             let mut q = QemuAdapter::new(image, &qemu, args)?;
+            q.pipe_stdout();
             let report = replay(&img, &file, &mut q)?;
+            let child = q.child.as_mut().ok_or_else(|| Error::Unsupported("QEMU did not start".into()))?;
+            let console = child.stdout.take();
             print(&report, as_json);
             eprintln!("guest resumed");
-            let child = q.child.as_mut().ok_or_else(|| Error::Unsupported("QEMU did not start".into()))?;
-            loop {
+            // The console follows the summary: what the guest printed so
+            // far waited in the pipe.
+            let forwarder = console.map(|c| std::thread::spawn(move || forward(c)));
+            let code = loop {
                 if let Some(status) = child.try_wait().map_err(|e| Error::io("waiting for QEMU", e))? {
-                    return Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+                    break if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     // Time is up: the guest is stopped; the replay itself succeeded.
-                    return Ok(ExitCode::SUCCESS);
+                    break ExitCode::SUCCESS;
                 }
                 std::thread::sleep(Duration::from_millis(50));
+            };
+            // QEMU stopped: the forwarder reaches the pipe's end and has
+            // written all of the console before the tool exits.
+            drop(q);
+            if let Some(f) = forwarder {
+                let _ = f.join();
             }
+            Ok(code)
         }
         Adapter::Kvm => {
             let mut vm = KvmAdapter::new()?;

@@ -167,6 +167,8 @@ pub struct QemuAdapter {
     maps: Option<[u8; 32]>,
     /// QEMU's standard error: held until the guest is loaded.
     stderr: Option<QemuStderr>,
+    /// QEMU's standard output goes to a pipe ([`QemuAdapter::pipe_stdout`]).
+    stdout_piped: bool,
 }
 
 impl QemuAdapter {
@@ -196,7 +198,16 @@ impl QemuAdapter {
             preloaded: None,
             maps: None,
             stderr: None,
+            stdout_piped: false,
         })
+    }
+
+    /// Makes the QEMU this adapter starts write its standard output (the
+    /// guest's console under `-serial stdio`) into a pipe, the `stdout` of
+    /// [`QemuAdapter::child`], instead of the caller's: the caller orders
+    /// the console with its own output.
+    pub fn pipe_stdout(&mut self) {
+        self.stdout_piped = true;
     }
 
     /// A standby QEMU: started now with `args`, initialised and listening
@@ -280,6 +291,7 @@ impl QemuAdapter {
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
             .stdin(stdin)
             .stderr(std::process::Stdio::piped())
+            .stdout(if self.stdout_piped { std::process::Stdio::piped() } else { std::process::Stdio::inherit() })
             .spawn()
             .map_err(|e| Error::io(format!("cannot start {}", self.qemu), e))?;
         self.interrupt.push(crate::cleanup::stop_on_interrupt(child.id()));

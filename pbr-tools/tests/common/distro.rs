@@ -9,11 +9,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// What `scripts/fetch-distro-guest` printed (saved by `scripts/test` as
-/// `target/distro-guest/guest.json`, or where `PBR_DISTRO` points).
+/// `<target dir>/distro-guest/guest.json`, or where `PBR_DISTRO` points).
 pub fn guest() -> serde_json::Value {
     let p = std::env::var_os("PBR_DISTRO")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/distro-guest/guest.json"));
+        .unwrap_or_else(|| super::target_dir().join("distro-guest/guest.json"));
     let text = std::fs::read(&p).unwrap_or_else(|e| {
         panic!(
             "the distribution guest is missing at {} ({e}): run scripts/fetch-distro-guest (scripts/test does)",

@@ -11,12 +11,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Cargo's target directory, the one `pbr-img` was built in
+/// (`CARGO_TARGET_DIR`, or `target/`): the scripts keep their caches there
+/// (`scripts/target-dir`).
+pub fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_pbr-img")).ancestors().nth(2).expect("TARGET/release/pbr-img").to_path_buf()
+}
+
 /// The real-guest QEMU fixtures that `scripts/make-fixtures` makes (under
-/// `target/fixtures/qemu`, or where `PBR_FIXTURES` points).
+/// `<target dir>/fixtures/qemu`, or where `PBR_FIXTURES` points).
 pub fn fixtures() -> PathBuf {
-    let p = std::env::var_os("PBR_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures/qemu"));
+    let p = std::env::var_os("PBR_FIXTURES").map(PathBuf::from).unwrap_or_else(|| target_dir().join("fixtures/qemu"));
     assert!(
         p.join("fixtures.json").is_file(),
         "the real-guest QEMU fixtures are missing at {}: run scripts/make-fixtures (scripts/test does)",
@@ -172,9 +177,9 @@ pub fn stream_ram(stream: &[u8]) -> HashMap<String, HashMap<u64, Option<Vec<u8>>
 }
 
 /// The test guest `scripts/fetch-guest` builds (scripts/test runs it):
-/// its kernel and initramfs.
+/// its kernel and initramfs, under `<target dir>/guest`.
 pub fn guest() -> (PathBuf, PathBuf) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
+    let dir = target_dir().join("guest");
     let kernel = std::fs::read_dir(dir.join("kernel/boot"))
         .ok()
         .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path()).filter(|p| p.to_string_lossy().contains("vmlinuz"))));

@@ -39,13 +39,18 @@ pub const COUNTER_ADDR: usize = 0x500;
 /// QEMU 10.0 unpacked by `scripts/fetch-qemu10` (`PBR_QEMU10`, or its
 /// default place): the binary and the firmware search path it needs.
 pub fn qemu10() -> (String, Vec<String>) {
-    let bin = std::env::var("PBR_QEMU10").unwrap_or_else(|_| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/qemu10/usr/bin/qemu-system-x86_64").display().to_string()
-    });
+    let bin = std::env::var("PBR_QEMU10")
+        .unwrap_or_else(|_| target_dir().join("qemu10/usr/bin/qemu-system-x86_64").display().to_string());
     assert!(Path::new(&bin).exists(), "QEMU 10.0 is not at {bin}: run scripts/fetch-qemu10 (scripts/test does)");
     let data = Path::new(&bin).join("../../share/qemu");
     let args = vec!["-L".into(), "/usr/share/seabios".into(), "-L".into(), data.display().to_string()];
     (bin, args)
+}
+
+/// Cargo's target directory, the one `pbr-img` was built in (as
+/// `common::target_dir`, for the benches that use this file alone).
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_pbr-img")).ancestors().nth(2).expect("TARGET/release/pbr-img").to_path_buf()
 }
 
 /// Writes a 1 MiB raw disk whose boot sector is the counting guest.
@@ -91,7 +96,7 @@ impl Vm {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap())
             .spawn()
-            .expect("qemu-system-x86_64 (scripts/test installs qemu-system-x86)");
+            .expect("qemu-system-x86_64 (scripts/test puts QEMU 7.2 on PATH: scripts/fetch-qemu72)");
         let t = Instant::now();
         let stream = loop {
             if let Ok(s) = UnixStream::connect(&sock) {

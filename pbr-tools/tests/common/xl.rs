@@ -422,14 +422,22 @@ pub fn build(path: &Path, s: &Spec<'_>) {
 
 /// Runs Xen's own stream verifier on `path`: `Ok` or its error text.
 pub fn xen_verify(path: &Path) -> Result<(), String> {
-    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/xen-verify-stream");
+    let tool = || {
+        let mut c = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/xen-verify-stream"));
+        // Where the script unpacks the verifier: the target directory's,
+        // without asking cargo for it on every call.
+        if std::env::var_os("PBR_XEN_TOOLS").is_none() {
+            c.env("PBR_XEN_TOOLS", super::target_dir().join("xen-tools"));
+        }
+        c
+    };
     // The first use unpacks Debian's xen-utils: once, not by racing threads.
     static UNPACKED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     UNPACKED.get_or_init(|| {
-        let out = Command::new(&tool).arg("--fetch").output().expect("scripts/xen-verify-stream");
+        let out = tool().arg("--fetch").output().expect("scripts/xen-verify-stream");
         assert!(out.status.success(), "cannot fetch Xen's verifier: {}", String::from_utf8_lossy(&out.stderr));
     });
-    let out = Command::new(&tool).args(["-f", "xl", "-i"]).arg(path).output().expect("xen-verify-stream");
+    let out = tool().args(["-f", "xl", "-i"]).arg(path).output().expect("xen-verify-stream");
     if out.status.success() {
         Ok(())
     } else {
