@@ -185,9 +185,10 @@ impl Error {
         &self.0.kind
     }
 
-    /// Whether the error is damage found by a checksum or hash: bytes that
-    /// are not what was written, as opposed to a malformed structure, an
-    /// I/O failure or a wrong argument.
+    /// Whether the error is damage to page data or found by a checksum or
+    /// hash: bytes that are not what was written (also a stored page that
+    /// does not decode), as opposed to a malformed structure, an I/O
+    /// failure or a wrong argument.
     ///
     /// # Example
     /// ```
@@ -197,7 +198,13 @@ impl Error {
     /// assert!(!Error::invalid("x").is_damage());
     /// ```
     pub fn is_damage(&self) -> bool {
-        matches!(self.0.kind, ErrorKind::ChecksumMismatch { .. } | ErrorKind::HashMismatch { .. })
+        match self.0.kind {
+            ErrorKind::ChecksumMismatch { .. } | ErrorKind::HashMismatch { .. } => true,
+            // Page data that does not decode (a damaged lz4 page) is as
+            // damaged as one that fails its crc32.
+            ErrorKind::Malformed(_) => self.0.section == Some("PAGE_DATA"),
+            _ => false,
+        }
     }
 
     /// The section the error was found in, if any.

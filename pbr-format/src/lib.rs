@@ -27,9 +27,10 @@
 //!
 //! let image = Image::open(&path)?;
 //! assert_eq!(image.phase().unwrap().name, "kernel");
-//! // Raw runs can be mapped MAP_PRIVATE as guest memory.
+//! // Raw runs can be mapped MAP_PRIVATE as guest memory, once checked.
 //! let run = image.raw_runs()[0];
 //! assert_eq!((run.gfn, run.pages), (0, 8));
+//! image.check_run(&run)?;
 //! let mut buf = vec![0u8; 4096];
 //! assert_eq!(image.read_page(5, &mut buf)?[0], 6);
 //! image.verify()?;

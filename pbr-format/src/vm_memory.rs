@@ -36,7 +36,8 @@ fn region(len: u64, gpa: u64, file: Option<(&File, u64)>) -> Result<GuestRegionM
 /// A diff image (its base pages are elsewhere), a raw run that does not lie
 /// inside the file (checked before mapping: no SIGBUS on a truncated
 /// image), mmap refusing, a corrupt lz4 page, a page whose crc32 does not
-/// match (every page is checked before it is mapped or copied).
+/// match (every page is checked before it is mapped or copied), an image
+/// whose page-cache pages must be read back from the guest's disks.
 ///
 /// # Example
 /// ```no_run
@@ -50,6 +51,13 @@ fn region(len: u64, gpa: u64, file: Option<(&File, u64)>) -> Result<GuestRegionM
 pub fn guest_memory(image: &Image, file: &File) -> Result<GuestMemoryMmap> {
     if image.base().is_some() {
         return Err(Error::invalid("a diff image cannot be mapped: apply it to its base first"));
+    }
+    // The guest would find zeros where its page cache was.
+    let (refill, orphans) = (image.pages_to_refill()?.len(), image.orphaned_cache_pages());
+    if refill + orphans > 0 {
+        return Err(Error::invalid(format!(
+            "{refill} page-cache pages must be read back from the guest's disks and {orphans} cannot be: guest_memory does not refill, restore the image with a tool that does"
+        )));
     }
     let file_len = file.metadata().map_err(|e| Error::io("cannot stat the image", e))?.len();
     let ps = u64::from(image.page_size());

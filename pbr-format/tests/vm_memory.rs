@@ -80,3 +80,30 @@ fn write_full_and_diff_images_from_guest_memory() {
     assert_eq!(diff.read_page(40, &mut buf).unwrap(), &[0x22; 4096][..]);
     assert_eq!(diff.extent_of(8).unwrap().encoding, pbr_format::PageEncoding::Base);
 }
+
+/// Page-cache pages that must be read back from the guest's disks (or
+/// cannot be) are never handed to a guest as zeros; a damaged page is
+/// never mapped.
+#[test]
+fn guest_memory_refuses_pages_it_cannot_give_back_as_captured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (refs, orphans) = (dir.path().join("refs.pbr"), dir.path().join("orphans.pbr"));
+    common::write_disk_refs(&refs);
+    common::write_disk_refs_pages(&orphans);
+    for (path, what) in [(&refs, "2 page-cache pages must be read back"), (&orphans, "2 cannot be")] {
+        let img = Image::open(path).unwrap();
+        let file = std::fs::File::open(path).unwrap();
+        let e = pbr_format::vm_memory::guest_memory(&img, &file).unwrap_err();
+        assert!(e.to_string().contains(what), "{e}");
+    }
+    let sample = dir.path().join("s.pbr");
+    common::write_sample(&sample, false);
+    let img = Image::open(&sample).unwrap();
+    let run = img.raw_runs()[0];
+    let mut bytes = std::fs::read(&sample).unwrap();
+    bytes[run.file_offset as usize + 9] ^= 1;
+    std::fs::write(&sample, bytes).unwrap();
+    let img = Image::open(&sample).unwrap();
+    let file = std::fs::File::open(&sample).unwrap();
+    assert!(pbr_format::vm_memory::guest_memory(&img, &file).unwrap_err().is_damage());
+}

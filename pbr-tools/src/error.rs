@@ -46,6 +46,20 @@ impl Error {
         matches!(self, Error::Format(e) if e.is_damage())
     }
 
+    /// Whether this error is the candidate's own, so that a recovery
+    /// refuses that candidate and tries the next one: damage
+    /// ([`Error::is_damage`]) or page-cache pages that cannot be read back
+    /// ([`Error::Refill`]). Other errors (QEMU, the host) end the recovery.
+    pub fn refuses_candidate(&self) -> bool {
+        self.is_damage() || matches!(self, Error::Refill(_))
+    }
+
+    /// The one-line reason a recovery gives for refusing a candidate
+    /// because of this error.
+    pub fn refusal(&self) -> String {
+        if self.is_damage() { format!("damaged: {self}") } else { self.to_string() }
+    }
+
     /// An I/O error while doing `context`.
     #[cold]
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {

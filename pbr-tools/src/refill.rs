@@ -14,7 +14,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use pbr_agent::CachedFile;
-use pbr_format::{DiskRef, DiskRefs, Image, PageClass, PageEncoding};
+use pbr_format::{DiskRef, DiskRefs, Image};
 
 use crate::error::{Error, Result};
 use crate::phase::seal::{SEALS_KEY, Seals};
@@ -132,7 +132,7 @@ impl Refill {
     pub fn load(img: &Image) -> Result<Option<Refill>> {
         let ps = img.page_size() as usize;
         refuse_orphans(img)?;
-        let trimmed = pending(img)?;
+        let trimmed = img.pages_to_refill()?;
         if trimmed.is_empty() {
             return Ok(None);
         }
@@ -227,50 +227,13 @@ fn file_of(img: &Image, r: &DiskRef) -> String {
     img.disk_refs().files.get(r.file as usize).map_or_else(|| "?".into(), |f| format!("/{f}"))
 }
 
-/// The disk references of `img` whose pages a restore must read back: a
-/// page that is `TRIMMED`, or one stored as all zeros while its crc32 says
-/// otherwise (the flat layout keeps a trimmed page as a zero page,
-/// `spec/format.md` §11).
-///
-/// # Errors
-/// A corrupt page.
-pub fn pending(img: &Image) -> Result<Vec<&DiskRef>> {
-    let zero_crc = pbr_format::zero_page_crc(img.page_size());
-    let mut buf = vec![0u8; img.page_size() as usize];
-    let mut out = Vec::new();
-    for r in &img.disk_refs().pages {
-        let e = img.extent_of(r.gfn)?;
-        let refill = match e.encoding {
-            PageEncoding::Trimmed => true,
-            PageEncoding::Raw | PageEncoding::Lz4 | PageEncoding::Dup => {
-                r.crc32 != zero_crc && pbr_format::is_zero(img.read_in_extent(&e, r.gfn, &mut buf)?)
-            }
-            PageEncoding::Zero | PageEncoding::Base => false,
-        };
-        if refill {
-            out.push(r);
-        }
-    }
-    Ok(out)
-}
-
-/// Page-cache pages of `img` trimmed with no disk reference: nothing can
-/// put them back.
-pub fn orphans(img: &Image) -> usize {
-    let refs = img.disk_refs();
-    img.extents()
-        .filter(|e| e.encoding == PageEncoding::Trimmed && e.class == PageClass::Cache)
-        .flat_map(|e| e.gfns())
-        .filter(|&g| refs.get(g).is_none())
-        .count()
-}
-
-/// Refuses `img` when it has [`orphans`].
+/// Refuses `img` when it has orphaned cache pages
+/// ([`Image::orphaned_cache_pages`]).
 ///
 /// # Errors
 /// [`Error::Refill`] with the count.
 pub fn refuse_orphans(img: &Image) -> Result<()> {
-    let orphans = orphans(img);
+    let orphans = img.orphaned_cache_pages();
     if orphans > 0 {
         return Err(Error::Refill(format!(
             "{orphans} page-cache pages were trimmed with no disk reference to read them from: \
@@ -287,7 +250,7 @@ pub fn refuse_orphans(img: &Image) -> Result<()> {
 /// [`Error::Refill`] naming `what`; a corrupt page.
 pub fn refuse_refill(img: &Image, what: &str) -> Result<()> {
     refuse_orphans(img)?;
-    let n = pending(img)?.len();
+    let n = img.pages_to_refill()?.len();
     if n > 0 {
         return Err(Error::Refill(format!("{what} does not refill page-cache pages, and {n} were trimmed")));
     }
@@ -299,7 +262,7 @@ mod tests {
     use super::*;
     use crate::phase::seal::{DiskSeal, FileSeal};
     use pbr_agent::CachedPage;
-    use pbr_format::{ImageWriter, Region, WriterOptions};
+    use pbr_format::{ImageWriter, PageClass, PageEncoding, Region, WriterOptions};
 
     /// An image of 8 pages (page `g` filled with `g + 1`, page 7 zero)
     /// and a disk holding page 2 at byte 8192 and page 3's first 100

@@ -104,13 +104,16 @@ impl Image {
     }
 
     /// Raw pages merged into runs contiguous in guest memory and in the file,
-    /// whatever their class: each can be mapped `MAP_PRIVATE` as guest memory.
+    /// whatever their class: each can be mapped `MAP_PRIVATE` as guest memory
+    /// once [`Image::check_run`] has checked its pages (mapping reads no
+    /// crc32).
     ///
     /// # Example
     /// ```
     /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
     /// let image = pbr_format::Image::open(path)?;
     /// for run in image.raw_runs() {
+    ///     image.check_run(&run)?;
     ///     // mmap run.pages pages from run.file_offset as guest memory at run.gfn.
     ///     assert_eq!(run.file_offset % u64::from(image.page_size()), 0);
     /// }
@@ -190,7 +193,9 @@ impl Image {
     /// what a VMM does before it maps the run as guest memory.
     ///
     /// # Errors
-    /// [`ErrorKind::ChecksumMismatch`] naming the first damaged page.
+    /// [`ErrorKind::ChecksumMismatch`] naming the first damaged page;
+    /// [`ErrorKind::InvalidInput`] for a run that is not raw pages of the
+    /// image at those file offsets from end to end.
     ///
     /// # Example
     /// ```
@@ -202,8 +207,27 @@ impl Image {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn check_run(&self, run: &RawRun) -> Result<()> {
-        for e in self.extents_in(run.gfn..run.gfn + run.pages).filter(|e| e.encoding == PageEncoding::Raw) {
-            self.raw_bytes(&e)?;
+        let ps = u64::from(self.page_size());
+        let end = run.gfn.checked_add(run.pages).ok_or_else(|| Error::invalid("the run ends past 2^64"))?;
+        // The run must be raw extents, one after the other in guest memory
+        // and in the file, from its first page to its last: no byte of it
+        // is mapped unchecked.
+        let mut at = run.gfn;
+        for e in self.extents_in(run.gfn..end) {
+            let first = e.gfn.max(run.gfn);
+            let last = (e.gfn + u64::from(e.count)).min(end);
+            let in_file = e.data + (first - e.gfn) * ps == run.file_offset + (first - run.gfn) * ps;
+            if e.encoding != PageEncoding::Raw || first != at || !in_file {
+                return Err(Error::invalid(format!(
+                    "pages {:#x}..{end:#x} at file offset {:#x} are not one raw run of the image (at gfn {first:#x})",
+                    run.gfn, run.file_offset
+                )));
+            }
+            self.raw_pages(&e, first..last)?;
+            at = last;
+        }
+        if at != end {
+            return Err(Error::invalid(format!("pages {at:#x}..{end:#x} of the run are in no raw extent")));
         }
         Ok(())
     }
@@ -432,6 +456,61 @@ impl Image {
             }
             _ => None,
         }
+    }
+
+    /// The disk references whose page a restore must read back from the
+    /// guest's disk (`spec/format.md` §7.8): pages trimmed, or stored as
+    /// zeros while the reference's crc32 is not a zero page's (flat
+    /// images). A restore that does not refill them must refuse the image:
+    /// the guest would find zeros where its page cache was.
+    ///
+    /// # Errors
+    /// A reference to a page outside every region, or a damaged page.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// assert!(image.pages_to_refill()?.is_empty(), "an image with no disk references");
+    /// # Ok::<(), pbr_format::Error>(())
+    /// ```
+    pub fn pages_to_refill(&self) -> Result<Vec<&crate::DiskRef>> {
+        let zero_crc = zero_page_crc(self.page_size());
+        let mut buf = vec![0u8; self.page_size() as usize];
+        let mut out = Vec::new();
+        for r in &self.disk_refs().pages {
+            let e = self.extent_of(r.gfn)?;
+            let refill = match e.encoding {
+                PageEncoding::Trimmed => true,
+                PageEncoding::Raw | PageEncoding::Lz4 | PageEncoding::Dup => {
+                    r.crc32 != zero_crc && crate::is_zero(self.read_in_extent(&e, r.gfn, &mut buf)?)
+                }
+                PageEncoding::Zero | PageEncoding::Base => false,
+            };
+            if refill {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Page-cache pages trimmed with no disk reference: nothing can put
+    /// them back, and a restore must refuse the image.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// assert_eq!(image.orphaned_cache_pages(), 0);
+    /// # Ok::<(), pbr_format::Error>(())
+    /// ```
+    pub fn orphaned_cache_pages(&self) -> usize {
+        let refs = self.disk_refs();
+        self.extents()
+            .filter(|e| e.encoding == PageEncoding::Trimmed && e.class == PageClass::Cache)
+            .flat_map(|e| e.gfns())
+            .filter(|&g| refs.get(g).is_none())
+            .count()
     }
 
     /// Pages per class and encoding: `counts[class][encoding]`.

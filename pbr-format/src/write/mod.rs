@@ -1098,9 +1098,15 @@ fn check_regions(regions: &[Region<'_>], page_size: u32) -> Result<()> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn destination(path: &Path) -> Result<PathBuf> {
-    let Ok(meta) = std::fs::metadata(path) else {
-        // Nothing there (or a dangling link): the rename creates the file.
-        return Ok(path.to_path_buf());
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        // Nothing there: the rename creates the file.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::fs::symlink_metadata(path).is_err() => {
+            return Ok(path.to_path_buf());
+        }
+        // A link to nothing would be replaced by a file: refused, as is
+        // a path that cannot be looked at.
+        Err(e) => return Err(Error::io(format!("the output {} cannot be replaced", path.display()), e)),
     };
     if meta.is_file() {
         let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());

@@ -282,7 +282,7 @@ fn restore_notes(img: &Image, counts: &[[u64; 6]; 5]) -> Value {
     let trimmed = |c: PageClass| counts[c as usize][PageEncoding::Trimmed as usize];
     let cache = trimmed(PageClass::Cache);
     let refs = img.disk_refs();
-    let refill = pbr_tools::refill::pending(img).unwrap_or_default();
+    let refill = img.pages_to_refill().unwrap_or_default();
     let seals = img.metadata_value(SEALS_KEY).and_then(|s| Seals::from_json(s).ok()).unwrap_or_default();
     let mut by_disk: BTreeMap<u32, u64> = BTreeMap::new();
     let mut by_file: BTreeMap<u32, u64> = BTreeMap::new();
@@ -317,7 +317,7 @@ fn restore_notes(img: &Image, counts: &[[u64; 6]; 5]) -> Value {
             files.len()
         ));
     }
-    let orphans = pbr_tools::refill::orphans(img);
+    let orphans = img.orphaned_cache_pages();
     if orphans > 0 {
         notes.push(format!(
             "{orphans} page-cache pages were dropped with no disk reference: this image cannot be restored"

@@ -67,7 +67,9 @@ pub fn pages_run(path: &Path, as_json: bool) -> Result<ExitCode> {
         (Ok(pages), true) => {
             outln!("{}", json!({"path": path.display().to_string(), "ok": true, "pages": pages, "check_s": check_s}))
         }
-        (Ok(pages), false) => outln!("{}: ok ({pages} stored pages checked in {:.1} ms)", path.display(), check_s * 1e3),
+        (Ok(pages), false) => {
+            outln!("{}: ok ({pages} stored pages checked in {:.1} ms)", path.display(), check_s * 1e3)
+        }
         (Err(e), _) => return Ok(report_failure(path, &e, as_json)),
     }
     Ok(ExitCode::SUCCESS)

@@ -246,6 +246,17 @@ impl Guest {
     }
 }
 
+impl Drop for Guest {
+    /// A guest left behind by an error (a capture that fails half way) is
+    /// stopped, not orphaned.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Saves a stopped QEMU guest with QEMU's migration to `path`, waiting
 /// until the file is whole. Returns QEMU's RAM counters of the save. The
 /// bandwidth limit is lifted first (QEMU's default, 32 MiB/s, would make

@@ -132,7 +132,7 @@ pub fn capture(spec: &GuestSpec, out: &Path, opts: &CaptureOptions) -> Result<Ve
 
 /// Moves a phase's stream into `dir` and writes its kpageflags dump beside.
 fn keep(stream: &Path, kpf: Option<&Vec<u8>>, dir: &Path, phase: &str) -> Result<()> {
-    let dest = dir.join(format!("{phase}.qemu"));
+    let dest = pbr_format::write::destination(&dir.join(format!("{phase}.qemu")))?;
     std::fs::rename(stream, &dest)
         .or_else(|_| std::fs::copy(stream, &dest).and_then(|_| std::fs::remove_file(stream)))
         .map_err(|e| Error::io(format!("cannot keep the stream as {}", dest.display()), e))?;
@@ -241,7 +241,8 @@ pub(crate) fn candidate(
             let list: Vec<String> = input.files.iter().filter(|f| root.join(f).is_file()).cloned().collect();
             crate::manifest::add(&Image::open(&trimmed)?, root, &list, &dest)?;
         }
-        None => std::fs::rename(&trimmed, &dest).map_err(|e| Error::io("cannot move the candidate", e))?,
+        None => std::fs::rename(&trimmed, pbr_format::write::destination(&dest)?)
+            .map_err(|e| Error::io("cannot move the candidate", e))?,
     }
     let image_bytes = std::fs::metadata(&dest).map_err(|e| Error::io("candidate", e))?.len();
     let guest_bytes = report.blocks.iter().find(|b| b.name == "pc.ram").map_or(0, |b| b.used_length);
@@ -388,8 +389,9 @@ pub struct Recovery {
     /// flat candidate (zero when done before the decision, or streamed:
     /// each streamed page is checked as it is written).
     pub page_check: Duration,
-    /// The candidates refused, latest first, because a stored page was
-    /// found damaged while they were restored (before their guest ran).
+    /// The candidates refused, latest first: one that does not open, or
+    /// whose restore found a damaged page or pages it cannot refill (before
+    /// its guest ran).
     pub refused: Vec<restore::Refused>,
 }
 
@@ -456,7 +458,20 @@ pub fn recover(
     let _ = crate::replay::qemu::qemu_full_version(qemu);
     let held = standby.as_ref().and_then(QemuAdapter::pid).and_then(resident::Resident::of);
     let t = Instant::now();
-    let images = candidates.iter().map(Image::open).collect::<std::result::Result<Vec<_>, _>>()?;
+    // A candidate that does not open is refused, never trusted; the others
+    // are still judged.
+    let mut refused = Vec::new();
+    let (mut images, mut paths) = (Vec::new(), Vec::new());
+    for p in candidates {
+        match Image::open(p) {
+            Ok(img) => {
+                images.push(img);
+                paths.push(p.clone());
+            }
+            Err(e) => refused.push(restore::Refused { path: p.clone(), reason: format!("does not open: {e}") }),
+        }
+    }
+    let candidates = &paths[..];
     let refs: Vec<&Image> = images.iter().collect();
     // The candidates by their files (against `root`) or by phase, latest
     // first; each is restored with every page checked as it goes, and one
@@ -475,7 +490,6 @@ pub fn recover(
         }
     };
     let select = t.elapsed();
-    let mut refused = Vec::new();
     let mut standby = standby;
     let attempt = |chosen: usize, standby: Option<QemuAdapter>| -> Result<Attempt> {
         let img = &images[chosen];
@@ -527,8 +541,8 @@ pub fn recover(
                 on_ready(&r, None);
                 return Ok(*r);
             }
-            Err(e) if e.is_damage() => {
-                refused.push(restore::Refused { path: candidates[i].clone(), reason: format!("damaged: {e}") })
+            Err(e) if e.refuses_candidate() => {
+                refused.push(restore::Refused { path: candidates[i].clone(), reason: e.refusal() })
             }
             Err(e) => return Err(e),
         }

@@ -162,7 +162,7 @@ pub fn capture_points(
 fn keep_or_remove(stream: &Path, dir: Option<&Path>, point: &str) -> Result<()> {
     match dir {
         Some(dir) => {
-            let dest = dir.join(format!("{point}.qemu"));
+            let dest = pbr_format::write::destination(&dir.join(format!("{point}.qemu")))?;
             std::fs::rename(stream, &dest)
                 .or_else(|_| std::fs::copy(stream, &dest).and_then(|_| std::fs::remove_file(stream)))
                 .map_err(|e| Error::io(format!("cannot keep the stream as {}", dest.display()), e))

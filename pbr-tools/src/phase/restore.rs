@@ -181,9 +181,9 @@ pub fn recover_points(
         };
         match restore(&cmd, &args, &candidates[i], &images[i], standby.take()) {
             Ok((q, used)) => break (i, q, used),
-            Err(e) if e.is_damage() => {
+            Err(e) if e.refuses_candidate() => {
                 agent = None;
-                let r = Refused { path: candidates[i].clone(), reason: format!("damaged: {e}") };
+                let r = Refused { path: candidates[i].clone(), reason: e.refusal() };
                 on_refused(&r);
                 refused.push(r);
             }

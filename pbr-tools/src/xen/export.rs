@@ -72,11 +72,12 @@ impl<W: Write> Emitter<'_, W> {
             head.extend_from_slice(&((u64::from(ty) << 60) | pfn).to_le_bytes());
         }
         self.put(&head)?;
-        for &(pfn, ty) in entries.iter().filter(|e| pages::has_data(e.1)) {
+        for &(pfn, _) in entries.iter().filter(|e| pages::has_data(e.1)) {
             let mut buf = std::mem::take(&mut self.buf);
             let r = match self.img.read_page(pfn, &mut buf) {
                 Ok(p) => self.out.write_all(p).map_err(|e| Error::io("cannot write the xl file", e)),
-                Err(e) => Err(Error::Unsupported(format!("page {pfn:#x} (type {ty:#x}) of a PAGE_DATA record: {e}"))),
+                // The page's own error: damage stays damage.
+                Err(e) => Err(e.into()),
             };
             self.buf = buf;
             r?;

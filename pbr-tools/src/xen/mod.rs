@@ -865,6 +865,7 @@ impl<R: Read> Conv<'_, R> {
         }
         let mut report = w.finish()?;
         if path != report.path {
+            let path = pbr_format::write::destination(&path)?;
             std::fs::rename(&report.path, &path)
                 .map_err(|e| Error::io(format!("cannot rename the checkpoint image to {}", path.display()), e))?;
             report.path = path;

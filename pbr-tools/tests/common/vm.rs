@@ -42,7 +42,10 @@ pub fn qemu10() -> (String, Vec<String>) {
     let bin = std::env::var("PBR_QEMU10")
         .unwrap_or_else(|_| target_dir().join("qemu10/usr/bin/qemu-system-x86_64").display().to_string());
     assert!(Path::new(&bin).exists(), "QEMU 10.0 is not at {bin}: run scripts/fetch-qemu10 (scripts/test does)");
-    let data = Path::new(&bin).join("../../share/qemu");
+    // usr/bin/qemu-system-x86_64 -> usr/share/qemu: its option ROMs
+    // (linuxboot_dma.bin for -kernel), which no system QEMU provides when
+    // QEMU 7.2 is unpacked beside qemu-utils rather than installed.
+    let data = Path::new(&bin).parent().and_then(Path::parent).map(|usr| usr.join("share/qemu")).unwrap();
     let args = vec!["-L".into(), "/usr/share/seabios".into(), "-L".into(), data.display().to_string()];
     (bin, args)
 }
