@@ -49,7 +49,8 @@ fn capture_then_recover_beats_a_cold_boot() {
         assert!(c.image_bytes < c.untrimmed_bytes);
         assert!(img.manifest().iter().any(|f| f.path == "etc/pbr/kernel.conf"));
     }
-    // A later "candidate" for the same machine that opens but cannot be
+    // A later "candidate" for the same machine (command line and machine
+    // type) that opens but cannot be
     // restored (no QEMU state at all), recording the daemons' configuration
     // as it is now: what a prestaged QEMU finds when the latest image is bad.
     let later = dir.path().join("later.pbr");
@@ -58,6 +59,7 @@ fn capture_then_recover_beats_a_cold_boot() {
     let mut w = ImageWriter::create(&staged, &[Region::ram("pc.ram", 0, 1 << 20)], WriterOptions::default()).unwrap();
     w.set_phase(Phase::named("later", 3)).unwrap();
     w.set_metadata("restore.cmdline", daemons.metadata_value("restore.cmdline").unwrap()).unwrap();
+    w.set_metadata("qemu.machine", daemons.metadata_value("qemu.machine").unwrap()).unwrap();
     w.finish().unwrap();
     pbr_tools::manifest::add(&Image::open(&staged).unwrap(), &root, &["etc/pbr/app.conf".into()], &later).unwrap();
     let spec = GuestSpec { append: "console=ttyS0 pbr.data=1 pbr.anon=1".into(), ..spec };

@@ -70,13 +70,14 @@ pub fn is_agent_candidate(img: &Image) -> bool {
     img.metadata_value(AGENT_KEY) == Some("1")
 }
 
-/// The user's command line a candidate records, with `qemu` in place of
-/// the recorded binary when given.
+/// The user's command line a candidate records (as recorded: to boot
+/// afresh; [`crate::replay::compat::restore_args`] makes it restore the
+/// candidate), with `qemu` in place of the recorded binary when given.
 ///
 /// # Errors
 /// The candidate records none.
 pub fn recorded_command(img: &Image, qemu: Option<&str>) -> Result<UserCommand> {
-    let args = QemuAdapter::recorded_args(img)
+    let args = QemuAdapter::recorded_boot_args(img)
         .ok_or_else(|| Error::Unsupported("the candidate records no QEMU command line".into()))?;
     let binary = qemu.or(img.metadata_value(QEMU_KEY)).unwrap_or("qemu-system-x86_64");
     Ok(UserCommand { qemu: binary.to_owned(), args })
@@ -131,9 +132,15 @@ pub fn recover_points(
     let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
     let _interrupt = crate::cleanup::remove_on_interrupt(work.path());
     let (port, sock) = port_args(work.path());
-    let mut args = cmd.args.clone();
-    args.extend(port);
-    args.extend(vmgenid_args()?);
+    let mut extra = port;
+    extra.extend(vmgenid_args()?);
+    // The arguments that restore candidate `img`: its machine type pinned.
+    let args_for = |img: &Image| {
+        let mut a = crate::replay::compat::restore_args(cmd.args.clone(), img);
+        a.extend(extra.iter().cloned());
+        a
+    };
+    let args = args_for(&images[latest]);
 
     // Before the failure: a QEMU waiting for a stream, or holding the
     // latest candidate paused.
@@ -179,7 +186,7 @@ pub fn recover_points(
             let before = Before { refused, select, held, spent: t.elapsed() };
             return boot_after(&cmd, Vmm::Spawn, before, on_ready);
         };
-        match restore(&cmd, &args, &candidates[i], &images[i], standby.take()) {
+        match restore(&cmd, &args_for(&images[i]), &candidates[i], &images[i], standby.take()) {
             Ok((q, used)) => break (i, q, used),
             Err(e) if e.refuses_candidate() => {
                 agent = None;
@@ -239,9 +246,9 @@ fn restore(
             s.cont()?;
             Ok((s, Vmm::Prestaged))
         }
-        // It holds another candidate, or maps another's RAM: a new QEMU
-        // after all.
-        Some(s) if s.held().is_some() || s.maps().is_some_and(|h| h != hash) => {
+        // It holds another candidate, maps another's RAM, or runs another
+        // machine type: a new QEMU after all.
+        Some(s) if s.held().is_some() || s.maps().is_some_and(|h| h != hash) || s.args() != args => {
             drop(s);
             Ok((spawn_load(cmd, args, path, img)?, Vmm::Spawn))
         }

@@ -109,6 +109,16 @@ fn is_versioned(machine: &str) -> bool {
     })
 }
 
+/// `args` (a command line the image records, or a user's) made to
+/// restore `image`: its machine type pinned to the one its stream was
+/// saved with ([`pin_machine`]), when it records one.
+pub fn restore_args(args: Vec<String>, image: &pbr_format::Image) -> Vec<String> {
+    match image.metadata_value("qemu.machine").filter(|m| !m.is_empty()) {
+        Some(m) => pin_machine(&args, m),
+        None => args,
+    }
+}
+
 /// `args` with the machine type pinned to `machine`: the type of every
 /// `-machine`/`-M` option that names an unversioned one (an alias such as
 /// `q35`) is replaced (its other options are kept), a versioned one is

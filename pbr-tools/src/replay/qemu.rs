@@ -426,16 +426,23 @@ impl QemuAdapter {
     /// array of strings, or a line split on white space), if any.
     /// The machine type is pinned to the one the stream was saved with
     /// (`qemu.machine`, [`super::compat::pin_machine`]), so that a later
-    /// QEMU builds the machine the stream describes.
+    /// QEMU builds the machine the stream describes: these are arguments
+    /// to restore the image with. [`QemuAdapter::recorded_boot_args`] are
+    /// the command line as recorded, to boot the machine afresh.
     pub fn recorded_args(image: &Image) -> Option<Vec<String>> {
+        let args = QemuAdapter::recorded_boot_args(image)?;
+        Some(super::compat::restore_args(args, image))
+    }
+
+    /// The command line `restore.cmdline` records (a JSON array of
+    /// strings, or a line split on white space), as recorded.
+    pub fn recorded_boot_args(image: &Image) -> Option<Vec<String>> {
         let c = image.metadata_value("restore.cmdline")?;
-        let args = serde_json::from_str::<Vec<String>>(c)
-            .ok()
-            .unwrap_or_else(|| c.split_whitespace().map(str::to_owned).collect());
-        Some(match image.metadata_value("qemu.machine").filter(|m| !m.is_empty()) {
-            Some(m) => super::compat::pin_machine(&args, m),
-            None => args,
-        })
+        Some(
+            serde_json::from_str::<Vec<String>>(c)
+                .ok()
+                .unwrap_or_else(|| c.split_whitespace().map(str::to_owned).collect()),
+        )
     }
 }
 
