@@ -8,7 +8,7 @@
 //! cache pages are listed as stale instead.
 //!
 //! [`select`] also checks the stored pages of the candidate it is about to
-//! choose against their crc32 ([`Image::verify_pages`]): a damaged
+//! choose against their crc32 ([`Image::check_page_crcs`]): a damaged
 //! candidate is never chosen, the next older valid one is.
 //! [`select_fast`] skips that check, for callers that check every page as
 //! they restore it.
@@ -249,7 +249,7 @@ pub fn select(candidates: &[&Image], root: &Path, strict: bool) -> Selection {
     s.chosen = None;
     for v in s.verdicts.iter_mut().filter(|v| v.valid) {
         v.pages_checked = true;
-        match candidates[v.index].verify_pages() {
+        match candidates[v.index].check_page_crcs() {
             Ok(_) => {
                 s.chosen = Some(v.index);
                 break;

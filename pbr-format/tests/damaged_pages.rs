@@ -72,6 +72,7 @@ fn every_reader_refuses_every_damaged_page() {
             assert!(img.read_page(e.gfn, &mut buf).is_err(), "{what}: its duplicate {:#x} was read", e.gfn);
         }
         assert!(img.verify_pages().is_err(), "{what}: verify_pages passed");
+        assert!(img.check_page_crcs().is_err(), "{what}: check_page_crcs passed");
         assert!(img.content_hash().is_err(), "{what}: content_hash passed");
         assert!(img.verify().is_err(), "{what}: verify passed");
     }

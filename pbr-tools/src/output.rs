@@ -129,7 +129,7 @@ impl StreamFile {
 pub fn write_stream<T>(image: &pbr_format::Image, dest: &Path, write: impl FnOnce(&File) -> Result<T>) -> Result<T> {
     if is_device_or_pipe(dest) {
         // Before the pipe is opened: its reader gets nothing at all.
-        image.verify_pages()?;
+        image.check_page_crcs()?;
     }
     let out = StreamFile::create(dest)?;
     let r = write(out.file())?;

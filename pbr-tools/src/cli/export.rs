@@ -76,7 +76,7 @@ pub fn run(
     let piped = super::files::is_dash(output);
     if piped {
         // Nothing half-written can be taken back from a pipe.
-        img.verify_pages()?;
+        img.check_page_crcs()?;
     }
     let stdout = || std::io::BufWriter::with_capacity(1 << 20, super::out::Stdout::lock());
     match to {

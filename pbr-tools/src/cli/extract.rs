@@ -25,7 +25,7 @@ pub fn run(image: &Path, what: What<'_>, output: &Path, as_json: bool) -> Result
     let piped = super::files::is_dash(output);
     if piped && matches!(what, What::Pages(_)) {
         // Nothing half-written can be taken back from a pipe.
-        img.verify_pages()?;
+        img.check_page_crcs()?;
     }
     let write = |f: &mut dyn FnMut(&mut dyn Write) -> Result<u64>| -> Result<u64> {
         if piped {

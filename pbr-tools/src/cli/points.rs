@@ -152,7 +152,7 @@ pub fn select_run(images: &[PathBuf], qemu: Option<&str>, fast: bool, as_json: b
         // recover checks them while restoring.
         let verdict = match (img, verdict) {
             (Ok(img), Ok(())) if chosen.is_none() && !fast => {
-                img.verify_pages().map(|_| ()).map_err(|e| format!("damaged: {e}"))
+                img.check_page_crcs().map(|_| ()).map_err(|e| format!("damaged: {e}"))
             }
             (_, v) => v,
         };

@@ -61,7 +61,7 @@ pub fn run(path: &Path, as_json: bool, quiet: bool) -> Result<ExitCode> {
 pub fn pages_run(path: &Path, as_json: bool) -> Result<ExitCode> {
     let img = Image::open(path)?;
     let t = std::time::Instant::now();
-    let r = img.verify_pages();
+    let r = img.check_page_crcs();
     let check_s = t.elapsed().as_secs_f64();
     match (r, as_json) {
         (Ok(pages), true) => {

@@ -56,7 +56,7 @@ impl Prepared {
             // through the stream, so each is checked here, before the
             // stream that lets the guest run exists.
             let t = Instant::now();
-            image.verify_pages()?;
+            image.check_page_crcs()?;
             check_time = t.elapsed();
             let mut bytes = Vec::new();
             let opts = ExportOptions { omit_zero_pages: true, mapped_ram: true };
