@@ -13,6 +13,7 @@ pub mod error;
 pub mod export;
 pub mod extract;
 pub mod flat;
+pub mod holes;
 pub mod libvirt;
 pub mod manifest;
 pub mod output;

@@ -175,3 +175,34 @@ fn endless_inputs_are_refused_in_one_line() {
         assert_eq!(stderr(&r).lines().count(), 1, "{cmd}: {}", stderr(&r));
     }
 }
+
+/// A flat image's zero pages are holes, which the check a restore makes
+/// takes as zeros without reading: a page whose bytes were punched out is
+/// a hole whose crc32 is not a zero page's, and is refused.
+#[test]
+fn a_page_punched_out_of_a_flat_image_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (good, _, _, _) = good_and_damaged(d);
+    let flat = d.join("flat.pbr");
+    pbr_img_ok(&["unpack", "--flat", s(&good), "-o", s(&flat)]);
+    pbr_img_ok(&["verify", "--pages", s(&flat)]);
+    let img = Image::open(&flat).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (gfn, at) = img
+        .extents()
+        .filter(|e| e.encoding == PageEncoding::Raw)
+        .flat_map(|e| e.gfns().map(move |g| (g, e.data + (g - e.gfn) * 4096)))
+        .find(|&(g, _)| img.read_page(g, &mut buf).unwrap().iter().any(|&b| b != 0))
+        .unwrap();
+    drop(img);
+    let punched = std::process::Command::new("fallocate")
+        .args(["--punch-hole", "--offset", &at.to_string(), "--length", "4096"])
+        .arg(&flat)
+        .status()
+        .unwrap();
+    assert!(punched.success());
+    let r = pbr_img(&["verify", "--pages", s(&flat)]);
+    assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
+    assert!(stderr(&r).contains(&format!("gfn {gfn:#x}")), "{}", stderr(&r));
+}

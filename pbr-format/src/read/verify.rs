@@ -1,6 +1,8 @@
 //! Full verification: every checksum, every page, the trailer hash
 //! (`spec/format.md` §9).
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -51,6 +53,14 @@ pub struct CheckReport {
     pub damage: Vec<Error>,
     /// How many failures there are in all.
     pub damaged: u64,
+}
+
+/// How stored pages are checked.
+struct Check<'a> {
+    /// Against their blake3 too, when the image has page hashes.
+    hashes: bool,
+    /// File ranges known to read as zeros (sorted).
+    zeros: &'a [Range<u64>],
 }
 
 /// Pages checked per parallel work item.
@@ -117,7 +127,7 @@ impl Image {
     /// # Ok::<(), pbr_format::Error>(())
     /// ```
     pub fn verify_pages(&self) -> Result<u64> {
-        let (good, _, errors) = self.check_pages(1, true, &|_| {});
+        let (good, _, errors) = self.check_pages(1, Check { hashes: true, zeros: &[] }, &|_| {});
         match errors.into_iter().next() {
             Some(e) => Err(e),
             None => Ok(good),
@@ -140,7 +150,31 @@ impl Image {
     /// # Ok::<(), pbr_format::Error>(())
     /// ```
     pub fn check_page_crcs(&self) -> Result<u64> {
-        let (good, _, errors) = self.check_pages(1, false, &|_| {});
+        self.check_page_crcs_outside(&[])
+    }
+
+    /// As [`Image::check_page_crcs`], where `zeros` are byte ranges of the
+    /// file the caller knows read as zeros (the holes of a sparse file, as
+    /// `lseek(SEEK_HOLE)` reports them; sorted, not overlapping): a raw page
+    /// wholly inside one is checked against the crc32 of a zero page without
+    /// being read. A flat image keeps its zero pages as holes, which would
+    /// otherwise be read (and allocated in the page cache) only to be found
+    /// zero.
+    ///
+    /// # Errors
+    /// As [`Image::check_page_crcs`]; a page in a hole whose crc32 is not a
+    /// zero page's is damaged.
+    ///
+    /// # Example
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+    /// let image = pbr_format::Image::open(path)?;
+    /// // A "hole" over the whole file: the stored pages are not zero pages.
+    /// assert!(image.check_page_crcs_outside(&[0..image.file_len()]).is_err());
+    /// # Ok::<(), pbr_format::Error>(())
+    /// ```
+    pub fn check_page_crcs_outside(&self, zeros: &[Range<u64>]) -> Result<u64> {
+        let (good, _, errors) = self.check_pages(1, Check { hashes: false, zeros }, &|_| {});
         match errors.into_iter().next() {
             Some(e) => Err(e),
             None => Ok(good),
@@ -180,7 +214,7 @@ impl Image {
             progress(s.length);
         }
         // Pages before the PAGE_DATA crc: a page error names the page.
-        let (pages, bad, errors) = self.check_pages(max_listed, true, progress);
+        let (pages, bad, errors) = self.check_pages(max_listed, Check { hashes: true, zeros: &[] }, progress);
         r.pages = pages;
         r.damaged += bad;
         for e in errors {
@@ -207,10 +241,15 @@ impl Image {
         r
     }
 
-    /// Checks every stored page (its blake3 too when `hashes`): the good
-    /// ones counted, the bad ones counted and the first `max_listed` of
-    /// them (in file order) kept.
-    fn check_pages(&self, max_listed: usize, hashes: bool, progress: &(dyn Fn(u64) + Sync)) -> (u64, u64, Vec<Error>) {
+    /// Checks every stored page as `how` says: the good ones counted, the
+    /// bad ones counted and the first `max_listed` of them (in file order)
+    /// kept.
+    fn check_pages(
+        &self,
+        max_listed: usize,
+        how: Check<'_>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> (u64, u64, Vec<Error>) {
         let work: Vec<(crate::Extent, u64, u32)> = self
             .extents()
             .filter(|e| e.encoding.is_stored())
@@ -229,7 +268,7 @@ impl Image {
                 |buf, (e, first, n)| {
                     let (mut good, mut bad, mut errors) = (0, 0, Vec::new());
                     for gfn in *first..*first + u64::from(*n) {
-                        match self.verify_page(e, gfn, buf, hashes) {
+                        match self.verify_page(e, gfn, buf, &how) {
                             Ok(()) => good += 1,
                             Err(err) => {
                                 bad += 1;
@@ -253,10 +292,31 @@ impl Image {
         (good, bad, errors)
     }
 
-    fn verify_page(&self, e: &crate::Extent, gfn: u64, buf: &mut [u8], hashes: bool) -> Result<()> {
+    fn verify_page(&self, e: &crate::Extent, gfn: u64, buf: &mut [u8], how: &Check<'_>) -> Result<()> {
+        if e.encoding == crate::PageEncoding::Raw {
+            let at = self.page_offset(e, gfn);
+            let end = at + u64::from(self.page_size());
+            let i = how.zeros.partition_point(|r| r.end <= at);
+            if how.zeros.get(i).is_some_and(|r| r.start <= at && end <= r.end) {
+                let stored = self.expected_crc(e, gfn).unwrap_or(0);
+                let computed = super::pages::zero_page_crc(self.page_size());
+                if stored != computed {
+                    return Err(Error::new(ErrorKind::ChecksumMismatch {
+                        what: format!(
+                            "raw page gfn {gfn:#x} (stored page {}, a hole of the file)",
+                            e.aux + (gfn - e.gfn)
+                        ),
+                        stored,
+                        computed,
+                    })
+                    .at("PAGE_DATA", at));
+                }
+                return Ok(());
+            }
+        }
         // The read checks the crc32.
         let content = self.read_in_extent(e, gfn, buf)?;
-        if let Some(h) = self.stored_hash(e, gfn).filter(|_| hashes)
+        if let Some(h) = self.stored_hash(e, gfn).filter(|_| how.hashes)
             && *blake3::hash(content).as_bytes() != h
         {
             let k = e.aux + (gfn - e.gfn);

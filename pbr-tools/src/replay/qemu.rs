@@ -257,7 +257,7 @@ impl QemuAdapter {
     /// QEMU did not start or its QMP never came up.
     pub fn standby_prepared(qemu: &str, args: Vec<String>, path: &Path, image: &Image) -> Result<QemuAdapter> {
         let mut q = QemuAdapter::standby_for(qemu, args.clone(), path).or_else(|_| QemuAdapter::standby(qemu, args))?;
-        q.preloaded = Prepared::load(image, q.maps == Some(image.image_blake3())).ok();
+        q.preloaded = Prepared::load(image, path, q.maps == Some(image.image_blake3())).ok();
         Ok(q)
     }
 
@@ -493,12 +493,13 @@ impl HypervisorAdapter for QemuAdapter {
         let mapped = self.mapped;
         let hash = image.image_blake3();
         let preloaded = self.preloaded.take().filter(|p| p.hash == hash && p.mapped == mapped);
+        let path = self.image.clone();
         // What was made ready before took no time of this restore; the
         // rest is made ready while QEMU starts.
         let prepared = std::thread::scope(|s| {
             let loader = s.spawn(|| match preloaded {
                 Some(p) => Ok(p.beforehand()),
-                None => Prepared::load(&image, mapped),
+                None => Prepared::load(&image, &path, mapped),
             });
             if let Some(extra) = &start {
                 // QEMU's standard input is the caller's: a console there
