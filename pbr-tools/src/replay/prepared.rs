@@ -25,9 +25,6 @@ pub(crate) struct Prepared {
     pub(crate) mapped: bool,
     /// How long reading the page-cache pages took.
     pub(crate) refill_time: Duration,
-    /// How long checking the pages QEMU maps took (zero when streamed:
-    /// each page is checked as it is written).
-    pub(crate) check_time: Duration,
     form: Form,
 }
 
@@ -40,26 +37,17 @@ enum Form {
 }
 
 impl Prepared {
-    /// Reads `image`'s (at `path`) page-cache pages back and, when `mapped`, checks
-    /// every stored page against its crc32 and builds its stream with no
-    /// `pc.ram` pages. (Streamed, each page is checked as it is written.)
+    /// Reads `image`'s page-cache pages back and, when `mapped`, builds its
+    /// stream with no `pc.ram` pages (those QEMU maps are checked by
+    /// [`check_mapped`]; streamed, each page is checked as it is written).
     ///
     /// # Errors
-    /// As [`Refill::load`], a damaged page, or the image does not export.
-    pub(crate) fn load(image: &Image, path: &std::path::Path, mapped: bool) -> Result<Prepared> {
+    /// As [`Refill::load`], or the image does not export.
+    pub(crate) fn load(image: &Image, mapped: bool) -> Result<Prepared> {
         let t = Instant::now();
         let refill = Refill::load(image)?;
         let refill_time = t.elapsed();
-        let mut check_time = Duration::ZERO;
         let form = if mapped {
-            // QEMU maps these pages as the guest's RAM: none is read
-            // through the stream, so each is checked here, before the
-            // stream that lets the guest run exists.
-            let t = Instant::now();
-            // Its zero pages are holes of the file: known zero, not read.
-            let holes = std::fs::File::open(path).map(|f| crate::holes::holes(&f)).unwrap_or_default();
-            image.check_page_crcs_outside(&holes)?;
-            check_time = t.elapsed();
             let mut bytes = Vec::new();
             let opts = ExportOptions { omit_zero_pages: true, mapped_ram: true };
             let report = export_qemu_refilled(image, &mut bytes, opts, refill.as_ref())?;
@@ -67,13 +55,13 @@ impl Prepared {
         } else {
             Form::Refill(refill)
         };
-        Ok(Prepared { hash: image.image_blake3(), mapped, refill_time, check_time, form })
+        Ok(Prepared { hash: image.image_blake3(), mapped, refill_time, form })
     }
 
     /// This, made ready before the restore was asked for: none of its
     /// time is the restore's.
     pub(crate) fn beforehand(self) -> Prepared {
-        Prepared { refill_time: Duration::ZERO, check_time: Duration::ZERO, ..self }
+        Prepared { refill_time: Duration::ZERO, ..self }
     }
 
     /// Writes the stream of `image` (the image this was prepared for) to
@@ -94,4 +82,22 @@ impl Prepared {
             }
         }
     }
+}
+
+/// Checks every stored page of `image` (at `path`) against its crc32 before
+/// QEMU's guest runs on them mapped from the file; its holes are known zero.
+/// Runs on one thread: a QEMU started for the restore starts and loads on
+/// the other core meanwhile. Returns how long it took.
+///
+/// # Errors
+/// A damaged page.
+pub(crate) fn check_mapped(image: &Image, path: &std::path::Path) -> Result<Duration> {
+    let t = Instant::now();
+    let holes = std::fs::File::open(path).map(|f| crate::holes::holes(&f)).unwrap_or_default();
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .map_err(|e| Error::Unsupported(format!("cannot start the page check's thread: {e}")))?;
+    one.install(|| image.check_page_crcs_outside(&holes))?;
+    Ok(t.elapsed())
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use pbr_format::{DeviceBlob, DeviceOrigin, Image, Vcpu};
 use serde_json::{Value, json};
 
-use super::prepared::Prepared;
+use super::prepared::{Prepared, check_mapped};
 use super::qemu_stderr::{self, QemuStderr};
 use super::{HypervisorAdapter, RegionPlan, Taken};
 use crate::error::{Error, Result};
@@ -257,7 +257,11 @@ impl QemuAdapter {
     /// QEMU did not start or its QMP never came up.
     pub fn standby_prepared(qemu: &str, args: Vec<String>, path: &Path, image: &Image) -> Result<QemuAdapter> {
         let mut q = QemuAdapter::standby_for(qemu, args.clone(), path).or_else(|_| QemuAdapter::standby(qemu, args))?;
-        q.preloaded = Prepared::load(image, path, q.maps == Some(image.image_blake3())).ok();
+        // The pages it maps are checked now, before the failure; an image
+        // that fails is made ready (and refused) at its restore.
+        let mapped = q.maps == Some(image.image_blake3());
+        q.preloaded =
+            (!mapped || check_mapped(image, path).is_ok()).then(|| Prepared::load(image, mapped).ok()).flatten();
         Ok(q)
     }
 
@@ -287,6 +291,9 @@ impl QemuAdapter {
             .args(extra)
             .arg("-incoming")
             .arg(format!("unix:{}", incoming.display()))
+            // Paused once loaded, whatever the stream says: the guest runs
+            // at `cont`, once every page it maps has been checked.
+            .arg("-S")
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
             .stdin(stdin)
@@ -494,37 +501,48 @@ impl HypervisorAdapter for QemuAdapter {
         let hash = image.image_blake3();
         let preloaded = self.preloaded.take().filter(|p| p.hash == hash && p.mapped == mapped);
         let path = self.image.clone();
-        // What was made ready before took no time of this restore; the
-        // rest is made ready while QEMU starts.
-        let prepared = std::thread::scope(|s| {
+        // The pages QEMU maps, unless checked before the failure, are
+        // checked while QEMU starts and loads the device state (it waits,
+        // paused, for `cont`); the guest runs only once they passed.
+        let check_now = mapped && preloaded.is_none();
+        std::thread::scope(|s| {
+            let check = check_now.then(|| s.spawn(|| check_mapped(&image, &path)));
+            // What was made ready before took no time of this restore; the
+            // rest is made ready while QEMU starts.
             let loader = s.spawn(|| match preloaded {
                 Some(p) => Ok(p.beforehand()),
-                None => Prepared::load(&image, &path, mapped),
+                None => Prepared::load(&image, mapped),
             });
             if let Some(extra) = &start {
                 // QEMU's standard input is the caller's: a console there
                 // works.
                 self.listen_with(std::process::Stdio::inherit(), extra)?;
             }
-            loader.join().map_err(|_| Error::Unsupported("the stream's preparation panicked".into()))?
-        })?;
-        match self.incoming.take() {
-            Some(incoming) => self.resume_standby(&incoming, image, prepared),
-            None => Err(Error::Unsupported("QEMU is not listening for the stream".into())),
-        }
+            let prepared =
+                loader.join().map_err(|_| Error::Unsupported("the stream's preparation panicked".into()))??;
+            let incoming = self
+                .incoming
+                .take()
+                .ok_or_else(|| Error::Unsupported("QEMU is not listening for the stream".into()))?;
+            self.load_stream(&incoming, &image, prepared)?;
+            if let Some(check) = check {
+                self.checked = check.join().map_err(|_| Error::Unsupported("the page check panicked".into()))??;
+            }
+            self.resume_loaded()
+        })
     }
 }
 
 impl QemuAdapter {
-    /// Streams the image into the standby QEMU's listening socket.
-    fn resume_standby(&mut self, incoming: &Path, image: Image, prepared: Prepared) -> Result<()> {
+    /// Streams the image into the listening QEMU and waits until it loaded
+    /// it; the guest stays paused.
+    fn load_stream(&mut self, incoming: &Path, image: &Image, prepared: Prepared) -> Result<()> {
         let out = UnixStream::connect(incoming)
             .map_err(|e| Error::io(format!("cannot reach QEMU's incoming socket {}", incoming.display()), e))?;
         let qmp = self.qmp.as_mut().ok_or_else(|| Error::Unsupported("the standby QEMU has no QMP".into()))?;
         let refill_time = prepared.refill_time;
-        self.checked = prepared.check_time;
         let report = std::thread::scope(|s| {
-            let writer = s.spawn(move || prepared.write_to(&image, out));
+            let writer = s.spawn(move || prepared.write_to(image, out));
             let loaded = qmp.wait_migration(Duration::from_secs(300));
             let written = writer.join().map_err(|_| Error::Unsupported("the stream writer panicked".into()))?;
             // A damaged page stops the stream, so QEMU's load fails too: the
@@ -539,6 +557,12 @@ impl QemuAdapter {
             r => r.map_err(|e| self.failure(e, "while loading the image"))?,
         };
         self.refilled = (report.refilled_pages, refill_time);
+        Ok(())
+    }
+
+    /// Resumes the loaded guest, unless it is to be held paused
+    /// ([`QemuAdapter::prestage`]).
+    fn resume_loaded(&mut self) -> Result<()> {
         if !self.hold {
             let qmp = self.qmp.as_mut().ok_or_else(|| Error::Unsupported("the standby QEMU has no QMP".into()))?;
             if let Err(e) = qmp.cmd("cont", json!({})) {
