@@ -160,3 +160,44 @@ fn standby_mapping_one_image_refuses_another() {
     let err = replay(&other, &File::open(&flats[0]).unwrap(), &mut q).unwrap_err().to_string();
     assert!(err.contains("maps another image's RAM"), "{err}");
 }
+
+/// A flat image with one damaged page of its RAM: QEMU 10 maps it and
+/// loads the device state, paused, while the pages are checked; the check
+/// fails, the guest is never resumed, and the error names the page.
+#[test]
+fn a_damaged_flat_image_is_refused_before_its_guest_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let flat = flat_daemons(d);
+    let img = Image::open(&flat).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (gfn, at) = img
+        .extents()
+        .filter(|e| e.encoding == pbr_format::PageEncoding::Raw && e.gfn < 0x8000)
+        .flat_map(|e| e.gfns().map(move |g| (g, e.data + (g - e.gfn) * 4096)))
+        .find(|&(g, _)| img.read_page(g, &mut buf).unwrap().iter().any(|&b| b != 0))
+        .unwrap();
+    drop(img);
+    let mut bytes = std::fs::read(&flat).unwrap();
+    bytes[at as usize + 7] ^= 0x40;
+    std::fs::write(&flat, bytes).unwrap();
+    let (qemu, mut args) = qemu10_machine();
+    let port = pbr_tools::phase::service::free_port().unwrap();
+    pbr_tools::phase::service::forward(&mut args, port).unwrap();
+    args.extend([
+        "-serial".into(),
+        format!("file:{}", d.join("ttyS0.txt").display()),
+        "-serial".into(),
+        format!("unix:{},server=on,wait=off", d.join("ttyS1.sock").display()),
+    ]);
+    let img = Image::open(&flat).unwrap();
+    let mut q = QemuAdapter::new(&flat, &qemu, args).unwrap();
+    let e = replay(&img, &File::open(&flat).unwrap(), &mut q).unwrap_err();
+    assert!(q.ram_mapped(), "the RAM was to be mapped");
+    assert!(e.is_damage(), "{e}");
+    assert!(e.to_string().contains(&format!("gfn {gfn:#x}")), "{e}");
+    // QEMU still waits, paused: the guest never ran.
+    let qmp = q.qmp.as_mut().unwrap();
+    let status = qmp.cmd("query-status", serde_json::json!({})).unwrap();
+    assert_eq!(status["running"], false, "{status}");
+}

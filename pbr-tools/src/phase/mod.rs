@@ -385,9 +385,9 @@ pub struct Recovery {
     /// What the standby or prestaged QEMU held in memory just before the
     /// decision; `None` without one.
     pub held: Option<resident::Resident>,
-    /// Of the restore, checking the crc32 of the pages QEMU maps from a
-    /// flat candidate (zero when done before the decision, or streamed:
-    /// each streamed page is checked as it is written).
+    /// Checking the crc32 of the pages QEMU maps from a flat candidate,
+    /// beside QEMU's start and load (zero when done before the decision,
+    /// or streamed: each streamed page is checked as it is written).
     pub page_check: Duration,
     /// The candidates refused, latest first: one that does not open, or
     /// whose restore found a damaged page or pages it cannot refill (before

@@ -59,9 +59,9 @@ pub struct PointsRecovery {
     /// Whether QEMU mapped the guest's RAM from a flat candidate rather
     /// than loading it from the stream.
     pub ram_mapped: bool,
-    /// Of the restore, checking the crc32 of the pages QEMU maps from a
-    /// flat candidate (zero when done before the decision, or streamed:
-    /// each streamed page is checked as it is written).
+    /// Checking the crc32 of the pages QEMU maps from a flat candidate,
+    /// beside QEMU's start and load (zero when done before the decision,
+    /// or streamed: each streamed page is checked as it is written).
     pub page_check: Duration,
 }
 

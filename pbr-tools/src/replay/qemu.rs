@@ -390,9 +390,10 @@ impl QemuAdapter {
     }
 
     /// How long the restore spent checking the crc32 of the pages QEMU maps
-    /// from a flat image (while QEMU started, when it was started for the
-    /// restore; zero when that was done before the decision, or when the
-    /// pages were streamed and checked as they were written).
+    /// from a flat image (beside QEMU's start and load, when QEMU was
+    /// started for the restore; zero when that was done before the
+    /// decision, or when the pages were streamed and checked as they were
+    /// written).
     pub fn page_check_time(&self) -> Duration {
         self.checked
     }
