@@ -66,7 +66,7 @@ f_restore=$(col 1 "$work/flat.ms"); f_down=$(col 2 "$work/flat.ms"); f_check=$(c
 pct() { python3 -c "print(round(100 * $1 / $2, 1))"; }
 echo "$mem MiB guest, daemons candidate with $stored MiB of stored pages, medians of $runs:"
 echo "  streamed: restore $s_restore ms, recovery $s_down ms; crc32 of every stored page alone $s_check ms ($(pct "$s_check" "$s_restore")% of the restore, $(pct "$s_check" "$s_down")% of the recovery)"
-echo "  flat:     restore $f_restore ms, recovery $f_down ms; page check on the path $f_check ms ($(pct "$f_check" "$f_restore")% of the restore, $(pct "$f_check" "$f_down")% of the recovery)"
+echo "  flat:     restore $f_restore ms, recovery $f_down ms; page check beside QEMU's start and load $f_check ms ($(pct "$f_check" "$f_restore")% of the restore, $(pct "$f_check" "$f_down")% of the recovery)"
 if [ -n "$before" ]; then
     sb=$(col 1 "$work/streamed-before.ms"); fb=$(col 1 "$work/flat-before.ms")
     echo "  without the check ($before): streamed restore $sb ms, flat restore $fb ms; the check adds $(pct "($s_restore - $sb)" "$sb")% and $(pct "($f_restore - $fb)" "$fb")% to the restore"
