@@ -122,7 +122,7 @@ pub struct Refill {
 }
 
 impl Refill {
-    /// Reads back every page of `img` that [`pending`] names, after proving
+    /// Reads back every page of `img` that [`Image::pages_to_refill`] names, after proving
     /// each disk unchanged since capture; `None` when the image has none.
     ///
     /// # Errors
