@@ -283,7 +283,7 @@ impl Image {
 
     /// Checks `content`, page `gfn` of extent `e` as read, against the
     /// crc32 the index holds for it. Zero and trimmed pages hold no bytes
-    /// and pass; base pages have no crc32 here and pass.
+    /// and pass, as do base pages (they are checked against their base).
     ///
     /// # Errors
     /// [`ErrorKind::ChecksumMismatch`] naming the page, with the `PAGE_DATA`
@@ -304,7 +304,10 @@ impl Image {
         if !e.encoding.is_stored() && e.encoding != PageEncoding::Dup {
             return Ok(());
         }
-        let Some(stored) = self.expected_crc(e, gfn) else { return Ok(()) };
+        // A stored page without a crc32 is never handed out unchecked.
+        let stored = self.expected_crc(e, gfn).ok_or_else(|| {
+            Error::malformed("PAGE_CRCS", self.page_offset(e, gfn), format!("no crc32 for the page of gfn {gfn:#x}"))
+        })?;
         let computed = crc32fast::hash(content);
         if computed == stored {
             return Ok(());
