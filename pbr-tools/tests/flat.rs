@@ -57,9 +57,10 @@ fn qemu10_machine() -> (String, Vec<String>) {
     (qemu, machine)
 }
 
-/// Restores `image` with QEMU 10 and waits for the guest's service; returns
-/// whether the RAM was mapped.
-fn restore(image: &Path, d: &Path) -> bool {
+/// QEMU 10 and the fixture guest's command line with its two serial ports
+/// in `d` (the second, a socket, returned) and its service forwarded to a
+/// free host port (returned).
+fn qemu10_guest(d: &Path) -> (String, Vec<String>, u16, std::path::PathBuf) {
     let (qemu, mut args) = qemu10_machine();
     let (tty0, tty1) = (d.join("ttyS0.txt"), d.join("ttyS1.sock"));
     let _ = std::fs::remove_file(&tty1);
@@ -71,6 +72,13 @@ fn restore(image: &Path, d: &Path) -> bool {
         "-serial".into(),
         format!("unix:{},server=on,wait=off", tty1.display()),
     ]);
+    (qemu, args, port, tty1)
+}
+
+/// Restores `image` with QEMU 10 and waits for the guest's service; returns
+/// whether the RAM was mapped.
+fn restore(image: &Path, d: &Path) -> bool {
+    let (qemu, args, port, tty1) = qemu10_guest(d);
     let img = Image::open(image).unwrap();
     let mut q = QemuAdapter::new(image, &qemu, args).unwrap();
     replay(&img, &File::open(image).unwrap(), &mut q).unwrap();
@@ -181,15 +189,7 @@ fn a_damaged_flat_image_is_refused_before_its_guest_runs() {
     let mut bytes = std::fs::read(&flat).unwrap();
     bytes[at as usize + 7] ^= 0x40;
     std::fs::write(&flat, bytes).unwrap();
-    let (qemu, mut args) = qemu10_machine();
-    let port = pbr_tools::phase::service::free_port().unwrap();
-    pbr_tools::phase::service::forward(&mut args, port).unwrap();
-    args.extend([
-        "-serial".into(),
-        format!("file:{}", d.join("ttyS0.txt").display()),
-        "-serial".into(),
-        format!("unix:{},server=on,wait=off", d.join("ttyS1.sock").display()),
-    ]);
+    let (qemu, args, _, _) = qemu10_guest(d);
     let img = Image::open(&flat).unwrap();
     let mut q = QemuAdapter::new(&flat, &qemu, args).unwrap();
     let e = replay(&img, &File::open(&flat).unwrap(), &mut q).unwrap_err();
