@@ -72,69 +72,28 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<PathBuf> {
     out.commit()
 }
 
-/// Where a stream (not an image: it is written front to back) goes: a
-/// regular file, written atomically, or a character device or named pipe
-/// that is already there, written directly and never replaced.
-pub enum StreamFile {
-    /// A regular file, through a temporary file.
-    Atomic(AtomicFile),
-    /// A character device or named pipe, opened for writing.
-    Direct(File),
-}
-
-impl StreamFile {
-    /// Opens `dest` as its kind says.
-    ///
-    /// # Errors
-    /// `dest` is a block device, a directory or a socket, or cannot be
-    /// opened or created.
-    pub fn create(dest: &Path) -> Result<StreamFile> {
-        if !is_device_or_pipe(dest) {
-            return AtomicFile::create(dest).map(StreamFile::Atomic);
-        }
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(dest)
-            .map(StreamFile::Direct)
-            .map_err(|e| Error::io(format!("cannot open {} for writing", dest.display()), e))
-    }
-
-    /// The file to write.
-    pub fn file(&self) -> &File {
-        match self {
-            StreamFile::Atomic(a) => a.file(),
-            StreamFile::Direct(f) => f,
-        }
-    }
-
-    /// Finishes: [`AtomicFile::commit`] for a regular file.
-    ///
-    /// # Errors
-    /// As [`AtomicFile::commit`].
-    pub fn commit(self, dest: &Path) -> Result<PathBuf> {
-        match self {
-            StreamFile::Atomic(a) => a.commit(),
-            StreamFile::Direct(_) => Ok(dest.to_path_buf()),
-        }
-    }
-}
-
 /// Writes a stream made from `image` to `dest` with `write`: atomically to
 /// a regular file; directly to a character device or named pipe, after
 /// every stored page of `image` passed its crc32 (a damaged page found half
 /// way could not be taken back there).
 ///
 /// # Errors
-/// As [`StreamFile::create`], a damaged page, or what `write` returns.
+/// As [`AtomicFile::create`] and [`AtomicFile::commit`], a device or pipe
+/// that does not open, a damaged page, or what `write` returns.
 pub fn write_stream<T>(image: &pbr_format::Image, dest: &Path, write: impl FnOnce(&File) -> Result<T>) -> Result<T> {
-    if is_device_or_pipe(dest) {
-        // Before the pipe is opened: its reader gets nothing at all.
-        image.check_page_crcs()?;
+    if !is_device_or_pipe(dest) {
+        let out = AtomicFile::create(dest)?;
+        let r = write(out.file())?;
+        out.commit()?;
+        return Ok(r);
     }
-    let out = StreamFile::create(dest)?;
-    let r = write(out.file())?;
-    out.commit(dest)?;
-    Ok(r)
+    // Before the pipe is opened: its reader gets nothing at all.
+    image.check_page_crcs()?;
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dest)
+        .map_err(|e| Error::io(format!("cannot open {} for writing", dest.display()), e))?;
+    write(&out)
 }
 
 /// Whether `path` is a character device or a named pipe: a stream is

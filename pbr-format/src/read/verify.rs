@@ -127,11 +127,7 @@ impl Image {
     /// # Ok::<(), pbr_format::Error>(())
     /// ```
     pub fn verify_pages(&self) -> Result<u64> {
-        let (good, _, errors) = self.check_pages(1, Check { hashes: true, zeros: &[] }, &|_| {});
-        match errors.into_iter().next() {
-            Some(e) => Err(e),
-            None => Ok(good),
-        }
+        self.first_damage(Check { hashes: true, zeros: &[] })
     }
 
     /// Checks every stored page against its crc32 only, in parallel: the
@@ -174,7 +170,13 @@ impl Image {
     /// # Ok::<(), pbr_format::Error>(())
     /// ```
     pub fn check_page_crcs_outside(&self, zeros: &[Range<u64>]) -> Result<u64> {
-        let (good, _, errors) = self.check_pages(1, Check { hashes: false, zeros }, &|_| {});
+        self.first_damage(Check { hashes: false, zeros })
+    }
+
+    /// Checks every stored page as `how` says: how many there are, or the
+    /// first damaged one in file order.
+    fn first_damage(&self, how: Check<'_>) -> Result<u64> {
+        let (good, _, errors) = self.check_pages(1, how, &|_| {});
         match errors.into_iter().next() {
             Some(e) => Err(e),
             None => Ok(good),

@@ -1081,6 +1081,7 @@ fn check_regions(regions: &[Region<'_>], page_size: u32) -> Result<()> {
     }
     Ok(())
 }
+
 /// The path an atomically written output is renamed to: `path`, or the
 /// file a symbolic link at `path` points to (the link is kept). Only a
 /// regular file is ever replaced: anything else already at `path` (a

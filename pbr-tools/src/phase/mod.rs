@@ -500,28 +500,8 @@ pub fn recover(
             .ok_or_else(|| Error::Unsupported("the candidate records no restore command line".into()))?;
         service::forward(&mut args, port)?;
         args.extend(serial.iter().cloned());
-        // A standby QEMU of another machine, or holding another image,
-        // goes first: it holds the serial socket and the service's host
-        // port.
-        let hash = img.image_blake3();
-        let reuse = standby
-            .filter(|s| s.args() == args && s.held().is_none_or(|h| h == hash) && s.maps().is_none_or(|h| h == hash));
-        Ok(match reuse {
-            Some(mut s) if s.held().is_some() => {
-                s.cont()?;
-                Attempt::Qemu(Box::new(s), Vmm::Prestaged)
-            }
-            Some(mut s) => {
-                s.set_image(&candidates[chosen]);
-                load(img, &candidates[chosen], &mut s)?;
-                Attempt::Qemu(Box::new(s), Vmm::Standby)
-            }
-            None => {
-                let mut q = QemuAdapter::new(&candidates[chosen], qemu, args)?;
-                load(img, &candidates[chosen], &mut q)?;
-                Attempt::Qemu(Box::new(q), Vmm::Spawn)
-            }
-        })
+        let (q, used) = restore::restore_into(qemu, &args, &candidates[chosen], img, standby)?;
+        Ok(Attempt::Qemu(Box::new(q), used))
     };
     let mut tried = order.into_iter();
     let (chosen, mut q, used) = loop {
@@ -584,12 +564,6 @@ pub fn recover(
 enum Attempt {
     Qemu(Box<QemuAdapter>, Vmm),
     Kvm(Box<Recovery>),
-}
-
-/// Replays `img` (at `path`) into `q` and resumes it.
-fn load(img: &Image, path: &Path, q: &mut QemuAdapter) -> Result<()> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io("candidate", e))?;
-    replay(img, &file, q).map(|_| ())
 }
 
 /// Where a candidate's phase stands in its boot: later phases sort higher.

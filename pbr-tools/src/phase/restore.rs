@@ -186,7 +186,7 @@ pub fn recover_points(
             let before = Before { refused, select, held, spent: t.elapsed() };
             return boot_after(&cmd, Vmm::Spawn, before, on_ready);
         };
-        match restore(&cmd, &args_for(&images[i]), &candidates[i], &images[i], standby.take()) {
+        match restore_into(&cmd.qemu, &args_for(&images[i]), &candidates[i], &images[i], standby.take()) {
             Ok((q, used)) => break (i, q, used),
             Err(e) if e.refuses_candidate() => {
                 agent = None;
@@ -231,10 +231,14 @@ pub fn recover_points(
     Ok(r)
 }
 
-/// Restores `img` (at `path`) into the waiting QEMU where it can take it,
-/// else into a new one; says which way it went.
-fn restore(
-    cmd: &UserCommand,
+/// Restores `img` (at `path`) with `args` into the waiting QEMU where it
+/// can take it, else into a new `qemu` (the waiting one is stopped first:
+/// it holds the ports and sockets of `args`); says which way it went.
+///
+/// # Errors
+/// QEMU failed, or the image is damaged (the guest never ran).
+pub(crate) fn restore_into(
+    qemu: &str,
     args: &[String],
     path: &Path,
     img: &Image,
@@ -250,19 +254,19 @@ fn restore(
         // machine type: a new QEMU after all.
         Some(s) if s.held().is_some() || s.maps().is_some_and(|h| h != hash) || s.args() != args => {
             drop(s);
-            Ok((spawn_load(cmd, args, path, img)?, Vmm::Spawn))
+            Ok((spawn_load(qemu, args, path, img)?, Vmm::Spawn))
         }
         Some(mut s) => {
             s.set_image(path);
             load(img, path, &mut s)?;
             Ok((s, Vmm::Standby))
         }
-        None => Ok((spawn_load(cmd, args, path, img)?, Vmm::Spawn)),
+        None => Ok((spawn_load(qemu, args, path, img)?, Vmm::Spawn)),
     }
 }
 
-fn spawn_load(cmd: &UserCommand, args: &[String], path: &Path, img: &Image) -> Result<QemuAdapter> {
-    let mut q = QemuAdapter::new(path, &cmd.qemu, args.to_vec())?;
+fn spawn_load(qemu: &str, args: &[String], path: &Path, img: &Image) -> Result<QemuAdapter> {
+    let mut q = QemuAdapter::new(path, qemu, args.to_vec())?;
     load(img, path, &mut q)?;
     Ok(q)
 }
