@@ -455,7 +455,7 @@ pub fn recover(
         }
     };
     // Asked before the decision: a flat candidate's restore needs it.
-    let _ = crate::replay::qemu::qemu_full_version(qemu);
+    let _ = crate::replay::compat::qemu_full_version(qemu);
     let held = standby.as_ref().and_then(QemuAdapter::pid).and_then(resident::Resident::of);
     let t = Instant::now();
     // A candidate that does not open is refused, never trusted; the others

@@ -34,7 +34,7 @@ impl QemuHost {
         if let Some(h) = seen.lock().ok().and_then(|m| m.get(qemu).cloned()) {
             return Ok(h);
         }
-        let version = super::qemu::qemu_full_version(qemu).ok_or_else(|| format!("cannot run {qemu} --version"))?;
+        let version = qemu_full_version(qemu).ok_or_else(|| format!("cannot run {qemu} --version"))?;
         let out = Command::new(qemu)
             .args(["-machine", "help"])
             .output()
@@ -82,6 +82,27 @@ impl QemuHost {
         }
         Ok(())
     }
+}
+
+/// `qemu --version`'s version number (`7.2.22`). QEMU is asked once per
+/// binary and process: a recovery asks before its decision, so that the
+/// timed restore does not start a process to learn it.
+pub fn qemu_full_version(qemu: &str) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<Mutex<HashMap<String, Option<String>>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(v) = seen.lock().ok().and_then(|m| m.get(qemu).cloned()) {
+        return v;
+    }
+    let v = Command::new(qemu).arg("--version").output().ok().and_then(|out| {
+        let text = String::from_utf8_lossy(&out.stdout);
+        Some(text.split("version ").nth(1)?.split_whitespace().next()?.to_owned())
+    });
+    if let Ok(mut m) = seen.lock() {
+        m.insert(qemu.to_owned(), v.clone());
+    }
+    v
 }
 
 /// The machine types of `qemu -machine help`: the first word of each line

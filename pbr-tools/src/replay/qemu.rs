@@ -580,30 +580,9 @@ impl QemuAdapter {
 
 /// `qemu --version` as (major, minor).
 pub fn qemu_version(qemu: &str) -> Option<(u32, u32)> {
-    let v = qemu_full_version(qemu)?;
+    let v = super::compat::qemu_full_version(qemu)?;
     let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
     Some((parts.next()??, parts.next()??))
-}
-
-/// `qemu --version`'s version number (`7.2.22`). QEMU is asked once per
-/// binary and process: a recovery asks before its decision, so that the
-/// timed restore does not start a process to learn it.
-pub fn qemu_full_version(qemu: &str) -> Option<String> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    static SEEN: OnceLock<Mutex<HashMap<String, Option<String>>>> = OnceLock::new();
-    let seen = SEEN.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(v) = seen.lock().ok().and_then(|m| m.get(qemu).cloned()) {
-        return v;
-    }
-    let v = Command::new(qemu).arg("--version").output().ok().and_then(|out| {
-        let text = String::from_utf8_lossy(&out.stdout);
-        Some(text.split("version ").nth(1)?.split_whitespace().next()?.to_owned())
-    });
-    if let Ok(mut m) = seen.lock() {
-        m.insert(qemu.to_owned(), v.clone());
-    }
-    v
 }
 
 /// QEMU arguments that back the `pc.ram` block with the flat image at
