@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 command -v qemu-system-x86_64 >/dev/null || { echo "needs QEMU 7.2 on PATH (scripts/test puts it there)" >&2; exit 2; }
-cargo build --release -q -p pbr-tools
+cargo build --release -q -p pbr-img
 pbr="$(scripts/target-dir)/release/pbr-img"
 qemu10="$(scripts/fetch-qemu10 2>/dev/null)"
 read -r kernel initrd < <(scripts/fetch-guest 2>/dev/null)

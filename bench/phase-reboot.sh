@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
 done
 # QEMU 7.2 first on PATH (the system's, or unpacked by scripts/fetch-qemu72).
 PATH="$(scripts/fetch-qemu72):$PATH"
-cargo build --release -q -p pbr-tools
+cargo build --release -q -p pbr-img
 target="$(scripts/target-dir)"
 pbr="$target/release/pbr-img"
 read -r kernel initrd < <(scripts/fetch-guest)

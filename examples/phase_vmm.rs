@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use pbr_format::pod::KvmSegment;
 use pbr_format::{Image, ImageWriter, PageClass, Phase, Region, Vcpu, WriterOptions, X86Vcpu};
-use pbr_tools::replay::kvm::{Exit, KvmAdapter};
-use pbr_tools::replay::replay;
+use pbr_replay::kvm::{Exit, KvmAdapter};
+use pbr_replay::replay;
 
 /// Guest-physical layout: 1 MiB of RAM, code at 0x1000, counter at 0x500.
 const RAM: u64 = 1 << 20;
@@ -108,7 +108,7 @@ pub fn boot_and_capture(dir: &Path) -> Vec<(PathBuf, u32)> {
 
 /// Replays `image` into a fresh VM and returns what replay did and the
 /// next `n` counts.
-pub fn restart(image: &Path, n: usize) -> (pbr_tools::replay::ReplayReport, Vec<u32>) {
+pub fn restart(image: &Path, n: usize) -> (pbr_replay::ReplayReport, Vec<u32>) {
     let img = Image::open(image).expect("image");
     let file = File::open(image).expect("image file");
     let mut vm = KvmAdapter::new().expect("KVM");

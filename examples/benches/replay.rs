@@ -14,9 +14,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pbr_format::{Image, ImageWriter, PageClass, Phase, Region, Vcpu, WriterOptions};
-use pbr_tools::replay::kvm::KvmAdapter;
-use pbr_tools::replay::qemu::Qmp;
-use pbr_tools::replay::replay;
+use pbr_replay::kvm::KvmAdapter;
+use pbr_replay::qemu::Qmp;
+use pbr_replay::replay;
 use serde_json::json;
 
 #[path = "../phase_vmm.rs"]

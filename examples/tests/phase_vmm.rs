@@ -9,7 +9,7 @@ mod vmm;
 /// when /dev/kvm exists) a missing KVM fails the test; otherwise it skips,
 /// saying so.
 fn kvm_available() -> bool {
-    match pbr_tools::replay::kvm::KvmAdapter::new() {
+    match pbr_replay::kvm::KvmAdapter::new() {
         Ok(_) => true,
         Err(e) if std::env::var_os("PBR_REQUIRE_KVM").is_some_and(|v| v == "1") => {
             panic!("PBR_REQUIRE_KVM=1 but KVM is not usable: {e}")
@@ -59,12 +59,11 @@ fn recover_uses_kvm_for_vmm_images() {
     let images = vmm::boot_and_capture(dir.path());
     let paths: Vec<_> = images.iter().map(|(p, _)| p.clone()).collect();
     let mut called = false;
-    let r =
-        pbr_tools::phase::recover(&paths, None, "qemu-system-x86_64", pbr_tools::phase::Vmm::Spawn, &mut |_, child| {
-            assert!(child.is_none(), "no QEMU for a VMM image");
-            called = true;
-        })
-        .unwrap();
+    let r = pbr_reboot::recover(&paths, None, "qemu-system-x86_64", pbr_reboot::Vmm::Spawn, &mut |_, child| {
+        assert!(child.is_none(), "no QEMU for a VMM image");
+        called = true;
+    })
+    .unwrap();
     assert!(called);
     let (last, at) = images.last().unwrap();
     assert_eq!(&r.chosen, last);

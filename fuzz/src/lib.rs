@@ -334,7 +334,7 @@ pub mod smoke;
 pub mod agent_port {
     use pbr_agent::frame::FrameReader;
     use pbr_agent::message::Message;
-    use pbr_tools::phase::seal::Seals;
+    use pbr_tools::seal::Seals;
 
     /// Runs one input.
     pub fn run(data: &[u8]) {

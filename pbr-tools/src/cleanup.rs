@@ -5,7 +5,8 @@
 //!
 //! An interrupt that comes once the run's output (registered with
 //! [`output`]) has been renamed into place no longer fails the run: it ends
-//! as it would have, and [`after_run`] names the output written.
+//! as it would have ([`interrupt`] decides). The program installs the
+//! signal handlers itself and calls [`interrupt`] from them.
 //!
 //! Temporary files of outputs (this crate's [`crate::output::AtomicFile`]
 //! and `pbr_format::ImageWriter`) are named `.pbr-<process ID>-*.tmp`, so a
@@ -16,10 +17,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
-
-use crate::error::{Error, Result};
 
 /// What to clean up, each entry under the ID of its registration.
 struct State {
@@ -36,14 +34,6 @@ type Identity = (u64, u64);
 
 static STATE: Mutex<State> =
     Mutex::new(State { next: 0, temp_dirs: Vec::new(), paths: Vec::new(), children: Vec::new(), outputs: Vec::new() });
-
-/// The signal being handled, 0 before any.
-static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
-/// Held while an interrupt is cleaned up, until the process exits or the
-/// interrupt is found to have come after the output was written.
-static CLEANING: Mutex<()> = Mutex::new(());
-/// The output an interrupt found written.
-static WRITTEN: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 fn state() -> std::sync::MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -145,64 +135,6 @@ pub fn remove_on_interrupt(path: &Path) -> Registration {
 /// a second).
 pub fn stop_on_interrupt(pid: u32) -> Registration {
     register(|s, id| s.children.push((id, pid)))
-}
-
-/// Starts a thread that waits for SIGINT and SIGTERM; on either, cleans up
-/// what is registered and exits with 128 + the signal number, unless the
-/// run's output was already written ([`interrupt`]).
-///
-/// # Errors
-/// The signal handlers could not be installed.
-pub fn install() -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| Error::io("cannot install the signal handlers", e))?;
-    std::thread::Builder::new()
-        .name("pbr-signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                let _cleaning = CLEANING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                INTERRUPTED.store(sig, Ordering::SeqCst);
-                match interrupt(sig) {
-                    Interrupt::Exit(status) => std::process::exit(status),
-                    Interrupt::Written(p) => *written() = Some(p),
-                }
-            }
-        })
-        .map_err(|e| Error::io("cannot start the signal thread", e))?;
-    Ok(())
-}
-
-fn written() -> std::sync::MutexGuard<'static, Option<PathBuf>> {
-    WRITTEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// An interrupt that came after the run's output was written.
-#[derive(Debug)]
-pub struct Interrupted {
-    /// The output.
-    pub output: PathBuf,
-    /// The status an interrupt ends with (128 + the signal number).
-    pub status: u8,
-}
-
-/// Called when the run is over (the output's registration still held).
-/// When an interrupt is being handled, waits for its clean-up: one before
-/// the output was written ends the process there with its status (its
-/// clean-up makes the work fail: QEMU stops, files vanish, and that failure
-/// is not reported as an error); one after is returned.
-pub fn after_run() -> Option<Interrupted> {
-    let sig = INTERRUPTED.load(Ordering::SeqCst);
-    if sig == 0 {
-        return None;
-    }
-    let _wait = CLEANING.lock();
-    match written().clone() {
-        Some(output) => Some(Interrupted { output, status: u8::try_from(128 + sig).unwrap_or(u8::MAX) }),
-        // Not reached: the signal thread exits the process while it holds
-        // the lock; if it panicked, exit here with its status.
-        None => std::process::exit(128 + sig),
-    }
 }
 
 /// Stops the registered children and removes the registered files now.

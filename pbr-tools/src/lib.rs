@@ -1,5 +1,7 @@
-//! `pbr-tools`: converters and tools over `.pbr` restartable images, and the
-//! `pbr-img` command line.
+//! `pbr-tools`: converters and operations over `.pbr` restartable images:
+//! QEMU, xl and libvirt streams in and out, trim, pack, diff, classify,
+//! manifests, disk seals and page-cache refill. The `pbr-img` command line
+//! is a thin shell over these calls.
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]
@@ -18,12 +20,10 @@ pub mod libvirt;
 pub mod manifest;
 pub mod output;
 pub mod pack;
-pub mod phase;
-pub mod progress;
 pub mod qemu;
 pub mod refill;
-pub mod replay;
 pub mod rewrite;
+pub mod seal;
 pub mod time;
 pub mod trim;
 pub mod vcpu_state;

@@ -17,7 +17,7 @@ use pbr_agent::CachedFile;
 use pbr_format::{DiskRef, DiskRefs, Image};
 
 use crate::error::{Error, Result};
-use crate::phase::seal::{SEALS_KEY, Seals};
+use crate::seal::{SEALS_KEY, Seals};
 
 /// What [`verify`] found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -260,7 +260,7 @@ pub fn refuse_refill(img: &Image, what: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::phase::seal::{DiskSeal, FileSeal};
+    use crate::seal::{DiskSeal, FileSeal};
     use pbr_agent::CachedPage;
     use pbr_format::{ImageWriter, PageClass, PageEncoding, Region, WriterOptions};
 

@@ -1,0 +1,245 @@
+//! Capture of any QEMU machine whose guest runs `pbr-agent`: at each
+//! restartable point the agent announces, the machine is stopped, its
+//! disks sealed, saved, converted, classified and trimmed into a candidate.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pbr_agent::message::{Message, Point};
+
+use crate::agent::vmgenid_args;
+use crate::guest::save;
+use crate::machine::{Drive, Machine, UserCommand};
+use crate::{Candidate, CaptureOptions, PhaseInput, candidate};
+use pbr_tools::error::{Error, Result};
+use pbr_tools::seal::{DiskSeal, FileSeal, SEALS_KEY, Seals, wait_past};
+
+/// Metadata keys an agent candidate carries beside its seals.
+pub const AGENT_KEY: &str = "pbr.agent";
+/// The QEMU binary the capture ran.
+pub const QEMU_KEY: &str = "pbr.qemu";
+/// The files the guest's boot had read by the point (a JSON list of
+/// paths, as the guest named them).
+pub const FILES_KEY: &str = "pbr.files_read";
+
+/// What an agent candidate's trim drops: zero pages only. The agent reads
+/// kpageflags before the machine stops, so a page free in the dump may be
+/// in use by the time of the save; dropping it would lose that page. A
+/// guest that zeroes the pages it frees (`init_on_free=1`) has its free
+/// pages dropped as zero pages, exactly.
+const SAFE_DROP: pbr_tools::trim::Drop = pbr_tools::trim::Drop { free: false, zero: true, cache: false };
+
+/// How long the agent may stay silent during a boot.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A point that gave no candidate, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// The point.
+    pub point: String,
+    /// Why (one line).
+    pub reason: String,
+}
+
+/// What [`capture_points`] did.
+#[derive(Clone, Debug)]
+pub struct PointsCapture {
+    /// The candidates, in boot order.
+    pub candidates: Vec<Candidate>,
+    /// The points that gave none.
+    pub skipped: Vec<Skipped>,
+    /// Seconds from QEMU's start until the agent said ready (saves
+    /// included).
+    pub ready_s: f64,
+}
+
+/// Boots `cmd` with the agent's port and writes one candidate per point
+/// into `out`, until the agent says the guest is ready; then QEMU quits.
+/// `progress` hears each point as it is handled.
+///
+/// # Errors
+/// QEMU or the agent failed, the guest sent a bad message, a conversion
+/// failed, I/O.
+pub fn capture_points(
+    cmd: &UserCommand,
+    out: &Path,
+    opts: &CaptureOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PointsCapture> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
+    if let Some(dir) = &opts.keep_streams {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    }
+    let work = tempfile::tempdir_in(out).map_err(|e| Error::io("cannot create a work directory", e))?;
+    let _interrupt = pbr_tools::cleanup::remove_on_interrupt(work.path());
+    let _temps = pbr_tools::cleanup::temp_files_in(out);
+    let boot = cmd.boot_files().iter().map(|p| FileSeal::of(p, true)).collect::<Result<Vec<_>>>()?;
+    let t0 = Instant::now();
+    let mut m = Machine::start(cmd, work.path(), &vmgenid_args()?)?;
+    let qemu_version = m.version()?;
+    // kpageflags covers every page frame up to the highest: RAM and the
+    // hole below 4 GiB.
+    let max_pages = (m.ram_bytes()? >> 12) + (4 << 30 >> 12);
+    let mut kpf: Option<Vec<u8>> = None;
+    let mut kpc: Option<Vec<u8>> = None;
+    let mut files: Option<Vec<String>> = None;
+    let mut cache: Option<Vec<pbr_agent::CachedFile>> = None;
+    let mut result = PointsCapture { candidates: Vec::new(), skipped: Vec::new(), ready_s: 0.0 };
+    loop {
+        match m.agent.next(BOOT_TIMEOUT)? {
+            Message::Kpageflags(gz) => kpf = Some(gz),
+            Message::Kpagecount(gz) => kpc = Some(gz),
+            Message::Files(f) => files = Some(f),
+            Message::Cache(c) => cache = Some(c),
+            Message::Point(p) => {
+                let since_power_on = t0.elapsed().as_secs_f64();
+                m.qmp.cmd("stop", serde_json::json!({}))?;
+                let drives = m.drives()?;
+                match seal_disks(&p, &drives) {
+                    Err(reason) => {
+                        progress(&format!("point {}: no candidate: {reason}", p.name));
+                        result.skipped.push(Skipped { point: p.name.clone(), reason });
+                    }
+                    Ok(disks) => {
+                        let seals = Seals { boot: boot.clone(), disks, qemu_version: qemu_version.clone() };
+                        let stream = work.path().join(format!("{}.qemu", p.name));
+                        let counters = save(&mut m.qmp, &stream)?;
+                        let mut metadata = vec![
+                            (SEALS_KEY.into(), seals.to_json()),
+                            (AGENT_KEY.into(), "1".into()),
+                            (QEMU_KEY.into(), cmd.qemu.clone()),
+                        ];
+                        if let Some(f) = &files {
+                            metadata.push((FILES_KEY.into(), serde_json::to_string(f).unwrap_or_default()));
+                        }
+                        let input = PhaseInput {
+                            phase: &p.name,
+                            sequence: result.candidates.len() as u32 + 1,
+                            uptime: p.uptime_ns as f64 / 1e9,
+                            restore_cmdline: serde_json::to_string(&cmd.args).unwrap_or_default(),
+                            kpageflags: kpf.as_deref(),
+                            kpagecount: kpc.as_deref(),
+                            files: &[],
+                            metadata,
+                            max_pages,
+                            drop: SAFE_DROP,
+                            cache: cache.as_deref().map(|c| (c, &seals)),
+                            free_only_if_zero: true,
+                        };
+                        let c = candidate(out, work.path(), &stream, &input, opts)?;
+                        keep_or_remove(&stream, opts.keep_streams.as_deref(), &p.name)?;
+                        // A write after `cont` must move the disks' ctimes.
+                        wait_past(seals.disks.iter().map(|d| d.file.ctime_ns).max().unwrap_or(0));
+                        progress(&format!("point {}: {}", p.name, c.path.display()));
+                        result.candidates.push(Candidate { since_power_on, counters, ..c });
+                    }
+                }
+                kpf = None;
+                kpc = None;
+                files = None;
+                cache = None;
+                m.qmp.cmd("cont", serde_json::json!({}))?;
+                m.agent.carry_on()?;
+            }
+            Message::Ready(_) => {
+                result.ready_s = t0.elapsed().as_secs_f64();
+                break;
+            }
+            other => {
+                m.quit();
+                return Err(Error::Unsupported(format!(
+                    "the guest agent sent {:?} during a boot",
+                    other.encode().kind
+                )));
+            }
+        }
+    }
+    m.quit();
+    Ok(result)
+}
+
+/// Moves the stream into `dir`, or removes it.
+fn keep_or_remove(stream: &Path, dir: Option<&Path>, point: &str) -> Result<()> {
+    match dir {
+        Some(dir) => {
+            let dest = pbr_format::write::destination(&dir.join(format!("{point}.qemu")))?;
+            std::fs::rename(stream, &dest)
+                .or_else(|_| std::fs::copy(stream, &dest).and_then(|_| std::fs::remove_file(stream)))
+                .map_err(|e| Error::io(format!("cannot keep the stream as {}", dest.display()), e))
+        }
+        None => std::fs::remove_file(stream).map_err(|e| Error::io("cannot remove a stream", e)),
+    }
+}
+
+/// Seals every disk the point holds mounted; or says why the point can
+/// give no candidate that is safe to restore.
+fn seal_disks(p: &Point, drives: &[Drive]) -> std::result::Result<Vec<DiskSeal>, String> {
+    let mut out: Vec<DiskSeal> = Vec::new();
+    for m in &p.mounts {
+        let on = format!("{} on {} ({})", m.target, m.disk.name, m.source);
+        if !m.read_only {
+            return Err(format!(
+                "{on} is mounted read-write: a disk the guest writes moves on at once, so only candidates \
+                 taken before it is mounted are kept"
+            ));
+        }
+        let d = drives
+            .iter()
+            .find(|d| d.is(&m.disk))
+            .ok_or_else(|| format!("{on}: no drive of the machine has its serial or PCI address"))?;
+        let mount = format!("{} ro", m.target);
+        if let Some(s) = out.iter_mut().find(|s| s.drive == d.name) {
+            s.mounts.push(mount);
+            continue;
+        }
+        for f in &d.files {
+            let path = PathBuf::from(f);
+            if !path.is_file() {
+                return Err(format!("{on}: drive {} is {f}, not a file the host can seal", d.name));
+            }
+            let file = FileSeal::of(&path, false).map_err(|e| format!("{on}: {e}"))?;
+            out.push(DiskSeal { drive: d.name.clone(), guest: m.disk.name.clone(), mounts: vec![mount.clone()], file });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbr_agent::message::{Disk, Mount};
+
+    fn mount(target: &str, ro: bool, serial: &str) -> Mount {
+        Mount {
+            source: "/dev/vda".into(),
+            target: target.into(),
+            fstype: "ext4".into(),
+            read_only: ro,
+            disk: Disk { name: "vda".into(), serial: Some(serial.into()), pci: None },
+        }
+    }
+
+    #[test]
+    fn only_read_only_mounts_of_sealable_files_give_a_candidate() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("root.raw");
+        std::fs::write(&disk, b"x").unwrap();
+        let drives = vec![Drive {
+            name: "root".into(),
+            files: vec![disk.display().to_string()],
+            serial: Some("pbr-root".into()),
+            devfn: None,
+        }];
+        let p = |mounts| Point { name: "daemons".into(), uptime_ns: 1, mounts };
+        let s = seal_disks(&p(vec![mount("/", true, "pbr-root"), mount("/usr", true, "pbr-root")]), &drives).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].mounts, vec!["/ ro", "/usr ro"]);
+        assert!(seal_disks(&p(vec![]), &drives).unwrap().is_empty());
+        let e = seal_disks(&p(vec![mount("/", false, "pbr-root")]), &drives).unwrap_err();
+        assert!(e.starts_with("/ on vda (/dev/vda) is mounted read-write"), "{e}");
+        let e = seal_disks(&p(vec![mount("/", true, "other")]), &drives).unwrap_err();
+        assert!(e.contains("no drive of the machine"), "{e}");
+        let nbd = vec![Drive { files: vec!["nbd://host/x".into()], ..drives[0].clone() }];
+        assert!(seal_disks(&p(vec![mount("/", true, "pbr-root")]), &nbd).unwrap_err().contains("not a file"));
+    }
+}
