@@ -59,14 +59,15 @@ fn recover_uses_kvm_for_vmm_images() {
     let images = vmm::boot_and_capture(dir.path());
     let paths: Vec<_> = images.iter().map(|(p, _)| p.clone()).collect();
     let mut called = false;
-    let r = pbr_reboot::recover(&paths, None, "qemu-system-x86_64", pbr_reboot::Vmm::Spawn, &mut |_, child| {
+    let opts = pbr_reboot::RecoverOptions::default();
+    let r = pbr_reboot::recover(&paths, &opts, &mut |_| {}, &mut |_, child| {
         assert!(child.is_none(), "no QEMU for a VMM image");
         called = true;
     })
     .unwrap();
     assert!(called);
     let (last, at) = images.last().unwrap();
-    assert_eq!(&r.chosen, last);
+    assert_eq!(r.chosen.as_ref(), Some(last));
     assert_eq!(r.adapter, "kvm");
     // The first port write after the restore is the count after `at`.
     let want: Vec<String> = (at + 1).to_le_bytes().iter().map(|b| format!("{b:02x}")).collect();

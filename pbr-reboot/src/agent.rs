@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use pbr_agent::frame::{FrameReader, write_frame};
 use pbr_agent::message::{MIN_ENTROPY, Message, Resume};
 
-use pbr_tools::error::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The QEMU arguments of the agent's port, its socket in `dir`.
 pub fn port_args(dir: &Path) -> (Vec<String>, PathBuf) {
@@ -75,11 +75,11 @@ impl AgentPort {
             pbr_agent::FrameError::Io(e)
                 if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
             {
-                Error::Unsupported(format!("the guest agent said nothing for {} s", timeout.as_secs()))
+                Error::AgentSilent(timeout)
             }
-            e => Error::Unsupported(format!("guest agent: {e}")),
+            e => Error::AgentFrame(e),
         })?;
-        Message::decode(&frame).map_err(|e| Error::Unsupported(format!("guest agent, frame at byte {at}: {e}")))
+        Message::decode(&frame).map_err(|source| Error::AgentMessage { at, source })
     }
 
     /// Tells the guest to carry on.

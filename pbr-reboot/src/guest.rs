@@ -7,13 +7,14 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::error::{Error, Result};
 use pbr_replay::qemu::Qmp;
-use pbr_tools::error::{Error, Result};
+use pbr_replay::qemu::process::{Io, QemuProcess};
 
 use crate::service;
 
@@ -135,7 +136,7 @@ impl Control {
         loop {
             let mut line = String::new();
             if self.reader.read_line(&mut line).map_err(|e| Error::io("ttyS1", e))? == 0 {
-                return Err(Error::Unsupported("the guest's control port closed".into()));
+                return Err(Error::Guest("the guest's control port closed".into()));
             }
             let w: Vec<&str> = line.split_whitespace().collect();
             match w.as_slice() {
@@ -148,7 +149,7 @@ impl Control {
                     loop {
                         let mut l = String::new();
                         if self.reader.read_line(&mut l).map_err(|e| Error::io("ttyS1", e))? == 0 {
-                            return Err(Error::Unsupported("the guest's control port closed".into()));
+                            return Err(Error::Guest("the guest's control port closed".into()));
                         }
                         if l.starts_with("PBR-KPF-END") {
                             break;
@@ -158,7 +159,7 @@ impl Control {
                     use base64::Engine;
                     let gz = base64::engine::general_purpose::STANDARD
                         .decode(text.as_bytes())
-                        .map_err(|e| Error::Unsupported(format!("kpageflags dump of phase {phase}: {e}")))?;
+                        .map_err(|e| Error::Guest(format!("kpageflags dump of phase {phase}: {e}")))?;
                     return Ok(Event::Kpf(phase, gz));
                 }
                 _ => {}
@@ -191,16 +192,12 @@ impl Control {
 
 /// A booting guest: QEMU with QMP and the control port.
 pub struct Guest {
-    /// The QEMU process.
-    pub child: Child,
-    /// QMP.
-    pub qmp: Qmp,
+    /// QEMU.
+    pub qemu: QemuProcess,
     /// The control port.
     pub control: Control,
     /// The host port forwarded to the guest's service.
     pub port: u16,
-    /// Stops QEMU if the tool is interrupted.
-    _interrupt: pbr_tools::cleanup::Registration,
 }
 
 impl Guest {
@@ -215,20 +212,12 @@ impl Guest {
         let port = service::free_port()?;
         let mut args = spec.machine_args();
         service::forward(&mut args, port)?;
-        let mut child = Command::new(&spec.qemu)
-            .args(args)
-            .args(serial)
-            .args(paused.then_some("-S"))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", sock.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| Error::io(format!("cannot start {}", spec.qemu), e))?;
-        let _interrupt = pbr_tools::cleanup::stop_on_interrupt(child.id());
-        let qmp = Qmp::connect_to(&sock, &mut child, &spec.qemu)?;
+        args.extend(serial);
+        args.extend(paused.then(|| "-S".to_owned()));
+        let io = Io { stdin: Stdio::null(), stdout: Stdio::null(), hold_stderr: false };
+        let qemu = QemuProcess::launch(&spec.qemu, &args, &sock, io)?;
         let control = Control::connect(&ctl)?;
-        Ok(Guest { child, qmp, control, port, _interrupt })
+        Ok(Guest { qemu, control, port })
     }
 
     /// Saves the (stopped) guest to `path` ([`save`]).
@@ -236,24 +225,12 @@ impl Guest {
     /// # Errors
     /// The migration failed.
     pub fn save(&mut self, path: &Path) -> Result<SaveCounters> {
-        save(&mut self.qmp, path)
+        save(self.qemu.qmp(), path)
     }
 
     /// Quits QEMU.
-    pub fn quit(mut self) {
-        let _ = self.qmp.cmd("quit", json!({}));
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Guest {
-    /// A guest left behind by an error (a capture that fails half way) is
-    /// stopped, not orphaned.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    pub fn quit(self) {
+        self.qemu.quit();
     }
 }
 
@@ -284,7 +261,7 @@ pub fn save(qmp: &mut Qmp, path: &Path) -> Result<SaveCounters> {
         }
         last = len;
         if t.elapsed() > Duration::from_secs(120) {
-            return Err(Error::Unsupported(format!("the saved stream {} never completed", path.display())));
+            return Err(Error::Guest(format!("the saved stream {} never completed", path.display())));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -4,14 +4,12 @@
 //! user's.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
+use pbr_replay::qemu::process::{Io, QemuProcess};
 use serde_json::{Value, json};
 
 use crate::agent::{self, AgentPort};
-use pbr_replay::qemu::Qmp;
-use pbr_tools::error::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Options the host runs the command line with itself: a user's would
 /// clash with the capture or the restore.
@@ -32,10 +30,10 @@ impl UserCommand {
     /// # Errors
     /// It is empty, or uses an option the host must own.
     pub fn parse(argv: &[String]) -> Result<UserCommand> {
-        let (qemu, args) = argv.split_first().ok_or_else(|| Error::Unsupported("no QEMU command line".into()))?;
+        let (qemu, args) = argv.split_first().ok_or_else(|| Error::Usage("no QEMU command line".into()))?;
         let refused = |a: &str| REFUSED.iter().any(|r| a == *r || a.strip_prefix('-') == Some(r));
         if let Some(a) = args.iter().find(|a| refused(a)) {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::Usage(format!(
                 "the QEMU command line has {a}: capture and recover run QEMU that way themselves"
             )));
         }
@@ -68,16 +66,13 @@ fn option_value<'a>(opts: &'a str, key: &str) -> Option<&'a str> {
 
 /// A running machine: QEMU with QMP and the agent's port.
 pub struct Machine {
-    /// The QEMU process.
-    pub child: Child,
-    /// QMP.
-    pub qmp: Qmp,
+    /// QEMU.
+    pub qemu: QemuProcess,
     /// The agent's port.
     pub agent: AgentPort,
     /// The arguments it runs with, after the binary (the user's and the
     /// host's).
     pub args: Vec<String>,
-    _interrupt: pbr_tools::cleanup::Registration,
 }
 
 impl Machine {
@@ -92,17 +87,9 @@ impl Machine {
         let mut args = cmd.args.clone();
         args.extend(port);
         args.extend(extra.iter().cloned());
-        let mut child = Command::new(&cmd.qemu)
-            .args(&args)
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp_sock.display()))
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| Error::io(format!("cannot start {}", cmd.qemu), e))?;
-        let interrupt = pbr_tools::cleanup::stop_on_interrupt(child.id());
-        let qmp = Qmp::connect_to(&qmp_sock, &mut child, &cmd.qemu)?;
+        let qemu = QemuProcess::launch(&cmd.qemu, &args, &qmp_sock, Io::quiet())?;
         let agent = AgentPort::connect(&sock)?;
-        Ok(Machine { child, qmp, agent, args, _interrupt: interrupt })
+        Ok(Machine { qemu, agent, args })
     }
 
     /// The QEMU version, as `query-version` gives it (`7.2.22`).
@@ -110,7 +97,7 @@ impl Machine {
     /// # Errors
     /// QMP failed.
     pub fn version(&mut self) -> Result<String> {
-        let v = self.qmp.cmd("query-version", json!({}))?;
+        let v = self.qemu.qmp().cmd("query-version", json!({}))?;
         let q = &v["qemu"];
         Ok(format!("{}.{}.{}", q["major"], q["minor"], q["micro"]))
     }
@@ -120,8 +107,8 @@ impl Machine {
     /// # Errors
     /// QMP failed.
     pub fn ram_bytes(&mut self) -> Result<u64> {
-        let v = self.qmp.cmd("query-memory-size-summary", json!({}))?;
-        v["base-memory"].as_u64().ok_or_else(|| Error::Unsupported("QEMU gave no base-memory".into()))
+        let v = self.qemu.qmp().cmd("query-memory-size-summary", json!({}))?;
+        v["base-memory"].as_u64().ok_or_else(|| Error::Guest("QEMU gave no base-memory".into()))
     }
 
     /// The drives of the machine, with how a guest can recognise each.
@@ -129,7 +116,7 @@ impl Machine {
     /// # Errors
     /// QMP failed.
     pub fn drives(&mut self) -> Result<Vec<Drive>> {
-        let blocks = self.qmp.cmd("query-block", json!({}))?;
+        let blocks = self.qemu.qmp().cmd("query-block", json!({}))?;
         let mut out = Vec::new();
         for b in blocks.as_array().into_iter().flatten() {
             let Some(inserted) = b.get("inserted") else { continue };
@@ -149,37 +136,13 @@ impl Machine {
     }
 
     fn qom_get(&mut self, path: &str, property: &str) -> Option<Value> {
-        self.qmp.cmd("qom-get", json!({"path": path, "property": property})).ok()
+        self.qemu.qmp().cmd("qom-get", json!({"path": path, "property": property})).ok()
     }
 
     /// Quits QEMU and waits for it (killing it after 10 s).
-    pub fn quit(mut self) {
-        let _ = self.qmp.cmd("quit", json!({}));
-        wait_or_kill(&mut self.child, Duration::from_secs(10));
+    pub fn quit(self) {
+        self.qemu.quit();
     }
-}
-
-impl Drop for Machine {
-    /// A machine left behind by an error is stopped, not orphaned.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Waits up to `limit` for `child` to exit, then kills it.
-pub fn wait_or_kill(child: &mut Child, limit: Duration) {
-    let t = std::time::Instant::now();
-    while t.elapsed() < limit {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// A drive of the machine.

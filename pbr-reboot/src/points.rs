@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use pbr_agent::message::{Message, Point};
 
 use crate::agent::vmgenid_args;
+use crate::capture::{Candidate, CaptureOptions, PhaseInput, candidate};
+use crate::error::{Error, Result};
 use crate::guest::save;
 use crate::machine::{Drive, Machine, UserCommand};
-use crate::{Candidate, CaptureOptions, PhaseInput, candidate};
-use pbr_tools::error::{Error, Result};
 use pbr_tools::seal::{DiskSeal, FileSeal, SEALS_KEY, Seals, wait_past};
 
 /// Metadata keys an agent candidate carries beside its seals.
@@ -73,7 +73,7 @@ pub fn capture_points(
     let work = tempfile::tempdir_in(out).map_err(|e| Error::io("cannot create a work directory", e))?;
     let _interrupt = pbr_tools::cleanup::remove_on_interrupt(work.path());
     let _temps = pbr_tools::cleanup::temp_files_in(out);
-    let boot = cmd.boot_files().iter().map(|p| FileSeal::of(p, true)).collect::<Result<Vec<_>>>()?;
+    let boot = cmd.boot_files().iter().map(|p| FileSeal::of(p, true)).collect::<pbr_tools::Result<Vec<_>>>()?;
     let t0 = Instant::now();
     let mut m = Machine::start(cmd, work.path(), &vmgenid_args()?)?;
     let qemu_version = m.version()?;
@@ -93,7 +93,7 @@ pub fn capture_points(
             Message::Cache(c) => cache = Some(c),
             Message::Point(p) => {
                 let since_power_on = t0.elapsed().as_secs_f64();
-                m.qmp.cmd("stop", serde_json::json!({}))?;
+                m.qemu.qmp().cmd("stop", serde_json::json!({}))?;
                 let drives = m.drives()?;
                 match seal_disks(&p, &drives) {
                     Err(reason) => {
@@ -103,7 +103,7 @@ pub fn capture_points(
                     Ok(disks) => {
                         let seals = Seals { boot: boot.clone(), disks, qemu_version: qemu_version.clone() };
                         let stream = work.path().join(format!("{}.qemu", p.name));
-                        let counters = save(&mut m.qmp, &stream)?;
+                        let counters = save(m.qemu.qmp(), &stream)?;
                         let mut metadata = vec![
                             (SEALS_KEY.into(), seals.to_json()),
                             (AGENT_KEY.into(), "1".into()),
@@ -138,7 +138,7 @@ pub fn capture_points(
                 kpc = None;
                 files = None;
                 cache = None;
-                m.qmp.cmd("cont", serde_json::json!({}))?;
+                m.qemu.qmp().cmd("cont", serde_json::json!({}))?;
                 m.agent.carry_on()?;
             }
             Message::Ready(_) => {
@@ -147,10 +147,7 @@ pub fn capture_points(
             }
             other => {
                 m.quit();
-                return Err(Error::Unsupported(format!(
-                    "the guest agent sent {:?} during a boot",
-                    other.encode().kind
-                )));
+                return Err(Error::AgentUnexpected(format!("{:?} during a boot", other.encode().kind)));
             }
         }
     }

@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use pbr_tools::error::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The guest's network backend id in the recorded command line.
 pub const NETDEV: &str = "pbrnet";
@@ -48,7 +48,7 @@ pub fn free_port() -> Result<u16> {
 pub fn forward(args: &mut [String], port: u16) -> Result<()> {
     let own = format!("user,id={NETDEV}");
     let net = args.iter_mut().find(|a| **a == own).ok_or_else(|| {
-        Error::Unsupported(format!(
+        Error::Usage(format!(
             "the machine has no `-netdev {own}` to reach the guest's service on (recorded by an older pbr-img capture?)"
         ))
     })?;
@@ -111,7 +111,7 @@ pub fn wait_ready(port: u16, timeout: Duration, stop: &AtomicBool) -> Result<Str
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    Err(Error::Unsupported(format!(
+    Err(Error::Guest(format!(
         "the guest's service on port {port} did not answer `ok` within {:.1} s (last: {last_answer})",
         t.elapsed().as_secs_f64()
     )))

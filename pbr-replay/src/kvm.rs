@@ -12,8 +12,8 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use pbr_format::kvm::{events_to_kvm, xsave_to_kvm};
 use pbr_format::{DeviceBlob, Image, Vcpu, X86Vcpu};
 
+use crate::error::{Error, Result};
 use crate::{HypervisorAdapter, RegionPlan, Taken};
-use pbr_tools::error::{Error, Result};
 
 /// Host memory backing one KVM memory slot; unmapped on drop.
 struct Mapping {
@@ -73,8 +73,8 @@ fn xsave_for_kvm(x: &X86Vcpu) -> (kvm_xsave, Option<String>) {
     (xsave_to_kvm(&area), note)
 }
 
-fn kvm_err(what: &str, e: kvm_ioctls::Error) -> Error {
-    Error::Unsupported(format!("KVM {what}: {e}"))
+fn kvm_err(what: &'static str, source: kvm_ioctls::Error) -> Error {
+    Error::Kvm { what, source }
 }
 
 impl KvmAdapter {
@@ -94,7 +94,7 @@ impl KvmAdapter {
     /// # Errors
     /// mmap or KVM refused.
     pub fn add_ram(&mut self, gpa: u64, len: u64) -> Result<usize> {
-        let len = usize::try_from(len).map_err(|_| Error::Unsupported("region too large".into()))?;
+        let len = usize::try_from(len).map_err(|_| Error::Image("region too large".into()))?;
         // SAFETY: a fresh private anonymous mapping; nothing else refers to
         // the address range it returns.
         let host = unsafe {
@@ -144,7 +144,7 @@ impl KvmAdapter {
             .memory
             .iter()
             .find(|m| gpa >= m.gpa && gpa + bytes.len() as u64 <= m.gpa + m.len as u64)
-            .ok_or_else(|| Error::Unsupported(format!("guest address {gpa:#x} is not in guest memory")))?;
+            .ok_or_else(|| Error::Guest(format!("guest address {gpa:#x} is not in guest memory")))?;
         // SAFETY: the destination range was just checked to lie inside the
         // live mapping; `&mut self` excludes running vCPUs.
         unsafe {
@@ -211,14 +211,14 @@ impl KvmAdapter {
     /// adapter does not handle.
     pub fn run_until_io(&mut self, id: u32) -> Result<Exit> {
         let (_, fd) =
-            self.vcpus.iter_mut().find(|(i, _)| *i == id).ok_or_else(|| Error::Unsupported(format!("no vcpu{id}")))?;
+            self.vcpus.iter_mut().find(|(i, _)| *i == id).ok_or_else(|| Error::Image(format!("no vcpu{id}")))?;
         loop {
             match fd.run().map_err(|e| kvm_err("run", e))? {
                 VcpuExit::IoOut(port, data) => return Ok(Exit::IoOut { port, data: data.to_vec() }),
                 VcpuExit::IoIn(_, data) | VcpuExit::MmioRead(_, data) => data.fill(0xff),
                 VcpuExit::MmioWrite(..) => {}
                 VcpuExit::Hlt => return Ok(Exit::Halt),
-                other => return Err(Error::Unsupported(format!("guest stopped with KVM exit {other:?}"))),
+                other => return Err(Error::Guest(format!("guest stopped with KVM exit {other:?}"))),
             }
         }
     }
@@ -241,7 +241,7 @@ impl HypervisorAdapter for KvmAdapter {
         for run in &plan.mapped {
             // Never map past the end of the file: that would SIGBUS.
             if run.file_offset + run.len > image.file_len() || run.region_offset + run.len > r.length {
-                return Err(Error::Unsupported(format!("raw run at {:#x} lies outside the image", run.file_offset)));
+                return Err(Error::Image(format!("raw run at {:#x} lies outside the image", run.file_offset)));
             }
             // SAFETY: the target range lies inside the anonymous mapping of
             // this slot (checked above); MAP_FIXED replaces those pages with
@@ -284,9 +284,9 @@ impl HypervisorAdapter for KvmAdapter {
         Ok(Taken::No("the KVM adapter emulates no devices".into()))
     }
 
-    fn resume(&mut self) -> Result<()> {
+    fn resume(&mut self, _image: &Image) -> Result<()> {
         if self.vcpus.is_empty() {
-            return Err(Error::Unsupported("the image has no vCPU to run".into()));
+            return Err(Error::Image("the image has no vCPU to run".into()));
         }
         Ok(())
     }

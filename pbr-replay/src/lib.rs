@@ -9,17 +9,16 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]
 
+pub mod error;
 pub mod kvm;
-mod prepared;
 pub mod qemu;
-mod qemu_stderr;
 pub mod recording;
+
+pub use error::{Error, Result};
 
 use std::fs::File;
 
 use pbr_format::{DeviceBlob, Image, PageEncoding, Region, Vcpu};
-
-use pbr_tools::error::{Error, Result};
 
 /// Raw pages contiguous in guest memory and in the image file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +96,7 @@ pub trait HypervisorAdapter {
     ///
     /// # Errors
     /// The guest could not be started.
-    fn resume(&mut self) -> Result<()>;
+    fn resume(&mut self, image: &Image) -> Result<()>;
 }
 
 /// What [`replay`] did.
@@ -123,7 +122,7 @@ pub struct ReplayReport {
 /// A diff image (its base pages live elsewhere: apply it first).
 pub fn plan(image: &Image) -> Result<Vec<RegionPlan>> {
     if image.base().is_some() {
-        return Err(Error::Unsupported("this is a diff image: apply it to its base before replaying".into()));
+        return Err(Error::Image("this is a diff image: apply it to its base before replaying".into()));
     }
     let ps = u64::from(image.page_size());
     let runs = image.raw_runs();
@@ -182,6 +181,6 @@ pub fn replay(image: &Image, file: &File, adapter: &mut dyn HypervisorAdapter) -
             }
         }
     }
-    adapter.resume()?;
+    adapter.resume(image)?;
     Ok(report)
 }

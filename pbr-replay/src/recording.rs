@@ -4,8 +4,8 @@ use std::fs::File;
 
 use pbr_format::{DeviceBlob, Image, Vcpu};
 
+use crate::Result;
 use crate::{HypervisorAdapter, RegionPlan, Taken};
-use pbr_tools::error::Result;
 
 /// One recorded call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +57,7 @@ impl HypervisorAdapter for Recording {
         Ok(Taken::Yes)
     }
 
-    fn resume(&mut self) -> Result<()> {
+    fn resume(&mut self, _image: &Image) -> Result<()> {
         self.calls.push(Call::Resume);
         Ok(())
     }

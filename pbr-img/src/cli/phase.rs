@@ -1,4 +1,6 @@
-//! `pbr-img capture`, `boot` and `recover`: phase-based reboot end to end.
+//! `pbr-img capture`, `boot` and `recover`: phase-based reboot end to end,
+//! for a phase guest (`--kernel`) or a QEMU command line whose guest runs
+//! pbr-agent (after `--`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,7 +9,8 @@ use clap::Args;
 use serde_json::json;
 
 use pbr_reboot::guest::GuestSpec;
-use pbr_reboot::{CaptureOptions, Vmm, capture, cold_boot, recover};
+use pbr_reboot::machine::UserCommand;
+use pbr_reboot::{CaptureOptions, RecoverOptions, Recovery, Vmm, boot_points, capture, cold_boot, points, recover};
 use pbr_tools::Result;
 
 /// How to boot the guest (kernel + initramfs + command line).
@@ -56,7 +59,7 @@ impl GuestArgs {
 
 pub fn capture_run(g: &GuestArgs, out: &Path, opts: CaptureOptions, as_json: bool) -> Result<ExitCode> {
     let classify = g.append.split_whitespace().any(|w| w == "pbr.kpf=1");
-    let list = capture(&g.spec(), out, &CaptureOptions { classify, ..opts })?;
+    let list = capture(&g.spec(), out, &CaptureOptions { classify, ..opts }).map_err(tools_error)?;
     if as_json {
         let v: Vec<_> = list.iter().map(candidate_json).collect();
         outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -106,10 +109,43 @@ fn vmm(standby: bool) -> Vmm {
     if standby { Vmm::Standby } else { Vmm::Spawn }
 }
 
-pub use super::points::{boot_run as boot_points_run, capture_run as capture_points_run};
+/// `capture -- QEMU ARGS...`: one candidate per point the agent announces.
+pub fn capture_points_run(
+    command: &[String],
+    out: &Path,
+    opts: CaptureOptions,
+    as_json: bool,
+    quiet: bool,
+) -> Result<ExitCode> {
+    let cmd = UserCommand::parse(command).map_err(tools_error)?;
+    let mut progress = |line: &str| {
+        if !quiet {
+            eprintln!("capture: {line}");
+        }
+    };
+    let r = points::capture_points(&cmd, out, &opts, &mut progress).map_err(tools_error)?;
+    if as_json {
+        let list: Vec<_> = r.candidates.iter().map(candidate_json).collect();
+        let skipped: Vec<_> = r.skipped.iter().map(|s| json!({"point": s.point, "reason": s.reason})).collect();
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"candidates": list, "skipped": skipped, "ready_s": r.ready_s}))
+                .unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    candidate_table("point", &r.candidates);
+    for s in &r.skipped {
+        outln!("{:<10} no candidate: {}", s.point, s.reason);
+    }
+    outln!("the guest's agent said ready {:.2} s after QEMU started", r.ready_s);
+    Ok(ExitCode::SUCCESS)
+}
 
+/// `boot --kernel ...`: a phase guest from scratch until its service
+/// answers.
 pub fn boot_run(g: &GuestArgs, standby: bool, as_json: bool) -> Result<ExitCode> {
-    let d = cold_boot(&g.spec(), vmm(standby))?;
+    let d = cold_boot(&g.spec(), vmm(standby)).map_err(tools_error)?;
     if as_json {
         outln!("{}", json!({"cold_boot_s": d.as_secs_f64(), "standby": standby}));
     } else {
@@ -122,6 +158,22 @@ pub fn boot_run(g: &GuestArgs, standby: bool, as_json: bool) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// `boot -- QEMU ARGS...`: the machine from scratch until its agent says
+/// ready.
+pub fn boot_points_run(command: &[String], standby: bool, as_json: bool) -> Result<ExitCode> {
+    let cmd = UserCommand::parse(command).map_err(tools_error)?;
+    let r = boot_points(&cmd, vmm(standby), &mut |_, _| {}).map_err(tools_error)?;
+    if as_json {
+        outln!("{}", json!({"cold_boot_s": r.downtime.as_secs_f64(), "standby": standby}));
+    } else {
+        outln!("cold boot until the agent said ready: {:.3} s", r.downtime.as_secs_f64());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `recover`: restores the latest valid candidate (or, for an agent's
+/// machine, boots from scratch when none is) and reports once the guest is
+/// ready; with `keep`, the guest then runs until its QEMU exits.
 pub fn recover_run(
     candidates: &[PathBuf],
     root: Option<&Path>,
@@ -130,40 +182,14 @@ pub fn recover_run(
     keep: bool,
     as_json: bool,
 ) -> Result<ExitCode> {
-    let agent = candidates
-        .iter()
-        .any(|c| pbr_format::Image::open(c).is_ok_and(|i| pbr_reboot::restore::is_agent_candidate(&i)));
-    if agent {
-        return super::points::recover_run(candidates, qemu, vmm, keep, as_json);
-    }
-    let qemu = qemu.unwrap_or("qemu-system-x86_64");
-    let mut report = |r: &pbr_reboot::Recovery, child: Option<&mut std::process::Child>| {
-        if as_json {
-            outln!(
-                "{}",
-                json!({"chosen": r.chosen.display().to_string(), "downtime_s": r.downtime.as_secs_f64(), "select_s": r.select.as_secs_f64(),
-                       "restore_s": r.restore.as_secs_f64(), "page_check_s": r.page_check.as_secs_f64(), "guest_s": r.guest.as_secs_f64(), "standby": vmm != Vmm::Spawn, "vmm": r.vmm.name(),
-                       "adapter": r.adapter, "ram": r.ram, "signal": r.signal, "held": super::fmt::held_json(r.held),
-                       "refused": r.refused.iter().map(|x| json!({"candidate": x.path.display().to_string(), "reason": x.reason})).collect::<Vec<_>>()})
-            );
-        } else {
-            for x in &r.refused {
-                eprintln!("refused {}: {}", x.path.display(), x.reason);
-            }
-            outln!(
-                "recovered from {} ({} {}, RAM {}): service ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s): {}{}",
-                r.chosen.display(),
-                r.adapter,
-                r.vmm.name(),
-                r.ram,
-                r.downtime.as_secs_f64(),
-                r.select.as_secs_f64(),
-                r.restore.as_secs_f64(),
-                r.guest.as_secs_f64(),
-                r.signal,
-                super::fmt::held(r.held)
-            );
+    let mut refused = |r: &pbr_reboot::Refused| {
+        if !as_json {
+            eprintln!("refused {}: {}", r.path.display(), r.reason);
         }
+    };
+    // Said once the guest is ready, before a kept guest runs on.
+    let mut ready = |r: &Recovery, child: Option<&mut std::process::Child>| {
+        recovery_report(r, vmm, as_json);
         match (keep, child) {
             (true, Some(child)) => {
                 eprintln!("the recovered guest runs until its QEMU exits");
@@ -173,6 +199,65 @@ pub fn recover_run(
             _ => {}
         }
     };
-    recover(candidates, root, qemu, vmm, &mut report)?;
+    let opts = RecoverOptions { root, qemu, vmm };
+    recover(candidates, &opts, &mut refused, &mut ready).map_err(tools_error)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints what a recovery did, as text or JSON.
+fn recovery_report(r: &Recovery, vmm: Vmm, as_json: bool) {
+    let s = |d: std::time::Duration| d.as_secs_f64();
+    if as_json {
+        let refused: Vec<_> =
+            r.refused.iter().map(|x| json!({"candidate": x.path.display().to_string(), "reason": x.reason})).collect();
+        outln!(
+            "{}",
+            json!({"chosen": r.chosen.as_ref().map(|p| p.display().to_string()), "refused": refused,
+                   "downtime_s": s(r.downtime), "select_s": s(r.select), "restore_s": s(r.restore),
+                   "guest_s": s(r.guest), "standby": vmm != Vmm::Spawn, "vmm": r.vmm.name(), "adapter": r.adapter,
+                   "ram": r.ram(), "signal": r.signal, "refilled_pages": r.refilled_pages, "refill_s": s(r.refill),
+                   "page_check_s": s(r.page_check), "held": super::fmt::held_json(r.held),
+                   "clock_step_s": r.resumed.as_ref().map(|x| x.clock_step_ns as f64 / 1e9),
+                   "reseeded": r.resumed.as_ref().map(|x| x.reseeded)})
+        );
+        return;
+    }
+    let Some(path) = &r.chosen else {
+        outln!("no candidate is safe to restore: booted from scratch, ready {:.3} s after the decision", s(r.downtime));
+        return;
+    };
+    let caught_up = r.resumed.as_ref().map_or(String::new(), |x| {
+        format!(
+            "; clock stepped {:.3} s, {} entropy bytes, RNG {}",
+            x.clock_step_ns as f64 / 1e9,
+            x.entropy_bytes,
+            if x.reseeded { "reseeded" } else { "NOT reseeded" }
+        )
+    });
+    let refilled = match r.refilled_pages {
+        0 => String::new(),
+        n => format!(", {n} page-cache pages refilled from the disks in {:.3} s", s(r.refill)),
+    };
+    outln!(
+        "recovered from {} ({} {}, RAM {}{refilled}): ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s): {}{caught_up}{}",
+        path.display(),
+        r.adapter,
+        r.vmm.name(),
+        r.ram(),
+        s(r.downtime),
+        s(r.select),
+        s(r.restore),
+        s(r.guest),
+        r.signal,
+        super::fmt::held(r.held)
+    );
+}
+
+/// The libraries' error as the CLI's.
+pub fn tools_error(e: pbr_reboot::Error) -> pbr_tools::Error {
+    match e {
+        pbr_reboot::Error::NoCandidate(why) => pbr_tools::Error::NoCandidate(why),
+        pbr_reboot::Error::Replay(pbr_replay::Error::Tools(e)) => e,
+        e => pbr_tools::Error::Unsupported(e.to_string()),
+    }
 }

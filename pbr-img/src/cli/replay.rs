@@ -13,8 +13,9 @@ use serde_json::json;
 use super::fmt::count;
 use pbr_replay::kvm::{Exit, KvmAdapter};
 use pbr_replay::qemu::QemuAdapter;
+use pbr_replay::qemu::args::{machine_args, recorded_args};
+use pbr_replay::{Error, Result};
 use pbr_replay::{ReplayReport, replay};
-use pbr_tools::{Error, Result};
 
 /// Hypervisors `replay` drives.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -76,7 +77,11 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(image: &Path, a: Args) -> Result<ExitCode> {
+pub fn run(image: &Path, a: Args) -> pbr_tools::Result<ExitCode> {
+    replay_run(image, a).map_err(|e| super::phase::tools_error(e.into()))
+}
+
+fn replay_run(image: &Path, a: Args) -> Result<ExitCode> {
     let deadline = a.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
     let (adapter, qemu, args, max_exits, as_json) = (a.adapter, a.qemu, a.qemu_args, a.max_exits, a.json);
     let img = Image::open(image)?;
@@ -85,11 +90,11 @@ pub fn run(image: &Path, a: Args) -> Result<ExitCode> {
         Adapter::Qemu => {
             let mut args = if !args.is_empty() {
                 args
-            } else if let Some(recorded) = QemuAdapter::recorded_args(&img) {
+            } else if let Some(recorded) = recorded_args(&img) {
                 recorded
             } else {
-                let built = QemuAdapter::machine_args(&img).ok_or_else(|| {
-                    Error::Unsupported(
+                let built = machine_args(&img).ok_or_else(|| {
+                    Error::Image(
                         "the image records neither restore.cmdline nor its machine type and RAM size: give QEMU's machine arguments after --".into(),
                     )
                 })?;
@@ -107,7 +112,7 @@ pub fn run(image: &Path, a: Args) -> Result<ExitCode> {
             let mut q = QemuAdapter::new(image, &qemu, args)?;
             q.pipe_stdout();
             let report = replay(&img, &file, &mut q)?;
-            let child = q.child.as_mut().ok_or_else(|| Error::Unsupported("QEMU did not start".into()))?;
+            let child = q.process().ok_or_else(|| Error::Guest("QEMU did not start".into()))?.child();
             let console = child.stdout.take();
             print(&report, as_json);
             eprintln!("guest resumed");

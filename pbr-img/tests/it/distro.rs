@@ -13,7 +13,7 @@ use common::distro::Lab;
 use pbr_reboot::Vmm;
 use pbr_reboot::machine::UserCommand;
 use pbr_reboot::points::capture_points;
-use pbr_reboot::restore::{PointsRecovery, Refused, recover_points};
+use pbr_reboot::{RecoverOptions, Recovery, Refused};
 
 /// One TCG guest at a time: the machine has two cores.
 static ONE_GUEST: Mutex<()> = Mutex::new(());
@@ -44,8 +44,8 @@ fn capture(lab: &Lab) -> (PathBuf, PathBuf) {
 /// Recovers from `candidates`; `inside` runs while the guest runs.
 fn recover(
     candidates: &[PathBuf],
-    inside: &mut dyn FnMut(&PointsRecovery, &mut std::process::Child),
-) -> (PointsRecovery, Vec<Refused>) {
+    inside: &mut dyn FnMut(&Recovery, &mut std::process::Child),
+) -> (Recovery, Vec<Refused>) {
     recover_with(candidates, Vmm::Spawn, inside)
 }
 
@@ -53,10 +53,12 @@ fn recover(
 fn recover_with(
     candidates: &[PathBuf],
     vmm: Vmm,
-    inside: &mut dyn FnMut(&PointsRecovery, &mut std::process::Child),
-) -> (PointsRecovery, Vec<Refused>) {
+    inside: &mut dyn FnMut(&Recovery, &mut std::process::Child),
+) -> (Recovery, Vec<Refused>) {
     let mut refused = Vec::new();
-    let r = recover_points(candidates, None, vmm, &mut |x| refused.push(x.clone()), inside).unwrap();
+    let opts = RecoverOptions { vmm, ..Default::default() };
+    let mut ready = |r: &Recovery, child: Option<&mut std::process::Child>| inside(r, child.expect("a QEMU guest"));
+    let r = pbr_reboot::recover(candidates, &opts, &mut |x| refused.push(x.clone()), &mut ready).unwrap();
     (r, refused)
 }
 
@@ -160,7 +162,7 @@ fn root_changed_on_the_host_goes_back_to_kernel() {
 /// Recovers from `image` alone and checks the guest: nginx serves, every
 /// unit runs (processes whose file pages were refilled keep running), it
 /// writes its data disk and powers off, and both disks are clean.
-fn recover_serving(lab: &Lab, image: &std::path::Path, vmm: Vmm) -> PointsRecovery {
+fn recover_serving(lab: &Lab, image: &std::path::Path, vmm: Vmm) -> Recovery {
     let (r, refused) = recover_with(&[image.to_path_buf()], vmm, &mut |_, child| {
         assert_eq!(lab.get().1, "served from the data disk\n");
         let (state, _) = lab.shell("systemctl is-system-running");

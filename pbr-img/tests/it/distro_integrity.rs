@@ -11,10 +11,9 @@ use std::sync::Mutex;
 
 use common::distro::Lab;
 use pbr_format::{Image, PageEncoding};
-use pbr_reboot::Vmm;
 use pbr_reboot::machine::UserCommand;
 use pbr_reboot::points::capture_points;
-use pbr_reboot::restore::{PointsRecovery, Refused, recover_points};
+use pbr_reboot::{RecoverOptions, Recovery, Refused, recover};
 
 /// One TCG guest at a time: the machine has two cores.
 static ONE_GUEST: Mutex<()> = Mutex::new(());
@@ -43,11 +42,12 @@ fn damage(path: &Path) -> u64 {
 
 /// Recovers from `candidates` with `qemu` (the recorded one when `None`):
 /// the guest serves from its data disk, writes it and powers off.
-fn recover_serving(lab: &Lab, candidates: &[PathBuf], qemu: Option<&str>) -> (PointsRecovery, Vec<Refused>) {
+fn recover_serving(lab: &Lab, candidates: &[PathBuf], qemu: Option<&str>) -> (Recovery, Vec<Refused>) {
     let mut refused = Vec::new();
-    let r = recover_points(candidates, qemu, Vmm::Spawn, &mut |x| refused.push(x.clone()), &mut |_, child| {
+    let opts = RecoverOptions { qemu, ..Default::default() };
+    let r = recover(candidates, &opts, &mut |x| refused.push(x.clone()), &mut |_, child| {
         assert_eq!(lab.get().1, "served from the data disk\n");
-        lab.write_and_power_off(child);
+        lab.write_and_power_off(child.expect("a QEMU guest"));
     })
     .unwrap();
     lab.fsck_clean();

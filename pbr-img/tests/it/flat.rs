@@ -162,7 +162,7 @@ fn standby_mapping_one_image_refuses_another() {
     let flats = ["kernel", "daemons"].map(|phase| convert_flat(dir.path(), phase, &[]).1);
     let (mapped, other) = (Image::open(&flats[1]).unwrap(), Image::open(&flats[0]).unwrap());
     assert_ne!(mapped.image_blake3(), other.image_blake3());
-    let mut q = QemuAdapter::standby_for(&qemu, machine, &flats[1]).unwrap();
+    let mut q = QemuAdapter::standby_for(&qemu, machine, &flats[1], &mapped).unwrap();
     assert_eq!(q.maps(), Some(mapped.image_blake3()));
     q.set_image(&flats[0]);
     let err = replay(&other, &File::open(&flats[0]).unwrap(), &mut q).unwrap_err().to_string();
@@ -197,7 +197,7 @@ fn a_damaged_flat_image_is_refused_before_its_guest_runs() {
     assert!(e.is_damage(), "{e}");
     assert!(e.to_string().contains(&format!("gfn {gfn:#x}")), "{e}");
     // QEMU still waits, paused: the guest never ran.
-    let qmp = q.qmp.as_mut().unwrap();
+    let qmp = q.process().unwrap().qmp();
     let status = qmp.cmd("query-status", serde_json::json!({})).unwrap();
     assert_eq!(status["running"], false, "{status}");
 }

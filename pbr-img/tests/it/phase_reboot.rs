@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use pbr_format::{Image, ImageWriter, PageClass, PageEncoding, Phase, Region, WriterOptions};
 use pbr_reboot::guest::GuestSpec;
-use pbr_reboot::{CaptureOptions, Vmm, capture, cold_boot, recover};
+use pbr_reboot::{CaptureOptions, RecoverOptions, Vmm, capture, cold_boot, recover};
 
 #[test]
 fn capture_then_recover_beats_a_cold_boot() {
@@ -66,8 +66,8 @@ fn capture_then_recover_beats_a_cold_boot() {
     let paths: Vec<_> = list.iter().map(|c| c.path.clone()).collect();
     for vmm in [Vmm::Spawn, Vmm::Standby, Vmm::Prestaged] {
         let cold = cold_boot(&spec, vmm).unwrap();
-        let r = recover(&paths, Some(&root), "qemu-system-x86_64", vmm, &mut |_, _| {}).unwrap();
-        assert!(r.chosen.ends_with("daemons.pbr"), "{:?}", r.chosen);
+        let r = recover(&paths, &at(&root, vmm), &mut |_| {}, &mut |_, _| {}).unwrap();
+        assert!(r.chosen.as_ref().unwrap().ends_with("daemons.pbr"), "{:?}", r.chosen);
         assert_eq!(r.vmm, vmm, "the QEMU ready before the decision served the recovery");
         assert!(r.downtime < cold, "{vmm:?}: recovery {:?} is not shorter than a cold boot {cold:?}", r.downtime);
         assert!(r.downtime >= r.select + r.restore);
@@ -79,8 +79,8 @@ fn capture_then_recover_beats_a_cold_boot() {
     // service answers once the daemons started again.
     std::fs::write(root.join("etc/pbr/app.conf"), "port=9090\n").unwrap();
     for (vmm, used) in [(Vmm::Spawn, Vmm::Spawn), (Vmm::Standby, Vmm::Standby), (Vmm::Prestaged, Vmm::Spawn)] {
-        let r = recover(&paths, Some(&root), "qemu-system-x86_64", vmm, &mut |_, _| {}).unwrap();
-        assert!(r.chosen.ends_with("kernel.pbr"), "{vmm:?}: {:?}", r.chosen);
+        let r = recover(&paths, &at(&root, vmm), &mut |_| {}, &mut |_, _| {}).unwrap();
+        assert!(r.chosen.as_ref().unwrap().ends_with("kernel.pbr"), "{vmm:?}: {:?}", r.chosen);
         assert_eq!(r.vmm, used, "{vmm:?}");
         assert!(r.signal.contains("200 OK"), "{}", r.signal);
     }
@@ -88,8 +88,8 @@ fn capture_then_recover_beats_a_cold_boot() {
     // QEMU prepared for it stays a plain standby, which serves kernel.
     let mut with_later = paths.clone();
     with_later.push(later);
-    let r = recover(&with_later, Some(&root), "qemu-system-x86_64", Vmm::Prestaged, &mut |_, _| {}).unwrap();
-    assert!(r.chosen.ends_with("kernel.pbr"), "{:?}", r.chosen);
+    let r = recover(&with_later, &at(&root, Vmm::Prestaged), &mut |_| {}, &mut |_, _| {}).unwrap();
+    assert!(r.chosen.as_ref().unwrap().ends_with("kernel.pbr"), "{:?}", r.chosen);
     assert_eq!(r.vmm, Vmm::Standby);
 }
 
@@ -150,4 +150,9 @@ fn a_guest_of_160_mib_classifies_from_its_padded_kpageflags() {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["input_pages"], frames, "{text}");
     }
+}
+
+/// Recovery against `root` with QEMU started the way `vmm` says.
+fn at(root: &std::path::Path, vmm: Vmm) -> RecoverOptions<'_> {
+    RecoverOptions { root: Some(root), qemu: Some("qemu-system-x86_64"), vmm }
 }

@@ -52,7 +52,7 @@ fn qemu_adapter_restores_a_converted_stream() {
     let image = d.join("c.pbr");
     pbr_img_ok(&["convert", bundled().to_str().unwrap(), "-o", image.to_str().unwrap(), "--restore-cmdline", &cmdline]);
     let img = Image::open(&image).unwrap();
-    let args = QemuAdapter::recorded_args(&img).unwrap();
+    let args = pbr_replay::qemu::args::recorded_args(&img).unwrap();
     let mut q = QemuAdapter::new(&image, "qemu-system-x86_64", args).unwrap();
     let report = replay(&img, &File::open(&image).unwrap(), &mut q).unwrap();
     assert!(report.not_taken.is_empty(), "{:?}", report.not_taken);

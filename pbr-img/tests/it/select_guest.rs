@@ -46,11 +46,11 @@ fn select_on_a_real_boot() {
         match g.control.next_event().unwrap() {
             Event::File(phase, path) => files.push((phase, path)),
             Event::Phase(phase, uptime) => {
-                g.qmp.cmd("stop", json!({})).unwrap();
+                g.qemu.qmp().cmd("stop", json!({})).unwrap();
                 let stream = d.join(format!("{phase}.qemu"));
                 g.save(&stream).unwrap();
                 phases.push((phase, uptime.to_string(), stream));
-                g.qmp.cmd("cont", json!({})).unwrap();
+                g.qemu.qmp().cmd("cont", json!({})).unwrap();
                 g.control.go().unwrap();
             }
             Event::Ready(_) => break,

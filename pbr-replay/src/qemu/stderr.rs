@@ -9,7 +9,7 @@ use std::process::{ChildStderr, ExitStatus};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use pbr_tools::error::Error;
+use crate::error::Error;
 
 /// Lines kept while held back.
 const KEEP_LINES: usize = 32;
@@ -105,7 +105,7 @@ pub fn exited(qemu: &str, status: ExitStatus, when: &str, lines: &[String]) -> E
         _ => "it wrote no error message".to_owned(),
     };
     let cause = likely_cause(&messages).map(|c| format!(" (likely cause: {c})")).unwrap_or_default();
-    Error::Unsupported(format!("{qemu} exited ({status}) {when}: {said}{cause}"))
+    Error::QemuExited { qemu: qemu.to_owned(), status, when: when.to_owned(), said: format!("{said}{cause}") }
 }
 
 /// What QEMU's messages most likely mean for the user.

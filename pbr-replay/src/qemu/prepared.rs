@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use pbr_format::Image;
 
-use pbr_tools::error::{Error, Result};
+use crate::error::{Error, Result};
 use pbr_tools::qemu::export::{ExportOptions, QemuExport, export_qemu_refilled};
 use pbr_tools::refill::Refill;
 
@@ -78,7 +78,7 @@ impl Prepared {
             Form::Refill(refill) => {
                 // Only prepared so when QEMU loads the RAM from the stream.
                 let opts = ExportOptions { omit_zero_pages: true, mapped_ram: false };
-                export_qemu_refilled(image, out, opts, refill.as_ref())
+                Ok(export_qemu_refilled(image, out, opts, refill.as_ref())?)
             }
         }
     }
@@ -97,7 +97,7 @@ pub(crate) fn check_mapped(image: &Image, path: &std::path::Path) -> Result<Dura
     let one = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
-        .map_err(|e| Error::Unsupported(format!("cannot start the page check's thread: {e}")))?;
+        .map_err(|e| Error::Thread(format!("cannot start the page check's thread: {e}")))?;
     one.install(|| image.check_page_crcs_outside(&holes))?;
     Ok(t.elapsed())
 }

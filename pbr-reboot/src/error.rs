@@ -1,0 +1,82 @@
+//! The error type of capture and recovery: what replay, the guest or its
+//! agent did wrong, a command line that cannot be run, and no candidate.
+
+use std::time::Duration;
+
+/// What went wrong in a capture, a boot or a recovery.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Restoring a candidate (QEMU, KVM), reading or converting an image,
+    /// or the host's I/O.
+    #[error(transparent)]
+    Replay(#[from] pbr_replay::Error),
+    /// The guest agent said nothing for this long.
+    #[error("the guest agent said nothing for {} s", .0.as_secs())]
+    AgentSilent(Duration),
+    /// The agent's port broke or sent a frame that breaks the protocol.
+    #[error("guest agent: {0}")]
+    AgentFrame(#[source] pbr_agent::FrameError),
+    /// The agent sent a frame whose message does not decode.
+    #[error("guest agent, frame at byte {at}: {source}")]
+    AgentMessage {
+        /// The frame's offset in what the port carried.
+        at: u64,
+        /// What is wrong with the message.
+        source: pbr_agent::MessageError,
+    },
+    /// The guest agent sent a message that has no place here.
+    #[error("the guest agent sent {0}")]
+    AgentUnexpected(String),
+    /// The guest (its control port, its service, its save) failed.
+    #[error("{0}")]
+    Guest(String),
+    /// The command line or the candidate cannot be run this way.
+    #[error("{0}")]
+    Usage(String),
+    /// No candidate image can be restored safely: the caller reboots from
+    /// scratch.
+    #[error("no valid candidate: {0}")]
+    NoCandidate(String),
+}
+
+impl Error {
+    /// Whether this error is the candidate's own, so that a recovery
+    /// refuses that candidate and tries the next one: damage found in it,
+    /// or page-cache pages that cannot be read back
+    /// ([`pbr_replay::Error::refuses_candidate`]). Other errors (QEMU, the
+    /// host) end the recovery.
+    pub fn refuses_candidate(&self) -> bool {
+        matches!(self, Error::Replay(e) if e.refuses_candidate())
+    }
+
+    /// The one-line reason a recovery gives for refusing a candidate
+    /// because of this error.
+    pub fn refusal(&self) -> String {
+        match self {
+            Error::Replay(e) if e.is_damage() => format!("damaged: {self}"),
+            _ => self.to_string(),
+        }
+    }
+
+    /// An I/O error while doing `context`.
+    #[cold]
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Replay(pbr_replay::Error::io(context, source))
+    }
+}
+
+impl From<pbr_tools::Error> for Error {
+    fn from(e: pbr_tools::Error) -> Self {
+        Error::Replay(e.into())
+    }
+}
+
+impl From<pbr_format::Error> for Error {
+    fn from(e: pbr_format::Error) -> Self {
+        Error::Replay(e.into())
+    }
+}
+
+/// Capture's and recovery's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,452 @@
+//! Recovery: one engine for every candidate. The candidates are opened
+//! once; the latest valid one (its seals hold for an agent's candidate,
+//! its files match `root` for a phase guest's) is restored with every page
+//! checked as it goes; one found damaged, or whose cache cannot be
+//! refilled, is refused and the next is tried. The recovery is over when
+//! the guest says ready: its agent, or its service answering on the host.
+//! When no candidate is left, an agent's machine boots from scratch; a
+//! phase guest's recovery ends with [`Error::NoCandidate`].
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use pbr_agent::message::Resumed;
+use pbr_format::Image;
+use pbr_replay::qemu::QemuAdapter;
+use pbr_tools::qemu::compat::QemuHost;
+
+use crate::Vmm;
+use crate::agent::{AgentPort, port_args, vmgenid_args};
+use crate::boot::{Before, boot_after};
+use crate::error::{Error, Result};
+use crate::guest::{Control, serial_args};
+use crate::machine::UserCommand;
+use crate::ready::{serve, until_ready};
+use crate::resident::Resident;
+use crate::select::{check, is_agent_candidate, recorded_command};
+use crate::service;
+
+/// A candidate that was not restored, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The candidate.
+    pub path: PathBuf,
+    /// Why (one line).
+    pub reason: String,
+}
+
+/// What a recovery (or a boot from scratch) did.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    /// The candidate restored; `None` for a boot from scratch.
+    pub chosen: Option<PathBuf>,
+    /// The candidates refused, latest first: one that does not open, whose
+    /// seals do not hold, or whose restore found a damaged page or pages it
+    /// cannot refill (before its guest ran).
+    pub refused: Vec<Refused>,
+    /// From the decision to recover until the guest was ready.
+    pub downtime: Duration,
+    /// Of which judging the candidates.
+    pub select: Duration,
+    /// Of which starting QEMU and loading the state, until the VM ran.
+    pub restore: Duration,
+    /// Of which the restored guest's work until it was ready.
+    pub guest: Duration,
+    /// The adapter that restored it: `qemu`, or `kvm` for images the
+    /// project's own VMM wrote.
+    pub adapter: &'static str,
+    /// Whether the guest's RAM was mapped from the image (KVM; QEMU 8.2+
+    /// with a flat image) rather than streamed through QEMU's migration.
+    pub ram_mapped: bool,
+    /// Where the restoring QEMU came from: the standby or prestaged one
+    /// when it served the chosen candidate, else [`Vmm::Spawn`] (also for
+    /// the KVM adapter, which starts no QEMU).
+    pub vmm: Vmm,
+    /// The ready signal: the service's status line and the guest's own
+    /// `PBR-READY <uptime>` that followed, for a phase guest; the agent's
+    /// ready; the first port write of a VMM guest.
+    pub signal: String,
+    /// What the standby or prestaged QEMU held in memory just before the
+    /// decision; `None` without one.
+    pub held: Option<Resident>,
+    /// Checking the crc32 of the pages QEMU maps from a flat candidate,
+    /// beside QEMU's start and load (zero when done before the decision,
+    /// or streamed: each streamed page is checked as it is written).
+    pub page_check: Duration,
+    /// What the restored guest's agent did (clock step, entropy).
+    pub resumed: Option<Resumed>,
+    /// Page-cache pages read back from the guest's disks before it ran.
+    pub refilled_pages: u64,
+    /// Of the restore, reading them back.
+    pub refill: Duration,
+}
+
+impl Recovery {
+    /// How the guest's RAM got there: `mapped` or `streamed`.
+    pub fn ram(&self) -> &'static str {
+        if self.ram_mapped { "mapped" } else { "streamed" }
+    }
+}
+
+/// How to recover.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecoverOptions<'a> {
+    /// Judge a phase guest's candidates by the files they recorded against
+    /// this root; without it, by phase alone. (An agent's candidates are
+    /// judged by their seals.)
+    pub root: Option<&'a Path>,
+    /// The QEMU binary; else the one an agent's candidate records, else
+    /// `qemu-system-x86_64`.
+    pub qemu: Option<&'a str>,
+    /// Where the restoring QEMU comes from.
+    pub vmm: Vmm,
+}
+
+/// A candidate, opened once for the whole recovery.
+pub struct Opened {
+    /// Where it is.
+    pub path: PathBuf,
+    /// The image.
+    pub image: Image,
+}
+
+/// How the candidates' machine is run and says it is ready.
+enum Wiring {
+    /// A guest that runs pbr-agent: the user's command line with the
+    /// agent's port and a VM generation id; its seals judge a candidate.
+    Agent { cmd: UserCommand, host: QemuHost, sock: PathBuf, extra: Vec<String> },
+    /// A phase guest: its recorded machine with its service forwarded to
+    /// `port` of the host and its control port on `ctl`.
+    Phase { qemu: String, port: u16, serial: Vec<String>, ctl: PathBuf },
+}
+
+/// The connection a restored guest says ready on: its agent's port, or
+/// its control port and the host port its service is forwarded to.
+enum Link {
+    Agent(AgentPort),
+    Control(Control, u16),
+}
+
+impl Wiring {
+    fn qemu(&self) -> &str {
+        match self {
+            Wiring::Agent { cmd, .. } => &cmd.qemu,
+            Wiring::Phase { qemu, .. } => qemu,
+        }
+    }
+
+    /// The arguments that restore `img`: its machine type pinned.
+    fn args(&self, img: &Image) -> Result<Vec<String>> {
+        match self {
+            Wiring::Agent { cmd, extra, .. } => {
+                let mut a = pbr_tools::qemu::compat::restore_args(cmd.args.clone(), img);
+                a.extend(extra.iter().cloned());
+                Ok(a)
+            }
+            Wiring::Phase { port, serial, .. } => {
+                let mut a = pbr_replay::qemu::args::recorded_args(img)
+                    .ok_or_else(|| Error::Usage("the candidate records no restore command line".into()))?;
+                service::forward(&mut a, *port)?;
+                a.extend(serial.iter().cloned());
+                Ok(a)
+            }
+        }
+    }
+
+    /// Whether `img` may be restored now, else why not.
+    fn judge(&self, img: &Image) -> std::result::Result<(), String> {
+        match self {
+            Wiring::Agent { host, .. } => check(img, host),
+            Wiring::Phase { .. } => Ok(()),
+        }
+    }
+
+    fn connect(&self) -> Result<Link> {
+        Ok(match self {
+            Wiring::Agent { sock, .. } => Link::Agent(AgentPort::connect(sock)?),
+            Wiring::Phase { ctl, port, .. } => Link::Control(Control::connect(ctl)?, *port),
+        })
+    }
+}
+
+/// The refusals of a recovery, told as they are decided.
+struct Refusals<'a> {
+    list: Vec<Refused>,
+    on: &'a mut dyn FnMut(&Refused),
+}
+
+impl Refusals<'_> {
+    fn push(&mut self, path: &Path, reason: String) {
+        let r = Refused { path: path.to_path_buf(), reason };
+        (self.on)(&r);
+        self.list.push(r);
+    }
+}
+
+/// Whether the project's own VMM wrote `img` (as `examples/phase_vmm.rs`
+/// does): it is restored on /dev/kvm, not by QEMU.
+fn is_vmm_image(img: &Image) -> bool {
+    img.metadata_value("source.format") == Some("vmm")
+}
+
+/// Recovers from the latest of `candidates` that may be restored, as the
+/// module says. Refusals go to `on_refused` as they are decided;
+/// `on_ready` gets the report and the running QEMU once the guest is
+/// ready (no QEMU for a VMM image); when it returns, QEMU quits (a caller
+/// that wants the guest to keep running waits inside it).
+///
+/// With [`Vmm::Standby`], a QEMU for the latest candidate's machine is
+/// started before the decision and waits for the state (its RAM mapped
+/// and its stream made ready where it can); when the chosen candidate
+/// records another machine, a new QEMU is started after all. With
+/// [`Vmm::Prestaged`], that QEMU has loaded the latest candidate before
+/// the decision and holds it paused.
+///
+/// # Errors
+/// No candidate opens, or (a phase guest) none is left; QEMU, KVM, the
+/// guest or its agent failed.
+pub fn recover(
+    candidates: &[PathBuf],
+    opts: &RecoverOptions<'_>,
+    on_refused: &mut dyn FnMut(&Refused),
+    on_ready: &mut dyn FnMut(&Recovery, Option<&mut Child>),
+) -> Result<Recovery> {
+    let mut refusals = Refusals { list: Vec::new(), on: on_refused };
+    // A candidate that does not open is refused, never trusted; the others
+    // are still judged.
+    let mut opened = Vec::new();
+    for p in candidates {
+        match Image::open(p) {
+            Ok(image) => opened.push(Opened { path: p.clone(), image }),
+            Err(e) => refusals.push(p, format!("does not open: {e}")),
+        }
+    }
+    let mut latest_first: Vec<usize> = (0..opened.len()).collect();
+    latest_first.sort_by_key(|&i| std::cmp::Reverse(crate::phase_order(&opened[i].image)));
+    let latest =
+        *latest_first.first().ok_or_else(|| Error::NoCandidate("no candidate opens: do a full reboot".into()))?;
+    let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
+    let _interrupt = pbr_tools::cleanup::remove_on_interrupt(work.path());
+    let wiring = match latest_first.iter().find(|&&i| is_agent_candidate(&opened[i].image)) {
+        Some(&i) => {
+            let cmd = recorded_command(&opened[i].image, opts.qemu)?;
+            let host = QemuHost::of(&cmd.qemu).map_err(Error::Usage)?;
+            let (mut extra, sock) = port_args(work.path());
+            extra.extend(vmgenid_args()?);
+            Wiring::Agent { cmd, host, sock, extra }
+        }
+        None => {
+            let (serial, ctl) = serial_args(work.path());
+            let qemu = opts.qemu.unwrap_or("qemu-system-x86_64").to_owned();
+            Wiring::Phase { qemu, port: service::free_port()?, serial, ctl }
+        }
+    };
+    let qemu = wiring.qemu().to_owned();
+
+    // Before the failure: a QEMU waiting for a stream, or holding the
+    // latest candidate paused (not for a VMM image: it needs no QEMU).
+    let latest = &opened[latest];
+    let mut standby = match (opts.vmm, is_vmm_image(&latest.image)) {
+        (Vmm::Spawn, _) | (_, true) => None,
+        (vmm, false) => {
+            let args = wiring.args(&latest.image)?;
+            Some(match vmm {
+                // Preparing before a failure must not prevent the recovery:
+                // an image that does not load leaves a plain standby QEMU
+                // (and is refused at the decision if invalid).
+                Vmm::Prestaged => QemuAdapter::prestage(&qemu, args.clone(), &latest.path, &latest.image)
+                    .or_else(|_| QemuAdapter::standby(&qemu, args))?,
+                _ => QemuAdapter::standby_prepared(&qemu, args, &latest.path, &latest.image)?,
+            })
+        }
+    };
+    let mut link = match standby {
+        Some(_) => Some(wiring.connect()?),
+        None => None,
+    };
+    // Asked before the decision: a flat candidate's restore needs it.
+    let _ = pbr_tools::qemu::compat::qemu_full_version(&qemu);
+    let held = standby.as_ref().and_then(QemuAdapter::pid).and_then(Resident::of);
+
+    let t = Instant::now();
+    // A phase guest's candidates by their files against `root`, valid
+    // ones only; else latest first.
+    let order: Vec<usize> = match (&wiring, opts.root) {
+        (Wiring::Phase { .. }, Some(root)) => {
+            let refs: Vec<&Image> = opened.iter().map(|o| &o.image).collect();
+            let verdicts = pbr_format::select::select_fast(&refs, root, false).verdicts;
+            verdicts.iter().filter(|v| v.valid).map(|v| v.index).collect()
+        }
+        _ => latest_first,
+    };
+    let mut select = t.elapsed();
+    let mut next = order.into_iter();
+    let (chosen, mut q, used) = loop {
+        let s = Instant::now();
+        let found = next.by_ref().find(|&i| match wiring.judge(&opened[i].image) {
+            Ok(()) => true,
+            Err(reason) => {
+                refusals.push(&opened[i].path, reason);
+                false
+            }
+        });
+        select += s.elapsed();
+        let Some(i) = found else {
+            drop(standby.take());
+            return match &wiring {
+                Wiring::Agent { cmd, .. } => {
+                    let before = Before { refused: refusals.list, select, held, spent: t.elapsed() };
+                    boot_after(cmd, Vmm::Spawn, before, on_ready)
+                }
+                Wiring::Phase { .. } => Err(no_candidate(&refusals.list)),
+            };
+        };
+        let o = &opened[i];
+        if is_vmm_image(&o.image) {
+            let mut r = recover_kvm(o, t, select)?;
+            r.refused = refusals.list;
+            on_ready(&r, None);
+            return Ok(r);
+        }
+        let restored = wiring.args(&o.image).and_then(|args| restore_into(&qemu, &args, o, standby.take()));
+        match restored {
+            Ok((q, used)) => break (o, q, used),
+            Err(e) if e.refuses_candidate() => {
+                // The standby QEMU, and its connection, went with it.
+                link = None;
+                refusals.push(&o.path, e.refusal());
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if used == Vmm::Spawn {
+        // The standby QEMU's connection went with it.
+        link = None;
+    }
+    let restore = t.elapsed() - select;
+    let link = match link {
+        Some(l) => l,
+        None => wiring.connect()?,
+    };
+    let process = q.process().ok_or_else(|| Error::Guest("the restored QEMU is not running".into()))?;
+    let (downtime, signal, resumed) = match link {
+        Link::Agent(mut agent) => {
+            agent.resume()?;
+            let resumed = until_ready(&mut agent)?;
+            (t.elapsed(), "the agent said ready".to_owned(), resumed)
+        }
+        Link::Control(mut control, port) => {
+            let served = serve(&mut control, process, port, true, t)?;
+            let signal = format!("{} on the host's port {port}, then PBR-READY {}", served.status, served.uptime);
+            (served.at, signal, None)
+        }
+    };
+    let r = Recovery {
+        chosen: Some(chosen.path.clone()),
+        refused: refusals.list,
+        downtime,
+        select,
+        restore,
+        guest: downtime.saturating_sub(select + restore),
+        adapter: "qemu",
+        ram_mapped: q.ram_mapped(),
+        vmm: used,
+        signal,
+        held,
+        page_check: q.page_check_time(),
+        resumed,
+        refilled_pages: q.refilled_pages(),
+        refill: q.refill_time(),
+    };
+    on_ready(&r, q.process().map(|p| p.child()));
+    q.quit();
+    Ok(r)
+}
+
+/// The error when no candidate is left: do a full reboot, and why each
+/// was refused.
+fn no_candidate(refused: &[Refused]) -> Error {
+    let why: Vec<String> = refused.iter().map(|r| format!("{}: {}", r.path.display(), r.reason)).collect();
+    Error::NoCandidate(if why.is_empty() {
+        "do a full reboot".into()
+    } else {
+        format!("do a full reboot ({})", why.join("; "))
+    })
+}
+
+/// Restores `o` with `args` into the waiting QEMU where it can take it,
+/// else into a new `qemu` (the waiting one is stopped first: it holds the
+/// ports and sockets of `args`); says which way it went.
+///
+/// # Errors
+/// QEMU failed, or the image is damaged (the guest never ran).
+fn restore_into(qemu: &str, args: &[String], o: &Opened, standby: Option<QemuAdapter>) -> Result<(QemuAdapter, Vmm)> {
+    let hash = o.image.image_blake3();
+    match standby {
+        Some(mut s) if s.held() == Some(hash) => {
+            s.cont()?;
+            Ok((s, Vmm::Prestaged))
+        }
+        // It holds another candidate, maps another's RAM, or runs another
+        // machine type: a new QEMU after all.
+        Some(s) if s.held().is_some() || s.maps().is_some_and(|h| h != hash) || s.args() != args => {
+            drop(s);
+            Ok((spawn_load(qemu, args, o)?, Vmm::Spawn))
+        }
+        Some(mut s) => {
+            s.set_image(&o.path);
+            load(o, &mut s)?;
+            Ok((s, Vmm::Standby))
+        }
+        None => Ok((spawn_load(qemu, args, o)?, Vmm::Spawn)),
+    }
+}
+
+fn spawn_load(qemu: &str, args: &[String], o: &Opened) -> Result<QemuAdapter> {
+    let mut q = QemuAdapter::new(&o.path, qemu, args.to_vec())?;
+    load(o, &mut q)?;
+    Ok(q)
+}
+
+fn load(o: &Opened, q: &mut QemuAdapter) -> Result<()> {
+    let file = std::fs::File::open(&o.path).map_err(|e| Error::io("candidate", e))?;
+    pbr_replay::replay(&o.image, &file, q)?;
+    Ok(())
+}
+
+/// Restores a VMM-written image on /dev/kvm and runs its first vCPU until
+/// the guest writes to an I/O port.
+fn recover_kvm(o: &Opened, t: Instant, select: Duration) -> Result<Recovery> {
+    use pbr_replay::kvm::{Exit, KvmAdapter};
+    let file = std::fs::File::open(&o.path).map_err(|e| Error::io("candidate", e))?;
+    let mut vm = KvmAdapter::new()?;
+    pbr_replay::replay(&o.image, &file, &mut vm)?;
+    let restore = t.elapsed() - select;
+    let id = o.image.vcpus().first().map(pbr_format::Vcpu::id).ok_or_else(|| Error::Usage("no vCPU".into()))?;
+    let signal = match vm.run_until_io(id)? {
+        Exit::IoOut { port, data } => {
+            let hex: Vec<String> = data.iter().map(|b| format!("{b:02x}")).collect();
+            format!("out port {port:#x}: {}", hex.join(" "))
+        }
+        Exit::Halt => return Err(Error::Guest("the restored guest halted".into())),
+    };
+    let downtime = t.elapsed();
+    Ok(Recovery {
+        chosen: Some(o.path.clone()),
+        refused: Vec::new(),
+        downtime,
+        select,
+        restore,
+        guest: downtime - select - restore,
+        adapter: "kvm",
+        ram_mapped: true,
+        vmm: Vmm::Spawn,
+        signal,
+        held: None,
+        page_check: Duration::ZERO,
+        resumed: None,
+        refilled_pages: 0,
+        refill: Duration::ZERO,
+    })
+}

@@ -1,0 +1,167 @@
+//! One QEMU process with its QMP: the only place QEMU is started. The
+//! adapter, a capture's machine and a timed guest all run QEMU this way.
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::qmp::Qmp;
+use super::stderr::{self, QemuStderr};
+use crate::error::{Error, Result};
+
+/// Where QEMU's standard streams go.
+pub struct Io {
+    /// Its standard input (a console under `-serial stdio` reads it).
+    pub stdin: Stdio,
+    /// Its standard output (the guest's console under `-serial stdio`).
+    pub stdout: Stdio,
+    /// Hold its standard error until [`QemuProcess::pass_on_stderr`], so
+    /// that a failure before then reports QEMU's own message; else it goes
+    /// to the caller's standard error as it comes.
+    pub hold_stderr: bool,
+}
+
+impl Io {
+    /// No input, output to the caller's, standard error as it comes.
+    pub fn quiet() -> Io {
+        Io { stdin: Stdio::null(), stdout: Stdio::inherit(), hold_stderr: false }
+    }
+}
+
+/// A running QEMU and its QMP connection. Dropping it kills QEMU; an
+/// interrupt of the tool stops it too.
+pub struct QemuProcess {
+    qemu: String,
+    child: Child,
+    qmp: Qmp,
+    stderr: Option<QemuStderr>,
+    _interrupt: pbr_tools::cleanup::Registration,
+}
+
+impl QemuProcess {
+    /// Starts `qemu` with `args` and a QMP server on the unix socket
+    /// `qmp_sock`, and connects to it.
+    ///
+    /// # Errors
+    /// QEMU did not start, exited first (its own message when `io` holds
+    /// its standard error), or its QMP never came up.
+    pub fn launch(qemu: &str, args: &[String], qmp_sock: &Path, io: Io) -> Result<QemuProcess> {
+        let mut child = Command::new(qemu)
+            .args(args)
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp_sock.display()))
+            .stdin(io.stdin)
+            .stdout(io.stdout)
+            .stderr(if io.hold_stderr { Stdio::piped() } else { Stdio::inherit() })
+            .spawn()
+            .map_err(|e| Error::io(format!("cannot start {qemu}"), e))?;
+        let interrupt = pbr_tools::cleanup::stop_on_interrupt(child.id());
+        let stderr = child.stderr.take().map(QemuStderr::start);
+        let mut gone = || match child.try_wait() {
+            Ok(Some(status)) => Some(exited(qemu, status, "before it was ready", stderr.as_ref())),
+            _ => None,
+        };
+        let qmp = Qmp::connect_watching(qmp_sock, &mut gone);
+        let qmp = match qmp {
+            Ok(qmp) => qmp,
+            Err(e) => return Err(failure(qemu, &mut child, stderr.as_ref(), e, "before it was ready")),
+        };
+        Ok(QemuProcess { qemu: qemu.to_owned(), child, qmp, stderr, _interrupt: interrupt })
+    }
+
+    /// Its QMP connection.
+    pub fn qmp(&mut self) -> &mut Qmp {
+        &mut self.qmp
+    }
+
+    /// Runs a QMP command; when it fails because QEMU exited, the error
+    /// says so (with QEMU's message), happening `when`.
+    ///
+    /// # Errors
+    /// QMP failed, or QEMU exited.
+    pub fn cmd(&mut self, execute: &str, arguments: Value, when: &str) -> Result<Value> {
+        self.qmp.cmd(execute, arguments).map_err(|e| self.failure(e, when))
+    }
+
+    /// The QEMU process.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// From now on, QEMU's held standard error goes to the caller's as it
+    /// comes (what it says is the running guest's).
+    pub fn pass_on_stderr(&self) {
+        if let Some(tail) = &self.stderr {
+            tail.pass_on();
+        }
+    }
+
+    /// The error to report for `e`, which happened `when`: if QEMU has
+    /// exited (it is given a second), that it did, with its own message
+    /// and the likely cause; else `e`.
+    pub fn failure(&mut self, e: Error, when: &str) -> Error {
+        failure(&self.qemu, &mut self.child, self.stderr.as_ref(), e, when)
+    }
+
+    /// Quits QEMU over QMP and waits for it (killing it after 10 s).
+    pub fn quit(mut self) {
+        let _ = self.qmp.cmd("quit", json!({}));
+        wait_or_kill(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+impl Drop for QemuProcess {
+    /// A QEMU left behind by an error is stopped, not orphaned.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// [`QemuProcess::failure`] of `child` (the process `qemu`).
+fn failure(qemu: &str, child: &mut Child, held: Option<&QemuStderr>, e: Error, when: &str) -> Error {
+    let t = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return exited(qemu, status, when, held),
+            Ok(None) if t.elapsed() < Duration::from_secs(1) => std::thread::sleep(Duration::from_millis(10)),
+            _ => return e,
+        }
+    }
+}
+
+/// QEMU exited with `status` `when`: with its own message when its
+/// standard error was held, else pointing at the message it printed.
+fn exited(qemu: &str, status: ExitStatus, when: &str, held: Option<&QemuStderr>) -> Error {
+    match held {
+        Some(tail) if !tail.passed_on() => stderr::exited(qemu, status, when, &tail.lines(Duration::from_secs(1))),
+        _ => Error::QemuExited {
+            qemu: qemu.to_owned(),
+            status,
+            when: when.to_owned(),
+            said: "see its message above".into(),
+        },
+    }
+}
+
+/// Waits up to `limit` for `child` to exit, then kills it.
+pub fn wait_or_kill(child: &mut Child, limit: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
