@@ -30,7 +30,7 @@ pub const XL_MAGIC: &[u8] = b"Xen saved domain, xl format\n \0 \r";
 
 /// Detects the format from the first bytes of the input (at least 32).
 pub fn detect(head: &[u8]) -> Option<InputFormat> {
-    if crate::qemu::is_qemu_stream(head) {
+    if head.starts_with(&crate::qemu::MAGIC) {
         Some(InputFormat::Qemu)
     } else if head.starts_with(XL_MAGIC) {
         Some(InputFormat::Xl)
