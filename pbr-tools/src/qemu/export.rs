@@ -18,10 +18,10 @@ use pbr_format::{DeviceOrigin, Image, is_zero};
 use super::config::Config;
 use super::plan::{BlockInfo, RamSection, RunKind};
 use super::ram::{Layout, flags};
-use super::reader::StreamReader;
 use super::{MAGIC, VERSION, blob, section};
 use crate::error::{Error, Result};
 use crate::refill::Refill;
+use crate::stream::StreamReader;
 
 /// What [`export_qemu`] wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -226,7 +226,7 @@ pub fn export_qemu_refilled<W: Write>(
     }
     // Machine types up to 2.3 send no configuration section.
     let config = match blobs.iter().find(|b| b.origin == DeviceOrigin::QEMU_STREAM && b.name == blob::CONFIGURATION) {
-        Some(b) => Some(Config::read(&mut StreamReader::new(&b.data[..], 0))?),
+        Some(b) => Some(Config::read(&mut StreamReader::new("qemu", &b.data[..], 0))?),
         None => None,
     };
     let machine = config.as_ref().map_or("", |c| c.machine.as_str());

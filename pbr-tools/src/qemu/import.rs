@@ -15,10 +15,10 @@ use pbr_format::{DeviceBlob, DeviceOrigin, ImageWriter, PageClass, PageEncoding,
 use super::config::Config;
 use super::plan::{BlockInfo, RamSection};
 use super::ram::{Layout, MappedBlock, PageSink, RamParser};
-use super::reader::StreamReader;
 use super::vmdesc::VmDesc;
 use super::{MAGIC, PAGE_SIZE, VERSION, blob, cpu, section, section_body};
 use crate::error::{Error, Result};
+use crate::stream::StreamReader;
 use tail::tail_sections;
 
 /// Device state after the RAM is held in memory up to this size.
@@ -98,7 +98,7 @@ impl PageSink for State<'_> {
     fn blocks(&mut self, blocks: &[BlockInfo], mapped: &[MappedBlock]) -> Result<()> {
         let machine = self.config.as_ref().map_or("", |c| c.machine.as_str());
         let layout = Layout::new(machine, blocks, PAGE_SIZE);
-        let opts = crate::convert::writer_options(self.opts.page_hashes, !self.opts.no_sync);
+        let opts = crate::writer::options(self.opts.page_hashes, !self.opts.no_sync);
         self.writer = Some(ImageWriter::create(self.out, &layout.regions, opts)?);
         self.layout = Some(layout);
         self.mapped = mapped.to_vec();
@@ -148,7 +148,7 @@ pub fn convert<R: Read>(
     opts: &ConvertOptions,
     progress: &dyn Fn(u64),
 ) -> Result<ConvertReport> {
-    let mut r = StreamReader::new(input, 0);
+    let mut r = StreamReader::new("qemu", input, 0);
     let mut magic = [0u8; 4];
     r.read_exact(&mut magic, "the stream magic")?;
     if magic != MAGIC {

@@ -14,7 +14,6 @@ pub mod export;
 mod import;
 pub mod plan;
 pub mod ram;
-pub mod reader;
 mod sections;
 pub mod vmdesc;
 

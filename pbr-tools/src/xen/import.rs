@@ -17,11 +17,10 @@ use super::pages::{self, Shape};
 use super::record::{self, libxl};
 use super::{
     BYTE_ORDER_LE, DOMAIN_PV, LIBXL_IDENT, LIBXL_RECORD_MAX, OPTIONAL_DATA_MAX, PAGE, XL_FLAG_JSON, XL_FLAG_STREAM_V2,
-    blob,
+    XL_MAGIC, blob,
 };
-use crate::convert::XL_MAGIC;
 use crate::error::{Error, Result};
-use crate::qemu::reader::StreamReader;
+use crate::stream::StreamReader;
 
 /// What becomes of a checkpointed (Remus/COLO) stream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -128,7 +127,7 @@ struct Conv<'a, R: Read> {
 /// legacy stream, I/O. Nothing is created at `out` on error.
 pub fn convert<R: Read>(input: R, out: &Path, opts: &ConvertOptions, progress: &dyn Fn(u64)) -> Result<ConvertReport> {
     let mut c = Conv {
-        r: StreamReader::for_format("xl", input, 0),
+        r: StreamReader::new("xl", input, 0),
         out,
         opts,
         progress,
@@ -211,7 +210,7 @@ fn libxc_blob(name: String, flags: u32, data: Vec<u8>) -> DeviceBlob<'static> {
 
 impl<R: Read> Conv<'_, R> {
     fn new_writer(&self) -> Result<ImageWriter> {
-        let opts = crate::convert::writer_options(self.opts.page_hashes, !self.opts.no_sync);
+        let opts = crate::writer::options(self.opts.page_hashes, !self.opts.no_sync);
         // Every pfn a stream can name; narrowed to what it populated at the end.
         let all = Region::ram("ram", 0, pages::PFN_LIMIT * PAGE as u64);
         Ok(ImageWriter::create(self.out, &[all], opts)?)

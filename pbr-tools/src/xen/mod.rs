@@ -20,6 +20,8 @@ mod summary;
 pub use import::{Checkpoints, ConvertOptions, ConvertReport, checkpoint_path, convert};
 pub use summary::summary;
 
+/// The `xl save` file magic: the first 32 bytes of the xl header.
+pub const XL_MAGIC: &[u8] = b"Xen saved domain, xl format\n \0 \r";
 /// `LibxlFmt`, the libxl stream header's ident (big-endian).
 pub const LIBXL_IDENT: u64 = 0x4c69_6278_6c46_6d74;
 /// The libxc image header's marker.

@@ -6,12 +6,12 @@ use std::borrow::Cow;
 
 use pbr_format::{DeviceBlob, DeviceOrigin};
 
-use super::super::reader::StreamReader;
 use super::super::sections::{full_header, scan_footer};
 use super::super::vmdesc::{self, VmDesc};
 use super::super::{blob, section};
 use super::{State, command, stream_blob};
 use crate::error::{Error, Result};
+use crate::stream::StreamReader;
 
 /// Parses the device sections, commands, EOF and vmdescription held in
 /// `tail` (which starts at stream offset `base`).
@@ -104,7 +104,7 @@ pub(super) fn tail_sections(tail: &[u8], base: u64, st: &mut State<'_>) -> Resul
                 });
             }
             section::COMMAND => {
-                let mut r = StreamReader::new(&tail[pos..end], base + pos as u64);
+                let mut r = StreamReader::new("qemu", &tail[pos..end], base + pos as u64);
                 let b = command(&mut r, base + at as u64)?;
                 pos = (r.pos() - base) as usize;
                 st.blobs.push(b);
