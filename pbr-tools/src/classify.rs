@@ -4,6 +4,7 @@
 use std::io::Read;
 use std::path::Path;
 
+use pbr_format::keys;
 use pbr_format::{Image, PageClass};
 
 use crate::error::{Error, Result};
@@ -302,9 +303,9 @@ pub fn apply(
         )));
     }
     let mut w = rewrite::derived(src, dest, rewrite::options(src, pbr_format::PageEncoding::Zero))?;
-    w.set_metadata("classes.source", source)?;
+    w.set_metadata(keys::CLASSES_SOURCE, source)?;
     if let Some(k) = kernel {
-        w.set_metadata("guest.kernel", k)?;
+        w.set_metadata(keys::GUEST_KERNEL, k)?;
     }
     let mut report = ClassifyReport { input_pages: classes.len() as u64, ..Default::default() };
     let mut buf = vec![0u8; src.page_size() as usize];

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use pbr_format::keys;
 use pbr_format::{Image, PageEncoding};
 
 use crate::error::{Error, Result};
@@ -13,7 +14,7 @@ use crate::pack::PackReport;
 use crate::rewrite;
 
 /// The metadata key a flat image carries, with value `flat`.
-pub const LAYOUT_KEY: &str = "layout";
+pub const LAYOUT_KEY: &str = keys::LAYOUT;
 
 /// Writes `src` to `dest` in the flat layout; `progress` gets the bytes of
 /// guest memory written as it goes (all of [`Image::guest_size`] in the

@@ -16,6 +16,7 @@
 //! is the same; a disk whose seal moved is refused, since reading it would
 //! cost the recovery a whole disk.
 
+use pbr_format::keys;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use serde_json::{Value, json};
 use crate::error::{Error, Result};
 
 /// The metadata key that holds a candidate's seals (JSON).
-pub const SEALS_KEY: &str = "pbr.seals";
+pub const SEALS_KEY: &str = keys::PBR_SEALS;
 
 /// A file's identity at capture.
 #[derive(Clone, Debug, PartialEq, Eq)]

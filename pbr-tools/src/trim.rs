@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use pbr_format::keys;
 use pbr_format::{DiskRefs, Image, PageClass, PageEncoding, is_zero};
 
 use crate::error::{Error, Result};
@@ -179,10 +180,10 @@ pub fn trim_with(
         }
     }
     let label = drop.label();
-    w.set_metadata("trim.dropped", &label)?;
-    w.set_metadata("trim.free_pages", &r.free_pages.to_string())?;
-    w.set_metadata("trim.cache_pages", &r.cache_pages.to_string())?;
-    w.set_metadata("trim.cache_pages_kept", &r.cache_pages_kept.to_string())?;
+    w.set_metadata(keys::TRIM_DROPPED, &label)?;
+    w.set_metadata(keys::TRIM_FREE_PAGES, &r.free_pages.to_string())?;
+    w.set_metadata(keys::TRIM_CACHE_PAGES, &r.cache_pages.to_string())?;
+    w.set_metadata(keys::TRIM_CACHE_PAGES_KEPT, &r.cache_pages_kept.to_string())?;
     r.after_bytes = w.finish()?.file_len;
     Ok(r)
 }

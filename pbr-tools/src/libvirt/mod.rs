@@ -9,6 +9,7 @@ pub mod header;
 use std::io::{Read, Write};
 use std::path::Path;
 
+use pbr_format::keys;
 use pbr_format::{DeviceBlob, DeviceOrigin, Image};
 
 use crate::error::{Error, Result};
@@ -77,17 +78,17 @@ pub fn convert<R: Read>(
         data: raw.into(),
     });
     let mut meta = vec![
-        ("libvirt.save_version".to_owned(), header.version.to_string()),
-        ("libvirt.was_running".to_owned(), header.was_running.to_string()),
-        ("libvirt.compressed".to_owned(), header.compressed.name().to_owned()),
+        (keys::LIBVIRT_SAVE_VERSION.to_owned(), header.version.to_string()),
+        (keys::LIBVIRT_WAS_RUNNING.to_owned(), header.was_running.to_string()),
+        (keys::LIBVIRT_COMPRESSED.to_owned(), header.compressed.name().to_owned()),
     ];
-    for (tag, key) in [("name", "libvirt.domain.name"), ("uuid", "libvirt.domain.uuid")] {
+    for (tag, key) in [("name", keys::LIBVIRT_DOMAIN_NAME), ("uuid", keys::LIBVIRT_DOMAIN_UUID)] {
         if let Some((v, _)) = header.element(tag) {
             meta.push((key.to_owned(), v));
         }
     }
     if let Some((v, unit)) = header.element("memory") {
-        meta.push(("libvirt.domain.memory".to_owned(), format!("{v} {}", unit.as_deref().unwrap_or("KiB"))));
+        meta.push((keys::LIBVIRT_DOMAIN_MEMORY.to_owned(), format!("{v} {}", unit.as_deref().unwrap_or("KiB"))));
     }
     opts.container_metadata = meta;
     let start = (HEADER_LEN + area.len()) as u64;

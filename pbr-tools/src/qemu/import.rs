@@ -10,6 +10,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use pbr_format::keys;
 use pbr_format::{DeviceBlob, DeviceOrigin, ImageWriter, PageClass, PageEncoding, Phase, Vcpu, WriteReport};
 
 use super::config::Config;
@@ -380,27 +381,27 @@ fn finish(mut st: State<'_>, desc: Option<VmDesc>, stream_bytes: u64) -> Result<
     for (k, v) in &st.opts.container_metadata {
         w.set_metadata(k, v)?;
     }
-    w.set_metadata("source.format", "qemu")?;
+    w.set_metadata(keys::SOURCE_FORMAT, "qemu")?;
     let (machine, capabilities) = cfg.map(|c| (c.machine, c.capabilities)).unwrap_or_default();
     if !machine.is_empty() {
-        w.set_metadata("qemu.machine", &machine)?;
+        w.set_metadata(keys::QEMU_MACHINE, &machine)?;
     }
     if !capabilities.is_empty() {
-        w.set_metadata("qemu.capabilities", &capabilities.join(","))?;
+        w.set_metadata(keys::QEMU_CAPABILITIES, &capabilities.join(","))?;
     }
     if let Some(ram) = blocks.iter().find(|b| b.name == "pc.ram") {
-        w.set_metadata("guest.ram_size", &ram.used_length.to_string())?;
+        w.set_metadata(keys::GUEST_RAM_SIZE, &ram.used_length.to_string())?;
     }
     if let Some(v) = &st.opts.qemu_version {
-        w.set_metadata("qemu.version", v)?;
+        w.set_metadata(keys::QEMU_VERSION, v)?;
     }
     if let Some(v) = min_version(&machine, &st.blobs) {
-        w.set_metadata("qemu.version_at_least", &v)?;
+        w.set_metadata(keys::QEMU_VERSION_AT_LEAST, &v)?;
     }
     if let Some(c) = &st.opts.restore_cmdline {
-        w.set_metadata("restore.cmdline", c)?;
+        w.set_metadata(keys::RESTORE_CMDLINE, c)?;
     }
-    w.set_metadata("classes.source", "converter")?;
+    w.set_metadata(keys::CLASSES_SOURCE, "converter")?;
     if let Some(p) = &st.opts.phase {
         w.set_phase(p.clone())?;
     }

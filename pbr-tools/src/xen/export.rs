@@ -13,6 +13,7 @@
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
+use pbr_format::keys;
 use pbr_format::{DeviceBlob, DeviceOrigin, Image, PageEncoding, Vcpu, X86Vcpu};
 
 use super::pages::{self, SAVER_BATCH, Shape};
@@ -142,10 +143,10 @@ pub fn export_xl(img: &Image, out: &Path) -> Result<XlExport> {
 /// # Errors
 /// As [`export_xl`].
 pub fn export_xl_to<W: Write>(img: &Image, out: W) -> Result<XlExport> {
-    if img.metadata_value("source.format") != Some("xl") {
+    if img.metadata_value(keys::SOURCE_FORMAT) != Some("xl") {
         return Err(Error::Unsupported(format!(
             "the image was converted from {}, not from an xl save file: export --to xl needs its Xen records",
-            img.metadata_value("source.format").unwrap_or("an unknown source")
+            img.metadata_value(keys::SOURCE_FORMAT).unwrap_or("an unknown source")
         )));
     }
     crate::refill::refuse_refill(img, "export --to xl")?;

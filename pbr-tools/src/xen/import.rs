@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use pbr_format::keys;
 use pbr_format::limits::MAX_REGIONS;
 use pbr_format::{
     DeviceBlob, DeviceOrigin, Image, ImageWriter, PageClass, PageEncoding, Phase, Region, Vcpu, WriteReport, X86Vcpu,
@@ -465,19 +466,19 @@ impl<R: Read> Conv<'_, R> {
         for b in &self.blobs {
             w.add_device(b.clone())?;
         }
-        w.set_metadata("source.format", "xl")?;
-        w.set_metadata("xen.guest_type", if self.domain == DOMAIN_PV { "pv" } else { "hvm" })?;
-        w.set_metadata("xen.libxc_version", &self.version.to_string())?;
-        w.set_metadata("xen.version", &self.xen_version)?;
+        w.set_metadata(keys::SOURCE_FORMAT, "xl")?;
+        w.set_metadata(keys::XEN_GUEST_TYPE, if self.domain == DOMAIN_PV { "pv" } else { "hvm" })?;
+        w.set_metadata(keys::XEN_LIBXC_VERSION, &self.version.to_string())?;
+        w.set_metadata(keys::XEN_VERSION, &self.xen_version)?;
         let populated: u64 = runs.iter().map(|r| r.1).sum();
-        w.set_metadata("guest.ram_size", &(populated * ps).to_string())?;
+        w.set_metadata(keys::GUEST_RAM_SIZE, &(populated * ps).to_string())?;
         if let Some((cfg, _)) = &self.config {
-            w.set_metadata("xl.config", cfg)?;
+            w.set_metadata(keys::XL_CONFIG, cfg)?;
         }
         if let Some(k) = checkpoint {
-            w.set_metadata("xen.checkpoint", &k.to_string())?;
+            w.set_metadata(keys::XEN_CHECKPOINT, &k.to_string())?;
         }
-        w.set_metadata("classes.source", "converter")?;
+        w.set_metadata(keys::CLASSES_SOURCE, "converter")?;
         if let Some(p) = &self.opts.phase {
             w.set_phase(p.clone())?;
         }

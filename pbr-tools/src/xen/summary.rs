@@ -1,5 +1,6 @@
 //! What an image converted from an `xl save` file holds of Xen's records.
 
+use pbr_format::keys;
 use pbr_format::{DeviceBlob, DeviceOrigin, Image};
 
 use super::pages::Shape;
@@ -9,7 +10,7 @@ use super::record::{libxc, libxl};
 /// for `inspect`: the guest type and versions from metadata, record counts,
 /// and the device model's state (`EMULATOR_CONTEXT`) summarised.
 pub fn summary(img: &Image) -> Option<serde_json::Value> {
-    if img.metadata_value("source.format") != Some("xl") {
+    if img.metadata_value(keys::SOURCE_FORMAT) != Some("xl") {
         return None;
     }
     let blobs: Vec<DeviceBlob<'_>> = img.devices().collect();
@@ -37,9 +38,9 @@ pub fn summary(img: &Image) -> Option<serde_json::Value> {
             })
         });
     Some(serde_json::json!({
-        "guest_type": img.metadata_value("xen.guest_type"),
-        "libxc_version": img.metadata_value("xen.libxc_version"),
-        "xen_version": img.metadata_value("xen.version"),
+        "guest_type": img.metadata_value(keys::XEN_GUEST_TYPE),
+        "libxc_version": img.metadata_value(keys::XEN_LIBXC_VERSION),
+        "xen_version": img.metadata_value(keys::XEN_VERSION),
         "page_data_records": shapes,
         "hvm_context_entries": blobs.iter().filter(|b| b.origin == DeviceOrigin::XEN_HVM).count(),
         "checkpoints": count(DeviceOrigin::XEN_LIBXC, libxc::CHECKPOINT),
