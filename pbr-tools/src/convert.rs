@@ -53,14 +53,12 @@ pub type Rewound<R> = Chain<Cursor<Vec<u8>>, R>;
 /// error.
 ///
 /// # Errors
-/// An input of no known magic; I/O.
+/// An input of no known magic ([`Error::Usage`]); I/O.
 pub fn detect_input<R: Read>(mut input: R, name: &str) -> Result<(InputFormat, Rewound<R>)> {
     let mut head = Vec::with_capacity(HEAD_LEN as usize);
     (&mut input).take(HEAD_LEN).read_to_end(&mut head).map_err(|e| Error::io("cannot read the input", e))?;
     let format = detect(&head).ok_or_else(|| {
-        Error::Unsupported(format!(
-            "{name}: not a QEMU migration stream, libvirt save file or xl save file (unknown magic)"
-        ))
+        Error::Usage(format!("{name}: not a QEMU migration stream, libvirt save file or xl save file (unknown magic)"))
     })?;
     Ok((format, Cursor::new(head).chain(input)))
 }
@@ -93,6 +91,7 @@ mod tests {
     #[test]
     fn detect_input_names_an_unknown_input() {
         let e = detect_input(&b"\x7fELF"[..], "/bin/true").unwrap_err();
+        assert!(matches!(e, Error::Usage(_)), "{e:?}");
         assert_eq!(
             e.to_string(),
             "/bin/true: not a QEMU migration stream, libvirt save file or xl save file (unknown magic)"

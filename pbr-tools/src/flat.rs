@@ -24,7 +24,7 @@ pub const LAYOUT_KEY: &str = keys::LAYOUT;
 /// A diff image (apply it first), a corrupt page, I/O.
 pub fn unpack_flat(src: &Image, dest: &Path, progress: &dyn Fn(u64)) -> Result<PackReport> {
     if src.base().is_some() {
-        return Err(Error::Unsupported("a diff image cannot be flat: apply it to its base first".into()));
+        return Err(Error::Usage("a diff image cannot be flat: apply it to its base first".into()));
     }
     // A trimmed cache page becomes a zero page here: its disk reference
     // (whose crc32 is not a zero page's) is what still marks it a refill.

@@ -222,7 +222,7 @@ impl Seals {
     /// # Errors
     /// It is not that JSON.
     pub fn from_json(s: &str) -> Result<Seals> {
-        let bad = || Error::Unsupported(format!("{SEALS_KEY} is not a list of seals"));
+        let bad = || Error::Inconsistent(format!("{SEALS_KEY} is not a list of seals"));
         let v: Value = serde_json::from_str(s).map_err(|_| bad())?;
         let list = |k: &str| v.get(k).and_then(Value::as_array).ok_or_else(bad);
         let boot = list("boot")?.iter().map(FileSeal::from_json).collect::<Option<Vec<_>>>().ok_or_else(bad)?;

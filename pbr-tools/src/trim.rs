@@ -37,13 +37,13 @@ impl Drop {
     /// An empty list, an empty item, an unknown word.
     pub fn parse(s: &str) -> Result<Drop> {
         if s.trim().is_empty() {
-            return Err(Error::Unsupported("--drop is empty: give one or more of free, zero, cache".into()));
+            return Err(Error::Usage("--drop is empty: give one or more of free, zero, cache".into()));
         }
         let mut d = Drop { free: false, zero: false, cache: false };
         for w in s.split(',').map(str::trim) {
             match w {
                 "" => {
-                    return Err(Error::Unsupported(format!(
+                    return Err(Error::Usage(format!(
                         "--drop {s:?} has an empty item: give free, zero or cache separated by commas"
                     )));
                 }
@@ -51,7 +51,7 @@ impl Drop {
                 "zero" => d.zero = true,
                 "cache" => d.cache = true,
                 other => {
-                    return Err(Error::Unsupported(format!("--drop {other}: expected free, zero or cache")));
+                    return Err(Error::Usage(format!("--drop {other}: expected free, zero or cache")));
                 }
             }
         }
@@ -112,7 +112,7 @@ pub fn trim_with(
     extra: &[(String, String)],
 ) -> Result<TrimReport> {
     if src.base().is_some() {
-        return Err(Error::Unsupported("trim works on full images: apply the diff to its base first".into()));
+        return Err(Error::Usage("trim works on full images: apply the diff to its base first".into()));
     }
     let mut w = rewrite::derived(src, dest, rewrite::options(src, PageEncoding::Zero))?;
     let mut r = TrimReport { before_bytes: src.file_len(), ..Default::default() };
@@ -202,5 +202,9 @@ mod tests {
             assert!(e.contains("empty"), "{bad:?}: {e}");
         }
         assert!(Drop::parse("free,swap").unwrap_err().to_string().contains("--drop swap"));
+        // A bad --drop is the caller's request, not the image's fault.
+        for bad in ["", "free,,zero", "swap"] {
+            assert!(matches!(Drop::parse(bad), Err(Error::Usage(_))), "{bad:?}");
+        }
     }
 }

@@ -139,7 +139,7 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
         }
         InputFormat::Xl => {
             if a.qemu_version.is_some() || a.restore_cmdline.is_some() {
-                return Err(Error::Unsupported(
+                return Err(Error::Usage(
                     "--qemu-version and --restore-cmdline apply to QEMU streams, not to xl save files".into(),
                 ));
             }
@@ -193,6 +193,6 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        InputFormat::Pbr => Err(Error::Unsupported(format!("{} is already a .pbr image", input.display()))),
+        InputFormat::Pbr => Err(Error::Usage(format!("{} is already a .pbr image", input.display()))),
     }
 }

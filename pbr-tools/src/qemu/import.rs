@@ -121,9 +121,9 @@ impl State<'_> {
     /// Writes one page into the image: `data`, or `fill` repeated.
     fn store(&mut self, block: usize, offset: u64, fill: u8, data: Option<&[u8]>) -> Result<()> {
         let (Some(layout), Some(w)) = (&self.layout, &mut self.writer) else {
-            return Err(Error::Unsupported("page record before the block list".into()));
+            return Err(Error::Internal("page record before the block list".into()));
         };
-        let addr = layout.address(block, offset).ok_or_else(|| Error::Unsupported("page outside its block".into()))?;
+        let addr = layout.address(block, offset).ok_or_else(|| Error::Internal("page outside its block".into()))?;
         let gfn = addr / PAGE_SIZE;
         match data {
             Some(d) => w.write_page(gfn, d, PageClass::Unknown)?,
@@ -319,7 +319,7 @@ fn read_footer<R: Read>(r: &mut StreamReader<R>, id: u32) -> Result<bool> {
 /// Reads the pages of mapped-ram blocks by file offset.
 fn read_mapped(st: &mut State<'_>, file: Option<&File>) -> Result<()> {
     let file = file.ok_or_else(|| {
-        Error::Unsupported("a mapped-ram stream keeps pages at file offsets: convert it from a file, not a pipe".into())
+        Error::Usage("a mapped-ram stream keeps pages at file offsets: convert it from a file, not a pipe".into())
     })?;
     let len = file.metadata().map_err(|e| Error::io("cannot stat the stream", e))?.len();
     let blocks = st.ram.as_ref().map(|r| r.blocks.clone()).unwrap_or_default();

@@ -440,7 +440,7 @@ impl<R: Read> Conv<'_, R> {
     /// and publishes the image at `path`.
     fn finish_image(&mut self, path: PathBuf, checkpoint: Option<u32>) -> Result<WriteReport> {
         self.flush_shape();
-        let mut w = self.writer.take().ok_or_else(|| Error::Unsupported("no image writer".into()))?;
+        let mut w = self.writer.take().ok_or_else(|| Error::Internal("no image writer".into()))?;
         let (runs, closed) = pages::layout(self.populated.clone(), MAX_REGIONS as usize);
         if runs.is_empty() {
             return Err(self.err_at(self.r.pos(), "the stream populates no guest page"));

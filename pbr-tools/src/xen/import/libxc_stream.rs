@@ -337,7 +337,7 @@ impl<R: Read> Conv<'_, R> {
             self.r.read_exact(&mut self.page, "a page of a PAGE_DATA record")?;
             // After VERIFY, pages are copies to compare, not to apply.
             if !self.verify {
-                let w = self.writer.as_mut().ok_or_else(|| Error::Unsupported("no image writer".into()))?;
+                let w = self.writer.as_mut().ok_or_else(|| Error::Internal("no image writer".into()))?;
                 let class = if ty == pages::page_type::NOTAB { PageClass::Unknown } else { PageClass::Kernel };
                 w.write_page(pfn, &self.page, class)?;
             }
