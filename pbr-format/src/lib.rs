@@ -67,7 +67,7 @@ pub use base::BaseRef;
 pub use device::{DeviceBlob, DeviceOrigin};
 pub use error::{Error, ErrorKind, Result};
 pub use manifest::{CacheRef, FileEntry, check_path};
-pub use metadata::check_key;
+pub use metadata::{check_key, keys};
 pub use page::{PageClass, PageEncoding};
 pub use phase::{Phase, WELL_KNOWN_PHASES};
 pub use read::zero_page_crc;

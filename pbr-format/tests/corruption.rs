@@ -36,7 +36,7 @@ fn raw_image_flips_and_truncations() {
     let mut w = ImageWriter::create(&path, &regions, WriterOptions::default()).unwrap();
     w.write_page(1, &common::page(1), PageClass::Kernel).unwrap();
     w.set_phase(pbr_format::Phase::named("kernel", 1)).unwrap();
-    w.set_metadata("source.format", "vmm").unwrap();
+    w.set_metadata(pbr_format::keys::SOURCE_FORMAT, "vmm").unwrap();
     w.finish().unwrap();
     check_all_flips_and_truncations(&std::fs::read(&path).unwrap());
 }

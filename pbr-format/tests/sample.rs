@@ -61,7 +61,7 @@ fn sample_reads_back() {
         (DeviceOrigin::QEMU_SECTION, "timer", &[1u8, 2, 3, 4, 5][..])
     );
     assert_eq!(devs[1].origin, DeviceOrigin::XEN_HVM);
-    assert_eq!(img.metadata_value("guest.ram_size"), Some("131072"));
+    assert_eq!(img.metadata_value(pbr_format::keys::GUEST_RAM_SIZE), Some("131072"));
     assert_eq!(img.manifest()[0].path, "etc/hostname");
     assert_eq!(img.manifest()[0].mtime_ns, -5);
     assert_eq!(img.cache_refs()[0].gfn, 19);

@@ -17,11 +17,11 @@ fn hex(b: &[u8; 32]) -> String {
 fn check_chain(diffs: &[&Image]) -> Result<()> {
     let mut prev: Option<[u8; 32]> = None;
     for (i, d) in diffs.iter().enumerate() {
-        let b = d.base().ok_or_else(|| Error::Unsupported(format!("diff {} is not a diff image", i + 1)))?;
+        let b = d.base().ok_or_else(|| Error::Usage(format!("diff {} is not a diff image", i + 1)))?;
         if let Some(p) = prev
             && b.blake3 != p
         {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::Usage(format!(
                 "diff {} is based on an image with content hash {}..., but diff {} rebuilds {}...: not a chain",
                 i + 1,
                 hex(&b.blake3),
@@ -34,7 +34,7 @@ fn check_chain(diffs: &[&Image]) -> Result<()> {
             // The last diff need not say what it rebuilds; a link must.
             (None, false) => None,
             (None, true) => {
-                return Err(Error::Unsupported(format!(
+                return Err(Error::Usage(format!(
                     "diff {} does not record what it rebuilds, so the chain to diff {} cannot be checked",
                     i + 1,
                     i + 2
@@ -61,7 +61,7 @@ fn resolve<'a>(layers: &[&'a Image], gfn: u64) -> Result<Option<(&'a Image, Exte
 /// the image and extent holding its pages and the guest frames it covers.
 fn resolve_runs<'a>(layers: &[&'a Image], gfns: Range<u64>) -> Result<Vec<(&'a Image, Extent, Range<u64>)>> {
     let Some((img, rest)) = layers.split_first() else {
-        return Err(Error::Unsupported(format!("pages from {:#x} are base pages all the way down", gfns.start)));
+        return Err(Error::Usage(format!("pages from {:#x} are base pages all the way down", gfns.start)));
     };
     let mut out = Vec::new();
     let mut g = gfns.start;
@@ -80,7 +80,7 @@ fn resolve_runs<'a>(layers: &[&'a Image], gfns: Range<u64>) -> Result<Vec<(&'a I
 
 fn check_base(want: [u8; 32], have: [u8; 32]) -> Result<()> {
     if have != want {
-        return Err(Error::Unsupported(format!(
+        return Err(Error::Usage(format!(
             "wrong base: the diff was made against content {}..., this image holds {}...",
             hex(&want),
             hex(&have)
@@ -108,7 +108,7 @@ fn hash_base_pages(base: &Image, gfns: Range<u64>, h: &mut ContentHasher, buf: &
         let part = e.gfn.max(gfns.start)..e.end_gfn().min(gfns.end);
         match e.encoding {
             PageEncoding::Zero | PageEncoding::Trimmed => h.zero_pages(part.end - part.start),
-            PageEncoding::Base => return Err(Error::Unsupported("the base image is itself a diff".into())),
+            PageEncoding::Base => return Err(Error::Usage("the base image is itself a diff".into())),
             _ => {
                 let bytes = run_bytes(base, &e, part, buf)?;
                 h.pages(&bytes);
@@ -135,7 +135,7 @@ pub struct Applied {
 /// base"), diffs that do not form a chain, a result that does not hash as
 /// recorded (nothing is left at `dest` then), I/O.
 pub fn apply(base: &Image, diffs: &[&Image], dest: &Path) -> Result<Applied> {
-    let top = *diffs.last().ok_or_else(|| Error::Unsupported("no diff to apply".into()))?;
+    let top = *diffs.last().ok_or_else(|| Error::Usage("no diff to apply".into()))?;
     check_chain(diffs)?;
     let want = diffs[0].base().map(|b| b.blake3).unwrap_or_default();
     let ps = top.page_size();
@@ -187,7 +187,7 @@ pub fn apply(base: &Image, diffs: &[&Image], dest: &Path) -> Result<Applied> {
     if let Some(expected) = top.base().and_then(|b| b.result_blake3)
         && got != expected
     {
-        return Err(Error::Unsupported(format!(
+        return Err(Error::Inconsistent(format!(
             "the rebuilt image would hash to {}... but the diff records {}...; nothing was written",
             hex(&got),
             hex(&expected)
@@ -203,9 +203,9 @@ pub fn apply(base: &Image, diffs: &[&Image], dest: &Path) -> Result<Applied> {
 /// # Errors
 /// Diffs that do not form a chain, I/O.
 pub fn rebase(diffs: &[&Image], dest: &Path) -> Result<u64> {
-    let top = *diffs.last().ok_or_else(|| Error::Unsupported("no diff to flatten".into()))?;
+    let top = *diffs.last().ok_or_else(|| Error::Usage("no diff to flatten".into()))?;
     check_chain(diffs)?;
-    let first = diffs[0].base().cloned().ok_or_else(|| Error::Unsupported("diff 1 is not a diff image".into()))?;
+    let first = diffs[0].base().cloned().ok_or_else(|| Error::Usage("diff 1 is not a diff image".into()))?;
     let mut w = rewrite::derived(top, dest, rewrite::options(top, PageEncoding::Base))?;
     w.set_base(BaseRef { result_blake3: top.base().and_then(|b| b.result_blake3), ..first })?;
     let layers: Vec<&Image> = diffs.iter().rev().copied().collect();

@@ -4,6 +4,7 @@
 use std::io::Read;
 use std::path::Path;
 
+use pbr_format::keys;
 use pbr_format::{Image, PageClass};
 
 use crate::error::{Error, Result};
@@ -202,7 +203,7 @@ pub fn classes(flags: &[u64], counts: Option<&[u64]>) -> Vec<PageClass> {
 pub fn read_words(path: &Path, max_words: u64) -> Result<Vec<u64>> {
     let raw = std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     parse_words(&raw, max_words).map_err(|e| match e {
-        Error::Unsupported(m) => Error::Unsupported(format!("{}: {m}", path.display())),
+        Error::BadInput(m) => Error::BadInput(format!("{}: {m}", path.display())),
         other => other,
     })
 }
@@ -223,7 +224,7 @@ pub fn parse_words(raw: &[u8], max_words: u64) -> Result<Vec<u64>> {
         raw.to_vec()
     };
     if bytes.len() % 8 != 0 || bytes.len() as u64 > max_words * 8 {
-        return Err(Error::Unsupported(format!(
+        return Err(Error::BadInput(format!(
             "{} bytes is not a whole number of 8-byte words up to {max_words} pages",
             bytes.len()
         )));
@@ -238,7 +239,7 @@ pub fn parse_words(raw: &[u8], max_words: u64) -> Result<Vec<u64>> {
 pub fn read_class_map(path: &Path, max_pages: u64) -> Result<Vec<PageClass>> {
     let raw = std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     if raw.len() as u64 > max_pages {
-        return Err(Error::Unsupported(format!("{}: {} entries for {max_pages} pages", path.display(), raw.len())));
+        return Err(Error::BadInput(format!("{}: {} entries for {max_pages} pages", path.display(), raw.len())));
     }
     raw.iter()
         .enumerate()
@@ -297,14 +298,14 @@ pub fn apply(
                 SECTION_FRAMES >> 8
             )
         };
-        return Err(Error::Unsupported(format!(
+        return Err(Error::BadInput(format!(
             "the {what} covers {got} page frames and the image {want}{why}: it is from another guest or another moment"
         )));
     }
     let mut w = rewrite::derived(src, dest, rewrite::options(src, pbr_format::PageEncoding::Zero))?;
-    w.set_metadata("classes.source", source)?;
+    w.set_metadata(keys::CLASSES_SOURCE, source)?;
     if let Some(k) = kernel {
-        w.set_metadata("guest.kernel", k)?;
+        w.set_metadata(keys::GUEST_KERNEL, k)?;
     }
     let mut report = ClassifyReport { input_pages: classes.len() as u64, ..Default::default() };
     let mut buf = vec![0u8; src.page_size() as usize];
@@ -443,5 +444,21 @@ mod tests {
         let (fr, k) = (PageClass::Free, PageClass::Kernel);
         assert_eq!(c, [fr, fr, fr, fr, k, k, k, k, k, k]);
         assert_eq!(classes(&flags, None)[1], k);
+    }
+
+    /// A dump of the wrong size is a bad side input, named by its path,
+    /// not a usage error nor an image's fault.
+    #[test]
+    fn a_dump_of_the_wrong_size_is_a_bad_input() {
+        assert!(matches!(parse_words(&[0u8; 12], 4), Err(Error::BadInput(_))));
+        assert!(matches!(parse_words(&[0u8; 40], 4), Err(Error::BadInput(_))));
+        assert_eq!(parse_words(&[1, 0, 0, 0, 0, 0, 0, 0], 4).unwrap(), vec![1]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kpageflags");
+        std::fs::write(&path, [0u8; 7]).unwrap();
+        match read_words(&path, 4) {
+            Err(Error::BadInput(m)) => assert!(m.starts_with(&path.display().to_string()), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

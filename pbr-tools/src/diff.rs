@@ -79,7 +79,7 @@ fn same_page(a: &Image, ea: &Extent, b: &Image, eb: &Extent, gfn: u64, bufs: &mu
 
 fn check_full(img: &Image, what: &str) -> Result<()> {
     if img.base().is_some() {
-        return Err(Error::Unsupported(format!("{what} is a diff image: apply it to its base first")));
+        return Err(Error::Usage(format!("{what} is a diff image: apply it to its base first")));
     }
     Ok(())
 }
@@ -107,7 +107,7 @@ pub fn diff(a: &Image, b: &Image) -> Result<DiffReport> {
     check_full(a, "the first image")?;
     check_full(b, "the second image")?;
     if a.page_size() != b.page_size() {
-        return Err(Error::Unsupported("the images have different page sizes".into()));
+        return Err(Error::Usage("the images have different page sizes".into()));
     }
     let ps = a.page_size() as usize;
     let mut bufs = (vec![0u8; ps], vec![0u8; ps]);
@@ -263,7 +263,7 @@ pub fn write_diff(a: &Image, b: &Image, a_name: &str, dest: &Path) -> Result<Dif
     check_full(a, "the base image")?;
     check_full(b, "the target image")?;
     if a.page_size() != b.page_size() {
-        return Err(Error::Unsupported("the images have different page sizes".into()));
+        return Err(Error::Usage("the images have different page sizes".into()));
     }
     let mut w = rewrite::derived(b, dest, rewrite::options(b, PageEncoding::Base))?;
     w.set_base(BaseRef {

@@ -25,7 +25,30 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
-    /// The request cannot be carried out on this input.
+    /// The caller asked for something this input or these options cannot
+    /// do: an option value outside its set, a diff image where a full one
+    /// is needed, a pipe where a file is needed, an image of another source
+    /// than the export writes, an input of no known format.
+    #[error("{0}")]
+    Usage(String),
+    /// An image reads (its checksums pass) but its own records do not hold
+    /// together or do not fit what was asked: a converter's record that is
+    /// corrupt, missing or out of its place, regions that no longer match
+    /// the blocks they came from, a record too large for the output format,
+    /// a rebuilt image that does not hash as its diff records.
+    #[error("{0}")]
+    Inconsistent(String),
+    /// A side input that is not a stream (a `/proc/kpageflags` dump, a
+    /// class map) is malformed or belongs to another guest or moment.
+    #[error("{0}")]
+    BadInput(String),
+    /// A broken invariant of the tools themselves: a bug, reported instead
+    /// of a panic. No input, however hostile, should cause it.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The request cannot be carried out: the error of the crates above
+    /// until they have their own types. `pbr-tools` itself no longer uses
+    /// it; its errors say what kind of failure they are.
     #[error("{0}")]
     Unsupported(String),
     /// Page-cache pages left out of an image cannot be read back from the
@@ -69,3 +92,36 @@ impl Error {
 
 /// The tools' result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kinds keep the messages the CLI prints; only an internal error
+    /// says it is one.
+    #[test]
+    fn kinds_print_their_message() {
+        assert_eq!(Error::Usage("--drop is empty".into()).to_string(), "--drop is empty");
+        assert_eq!(Error::Inconsistent("no ram START".into()).to_string(), "no ram START");
+        assert_eq!(Error::BadInput("dump: 7 bytes".into()).to_string(), "dump: 7 bytes");
+        assert_eq!(Error::Internal("no image writer".into()).to_string(), "internal error: no image writer");
+        let p = Error::Parse { format: "xl", offset: 0x30, msg: "bad".into() };
+        assert_eq!(p.to_string(), "xl stream: bad (at offset 0x30)");
+    }
+
+    /// A recovery refuses a candidate only for its damage or its page cache;
+    /// a usage, consistency or internal error ends it instead.
+    #[test]
+    fn only_damage_and_refill_refuse_a_candidate() {
+        assert!(Error::Refill("disk changed".into()).refuses_candidate());
+        for e in [
+            Error::Usage("u".into()),
+            Error::Inconsistent("i".into()),
+            Error::BadInput("b".into()),
+            Error::Internal("x".into()),
+            Error::Parse { format: "qemu", offset: 0, msg: "m".into() },
+        ] {
+            assert!(!e.refuses_candidate() && !e.is_damage(), "{e:?}");
+        }
+    }
+}

@@ -15,13 +15,12 @@ use crate::error::{Error, Result};
 pub fn find_device<'a>(image: &'a Image, spec: &str) -> Result<DeviceBlob<'a>> {
     let blobs: Vec<DeviceBlob<'a>> = image.devices().collect();
     if let Some(k) = spec.strip_prefix('#') {
-        let k: usize =
-            k.parse().map_err(|_| Error::Unsupported(format!("--device {spec}: expected #K, K a number")))?;
+        let k: usize = k.parse().map_err(|_| Error::Usage(format!("--device {spec}: expected #K, K a number")))?;
         let n = blobs.len();
         return blobs
             .into_iter()
             .nth(k)
-            .ok_or_else(|| Error::Unsupported(format!("--device {spec}: the image has {n} device blobs")));
+            .ok_or_else(|| Error::Usage(format!("--device {spec}: the image has {n} device blobs")));
     }
     let matches: Vec<(usize, &DeviceBlob<'a>)> = blobs
         .iter()
@@ -30,13 +29,11 @@ pub fn find_device<'a>(image: &'a Image, spec: &str) -> Result<DeviceBlob<'a>> {
         .collect();
     match matches.as_slice() {
         [(i, _)] => Ok(blobs[*i].clone()),
-        [] => Err(Error::Unsupported(format!(
-            "--device {spec}: no device blob of that name (`pbr-img inspect` lists them)"
-        ))),
+        [] => Err(Error::Usage(format!("--device {spec}: no device blob of that name (`pbr-img inspect` lists them)"))),
         many => {
             let list: Vec<String> =
                 many.iter().take(8).map(|(i, b)| format!("#{i} {} {}.{}", b.origin, b.name, b.instance)).collect();
-            Err(Error::Unsupported(format!(
+            Err(Error::Usage(format!(
                 "--device {spec} matches {} blobs ({}{}): name one as #K",
                 many.len(),
                 list.join(", "),
@@ -59,7 +56,7 @@ fn number(s: &str) -> Option<u64> {
 /// # Errors
 /// Anything else, an empty range, or one that overflows.
 pub fn parse_range(s: &str) -> Result<Range<u64>> {
-    let bad = || Error::Unsupported(format!("--pages {s}: expected FIRST-LAST or FIRST+COUNT (frame numbers)"));
+    let bad = || Error::Usage(format!("--pages {s}: expected FIRST-LAST or FIRST+COUNT (frame numbers)"));
     let r = if let Some((a, n)) = s.split_once('+') {
         let a = number(a).ok_or_else(bad)?;
         a..a.checked_add(number(n).ok_or_else(bad)?).ok_or_else(bad)?
@@ -89,7 +86,7 @@ pub fn write_pages(image: &Image, range: Range<u64>, mut out: impl Write) -> Res
         })
     };
     if !inside(range.start) || !inside(range.end - 1) || range.end - range.start > image.page_count() {
-        return Err(Error::Unsupported(format!(
+        return Err(Error::Usage(format!(
             "--pages {:#x}-{:#x}: both ends must lie in the image's regions and the range may not be longer than its {} pages (`pbr-img inspect` lists the regions)",
             range.start,
             range.end - 1,
@@ -119,7 +116,7 @@ mod tests {
         assert_eq!(parse_range("16+4").unwrap(), 16..20);
         assert_eq!(parse_range("7").unwrap(), 7..8);
         for bad in ["", "a-b", "5-4", "1+0", "18446744073709551615+2", "-"] {
-            assert!(parse_range(bad).is_err(), "{bad}");
+            assert!(matches!(parse_range(bad), Err(Error::Usage(_))), "{bad}");
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use pbr_format::keys;
 use pbr_format::{Image, PageEncoding};
 
 use crate::error::{Error, Result};
@@ -13,7 +14,7 @@ use crate::pack::PackReport;
 use crate::rewrite;
 
 /// The metadata key a flat image carries, with value `flat`.
-pub const LAYOUT_KEY: &str = "layout";
+pub const LAYOUT_KEY: &str = keys::LAYOUT;
 
 /// Writes `src` to `dest` in the flat layout; `progress` gets the bytes of
 /// guest memory written as it goes (all of [`Image::guest_size`] in the
@@ -23,7 +24,7 @@ pub const LAYOUT_KEY: &str = "layout";
 /// A diff image (apply it first), a corrupt page, I/O.
 pub fn unpack_flat(src: &Image, dest: &Path, progress: &dyn Fn(u64)) -> Result<PackReport> {
     if src.base().is_some() {
-        return Err(Error::Unsupported("a diff image cannot be flat: apply it to its base first".into()));
+        return Err(Error::Usage("a diff image cannot be flat: apply it to its base first".into()));
     }
     // A trimmed cache page becomes a zero page here: its disk reference
     // (whose crc32 is not a zero page's) is what still marks it a refill.

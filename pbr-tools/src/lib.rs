@@ -24,9 +24,11 @@ pub mod qemu;
 pub mod refill;
 pub mod rewrite;
 pub mod seal;
+pub mod stream;
 pub mod time;
 pub mod trim;
 pub mod vcpu_state;
+pub mod writer;
 pub mod xen;
 
 pub use error::{Error, Result};

@@ -58,12 +58,12 @@ pub fn accessed_since(root: &Path, since_ns: i128) -> Result<Vec<String>> {
 /// A path that leaves the root, a missing or unreadable file.
 pub fn entry(root: &Path, rel: &str) -> Result<FileEntry<'static>> {
     let path = resolve_under(root, rel).map_err(|m| match m {
-        Mismatch::Deleted => Error::Unsupported(format!("'{rel}' does not exist under {}", root.display())),
-        other => Error::Unsupported(format!("'{rel}': {other}")),
+        Mismatch::Deleted => Error::Usage(format!("'{rel}' does not exist under {}", root.display())),
+        other => Error::Usage(format!("'{rel}': {other}")),
     })?;
     let meta = std::fs::metadata(&path).map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
     if !meta.is_file() {
-        return Err(Error::Unsupported(format!("'{rel}' is not a regular file")));
+        return Err(Error::Usage(format!("'{rel}' is not a regular file")));
     }
     let blake3 = hash_file(&path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     Ok(FileEntry {

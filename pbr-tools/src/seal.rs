@@ -16,6 +16,7 @@
 //! is the same; a disk whose seal moved is refused, since reading it would
 //! cost the recovery a whole disk.
 
+use pbr_format::keys;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use serde_json::{Value, json};
 use crate::error::{Error, Result};
 
 /// The metadata key that holds a candidate's seals (JSON).
-pub const SEALS_KEY: &str = "pbr.seals";
+pub const SEALS_KEY: &str = keys::PBR_SEALS;
 
 /// A file's identity at capture.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -221,7 +222,7 @@ impl Seals {
     /// # Errors
     /// It is not that JSON.
     pub fn from_json(s: &str) -> Result<Seals> {
-        let bad = || Error::Unsupported(format!("{SEALS_KEY} is not a list of seals"));
+        let bad = || Error::Inconsistent(format!("{SEALS_KEY} is not a list of seals"));
         let v: Value = serde_json::from_str(s).map_err(|_| bad())?;
         let list = |k: &str| v.get(k).and_then(Value::as_array).ok_or_else(bad);
         let boot = list("boot")?.iter().map(FileSeal::from_json).collect::<Option<Vec<_>>>().ok_or_else(bad)?;

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use pbr_format::keys;
 use pbr_format::{DiskRefs, Image, PageClass, PageEncoding, is_zero};
 
 use crate::error::{Error, Result};
@@ -36,13 +37,13 @@ impl Drop {
     /// An empty list, an empty item, an unknown word.
     pub fn parse(s: &str) -> Result<Drop> {
         if s.trim().is_empty() {
-            return Err(Error::Unsupported("--drop is empty: give one or more of free, zero, cache".into()));
+            return Err(Error::Usage("--drop is empty: give one or more of free, zero, cache".into()));
         }
         let mut d = Drop { free: false, zero: false, cache: false };
         for w in s.split(',').map(str::trim) {
             match w {
                 "" => {
-                    return Err(Error::Unsupported(format!(
+                    return Err(Error::Usage(format!(
                         "--drop {s:?} has an empty item: give free, zero or cache separated by commas"
                     )));
                 }
@@ -50,7 +51,7 @@ impl Drop {
                 "zero" => d.zero = true,
                 "cache" => d.cache = true,
                 other => {
-                    return Err(Error::Unsupported(format!("--drop {other}: expected free, zero or cache")));
+                    return Err(Error::Usage(format!("--drop {other}: expected free, zero or cache")));
                 }
             }
         }
@@ -111,7 +112,7 @@ pub fn trim_with(
     extra: &[(String, String)],
 ) -> Result<TrimReport> {
     if src.base().is_some() {
-        return Err(Error::Unsupported("trim works on full images: apply the diff to its base first".into()));
+        return Err(Error::Usage("trim works on full images: apply the diff to its base first".into()));
     }
     let mut w = rewrite::derived(src, dest, rewrite::options(src, PageEncoding::Zero))?;
     let mut r = TrimReport { before_bytes: src.file_len(), ..Default::default() };
@@ -179,10 +180,10 @@ pub fn trim_with(
         }
     }
     let label = drop.label();
-    w.set_metadata("trim.dropped", &label)?;
-    w.set_metadata("trim.free_pages", &r.free_pages.to_string())?;
-    w.set_metadata("trim.cache_pages", &r.cache_pages.to_string())?;
-    w.set_metadata("trim.cache_pages_kept", &r.cache_pages_kept.to_string())?;
+    w.set_metadata(keys::TRIM_DROPPED, &label)?;
+    w.set_metadata(keys::TRIM_FREE_PAGES, &r.free_pages.to_string())?;
+    w.set_metadata(keys::TRIM_CACHE_PAGES, &r.cache_pages.to_string())?;
+    w.set_metadata(keys::TRIM_CACHE_PAGES_KEPT, &r.cache_pages_kept.to_string())?;
     r.after_bytes = w.finish()?.file_len;
     Ok(r)
 }
@@ -201,5 +202,9 @@ mod tests {
             assert!(e.contains("empty"), "{bad:?}: {e}");
         }
         assert!(Drop::parse("free,swap").unwrap_err().to_string().contains("--drop swap"));
+        // A bad --drop is the caller's request, not the image's fault.
+        for bad in ["", "free,,zero", "swap"] {
+            assert!(matches!(Drop::parse(bad), Err(Error::Usage(_))), "{bad:?}");
+        }
     }
 }

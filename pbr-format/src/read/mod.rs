@@ -420,7 +420,7 @@ impl Image {
     /// ```
     /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
     /// let image = pbr_format::Image::open(path)?;
-    /// assert_eq!(image.metadata_value("source.format"), Some("vmm"));
+    /// assert_eq!(image.metadata_value(pbr_format::keys::SOURCE_FORMAT), Some("vmm"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn metadata_value(&self, key: &str) -> Option<&str> {

@@ -134,8 +134,8 @@ pub fn write_sample(path: &Path, hashes: bool) -> pbr_format::WriteReport {
         data: Cow::Owned(vec![]),
     })
     .unwrap();
-    w.set_metadata("source.format", "vmm").unwrap();
-    w.set_metadata("guest.ram_size", "131072").unwrap();
+    w.set_metadata(pbr_format::keys::SOURCE_FORMAT, "vmm").unwrap();
+    w.set_metadata(pbr_format::keys::GUEST_RAM_SIZE, "131072").unwrap();
     let f = w
         .add_file(FileEntry {
             path: "etc/hostname".into(),

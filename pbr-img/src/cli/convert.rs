@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::fmt::count;
 use crate::progress;
-use pbr_tools::convert::{InputFormat, detect};
+use pbr_tools::convert::{InputFormat, detect_input};
 use pbr_tools::qemu::{self, ConvertOptions};
 use pbr_tools::xen;
 use pbr_tools::{Error, Result};
@@ -45,18 +45,11 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
     } else {
         Some(File::open(input).map_err(|e| Error::io(format!("cannot open {}", input.display()), e))?)
     };
-    let mut reader: Box<dyn Read> = match &file {
+    let reader: Box<dyn Read> = match &file {
         Some(f) => Box::new(f.try_clone().map_err(|e| Error::io("cannot reopen the input", e))?),
         None => Box::new(std::io::stdin().lock()),
     };
-    let mut head = Vec::with_capacity(64);
-    (&mut reader).take(64).read_to_end(&mut head).map_err(|e| Error::io("cannot read the input", e))?;
-    let format = detect(&head).ok_or_else(|| {
-        Error::Unsupported(format!(
-            "{}: not a QEMU migration stream, libvirt save file or xl save file (unknown magic)",
-            input.display()
-        ))
-    })?;
+    let (format, full) = detect_input(reader, &input.display().to_string())?;
     let phase = a.phase.map(|name| Phase {
         name: name.to_owned().into(),
         sequence: a
@@ -74,7 +67,6 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
         Some(total) => progress::bytes(total, "convert", a.quiet),
         None => progress::stream("convert", a.quiet),
     };
-    let full = std::io::Cursor::new(head).chain(reader);
     match format {
         InputFormat::Qemu | InputFormat::Libvirt => {
             let opts = ConvertOptions {
@@ -147,7 +139,7 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
         }
         InputFormat::Xl => {
             if a.qemu_version.is_some() || a.restore_cmdline.is_some() {
-                return Err(Error::Unsupported(
+                return Err(Error::Usage(
                     "--qemu-version and --restore-cmdline apply to QEMU streams, not to xl save files".into(),
                 ));
             }
@@ -201,6 +193,6 @@ pub fn run(input: &Path, output: &Path, a: &Args<'_>) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        InputFormat::Pbr => Err(Error::Unsupported(format!("{} is already a .pbr image", input.display()))),
+        InputFormat::Pbr => Err(Error::Usage(format!("{} is already a .pbr image", input.display()))),
     }
 }

@@ -36,7 +36,7 @@ pub struct RawExport {
 /// or I/O.
 pub fn export_raw(image: &Image, dest: &Path, progress: &dyn Fn(u64)) -> Result<RawExport> {
     if image.base().is_some() {
-        return Err(Error::Unsupported(
+        return Err(Error::Usage(
             "this is a diff image; its unchanged pages are in the base image, so apply it to its base before exporting"
                 .into(),
         ));

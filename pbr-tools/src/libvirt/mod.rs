@@ -9,6 +9,7 @@ pub mod header;
 use std::io::{Read, Write};
 use std::path::Path;
 
+use pbr_format::keys;
 use pbr_format::{DeviceBlob, DeviceOrigin, Image};
 
 use crate::error::{Error, Result};
@@ -39,7 +40,7 @@ fn decoder<'a, R: Read + 'a>(input: R, c: Compression) -> Result<Box<dyn Read + 
             Box::new(zstd::stream::read::Decoder::new(input).map_err(|e| Error::io("cannot start zstd", e))?)
         }
         Compression::Lzop => {
-            return Err(Error::Unsupported(
+            return Err(Error::Usage(
                 "the save file's stream is lzop-compressed, which pbr cannot read (no well-kept Rust lzop decoder): \
                  save with another save_image_format"
                     .into(),
@@ -77,17 +78,17 @@ pub fn convert<R: Read>(
         data: raw.into(),
     });
     let mut meta = vec![
-        ("libvirt.save_version".to_owned(), header.version.to_string()),
-        ("libvirt.was_running".to_owned(), header.was_running.to_string()),
-        ("libvirt.compressed".to_owned(), header.compressed.name().to_owned()),
+        (keys::LIBVIRT_SAVE_VERSION.to_owned(), header.version.to_string()),
+        (keys::LIBVIRT_WAS_RUNNING.to_owned(), header.was_running.to_string()),
+        (keys::LIBVIRT_COMPRESSED.to_owned(), header.compressed.name().to_owned()),
     ];
-    for (tag, key) in [("name", "libvirt.domain.name"), ("uuid", "libvirt.domain.uuid")] {
+    for (tag, key) in [("name", keys::LIBVIRT_DOMAIN_NAME), ("uuid", keys::LIBVIRT_DOMAIN_UUID)] {
         if let Some((v, _)) = header.element(tag) {
             meta.push((key.to_owned(), v));
         }
     }
     if let Some((v, unit)) = header.element("memory") {
-        meta.push(("libvirt.domain.memory".to_owned(), format!("{v} {}", unit.as_deref().unwrap_or("KiB"))));
+        meta.push((keys::LIBVIRT_DOMAIN_MEMORY.to_owned(), format!("{v} {}", unit.as_deref().unwrap_or("KiB"))));
     }
     opts.container_metadata = meta;
     let start = (HEADER_LEN + area.len()) as u64;
@@ -142,20 +143,19 @@ fn read_exact(r: &mut impl Read, buf: &mut [u8], at: u64, what: &str) -> Result<
 pub fn export_to<W: Write>(image: &Image, out: W, compress: Option<Compression>) -> Result<QemuExport> {
     let blob =
         image.devices().find(|b| b.origin == DeviceOrigin::LIBVIRT && b.name == HEADER_BLOB).ok_or_else(|| {
-            Error::Unsupported(
+            Error::Usage(
             "the image was not converted from a libvirt save file: it has no libvirt header and domain XML to write"
                 .into(),
         )
         })?;
     let mut head = blob.data.into_owned();
-    if head.len() < HEADER_LEN {
-        return Err(Error::Unsupported("the image's libvirt header blob is shorter than a header".into()));
-    }
-    let fixed: [u8; HEADER_LEN] = head[..HEADER_LEN].try_into().map_err(|_| Error::Unsupported("header".into()))?;
+    let Some(fixed) = head.get(..HEADER_LEN).and_then(|h| <[u8; HEADER_LEN]>::try_from(h).ok()) else {
+        return Err(Error::Inconsistent("the image's libvirt header blob is shorter than a header".into()));
+    };
     let header = Header::parse(&fixed, &head[HEADER_LEN..])?;
     let c = compress.unwrap_or(header.compressed);
     if c != Compression::Raw && header.version < 2 {
-        return Err(Error::Unsupported("a version 1 save file cannot hold a compressed stream".into()));
+        return Err(Error::Usage("a version 1 save file cannot hold a compressed stream".into()));
     }
     head[28..32].copy_from_slice(&c.code().to_le_bytes());
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
@@ -182,7 +182,7 @@ pub fn export_to<W: Write>(image: &Image, out: W, compress: Option<Compression>)
             finish(export_in(image, w, opts, |w| w.finish())?)?
         }
         Compression::Lzop => {
-            return Err(Error::Unsupported("pbr cannot write lzop: choose raw, gzip, bzip2, xz or zstd".into()));
+            return Err(Error::Usage("pbr cannot write lzop: choose raw, gzip, bzip2, xz or zstd".into()));
         }
     };
     out.flush().map_err(|e| Error::io("cannot write the save file", e))?;

@@ -8,6 +8,7 @@
 //! command line ([`pin_machine`]): `-machine q35` would otherwise mean the
 //! restoring release's newest type.
 
+use pbr_format::keys;
 use std::process::Command;
 
 /// The QEMU that would restore: its version and the machine types it
@@ -134,7 +135,7 @@ fn is_versioned(machine: &str) -> bool {
 /// restore `image`: its machine type pinned to the one its stream was
 /// saved with ([`pin_machine`]), when it records one.
 pub fn restore_args(args: Vec<String>, image: &pbr_format::Image) -> Vec<String> {
-    match image.metadata_value("qemu.machine").filter(|m| !m.is_empty()) {
+    match image.metadata_value(keys::QEMU_MACHINE).filter(|m| !m.is_empty()) {
         Some(m) => pin_machine(&args, m),
         None => args,
     }

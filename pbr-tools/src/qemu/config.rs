@@ -3,8 +3,8 @@
 
 use std::io::Read;
 
-use super::reader::StreamReader;
 use crate::error::Result;
+use crate::stream::StreamReader;
 
 /// The decoded configuration section, with its exact bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,7 +139,7 @@ mod tests {
         b.extend_from_slice(b"mapped-ram");
         let mut tail = b.clone();
         tail.push(0x01);
-        let mut r = StreamReader::new(&tail[..], 0);
+        let mut r = StreamReader::new("qemu", &tail[..], 0);
         let c = Config::read(&mut r).unwrap();
         assert_eq!(c.raw, b);
         assert_eq!(c.machine, "pc-q35-10.0");

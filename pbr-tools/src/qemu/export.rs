@@ -18,10 +18,10 @@ use pbr_format::{DeviceOrigin, Image, is_zero};
 use super::config::Config;
 use super::plan::{BlockInfo, RamSection, RunKind};
 use super::ram::{Layout, flags};
-use super::reader::StreamReader;
 use super::{MAGIC, VERSION, blob, section};
 use crate::error::{Error, Result};
 use crate::refill::Refill;
+use crate::stream::StreamReader;
 
 /// What [`export_qemu`] wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -86,7 +86,7 @@ impl<W: Write> Emitter<'_, W> {
         let addr = self
             .layout
             .address(usize::from(block), page * ps)
-            .ok_or_else(|| Error::Unsupported(format!("page {page} of block {block} has no place in the image")))?;
+            .ok_or_else(|| Error::Inconsistent(format!("page {page} of block {block} has no place in the image")))?;
         // A refilled page differs from the image's (trimmed) bytes: it is
         // sent even where the rest of the RAM is mapped from the image.
         if let Some(content) = self.refill.and_then(|r| r.page(addr / ps)) {
@@ -213,37 +213,37 @@ pub fn export_qemu_refilled<W: Write>(
         crate::refill::refuse_refill(image, "this export")?;
     }
     if image.base().is_some() {
-        return Err(Error::Unsupported("this is a diff image: apply it to its base before exporting".into()));
+        return Err(Error::Usage("this is a diff image: apply it to its base before exporting".into()));
     }
     let blobs: Vec<_> = image
         .devices()
         .filter(|b| b.origin == DeviceOrigin::QEMU_STREAM || b.origin == DeviceOrigin::QEMU_SECTION)
         .collect();
     if blobs.is_empty() {
-        return Err(Error::Unsupported(
+        return Err(Error::Usage(
             "the image holds no QEMU device state: it was not converted from a QEMU stream".into(),
         ));
     }
     // Machine types up to 2.3 send no configuration section.
     let config = match blobs.iter().find(|b| b.origin == DeviceOrigin::QEMU_STREAM && b.name == blob::CONFIGURATION) {
-        Some(b) => Some(Config::read(&mut StreamReader::new(&b.data[..], 0))?),
+        Some(b) => Some(Config::read(&mut StreamReader::new("qemu", &b.data[..], 0))?),
         None => None,
     };
     let machine = config.as_ref().map_or("", |c| c.machine.as_str());
     let mut sections = Vec::new();
     for b in blobs.iter().filter(|b| b.origin == DeviceOrigin::QEMU_STREAM && b.name == blob::RAM) {
         let s = RamSection::decode(&b.data)
-            .map_err(|m| Error::Unsupported(format!("the image's ram section record is corrupt: {m}")))?;
+            .map_err(|m| Error::Inconsistent(format!("the image's ram section record is corrupt: {m}")))?;
         sections.push((s, b.flags & blob::RAM_FOOTER != 0));
     }
     let blocks = sections
         .iter()
         .find_map(|(s, _)| s.start.as_ref().map(|(_, b)| b.clone()))
-        .ok_or_else(|| Error::Unsupported("the image has no ram START section record".into()))?;
+        .ok_or_else(|| Error::Inconsistent("the image has no ram START section record".into()))?;
     let ps = u64::from(image.page_size());
     let layout = Layout::new(machine, &blocks, ps);
     if layout.regions != image.regions() {
-        return Err(Error::Unsupported(
+        return Err(Error::Inconsistent(
             "the image's regions no longer match the QEMU ram blocks it was converted from".into(),
         ));
     }
@@ -292,7 +292,7 @@ pub fn export_qemu_refilled<W: Write>(
                 }
                 (DeviceOrigin::QEMU_SECTION, _) | (DeviceOrigin::QEMU_STREAM, blob::DEVICE_STATE) => e.put(&b.data)?,
                 (_, other) => {
-                    return Err(Error::Unsupported(format!("unknown QEMU stream record '{other}' in the image")));
+                    return Err(Error::Inconsistent(format!("unknown QEMU stream record '{other}' in the image")));
                 }
             }
         }
@@ -314,9 +314,9 @@ fn uncovered_pages(
     let mut covered: Vec<Vec<bool>> = blocks.iter().map(|b| vec![false; b.used_length.div_ceil(ps) as usize]).collect();
     for (s, _) in sections {
         for r in &s.runs {
-            let c = covered
-                .get_mut(usize::from(r.block))
-                .ok_or_else(|| Error::Unsupported(format!("ram record names block {} of {}", r.block, blocks.len())))?;
+            let c = covered.get_mut(usize::from(r.block)).ok_or_else(|| {
+                Error::Inconsistent(format!("ram record names block {} of {}", r.block, blocks.len()))
+            })?;
             for p in r.first..r.first + u64::from(r.count) {
                 if let Some(x) = c.get_mut(p as usize) {
                     *x = true;
@@ -332,7 +332,7 @@ fn uncovered_pages(
             }
             let addr = layout
                 .address(bi, p as u64 * ps)
-                .ok_or_else(|| Error::Unsupported("block page outside the layout".into()))?;
+                .ok_or_else(|| Error::Inconsistent("block page outside the layout".into()))?;
             let e = image.extent_of(addr / ps)?;
             let empty = matches!(e.encoding, pbr_format::PageEncoding::Zero | pbr_format::PageEncoding::Trimmed);
             if !empty || refill.is_some_and(|r| r.page(addr / ps).is_some()) {

@@ -7,8 +7,8 @@ use std::io::Read;
 use pbr_format::Region;
 
 use super::plan::{BlockInfo, RamSection, RunKind};
-use super::reader::StreamReader;
 use crate::error::Result;
+use crate::stream::StreamReader;
 
 /// Record flags (`migration/ram.c`).
 pub mod flags {

@@ -13,6 +13,7 @@
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
+use pbr_format::keys;
 use pbr_format::{DeviceBlob, DeviceOrigin, Image, PageEncoding, Vcpu, X86Vcpu};
 
 use super::pages::{self, SAVER_BATCH, Shape};
@@ -49,7 +50,7 @@ impl<W: Write> Emitter<'_, W> {
     }
 
     fn record(&mut self, t: u32, body: &[u8]) -> Result<()> {
-        let len = u32::try_from(body.len()).map_err(|_| Error::Unsupported("a record body exceeds 4 GiB".into()))?;
+        let len = u32::try_from(body.len()).map_err(|_| Error::Inconsistent("a record body exceeds 4 GiB".into()))?;
         let mut h = [0u8; 8];
         h[..4].copy_from_slice(&t.to_le_bytes());
         h[4..].copy_from_slice(&len.to_le_bytes());
@@ -62,7 +63,7 @@ impl<W: Write> Emitter<'_, W> {
     fn page_record(&mut self, entries: &[(u64, u8)]) -> Result<()> {
         let data = entries.iter().filter(|e| pages::has_data(e.1)).count() as u64;
         let len = 8 + 8 * entries.len() as u64 + 4096 * data;
-        let len = u32::try_from(len).map_err(|_| Error::Unsupported("a PAGE_DATA record exceeds 4 GiB".into()))?;
+        let len = u32::try_from(len).map_err(|_| Error::Inconsistent("a PAGE_DATA record exceeds 4 GiB".into()))?;
         let mut head = Vec::with_capacity(16 + 8 * entries.len());
         head.extend_from_slice(&libxc::PAGE_DATA.to_le_bytes());
         head.extend_from_slice(&len.to_le_bytes());
@@ -99,7 +100,7 @@ impl<W: Write> Emitter<'_, W> {
 }
 
 fn shape_of(b: &DeviceBlob<'_>) -> Result<Shape> {
-    Shape::decode(&b.data).map_err(|m| Error::Unsupported(format!("device blob '{}': {m}", b.name)))
+    Shape::decode(&b.data).map_err(|m| Error::Inconsistent(format!("device blob '{}': {m}", b.name)))
 }
 
 /// Pages of `img` holding data that no shape covers, in order.
@@ -142,10 +143,10 @@ pub fn export_xl(img: &Image, out: &Path) -> Result<XlExport> {
 /// # Errors
 /// As [`export_xl`].
 pub fn export_xl_to<W: Write>(img: &Image, out: W) -> Result<XlExport> {
-    if img.metadata_value("source.format") != Some("xl") {
-        return Err(Error::Unsupported(format!(
+    if img.metadata_value(keys::SOURCE_FORMAT) != Some("xl") {
+        return Err(Error::Usage(format!(
             "the image was converted from {}, not from an xl save file: export --to xl needs its Xen records",
-            img.metadata_value("source.format").unwrap_or("an unknown source")
+            img.metadata_value(keys::SOURCE_FORMAT).unwrap_or("an unknown source")
         )));
     }
     crate::refill::refuse_refill(img, "export --to xl")?;
@@ -184,7 +185,7 @@ pub fn export_xl_to<W: Write>(img: &Image, out: W) -> Result<XlExport> {
                 i += n;
             }
             (DeviceOrigin::XEN_HVM, _) => {
-                return Err(Error::Unsupported(format!(
+                return Err(Error::Inconsistent(format!(
                     "HVM context entry '{}' outside an hvm-context record",
                     b.name
                 )));
@@ -194,7 +195,7 @@ pub fn export_xl_to<W: Write>(img: &Image, out: W) -> Result<XlExport> {
         i += 1;
     }
     if last_shape.is_none() && !extra.is_empty() {
-        return Err(Error::Unsupported("the image has pages but no PAGE_DATA records to place them after".into()));
+        return Err(Error::Inconsistent("the image has pages but no PAGE_DATA records to place them after".into()));
     }
     em.out.flush().map_err(|e| Error::io("cannot write the xl file", e))?;
     Ok(em.report)
@@ -207,7 +208,7 @@ fn context(img: &Image, blobs: &[DeviceBlob<'_>], last: bool, report: &mut XlExp
     let mut entries: Vec<hvm::Entry<'_>> = Vec::with_capacity(blobs.len());
     for e in blobs {
         let (Ok(code), Ok(instance)) = (u16::try_from(e.flags), u16::try_from(e.instance)) else {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::Inconsistent(format!(
                 "HVM context entry '{}' has an impossible type or instance",
                 e.name
             )));

@@ -1,5 +1,6 @@
-//! A forward-only reader of big-endian stream primitives that knows its
-//! offset, for files and pipes alike. Nothing is read ahead of need except
+//! A forward-only reader of the primitives of an input stream (QEMU's
+//! big-endian fields, Xen's little-endian records) that knows its offset,
+//! for files and pipes alike. Nothing is read ahead of need except
 //! by the buffer, and no length from the input is trusted before the bytes
 //! are there.
 
@@ -15,14 +16,9 @@ pub struct StreamReader<R> {
 }
 
 impl<R: Read> StreamReader<R> {
-    /// Wraps `inner`, whose first byte is at offset `base`.
-    pub fn new(inner: R, base: u64) -> Self {
-        Self::for_format("qemu", inner, base)
-    }
-
     /// Wraps `inner` of `format` (named in errors: `qemu`, `xl`), whose
     /// first byte is at offset `base`.
-    pub fn for_format(format: &'static str, inner: R, base: u64) -> Self {
+    pub fn new(format: &'static str, inner: R, base: u64) -> Self {
         StreamReader { inner: BufReader::with_capacity(1 << 20, inner), pos: base, format }
     }
 
