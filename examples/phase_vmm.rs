@@ -73,7 +73,7 @@ fn capture(vm: &KvmAdapter, path: &Path, phase: &str, sequence: u32, count: u32)
     let (gpa, mem) = vm.slot_memory(0).expect("guest memory");
     let mut w = ImageWriter::create(path, &[Region::ram("ram", gpa, RAM)], WriterOptions::default())?;
     w.set_phase(Phase { since_boot_ns: u64::from(count), ..Phase::named(phase, sequence) })?;
-    w.set_metadata("source.format", "vmm")?;
+    w.set_metadata(pbr_format::keys::SOURCE_FORMAT, "vmm")?;
     w.set_metadata("vmm.name", "pbr-examples/phase_vmm")?;
     for (i, page) in mem.chunks_exact(4096).enumerate() {
         let class = if (i as u64) * 4096 == CODE { PageClass::Kernel } else { PageClass::Unknown };

@@ -215,6 +215,33 @@ pub mod keys {
     /// ```
     pub const PBR_CACHE_REFS: &str = "pbr.cache_refs";
 
+    /// `pbr.agent`: `1` when the candidate was captured at a pbr-agent point
+    /// (`spec/agent.md` §3).
+    ///
+    /// # Example
+    /// ```
+    /// assert_eq!(pbr_format::keys::PBR_AGENT, "pbr.agent");
+    /// ```
+    pub const PBR_AGENT: &str = "pbr.agent";
+
+    /// `pbr.qemu`: the QEMU binary an agent candidate's capture ran
+    /// (`spec/agent.md` §3).
+    ///
+    /// # Example
+    /// ```
+    /// assert_eq!(pbr_format::keys::PBR_QEMU, "pbr.qemu");
+    /// ```
+    pub const PBR_QEMU: &str = "pbr.qemu";
+
+    /// `pbr.files_read`: the files the guest had read by an agent's point, a
+    /// JSON list of paths as the guest named them (`spec/agent.md` §3).
+    ///
+    /// # Example
+    /// ```
+    /// assert_eq!(pbr_format::keys::PBR_FILES_READ, "pbr.files_read");
+    /// ```
+    pub const PBR_FILES_READ: &str = "pbr.files_read";
+
     /// `layout`: `flat`: the image is in the flat layout of `spec/format.md` §11.
     ///
     /// # Example
@@ -307,6 +334,9 @@ pub mod keys {
         TRIM_CACHE_PAGES_KEPT,
         PBR_SEALS,
         PBR_CACHE_REFS,
+        PBR_AGENT,
+        PBR_QEMU,
+        PBR_FILES_READ,
         LAYOUT,
         LIBVIRT_SAVE_VERSION,
         LIBVIRT_WAS_RUNNING,

@@ -162,12 +162,12 @@ pub(crate) struct PhaseInput<'a> {
 
 /// The metadata key that says how the agent's page-cache references fared
 /// at capture (JSON: pages offered, kept, differing, unusable).
-pub const CACHE_KEY: &str = "pbr.cache_refs";
+pub const CACHE_KEY: &str = pbr_format::keys::PBR_CACHE_REFS;
 
 /// The metadata key with the stored `kernel` pages by kpageflags kind
 /// (JSON: reserved, slab, page_tables, other): where a candidate's size
 /// goes once free pages and page cache are dropped.
-pub const KERNEL_PAGES_KEY: &str = "classes.kernel_pages";
+pub const KERNEL_PAGES_KEY: &str = pbr_format::keys::CLASSES_KERNEL_PAGES;
 
 /// Converts, classifies, trims and records the manifest of one phase.
 pub(crate) fn candidate(

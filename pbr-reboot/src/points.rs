@@ -15,12 +15,12 @@ use crate::machine::{Drive, Machine, UserCommand};
 use pbr_tools::seal::{DiskSeal, FileSeal, SEALS_KEY, Seals, wait_past};
 
 /// Metadata keys an agent candidate carries beside its seals.
-pub const AGENT_KEY: &str = "pbr.agent";
+pub const AGENT_KEY: &str = pbr_format::keys::PBR_AGENT;
 /// The QEMU binary the capture ran.
-pub const QEMU_KEY: &str = "pbr.qemu";
+pub const QEMU_KEY: &str = pbr_format::keys::PBR_QEMU;
 /// The files the guest's boot had read by the point (a JSON list of
 /// paths, as the guest named them).
-pub const FILES_KEY: &str = "pbr.files_read";
+pub const FILES_KEY: &str = pbr_format::keys::PBR_FILES_READ;
 
 /// What an agent candidate's trim drops: zero pages only. The agent reads
 /// kpageflags before the machine stops, so a page free in the dump may be

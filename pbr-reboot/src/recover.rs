@@ -187,7 +187,7 @@ impl Refusals<'_> {
 /// Whether the project's own VMM wrote `img` (as `examples/phase_vmm.rs`
 /// does): it is restored on /dev/kvm, not by QEMU.
 fn is_vmm_image(img: &Image) -> bool {
-    img.metadata_value("source.format") == Some("vmm")
+    img.metadata_value(pbr_format::keys::SOURCE_FORMAT) == Some("vmm")
 }
 
 /// Recovers from the latest of `candidates` that may be restored, as the

@@ -37,7 +37,7 @@ pub fn recorded_command(img: &Image, qemu: Option<&str>) -> Result<UserCommand> 
 pub fn check(img: &Image, host: &QemuHost) -> std::result::Result<(), String> {
     let seals = img.metadata_value(SEALS_KEY).ok_or("it records no seals")?;
     let seals = Seals::from_json(seals).map_err(|e| e.to_string())?;
-    seals.check(host, img.metadata_value("qemu.machine")).map_err(|r| r.0)
+    seals.check(host, img.metadata_value(pbr_format::keys::QEMU_MACHINE)).map_err(|r| r.0)
 }
 
 /// How [`select`] judged the candidates, latest first.

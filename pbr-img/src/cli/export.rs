@@ -138,7 +138,7 @@ pub fn run(
             let r = if piped { libvirt::export_to(&img, stdout(), c)? } else { libvirt::export(&img, output, c)? };
             let shown = if piped { "standard output".to_owned() } else { output.display().to_string() };
             let c = c.or_else(|| {
-                img.metadata_value("libvirt.compressed")
+                img.metadata_value(pbr_format::keys::LIBVIRT_COMPRESSED)
                     .and_then(|n| (0..6).filter_map(Compression::from_code).find(|c| c.name() == n))
             });
             let cname = c.map_or("as the original", Compression::name);

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use pbr_format::{DeviceOrigin, Image};
+use pbr_format::{DeviceOrigin, Image, keys};
 
 /// Machine arguments built from what a converted QEMU stream records
 /// when it has no `restore.cmdline`: `-machine` with the resolved type
@@ -11,8 +11,8 @@ use pbr_format::{DeviceOrigin, Image};
 /// `-nodefaults` unless the stream holds a VGA device (QEMU's default
 /// devices come with one). `None` when either value is missing.
 pub fn machine_args(image: &Image) -> Option<Vec<String>> {
-    let machine = image.metadata_value("qemu.machine")?;
-    let ram: u64 = image.metadata_value("guest.ram_size")?.parse().ok()?;
+    let machine = image.metadata_value(keys::QEMU_MACHINE)?;
+    let ram: u64 = image.metadata_value(keys::GUEST_RAM_SIZE)?.parse().ok()?;
     let mut args = vec![
         "-machine".to_string(),
         format!("{machine},accel=tcg"),
@@ -42,7 +42,7 @@ pub fn recorded_args(image: &Image) -> Option<Vec<String>> {
 /// The command line `restore.cmdline` records (a JSON array of strings, or
 /// a line split on white space), as recorded.
 pub fn recorded_boot_args(image: &Image) -> Option<Vec<String>> {
-    let c = image.metadata_value("restore.cmdline")?;
+    let c = image.metadata_value(keys::RESTORE_CMDLINE)?;
     Some(
         serde_json::from_str::<Vec<String>>(c)
             .ok()
