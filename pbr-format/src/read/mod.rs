@@ -21,8 +21,10 @@ use crate::base::BaseRef;
 use crate::device::DeviceBlob;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::{CacheRef, FileEntry};
+use crate::page::PageEncoding;
 use crate::phase::Phase;
 use crate::pod::{self, HEADER_SIZE, Header, TRAILER_SIZE};
+use crate::refill::DiskRefs;
 use crate::region::Region;
 use crate::section::SectionKind;
 use crate::vcpu::Vcpu;
@@ -465,7 +467,7 @@ impl Image {
     /// assert!(image.disk_refs().is_empty());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn disk_refs(&self) -> &crate::DiskRefs {
+    pub fn disk_refs(&self) -> &DiskRefs {
         &self.records.disk_refs
     }
 
@@ -559,13 +561,13 @@ fn padded_str(b: &[u8], offset: u64) -> Result<String> {
 
 fn check_features(header: &HeaderInfo, index: &PageIndex, records: &Records, table_offset: u64) -> Result<()> {
     let mut want = 0;
-    if index.has_encoding(crate::PageEncoding::Lz4) {
+    if index.has_encoding(PageEncoding::Lz4) {
         want |= pod::FEATURE_LZ4;
     }
-    if index.has_encoding(crate::PageEncoding::Base) {
+    if index.has_encoding(PageEncoding::Base) {
         want |= pod::FEATURE_DIFF;
     }
-    if index.has_encoding(crate::PageEncoding::Dup) {
+    if index.has_encoding(PageEncoding::Dup) {
         want |= pod::FEATURE_DUP;
     }
     if want != header.required_features {

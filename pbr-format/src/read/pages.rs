@@ -4,6 +4,7 @@ use std::ops::Range;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::page::{PageClass, PageEncoding};
+use crate::refill::DiskRef;
 
 use super::Image;
 use super::page_index::{Extent, RawRun};
@@ -477,7 +478,7 @@ impl Image {
     /// assert!(image.pages_to_refill()?.is_empty(), "an image with no disk references");
     /// # Ok::<(), pbr_format::Error>(())
     /// ```
-    pub fn pages_to_refill(&self) -> Result<Vec<&crate::DiskRef>> {
+    pub fn pages_to_refill(&self) -> Result<Vec<&DiskRef>> {
         let zero_crc = zero_page_crc(self.page_size());
         let mut buf = vec![0u8; self.page_size() as usize];
         let mut out = Vec::new();

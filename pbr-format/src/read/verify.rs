@@ -6,9 +6,12 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::page::PageEncoding;
+use crate::section::SectionKind;
 
 use super::Image;
-use super::sections::check_crc;
+use super::page_index::Extent;
+use super::sections::{SectionInfo, check_crc};
 
 /// What [`Image::verify`] checked.
 ///
@@ -207,7 +210,7 @@ impl Image {
                 r.damage.push(e);
             }
         };
-        let is_data = |s: &&crate::SectionInfo| s.kind == Some(crate::SectionKind::PageData);
+        let is_data = |s: &&SectionInfo| s.kind == Some(SectionKind::PageData);
         for s in self.sections().iter().filter(|s| s.kind.is_some() && !is_data(s)) {
             match check_crc(bytes, s) {
                 Ok(()) => r.sections += 1,
@@ -252,7 +255,7 @@ impl Image {
         how: Check<'_>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> (u64, u64, Vec<Error>) {
-        let work: Vec<(crate::Extent, u64, u32)> = self
+        let work: Vec<(Extent, u64, u32)> = self
             .extents()
             .filter(|e| e.encoding.is_stored())
             .flat_map(|e| {
@@ -294,8 +297,8 @@ impl Image {
         (good, bad, errors)
     }
 
-    fn verify_page(&self, e: &crate::Extent, gfn: u64, buf: &mut [u8], how: &Check<'_>) -> Result<()> {
-        if e.encoding == crate::PageEncoding::Raw {
+    fn verify_page(&self, e: &Extent, gfn: u64, buf: &mut [u8], how: &Check<'_>) -> Result<()> {
+        if e.encoding == PageEncoding::Raw {
             let at = self.page_offset(e, gfn);
             let end = at + u64::from(self.page_size());
             let i = how.zeros.partition_point(|r| r.end <= at);
