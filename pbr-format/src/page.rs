@@ -1,4 +1,5 @@
-//! What a page is (its class) and how it is stored (its encoding).
+//! What a page is (its class) and how it is stored (its encoding); and
+//! whether a page's bytes are all zero.
 
 use std::fmt;
 use std::str::FromStr;
@@ -162,6 +163,17 @@ impl fmt::Display for PageEncoding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// Whether every byte of `data` is zero.
+///
+/// # Example
+/// ```
+/// assert!(pbr_format::is_zero(&[0; 4096]));
+/// assert!(!pbr_format::is_zero(&[0, 0, 1]));
+/// ```
+pub fn is_zero(data: &[u8]) -> bool {
+    data.chunks(64).all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
 }
 
 #[cfg(test)]

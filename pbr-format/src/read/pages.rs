@@ -3,7 +3,7 @@
 use std::ops::Range;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::page::{PageClass, PageEncoding};
+use crate::page::{PageClass, PageEncoding, is_zero};
 use crate::refill::DiskRef;
 
 use super::Image;
@@ -487,7 +487,7 @@ impl Image {
             let refill = match e.encoding {
                 PageEncoding::Trimmed => true,
                 PageEncoding::Raw | PageEncoding::Lz4 | PageEncoding::Dup => {
-                    r.crc32 != zero_crc && crate::is_zero(self.read_in_extent(&e, r.gfn, &mut buf)?)
+                    r.crc32 != zero_crc && is_zero(self.read_in_extent(&e, r.gfn, &mut buf)?)
                 }
                 PageEncoding::Zero | PageEncoding::Base => false,
             };

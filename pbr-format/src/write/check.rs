@@ -1,25 +1,12 @@
-//! Checks of the writer's options and of the regions it covers.
+//! Checks of the regions a writer covers and of the names it records.
 
 use crate::error::{Error, Result};
-use crate::limits::{MAX_NAME, MAX_REGIONS, PAGE_SIZES};
-use crate::page::PageEncoding;
+use crate::limits::{MAX_NAME, MAX_REGIONS};
 use crate::region::Region;
-
-use super::WriterOptions;
 
 pub(super) fn check_name(name: &str, what: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_NAME as usize {
         return Err(Error::invalid(format!("{what} '{name}' is not 1..={MAX_NAME} bytes")));
-    }
-    Ok(())
-}
-
-pub(super) fn check_options(opts: &WriterOptions) -> Result<()> {
-    if !PAGE_SIZES.contains(&opts.page_size) {
-        return Err(Error::invalid(format!("page size {} is neither 4096 nor 2097152", opts.page_size)));
-    }
-    if !matches!(opts.unwritten, PageEncoding::Zero | PageEncoding::Trimmed | PageEncoding::Base) {
-        return Err(Error::invalid(format!("unwritten pages cannot be {}", opts.unwritten)));
     }
     Ok(())
 }

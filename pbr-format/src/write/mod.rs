@@ -2,14 +2,17 @@
 //! keeps 9 bytes of state a page, and creates its output atomically.
 //!
 //! [`ImageWriter`] is the face; its parts live beside it: `pages` (page
-//! content and encodings), `records` (the records beside the pages),
-//! `sections` (laying out the finished image), `publish` (the temporary
-//! file, checksums, fsync and rename; [`destination`]), `check` (options
-//! and regions), `encode` (small sections as bytes), `page_table` (the
-//! state of every page) and `sink` (the output file).
+//! content and encodings), `lz4_block` (the lz4 block being filled),
+//! `records` (the records beside the pages), `sections` (laying out the
+//! finished image), `publish` (the temporary file, checksums, fsync and
+//! rename; [`destination`]), `options` (the options and the header they
+//! make), `check` (regions and names), `encode` (small sections as bytes),
+//! `page_table` (the state of every page) and `sink` (the output file).
 
 mod check;
 mod encode;
+mod lz4_block;
+mod options;
 mod page_table;
 mod pages;
 mod publish;
@@ -27,66 +30,20 @@ use crate::base::BaseRef;
 use crate::device::DeviceBlob;
 use crate::error::{Error, Result};
 use crate::manifest::{CacheRef, FileEntry};
-use crate::page::PageEncoding;
 use crate::phase::Phase;
 use crate::pod;
 use crate::refill::DiskRefs;
 use crate::region::Region;
 use crate::vcpu::Vcpu;
 
-use check::{check_options, check_regions};
+use check::check_regions;
+use lz4_block::Lz4Block;
 use page_table::PageTable;
-use pages::PendingLz4;
 use sink::Sink;
 
-pub use pages::is_zero;
+pub use crate::page::is_zero;
+pub use options::WriterOptions;
 pub use publish::destination;
-
-/// How an [`ImageWriter`] writes.
-///
-/// # Example
-/// ```
-/// use pbr_format::{PageEncoding, WriterOptions};
-/// // A diff image with page hashes, from my-vmm 2.1.
-/// let opts = WriterOptions {
-///     producer_name: "my-vmm".into(),
-///     producer_version: "2.1".into(),
-///     page_hashes: true,
-///     unwritten: PageEncoding::Base,
-///     ..WriterOptions::default()
-/// };
-/// assert_eq!(opts.page_size, 4096);
-/// ```
-#[derive(Clone, Debug)]
-pub struct WriterOptions {
-    /// Page size: 4096 or 2 MiB.
-    pub page_size: u32,
-    /// Producer name for the header (at most 32 bytes).
-    pub producer_name: String,
-    /// Producer version for the header (at most 32 bytes).
-    pub producer_version: String,
-    /// Store a blake3 per stored page (`PAGE_HASHES`).
-    pub page_hashes: bool,
-    /// Encoding of pages nobody wrote: `Zero` for a full image, `Base` for a
-    /// diff (then [`ImageWriter::set_base`] is required), or `Trimmed`.
-    pub unwritten: PageEncoding,
-    /// fsync the image before publishing it (default). Off only for
-    /// scratch images whose loss on a crash does not matter.
-    pub sync: bool,
-}
-
-impl Default for WriterOptions {
-    fn default() -> Self {
-        WriterOptions {
-            page_size: 4096,
-            producer_name: "pbr-format".into(),
-            producer_version: env!("CARGO_PKG_VERSION").into(),
-            page_hashes: false,
-            unwritten: PageEncoding::Zero,
-            sync: true,
-        }
-    }
-}
 
 /// What [`ImageWriter::finish`] wrote.
 ///
@@ -145,7 +102,7 @@ pub struct ImageWriter {
     pages: PageTable,
     data_start: u64,
     lz4_blocks: Vec<u64>,
-    pending: Option<PendingLz4>,
+    pending: Option<Lz4Block>,
     hash_spill: Option<File>,
     phase: Option<Phase<'static>>,
     vcpus: Vec<Vcpu>,
@@ -180,12 +137,12 @@ impl ImageWriter {
     /// ```
     pub fn create(path: impl AsRef<Path>, regions: &[Region<'_>], opts: WriterOptions) -> Result<ImageWriter> {
         let dest = destination(path.as_ref())?;
-        check_options(&opts)?;
+        opts.check()?;
         check_regions(regions, opts.page_size)?;
         let tmp = publish::temp_beside(&dest)?;
         let file = tmp.reopen().map_err(|e| Error::io("cannot reopen the temporary file", e))?;
         let mut sink = Sink::new(file);
-        sink.write(publish::header(&opts, 0, 0, pod::VERSION_MINOR).as_bytes())?;
+        sink.write(opts.header(0, 0, pod::VERSION_MINOR).as_bytes())?;
         sink.pad_to(u64::from(opts.page_size))?;
         let data_start = sink.pos();
         let pages = PageTable::new(regions, opts.page_size)?;
@@ -264,7 +221,8 @@ impl ImageWriter {
     pub fn finish(mut self) -> Result<WriteReport> {
         let layout = self.write_sections()?;
         let ImageWriter { tmp, dest, sink, opts, .. } = self;
-        let (file_len, image_blake3) = publish::publish(tmp, &dest, sink, &opts, &layout)?;
+        let header = opts.header(layout.required, layout.optional, layout.minor);
+        let (file_len, image_blake3) = publish::publish(tmp, &dest, sink, &header, &layout.sections, opts.sync)?;
         Ok(WriteReport { path: dest, file_len, image_blake3, extents: layout.extents, stored_pages: layout.stored })
     }
 }

@@ -5,25 +5,13 @@
 
 use std::os::unix::fs::FileExt;
 
-use zerocopy::IntoBytes;
-
 use crate::error::{Error, Result};
-use crate::page::{PageClass, PageEncoding};
+use crate::page::{PageClass, PageEncoding, is_zero};
 use crate::region::Region;
 
 use super::ImageWriter;
 use super::check::check_regions;
-
-/// Pages per lz4 block at most.
-const LZ4_BLOCK_PAGES: usize = 1024;
-
-/// The lz4 block being filled: consecutive pages of one class and region.
-pub(super) struct PendingLz4 {
-    first: u64,
-    class: PageClass,
-    ends: Vec<u32>,
-    data: Vec<u8>,
-}
+use super::lz4_block::Lz4Block;
 
 impl ImageWriter {
     /// Replaces the regions the image covers, for producers that learn the
@@ -182,26 +170,17 @@ impl ImageWriter {
             self.pages.set_empty(d, PageEncoding::Zero, class, self.opts.unwritten);
             return Ok(());
         }
-        let continues = self.pending.as_ref().is_some_and(|p| {
-            p.first + p.ends.len() as u64 == d
-                && p.class == class
-                && p.ends.len() < LZ4_BLOCK_PAGES
-                && self.pages.region_of(p.first) == self.pages.region_of(d)
-        });
+        let continues = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.takes(d, class) && self.pages.region_of(p.first()) == self.pages.region_of(d));
         if !continues {
             self.flush_lz4()?;
-            self.pending = Some(PendingLz4 { first: d, class, ends: Vec::new(), data: Vec::new() });
+            self.pending = Some(Lz4Block::new(d, class));
         }
         let block = self.lz4_blocks.len() as u32;
         let p = self.pending.as_mut().ok_or_else(|| Error::invalid("no lz4 block"))?;
-        let packed = lz4_flex::block::compress(data);
-        if packed.len() < data.len() {
-            p.data.extend_from_slice(&packed);
-        } else {
-            p.data.extend_from_slice(data);
-        }
-        let end = u32::try_from(p.data.len()).map_err(|_| Error::invalid("lz4 block exceeds 4 GiB"))?;
-        p.ends.push(end);
+        p.push(data)?;
         self.pages.set(d, PageEncoding::Lz4, class, block, crc32fast::hash(data));
         self.spill_hash(d, data)
     }
@@ -209,10 +188,9 @@ impl ImageWriter {
     /// Writes the pending lz4 block, if any, and records where it starts.
     pub(super) fn flush_lz4(&mut self) -> Result<()> {
         let Some(p) = self.pending.take() else { return Ok(()) };
-        self.sink.pad_to(4)?;
-        self.lz4_blocks.push(self.sink.pos());
-        self.sink.write(p.ends.as_bytes())?;
-        self.sink.write(&p.data)
+        let offset = p.write(&mut self.sink)?;
+        self.lz4_blocks.push(offset);
+        Ok(())
     }
 
     fn spill_hash(&mut self, d: u64, data: &[u8]) -> Result<()> {
@@ -302,15 +280,4 @@ impl ImageWriter {
         self.pages.set_class(d, class);
         Ok(())
     }
-}
-
-/// Whether every byte of `data` is zero.
-///
-/// # Example
-/// ```
-/// assert!(pbr_format::is_zero(&[0; 4096]));
-/// assert!(!pbr_format::is_zero(&[0, 0, 1]));
-/// ```
-pub fn is_zero(data: &[u8]) -> bool {
-    data.chunks(64).all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
 }

@@ -11,13 +11,12 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 use tempfile::NamedTempFile;
 use zerocopy::IntoBytes;
-use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::little_endian::{U32, U64};
 
 use crate::error::{Error, Result};
-use crate::pod::{self, HEADER_SIZE, Header, SectionEntry, TRAILER_MAGIC, Trailer};
+use crate::pod::{self, Header, SectionEntry, TRAILER_MAGIC, Trailer};
+use crate::section::SectionKind;
 
-use super::WriterOptions;
-use super::sections::Layout;
 use super::sink::Sink;
 
 /// A new temporary file in the directory of `dest`, named
@@ -37,24 +36,24 @@ pub(super) fn temp_beside(dest: &Path) -> Result<NamedTempFile> {
         .map_err(|e| Error::io(format!("cannot create a temporary file in {}", dir.display()), e))
 }
 
-/// Writes the section table and trailer after what `sink` holds, fixes
-/// the header, checksums, syncs (if `opts.sync`) and renames `tmp` to
-/// `dest`. Returns the file length and the trailer hash.
+/// Writes the table of `sections` (kind, offset, length) and the trailer
+/// after what `sink` holds, writes `header` over the placeholder at the
+/// start, checksums, syncs (if `sync`) and renames `tmp` to `dest`.
+/// Returns the file length and the trailer hash.
 pub(super) fn publish(
     tmp: NamedTempFile,
     dest: &Path,
     mut sink: Sink,
-    opts: &WriterOptions,
-    layout: &Layout,
+    header: &Header,
+    sections: &[(SectionKind, u64, u64)],
+    sync: bool,
 ) -> Result<(u64, [u8; 32])> {
-    let sections = &layout.sections;
     sink.pad_to(8)?;
     let table_offset = sink.pos();
     // Placeholder table: the crcs are computed from the file below.
     sink.write(&vec![0u8; sections.len() * pod::SECTION_ENTRY_SIZE])?;
     let file = sink.into_file()?;
-    file.write_all_at(header(opts, layout.required, layout.optional, layout.minor).as_bytes(), 0)
-        .map_err(|e| Error::io("cannot write the header", e))?;
+    file.write_all_at(header.as_bytes(), 0).map_err(|e| Error::io("cannot write the header", e))?;
     #[allow(unsafe_code)]
     // SAFETY: the temporary file is private to this writer (created
     // with a random name, not yet published) and is not resized while
@@ -90,47 +89,17 @@ pub(super) fn publish(
     let file_len = table_offset + (table.len() * pod::SECTION_ENTRY_SIZE + pod::TRAILER_SIZE) as u64;
     file.write_all_at(trailer.as_bytes(), file_len - pod::TRAILER_SIZE as u64)
         .map_err(|e| Error::io("cannot write the trailer", e))?;
-    if opts.sync {
+    if sync {
         file.sync_all().map_err(|e| Error::io("cannot sync the image", e))?;
     }
     tmp.persist(dest).map_err(|e| Error::io(format!("cannot rename the image to {}", dest.display()), e.error))?;
-    if let Some(dir) = dest.parent().filter(|p| opts.sync && !p.as_os_str().is_empty())
+    if let Some(dir) = dest.parent().filter(|p| sync && !p.as_os_str().is_empty())
         && let Ok(d) = File::open(dir)
     {
         // Best effort: makes the rename durable on file systems that need it.
         let _ = d.sync_all();
     }
     Ok((file_len, trailer.image_blake3))
-}
-
-/// The header of an image written with `opts`.
-pub(super) fn header(opts: &WriterOptions, required: u64, optional: u64, minor: u16) -> Header {
-    let mut h = Header {
-        magic: pod::MAGIC,
-        version_major: U16::new(pod::VERSION_MAJOR),
-        version_minor: U16::new(minor),
-        header_size: U32::new(HEADER_SIZE as u32),
-        page_size: U32::new(opts.page_size),
-        reserved0: U32::new(0),
-        required_features: U64::new(required),
-        optional_features: U64::new(optional),
-        producer_name: padded(&opts.producer_name),
-        producer_version: padded(&opts.producer_version),
-        reserved1: [0; 20],
-        header_crc32: U32::new(0),
-    };
-    h.header_crc32 = U32::new(crc32fast::hash(&h.as_bytes()[..124]));
-    h
-}
-
-fn padded(s: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    let mut n = s.len().min(32);
-    while !s.is_char_boundary(n) {
-        n -= 1;
-    }
-    out[..n].copy_from_slice(&s.as_bytes()[..n]);
-    out
 }
 
 /// crc32 of `b`, computed on several threads and combined.
