@@ -3,7 +3,7 @@
 use std::ops::Range;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::page::{PageClass, PageEncoding, is_zero};
+use crate::page::{PageClass, PageEncoding, is_zero, zero_page_crc};
 use crate::refill::DiskRef;
 
 use super::Image;
@@ -537,19 +537,4 @@ impl Image {
         }
         counts
     }
-}
-
-/// crc32 of one all-zero page of `page_size` bytes.
-///
-/// # Example
-/// ```
-/// assert_eq!(pbr_format::zero_page_crc(4096), crc32fast::hash(&[0; 4096]));
-/// ```
-pub fn zero_page_crc(page_size: u32) -> u32 {
-    const ZEROS: [u8; 4096] = [0; 4096];
-    let mut h = crc32fast::Hasher::new();
-    for _ in 0..page_size / 4096 {
-        h.update(&ZEROS);
-    }
-    h.finalize()
 }
