@@ -11,7 +11,7 @@
 //! n x (u64 file offset, u64 page frame number, u64 byte offset on the disk)
 //! ```
 
-use crate::message::MAX_STRING;
+use crate::limits::MAX_STRING;
 
 /// Bytes of one page entry.
 pub const PAGE_ENTRY: usize = 24;

@@ -6,6 +6,8 @@
 
 use std::io::{self, Read, Write};
 
+use crate::limits::MAX_ENTROPY;
+
 /// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"PBRA";
 /// Header size in bytes.
@@ -68,7 +70,7 @@ impl Kind {
             // 24 bytes a page: 2.7 million pages, 10 GiB of page cache.
             Kind::Cache => 64 << 20,
             Kind::Continue => 0,
-            Kind::Resume => 8 + crate::message::MAX_ENTROPY as u32,
+            Kind::Resume => 8 + MAX_ENTROPY as u32,
         }
     }
 }
@@ -296,6 +298,26 @@ mod tests {
         assert!(matches!(FrameReader::new(&bytes[..], false).read(), Err(FrameError::Kind { kind: 1, .. })));
         let bytes = framed(0x0081, 0, 0, b"");
         assert_eq!(FrameReader::new(&bytes[..], false).read().unwrap().kind, Kind::Continue);
+    }
+
+    #[test]
+    fn limits_are_the_specs_table() {
+        // spec/agent.md §2: kind number and limit of every frame.
+        let table: [(u16, u32); 9] = [
+            (0x0001, 64 << 10),
+            (0x0002, 64 << 20),
+            (0x0003, 64 << 20),
+            (0x0004, 16 << 20),
+            (0x0005, 64 << 10),
+            (0x0006, 64 << 10),
+            (0x0007, 64 << 20),
+            (0x0081, 0),
+            (0x0082, 520),
+        ];
+        for (number, limit) in table {
+            let kind = Kind::from_u16(number).unwrap();
+            assert_eq!((kind as u16, kind.max_len()), (number, limit), "{kind:?}");
+        }
     }
 
     #[test]

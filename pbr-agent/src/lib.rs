@@ -6,10 +6,12 @@
 //! restored copy, to step its clock and reseed its random generator first.
 //! Everything read from the other side is bounded before it is allocated
 //! and checked before it is used: [`frame`] reads frames, [`message`]
-//! turns them into typed messages.
+//! turns them into typed messages (the page-cache payload through
+//! [`cache`]); the bounds they all check are in [`limits`].
 
 pub mod cache;
 pub mod frame;
+pub mod limits;
 pub mod message;
 
 pub use cache::{CachedFile, CachedPage};

@@ -3,15 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::frame::{Frame, Kind};
-
-/// Most entropy bytes a [`Resume`] carries.
-pub const MAX_ENTROPY: usize = 512;
-/// Fewest entropy bytes a [`Resume`] carries.
-pub const MIN_ENTROPY: usize = 32;
-/// Most mounts a [`Point`] lists.
-pub const MAX_MOUNTS: usize = 256;
-/// Longest string field, in bytes.
-pub const MAX_STRING: usize = 4096;
+pub use crate::limits::{MAX_ENTROPY, MAX_MOUNTS, MAX_STRING, MIN_ENTROPY};
 
 /// A block device the guest has mounted.
 #[derive(Clone, Debug, PartialEq, Eq)]

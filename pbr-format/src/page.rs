@@ -1,4 +1,5 @@
-//! What a page is (its class) and how it is stored (its encoding).
+//! What a page is (its class) and how it is stored (its encoding); and
+//! whether a page's bytes are all zero, and the crc32 of a zero page.
 
 use std::fmt;
 use std::str::FromStr;
@@ -162,6 +163,32 @@ impl fmt::Display for PageEncoding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// Whether every byte of `data` is zero.
+///
+/// # Example
+/// ```
+/// assert!(pbr_format::is_zero(&[0; 4096]));
+/// assert!(!pbr_format::is_zero(&[0, 0, 1]));
+/// ```
+pub fn is_zero(data: &[u8]) -> bool {
+    data.chunks(64).all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+}
+
+/// crc32 of one all-zero page of `page_size` bytes.
+///
+/// # Example
+/// ```
+/// assert_eq!(pbr_format::zero_page_crc(4096), crc32fast::hash(&[0; 4096]));
+/// ```
+pub fn zero_page_crc(page_size: u32) -> u32 {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    let mut h = crc32fast::Hasher::new();
+    for _ in 0..page_size / 4096 {
+        h.update(&ZEROS);
+    }
+    h.finalize()
 }
 
 #[cfg(test)]

@@ -98,7 +98,7 @@ fn one_file(path: &str, devs: &HashMap<u64, Dev>, pagemap: &File) -> Option<Cach
     let f = File::open(path).ok()?;
     let st = f.metadata().ok()?;
     let dev = devs.get(&st.dev())?;
-    if !st.is_file() || st.len() == 0 || path.len() > pbr_agent::message::MAX_STRING || dev.disk.len() > 255 {
+    if !st.is_file() || st.len() == 0 || path.len() > pbr_agent::limits::MAX_STRING || dev.disk.len() > 255 {
         return None;
     }
     let extents = fiemap(&f, st.len())?;

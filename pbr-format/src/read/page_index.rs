@@ -9,7 +9,7 @@ use crate::page::{PageClass, PageEncoding};
 use crate::pod::ExtentRecord;
 use crate::region::Region;
 
-use super::HeaderInfo;
+use super::header::HeaderInfo;
 use super::table::Table;
 
 /// A run of pages with one class and one encoding.

@@ -3,7 +3,8 @@
 use std::ops::Range;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::page::{PageClass, PageEncoding};
+use crate::page::{PageClass, PageEncoding, is_zero, zero_page_crc};
+use crate::refill::DiskRef;
 
 use super::Image;
 use super::page_index::{Extent, RawRun};
@@ -477,7 +478,7 @@ impl Image {
     /// assert!(image.pages_to_refill()?.is_empty(), "an image with no disk references");
     /// # Ok::<(), pbr_format::Error>(())
     /// ```
-    pub fn pages_to_refill(&self) -> Result<Vec<&crate::DiskRef>> {
+    pub fn pages_to_refill(&self) -> Result<Vec<&DiskRef>> {
         let zero_crc = zero_page_crc(self.page_size());
         let mut buf = vec![0u8; self.page_size() as usize];
         let mut out = Vec::new();
@@ -486,7 +487,7 @@ impl Image {
             let refill = match e.encoding {
                 PageEncoding::Trimmed => true,
                 PageEncoding::Raw | PageEncoding::Lz4 | PageEncoding::Dup => {
-                    r.crc32 != zero_crc && crate::is_zero(self.read_in_extent(&e, r.gfn, &mut buf)?)
+                    r.crc32 != zero_crc && is_zero(self.read_in_extent(&e, r.gfn, &mut buf)?)
                 }
                 PageEncoding::Zero | PageEncoding::Base => false,
             };
@@ -536,19 +537,4 @@ impl Image {
         }
         counts
     }
-}
-
-/// crc32 of one all-zero page of `page_size` bytes.
-///
-/// # Example
-/// ```
-/// assert_eq!(pbr_format::zero_page_crc(4096), crc32fast::hash(&[0; 4096]));
-/// ```
-pub fn zero_page_crc(page_size: u32) -> u32 {
-    const ZEROS: [u8; 4096] = [0; 4096];
-    let mut h = crc32fast::Hasher::new();
-    for _ in 0..page_size / 4096 {
-        h.update(&ZEROS);
-    }
-    h.finalize()
 }

@@ -20,7 +20,7 @@ use crate::region::Region;
 use crate::section::SectionKind;
 use crate::vcpu::Vcpu;
 
-use super::HeaderInfo;
+use super::header::HeaderInfo;
 use super::table::{StrSpec, Table};
 
 /// Region and phase names.

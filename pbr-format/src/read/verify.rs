@@ -6,54 +6,13 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::page::{PageEncoding, zero_page_crc};
+use crate::section::SectionKind;
 
 use super::Image;
-use super::sections::check_crc;
-
-/// What [`Image::verify`] checked.
-///
-/// # Example
-/// ```
-/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
-/// let image = pbr_format::Image::open(path)?;
-/// let r: pbr_format::VerifyReport = image.verify()?;
-/// println!("{r:?}");
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VerifyReport {
-    /// Sections whose crc32 matched.
-    pub sections: usize,
-    /// Stored pages whose crc32 (and blake3, when present) matched.
-    pub pages: u64,
-    /// Bytes covered by the trailer hash.
-    pub hashed_bytes: u64,
-}
-
-/// What [`Image::check`] found: the good parts counted, the damaged ones
-/// counted and listed (up to a bound).
-///
-/// # Example
-/// ```
-/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
-/// let image = pbr_format::Image::open(path)?;
-/// let r: pbr_format::CheckReport = image.check(10, &|_| {});
-/// println!("{} pages good, {} failures", r.pages, r.damaged);
-/// # Ok::<(), pbr_format::Error>(())
-/// ```
-#[derive(Debug)]
-pub struct CheckReport {
-    /// Sections whose crc32 matched.
-    pub sections: usize,
-    /// Stored pages whose crc32 (and blake3, when present) matched.
-    pub pages: u64,
-    /// Bytes covered by the trailer hash.
-    pub hashed_bytes: u64,
-    /// The failures, in file order, at most the bound asked for.
-    pub damage: Vec<Error>,
-    /// How many failures there are in all.
-    pub damaged: u64,
-}
+use super::page_index::Extent;
+use super::report::{CheckReport, VerifyReport};
+use super::sections::{SectionInfo, check_crc};
 
 /// How stored pages are checked.
 struct Check<'a> {
@@ -207,7 +166,7 @@ impl Image {
                 r.damage.push(e);
             }
         };
-        let is_data = |s: &&crate::SectionInfo| s.kind == Some(crate::SectionKind::PageData);
+        let is_data = |s: &&SectionInfo| s.kind == Some(SectionKind::PageData);
         for s in self.sections().iter().filter(|s| s.kind.is_some() && !is_data(s)) {
             match check_crc(bytes, s) {
                 Ok(()) => r.sections += 1,
@@ -252,7 +211,7 @@ impl Image {
         how: Check<'_>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> (u64, u64, Vec<Error>) {
-        let work: Vec<(crate::Extent, u64, u32)> = self
+        let work: Vec<(Extent, u64, u32)> = self
             .extents()
             .filter(|e| e.encoding.is_stored())
             .flat_map(|e| {
@@ -294,14 +253,14 @@ impl Image {
         (good, bad, errors)
     }
 
-    fn verify_page(&self, e: &crate::Extent, gfn: u64, buf: &mut [u8], how: &Check<'_>) -> Result<()> {
-        if e.encoding == crate::PageEncoding::Raw {
+    fn verify_page(&self, e: &Extent, gfn: u64, buf: &mut [u8], how: &Check<'_>) -> Result<()> {
+        if e.encoding == PageEncoding::Raw {
             let at = self.page_offset(e, gfn);
             let end = at + u64::from(self.page_size());
             let i = how.zeros.partition_point(|r| r.end <= at);
             if how.zeros.get(i).is_some_and(|r| r.start <= at && end <= r.end) {
                 let stored = self.expected_crc(e, gfn).unwrap_or(0);
-                let computed = super::pages::zero_page_crc(self.page_size());
+                let computed = zero_page_crc(self.page_size());
                 if stored != computed {
                     return Err(Error::new(ErrorKind::ChecksumMismatch {
                         what: format!(

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use zerocopy::little_endian::{U16, U32, U64};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::page::{PageClass, PageEncoding};
 use crate::pod::ExtentRecord;
 use crate::region::Region;
@@ -91,7 +91,7 @@ impl PageTable {
         let i = self.spans.partition_point(|s| s.0 <= gfn);
         match i.checked_sub(1).map(|i| self.spans[i]) {
             Some((first, pages, dense)) if gfn < first + pages => Ok(dense + gfn - first),
-            _ => Err(Error::new(crate::ErrorKind::NoSuchPage { gfn })),
+            _ => Err(Error::new(ErrorKind::NoSuchPage { gfn })),
         }
     }
 
