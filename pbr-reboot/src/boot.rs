@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::guest::{Guest, GuestSpec};
 use crate::machine::{Machine, UserCommand};
 use crate::ready::{serve, until_ready};
-use crate::recover::{Recovery, Refused};
+use crate::recovery::{Recovery, Refused};
 use crate::resident::Resident;
 
 /// Boots `spec` from scratch and returns the time until the guest's

@@ -15,6 +15,7 @@ pub mod machine;
 pub mod points;
 mod ready;
 pub mod recover;
+pub mod recovery;
 pub mod resident;
 pub mod select;
 pub mod service;
@@ -24,7 +25,8 @@ use pbr_format::Image;
 pub use boot::{boot_points, cold_boot};
 pub use capture::{CACHE_KEY, Candidate, CaptureOptions, KERNEL_PAGES_KEY, capture};
 pub use error::{Error, Result};
-pub use recover::{RecoverOptions, Recovery, Refused, recover};
+pub use recover::{RecoverOptions, recover};
+pub use recovery::{Recovery, Refused};
 
 /// Where the QEMU process of a timed boot or recovery comes from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
