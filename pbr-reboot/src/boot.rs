@@ -4,7 +4,7 @@
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::Vmm;
+use crate::vmm::Vmm;
 use crate::agent::vmgenid_args;
 use crate::error::{Error, Result};
 use crate::guest::{Guest, GuestSpec};

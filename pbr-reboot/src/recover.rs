@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use pbr_format::Image;
 use pbr_replay::qemu::QemuAdapter;
-use pbr_tools::qemu::compat::QemuHost;
+use pbr_tools::compat::QemuHost;
 
-use crate::Vmm;
+use crate::vmm::Vmm;
 use crate::agent::{AgentPort, port_args, vmgenid_args};
 use crate::boot::{Before, boot_after};
 use crate::error::{Error, Result};
@@ -78,7 +78,7 @@ impl Wiring {
     fn args(&self, img: &Image) -> Result<Vec<String>> {
         match self {
             Wiring::Agent { cmd, extra, .. } => {
-                let mut a = pbr_tools::qemu::compat::restore_args(cmd.args.clone(), img);
+                let mut a = pbr_tools::compat::restore_args(cmd.args.clone(), img);
                 a.extend(extra.iter().cloned());
                 Ok(a)
             }
@@ -161,7 +161,7 @@ pub fn recover(
         }
     }
     let mut latest_first: Vec<usize> = (0..opened.len()).collect();
-    latest_first.sort_by_key(|&i| std::cmp::Reverse(crate::phase_order(&opened[i].image)));
+    latest_first.sort_by_key(|&i| std::cmp::Reverse(crate::select::phase_order(&opened[i].image)));
     let latest =
         *latest_first.first().ok_or_else(|| Error::NoCandidate("no candidate opens: do a full reboot".into()))?;
     let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
@@ -204,7 +204,7 @@ pub fn recover(
         None => None,
     };
     // Asked before the decision: a flat candidate's restore needs it.
-    let _ = pbr_tools::qemu::compat::qemu_full_version(&qemu);
+    let _ = pbr_tools::compat::qemu_full_version(&qemu);
     let held = standby.as_ref().and_then(QemuAdapter::pid).and_then(Resident::of);
 
     let t = Instant::now();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use pbr_agent::message::Resumed;
 
-use crate::Vmm;
+use crate::vmm::Vmm;
 use crate::resident::Resident;
 
 /// A candidate that was not restored, and why.

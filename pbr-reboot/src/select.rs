@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use pbr_format::Image;
-use pbr_tools::qemu::compat::QemuHost;
+use pbr_tools::compat::QemuHost;
 use pbr_tools::seal::{SEALS_KEY, Seals};
 
 use crate::error::{Error, Result};
@@ -17,7 +17,7 @@ pub fn is_agent_candidate(img: &Image) -> bool {
 }
 
 /// The user's command line a candidate records (as recorded: to boot
-/// afresh; [`pbr_tools::qemu::compat::restore_args`] makes it restore the
+/// afresh; [`pbr_tools::compat::restore_args`] makes it restore the
 /// candidate), with `qemu` in place of the recorded binary when given.
 ///
 /// # Errors
@@ -58,7 +58,7 @@ pub struct Selection {
 /// recovery checks every page it restores anyway.
 pub fn select(images: &[PathBuf], qemu: Option<&str>, fast: bool) -> Selection {
     let mut opened: Vec<(&PathBuf, pbr_format::Result<Image>)> = images.iter().map(|p| (p, Image::open(p))).collect();
-    opened.sort_by_key(|(_, i)| std::cmp::Reverse(i.as_ref().ok().map_or((0, 0), crate::phase_order)));
+    opened.sort_by_key(|(_, i)| std::cmp::Reverse(i.as_ref().ok().map_or((0, 0), phase_order)));
     let mut selection = Selection { chosen: None, verdicts: Vec::new(), fast };
     for (path, img) in &opened {
         let verdict = match img {
@@ -79,4 +79,9 @@ pub fn select(images: &[PathBuf], qemu: Option<&str>, fast: bool) -> Selection {
         selection.verdicts.push(((*path).clone(), verdict));
     }
     selection
+}
+
+/// Where a candidate's phase stands in its boot: later phases sort higher.
+pub fn phase_order(img: &Image) -> (u32, u64) {
+    img.phase().map_or((0, 0), |p| (p.sequence, p.since_boot_ns))
 }

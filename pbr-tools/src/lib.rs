@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod classify;
+pub mod compat;
 pub mod cleanup;
 pub mod convert;
 pub mod diff;

@@ -22,7 +22,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::qemu::compat::QemuHost;
+use crate::compat::QemuHost;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};

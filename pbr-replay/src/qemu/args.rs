@@ -30,13 +30,13 @@ pub fn machine_args(image: &Image) -> Option<Vec<String>> {
 /// The arguments recorded in the image's `restore.cmdline` (a JSON array
 /// of strings, or a line split on white space), if any. The machine type
 /// is pinned to the one the stream was saved with (`qemu.machine`,
-/// [`pbr_tools::qemu::compat::pin_machine`]), so that a later QEMU builds
+/// [`pbr_tools::compat::pin_machine`]), so that a later QEMU builds
 /// the machine the stream describes: these are arguments to restore the
 /// image with. [`recorded_boot_args`] are the command line as recorded, to
 /// boot the machine afresh.
 pub fn recorded_args(image: &Image) -> Option<Vec<String>> {
     let args = recorded_boot_args(image)?;
-    Some(pbr_tools::qemu::compat::restore_args(args, image))
+    Some(pbr_tools::compat::restore_args(args, image))
 }
 
 /// The command line `restore.cmdline` records (a JSON array of strings, or
@@ -52,7 +52,7 @@ pub fn recorded_boot_args(image: &Image) -> Option<Vec<String>> {
 
 /// `qemu --version` as (major, minor).
 pub fn qemu_version(qemu: &str) -> Option<(u32, u32)> {
-    let v = pbr_tools::qemu::compat::qemu_full_version(qemu)?;
+    let v = pbr_tools::compat::qemu_full_version(qemu)?;
     let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
     Some((parts.next()??, parts.next()??))
 }

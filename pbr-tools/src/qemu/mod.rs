@@ -6,7 +6,6 @@
 //! KiB) and the trailing vmdescription are held in memory, so the JSON can
 //! split the sections exactly.
 
-pub mod compat;
 pub mod config;
 pub mod cpu;
 pub mod devices;
