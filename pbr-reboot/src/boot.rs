@@ -4,7 +4,6 @@
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::vmm::Vmm;
 use crate::agent::vmgenid_args;
 use crate::error::{Error, Result};
 use crate::guest::{Guest, GuestSpec};
@@ -12,6 +11,7 @@ use crate::machine::{Machine, UserCommand};
 use crate::ready::{serve, until_ready};
 use crate::recovery::{Recovery, Refused};
 use crate::resident::Resident;
+use crate::vmm::Vmm;
 
 /// Boots `spec` from scratch and returns the time until the guest's
 /// service answers a client on the host ([`crate::service::wait_ready`]):

@@ -15,7 +15,6 @@ use pbr_format::Image;
 use pbr_replay::qemu::QemuAdapter;
 use pbr_tools::compat::QemuHost;
 
-use crate::vmm::Vmm;
 use crate::agent::{AgentPort, port_args, vmgenid_args};
 use crate::boot::{Before, boot_after};
 use crate::error::{Error, Result};
@@ -26,6 +25,7 @@ use crate::recovery::{Recovery, Refused};
 use crate::resident::Resident;
 use crate::select::{check, is_agent_candidate, recorded_command};
 use crate::service;
+use crate::vmm::Vmm;
 
 /// How to recover.
 #[derive(Clone, Copy, Debug, Default)]

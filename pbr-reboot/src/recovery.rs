@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use pbr_agent::message::Resumed;
 
-use crate::vmm::Vmm;
 use crate::resident::Resident;
+use crate::vmm::Vmm;
 
 /// A candidate that was not restored, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,4 +69,3 @@ impl Recovery {
         if self.ram_mapped { "mapped" } else { "streamed" }
     }
 }
-

@@ -8,8 +8,8 @@
 
 pub mod apply;
 pub mod classify;
-pub mod compat;
 pub mod cleanup;
+pub mod compat;
 pub mod convert;
 pub mod diff;
 pub mod error;

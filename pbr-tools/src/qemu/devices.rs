@@ -6,7 +6,7 @@
 use pbr_format::{DeviceOrigin, Image};
 use serde_json::{Value, json};
 
-use super::section_body;
+use super::sections::section_body;
 use super::vmdesc::{self, DeviceDesc};
 
 /// The integer types of QEMU's vmstate descriptions.

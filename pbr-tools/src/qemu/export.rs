@@ -16,9 +16,9 @@ use std::path::Path;
 use pbr_format::{DeviceOrigin, Image, is_zero};
 
 use super::config::Config;
+use super::format::{MAGIC, VERSION, blob, section};
 use super::plan::{BlockInfo, RamSection, RunKind};
 use super::ram::{Layout, flags};
-use super::{MAGIC, VERSION, blob, section};
 use crate::error::{Error, Result};
 use crate::refill::Refill;
 use crate::stream::StreamReader;

@@ -14,10 +14,12 @@ use pbr_format::keys;
 use pbr_format::{DeviceBlob, DeviceOrigin, ImageWriter, PageClass, PageEncoding, Phase, Vcpu, WriteReport};
 
 use super::config::Config;
+use super::cpu;
+use super::format::{MAGIC, PAGE_SIZE, VERSION, blob, section};
 use super::plan::{BlockInfo, RamSection};
 use super::ram::{Layout, MappedBlock, PageSink, RamParser};
+use super::sections::section_body;
 use super::vmdesc::VmDesc;
-use super::{MAGIC, PAGE_SIZE, VERSION, blob, cpu, section, section_body};
 use crate::error::{Error, Result};
 use crate::stream::StreamReader;
 use tail::tail_sections;

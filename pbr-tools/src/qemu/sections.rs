@@ -3,7 +3,7 @@
 
 use pbr_format::DeviceBlob;
 
-use super::{MAGIC, VERSION, section};
+use super::format::{MAGIC, VERSION, section};
 
 /// `(section id, idstr, instance, version, offset after the header)` of a
 /// FULL section whose type byte ends at `pos`.

@@ -16,9 +16,10 @@ use std::path::Path;
 use pbr_format::keys;
 use pbr_format::{DeviceBlob, DeviceOrigin, Image, PageEncoding, Vcpu, X86Vcpu};
 
+use super::format::blob;
+use super::hvm;
 use super::pages::{self, SAVER_BATCH, Shape};
 use super::record::{self, libxc};
-use super::{blob, hvm};
 use crate::error::{Error, Result};
 
 /// What [`export_xl`] wrote.

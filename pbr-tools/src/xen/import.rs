@@ -14,12 +14,12 @@ use pbr_format::{
     DeviceBlob, DeviceOrigin, Image, ImageWriter, PageClass, PageEncoding, Phase, Region, Vcpu, WriteReport, X86Vcpu,
 };
 
-use super::pages::{self, Shape};
-use super::record::{self, libxl};
-use super::{
+use super::format::{
     BYTE_ORDER_LE, DOMAIN_PV, LIBXL_IDENT, LIBXL_RECORD_MAX, OPTIONAL_DATA_MAX, PAGE, XL_FLAG_JSON, XL_FLAG_STREAM_V2,
     XL_MAGIC, blob,
 };
+use super::pages::{self, Shape};
+use super::record::{self, libxl};
 use crate::error::{Error, Result};
 use crate::stream::StreamReader;
 

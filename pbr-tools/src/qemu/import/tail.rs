@@ -6,9 +6,9 @@ use std::borrow::Cow;
 
 use pbr_format::{DeviceBlob, DeviceOrigin};
 
+use super::super::format::{blob, section};
 use super::super::sections::{full_header, scan_footer};
 use super::super::vmdesc::{self, VmDesc};
-use super::super::{blob, section};
 use super::{State, command, stream_blob};
 use crate::error::{Error, Result};
 use crate::stream::StreamReader;

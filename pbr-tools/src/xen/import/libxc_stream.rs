@@ -7,9 +7,9 @@ use std::io::Read;
 
 use pbr_format::{DeviceBlob, DeviceOrigin, PageClass};
 
+use super::super::format::{DOMAIN_HVM, DOMAIN_PV, LIBXC_IDENT, LIBXC_MARKER, PAGE, REC_LENGTH_MAX, blob};
 use super::super::pages::{self, Shape};
 use super::super::record::{self, libxc};
-use super::super::{DOMAIN_HVM, DOMAIN_PV, LIBXC_IDENT, LIBXC_MARKER, PAGE, REC_LENGTH_MAX, blob};
 use super::super::{hvm, pv};
 use super::{Conv, LibxcEnd, config_str, libxc_blob};
 use crate::error::{Error, Result};
