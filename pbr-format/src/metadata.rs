@@ -26,7 +26,7 @@ pub fn check_key(key: &str) -> Result<(), String> {
 }
 
 /// The well-known metadata keys of `spec/format.md` §7.4, one constant per
-/// row of its table; [`ALL`] lists them in the table's order.
+/// row of its table; [`keys::ALL`] lists them in the table's order.
 pub mod keys {
     /// `source.format`: which format the image was converted from: `qemu`, `xl`,
     /// `vmm`.

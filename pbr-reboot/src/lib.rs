@@ -1,7 +1,7 @@
 //! Phase-based reboot end to end: capture restartable candidates at a
-//! guest's boot phases ([`capture`]) or its agent's points
+//! guest's boot phases ([`capture()`]) or its agent's points
 //! ([`points::capture_points`]), and recover from the latest valid one
-//! ([`recover`]), or boot from scratch ([`boot`]).
+//! ([`recover()`]), or boot from scratch ([`boot`](mod@boot)).
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]

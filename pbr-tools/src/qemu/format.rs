@@ -34,7 +34,7 @@ pub mod section {
 pub mod blob {
     /// The configuration section body.
     pub const CONFIGURATION: &str = "configuration";
-    /// The shape of one RAM section ([`super::plan::RamSection`]).
+    /// The shape of one RAM section ([`crate::qemu::plan::RamSection`]).
     pub const RAM: &str = "ram";
     /// A command's payload; flags hold the command number.
     pub const COMMAND: &str = "command";
