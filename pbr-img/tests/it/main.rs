@@ -2,7 +2,7 @@
 //! input: one test binary, since each one links the whole tree again.
 
 mod common;
-#[path = "../../../pbr-format/tests/common/mod.rs"]
+#[path = "../../../pbr-format/tests/it/common/mod.rs"]
 mod format_common;
 #[path = "../../../fuzz/src/mutate.rs"]
 mod mutate;

@@ -1,6 +1,6 @@
 //! `DISK_REFS` (format 1.1): written, read back, and refused when hostile.
 
-mod common;
+use crate::common;
 
 use pbr_format::{DiskRefs, ErrorKind, Image, ImageWriter, Region, WriterOptions};
 

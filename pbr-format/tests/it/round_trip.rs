@@ -1,7 +1,7 @@
 //! proptest: random images, written in random order with pages sent more
 //! than once, read back identical to a model.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

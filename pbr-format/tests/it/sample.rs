@@ -1,6 +1,6 @@
 //! The full-featured sample image reads back as written.
 
-mod common;
+use crate::common;
 
 use common::{PS, page, sample_vcpu, write_diff, write_sample};
 use pbr_format::{DeviceOrigin, Image, PageClass, PageEncoding, Vcpu};

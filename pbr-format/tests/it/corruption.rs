@@ -1,7 +1,7 @@
 //! Every single-bit flip and every truncation of small images of each kind
 //! is caught: by `open` or by `verify`. All of them, not a sample.
 
-mod common;
+use crate::common;
 
 use pbr_format::{ErrorKind, Image, ImageWriter, PageClass, Region, WriterOptions};
 

@@ -1,7 +1,7 @@
 //! Hand-made hostile files: each gets the typed error that names the
 //! problem and where it is.
 
-mod common;
+use crate::common;
 
 use common::{reseal, section_offset, write_sample};
 use pbr_format::{ErrorKind, Image};

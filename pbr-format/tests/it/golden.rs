@@ -5,7 +5,7 @@
 //!
 //! Regenerate after a deliberate format change with `PBR_BLESS=1`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

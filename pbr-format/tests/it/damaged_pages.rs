@@ -4,7 +4,7 @@
 //! holding raw, lz4 and duplicate pages. Opening still works: it reads no
 //! page data, and a damaged page is damage to report, not a broken file.
 
-mod common;
+use crate::common;
 
 use pbr_format::{ErrorKind, Image, PageEncoding};
 

@@ -2,7 +2,7 @@
 //! guest writes never reach the file, truncated files refused.
 #![cfg(feature = "vm-memory")]
 
-mod common;
+use crate::common;
 
 use pbr_format::Image;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
