@@ -11,7 +11,8 @@
 //! choose against their crc32 ([`Image::check_page_crcs`]): a damaged
 //! candidate is never chosen, the next older valid one is.
 //! [`select_fast`] skips that check, for callers that check every page as
-//! they restore it.
+//! they restore it. [`select_files`] does either for candidates named by
+//! their files, refusing those that cannot be opened.
 
 use std::fs::File;
 use std::io::Read;
@@ -19,6 +20,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::manifest::{CacheRef, FileEntry, check_path};
+use crate::phase::Phase;
 use crate::read::Image;
 
 /// Why a manifest entry does not match the current files.
@@ -282,4 +284,62 @@ pub fn select_fast(candidates: &[&Image], root: &Path, strict: bool) -> Selectio
     let verdicts: Vec<Verdict> = order.iter().map(|&i| judge(i, candidates[i], root, strict)).collect();
     let chosen = verdicts.iter().find(|v| v.valid).map(|v| v.index);
     Selection { verdicts, chosen }
+}
+
+/// One candidate named by its file, as [`select_files`] judged it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileVerdict {
+    /// The candidate's file.
+    pub path: PathBuf,
+    /// Its phase, when it was opened and records one.
+    pub phase: Option<Phase<'static>>,
+    /// The verdict ([`Verdict::index`] is the file's position in the
+    /// input), or why the file could not be opened: such a candidate is
+    /// refused, never trusted.
+    pub verdict: Result<Verdict, String>,
+}
+
+/// The outcome of [`select_files`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileSelection {
+    /// The candidates that were opened, latest phase first, then those
+    /// that could not be, in the input order.
+    pub candidates: Vec<FileVerdict>,
+    /// The file of the latest valid candidate.
+    pub chosen: Option<PathBuf>,
+}
+
+/// [`select`] (or, when `fast`, [`select_fast`]) over the candidate images
+/// at `paths`, given in any order. A file that cannot be opened (missing,
+/// corrupt, a hostile manifest) is refused with the reason; the others are
+/// still judged.
+///
+/// # Example
+/// ```
+/// use pbr_format::select::select_files;
+/// let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let root = tempfile::tempdir()?;
+/// std::fs::create_dir(root.path().join("etc"))?;
+/// let paths = [sample.into(), root.path().join("missing.pbr")];
+/// let s = select_files(&paths, root.path(), false, false);
+/// assert_eq!(s.chosen, None, "etc/hostname is missing under the root");
+/// assert_eq!(s.candidates[0].phase.as_ref().map(|p| p.sequence), Some(2));
+/// assert!(s.candidates[1].verdict.is_err(), "missing.pbr cannot be opened");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn select_files(paths: &[PathBuf], root: &Path, strict: bool, fast: bool) -> FileSelection {
+    let opened: Vec<Result<Image, String>> = paths.iter().map(|p| Image::open(p).map_err(|e| e.to_string())).collect();
+    let (index, images): (Vec<usize>, Vec<&Image>) =
+        opened.iter().enumerate().filter_map(|(i, r)| r.as_ref().ok().map(|img| (i, img))).unzip();
+    let s = if fast { select_fast(&images, root, strict) } else { select(&images, root, strict) };
+    let judged = s.verdicts.into_iter().map(|v| {
+        let i = index[v.index];
+        let phase = images[v.index].phase().cloned();
+        FileVerdict { path: paths[i].clone(), phase, verdict: Ok(Verdict { index: i, ..v }) }
+    });
+    let refused = opened.iter().zip(paths).filter_map(|(r, path)| {
+        let why = r.as_ref().err()?;
+        Some(FileVerdict { path: path.clone(), phase: None, verdict: Err(why.clone()) })
+    });
+    FileSelection { candidates: judged.chain(refused).collect(), chosen: s.chosen.map(|i| paths[index[i]].clone()) }
 }

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use clap::error::ErrorKind;
 
+use cli::error::one_line;
+
 mod cli;
 mod progress;
 mod signals;
@@ -45,18 +47,10 @@ fn main() -> ExitCode {
         // what made the work fail.
         Err(_) if interrupted.is_some() => ExitCode::from(interrupted.map_or(cli::USAGE_OR_INPUT, |i| i.status)),
         Err(e) => {
-            eprintln!("pbr-img: error: {}", one_line(&e.to_string()));
-            match e {
-                pbr_tools::Error::NoCandidate(_) => ExitCode::from(cli::NO_CANDIDATE),
-                _ => ExitCode::from(cli::USAGE_OR_INPUT),
-            }
+            eprintln!("pbr-img: error: {}", e.line());
+            ExitCode::from(e.exit_code())
         }
     }
-}
-
-/// Errors are printed as one line, whatever they hold.
-pub fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// `--help` and `--version` print as clap prints them; a usage error is one

@@ -46,19 +46,10 @@ pub enum Error {
     /// of a panic. No input, however hostile, should cause it.
     #[error("internal error: {0}")]
     Internal(String),
-    /// The request cannot be carried out: the error of the crates above
-    /// until they have their own types. `pbr-tools` itself no longer uses
-    /// it; its errors say what kind of failure they are.
-    #[error("{0}")]
-    Unsupported(String),
     /// Page-cache pages left out of an image cannot be read back from the
     /// guest's disk as they were captured: the image must not be restored.
     #[error("cannot refill the page cache: {0}")]
     Refill(String),
-    /// No candidate image can be restored safely: the caller reboots from
-    /// scratch.
-    #[error("no valid candidate: {0}")]
-    NoCandidate(String),
 }
 
 impl Error {

@@ -8,8 +8,8 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use super::error::{Error, Result};
 use pbr_tools::cleanup::{self, Registration};
-use pbr_tools::{Error, Result};
 
 /// An input path and what the command reads from it.
 pub enum Input<'a> {
@@ -53,14 +53,14 @@ pub fn check(inputs: &[Input<'_>], output: Option<Output<'_>>) -> Result<Option<
         };
         if is_dash(path) {
             if !matches!(input, Input::Stream(_)) {
-                return Err(Error::Unsupported(format!("`-` cannot stand for {what} here: name a file")));
+                return Err(Error::Usage(format!("`-` cannot stand for {what} here: name a file")));
             }
             ids.extend(identity(Path::new("/dev/stdin")).map(|id| (id, PathBuf::from("standard input"))));
             continue;
         }
         let Ok(meta) = std::fs::metadata(path) else { continue };
         if meta.is_dir() {
-            return Err(Error::Unsupported(format!("{} is a directory, not {what}", path.display())));
+            return Err(Error::Usage(format!("{} is a directory, not {what}", path.display())));
         }
         if let Input::Image(p) = input {
             let kind = meta.file_type();
@@ -78,11 +78,11 @@ pub fn check(inputs: &[Input<'_>], output: Option<Output<'_>>) -> Result<Option<
     if is_dash(out.path) {
         return match out.needs_file {
             None => Ok(None),
-            Some(why) => Err(Error::Unsupported(format!("`-o -`: {why}: name a file"))),
+            Some(why) => Err(Error::Usage(format!("`-o -`: {why}: name a file"))),
         };
     }
     if std::fs::metadata(out.path).is_ok_and(|m| m.is_dir()) {
-        return Err(Error::Unsupported(format!("the output {} is a directory: name a file", out.path.display())));
+        return Err(Error::Usage(format!("the output {} is a directory: name a file", out.path.display())));
     }
     // A stream may go to a device or named pipe already there; nothing is
     // ever renamed over one.
@@ -92,7 +92,7 @@ pub fn check(inputs: &[Input<'_>], output: Option<Output<'_>>) -> Result<Option<
     if let Some(id) = identity(out.path)
         && let Some((_, input)) = ids.iter().find(|(i, _)| *i == id)
     {
-        return Err(Error::Unsupported(format!(
+        return Err(Error::Usage(format!(
             "the output {} is the input {}: inputs are never modified; name another file",
             out.path.display(),
             input.display()
@@ -122,7 +122,7 @@ fn not_a_stream(path: &Path) -> Result<()> {
     } else {
         return Ok(());
     };
-    Err(Error::Unsupported(format!(
+    Err(Error::Usage(format!(
         "{} is {kind}, not a .pbr image: convert it with `pbr-img convert {} -o IMAGE.pbr`",
         path.display(),
         path.display()

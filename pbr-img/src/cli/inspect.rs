@@ -2,43 +2,72 @@
 //! human summary.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use pbr_format::{Image, PageClass, PageEncoding, SectionKind, Vcpu, pod};
 use serde_json::{Value, json};
 
+use super::error::Result;
 use super::fmt::{bytes, hex, unix_ns};
-use pbr_tools::Result;
+use super::report::{Report, print};
 use pbr_tools::seal::{SEALS_KEY, Seals};
 
-/// What `inspect` shows beyond the summary.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Show {
-    /// Every extent of the page index.
-    pub pages: bool,
-    /// Every vCPU register (always in JSON).
-    pub vcpus: bool,
-    /// Device sections with their fields decoded.
-    pub devices: bool,
+/// The arguments of `inspect`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The image.
+    pub image: PathBuf,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+    /// List every extent of the page index.
+    #[arg(long)]
+    pages: bool,
+    /// Show every vCPU register, segment, MSR, LAPIC and XSAVE state
+    /// (always in --json).
+    #[arg(long)]
+    vcpus: bool,
+    /// Show the device sections with their fields decoded through the
+    /// stream's vmdescription (QEMU images).
+    #[arg(long)]
+    devices: bool,
 }
 
-pub fn run(path: &Path, as_json: bool, show: Show) -> Result<ExitCode> {
-    let img = Image::open(path)?;
-    let mut model = model(&img, path, show.pages);
-    if show.devices {
+/// What `inspect` knows about an image ([`model`]), and what its text
+/// shows beyond the summary.
+struct Inspection<'a> {
+    model: Value,
+    args: &'a Args,
+}
+
+impl Report for Inspection<'_> {
+    fn json(&self) -> Value {
+        self.model.clone()
+    }
+
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        print_human(w, &self.model, self.args)
+    }
+
+    fn pretty(&self) -> bool {
+        true
+    }
+}
+
+/// Runs `inspect`.
+pub fn run(a: &Args) -> Result<ExitCode> {
+    let img = Image::open(&a.image)?;
+    let mut model = model(&img, &a.image, a.pages);
+    if a.devices {
         match pbr_tools::qemu::devices::decode(&img) {
             Some(Ok(sections)) => model["devices"]["sections"] = Value::Array(sections),
             Some(Err(e)) => model["devices"]["sections_error"] = json!(e),
             None => {}
         }
     }
-    if as_json {
-        outln!("{}", serde_json::to_string_pretty(&model).unwrap_or_default());
-    } else {
-        print_human(&model, show);
-    }
-    Ok(ExitCode::SUCCESS)
+    print(&Inspection { model, args: a }, a.json)
 }
 
 fn features(bits: u64, names: &[(u64, &str)]) -> Value {
@@ -196,7 +225,7 @@ fn shorten(v: &str, max: usize, whole: &str) -> String {
 }
 
 /// Every register of one described x86-64 vCPU.
-fn print_vcpu(v: &Value) {
+fn print_vcpu(w: &mut dyn Write, v: &Value) -> std::io::Result<()> {
     let s = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
     let r = &v["regs"];
     let regs: Vec<String> = pbr_tools::vcpu_state::GPR_NAMES
@@ -205,10 +234,11 @@ fn print_vcpu(v: &Value) {
         .map(|name| format!("{name}={}", s(&r[*name])))
         .collect();
     for chunk in regs.chunks(6) {
-        outln!("    {}", chunk.join(" "));
+        writeln!(w, "    {}", chunk.join(" "))?;
     }
     for (name, seg) in v["segments"].as_object().into_iter().flatten() {
-        outln!(
+        writeln!(
+            w,
             "    {name:<3} sel={} base={} limit={} type={} s={} dpl={} p={} db={} l={} g={} avl={} unusable={}",
             s(&seg["selector"]),
             s(&seg["base"]),
@@ -222,16 +252,18 @@ fn print_vcpu(v: &Value) {
             seg["g"],
             seg["avl"],
             seg["unusable"]
-        );
+        )?;
     }
-    outln!(
+    writeln!(
+        w,
         "    gdt base={} limit={}  idt base={} limit={}",
         s(&v["gdt"]["base"]),
         s(&v["gdt"]["limit"]),
         s(&v["idt"]["base"]),
         s(&v["idt"]["limit"])
-    );
-    outln!(
+    )?;
+    writeln!(
+        w,
         "    cr0={} cr2={} cr3={} cr4={} cr8={} efer={} apic_base={} xcr0={}",
         s(&v["cr0"]),
         s(&v["cr2"]),
@@ -241,17 +273,18 @@ fn print_vcpu(v: &Value) {
         s(&v["efer"]),
         s(&v["apic_base"]),
         s(&v["xcr0"])
-    );
+    )?;
     if let Some(d) = v["debug"].as_object() {
         let dr: Vec<String> =
             ["dr0", "dr1", "dr2", "dr3", "dr6", "dr7"].iter().map(|k| format!("{k}={}", s(&d[*k]))).collect();
-        outln!("    {}", dr.join(" "));
+        writeln!(w, "    {}", dr.join(" "))?;
     }
     if !v["events"].is_null() {
-        outln!("    events {}", super::fmt::events_text(&v["events"]));
+        writeln!(w, "    events {}", super::fmt::events_text(&v["events"]))?;
     }
     if let Some(l) = v["lapic"].as_object() {
-        outln!(
+        writeln!(
+            w,
             "    lapic id={} version={} tpr={} svr={} lvt_timer={} timer initial={} current={} divide={}",
             l["id"],
             s(&l["version"]),
@@ -261,20 +294,22 @@ fn print_vcpu(v: &Value) {
             s(&l["timer_initial_count"]),
             s(&l["timer_current_count"]),
             s(&l["timer_divide"])
-        );
+        )?;
     }
     let comps: Vec<String> = v["xsave"]["components"].as_array().into_iter().flatten().map(s).collect();
-    outln!(
+    writeln!(
+        w,
         "    xsave {} bytes: {}{}",
         v["xsave"]["bytes"],
         if comps.is_empty() { "(none)".into() } else { comps.join(" ") },
         if v["xsave"]["derived"] == true { " (XSTATE_BV recorded 0; derived from the area)" } else { "" }
-    );
+    )?;
     let tsc = if v["tsc"].is_null() { "tsc: not recorded".to_owned() } else { format!("tsc={}", v["tsc"]) };
-    outln!("    {tsc} tsc_khz={} mp_state={}", v["tsc_khz"], v["mp_state"]);
+    writeln!(w, "    {tsc} tsc_khz={} mp_state={}", v["tsc_khz"], v["mp_state"])?;
     for m in v["msrs"].as_array().into_iter().flatten() {
-        outln!("    msr {:>10} {:<26} {}", s(&m["index"]), m["name"].as_str().unwrap_or("-"), s(&m["value"]));
+        writeln!(w, "    msr {:>10} {:<26} {}", s(&m["index"]), m["name"].as_str().unwrap_or("-"), s(&m["value"]))?;
     }
+    Ok(())
 }
 
 /// What a restore must do about trimmed pages.
@@ -331,11 +366,12 @@ fn restore_notes(img: &Image, counts: &[[u64; 6]; 5]) -> Value {
            "refill": {"pages": refill.len(), "disks": disks, "files": files}, "notes": notes})
 }
 
-fn print_human(m: &Value, show: Show) {
+fn print_human(w: &mut dyn Write, m: &Value, show: &Args) -> std::io::Result<()> {
     let f = &m["file"];
     let n = |v: &Value| v.as_u64().unwrap_or(0);
     let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
-    outln!(
+    writeln!(
+        w,
         "image      {} ({}, format {}, page size {}, by {} {})",
         s(&f["path"]),
         bytes(n(&f["length"])),
@@ -343,7 +379,7 @@ fn print_human(m: &Value, show: Show) {
         n(&f["page_size"]),
         s(&f["producer"]["name"]),
         s(&f["producer"]["version"])
-    );
+    )?;
     let feats: Vec<String> = f["required_features"]
         .as_array()
         .into_iter()
@@ -352,7 +388,7 @@ fn print_human(m: &Value, show: Show) {
         .map(s)
         .collect();
     if !feats.is_empty() {
-        outln!("features   {}", feats.join(" "));
+        writeln!(w, "features   {}", feats.join(" "))?;
     }
     match m["phase"].as_object() {
         Some(p) => {
@@ -363,12 +399,13 @@ fn print_human(m: &Value, show: Show) {
             if n(&p["captured_unix_ns"]) > 0 {
                 line += &format!(", captured {}", unix_ns(n(&p["captured_unix_ns"])));
             }
-            outln!("{line})");
+            writeln!(w, "{line})")?;
         }
-        None => outln!("phase      (none)"),
+        None => writeln!(w, "phase      (none)")?,
     }
     let st = &m["storage"];
-    outln!(
+    writeln!(
+        w,
         "size       guest {} in {} pages; file {} ({:.1}% of guest); page data {}; index+metadata {:.3}% of guest",
         bytes(n(&m["guest"]["bytes"])),
         n(&m["guest"]["pages"]),
@@ -376,8 +413,8 @@ fn print_human(m: &Value, show: Show) {
         st["file_percent_of_guest"].as_f64().unwrap_or(0.0),
         bytes(n(&st["page_data_bytes"])),
         st["index_and_metadata_percent_of_guest"].as_f64().unwrap_or(0.0),
-    );
-    outln!("regions");
+    )?;
+    writeln!(w, "regions")?;
     for r in m["guest"]["regions"].as_array().into_iter().flatten() {
         let base = n(&r["base"]);
         let mut flags = Vec::new();
@@ -387,38 +424,40 @@ fn print_human(m: &Value, show: Show) {
         if r["synthetic"].as_bool() == Some(true) {
             flags.push("not guest-physical");
         }
-        outln!(
+        writeln!(
+            w,
             "  {:#018x}-{:#018x} {:>10}  {}{}",
             base,
             base + n(&r["length"]) - 1,
             bytes(n(&r["length"])),
             s(&r["name"]),
             if flags.is_empty() { String::new() } else { format!(" ({})", flags.join(", ")) }
-        );
+        )?;
     }
     let p = &m["pages"];
-    outln!("pages      {} extents, {} stored pages", n(&p["extents"]), n(&p["stored_pages"]));
-    out!("  {:<8}", "class");
+    writeln!(w, "pages      {} extents, {} stored pages", n(&p["extents"]), n(&p["stored_pages"]))?;
+    write!(w, "  {:<8}", "class")?;
     for e in PageEncoding::ALL {
-        out!("{:>10}", e.name());
+        write!(w, "{:>10}", e.name())?;
     }
-    outln!("{:>10}", "total");
+    writeln!(w, "{:>10}", "total")?;
     for c in PageClass::ALL {
         let row = &p["by_class"][c.name()];
         if n(&row["total"]) == 0 {
             continue;
         }
-        out!("  {:<8}", c.name());
+        write!(w, "  {:<8}", c.name())?;
         for e in PageEncoding::ALL {
-            out!("{:>10}", n(&row[e.name()]));
+            write!(w, "{:>10}", n(&row[e.name()]))?;
         }
-        outln!("{:>10}", n(&row["total"]));
+        writeln!(w, "{:>10}", n(&row["total"]))?;
     }
     let vcpus = m["vcpus"].as_array().cloned().unwrap_or_default();
-    outln!("vcpus      {}", vcpus.len());
+    writeln!(w, "vcpus      {}", vcpus.len())?;
     for v in &vcpus {
         if s(&v["arch"]) == "x86_64" {
-            outln!(
+            writeln!(
+                w,
                 "  vcpu{} x86_64 rip={} rsp={} rflags={} cr0={} cr3={} cr4={} efer={} msrs={} xsave={} lapic={}",
                 n(&v["id"]),
                 s(&v["rip"]),
@@ -431,16 +470,17 @@ fn print_human(m: &Value, show: Show) {
                 n(&v["msr_count"]),
                 bytes(n(&v["xsave_bytes"])),
                 if v["lapic"].is_null() { "no" } else { "yes" }
-            );
+            )?;
             if show.vcpus {
-                print_vcpu(v);
+                print_vcpu(w, v)?;
             }
         } else {
-            outln!("  vcpu{} {} ({} bytes)", n(&v["id"]), s(&v["arch"]), n(&v["bytes"]));
+            writeln!(w, "  vcpu{} {} ({} bytes)", n(&v["id"]), s(&v["arch"]), n(&v["bytes"]))?;
         }
     }
     if let Some(x) = m.get("xen") {
-        outln!(
+        writeln!(
+            w,
             "xen        {} guest, libxc stream v{}, Xen {}; {} PAGE_DATA records, {} HVM context entries, {} checkpoints",
             s(&x["guest_type"]),
             s(&x["libxc_version"]),
@@ -448,11 +488,12 @@ fn print_human(m: &Value, show: Show) {
             n(&x["page_data_records"]),
             n(&x["hvm_context_entries"]),
             n(&x["checkpoints"])
-        );
+        )?;
         let e = &x["emulator_context"];
         if !e.is_null() {
             let names: Vec<&str> = e["sections"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            outln!(
+            writeln!(
+                w,
                 "emulator   {} state, {}: {}",
                 s(&e["emulator"]),
                 bytes(n(&e["bytes"])),
@@ -461,30 +502,32 @@ fn print_human(m: &Value, show: Show) {
                 } else {
                     format!("not a QEMU stream pbr can walk ({})", s(&e["note"]))
                 }
-            );
+            )?;
         }
     }
     let d = &m["devices"];
-    outln!("devices    {} blobs, {}", n(&d["count"]), bytes(n(&d["bytes"])));
+    writeln!(w, "devices    {} blobs, {}", n(&d["count"]), bytes(n(&d["bytes"])))?;
     for item in d["items"].as_array().into_iter().flatten() {
-        outln!(
+        writeln!(
+            w,
             "  {:<12} {}.{} v{} {}",
             s(&item["origin"]),
             s(&item["name"]),
             n(&item["instance"]),
             n(&item["version"]),
             bytes(n(&item["bytes"]))
-        );
+        )?;
     }
     if show.devices {
         for sec in d["sections"].as_array().into_iter().flatten() {
-            outln!(
+            writeln!(
+                w,
                 "  section {}.{} v{}, {}",
                 s(&sec["name"]),
                 n(&sec["instance"]),
                 n(&sec["version"]),
                 bytes(n(&sec["bytes"]))
-            );
+            )?;
             for f in sec["fields"].as_array().into_iter().flatten() {
                 let v = match &f["value"] {
                     Value::Null => "(beyond the section)".to_owned(),
@@ -492,59 +535,62 @@ fn print_human(m: &Value, show: Show) {
                     other => other.to_string(),
                 };
                 let sub = f["subsection"].as_str().map(|x| format!("{x}: ")).unwrap_or_default();
-                outln!("    {sub}{} = {}", s(&f["name"]), shorten(&v, 64, "inspect --devices --json"));
+                writeln!(w, "    {sub}{} = {}", s(&f["name"]), shorten(&v, 64, "inspect --devices --json"))?;
             }
         }
         if let Some(e) = d["sections_error"].as_str() {
-            outln!("  (fields not decoded: {e})");
+            writeln!(w, "  (fields not decoded: {e})")?;
         }
     }
     if let Some(md) = m["metadata"].as_object().filter(|o| !o.is_empty()) {
-        outln!("metadata");
+        writeln!(w, "metadata")?;
         for (k, v) in md {
-            outln!("  {k} = {}", shorten(&s(v), 100, "inspect --json"));
+            writeln!(w, "  {k} = {}", shorten(&s(v), 100, "inspect --json"))?;
         }
     }
     let files = m["manifest"]["files"].as_array().cloned().unwrap_or_default();
-    outln!("manifest   {} files, {} cache back references", files.len(), n(&m["manifest"]["cache_refs"]));
+    writeln!(w, "manifest   {} files, {} cache back references", files.len(), n(&m["manifest"]["cache_refs"]))?;
     for f in &files {
-        outln!(
+        writeln!(
+            w,
             "  {} ({}, inode {}, blake3 {}...)",
             s(&f["path"]),
             bytes(n(&f["size"])),
             n(&f["inode"]),
             &s(&f["blake3"])[..16]
-        );
+        )?;
     }
     for note in m["restore"]["notes"].as_array().into_iter().flatten() {
-        outln!("restore    {}", s(note));
+        writeln!(w, "restore    {}", s(note))?;
     }
     let refill = &m["restore"]["refill"];
     for d in refill["disks"].as_array().into_iter().flatten() {
-        outln!("refill     {} pages from disk {} ({})", n(&d["pages"]), s(&d["disk"]), s(&d["image"]));
+        writeln!(w, "refill     {} pages from disk {} ({})", n(&d["pages"]), s(&d["disk"]), s(&d["image"]))?;
     }
     let refill_files = refill["files"].as_array().cloned().unwrap_or_default();
     for f in refill_files.iter().take(10) {
-        outln!("  {:>8} pages  {}", n(&f["pages"]), s(&f["path"]));
+        writeln!(w, "  {:>8} pages  {}", n(&f["pages"]), s(&f["path"]))?;
     }
     if refill_files.len() > 10 {
-        outln!("  ... {} more files (inspect --json lists them all)", refill_files.len() - 10);
+        writeln!(w, "  ... {} more files (inspect --json lists them all)", refill_files.len() - 10)?;
     }
     if let Some(b) = m["base"].as_object() {
-        outln!("base       {} (blake3 {})", s(&b["name"]), s(&b["blake3"]));
+        writeln!(w, "base       {} (blake3 {})", s(&b["name"]), s(&b["blake3"]))?;
     }
     if let Some(ext) = m["extents"].as_array() {
-        outln!("extents");
-        outln!("  {:>18} {:>18} {:>10} {:<8} {:<8}", "gfn", "gpa", "pages", "class", "encoding");
+        writeln!(w, "extents")?;
+        writeln!(w, "  {:>18} {:>18} {:>10} {:<8} {:<8}", "gfn", "gpa", "pages", "class", "encoding")?;
         for e in ext {
-            outln!(
+            writeln!(
+                w,
                 "  {:#18x} {:#18x} {:>10} {:<8} {:<8}",
                 n(&e["gfn"]),
                 n(&e["gpa"]),
                 n(&e["count"]),
                 s(&e["class"]),
                 s(&e["encoding"])
-            );
+            )?;
         }
     }
+    Ok(())
 }

@@ -10,6 +10,14 @@ use clap_mangen::Man;
 /// A section renderer of `clap_mangen`.
 type Part = fn(&Man, &mut dyn Write) -> std::io::Result<()>;
 
+/// Prints the page.
+pub fn run() -> super::error::Result<std::process::ExitCode> {
+    let mut text = Vec::new();
+    render(&mut text).map_err(|e| pbr_tools::Error::io("cannot write the man page", e))?;
+    super::out::write_bytes(&text)?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// Writes the page (roff) to `w`.
 ///
 /// # Errors

@@ -121,10 +121,3 @@ macro_rules! outln {
         $crate::cli::out::write(format_args!("{}\n", format_args!($($t)*)))
     };
 }
-
-/// `print!` through [`write()`].
-macro_rules! out {
-    ($($t:tt)*) => {
-        $crate::cli::out::write(format_args!($($t)*))
-    };
-}

@@ -2,20 +2,46 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use pbr_format::Image;
-use serde_json::json;
+use serde_json::{Value, json};
 
+use super::error::{Error, Result};
 use super::fmt::count;
+use super::report::{Report, print};
 use pbr_replay::kvm::{Exit, KvmAdapter};
 use pbr_replay::qemu::QemuAdapter;
 use pbr_replay::qemu::args::{machine_args, recorded_args};
-use pbr_replay::{Error, Result};
 use pbr_replay::{ReplayReport, replay};
+
+/// The arguments of `replay`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The image.
+    pub image: PathBuf,
+    /// The hypervisor.
+    #[arg(long, value_enum, default_value = "qemu")]
+    adapter: Adapter,
+    /// The QEMU binary (qemu adapter).
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: String,
+    /// Stop after this many guest I/O writes (kvm adapter).
+    #[arg(long, default_value_t = 100)]
+    max_exits: u64,
+    /// Stop after this many seconds (default: when the guest stops).
+    #[arg(long = "for", value_name = "SECONDS")]
+    seconds: Option<f64>,
+    /// Print the replay report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// QEMU machine arguments, overriding the image's restore.cmdline.
+    #[arg(last = true)]
+    qemu_args: Vec<String>,
+}
 
 /// Hypervisors `replay` drives.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -26,25 +52,31 @@ pub enum Adapter {
     Kvm,
 }
 
-fn print(report: &ReplayReport, as_json: bool) {
-    if as_json {
-        outln!(
-            "{}",
-            json!({"mapped_bytes": report.mapped_bytes, "copied_pages": report.copied_pages, "zero_pages": report.zero_pages,
-                   "vcpus": report.vcpus, "devices": report.devices, "not_taken": report.not_taken})
-        );
-    } else {
-        outln!(
+/// What the replay restored.
+struct Replayed(ReplayReport);
+
+impl Report for Replayed {
+    fn json(&self) -> Value {
+        let r = &self.0;
+        json!({"mapped_bytes": r.mapped_bytes, "copied_pages": r.copied_pages, "zero_pages": r.zero_pages,
+               "vcpus": r.vcpus, "devices": r.devices, "not_taken": r.not_taken})
+    }
+
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        let r = &self.0;
+        writeln!(
+            w,
             "replayed: {} bytes mapped from the image, {} copied, {}, {}, {}",
-            report.mapped_bytes,
-            count(report.copied_pages, "page"),
-            count(report.zero_pages, "zero page"),
-            count(report.vcpus as u64, "vCPU"),
-            count(report.devices as u64, "device blob")
-        );
-        for n in &report.not_taken {
-            outln!("not taken: {n}");
+            r.mapped_bytes,
+            count(r.copied_pages, "page"),
+            count(r.zero_pages, "zero page"),
+            count(r.vcpus as u64, "vCPU"),
+            count(r.devices as u64, "device blob")
+        )?;
+        for n in &r.not_taken {
+            writeln!(w, "not taken: {n}")?;
         }
+        Ok(())
     }
 }
 
@@ -67,25 +99,13 @@ fn forward(mut console: std::process::ChildStdout) {
     }
 }
 
-/// Options of `replay`.
-pub struct Args {
-    pub adapter: Adapter,
-    pub qemu: String,
-    pub qemu_args: Vec<String>,
-    pub max_exits: u64,
-    pub seconds: Option<f64>,
-    pub json: bool,
-}
-
-pub fn run(image: &Path, a: Args) -> pbr_tools::Result<ExitCode> {
-    replay_run(image, a).map_err(|e| super::phase::tools_error(e.into()))
-}
-
-fn replay_run(image: &Path, a: Args) -> Result<ExitCode> {
+/// Runs `replay`.
+pub fn run(a: Args) -> Result<ExitCode> {
     let deadline = a.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
-    let (adapter, qemu, args, max_exits, as_json) = (a.adapter, a.qemu, a.qemu_args, a.max_exits, a.json);
+    let (image, adapter, qemu, args, max_exits, as_json) =
+        (&a.image, a.adapter, a.qemu, a.qemu_args, a.max_exits, a.json);
     let img = Image::open(image)?;
-    let file = File::open(image).map_err(|e| Error::io(format!("cannot open {}", image.display()), e))?;
+    let file = File::open(image).map_err(|e| pbr_tools::Error::io(format!("cannot open {}", image.display()), e))?;
     match adapter {
         Adapter::Qemu => {
             let mut args = if !args.is_empty() {
@@ -94,7 +114,7 @@ fn replay_run(image: &Path, a: Args) -> Result<ExitCode> {
                 recorded
             } else {
                 let built = machine_args(&img).ok_or_else(|| {
-                    Error::Image(
+                    Error::Usage(
                         "the image records neither restore.cmdline nor its machine type and RAM size: give QEMU's machine arguments after --".into(),
                     )
                 })?;
@@ -112,15 +132,15 @@ fn replay_run(image: &Path, a: Args) -> Result<ExitCode> {
             let mut q = QemuAdapter::new(image, &qemu, args)?;
             q.pipe_stdout();
             let report = replay(&img, &file, &mut q)?;
-            let child = q.process().ok_or_else(|| Error::Guest("QEMU did not start".into()))?.child();
+            let child = q.process().ok_or_else(|| pbr_replay::Error::Guest("QEMU did not start".into()))?.child();
             let console = child.stdout.take();
-            print(&report, as_json);
+            print(&Replayed(report), as_json)?;
             eprintln!("guest resumed");
             // The console follows the summary: what the guest printed so
             // far waited in the pipe.
             let forwarder = console.map(|c| std::thread::spawn(move || forward(c)));
             let code = loop {
-                if let Some(status) = child.try_wait().map_err(|e| Error::io("waiting for QEMU", e))? {
+                if let Some(status) = child.try_wait().map_err(|e| pbr_tools::Error::io("waiting for QEMU", e))? {
                     break if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -140,7 +160,7 @@ fn replay_run(image: &Path, a: Args) -> Result<ExitCode> {
         Adapter::Kvm => {
             let mut vm = KvmAdapter::new()?;
             let report = replay(&img, &file, &mut vm)?;
-            print(&report, as_json);
+            print(&Replayed(report), as_json)?;
             for n in &vm.notes {
                 eprintln!("note: {n}");
             }
