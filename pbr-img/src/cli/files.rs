@@ -106,21 +106,18 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| (m.dev(), m.ino()))
 }
 
-/// Refuses a QEMU migration stream or an xl save file given as an image.
+/// Refuses a QEMU migration stream, a libvirt save file or an xl save file
+/// given as an image (the library's format detection says which).
 fn not_a_stream(path: &Path) -> Result<()> {
+    use pbr_tools::convert::{HEAD_LEN, InputFormat, detect};
     use std::io::Read;
-    let mut head = [0u8; 32];
-    let n = std::fs::File::open(path).and_then(|f| f.take(32).read(&mut head)).unwrap_or(0);
-    let kind = if head[..n].starts_with(b"QEVM") {
-        "a QEMU migration stream"
-    } else if head[..n].starts_with(pbr_tools::libvirt::header::MAGIC) {
-        "a libvirt save file"
-    } else if head[..n].starts_with(&pbr_tools::convert::XL_MAGIC[..n.min(pbr_tools::convert::XL_MAGIC.len())])
-        && n >= 16
-    {
-        "an xl save file"
-    } else {
-        return Ok(());
+    let mut head = Vec::new();
+    let _ = std::fs::File::open(path).and_then(|f| f.take(HEAD_LEN).read_to_end(&mut head));
+    let kind = match detect(&head) {
+        Some(InputFormat::Qemu) => "a QEMU migration stream",
+        Some(InputFormat::Libvirt) => "a libvirt save file",
+        Some(InputFormat::Xl) => "an xl save file",
+        Some(InputFormat::Pbr) | None => return Ok(()),
     };
     Err(Error::Usage(format!(
         "{} is {kind}, not a .pbr image: convert it with `pbr-img convert {} -o IMAGE.pbr`",
