@@ -80,3 +80,46 @@ impl From<pbr_format::Error> for Error {
 
 /// Capture's and recovery's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbr_format::ErrorKind;
+
+    fn damage() -> pbr_format::Error {
+        let kind = ErrorKind::ChecksumMismatch { what: "raw page gfn 0x10".into(), stored: 1, computed: 2 };
+        pbr_format::Error::new(kind).at("PAGE_DATA", 0x2000)
+    }
+
+    /// Damage and a cache that cannot be refilled refuse the candidate
+    /// (the next one is tried); QEMU, the agent and the host end the
+    /// recovery.
+    #[test]
+    fn only_the_candidates_own_errors_refuse_it() {
+        let damaged = Error::from(damage());
+        assert!(damaged.refuses_candidate());
+        assert!(damaged.refusal().starts_with("damaged: "), "{}", damaged.refusal());
+        let refill = Error::from(pbr_tools::Error::Refill("the disk changed".into()));
+        assert!(refill.refuses_candidate());
+        assert_eq!(refill.refusal(), "cannot refill the page cache: the disk changed");
+        let qmp = pbr_replay::Error::Qmp { command: "cont".into(), message: "no".into() };
+        for e in [
+            Error::from(qmp),
+            Error::AgentSilent(Duration::from_secs(600)),
+            Error::Usage("no QEMU command line".into()),
+            Error::NoCandidate("do a full reboot".into()),
+            Error::io("agent port", std::io::Error::other("reset")),
+        ] {
+            assert!(!e.refuses_candidate(), "{e}");
+        }
+    }
+
+    /// Each layer's message reaches the one line the CLI prints.
+    #[test]
+    fn messages_name_the_layer() {
+        assert_eq!(Error::AgentSilent(Duration::from_secs(600)).to_string(), "the guest agent said nothing for 600 s");
+        let qmp = Error::from(pbr_replay::Error::Qmp { command: "cont".into(), message: "{\"desc\":\"x\"}".into() });
+        assert_eq!(qmp.to_string(), "QMP cont: {\"desc\":\"x\"}");
+        assert_eq!(Error::NoCandidate("do a full reboot".into()).to_string(), "no valid candidate: do a full reboot");
+    }
+}

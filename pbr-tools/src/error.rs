@@ -68,12 +68,6 @@ impl Error {
         self.is_damage() || matches!(self, Error::Refill(_))
     }
 
-    /// The one-line reason a recovery gives for refusing a candidate
-    /// because of this error.
-    pub fn refusal(&self) -> String {
-        if self.is_damage() { format!("damaged: {self}") } else { self.to_string() }
-    }
-
     /// An I/O error while doing `context`.
     #[cold]
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {

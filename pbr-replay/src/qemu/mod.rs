@@ -414,3 +414,21 @@ impl HypervisorAdapter for QemuAdapter {
         self.cont()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Before QEMU runs, the adapter holds nothing, maps nothing and has
+    /// no process; resuming what it does not hold is refused.
+    #[test]
+    fn an_idle_adapter_holds_nothing() {
+        let mut q = QemuAdapter::new(Path::new("x.pbr"), "qemu-system-x86_64", vec!["-m".into(), "64".into()]).unwrap();
+        assert!(q.pid().is_none() && q.held().is_none() && q.maps().is_none() && q.process().is_none());
+        assert_eq!(q.args(), ["-m", "64"]);
+        let e = q.cont().unwrap_err();
+        assert!(matches!(e, Error::Image(_)), "{e:?}");
+        assert_eq!(e.to_string(), "this QEMU holds no loaded guest");
+        assert!(q.pid().is_none(), "a refused cont leaves the adapter as it was");
+    }
+}

@@ -165,3 +165,41 @@ pub fn wait_or_kill(child: &mut Child, limit: Duration) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A "QEMU" that complains on its standard error and exits.
+    fn failing(dir: &Path, hold_stderr: bool) -> Error {
+        let args = ["-c".to_owned(), "echo 'unsupported machine type' >&2; exit 1".to_owned(), "sh".to_owned()];
+        let io = Io { stdin: Stdio::null(), stdout: Stdio::null(), hold_stderr };
+        match QemuProcess::launch("sh", &args, &dir.join("qmp.sock"), io) {
+            Ok(_) => panic!("a process that exits has no QMP"),
+            Err(e) => e,
+        }
+    }
+
+    /// A QEMU that exits before its QMP comes up is reported at once, with
+    /// its own message when its standard error was held.
+    #[test]
+    fn an_early_exit_names_qemus_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = failing(dir.path(), true);
+        assert!(matches!(e, Error::QemuExited { .. }), "{e:?}");
+        let line = e.to_string();
+        assert!(line.contains("exited (exit status: 1) before it was ready"), "{line}");
+        assert!(line.contains("QEMU said: unsupported machine type"), "{line}");
+        assert!(line.contains("likely cause"), "{line}");
+        let e = failing(dir.path(), false).to_string();
+        assert!(e.ends_with("before it was ready: see its message above"), "{e}");
+    }
+
+    #[test]
+    fn a_binary_that_does_not_start_is_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = QemuProcess::launch("/nonexistent/qemu", &[], &dir.path().join("qmp.sock"), Io::quiet());
+        let e = e.err().expect("no such binary");
+        assert!(e.to_string().starts_with("cannot start /nonexistent/qemu"), "{e}");
+    }
+}
