@@ -11,10 +11,11 @@ pub struct Args {
     shell: clap_complete::Shell,
 }
 
-/// Prints the script for the shell `a` names.
-pub fn run(a: &Args) -> Result<ExitCode> {
+/// Prints the script for the shell `a` names, for `cmd`, the program's
+/// command line.
+pub fn run(a: &Args, mut cmd: clap::Command) -> Result<ExitCode> {
     let mut text = Vec::new();
-    clap_complete::generate(a.shell, &mut <super::Cli as clap::CommandFactory>::command(), "pbr-img", &mut text);
+    clap_complete::generate(a.shell, &mut cmd, "pbr-img", &mut text);
     super::out::write_bytes(&text)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -224,7 +224,7 @@ pub fn run(a: &Args, quiet: bool) -> Result<ExitCode> {
         }
         InputFormat::Xl => {
             if a.qemu_version.is_some() || a.restore_cmdline.is_some() {
-                return Err(super::Error::Usage(
+                return Err(super::error::Error::Usage(
                     "--qemu-version and --restore-cmdline apply to QEMU streams, not to xl save files".into(),
                 ));
             }
@@ -244,6 +244,6 @@ pub fn run(a: &Args, quiet: bool) -> Result<ExitCode> {
             }
             print(&XlConverted { a, r }, a.json)
         }
-        InputFormat::Pbr => Err(super::Error::Usage(format!("{} is already a .pbr image", input.display()))),
+        InputFormat::Pbr => Err(super::error::Error::Usage(format!("{} is already a .pbr image", input.display()))),
     }
 }

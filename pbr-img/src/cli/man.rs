@@ -4,26 +4,25 @@
 
 use std::io::Write;
 
-use clap::CommandFactory;
 use clap_mangen::Man;
 
 /// A section renderer of `clap_mangen`.
 type Part = fn(&Man, &mut dyn Write) -> std::io::Result<()>;
 
-/// Prints the page.
-pub fn run() -> super::error::Result<std::process::ExitCode> {
+/// Prints the page of `cmd`, the program's command line.
+pub fn run(cmd: clap::Command) -> super::error::Result<std::process::ExitCode> {
     let mut text = Vec::new();
-    render(&mut text).map_err(|e| pbr_tools::Error::io("cannot write the man page", e))?;
+    render(cmd, &mut text).map_err(|e| pbr_tools::Error::io("cannot write the man page", e))?;
     super::out::write_bytes(&text)?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// Writes the page (roff) to `w`.
+/// Writes the page (roff) of `cmd` to `w`.
 ///
 /// # Errors
 /// I/O.
-pub fn render(w: &mut dyn Write) -> std::io::Result<()> {
-    let mut cmd = super::Cli::command().disable_help_subcommand(true);
+pub fn render(cmd: clap::Command, w: &mut dyn Write) -> std::io::Result<()> {
+    let mut cmd = cmd.disable_help_subcommand(true);
     cmd.build();
     let man = Man::new(cmd.clone());
     man.render_title(w)?;

@@ -30,9 +30,9 @@ mod verify;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
-pub use error::{Error, Result, USAGE_OR_INPUT};
+pub use error::{Result, USAGE_OR_INPUT};
 
 /// Restartable VM images: convert, inspect, verify and export `.pbr` files.
 ///
@@ -195,8 +195,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Capture(a) => capture::run(a, quiet),
         Command::Boot(a) => boot::run(&a),
         Command::Recover(a) => recover::run(&a),
-        Command::Completions(a) => completions::run(&a),
-        Command::Man => man::run(),
+        Command::Completions(a) => completions::run(&a, Cli::command()),
+        Command::Man => man::run(Cli::command()),
         Command::Verify(a) => verify::run(&a, quiet),
         Command::Extract(a) => extract::run(&a),
         Command::Export(a) => export::run(&a, quiet),
