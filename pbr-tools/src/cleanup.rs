@@ -191,34 +191,3 @@ fn alive(pid: u32) -> bool {
         .map(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
         .unwrap_or(false)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interrupt_removes_registered_and_own_temporary_files_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let own = dir.path().join(format!("{}abc.tmp", temp_prefix()));
-        let other = dir.path().join(".pbr-1-abc.tmp");
-        let work = dir.path().join("work");
-        let kept = dir.path().join("kept");
-        for f in [&own, &other, &kept] {
-            std::fs::write(f, b"x").unwrap();
-        }
-        std::fs::create_dir(&work).unwrap();
-        std::fs::write(work.join("stream"), b"x").unwrap();
-        let forgotten = dir.path().join("forgotten");
-        std::fs::write(&forgotten, b"x").unwrap();
-        drop(remove_on_interrupt(&forgotten));
-        let _t = temp_files_in(dir.path());
-        let _w = remove_on_interrupt(&work);
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-        let _c = stop_on_interrupt(child.id());
-        clean_up();
-        assert!(!own.exists() && !work.exists());
-        assert!(other.exists() && kept.exists() && forgotten.exists());
-        let status = child.wait().unwrap();
-        assert!(!status.success(), "the child was stopped");
-    }
-}

@@ -16,7 +16,6 @@ mod damage;
 mod distro;
 mod distro_integrity;
 mod flat;
-mod interrupt;
 mod libvirt;
 mod libvirt_hostile;
 mod pages;
