@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use pbr_agent::message::Resumed;
 use pbr_format::Image;
 use pbr_replay::qemu::QemuAdapter;
+use pbr_replay::qemu::process::QemuProcess;
 use pbr_tools::compat::QemuHost;
 
 use crate::agent::{AgentPort, port_args, vmgenid_args};
@@ -67,6 +69,26 @@ enum Link {
 }
 
 impl Wiring {
+    /// The wiring of the candidates' machine: an agent's when one of them
+    /// was captured at an agent's point (with the command line the latest
+    /// such records), else a phase guest's. Its sockets go in `work`.
+    fn of(opened: &[Opened], latest_first: &[usize], opts: &RecoverOptions<'_>, work: &Path) -> Result<Wiring> {
+        Ok(match latest_first.iter().find(|&&i| is_agent_candidate(&opened[i].image)) {
+            Some(&i) => {
+                let cmd = recorded_command(&opened[i].image, opts.qemu)?;
+                let host = QemuHost::of(&cmd.qemu).map_err(Error::Usage)?;
+                let (mut extra, sock) = port_args(work);
+                extra.extend(vmgenid_args()?);
+                Wiring::Agent { cmd, host, sock, extra }
+            }
+            None => {
+                let (serial, ctl) = serial_args(work);
+                let qemu = opts.qemu.unwrap_or("qemu-system-x86_64").to_owned();
+                Wiring::Phase { qemu, port: service::free_port()?, serial, ctl }
+            }
+        })
+    }
+
     fn qemu(&self) -> &str {
         match self {
             Wiring::Agent { cmd, .. } => &cmd.qemu,
@@ -151,54 +173,16 @@ pub fn recover(
     on_ready: &mut dyn FnMut(&Recovery, Option<&mut Child>),
 ) -> Result<Recovery> {
     let mut refusals = Refusals { list: Vec::new(), on: on_refused };
-    // A candidate that does not open is refused, never trusted; the others
-    // are still judged.
-    let mut opened = Vec::new();
-    for p in candidates {
-        match Image::open(p) {
-            Ok(image) => opened.push(Opened { path: p.clone(), image }),
-            Err(e) => refusals.push(p, format!("does not open: {e}")),
-        }
-    }
+    let opened = open_all(candidates, &mut refusals);
     let mut latest_first: Vec<usize> = (0..opened.len()).collect();
     latest_first.sort_by_key(|&i| std::cmp::Reverse(crate::select::phase_order(&opened[i].image)));
     let latest =
         *latest_first.first().ok_or_else(|| Error::NoCandidate("no candidate opens: do a full reboot".into()))?;
     let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
     let _interrupt = pbr_tools::cleanup::remove_on_interrupt(work.path());
-    let wiring = match latest_first.iter().find(|&&i| is_agent_candidate(&opened[i].image)) {
-        Some(&i) => {
-            let cmd = recorded_command(&opened[i].image, opts.qemu)?;
-            let host = QemuHost::of(&cmd.qemu).map_err(Error::Usage)?;
-            let (mut extra, sock) = port_args(work.path());
-            extra.extend(vmgenid_args()?);
-            Wiring::Agent { cmd, host, sock, extra }
-        }
-        None => {
-            let (serial, ctl) = serial_args(work.path());
-            let qemu = opts.qemu.unwrap_or("qemu-system-x86_64").to_owned();
-            Wiring::Phase { qemu, port: service::free_port()?, serial, ctl }
-        }
-    };
+    let wiring = Wiring::of(&opened, &latest_first, opts, work.path())?;
     let qemu = wiring.qemu().to_owned();
-
-    // Before the failure: a QEMU waiting for a stream, or holding the
-    // latest candidate paused (not for a VMM image: it needs no QEMU).
-    let latest = &opened[latest];
-    let mut standby = match (opts.vmm, is_vmm_image(&latest.image)) {
-        (Vmm::Spawn, _) | (_, true) => None,
-        (vmm, false) => {
-            let args = wiring.args(&latest.image)?;
-            Some(match vmm {
-                // Preparing before a failure must not prevent the recovery:
-                // an image that does not load leaves a plain standby QEMU
-                // (and is refused at the decision if invalid).
-                Vmm::Prestaged => QemuAdapter::prestage(&qemu, args.clone(), &latest.path, &latest.image)
-                    .or_else(|_| QemuAdapter::standby(&qemu, args))?,
-                _ => QemuAdapter::standby_prepared(&qemu, args, &latest.path, &latest.image)?,
-            })
-        }
-    };
+    let mut standby = standby(&wiring, &opened[latest], opts.vmm)?;
     let mut link = match standby {
         Some(_) => Some(wiring.connect()?),
         None => None,
@@ -268,18 +252,7 @@ pub fn recover(
         None => wiring.connect()?,
     };
     let process = q.process().ok_or_else(|| Error::Guest("the restored QEMU is not running".into()))?;
-    let (downtime, signal, resumed) = match link {
-        Link::Agent(mut agent) => {
-            agent.resume()?;
-            let resumed = until_ready(&mut agent)?;
-            (t.elapsed(), "the agent said ready".to_owned(), resumed)
-        }
-        Link::Control(mut control, port) => {
-            let served = serve(&mut control, process, port, true, t)?;
-            let signal = format!("{} on the host's port {port}, then PBR-READY {}", served.status, served.uptime);
-            (served.at, signal, None)
-        }
-    };
+    let Ready { downtime, signal, resumed } = link.until_ready(process, t)?;
     let r = Recovery {
         chosen: Some(chosen.path.clone()),
         refused: refusals.list,
@@ -300,6 +273,67 @@ pub fn recover(
     on_ready(&r, q.process().map(|p| p.child()));
     q.quit();
     Ok(r)
+}
+
+/// Opens every candidate once. One that does not open is refused, never
+/// trusted; the others are still judged.
+fn open_all(candidates: &[PathBuf], refusals: &mut Refusals<'_>) -> Vec<Opened> {
+    let mut opened = Vec::new();
+    for p in candidates {
+        match Image::open(p) {
+            Ok(image) => opened.push(Opened { path: p.clone(), image }),
+            Err(e) => refusals.push(p, format!("does not open: {e}")),
+        }
+    }
+    opened
+}
+
+/// Before the failure: a QEMU for the `latest` candidate waiting for a
+/// stream, or holding it paused; none to spawn QEMU at the decision, or for
+/// a VMM image (it needs no QEMU).
+fn standby(wiring: &Wiring, latest: &Opened, vmm: Vmm) -> Result<Option<QemuAdapter>> {
+    if vmm == Vmm::Spawn || is_vmm_image(&latest.image) {
+        return Ok(None);
+    }
+    let (qemu, args) = (wiring.qemu(), wiring.args(&latest.image)?);
+    Ok(Some(match vmm {
+        // Preparing before a failure must not prevent the recovery: an
+        // image that does not load leaves a plain standby QEMU (and is
+        // refused at the decision if invalid).
+        Vmm::Prestaged => QemuAdapter::prestage(qemu, args.clone(), &latest.path, &latest.image)
+            .or_else(|_| QemuAdapter::standby(qemu, args))?,
+        _ => QemuAdapter::standby_prepared(qemu, args, &latest.path, &latest.image)?,
+    }))
+}
+
+/// What the restored guest said when it was ready.
+struct Ready {
+    /// From the decision until then.
+    downtime: Duration,
+    /// The ready signal.
+    signal: String,
+    /// What its agent did to catch up.
+    resumed: Option<Resumed>,
+}
+
+impl Link {
+    /// Waits, from the decision at `t`, until the restored guest running
+    /// in `process` is ready: its agent told to catch up and then saying
+    /// ready, or its service answering while its control port is served.
+    fn until_ready(self, process: &mut QemuProcess, t: Instant) -> Result<Ready> {
+        Ok(match self {
+            Link::Agent(mut agent) => {
+                agent.resume()?;
+                let resumed = until_ready(&mut agent)?;
+                Ready { downtime: t.elapsed(), signal: "the agent said ready".into(), resumed }
+            }
+            Link::Control(mut control, port) => {
+                let served = serve(&mut control, process, port, true, t)?;
+                let signal = format!("{} on the host's port {port}, then PBR-READY {}", served.status, served.uptime);
+                Ready { downtime: served.at, signal, resumed: None }
+            }
+        })
+    }
 }
 
 /// The error when no candidate is left: do a full reboot, and why each
