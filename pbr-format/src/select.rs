@@ -287,6 +287,18 @@ pub fn select_fast(candidates: &[&Image], root: &Path, strict: bool) -> Selectio
 }
 
 /// One candidate named by its file, as [`select_files`] judged it.
+///
+/// # Example
+/// ```
+/// use pbr_format::select::select_files;
+/// let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/v1.0/sample.pbr");
+/// let root = tempfile::tempdir()?;
+/// let s = select_files(&[sample.into()], root.path(), false, true);
+/// let v = &s.candidates[0];
+/// assert_eq!(v.path, std::path::Path::new(sample));
+/// assert!(!v.verdict.as_ref().unwrap().valid, "the files it read are not under the root");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileVerdict {
     /// The candidate's file.
@@ -300,6 +312,15 @@ pub struct FileVerdict {
 }
 
 /// The outcome of [`select_files`].
+///
+/// # Example
+/// ```
+/// use pbr_format::select::select_files;
+/// let root = tempfile::tempdir()?;
+/// let s = select_files(&[root.path().join("none.pbr")], root.path(), false, true);
+/// assert_eq!((s.candidates.len(), s.chosen), (1, None), "refused, never trusted");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileSelection {
     /// The candidates that were opened, latest phase first, then those

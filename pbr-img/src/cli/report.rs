@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::error::Result;
 
-/// What a command found or did, printed by [`print`].
+/// What a command found or did, printed by [`print()`].
 pub trait Report {
     /// The report as JSON (`--json`).
     fn json(&self) -> Value;
@@ -44,7 +44,7 @@ pub trait Report {
     }
 }
 
-/// The bytes [`print`] writes for `report`: its JSON and a newline, or its
+/// The bytes [`print()`] writes for `report`: its JSON and a newline, or its
 /// text.
 ///
 /// # Errors
