@@ -10,12 +10,12 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use pbr_format::{Image, ImageWriter, PageClass, Phase, Region, Vcpu, WriterOptions};
 use pbr_replay::kvm::KvmAdapter;
-use pbr_replay::qemu::Qmp;
+use pbr_replay::qemu::process::{Io, QemuProcess};
 use pbr_replay::replay;
 use serde_json::json;
 
@@ -72,60 +72,54 @@ fn qemu_incoming(dir: &Path, gib: u64) -> Duration {
     let mb = gib << 10;
     let stream = dir.join("guest.qemu");
     let sock = dir.join("src.sock");
-    let mut src = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "pc,accel=tcg,memory-backend=ram",
-            "-m",
-            &mb.to_string(),
-            "-nodefaults",
-            "-display",
-            "none",
-            "-S",
-        ])
-        .arg("-object")
-        .arg(format!("memory-backend-file,id=ram,size={mb}M,mem-path={},share=off", ram.display()))
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut q = Qmp::connect(&sock).unwrap();
+    let args: Vec<String> = [
+        "-machine",
+        "pc,accel=tcg,memory-backend=ram",
+        "-m",
+        &mb.to_string(),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-S",
+        "-object",
+        &format!("memory-backend-file,id=ram,size={mb}M,mem-path={},share=off", ram.display()),
+    ]
+    .map(str::to_owned)
+    .into();
+    let io = Io { stdin: Stdio::null(), stdout: Stdio::null(), hold_stderr: false };
+    let mut src = QemuProcess::launch("qemu-system-x86_64", &args, &sock, io).unwrap();
+    let q = src.qmp();
     q.cmd("migrate", json!({"uri": format!("exec:cat > {}", stream.display())})).unwrap();
     q.wait_migration(Duration::from_secs(600)).unwrap();
-    let _ = q.cmd("quit", json!({}));
-    src.wait().unwrap();
+    src.quit();
     std::fs::remove_file(&ram).unwrap();
     let _ = std::fs::read(&stream).map(|b| b.len());
     let runs = (0..5)
         .map(|i| {
             let sock = dir.join(format!("dst{i}.sock"));
             let t = Instant::now();
-            let mut dst = Command::new("qemu-system-x86_64")
-                .args([
-                    "-machine",
-                    "pc,accel=tcg,memory-backend=ram",
-                    "-m",
-                    &mb.to_string(),
-                    "-nodefaults",
-                    "-display",
-                    "none",
-                ])
-                .arg("-object")
-                .arg(format!("memory-backend-ram,id=ram,size={mb}M"))
-                .arg("-incoming")
-                .arg(format!("exec:cat {}", stream.display()))
-                .arg("-qmp")
-                .arg(format!("unix:{},server=on,wait=off", sock.display()))
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut q = Qmp::connect(&sock).unwrap();
+            let args: Vec<String> = [
+                "-machine",
+                "pc,accel=tcg,memory-backend=ram",
+                "-m",
+                &mb.to_string(),
+                "-nodefaults",
+                "-display",
+                "none",
+                "-object",
+                &format!("memory-backend-ram,id=ram,size={mb}M"),
+                "-incoming",
+                &format!("exec:cat {}", stream.display()),
+            ]
+            .map(str::to_owned)
+            .into();
+            let io = Io { stdin: Stdio::null(), stdout: Stdio::null(), hold_stderr: false };
+            let mut dst = QemuProcess::launch("qemu-system-x86_64", &args, &sock, io).unwrap();
+            let q = dst.qmp();
             q.wait_migration(Duration::from_secs(600)).unwrap();
             q.cmd("cont", json!({})).unwrap();
             let e = t.elapsed();
-            let _ = q.cmd("quit", json!({}));
-            dst.wait().unwrap();
+            dst.quit();
             e
         })
         .collect();
