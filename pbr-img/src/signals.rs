@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use pbr_tools::cleanup::{Interrupt, interrupt};
 
@@ -15,10 +15,23 @@ static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
 static CLEANING: Mutex<()> = Mutex::new(());
 /// The output an interrupt found written.
 static WRITTEN: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// A command that stops by itself when asked ([`graceful`]).
+static GRACEFUL: AtomicBool = AtomicBool::new(false);
+/// Set by the first SIGINT or SIGTERM in graceful mode.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// From now on the first SIGINT or SIGTERM only sets the returned flag: the
+/// command (`run`) stops by itself, cleanly. A second one cleans up and
+/// exits at once, as always.
+pub fn graceful() -> &'static AtomicBool {
+    GRACEFUL.store(true, Ordering::SeqCst);
+    &STOP
+}
 
 /// Starts a thread that waits for SIGINT and SIGTERM; on either, cleans up
 /// what is registered and exits with 128 + the signal number, unless the
-/// run's output was already written ([`interrupt`]).
+/// run's output was already written ([`interrupt`]) or the command stops
+/// by itself ([`graceful`]).
 ///
 /// # Errors
 /// The signal handlers could not be installed.
@@ -30,6 +43,9 @@ pub fn install() -> std::io::Result<()> {
         .name("pbr-signals".into())
         .spawn(move || {
             for sig in signals.forever() {
+                if GRACEFUL.load(Ordering::SeqCst) && !STOP.swap(true, Ordering::SeqCst) {
+                    continue;
+                }
                 let _cleaning = CLEANING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 INTERRUPTED.store(sig, Ordering::SeqCst);
                 match interrupt(sig) {

@@ -17,6 +17,7 @@ mod ready;
 pub mod recover;
 pub mod recovery;
 pub mod resident;
+pub mod run;
 pub mod select;
 pub mod service;
 pub mod vmm;

@@ -66,12 +66,40 @@ pub fn capture_points(
     opts: &CaptureOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<PointsCapture> {
+    let booted = boot_capturing(cmd, out, opts, progress)?;
+    booted.machine.quit();
+    Ok(booted.capture)
+}
+
+/// A machine that booted through its points, captured, and runs on.
+pub struct Booted {
+    /// What the capture wrote.
+    pub capture: PointsCapture,
+    /// The machine, its guest ready.
+    pub machine: Machine,
+    /// Its sockets and the capture's work files (in the candidates'
+    /// directory), removed when it is dropped.
+    _work: tempfile::TempDir,
+    /// Removes them if the tool is interrupted.
+    _interrupt: pbr_tools::cleanup::Registration,
+}
+
+/// As [`capture_points`], and the machine runs on once its guest is ready.
+///
+/// # Errors
+/// As [`capture_points`].
+pub fn boot_capturing(
+    cmd: &UserCommand,
+    out: &Path,
+    opts: &CaptureOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Booted> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
     if let Some(dir) = &opts.keep_streams {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     }
     let work = tempfile::tempdir_in(out).map_err(|e| Error::io("cannot create a work directory", e))?;
-    let _interrupt = pbr_tools::cleanup::remove_on_interrupt(work.path());
+    let interrupt = pbr_tools::cleanup::remove_on_interrupt(work.path());
     let _temps = pbr_tools::cleanup::temp_files_in(out);
     let boot = cmd.boot_files().iter().map(|p| FileSeal::of(p, true)).collect::<pbr_tools::Result<Vec<_>>>()?;
     let t0 = Instant::now();
@@ -151,8 +179,7 @@ pub fn capture_points(
             }
         }
     }
-    m.quit();
-    Ok(result)
+    Ok(Booted { capture: result, machine: m, _work: work, _interrupt: interrupt })
 }
 
 /// Moves the stream into `dir`, or removes it.

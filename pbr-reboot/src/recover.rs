@@ -172,6 +172,71 @@ pub fn recover(
     on_refused: &mut dyn FnMut(&Refused),
     on_ready: &mut dyn FnMut(&Recovery, Option<&mut Child>),
 ) -> Result<Recovery> {
+    match restore(candidates, opts, on_refused)? {
+        Outcome::Running(mut r) => {
+            on_ready(&r.report, r.vm.process().map(|p| p.child()));
+            r.vm.quit();
+            Ok(r.report)
+        }
+        Outcome::Kvm(r) => {
+            on_ready(&r, None);
+            Ok(r)
+        }
+        Outcome::NoneLeft { before, cmd: Some(cmd) } => boot_after(&cmd, Vmm::Spawn, before, on_ready),
+        Outcome::NoneLeft { before, cmd: None } => Err(no_candidate(&before.refused)),
+    }
+}
+
+/// As [`recover`], and the restored guest runs on: it is handed over, ready,
+/// with its agent's port. `None` when no candidate is left (the caller boots
+/// from scratch).
+///
+/// # Errors
+/// As [`recover`]; a VMM image is refused (it runs on KVM, not QEMU).
+pub fn recover_running(
+    candidates: &[PathBuf],
+    opts: &RecoverOptions<'_>,
+    on_refused: &mut dyn FnMut(&Refused),
+) -> Result<Option<Running>> {
+    match restore(candidates, opts, on_refused)? {
+        Outcome::Running(r) => Ok(Some(*r)),
+        Outcome::NoneLeft { .. } => Ok(None),
+        Outcome::Kvm(r) => Err(Error::Usage(format!(
+            "{} is the project's own VMM's image: it runs on KVM, not as a QEMU machine",
+            r.chosen.map_or_else(String::new, |p| p.display().to_string())
+        ))),
+    }
+}
+
+/// A restored guest, running and ready.
+pub struct Running {
+    /// What the recovery did.
+    pub report: Recovery,
+    /// The QEMU running it.
+    pub vm: QemuAdapter,
+    /// Its agent's port, for an agent's guest: its points are to be
+    /// answered, what it says read.
+    pub agent: Option<AgentPort>,
+    /// The sockets of its machine.
+    _work: tempfile::TempDir,
+    /// Removes them if the tool is interrupted.
+    _interrupt: pbr_tools::cleanup::Registration,
+}
+
+/// How a recovery ended, before its guest is handed over.
+enum Outcome {
+    /// A QEMU guest restored and ready.
+    Running(Box<Running>),
+    /// A VMM image, restored on KVM and run to its first port write.
+    Kvm(Recovery),
+    /// No candidate is left: what was done, and for an agent's machine the
+    /// command line that boots it from scratch.
+    NoneLeft { before: Before, cmd: Option<UserCommand> },
+}
+
+/// The recovery proper: the latest valid candidate restored, until its
+/// guest is ready.
+fn restore(candidates: &[PathBuf], opts: &RecoverOptions<'_>, on_refused: &mut dyn FnMut(&Refused)) -> Result<Outcome> {
     let mut refusals = Refusals { list: Vec::new(), on: on_refused };
     let opened = open_all(candidates, &mut refusals);
     let mut latest_first: Vec<usize> = (0..opened.len()).collect();
@@ -179,7 +244,7 @@ pub fn recover(
     let latest =
         *latest_first.first().ok_or_else(|| Error::NoCandidate("no candidate opens: do a full reboot".into()))?;
     let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
-    let _interrupt = pbr_tools::cleanup::remove_on_interrupt(work.path());
+    let interrupt = pbr_tools::cleanup::remove_on_interrupt(work.path());
     let wiring = Wiring::of(&opened, &latest_first, opts, work.path())?;
     let qemu = wiring.qemu().to_owned();
     let mut standby = standby(&wiring, &opened[latest], opts.vmm)?;
@@ -216,20 +281,18 @@ pub fn recover(
         select += s.elapsed();
         let Some(i) = found else {
             drop(standby.take());
-            return match &wiring {
-                Wiring::Agent { cmd, .. } => {
-                    let before = Before { refused: refusals.list, select, held, spent: t.elapsed() };
-                    boot_after(cmd, Vmm::Spawn, before, on_ready)
-                }
-                Wiring::Phase { .. } => Err(no_candidate(&refusals.list)),
+            let before = Before { refused: refusals.list, select, held, spent: t.elapsed() };
+            let cmd = match wiring {
+                Wiring::Agent { cmd, .. } => Some(cmd),
+                Wiring::Phase { .. } => None,
             };
+            return Ok(Outcome::NoneLeft { before, cmd });
         };
         let o = &opened[i];
         if is_vmm_image(&o.image) {
             let mut r = recover_kvm(o, t, select)?;
             r.refused = refusals.list;
-            on_ready(&r, None);
-            return Ok(r);
+            return Ok(Outcome::Kvm(r));
         }
         let restored = wiring.args(&o.image).and_then(|args| restore_into(&qemu, &args, o, standby.take()));
         match restored {
@@ -247,13 +310,13 @@ pub fn recover(
         link = None;
     }
     let restore = t.elapsed() - select;
-    let link = match link {
+    let mut link = match link {
         Some(l) => l,
         None => wiring.connect()?,
     };
     let process = q.process().ok_or_else(|| Error::Guest("the restored QEMU is not running".into()))?;
     let Ready { downtime, signal, resumed } = link.until_ready(process, t)?;
-    let r = Recovery {
+    let report = Recovery {
         chosen: Some(chosen.path.clone()),
         refused: refusals.list,
         downtime,
@@ -270,9 +333,11 @@ pub fn recover(
         refilled_pages: q.refilled_pages(),
         refill: q.refill_time(),
     };
-    on_ready(&r, q.process().map(|p| p.child()));
-    q.quit();
-    Ok(r)
+    let agent = match link {
+        Link::Agent(a) => Some(a),
+        Link::Control(..) => None,
+    };
+    Ok(Outcome::Running(Box::new(Running { report, vm: q, agent, _work: work, _interrupt: interrupt })))
 }
 
 /// Opens every candidate once. One that does not open is refused, never
@@ -320,15 +385,16 @@ impl Link {
     /// Waits, from the decision at `t`, until the restored guest running
     /// in `process` is ready: its agent told to catch up and then saying
     /// ready, or its service answering while its control port is served.
-    fn until_ready(self, process: &mut QemuProcess, t: Instant) -> Result<Ready> {
+    fn until_ready(&mut self, process: &mut QemuProcess, t: Instant) -> Result<Ready> {
         Ok(match self {
-            Link::Agent(mut agent) => {
+            Link::Agent(agent) => {
                 agent.resume()?;
-                let resumed = until_ready(&mut agent)?;
+                let resumed = until_ready(agent)?;
                 Ready { downtime: t.elapsed(), signal: "the agent said ready".into(), resumed }
             }
-            Link::Control(mut control, port) => {
-                let served = serve(&mut control, process, port, true, t)?;
+            Link::Control(control, port) => {
+                let port = *port;
+                let served = serve(control, process, port, true, t)?;
                 let signal = format!("{} on the host's port {port}, then PBR-READY {}", served.status, served.uptime);
                 Ready { downtime: served.at, signal, resumed: None }
             }

@@ -23,6 +23,7 @@ mod pack;
 mod recover;
 mod replay;
 mod report;
+mod run;
 mod select;
 mod trim;
 mod verify;
@@ -108,6 +109,13 @@ enum Command {
     /// which. With --standby or --prestaged it also says what the waiting
     /// QEMU held in memory before the decision.
     Recover(recover::Args),
+    /// Run a QEMU command line (after --) whose guest runs pbr-agent as a
+    /// kept VM: capture a candidate at each point of its boot without
+    /// stopping it, watch it, and recover it by itself when it fails (a
+    /// kernel panic, QEMU exiting, a reboot it asks for), from the latest
+    /// valid candidate, or boot it again from scratch. SIGTERM or SIGINT
+    /// powers the guest off (ACPI), then QEMU quits (exit 0).
+    Run(run::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
     /// Print the man page, pbr-img(1), with every command (roff).
@@ -163,7 +171,9 @@ impl Command {
                 let needs_file = matches!(a.to, export::Target::Raw).then_some(files::RAW_NEEDS_FILE);
                 (vec![Input::Image(&a.image)], Some(Output { path: &a.output, needs_file }))
             }
-            Command::Capture(_) | Command::Boot(_) | Command::Completions(_) | Command::Man => (Vec::new(), None),
+            Command::Capture(_) | Command::Boot(_) | Command::Run(_) | Command::Completions(_) | Command::Man => {
+                (Vec::new(), None)
+            }
         }
     }
 }
@@ -195,6 +205,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Capture(a) => capture::run(a, quiet),
         Command::Boot(a) => boot::run(&a),
         Command::Recover(a) => recover::run(&a),
+        Command::Run(a) => run::run(&a),
         Command::Completions(a) => completions::run(&a, Cli::command()),
         Command::Man => man::run(Cli::command()),
         Command::Verify(a) => verify::run(&a, quiet),

@@ -7,16 +7,12 @@
 use crate::common;
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 
-use common::distro::Lab;
+use common::distro::{Lab, ONE_GUEST};
 use pbr_reboot::Vmm;
 use pbr_reboot::machine::UserCommand;
 use pbr_reboot::points::capture_points;
 use pbr_reboot::{RecoverOptions, Recovery, Refused};
-
-/// One TCG guest at a time: the machine has two cores.
-static ONE_GUEST: Mutex<()> = Mutex::new(());
 
 /// Captures the lab's guest; returns (kernel, daemons) candidates.
 fn capture(lab: &Lab) -> (PathBuf, PathBuf) {

@@ -24,6 +24,7 @@ mod qemu_e2e;
 mod qemu_fixtures;
 mod qemu_hostile;
 mod replay;
+mod run;
 mod select;
 mod select_guest;
 mod xl;

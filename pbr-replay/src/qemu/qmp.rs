@@ -9,11 +9,17 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 
+/// The most events [`Qmp::take_events`] keeps between two calls.
+pub const MAX_EVENTS: usize = 256;
+
 /// How long QEMU may take to create its QMP socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A QMP connection.
-pub struct Qmp(BufReader<UnixStream>);
+/// A QMP connection, and the events QEMU sent while it answered commands.
+pub struct Qmp {
+    reader: BufReader<UnixStream>,
+    events: Vec<Value>,
+}
 
 impl Qmp {
     /// Connects to `sock` (waiting up to 20 s for QEMU to create it) and
@@ -47,7 +53,7 @@ impl Qmp {
             }
         };
         s.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| Error::io("QMP", e))?;
-        let mut q = Qmp(BufReader::new(s));
+        let mut q = Qmp { reader: BufReader::new(s), events: Vec::new() };
         q.read()?;
         q.cmd("qmp_capabilities", json!({}))?;
         Ok(q)
@@ -55,7 +61,7 @@ impl Qmp {
 
     fn read(&mut self) -> Result<Value> {
         let mut line = String::new();
-        self.0.read_line(&mut line).map_err(|e| Error::io("QMP read", e))?;
+        self.reader.read_line(&mut line).map_err(|e| Error::io("QMP read", e))?;
         if line.is_empty() {
             return Err(Error::QmpProtocol("QEMU closed its QMP socket (did it exit? see its stderr)".into()));
         }
@@ -67,11 +73,15 @@ impl Qmp {
     /// # Errors
     /// I/O, or QEMU answered with an error ([`Error::Qmp`]).
     pub fn cmd(&mut self, execute: &str, arguments: Value) -> Result<Value> {
-        writeln!(self.0.get_mut(), "{}", json!({"execute": execute, "arguments": arguments}))
+        writeln!(self.reader.get_mut(), "{}", json!({"execute": execute, "arguments": arguments}))
             .map_err(|e| Error::io("QMP write", e))?;
         loop {
             let v = self.read()?;
             if v.get("event").is_some() {
+                // Bounded: a guest cannot make QEMU flood the host's memory.
+                if self.events.len() < MAX_EVENTS {
+                    self.events.push(v);
+                }
                 continue;
             }
             if let Some(e) = v.get("error") {
@@ -79,6 +89,15 @@ impl Qmp {
             }
             return Ok(v["return"].clone());
         }
+    }
+
+    /// The events QEMU sent since the last call (`GUEST_PANICKED`,
+    /// `SHUTDOWN`, ...), oldest first; at most [`MAX_EVENTS`] are kept
+    /// between two calls. QMP delivers them in between the answers to
+    /// commands, so a caller that waits for one runs a command now and then
+    /// (`query-status`).
+    pub fn take_events(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.events)
     }
 
     /// Polls `query-migrate` (every millisecond: a QMP round trip costs far

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Held by every test that runs the guest: one guest at a time (the
+/// tests share one process; the machine has two cores).
+pub static ONE_GUEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// What `scripts/fetch-distro-guest` printed (saved by `scripts/test` as
 /// `<target dir>/distro-guest/guest.json`, or where `PBR_DISTRO` points).
 pub fn guest() -> serde_json::Value {
@@ -124,6 +128,21 @@ impl Lab {
             }
         }
         panic!("no answer from the guest's shell to {cmd:?}; it said: {seen}\nconsole:\n{}", self.console_tail());
+    }
+
+    /// Types `line` on the serial console and moves on, without waiting
+    /// for an answer (one that never comes: a panic).
+    pub fn type_line(&self, line: &str) {
+        let mut c = UnixStream::connect(&self.console).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        c.write_all(format!("{line}\n").as_bytes()).unwrap();
+        // Read on a while: QEMU takes input only as fast as the UART does
+        // and drops what is left when the client goes.
+        let t = Instant::now();
+        let mut buf = [0u8; 4096];
+        while t.elapsed() < Duration::from_secs(2) {
+            let _ = c.read(&mut buf);
+        }
     }
 
     /// The last lines of the guest's console.

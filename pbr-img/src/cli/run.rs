@@ -1,0 +1,130 @@
+//! `pbr-img run`: a QEMU command line kept as a VM by phase-based reboot
+//! ([`pbr_reboot::run`]): one line per event on standard error, and with
+//! `--log` one JSON object per line.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use pbr_reboot::Vmm;
+use pbr_reboot::machine::UserCommand;
+use pbr_reboot::run::{Event, Failure, OnReboot, RunOptions};
+
+use super::error::Result;
+
+/// What to do when the guest asks for a reboot.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Reboot {
+    /// Recover from the latest valid candidate.
+    Phase,
+    /// Reset the machine: a full reboot.
+    Full,
+}
+
+/// The arguments of `run`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Where candidates are written and recovered from.
+    #[arg(long, value_name = "DIR")]
+    candidates: PathBuf,
+    /// A recovery restores into a QEMU started before its decision.
+    #[arg(long)]
+    standby: bool,
+    /// As --standby, the QEMU having loaded the latest candidate.
+    #[arg(long, conflicts_with = "standby")]
+    prestaged: bool,
+    /// A reboot the guest asks for.
+    #[arg(long, value_enum, default_value = "phase")]
+    on_reboot: Reboot,
+    /// A recovered VM that fails again within this many seconds is booted
+    /// from scratch next.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    retry_after: f64,
+    /// How long the guest may take to power off when asked to stop.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    power_off: f64,
+    /// Append every event to this file as a JSON line.
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+    /// The QEMU binary and its arguments.
+    #[arg(last = true, required = true, value_name = "QEMU")]
+    command: Vec<String>,
+}
+
+/// Runs the VM until it is asked to stop or powers itself off.
+pub fn run(a: &Args) -> Result<ExitCode> {
+    let cmd = UserCommand::parse(&a.command)?;
+    std::fs::create_dir_all(&a.candidates)
+        .map_err(|e| pbr_tools::Error::io(format!("cannot create {}", a.candidates.display()), e))?;
+    let mut log = match &a.log {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| pbr_tools::Error::io(format!("cannot open {}", p.display()), e))?,
+        ),
+        None => None,
+    };
+    let seconds =
+        |s: f64| Duration::try_from_secs_f64(s).map_err(|e| super::error::Error::Usage(format!("{s} s: {e}")));
+    let opts = RunOptions {
+        candidates: &a.candidates,
+        vmm: match (a.standby, a.prestaged) {
+            (_, true) => Vmm::Prestaged,
+            (true, _) => Vmm::Standby,
+            _ => Vmm::Spawn,
+        },
+        on_reboot: match a.on_reboot {
+            Reboot::Phase => OnReboot::Phase,
+            Reboot::Full => OnReboot::Full,
+        },
+        retry_after: seconds(a.retry_after)?,
+        power_off: seconds(a.power_off)?,
+    };
+    let stop = crate::signals::graceful();
+    let mut on_event = |e: Event<'_>| {
+        eprintln!("run: {}", line(&e));
+        if let Some(f) = log.as_mut() {
+            let mut v = e.json();
+            v["time_unix_s"] = serde_json::json!(unix_now());
+            let _ = writeln!(f, "{v}").and_then(|()| f.flush());
+        }
+    };
+    pbr_reboot::run::run(&cmd, &opts, stop, &mut on_event)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The event as one line for people.
+fn line(e: &Event<'_>) -> String {
+    let s = |d: Duration| d.as_secs_f64();
+    match e {
+        Event::Booting(why) => format!("booting from scratch ({why}), a candidate at each point"),
+        Event::Captured(c) => format!("captured {}: {}", c.phase, c.path.display()),
+        Event::Skipped(k) => format!("point {}: no candidate: {}", k.point, k.reason),
+        Event::Ready(d) => format!("ready {:.2} s after QEMU started", s(*d)),
+        Event::Failed(Failure::Exited(status)) => format!("failure: QEMU exited ({status})"),
+        Event::Failed(f) => format!("failure: {}", f.kind()),
+        Event::Refused(r) => format!("refused {}: {}", r.path.display(), r.reason),
+        Event::Recovered(r) => format!(
+            "recovered from {} ({} {}, RAM {}): ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s)",
+            r.chosen.as_ref().map_or_else(|| "nothing".into(), |p| p.display().to_string()),
+            r.adapter,
+            r.vmm.name(),
+            r.ram(),
+            s(r.downtime),
+            s(r.select),
+            s(r.restore),
+            s(r.guest)
+        ),
+        Event::Reset => "reset: a full reboot, as --on-reboot full says".into(),
+        Event::PoweredOff => "the guest powered itself off".into(),
+        Event::Stopping => "stopping: the guest is asked to power off".into(),
+    }
+}
+
+/// Seconds since the epoch.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}

@@ -1,0 +1,89 @@
+//! `pbr-img run` keeps the Debian guest with disks: it captures at the
+//! agent's points without stopping the VM, sees a kernel panic injected in
+//! the guest (`echo c > /proc/sysrq-trigger`, through pvpanic) and
+//! recovers by itself from the latest valid candidate; the service answers
+//! again, a file written before the panic is there, and SIGTERM powers the
+//! guest off, after which both disks pass `e2fsck -fn`.
+
+use crate::common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::distro::{Lab, ONE_GUEST};
+
+/// The events `run` logged so far.
+fn events(log: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Waits up to `limit` until the log has `count` events named `name`.
+fn wait_for(log: &Path, name: &str, count: usize, limit: Duration, child: &mut std::process::Child) {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if events(log).iter().filter(|e| e["event"] == name).count() >= count {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("pbr-img run exited ({status}) before {name}: {:#?}", events(log));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    panic!("no {name} event within {limit:?}: {:#?}", events(log));
+}
+
+#[test]
+fn a_panic_is_recovered_by_itself_and_sigterm_powers_off() {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::new(512);
+    let log = lab.dir.path().join("run.jsonl");
+    let stderr = std::fs::File::create(lab.dir.path().join("run.err")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pbr-img"))
+        .arg("run")
+        .arg("--candidates")
+        .arg(lab.out())
+        .arg("--log")
+        .arg(&log)
+        .arg("--")
+        .args(&lab.argv)
+        .stdin(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    wait_for(&log, "ready", 1, Duration::from_secs(900), &mut child);
+    let captured: Vec<_> = events(&log).into_iter().filter(|e| e["event"] == "captured").collect();
+    assert!(captured.iter().any(|e| e["point"] == "daemons"), "{captured:?}");
+    assert_eq!(lab.get().1, "served from the data disk\n", "the VM serves once captured");
+
+    let (_, status) = lab.shell("date > /srv/data/before-the-panic && sync");
+    assert_eq!(status, 0);
+    lab.type_line("echo c > /proc/sysrq-trigger");
+    wait_for(&log, "recovered", 1, Duration::from_secs(600), &mut child);
+    let all = events(&log);
+    let failed: Vec<_> = all.iter().filter(|e| e["event"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{all:#?}");
+    assert_eq!(failed[0]["kind"], "panic", "{all:#?}");
+    let recovered = all.iter().find(|e| e["event"] == "recovered").unwrap();
+    assert!(recovered["chosen"].as_str().unwrap().ends_with("daemons.pbr"), "{recovered}");
+    assert_eq!(lab.get().1, "served from the data disk\n", "the recovered VM serves");
+    let (_, status) = lab.shell("test -s /srv/data/before-the-panic");
+    assert_eq!(status, 0, "the file written before the panic is on the data disk");
+
+    let t = Instant::now();
+    // kill(1) sends the signal as an operator does.
+    let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(ok.success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(180), "run did not stop: {:#?}", events(&log));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "{status}: {}", std::fs::read_to_string(lab.dir.path().join("run.err")).unwrap());
+    assert!(events(&log).iter().any(|e| e["event"] == "stopping"));
+    lab.fsck_clean();
+}

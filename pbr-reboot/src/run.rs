@@ -1,0 +1,382 @@
+//! A VM kept by phase-based reboot. The user's QEMU command line runs with
+//! what capture adds (QMP, the agent's port, a VM generation id) and what
+//! failure detection needs (a pvpanic device; a guest's panic or reboot
+//! request pauses QEMU instead of resetting it). During the boot a
+//! candidate is captured at each point the agent announces, and the VM
+//! runs on. When it fails (a kernel panic, QEMU exiting, a reboot the
+//! guest asks for), it is recovered from the latest valid candidate, as
+//! `recover` does, or booted again from scratch, capturing afresh, when
+//! none is left or the last recovery failed again too soon. A stop request
+//! powers the guest off (ACPI), then QEMU quits.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pbr_agent::message::Message;
+use pbr_replay::qemu::process::QemuProcess;
+use serde_json::{Value, json};
+
+use crate::agent::AgentPort;
+use crate::capture::{Candidate, CaptureOptions};
+use crate::error::{Error, Result};
+use crate::machine::UserCommand;
+use crate::points::{Booted, Skipped, boot_capturing};
+use crate::recover::{RecoverOptions, Running, recover_running};
+use crate::recovery::{Recovery, Refused};
+use crate::vmm::Vmm;
+
+/// What `run` adds to the command line so that QEMU tells it of a failure:
+/// a pvpanic device (the guest kernel reports its panic through it), and a
+/// guest's panic, reboot or power-off pausing QEMU instead of resetting or
+/// ending it. A candidate records them: its restore repeats them.
+pub const FAILURE_DETECTION: [&str; 4] =
+    ["-device", "pvpanic", "-action", "reboot=shutdown,shutdown=pause,panic=pause"];
+
+/// How often the VM is looked at.
+const POLL: Duration = Duration::from_millis(100);
+
+/// What to do when the guest asks for a reboot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnReboot {
+    /// Recover from the latest valid candidate, as after a failure.
+    #[default]
+    Phase,
+    /// Reset the machine: a full reboot.
+    Full,
+}
+
+/// How to keep the VM.
+#[derive(Clone, Copy, Debug)]
+pub struct RunOptions<'a> {
+    /// Where candidates are written and recovered from.
+    pub candidates: &'a Path,
+    /// Where a recovery's QEMU comes from.
+    pub vmm: Vmm,
+    /// A reboot the guest asks for.
+    pub on_reboot: OnReboot,
+    /// A recovered VM that fails again sooner than this is booted from
+    /// scratch next: the candidate is not used in a loop.
+    pub retry_after: Duration,
+    /// How long the guest may take to power off when asked to stop.
+    pub power_off: Duration,
+}
+
+/// A failure of the VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The guest kernel panicked (pvpanic, QMP `GUEST_PANICKED`).
+    Panicked,
+    /// The guest asked for a reboot.
+    Rebooted,
+    /// QEMU exited by itself.
+    Exited(String),
+}
+
+impl Failure {
+    /// Its name in the log: `panic`, `reboot`, `qemu-exit`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Panicked => "panic",
+            Failure::Rebooted => "reboot",
+            Failure::Exited(_) => "qemu-exit",
+        }
+    }
+}
+
+/// What happened, in order, for the log.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The VM boots from scratch, capturing: why.
+    Booting(&'a str),
+    /// A candidate was captured at a point.
+    Captured(&'a Candidate),
+    /// A point gave no candidate.
+    Skipped(&'a Skipped),
+    /// The booted guest's agent said ready, this long after QEMU started.
+    Ready(Duration),
+    /// The VM failed.
+    Failed(&'a Failure),
+    /// A candidate was refused.
+    Refused(&'a Refused),
+    /// The VM was recovered and is ready.
+    Recovered(&'a Recovery),
+    /// The guest was reset, as the policy for its reboots says.
+    Reset,
+    /// The guest powered itself off: the run ends.
+    PoweredOff,
+    /// A stop was asked for: the guest is powered off.
+    Stopping,
+}
+
+impl Event<'_> {
+    /// The event as one JSON object: `event` names it.
+    pub fn json(&self) -> Value {
+        match self {
+            Event::Booting(why) => json!({"event": "booting", "reason": why}),
+            Event::Captured(c) => json!({"event": "captured", "point": c.phase, "image": c.path.display().to_string(),
+                                          "image_bytes": c.image_bytes}),
+            Event::Skipped(s) => json!({"event": "skipped", "point": s.point, "reason": s.reason}),
+            Event::Ready(d) => json!({"event": "ready", "boot_s": d.as_secs_f64()}),
+            Event::Failed(f) => {
+                let detail = match f {
+                    Failure::Exited(status) => Some(status.as_str()),
+                    _ => None,
+                };
+                json!({"event": "failed", "kind": f.kind(), "detail": detail})
+            }
+            Event::Refused(r) => {
+                json!({"event": "refused", "candidate": r.path.display().to_string(), "reason": r.reason})
+            }
+            Event::Recovered(r) => {
+                let s = |d: Duration| d.as_secs_f64();
+                json!({"event": "recovered", "chosen": r.chosen.as_ref().map(|p| p.display().to_string()),
+                       "downtime_s": s(r.downtime), "select_s": s(r.select), "restore_s": s(r.restore),
+                       "guest_s": s(r.guest), "vmm": r.vmm.name(), "ram": r.ram()})
+            }
+            Event::Reset => json!({"event": "reset"}),
+            Event::PoweredOff => json!({"event": "powered-off"}),
+            Event::Stopping => json!({"event": "stopping"}),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// A stop was asked for; the guest was powered off.
+    Stopped,
+    /// The guest powered itself off.
+    PoweredOff,
+}
+
+/// The VM being kept: booted from scratch or recovered.
+enum Vm {
+    Booted(Box<Booted>),
+    Recovered(Box<Running>),
+}
+
+impl Vm {
+    fn process(&mut self) -> Result<&mut QemuProcess> {
+        match self {
+            Vm::Booted(b) => Ok(&mut b.machine.qemu),
+            Vm::Recovered(r) => r.vm.process().ok_or_else(|| Error::Guest("the recovered QEMU is not running".into())),
+        }
+    }
+
+    fn agent(&mut self) -> Option<&mut AgentPort> {
+        match self {
+            Vm::Booted(b) => Some(&mut b.machine.agent),
+            Vm::Recovered(r) => r.agent.as_mut(),
+        }
+    }
+
+    /// Stops reading the agent's port (it broke its protocol).
+    fn forget_agent(&mut self) {
+        match self {
+            Vm::Booted(_) => {}
+            Vm::Recovered(r) => r.agent = None,
+        }
+    }
+}
+
+/// What watching the VM ended with.
+enum Watched {
+    Failed(Failure),
+    PoweredOff,
+    Stop,
+}
+
+/// Runs `cmd` as the module says until `stop` is set or the guest powers
+/// itself off; `on_event` hears everything that happens.
+///
+/// # Errors
+/// The first boot failed (QEMU or the agent), a candidate could not be
+/// written, a recovery failed for another reason than its candidates.
+pub fn run(
+    cmd: &UserCommand,
+    opts: &RunOptions<'_>,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<End> {
+    let cmd = with_failure_detection(cmd);
+    let mut boot_why = Some("start".to_owned());
+    let mut recovered_at: Option<Instant>;
+    loop {
+        let mut vm = match boot_why.take() {
+            Some(why) => {
+                on_event(Event::Booting(&why));
+                let b = boot_capturing(&cmd, opts.candidates, &CaptureOptions::default(), &mut |_| {})?;
+                for c in &b.capture.candidates {
+                    on_event(Event::Captured(c));
+                }
+                for s in &b.capture.skipped {
+                    on_event(Event::Skipped(s));
+                }
+                on_event(Event::Ready(Duration::from_secs_f64(b.capture.ready_s)));
+                recovered_at = None;
+                Vm::Booted(Box::new(b))
+            }
+            None => {
+                let files = candidate_files(opts.candidates)?;
+                let ropts = RecoverOptions { root: None, qemu: Some(&cmd.qemu), vmm: opts.vmm };
+                match recover_running(&files, &ropts, &mut |r| on_event(Event::Refused(r))) {
+                    Ok(Some(r)) => {
+                        on_event(Event::Recovered(&r.report));
+                        recovered_at = Some(Instant::now());
+                        Vm::Recovered(Box::new(r))
+                    }
+                    Ok(None) => {
+                        boot_why = Some("no candidate is valid".into());
+                        continue;
+                    }
+                    Err(Error::NoCandidate(why)) => {
+                        boot_why = Some(why);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let mut agent_ok = true;
+        loop {
+            match watch(&mut vm, stop, &mut agent_ok)? {
+                Watched::Stop => {
+                    on_event(Event::Stopping);
+                    power_off(vm.process()?, opts.power_off);
+                    return Ok(End::Stopped);
+                }
+                Watched::PoweredOff => {
+                    on_event(Event::PoweredOff);
+                    quit(vm);
+                    return Ok(End::PoweredOff);
+                }
+                Watched::Failed(Failure::Rebooted) if opts.on_reboot == OnReboot::Full => {
+                    on_event(Event::Failed(&Failure::Rebooted));
+                    let process = vm.process()?;
+                    process.qmp().cmd("system_reset", json!({}))?;
+                    process.qmp().cmd("cont", json!({}))?;
+                    on_event(Event::Reset);
+                }
+                Watched::Failed(f) => {
+                    on_event(Event::Failed(&f));
+                    drop(vm);
+                    if let Some(t) = recovered_at.filter(|t| t.elapsed() < opts.retry_after) {
+                        boot_why = Some(format!(
+                            "the recovered VM failed again {:.0} s after its recovery",
+                            t.elapsed().as_secs_f64()
+                        ));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `cmd` with [`FAILURE_DETECTION`] added, unless it names a pvpanic
+/// device or an `-action` itself.
+fn with_failure_detection(cmd: &UserCommand) -> UserCommand {
+    let mut cmd = cmd.clone();
+    let has = |what: &str| cmd.args.iter().any(|a| a.contains(what));
+    if !has("pvpanic") && !cmd.args.iter().any(|a| a == "-action") {
+        cmd.args.extend(FAILURE_DETECTION.iter().map(|a| (*a).to_owned()));
+    }
+    cmd
+}
+
+/// The candidate images in `dir`: its `*.pbr` files (not hidden ones).
+fn candidate_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
+    let mut out: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "pbr")
+                && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Watches the VM until it fails, powers itself off, or `stop` is set: QMP
+/// is asked its status every [`POLL`] (which also brings its events), and
+/// the agent's port is read in between: its points are answered (nothing
+/// is captured now), whatever else it says is read and dropped, so that a
+/// guest that floods its port never stops the watch.
+fn watch(vm: &mut Vm, stop: &AtomicBool, agent_ok: &mut bool) -> Result<Watched> {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(Watched::Stop);
+        }
+        let process = vm.process()?;
+        if let Ok(Some(status)) = process.child().try_wait() {
+            return Ok(Watched::Failed(Failure::Exited(status.to_string())));
+        }
+        let status = match process.qmp().cmd("query-status", json!({})) {
+            Ok(s) => s,
+            Err(e) => match process.child().try_wait() {
+                Ok(Some(status)) => return Ok(Watched::Failed(Failure::Exited(status.to_string()))),
+                _ => return Err(e.into()),
+            },
+        };
+        for event in process.qmp().take_events() {
+            match (event["event"].as_str(), event["data"]["reason"].as_str()) {
+                (Some("GUEST_PANICKED"), _) => return Ok(Watched::Failed(Failure::Panicked)),
+                (Some("SHUTDOWN"), Some("guest-reset")) => return Ok(Watched::Failed(Failure::Rebooted)),
+                (Some("SHUTDOWN"), Some("guest-shutdown")) => return Ok(Watched::PoweredOff),
+                _ => {}
+            }
+        }
+        if status["status"] == "guest-panicked" {
+            return Ok(Watched::Failed(Failure::Panicked));
+        }
+        let t = Instant::now();
+        if let Some(agent) = vm.agent().filter(|_| *agent_ok) {
+            match agent.next(POLL) {
+                Ok(Message::Point(_)) => agent.carry_on()?,
+                Ok(_) | Err(Error::AgentSilent(_)) => {}
+                // A port that breaks the protocol is no longer read; the VM
+                // is still watched through QMP.
+                Err(_) => {
+                    *agent_ok = false;
+                    vm.forget_agent();
+                }
+            }
+        }
+        if let Some(rest) = POLL.checked_sub(t.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+}
+
+/// Asks the guest to power off (ACPI) and waits up to `limit` for it;
+/// then QEMU quits.
+fn power_off(process: &mut QemuProcess, limit: Duration) {
+    let t = Instant::now();
+    let _ = process.qmp().cmd("system_powerdown", json!({}));
+    while t.elapsed() < limit {
+        if let Ok(Some(_)) = process.child().try_wait() {
+            return;
+        }
+        let down = match process.qmp().cmd("query-status", json!({})) {
+            Ok(s) => s["status"] == "shutdown",
+            Err(_) => true,
+        };
+        if down {
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
+    let _ = process.qmp().cmd("quit", json!({}));
+    pbr_replay::qemu::process::wait_or_kill(process.child(), Duration::from_secs(10));
+}
+
+/// Quits the VM's QEMU.
+fn quit(vm: Vm) {
+    match vm {
+        Vm::Booted(b) => b.machine.quit(),
+        Vm::Recovered(r) => r.vm.quit(),
+    }
+}
