@@ -2,8 +2,10 @@
 //! agent's points without stopping the VM, sees a kernel panic injected in
 //! the guest (`echo c > /proc/sysrq-trigger`, through pvpanic) and
 //! recovers by itself from the latest valid candidate; the service answers
-//! again, a file written before the panic is there, and SIGTERM powers the
-//! guest off, after which both disks pass `e2fsck -fn`.
+//! again, a file written before the panic is there. A reboot the guest
+//! asks for soon after is a failure too, and since the recovered VM failed
+//! again so soon, it boots from scratch, capturing afresh. SIGTERM powers
+//! the guest off, after which both disks pass `e2fsck -fn`.
 
 use crate::common;
 
@@ -36,7 +38,7 @@ fn wait_for(log: &Path, name: &str, count: usize, limit: Duration, child: &mut s
 }
 
 #[test]
-fn a_panic_is_recovered_by_itself_and_sigterm_powers_off() {
+fn a_panic_is_recovered_a_quick_reboot_boots_afresh_and_sigterm_powers_off() {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::new(512);
     let log = lab.dir.path().join("run.jsonl");
@@ -71,6 +73,19 @@ fn a_panic_is_recovered_by_itself_and_sigterm_powers_off() {
     assert_eq!(lab.get().1, "served from the data disk\n", "the recovered VM serves");
     let (_, status) = lab.shell("test -s /srv/data/before-the-panic");
     assert_eq!(status, 0, "the file written before the panic is on the data disk");
+
+    // A reboot within a minute of the recovery: booted from scratch, and
+    // captured again.
+    lab.type_line("reboot -f");
+    wait_for(&log, "ready", 2, Duration::from_secs(900), &mut child);
+    let all = events(&log);
+    let kinds: Vec<_> = all.iter().filter(|e| e["event"] == "failed").map(|e| e["kind"].clone()).collect();
+    assert_eq!(kinds, ["panic", "reboot"], "{all:#?}");
+    let boots: Vec<_> = all.iter().filter(|e| e["event"] == "booting").collect();
+    assert_eq!(boots.len(), 2, "{all:#?}");
+    assert!(boots[1]["reason"].as_str().unwrap().contains("failed again"), "{all:#?}");
+    assert!(all.iter().filter(|e| e["event"] == "captured").count() > captured.len(), "captured afresh");
+    assert_eq!(lab.get().1, "served from the data disk\n", "the rebooted VM serves");
 
     let t = Instant::now();
     // kill(1) sends the signal as an operator does.
