@@ -32,6 +32,9 @@ pub enum Kind {
     /// Guest: page-cache pages of files on its disks at the coming point
     /// (binary, `cache`).
     Cache = 0x0007,
+    /// The guest is alive: sent every second once it is ready, so that
+    /// the host notices a hang (`spec/agent.md` §6).
+    Alive = 0x0008,
     /// Host: carry on (the point was saved, or nobody saves).
     Continue = 0x0081,
     /// Host: this is a restored copy: the host's time and entropy.
@@ -49,6 +52,7 @@ impl Kind {
             0x0005 => Kind::Resumed,
             0x0006 => Kind::Ready,
             0x0007 => Kind::Cache,
+            0x0008 => Kind::Alive,
             0x0081 => Kind::Continue,
             0x0082 => Kind::Resume,
             _ => return None,
@@ -69,7 +73,7 @@ impl Kind {
             Kind::Files => 16 << 20,
             // 24 bytes a page: 2.7 million pages, 10 GiB of page cache.
             Kind::Cache => 64 << 20,
-            Kind::Continue => 0,
+            Kind::Continue | Kind::Alive => 0,
             Kind::Resume => 8 + MAX_ENTROPY as u32,
         }
     }
@@ -303,7 +307,7 @@ mod tests {
     #[test]
     fn limits_are_the_specs_table() {
         // spec/agent.md §2: kind number and limit of every frame.
-        let table: [(u16, u32); 9] = [
+        let table: [(u16, u32); 10] = [
             (0x0001, 64 << 10),
             (0x0002, 64 << 20),
             (0x0003, 64 << 20),
@@ -311,6 +315,7 @@ mod tests {
             (0x0005, 64 << 10),
             (0x0006, 64 << 10),
             (0x0007, 64 << 20),
+            (0x0008, 0),
             (0x0081, 0),
             (0x0082, 520),
         ];

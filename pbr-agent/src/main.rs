@@ -6,6 +6,8 @@
 //! - `pbr-agent ready`: tell the host that the guest's service is ready.
 //! - `pbr-agent watch`: from early boot, keep the paths of the files opened
 //!   on the root file system (fanotify), for the points to send.
+//! - `pbr-agent alive`: once ready, tell the host every second that the
+//!   guest is alive, so that it notices a hang.
 //!
 //! With no host port (`org.pbr.agent.0`) it says so and exits 0: a guest
 //! booted without pbr boots as before.
@@ -25,8 +27,9 @@ fn main() -> ExitCode {
         ["point", name] => Err(format!("{name:?} is not a point name (1 to 64 of A-Z a-z 0-9 _ . -)")),
         ["ready"] => guest::ready(),
         ["watch"] => guest::watch(),
+        ["alive"] => guest::alive(Duration::from_secs(1)),
         _ => {
-            eprintln!("usage: pbr-agent point NAME | pbr-agent ready | pbr-agent watch");
+            eprintln!("usage: pbr-agent point NAME | pbr-agent ready | pbr-agent watch | pbr-agent alive");
             return ExitCode::from(2);
         }
     };

@@ -89,6 +89,8 @@ pub enum Message {
     Ready(Ready),
     /// Carry on.
     Continue,
+    /// The guest is alive (its heartbeat, once ready).
+    Alive,
     /// See [`Resume`].
     Resume(Resume),
 }
@@ -144,6 +146,7 @@ impl Message {
             }
             Kind::Ready => Message::Ready(Ready { uptime_ns: uint(&object(k, p)?, "uptime_ns", k)? }),
             Kind::Continue => Message::Continue,
+            Kind::Alive => Message::Alive,
             Kind::Resume => {
                 let (time, entropy) = p.split_at_checked(8).ok_or_else(|| err(k, "shorter than its 8-byte time"))?;
                 if !(MIN_ENTROPY..=MAX_ENTROPY).contains(&entropy.len()) {
@@ -182,6 +185,7 @@ impl Message {
             ),
             Message::Ready(r) => (Kind::Ready, json!({"uptime_ns": r.uptime_ns}).to_string().into()),
             Message::Continue => (Kind::Continue, Vec::new()),
+            Message::Alive => (Kind::Alive, Vec::new()),
             Message::Resume(r) => {
                 let mut v = r.realtime_ns.to_le_bytes().to_vec();
                 v.extend_from_slice(&r.entropy);
@@ -296,6 +300,7 @@ mod tests {
             Message::Resumed(Resumed { clock_step_ns: -5, entropy_bytes: 64, reseeded: true }),
             Message::Ready(Ready { uptime_ns: 7 }),
             Message::Continue,
+            Message::Alive,
             Message::Resume(Resume { realtime_ns: 1 << 60, entropy: vec![9; 64] }),
         ];
         for m in all {

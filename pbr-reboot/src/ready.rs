@@ -74,7 +74,11 @@ pub(crate) fn until_ready(agent: &mut AgentPort) -> Result<Option<Resumed>> {
             Message::Resumed(r) => resumed = Some(r),
             Message::Point(_) => agent.carry_on()?,
             Message::Ready(_) => return Ok(resumed),
-            Message::Kpageflags(_) | Message::Kpagecount(_) | Message::Files(_) | Message::Cache(_) => {}
+            Message::Kpageflags(_)
+            | Message::Kpagecount(_)
+            | Message::Files(_)
+            | Message::Cache(_)
+            | Message::Alive => {}
             other => return Err(Error::AgentUnexpected(format!("{:?}", other.encode().kind))),
         }
     }

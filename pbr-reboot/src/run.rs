@@ -4,7 +4,7 @@
 //! request pauses QEMU instead of resetting it). During the boot a
 //! candidate is captured at each point the agent announces, and the VM
 //! runs on. When it fails (a kernel panic, QEMU exiting, a reboot the
-//! guest asks for), it is recovered from the latest valid candidate, as
+//! guest asks for, a hang: its agent's heartbeat stops), it is recovered from the latest valid candidate, as
 //! `recover` does, or booted again from scratch, capturing afresh, when
 //! none is left or the last recovery failed again too soon. A stop request
 //! powers the guest off (ACPI), then QEMU quits.
@@ -60,6 +60,9 @@ pub struct RunOptions<'a> {
     pub retry_after: Duration,
     /// How long the guest may take to power off when asked to stop.
     pub power_off: Duration,
+    /// A guest whose agent sent its heartbeat (`spec/agent.md` §6) and
+    /// then none for this long is hung.
+    pub hang_after: Duration,
 }
 
 /// A failure of the VM.
@@ -71,6 +74,8 @@ pub enum Failure {
     Rebooted,
     /// QEMU exited by itself.
     Exited(String),
+    /// The agent's heartbeat stopped.
+    Hung,
 }
 
 impl Failure {
@@ -80,6 +85,7 @@ impl Failure {
             Failure::Panicked => "panic",
             Failure::Rebooted => "reboot",
             Failure::Exited(_) => "qemu-exit",
+            Failure::Hung => "hang",
         }
     }
 }
@@ -240,7 +246,7 @@ pub fn run(
         };
         let mut agent_ok = true;
         loop {
-            match watch(&mut vm, stop, &mut agent_ok)? {
+            match watch(&mut vm, stop, &mut agent_ok, opts.hang_after)? {
                 Watched::Stop => {
                     on_event(Event::Stopping);
                     power_off(vm.process()?, opts.power_off);
@@ -302,10 +308,12 @@ fn candidate_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Watches the VM until it fails, powers itself off, or `stop` is set: QMP
 /// is asked its status every [`POLL`] (which also brings its events), and
-/// the agent's port is read in between: its points are answered (nothing
-/// is captured now), whatever else it says is read and dropped, so that a
-/// guest that floods its port never stops the watch.
-fn watch(vm: &mut Vm, stop: &AtomicBool, agent_ok: &mut bool) -> Result<Watched> {
+/// the agent's port is read in between: its heartbeat is timed against
+/// `hang_after`, its points are answered (nothing is captured now), and
+/// whatever else it says is read and dropped, so that a guest that floods
+/// its port never stops the watch.
+fn watch(vm: &mut Vm, stop: &AtomicBool, agent_ok: &mut bool, hang_after: Duration) -> Result<Watched> {
+    let mut alive: Option<Instant> = None;
     loop {
         if stop.load(Ordering::SeqCst) {
             return Ok(Watched::Stop);
@@ -332,11 +340,17 @@ fn watch(vm: &mut Vm, stop: &AtomicBool, agent_ok: &mut bool) -> Result<Watched>
         if status["status"] == "guest-panicked" {
             return Ok(Watched::Failed(Failure::Panicked));
         }
+        if alive.is_some_and(|t| t.elapsed() > hang_after) {
+            return Ok(Watched::Failed(Failure::Hung));
+        }
         let t = Instant::now();
-        if let Some(agent) = vm.agent().filter(|_| *agent_ok) {
-            match agent.next(POLL) {
+        while let Some(left) = POLL.checked_sub(t.elapsed()).filter(|_| *agent_ok) {
+            let Some(agent) = vm.agent() else { break };
+            match agent.next(left.max(Duration::from_millis(1))) {
+                Ok(Message::Alive) => alive = Some(Instant::now()),
                 Ok(Message::Point(_)) => agent.carry_on()?,
-                Ok(_) | Err(Error::AgentSilent(_)) => {}
+                Ok(_) => {}
+                Err(Error::AgentSilent(_)) => break,
                 // A port that breaks the protocol is no longer read; the VM
                 // is still watched through QMP.
                 Err(_) => {

@@ -64,3 +64,18 @@ pub fn ready() -> Result<String, String> {
     port.send(&Message::Ready(Ready { uptime_ns: resume::uptime_ns() }))?;
     Ok("ready announced".into())
 }
+
+/// Sends the heartbeat (`spec/agent.md` §6): an ALIVE every `every`, for
+/// as long as the guest runs. A write that fails (the host reconnecting)
+/// is retried on a port opened again.
+pub fn alive(every: Duration) -> Result<String, String> {
+    loop {
+        let Some(mut port) = port::Port::open()? else {
+            return Ok(format!("no host port {}: no heartbeat", pbr_agent::PORT_NAME));
+        };
+        while port.send(&Message::Alive).is_ok() {
+            std::thread::sleep(every);
+        }
+        std::thread::sleep(every);
+    }
+}

@@ -44,6 +44,10 @@ pub struct Args {
     /// How long the guest may take to power off when asked to stop.
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
     power_off: f64,
+    /// A guest whose agent sent its heartbeat and then none for this many
+    /// seconds is hung, and recovered.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    hang_after: f64,
     /// Append every event to this file as a JSON line.
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
@@ -82,6 +86,7 @@ pub fn run(a: &Args) -> Result<ExitCode> {
         },
         retry_after: seconds(a.retry_after)?,
         power_off: seconds(a.power_off)?,
+        hang_after: seconds(a.hang_after)?,
     };
     let stop = crate::signals::graceful();
     let mut on_event = |e: Event<'_>| {

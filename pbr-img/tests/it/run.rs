@@ -4,8 +4,9 @@
 //! recovers by itself from the latest valid candidate; the service answers
 //! again, a file written before the panic is there. A reboot the guest
 //! asks for soon after is a failure too, and since the recovered VM failed
-//! again so soon, it boots from scratch, capturing afresh. SIGTERM powers
-//! the guest off, after which both disks pass `e2fsck -fn`.
+//! again so soon, it boots from scratch, capturing afresh. A hang (the
+//! agent's heartbeat stops) is recovered too. SIGTERM powers the guest off,
+//! after which both disks pass `e2fsck -fn`.
 
 use crate::common;
 
@@ -38,7 +39,7 @@ fn wait_for(log: &Path, name: &str, count: usize, limit: Duration, child: &mut s
 }
 
 #[test]
-fn a_panic_is_recovered_a_quick_reboot_boots_afresh_and_sigterm_powers_off() {
+fn failures_are_recovered_by_themselves_and_sigterm_powers_off() {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::new(512);
     let log = lab.dir.path().join("run.jsonl");
@@ -49,6 +50,8 @@ fn a_panic_is_recovered_a_quick_reboot_boots_afresh_and_sigterm_powers_off() {
         .arg(lab.out())
         .arg("--log")
         .arg(&log)
+        .arg("--hang-after")
+        .arg("5")
         .arg("--")
         .args(&lab.argv)
         .stdin(Stdio::null())
@@ -86,6 +89,16 @@ fn a_panic_is_recovered_a_quick_reboot_boots_afresh_and_sigterm_powers_off() {
     assert!(boots[1]["reason"].as_str().unwrap().contains("failed again"), "{all:#?}");
     assert!(all.iter().filter(|e| e["event"] == "captured").count() > captured.len(), "captured afresh");
     assert_eq!(lab.get().1, "served from the data disk\n", "the rebooted VM serves");
+
+    // The heartbeat stops: a hang, recovered.
+    let (_, status) = lab.shell("systemctl is-active pbr-alive.service && sleep 2");
+    assert_eq!(status, 0, "the heartbeat runs");
+    lab.type_line("systemctl kill -s STOP pbr-alive.service");
+    wait_for(&log, "recovered", 2, Duration::from_secs(600), &mut child);
+    let all = events(&log);
+    let kinds: Vec<_> = all.iter().filter(|e| e["event"] == "failed").map(|e| e["kind"].clone()).collect();
+    assert_eq!(kinds, ["panic", "reboot", "hang"], "{all:#?}");
+    assert_eq!(lab.get().1, "served from the data disk\n", "the VM recovered from its hang serves");
 
     let t = Instant::now();
     // kill(1) sends the signal as an operator does.
