@@ -84,6 +84,21 @@ pub struct Booted {
     _interrupt: pbr_tools::cleanup::Registration,
 }
 
+impl Booted {
+    /// `cmd` started with the agent's port, for a guest without the agent:
+    /// nothing is captured and nothing is waited for.
+    ///
+    /// # Errors
+    /// QEMU did not start.
+    pub fn without_agent(cmd: &UserCommand) -> Result<Booted> {
+        let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
+        let interrupt = pbr_tools::cleanup::remove_on_interrupt(work.path());
+        let machine = Machine::start(cmd, work.path(), &vmgenid_args()?)?;
+        let capture = PointsCapture { candidates: Vec::new(), skipped: Vec::new(), ready_s: 0.0 };
+        Ok(Booted { capture, machine, _work: work, _interrupt: interrupt })
+    }
+}
+
 /// As [`capture_points`], and the machine runs on once its guest is ready.
 ///
 /// # Errors

@@ -36,13 +36,13 @@ pub const FAILURE_DETECTION: [&str; 4] =
 /// How often the VM is looked at.
 const POLL: Duration = Duration::from_millis(100);
 
-/// What to do when the guest asks for a reboot.
+/// How a failure is recovered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OnReboot {
-    /// Recover from the latest valid candidate, as after a failure.
+pub enum Reboot {
+    /// Phase-based: restore the latest valid candidate.
     #[default]
     Phase,
-    /// Reset the machine: a full reboot.
+    /// A normal reboot: reset the machine, which boots from scratch.
     Full,
 }
 
@@ -53,8 +53,14 @@ pub struct RunOptions<'a> {
     pub candidates: &'a Path,
     /// Where a recovery's QEMU comes from.
     pub vmm: Vmm,
-    /// A reboot the guest asks for.
-    pub on_reboot: OnReboot,
+    /// How a panic or a hang is recovered.
+    pub on_failure: Reboot,
+    /// How a reboot the guest asks for is made.
+    pub on_reboot: Reboot,
+    /// The guest runs pbr-agent: its boot is captured at its points and
+    /// its heartbeat watched. Without it there are no candidates, and every
+    /// failure is a normal reboot.
+    pub agent: bool,
     /// A recovered VM that fails again sooner than this is booted from
     /// scratch next: the candidate is not used in a loop.
     pub retry_after: Duration,
@@ -206,20 +212,29 @@ pub fn run(
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<End> {
     let cmd = with_failure_detection(cmd);
-    let mut boot_why = Some("start".to_owned());
+    let mut boot_why = Some(match opts.agent {
+        true => "start".to_owned(),
+        false => "start; the guest runs no agent: no candidates, and every failure is a normal reboot".to_owned(),
+    });
     let mut recovered_at: Option<Instant>;
     loop {
         let mut vm = match boot_why.take() {
             Some(why) => {
                 on_event(Event::Booting(&why));
-                let b = boot_capturing(&cmd, opts.candidates, &CaptureOptions::default(), &mut |_| {})?;
+                let b = if opts.agent {
+                    boot_capturing(&cmd, opts.candidates, &CaptureOptions::default(), &mut |_| {})?
+                } else {
+                    Booted::without_agent(&cmd)?
+                };
                 for c in &b.capture.candidates {
                     on_event(Event::Captured(c));
                 }
                 for s in &b.capture.skipped {
                     on_event(Event::Skipped(s));
                 }
-                on_event(Event::Ready(Duration::from_secs_f64(b.capture.ready_s)));
+                if opts.agent {
+                    on_event(Event::Ready(Duration::from_secs_f64(b.capture.ready_s)));
+                }
                 recovered_at = None;
                 Vm::Booted(Box::new(b))
             }
@@ -257,8 +272,8 @@ pub fn run(
                     quit(vm);
                     return Ok(End::PoweredOff);
                 }
-                Watched::Failed(Failure::Rebooted) if opts.on_reboot == OnReboot::Full => {
-                    on_event(Event::Failed(&Failure::Rebooted));
+                Watched::Failed(f) if resets(&f, opts) => {
+                    on_event(Event::Failed(&f));
                     let process = vm.process()?;
                     process.qmp().cmd("system_reset", json!({}))?;
                     process.qmp().cmd("cont", json!({}))?;
@@ -278,6 +293,18 @@ pub fn run(
             }
         }
     }
+}
+
+/// Whether failure `f` is met with a reset of the machine (a normal
+/// reboot) rather than a recovery: as the options say, and always without
+/// the agent (no candidates). QEMU that exited cannot be reset.
+fn resets(f: &Failure, opts: &RunOptions<'_>) -> bool {
+    let policy = match f {
+        Failure::Exited(_) => return false,
+        Failure::Rebooted => opts.on_reboot,
+        Failure::Panicked | Failure::Hung => opts.on_failure,
+    };
+    policy == Reboot::Full || !opts.agent
 }
 
 /// `cmd` with [`FAILURE_DETECTION`] added, unless it names a pvpanic

@@ -9,17 +9,26 @@ use std::time::Duration;
 
 use pbr_reboot::Vmm;
 use pbr_reboot::machine::UserCommand;
-use pbr_reboot::run::{Event, Failure, OnReboot, RunOptions};
+use pbr_reboot::run::{Event, Failure, Reboot as Policy, RunOptions};
 
 use super::error::Result;
 
-/// What to do when the guest asks for a reboot.
+/// How a failure is met.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Reboot {
-    /// Recover from the latest valid candidate.
+    /// Phase-based: recover from the latest valid candidate.
     Phase,
-    /// Reset the machine: a full reboot.
+    /// A normal reboot: reset the machine.
     Full,
+}
+
+impl Reboot {
+    fn policy(self) -> Policy {
+        match self {
+            Reboot::Phase => Policy::Phase,
+            Reboot::Full => Policy::Full,
+        }
+    }
 }
 
 /// The arguments of `run`.
@@ -34,9 +43,16 @@ pub struct Args {
     /// As --standby, the QEMU having loaded the latest candidate.
     #[arg(long, conflicts_with = "standby")]
     prestaged: bool,
+    /// A panic or a hang.
+    #[arg(long, value_enum, default_value = "phase")]
+    on_failure: Reboot,
     /// A reboot the guest asks for.
     #[arg(long, value_enum, default_value = "phase")]
     on_reboot: Reboot,
+    /// The guest runs no pbr-agent: nothing is captured, and a failure is a
+    /// normal reboot.
+    #[arg(long)]
+    no_agent: bool,
     /// A recovered VM that fails again within this many seconds is booted
     /// from scratch next.
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
@@ -80,10 +96,9 @@ pub fn run(a: &Args) -> Result<ExitCode> {
             (true, _) => Vmm::Standby,
             _ => Vmm::Spawn,
         },
-        on_reboot: match a.on_reboot {
-            Reboot::Phase => OnReboot::Phase,
-            Reboot::Full => OnReboot::Full,
-        },
+        on_failure: a.on_failure.policy(),
+        on_reboot: a.on_reboot.policy(),
+        agent: !a.no_agent,
         retry_after: seconds(a.retry_after)?,
         power_off: seconds(a.power_off)?,
         hang_after: seconds(a.hang_after)?,
@@ -123,7 +138,7 @@ fn line(e: &Event<'_>) -> String {
             s(r.restore),
             s(r.guest)
         ),
-        Event::Reset => "reset: a full reboot, as --on-reboot full says".into(),
+        Event::Reset => "reset: a normal reboot".into(),
         Event::PoweredOff => "the guest powered itself off".into(),
         Event::Stopping => "stopping: the guest is asked to power off".into(),
     }
