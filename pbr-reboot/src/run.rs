@@ -182,14 +182,6 @@ impl Vm {
             Vm::Recovered(r) => r.agent.as_mut(),
         }
     }
-
-    /// Stops reading the agent's port (it broke its protocol).
-    fn forget_agent(&mut self) {
-        match self {
-            Vm::Booted(_) => {}
-            Vm::Recovered(r) => r.agent = None,
-        }
-    }
 }
 
 /// What watching the VM ended with.
@@ -380,10 +372,7 @@ fn watch(vm: &mut Vm, stop: &AtomicBool, agent_ok: &mut bool, hang_after: Durati
                 Err(Error::AgentSilent(_)) => break,
                 // A port that breaks the protocol is no longer read; the VM
                 // is still watched through QMP.
-                Err(_) => {
-                    *agent_ok = false;
-                    vm.forget_agent();
-                }
+                Err(_) => *agent_ok = false,
             }
         }
         if let Some(rest) = POLL.checked_sub(t.elapsed()) {
@@ -419,5 +408,66 @@ fn quit(vm: Vm) {
     match vm {
         Vm::Booted(b) => b.machine.quit(),
         Vm::Recovered(r) => r.vm.quit(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(agent: bool, on_failure: Reboot, on_reboot: Reboot) -> RunOptions<'static> {
+        RunOptions {
+            candidates: Path::new("."),
+            vmm: Vmm::Spawn,
+            on_failure,
+            on_reboot,
+            agent,
+            retry_after: Duration::from_secs(60),
+            power_off: Duration::from_secs(60),
+            hang_after: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn failure_detection_is_added_once() {
+        let cmd = UserCommand { qemu: "qemu".into(), args: vec!["-m".into(), "512".into()] };
+        let with = with_failure_detection(&cmd);
+        assert_eq!(with.args[2..], FAILURE_DETECTION);
+        assert_eq!(with_failure_detection(&with), with, "a command line that has them keeps its own");
+    }
+
+    /// A reset where the policy asks for a normal reboot, and always
+    /// without the agent; never for a QEMU that exited.
+    #[test]
+    fn policies_choose_between_recovery_and_reset() {
+        let phase = opts(true, Reboot::Phase, Reboot::Phase);
+        assert!(!resets(&Failure::Panicked, &phase) && !resets(&Failure::Rebooted, &phase));
+        let full_reboot = opts(true, Reboot::Phase, Reboot::Full);
+        assert!(resets(&Failure::Rebooted, &full_reboot) && !resets(&Failure::Hung, &full_reboot));
+        let normal = opts(true, Reboot::Full, Reboot::Phase);
+        assert!(resets(&Failure::Panicked, &normal) && resets(&Failure::Hung, &normal));
+        let no_agent = opts(false, Reboot::Phase, Reboot::Phase);
+        assert!(resets(&Failure::Panicked, &no_agent) && resets(&Failure::Rebooted, &no_agent));
+        assert!(!resets(&Failure::Exited("signal 9".into()), &normal));
+    }
+
+    #[test]
+    fn candidates_are_the_visible_pbr_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["b.pbr", "a.pbr", ".pbr-1-x.tmp", ".hidden.pbr", "a.qemu"] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        let names: Vec<_> =
+            candidate_files(dir.path()).unwrap().iter().map(|p| p.file_name().unwrap().to_owned()).collect();
+        assert_eq!(names, ["a.pbr", "b.pbr"]);
+        assert!(candidate_files(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn events_name_themselves() {
+        let failed = Event::Failed(&Failure::Exited("exit status: 1".into())).json();
+        assert_eq!(failed, json!({"event": "failed", "kind": "qemu-exit", "detail": "exit status: 1"}));
+        assert_eq!(Event::Failed(&Failure::Hung).json()["kind"], "hang");
+        assert_eq!(Event::Booting("start").json(), json!({"event": "booting", "reason": "start"}));
     }
 }
