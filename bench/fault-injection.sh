@@ -6,7 +6,7 @@
 # each is recovered phase-based, then, in a second run, by a normal reboot
 # (`--on-failure full --on-reboot full`: a reset and a cold boot). An HTTP
 # client asks the service every 100 ms; a failure's downtime runs from its
-# injection to the first answer after it. Before each failure the guest
+# injection to the first answer after the outage. Before each failure the guest
 # writes and syncs a file on its data disk, checked after the recovery;
 # both disks pass `e2fsck -fn` at the end.
 #

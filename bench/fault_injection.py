@@ -12,7 +12,9 @@ through root's shell on the serial console:
   reboot  reboot -f (a reboot the guest asks for)
 
 An HTTP client asks the guest's service every 100 ms all along; a failure's
-downtime is from its injection to the first answer after it. Before each
+downtime is from its injection to the first answer after the outage it
+caused (for a hang of the heartbeat, the service still answers until the
+host has noticed: that time counts, as it would for a real hang). Before each
 failure the guest writes and syncs a file on its data disk; after each
 recovery the file must be there. At the end SIGTERM stops `run` and both
 disks must pass `e2fsck -fn`.
@@ -148,12 +150,17 @@ class Guest:
                 except socket.timeout:
                     pass
 
-    def first_answer_after(self, t0, limit):
+    def back_after(self, t0, limit):
+        """When the service answered again after the outage that began
+        after `t0` (its first unanswered request); None if it never did."""
         t = time.monotonic()
         while time.monotonic() - t < limit:
-            for when, ok in list(self.answers):
-                if when > t0 and ok:
-                    return when
+            answers = [a for a in list(self.answers) if a[0] > t0]
+            down = next((i for i, (_, ok) in enumerate(answers) if not ok), None)
+            if down is not None:
+                up = next((when for when, ok in answers[down:] if ok), None)
+                if up is not None:
+                    return up
             time.sleep(0.1)
         return None
 
@@ -182,7 +189,7 @@ def experiment(g, kinds, faults):
             g.shell("systemctl is-active pbr-alive.service")
         t0 = time.time()
         g.type_line(KINDS[kind])
-        back = g.first_answer_after(t0 + 0.5, 900)
+        back = g.back_after(t0, 900)
         recovered = back is not None
         data_lost = True
         if recovered:

@@ -266,9 +266,7 @@ pub fn run(
                 }
                 Watched::Failed(f) if resets(&f, opts) => {
                     on_event(Event::Failed(&f));
-                    let process = vm.process()?;
-                    process.qmp().cmd("system_reset", json!({}))?;
-                    process.qmp().cmd("cont", json!({}))?;
+                    reset(vm.process()?)?;
                     on_event(Event::Reset);
                 }
                 Watched::Failed(f) => {
@@ -379,6 +377,30 @@ fn watch(vm: &mut Vm, stop: &AtomicBool, agent_ok: &mut bool, hang_after: Durati
             std::thread::sleep(rest);
         }
     }
+}
+
+/// Resets the machine, paused by its failure, and runs it again: a normal
+/// reboot. A reset asked for while reboots are made shutdowns
+/// ([`FAILURE_DETECTION`]) would be one too, so reboots reset for as long
+/// as the reset takes.
+///
+/// # Errors
+/// QMP failed, or QEMU did not reset within 10 s.
+fn reset(process: &mut QemuProcess) -> Result<()> {
+    let qmp = process.qmp();
+    qmp.cmd("set-action", json!({"reboot": "reset"}))?;
+    qmp.cmd("system_reset", json!({}))?;
+    let t = Instant::now();
+    while !qmp.take_events().iter().any(|e| e["event"] == "RESET") {
+        if t.elapsed() > Duration::from_secs(10) {
+            return Err(Error::Guest("QEMU did not reset the machine within 10 s".into()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        qmp.cmd("query-status", json!({}))?;
+    }
+    qmp.cmd("cont", json!({}))?;
+    qmp.cmd("set-action", json!({"reboot": "shutdown"}))?;
+    Ok(())
 }
 
 /// Asks the guest to power off (ACPI) and waits up to `limit` for it;
