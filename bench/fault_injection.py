@@ -205,24 +205,29 @@ def experiment(g, kinds, faults):
     return out
 
 
-def svg(runs, path):
-    """Requests answered per second over each run, as stacked line charts."""
+def per_second(answers, t0, secs):
+    """Requests answered in each second from `t0`."""
+    per = [0] * secs
+    for when, ok in answers:
+        if ok and 0 <= when - t0 < secs:
+            per[int(when - t0)] += 1
+    return per
+
+
+def svg(series, path):
+    """Requests answered per second over each run, one chart per run, on
+    one time scale."""
     w, h, pad = 900, 160, 40
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{(h + pad) * len(runs) + pad}">',
+    secs = max((len(v) for _, v in series), default=1)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{(h + pad) * len(series) + pad}">',
              '<style>text{font:12px sans-serif}</style>']
-    for n, (mode, answers) in enumerate(runs):
-        if not answers:
-            continue
-        t0 = answers[0][0]
-        secs = int(answers[-1][0] - t0) + 1
-        per = [0] * secs
-        for when, ok in answers:
-            per[int(when - t0)] += 1 if ok else 0
+    for n, (mode, per) in enumerate(series):
         y0 = pad + n * (h + pad)
         x = lambda s: pad + (w - 2 * pad) * s / max(secs, 1)
-        y = lambda v: y0 + h - h * v / 10
+        y = lambda v: y0 + h - h * min(v, 10) / 10
         pts = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in enumerate(per))
-        parts.append(f'<text x="{pad}" y="{y0 - 6}">{mode}: requests answered per second ({secs} s)</text>')
+        parts.append(f'<text x="{pad}" y="{y0 - 6}">{mode}: requests answered per second '
+                     f'(of 10; {len(per)} s, scale {secs} s)</text>')
         parts.append(f'<rect x="{pad}" y="{y0}" width="{w - 2 * pad}" height="{h}" fill="none" stroke="#999"/>')
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{"#1b7" if mode == "phase" else "#c33"}"/>')
     parts.append("</svg>")
@@ -254,7 +259,11 @@ def main():
             results[mode + "_stop"] = {"stopped": stopped, "fsck_clean": clean}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    svg(runs, a.svg)
+    series = []
+    for mode, answers in runs:
+        t0 = answers[0][0] if answers else 0
+        series.append((mode, per_second(answers, t0, int(answers[-1][0] - t0) + 1 if answers else 0)))
+    svg(series, a.svg)
     failures = []
     for f, n in zip(results["phase"], results["normal"]):
         failures.append({"kind": f["kind"], "recovered": f["recovered"], "downtime_s": f["downtime_s"],
@@ -272,8 +281,8 @@ def main():
               f"{100 * (1 - mp / mn):>7.1f}%")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"failures": failures, "stops": {k: v for k, v in results.items() if k.endswith("_stop")}},
-                      f, indent=2)
+            json.dump({"failures": failures, "stops": {k: v for k, v in results.items() if k.endswith("_stop")},
+                       "answered_per_second": dict(series)}, f, indent=2)
     ok = [f for f in failures if f["recovered"] and not f["data_lost"]]
     ph = [f["downtime_s"] for f in ok]
     nr = [f["normal_reboot_s"] for f in ok if f["normal_reboot_s"] is not None]
