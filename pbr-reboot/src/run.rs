@@ -195,8 +195,8 @@ enum Watched {
 /// itself off; `on_event` hears everything that happens.
 ///
 /// # Errors
-/// The first boot failed (QEMU or the agent), a candidate could not be
-/// written, a recovery failed for another reason than its candidates.
+/// A boot failed (QEMU or the agent), a candidate could not be written,
+/// QMP failed. A failed recovery is followed by a boot from scratch.
 pub fn run(
     cmd: &UserCommand,
     opts: &RunOptions<'_>,
@@ -247,7 +247,12 @@ pub fn run(
                         boot_why = Some(why);
                         continue;
                     }
-                    Err(e) => return Err(e),
+                    // The VM is kept whatever went wrong: a boot from
+                    // scratch follows (and captures afresh).
+                    Err(e) => {
+                        boot_why = Some(format!("the recovery failed: {e}"));
+                        continue;
+                    }
                 }
             }
         };
