@@ -72,20 +72,8 @@ fn qemu_incoming(dir: &Path, gib: u64) -> Duration {
     let mb = gib << 10;
     let stream = dir.join("guest.qemu");
     let sock = dir.join("src.sock");
-    let args: Vec<String> = [
-        "-machine",
-        "pc,accel=tcg,memory-backend=ram",
-        "-m",
-        &mb.to_string(),
-        "-nodefaults",
-        "-display",
-        "none",
-        "-S",
-        "-object",
-        &format!("memory-backend-file,id=ram,size={mb}M,mem-path={},share=off", ram.display()),
-    ]
-    .map(str::to_owned)
-    .into();
+    let backend = format!("memory-backend-file,id=ram,size={mb}M,mem-path={},share=off", ram.display());
+    let args = machine(mb, &["-S", "-object", &backend]);
     let io = Io { stdin: Stdio::null(), stdout: Stdio::null(), hold_stderr: false };
     let mut src = QemuProcess::launch("qemu-system-x86_64", &args, &sock, io).unwrap();
     let q = src.qmp();
@@ -98,21 +86,9 @@ fn qemu_incoming(dir: &Path, gib: u64) -> Duration {
         .map(|i| {
             let sock = dir.join(format!("dst{i}.sock"));
             let t = Instant::now();
-            let args: Vec<String> = [
-                "-machine",
-                "pc,accel=tcg,memory-backend=ram",
-                "-m",
-                &mb.to_string(),
-                "-nodefaults",
-                "-display",
-                "none",
-                "-object",
-                &format!("memory-backend-ram,id=ram,size={mb}M"),
-                "-incoming",
-                &format!("exec:cat {}", stream.display()),
-            ]
-            .map(str::to_owned)
-            .into();
+            let (backend, incoming) =
+                (format!("memory-backend-ram,id=ram,size={mb}M"), format!("exec:cat {}", stream.display()));
+            let args = machine(mb, &["-object", &backend, "-incoming", &incoming]);
             let io = Io { stdin: Stdio::null(), stdout: Stdio::null(), hold_stderr: false };
             let mut dst = QemuProcess::launch("qemu-system-x86_64", &args, &sock, io).unwrap();
             let q = dst.qmp();
@@ -124,6 +100,17 @@ fn qemu_incoming(dir: &Path, gib: u64) -> Duration {
         })
         .collect();
     median(runs)
+}
+
+/// QEMU's arguments for a TCG `pc` guest of `mb` MiB whose RAM is the
+/// backend `ram`, no devices, then `extra`.
+fn machine(mb: u64, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["-machine", "pc,accel=tcg,memory-backend=ram", "-m", &mb.to_string(), "-nodefaults", "-display", "none"]
+            .map(str::to_owned)
+            .into();
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    args
 }
 
 fn main() {

@@ -51,6 +51,23 @@ pub fn held_json(h: Option<pbr_reboot::resident::Resident>) -> serde_json::Value
     )
 }
 
+/// Where a recovery's QEMU and RAM came from and where its downtime went:
+/// `qemu spawn, RAM streamed` + `extra`, then `): ready 0.812 s after the
+/// decision (select ..., restore ..., guest ...)`.
+pub fn recovery(r: &pbr_reboot::Recovery, extra: &str) -> String {
+    let s = |d: std::time::Duration| d.as_secs_f64();
+    format!(
+        "{} {}, RAM {}{extra}): ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s)",
+        r.adapter,
+        r.vmm.name(),
+        r.ram(),
+        s(r.downtime),
+        s(r.select),
+        s(r.restore),
+        s(r.guest)
+    )
+}
+
 /// Lower-case hex.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

@@ -120,15 +120,9 @@ impl Report for Recovered<'_> {
         };
         writeln!(
             w,
-            "recovered from {} ({} {}, RAM {}{refilled}): ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s): {}{caught_up}{}",
+            "recovered from {} ({}: {}{caught_up}{}",
             path.display(),
-            r.adapter,
-            r.vmm.name(),
-            r.ram(),
-            s(r.downtime),
-            s(r.select),
-            s(r.restore),
-            s(r.guest),
+            super::fmt::recovery(r, &refilled),
             r.signal,
             super::fmt::held(r.held)
         )

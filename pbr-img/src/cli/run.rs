@@ -128,15 +128,9 @@ fn line(e: &Event<'_>) -> String {
         Event::Failed(f) => format!("failure: {}", f.kind()),
         Event::Refused(r) => format!("refused {}: {}", r.path.display(), r.reason),
         Event::Recovered(r) => format!(
-            "recovered from {} ({} {}, RAM {}): ready {:.3} s after the decision (select {:.3} s, restore {:.3} s, guest {:.3} s)",
+            "recovered from {} ({}",
             r.chosen.as_ref().map_or_else(|| "nothing".into(), |p| p.display().to_string()),
-            r.adapter,
-            r.vmm.name(),
-            r.ram(),
-            s(r.downtime),
-            s(r.select),
-            s(r.restore),
-            s(r.guest)
+            super::fmt::recovery(r, "")
         ),
         Event::Reset => "reset: a normal reboot".into(),
         Event::PoweredOff => "the guest powered itself off".into(),
