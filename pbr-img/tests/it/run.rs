@@ -16,6 +16,32 @@ use std::time::{Duration, Instant};
 
 use common::distro::{Lab, ONE_GUEST};
 
+/// `pbr-img run`, stopped if the test fails half way: its VM must not
+/// outlive the test. Two SIGTERMs: the second makes `run` stop its QEMU and
+/// exit at once.
+struct Run(std::process::Child);
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let pid = self.0.id().to_string();
+        for _ in 0..2 {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        let t = Instant::now();
+        while let Ok(None) = self.0.try_wait() {
+            if t.elapsed() > Duration::from_secs(10) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// The events `run` logged so far.
 fn events(log: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -44,7 +70,7 @@ fn failures_are_recovered_by_themselves_and_sigterm_powers_off() {
     let lab = Lab::new(512);
     let log = lab.dir.path().join("run.jsonl");
     let stderr = std::fs::File::create(lab.dir.path().join("run.err")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pbr-img"))
+    let mut run = Run(Command::new(env!("CARGO_BIN_EXE_pbr-img"))
         .arg("run")
         .arg("--candidates")
         .arg(lab.out())
@@ -57,8 +83,9 @@ fn failures_are_recovered_by_themselves_and_sigterm_powers_off() {
         .stdin(Stdio::null())
         .stderr(stderr)
         .spawn()
-        .unwrap();
-    wait_for(&log, "ready", 1, Duration::from_secs(900), &mut child);
+        .unwrap());
+    let child = &mut run.0;
+    wait_for(&log, "ready", 1, Duration::from_secs(900), child);
     let captured: Vec<_> = events(&log).into_iter().filter(|e| e["event"] == "captured").collect();
     assert!(captured.iter().any(|e| e["point"] == "daemons"), "{captured:?}");
     assert_eq!(lab.get().1, "served from the data disk\n", "the VM serves once captured");
@@ -66,7 +93,7 @@ fn failures_are_recovered_by_themselves_and_sigterm_powers_off() {
     let (_, status) = lab.shell("date > /srv/data/before-the-panic && sync");
     assert_eq!(status, 0);
     lab.type_line("echo c > /proc/sysrq-trigger");
-    wait_for(&log, "recovered", 1, Duration::from_secs(600), &mut child);
+    wait_for(&log, "recovered", 1, Duration::from_secs(600), child);
     let all = events(&log);
     let failed: Vec<_> = all.iter().filter(|e| e["event"] == "failed").collect();
     assert_eq!(failed.len(), 1, "{all:#?}");
@@ -80,7 +107,7 @@ fn failures_are_recovered_by_themselves_and_sigterm_powers_off() {
     // A reboot within a minute of the recovery: booted from scratch, and
     // captured again.
     lab.type_line("reboot -f");
-    wait_for(&log, "ready", 2, Duration::from_secs(900), &mut child);
+    wait_for(&log, "ready", 2, Duration::from_secs(900), child);
     let all = events(&log);
     let kinds: Vec<_> = all.iter().filter(|e| e["event"] == "failed").map(|e| e["kind"].clone()).collect();
     assert_eq!(kinds, ["panic", "reboot"], "{all:#?}");
@@ -94,7 +121,7 @@ fn failures_are_recovered_by_themselves_and_sigterm_powers_off() {
     let (_, status) = lab.shell("systemctl is-active pbr-alive.service && sleep 2");
     assert_eq!(status, 0, "the heartbeat runs");
     lab.type_line("systemctl kill -s STOP pbr-alive.service");
-    wait_for(&log, "recovered", 2, Duration::from_secs(600), &mut child);
+    wait_for(&log, "recovered", 2, Duration::from_secs(600), child);
     let all = events(&log);
     let kinds: Vec<_> = all.iter().filter(|e| e["event"] == "failed").map(|e| e["kind"].clone()).collect();
     assert_eq!(kinds, ["panic", "reboot", "hang"], "{all:#?}");
