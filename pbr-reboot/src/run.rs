@@ -262,6 +262,7 @@ pub fn run(
                 Watched::Stop => {
                     on_event(Event::Stopping);
                     power_off(vm.process()?, opts.power_off);
+                    quit(vm);
                     return Ok(End::Stopped);
                 }
                 Watched::PoweredOff => {
@@ -408,8 +409,8 @@ fn reset(process: &mut QemuProcess) -> Result<()> {
     Ok(())
 }
 
-/// Asks the guest to power off (ACPI) and waits up to `limit` for it;
-/// then QEMU quits.
+/// Asks the guest to power off (ACPI) and waits up to `limit` for it (the
+/// caller then quits QEMU).
 fn power_off(process: &mut QemuProcess, limit: Duration) {
     let t = Instant::now();
     let _ = process.qmp().cmd("system_powerdown", json!({}));
@@ -422,12 +423,10 @@ fn power_off(process: &mut QemuProcess, limit: Duration) {
             Err(_) => true,
         };
         if down {
-            break;
+            return;
         }
         std::thread::sleep(POLL);
     }
-    let _ = process.qmp().cmd("quit", json!({}));
-    pbr_replay::qemu::process::wait_or_kill(process.child(), Duration::from_secs(10));
 }
 
 /// Quits the VM's QEMU.
