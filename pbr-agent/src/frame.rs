@@ -4,7 +4,7 @@
 //! before anything is allocated, and the payload buffer grows only as bytes
 //! arrive.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 
 use crate::limits::MAX_ENTROPY;
 
@@ -146,44 +146,76 @@ pub enum FrameError {
 }
 
 /// Reads frames from one side of the port, counting stream offsets.
+///
+/// A read that times out (a socket's read timeout) or is otherwise cut
+/// short keeps what arrived of the frame: the next read goes on from
+/// there, so a timeout never splits the stream. After a bad frame,
+/// [`FrameReader::resync`] skips to the next `PBRA`: a peer that sent
+/// garbage is read on, not given up on.
 pub struct FrameReader<R> {
-    inner: R,
+    inner: BufReader<R>,
     offset: u64,
     from_guest: bool,
+    /// The bytes of the frame being read (while resynchronising: the
+    /// prefix of [`MAGIC`] seen so far).
+    partial: Vec<u8>,
+    resync: bool,
 }
 
 impl<R: Read> FrameReader<R> {
     /// A reader of what the guest sends (`from_guest`), or of what the host
     /// sends.
     pub fn new(inner: R, from_guest: bool) -> FrameReader<R> {
-        FrameReader { inner, offset: 0, from_guest }
+        FrameReader { inner: BufReader::new(inner), offset: 0, from_guest, partial: Vec::new(), resync: false }
     }
 
-    /// Bytes read so far.
+    /// Bytes taken from the stream so far.
     pub fn offset(&self) -> u64 {
         self.offset
     }
 
     /// The underlying reader.
     pub fn get_ref(&self) -> &R {
-        &self.inner
+        self.inner.get_ref()
+    }
+
+    /// Whether bytes already taken from the underlying reader wait to be
+    /// read: a caller that polls its file descriptor reads first.
+    pub fn has_buffered(&self) -> bool {
+        !self.inner.buffer().is_empty()
+    }
+
+    /// The next [`FrameReader::read`] first skips the stream up to the next
+    /// `PBRA`: what follows a bad frame is read as frames again.
+    pub fn resync(&mut self) {
+        self.partial.clear();
+        self.resync = true;
     }
 
     /// Reads the next frame.
     ///
     /// # Errors
     /// [`FrameError`]: the stream closed or broke, or the frame is bad.
+    /// After [`FrameError::Io`] the frame read so far is kept for the next
+    /// call; after any other error it is dropped.
     pub fn read(&mut self) -> Result<Frame, FrameError> {
-        let offset = self.offset;
-        let mut header = [0u8; HEADER_LEN];
-        let got = read_full(&mut self.inner, &mut header)?;
-        self.offset += got as u64;
-        if got == 0 {
-            return Err(FrameError::Closed);
+        if self.resync {
+            self.skip_to_magic()?;
         }
-        if got < HEADER_LEN {
-            return Err(FrameError::Truncated { offset, got: got as u64, want: HEADER_LEN as u64 });
-        }
+        self.fill(HEADER_LEN)?;
+        let offset = self.offset - HEADER_LEN as u64;
+        let header: [u8; HEADER_LEN] = self.partial[..HEADER_LEN].try_into().unwrap_or([0; HEADER_LEN]);
+        let checked = self.check(&header, offset);
+        let (kind, len) = checked.inspect_err(|_| self.partial.clear())?;
+        self.fill(HEADER_LEN + len as usize)?;
+        let payload = self.partial.split_off(HEADER_LEN);
+        self.partial.clear();
+        Ok(Frame { kind, payload })
+    }
+
+    /// The kind and payload length of a frame's header, or what is wrong
+    /// with it.
+    fn check(&self, header: &[u8; HEADER_LEN], offset: u64) -> Result<(Kind, u32), FrameError> {
         let found = [header[0], header[1], header[2], header[3]];
         if found != MAGIC {
             return Err(FrameError::Magic { offset, found });
@@ -200,33 +232,67 @@ impl<R: Read> FrameReader<R> {
         if len > kind.max_len() {
             return Err(FrameError::TooLong { offset, kind, len, max: kind.max_len() });
         }
-        // Grows as bytes arrive: a length is not an allocation.
-        let mut payload = Vec::new();
-        let n = (&mut self.inner).take(u64::from(len)).read_to_end(&mut payload)?;
-        self.offset += n as u64;
-        if n < len as usize {
-            return Err(FrameError::Truncated {
-                offset,
-                got: (HEADER_LEN + n) as u64,
-                want: HEADER_LEN as u64 + u64::from(len),
-            });
-        }
-        Ok(Frame { kind, payload })
+        Ok((kind, len))
     }
-}
 
-/// Reads until `buf` is full or the stream ends; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+    /// Reads until the frame being read has `want` bytes. The frame grows
+    /// as bytes arrive: a length is not an allocation.
+    fn fill(&mut self, want: usize) -> Result<(), FrameError> {
+        while self.partial.len() < want {
+            let buf = match self.inner.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(FrameError::Io(e)),
+            };
+            if buf.is_empty() {
+                let got = self.partial.len() as u64;
+                let offset = self.offset - got;
+                self.partial.clear();
+                return Err(match got {
+                    0 => FrameError::Closed,
+                    _ => FrameError::Truncated { offset, got, want: want as u64 },
+                });
+            }
+            let n = buf.len().min(want - self.partial.len());
+            self.partial.extend_from_slice(&buf[..n]);
+            self.inner.consume(n);
+            self.offset += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Takes bytes until the last four are [`MAGIC`], which become the
+    /// start of the next frame.
+    fn skip_to_magic(&mut self) -> Result<(), FrameError> {
+        loop {
+            let buf = match self.inner.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(FrameError::Io(e)),
+            };
+            if buf.is_empty() {
+                self.partial.clear();
+                return Err(FrameError::Closed);
+            }
+            let mut taken = buf.len();
+            for (i, &b) in buf.iter().enumerate() {
+                self.partial.push(b);
+                while !MAGIC.starts_with(&self.partial) {
+                    self.partial.remove(0);
+                }
+                if self.partial.len() == MAGIC.len() {
+                    taken = i + 1;
+                    self.resync = false;
+                    break;
+                }
+            }
+            self.inner.consume(taken);
+            self.offset += taken as u64;
+            if !self.resync {
+                return Ok(());
+            }
         }
     }
-    Ok(got)
 }
 
 /// Writes one frame.
@@ -294,6 +360,60 @@ mod tests {
             let e = FrameReader::new(&bytes[..], true).read().unwrap_err();
             assert!(want(&e), "{e}");
         }
+    }
+
+    /// Hands out its pieces one read at a time; `None` is a read that
+    /// times out.
+    struct Pieces(std::collections::VecDeque<Option<Vec<u8>>>);
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.pop_front() {
+                None => Ok(0),
+                Some(None) => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+                Some(Some(p)) => {
+                    buf[..p.len()].copy_from_slice(&p);
+                    Ok(p.len())
+                }
+            }
+        }
+    }
+
+    /// A timeout inside the header or the payload loses nothing: the next
+    /// read goes on with the same frame.
+    #[test]
+    fn a_timeout_inside_a_frame_keeps_what_arrived() {
+        let whole = framed(0x0006, 0, 2, b"{}");
+        let pieces = [Some(whole[..5].to_vec()), None, Some(whole[5..13].to_vec()), None, Some(whole[13..].to_vec())];
+        let mut r = FrameReader::new(Pieces(pieces.into_iter().collect()), true);
+        for _ in 0..2 {
+            assert!(matches!(r.read(), Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock));
+        }
+        assert_eq!(r.read().unwrap(), Frame { kind: Kind::Ready, payload: b"{}".to_vec() });
+        assert_eq!(r.offset(), 14);
+        assert!(matches!(r.read(), Err(FrameError::Closed)));
+    }
+
+    /// After garbage, even garbage that starts like a magic, the next
+    /// frame is found and its offset is where it starts.
+    #[test]
+    fn resync_finds_the_next_frame() {
+        let mut bytes = b"garbage PBPB PBR".to_vec();
+        bytes.extend(framed(0x0008, 0, 0, b""));
+        bytes.extend(framed(0x0006, 0, 2, b"{}"));
+        let mut r = FrameReader::new(&bytes[..], true);
+        assert!(matches!(r.read(), Err(FrameError::Magic { offset: 0, .. })));
+        r.resync();
+        assert_eq!(r.read().unwrap().kind, Kind::Alive);
+        assert_eq!(r.offset(), 16 + 12);
+        assert_eq!(r.read().unwrap().kind, Kind::Ready);
+        r.resync();
+        assert!(matches!(r.read(), Err(FrameError::Closed)), "nothing is left to find");
+        let oversized = framed(0x0008, 0, 5, b"12345");
+        let mut r = FrameReader::new(&oversized[..], true);
+        assert!(matches!(r.read(), Err(FrameError::TooLong { len: 5, .. })));
+        r.resync();
+        assert!(matches!(r.read(), Err(FrameError::Closed)));
     }
 
     #[test]

@@ -45,6 +45,9 @@ fn random_bytes(n: usize) -> Result<Vec<u8>> {
     Ok(b)
 }
 
+/// How long a write to the port may wait for the guest to read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The connected port.
 pub struct AgentPort {
     reader: FrameReader<UnixStream>,
@@ -60,7 +63,15 @@ impl AgentPort {
         let s = crate::guest::connect_socket(sock)
             .map_err(|e| Error::io(format!("cannot reach the agent's port {}", sock.display()), e))?;
         let writer = s.try_clone().map_err(|e| Error::io("agent port", e))?;
+        // A guest that stops reading its port cannot hold the host's writes.
+        writer.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| Error::io("agent port", e))?;
         Ok(AgentPort { reader: FrameReader::new(s, true), writer })
+    }
+
+    /// After a bad frame or message: the next read skips to the start of
+    /// the guest's next frame.
+    pub fn resync(&mut self) {
+        self.reader.resync();
     }
 
     /// The next message, waiting up to `timeout`.

@@ -59,6 +59,15 @@ impl Error {
         }
     }
 
+    /// Whether the guest's agent caused this error: silence, a bad frame or
+    /// message, or one out of place (a host that keeps its VM reads on).
+    pub fn is_agents(&self) -> bool {
+        matches!(
+            self,
+            Error::AgentSilent(_) | Error::AgentFrame(_) | Error::AgentMessage { .. } | Error::AgentUnexpected(_)
+        )
+    }
+
     /// An I/O error while doing `context`.
     #[cold]
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {

@@ -51,6 +51,9 @@ pub struct PointsCapture {
     /// Seconds from QEMU's start until the agent said ready (saves
     /// included).
     pub ready_s: f64,
+    /// Why the capture ended before the agent said ready, the machine
+    /// running on ([`boot_keeping`] only).
+    pub stopped: Option<String>,
 }
 
 /// Boots `cmd` with the agent's port and writes one candidate per point
@@ -94,7 +97,7 @@ impl Booted {
         let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
         let interrupt = pbr_tools::cleanup::remove_on_interrupt(work.path());
         let machine = Machine::start(cmd, work.path(), &vmgenid_args()?)?;
-        let capture = PointsCapture { candidates: Vec::new(), skipped: Vec::new(), ready_s: 0.0 };
+        let capture = PointsCapture { candidates: Vec::new(), skipped: Vec::new(), ready_s: 0.0, stopped: None };
         Ok(Booted { capture, machine, _work: work, _interrupt: interrupt })
     }
 }
@@ -107,6 +110,58 @@ pub fn boot_capturing(
     cmd: &UserCommand,
     out: &Path,
     opts: &CaptureOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Booted> {
+    boot(cmd, out, opts, None, progress)
+}
+
+/// As [`boot_capturing`], for a machine that must run whatever its guest
+/// does: a point that cannot be captured is skipped with its reason, and
+/// an agent that says nothing within `first_word` of the start (a guest
+/// without pbr-agent), goes silent, or breaks the protocol ends the
+/// capture, not the machine ([`PointsCapture::stopped`] says why).
+///
+/// # Errors
+/// QEMU failed to start or its QMP failed.
+pub fn boot_keeping(
+    cmd: &UserCommand,
+    out: &Path,
+    opts: &CaptureOptions,
+    first_word: Duration,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Booted> {
+    boot(cmd, out, opts, Some(first_word), progress)
+}
+
+/// What the capture of a boot knows beside its machine.
+struct Capturing<'a> {
+    cmd: &'a UserCommand,
+    out: &'a Path,
+    work: &'a Path,
+    opts: &'a CaptureOptions,
+    /// The seals of the boot files.
+    boot: Vec<FileSeal>,
+    qemu_version: String,
+    /// The page frames kpageflags covers.
+    max_pages: u64,
+}
+
+/// What the agent sent for its coming point.
+#[derive(Default)]
+struct Sent {
+    kpf: Option<Vec<u8>>,
+    kpc: Option<Vec<u8>>,
+    files: Option<Vec<String>>,
+    cache: Option<Vec<pbr_agent::CachedFile>>,
+}
+
+/// Boots `cmd` and captures its points; `keep` (the first word's timeout)
+/// makes the guest's failures end the capture instead of the boot.
+fn boot(
+    cmd: &UserCommand,
+    out: &Path,
+    opts: &CaptureOptions,
+    keep: Option<Duration>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Booted> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
@@ -123,78 +178,133 @@ pub fn boot_capturing(
     // kpageflags covers every page frame up to the highest: RAM and the
     // hole below 4 GiB.
     let max_pages = (m.ram_bytes()? >> 12) + (4 << 30 >> 12);
-    let mut kpf: Option<Vec<u8>> = None;
-    let mut kpc: Option<Vec<u8>> = None;
-    let mut files: Option<Vec<String>> = None;
-    let mut cache: Option<Vec<pbr_agent::CachedFile>> = None;
-    let mut result = PointsCapture { candidates: Vec::new(), skipped: Vec::new(), ready_s: 0.0 };
+    let c = Capturing { cmd, out, work: work.path(), opts, boot, qemu_version, max_pages };
+    let mut sent = Sent::default();
+    let mut result = PointsCapture { candidates: Vec::new(), skipped: Vec::new(), ready_s: 0.0, stopped: None };
+    let mut heard = false;
     loop {
-        match m.agent.next(BOOT_TIMEOUT)? {
-            Message::Kpageflags(gz) => kpf = Some(gz),
-            Message::Kpagecount(gz) => kpc = Some(gz),
-            Message::Files(f) => files = Some(f),
-            Message::Cache(c) => cache = Some(c),
+        let timeout = keep.filter(|_| !heard).unwrap_or(BOOT_TIMEOUT);
+        let message = match m.agent.next(timeout) {
+            Ok(message) => message,
+            Err(e) if keep.is_some() && e.is_agents() => {
+                result.stopped = Some(stopped(&e, heard));
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        heard = true;
+        match message {
+            Message::Kpageflags(gz) => sent.kpf = Some(gz),
+            Message::Kpagecount(gz) => sent.kpc = Some(gz),
+            Message::Files(f) => sent.files = Some(f),
+            Message::Cache(cache) => sent.cache = Some(cache),
             Message::Point(p) => {
                 let since_power_on = t0.elapsed().as_secs_f64();
                 m.qemu.qmp().cmd("stop", serde_json::json!({}))?;
-                let drives = m.drives()?;
-                match seal_disks(&p, &drives) {
-                    Err(reason) => {
-                        progress(&format!("point {}: no candidate: {reason}", p.name));
-                        result.skipped.push(Skipped { point: p.name.clone(), reason });
+                let sequence = result.candidates.len() as u32 + 1;
+                let got = c.point(&mut m, &p, &std::mem::take(&mut sent), sequence);
+                let skipped = match got {
+                    Ok(Ok(candidate)) => {
+                        progress(&format!("point {}: {}", p.name, candidate.path.display()));
+                        result.candidates.push(Candidate { since_power_on, ..candidate });
+                        None
                     }
-                    Ok(disks) => {
-                        let seals = Seals { boot: boot.clone(), disks, qemu_version: qemu_version.clone() };
-                        let stream = work.path().join(format!("{}.qemu", p.name));
-                        let counters = save(m.qemu.qmp(), &stream)?;
-                        let mut metadata = vec![
-                            (SEALS_KEY.into(), seals.to_json()),
-                            (AGENT_KEY.into(), "1".into()),
-                            (QEMU_KEY.into(), cmd.qemu.clone()),
-                        ];
-                        if let Some(f) = &files {
-                            metadata.push((FILES_KEY.into(), serde_json::to_string(f).unwrap_or_default()));
-                        }
-                        let input = PhaseInput {
-                            phase: &p.name,
-                            sequence: result.candidates.len() as u32 + 1,
-                            uptime: p.uptime_ns as f64 / 1e9,
-                            restore_cmdline: serde_json::to_string(&cmd.args).unwrap_or_default(),
-                            kpageflags: kpf.as_deref(),
-                            kpagecount: kpc.as_deref(),
-                            files: &[],
-                            metadata,
-                            max_pages,
-                            drop: SAFE_DROP,
-                            cache: cache.as_deref().map(|c| (c, &seals)),
-                            free_only_if_zero: true,
-                        };
-                        let c = candidate(out, work.path(), &stream, &input, opts)?;
-                        keep_or_remove(&stream, opts.keep_streams.as_deref(), &p.name)?;
-                        // A write after `cont` must move the disks' ctimes.
-                        wait_past(seals.disks.iter().map(|d| d.file.ctime_ns).max().unwrap_or(0));
-                        progress(&format!("point {}: {}", p.name, c.path.display()));
-                        result.candidates.push(Candidate { since_power_on, counters, ..c });
-                    }
+                    Ok(Err(reason)) => Some(reason),
+                    Err(e) if keep.is_some() => Some(format!("the capture failed: {e}")),
+                    Err(e) => return Err(e),
+                };
+                if let Some(reason) = skipped {
+                    progress(&format!("point {}: no candidate: {reason}", p.name));
+                    result.skipped.push(Skipped { point: p.name.clone(), reason });
                 }
-                kpf = None;
-                kpc = None;
-                files = None;
-                cache = None;
                 m.qemu.qmp().cmd("cont", serde_json::json!({}))?;
-                m.agent.carry_on()?;
+                match m.agent.carry_on() {
+                    Err(e) if keep.is_some() => {
+                        result.stopped = Some(format!("the guest does not read its agent's port: {e}"));
+                        break;
+                    }
+                    done => done?,
+                }
             }
             Message::Ready(_) => {
                 result.ready_s = t0.elapsed().as_secs_f64();
                 break;
             }
             other => {
+                let e = Error::AgentUnexpected(format!("{:?} during a boot", other.encode().kind));
+                if keep.is_some() {
+                    result.stopped = Some(stopped(&e, heard));
+                    break;
+                }
                 m.quit();
-                return Err(Error::AgentUnexpected(format!("{:?} during a boot", other.encode().kind)));
+                return Err(e);
             }
         }
     }
     Ok(Booted { capture: result, machine: m, _work: work, _interrupt: interrupt })
+}
+
+/// Why a kept boot's capture stopped, after error `e` of its agent.
+fn stopped(e: &Error, heard: bool) -> String {
+    match (e, heard) {
+        (Error::AgentSilent(d), false) => format!(
+            "the guest's agent said nothing within {} s of the start: the guest runs no pbr-agent (or its port \
+             is not set up), so this boot gives no candidates",
+            d.as_secs_f64()
+        ),
+        _ => format!("{e}: nothing more is captured in this boot"),
+    }
+}
+
+impl Capturing<'_> {
+    /// Captures point `p` of the stopped machine: a candidate, or why it
+    /// gives none (a disk it cannot seal).
+    ///
+    /// # Errors
+    /// The save, the conversion or the candidate's write failed.
+    fn point(
+        &self,
+        m: &mut Machine,
+        p: &Point,
+        sent: &Sent,
+        sequence: u32,
+    ) -> Result<std::result::Result<Candidate, String>> {
+        let drives = m.drives()?;
+        let disks = match seal_disks(p, &drives) {
+            Ok(disks) => disks,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let seals = Seals { boot: self.boot.clone(), disks, qemu_version: self.qemu_version.clone() };
+        let stream = self.work.join(format!("{}.qemu", p.name));
+        let counters = save(m.qemu.qmp(), &stream)?;
+        let mut metadata = vec![
+            (SEALS_KEY.into(), seals.to_json()),
+            (AGENT_KEY.into(), "1".into()),
+            (QEMU_KEY.into(), self.cmd.qemu.clone()),
+        ];
+        if let Some(f) = &sent.files {
+            metadata.push((FILES_KEY.into(), serde_json::to_string(f).unwrap_or_default()));
+        }
+        let input = PhaseInput {
+            phase: &p.name,
+            sequence,
+            uptime: p.uptime_ns as f64 / 1e9,
+            restore_cmdline: serde_json::to_string(&self.cmd.args).unwrap_or_default(),
+            kpageflags: sent.kpf.as_deref(),
+            kpagecount: sent.kpc.as_deref(),
+            files: &[],
+            metadata,
+            max_pages: self.max_pages,
+            drop: SAFE_DROP,
+            cache: sent.cache.as_deref().map(|c| (c, &seals)),
+            free_only_if_zero: true,
+        };
+        let c = candidate(self.out, self.work, &stream, &input, self.opts)?;
+        keep_or_remove(&stream, self.opts.keep_streams.as_deref(), &p.name)?;
+        // A write after `cont` must move the disks' ctimes.
+        wait_past(seals.disks.iter().map(|d| d.file.ctime_ns).max().unwrap_or(0));
+        Ok(Ok(Candidate { counters, ..c }))
+    }
 }
 
 /// Moves the stream into `dir`, or removes it.

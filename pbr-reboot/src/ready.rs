@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use pbr_agent::FrameError;
 use pbr_agent::message::{Message, Resumed};
 use pbr_replay::qemu::process::QemuProcess;
 
@@ -63,14 +64,27 @@ pub(crate) fn serve(
 
 /// Answers every point with "carry on" (nothing is captured during a
 /// recovery) until the agent says ready; returns what a restored guest's
-/// agent reported doing.
+/// agent reported doing. A bad frame or message is skipped: the port is
+/// read on from the next frame.
 ///
 /// # Errors
-/// The agent failed, or sent what has no place in a boot.
+/// The agent went silent, its port closed, or it sent what has no place
+/// in a boot.
 pub(crate) fn until_ready(agent: &mut AgentPort) -> Result<Option<Resumed>> {
     let mut resumed = None;
     loop {
-        match agent.next(READY_TIMEOUT)? {
+        let message = match agent.next(READY_TIMEOUT) {
+            Ok(m) => m,
+            Err(e @ (Error::AgentFrame(FrameError::Closed | FrameError::Io(_)) | Error::AgentSilent(_))) => {
+                return Err(e);
+            }
+            Err(Error::AgentFrame(_) | Error::AgentMessage { .. }) => {
+                agent.resync();
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match message {
             Message::Resumed(r) => resumed = Some(r),
             Message::Point(_) => agent.carry_on()?,
             Message::Ready(_) => return Ok(resumed),

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use pbr_agent::FrameError;
 use pbr_agent::message::Message;
 use pbr_replay::qemu::process::QemuProcess;
 use serde_json::{Value, json};
@@ -21,7 +22,7 @@ use crate::agent::AgentPort;
 use crate::capture::{Candidate, CaptureOptions};
 use crate::error::{Error, Result};
 use crate::machine::UserCommand;
-use crate::points::{Booted, Skipped, boot_capturing};
+use crate::points::{Booted, Skipped, boot_keeping};
 use crate::recover::{RecoverOptions, Running, recover_running};
 use crate::recovery::{Recovery, Refused};
 use crate::vmm::Vmm;
@@ -69,6 +70,9 @@ pub struct RunOptions<'a> {
     /// A guest whose agent sent its heartbeat (`spec/agent.md` §6) and
     /// then none for this long is hung.
     pub hang_after: Duration,
+    /// A booting guest whose agent says nothing for this long runs no
+    /// agent: that boot gives no candidates.
+    pub agent_wait: Duration,
 }
 
 /// A failure of the VM.
@@ -107,6 +111,12 @@ pub enum Event<'a> {
     Skipped(&'a Skipped),
     /// The booted guest's agent said ready, this long after QEMU started.
     Ready(Duration),
+    /// The boot's capture ended before its guest said ready, and why; the
+    /// guest runs on.
+    NoCapture(&'a str),
+    /// The guest broke its agent's protocol (told once per boot or
+    /// recovery); the port is read on from the next frame.
+    Hostile(&'a str),
     /// The VM failed.
     Failed(&'a Failure),
     /// A candidate was refused.
@@ -130,6 +140,8 @@ impl Event<'_> {
                                           "image_bytes": c.image_bytes}),
             Event::Skipped(s) => json!({"event": "skipped", "point": s.point, "reason": s.reason}),
             Event::Ready(d) => json!({"event": "ready", "boot_s": d.as_secs_f64()}),
+            Event::NoCapture(why) => json!({"event": "no-capture", "reason": why}),
+            Event::Hostile(what) => json!({"event": "hostile", "what": what}),
             Event::Failed(f) => {
                 let detail = match f {
                     Failure::Exited(status) => Some(status.as_str()),
@@ -214,7 +226,7 @@ pub fn run(
             Some(why) => {
                 on_event(Event::Booting(&why));
                 let b = if opts.agent {
-                    boot_capturing(&cmd, opts.candidates, &CaptureOptions::default(), &mut |_| {})?
+                    boot_keeping(&cmd, opts.candidates, &CaptureOptions::default(), opts.agent_wait, &mut |_| {})?
                 } else {
                     Booted::without_agent(&cmd)?
                 };
@@ -224,8 +236,10 @@ pub fn run(
                 for s in &b.capture.skipped {
                     on_event(Event::Skipped(s));
                 }
-                if opts.agent {
-                    on_event(Event::Ready(Duration::from_secs_f64(b.capture.ready_s)));
+                match &b.capture.stopped {
+                    Some(why) => on_event(Event::NoCapture(why)),
+                    None if opts.agent => on_event(Event::Ready(Duration::from_secs_f64(b.capture.ready_s))),
+                    None => {}
                 }
                 recovered_at = None;
                 Vm::Booted(Box::new(b))
@@ -256,9 +270,9 @@ pub fn run(
                 }
             }
         };
-        let mut agent_ok = true;
+        let mut port = Port::default();
         loop {
-            match watch(&mut vm, stop, &mut agent_ok, opts.hang_after)? {
+            match watch(&mut vm, stop, &mut port, opts.hang_after, on_event)? {
                 Watched::Stop => {
                     on_event(Event::Stopping);
                     power_off(vm.process()?, opts.power_off);
@@ -329,14 +343,43 @@ fn candidate_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// What the watch knows of a VM's agent port.
+#[derive(Default)]
+struct Port {
+    /// When its heartbeat last came, since the watch began.
+    alive: Option<Instant>,
+    /// It closed: it is no longer read.
+    closed: bool,
+    /// The guest stopped reading it: its points are no longer answered.
+    deaf: bool,
+    /// A breach of the protocol was told.
+    told: bool,
+}
+
+impl Port {
+    /// Tells the first breach of the protocol.
+    fn breach(&mut self, what: &str, on_event: &mut dyn FnMut(Event<'_>)) {
+        if !std::mem::replace(&mut self.told, true) {
+            on_event(Event::Hostile(what));
+        }
+    }
+}
+
 /// Watches the VM until it fails, powers itself off, or `stop` is set: QMP
 /// is asked its status every [`POLL`] (which also brings its events), and
 /// the agent's port is read in between: its heartbeat is timed against
 /// `hang_after`, its points are answered (nothing is captured now), and
-/// whatever else it says is read and dropped, so that a guest that floods
-/// its port never stops the watch.
-fn watch(vm: &mut Vm, stop: &AtomicBool, agent_ok: &mut bool, hang_after: Duration) -> Result<Watched> {
-    let mut alive: Option<Instant> = None;
+/// whatever else it says is read and dropped; after a bad frame the port
+/// is read on from the next one. A guest that floods its port, or stops
+/// reading it, never stops the watch.
+fn watch(
+    vm: &mut Vm,
+    stop: &AtomicBool,
+    port: &mut Port,
+    hang_after: Duration,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<Watched> {
+    port.alive = None;
     loop {
         if stop.load(Ordering::SeqCst) {
             return Ok(Watched::Stop);
@@ -363,24 +406,41 @@ fn watch(vm: &mut Vm, stop: &AtomicBool, agent_ok: &mut bool, hang_after: Durati
         if status["status"] == "guest-panicked" {
             return Ok(Watched::Failed(Failure::Panicked));
         }
-        if alive.is_some_and(|t| t.elapsed() > hang_after) {
+        if port.alive.is_some_and(|t| t.elapsed() > hang_after) {
             return Ok(Watched::Failed(Failure::Hung));
         }
         let t = Instant::now();
-        while let Some(left) = POLL.checked_sub(t.elapsed()).filter(|_| *agent_ok) {
-            let Some(agent) = vm.agent() else { break };
-            match agent.next(left.max(Duration::from_millis(1))) {
-                Ok(Message::Alive) => alive = Some(Instant::now()),
-                Ok(Message::Point(_)) => agent.carry_on()?,
-                Ok(_) => {}
-                Err(Error::AgentSilent(_)) => break,
-                // A port that breaks the protocol is no longer read; the VM
-                // is still watched through QMP.
-                Err(_) => *agent_ok = false,
-            }
-        }
+        read_port(vm, port, t + POLL, on_event);
         if let Some(rest) = POLL.checked_sub(t.elapsed()) {
             std::thread::sleep(rest);
+        }
+    }
+}
+
+/// Reads the VM's agent port until `until`.
+fn read_port(vm: &mut Vm, port: &mut Port, until: Instant, on_event: &mut dyn FnMut(Event<'_>)) {
+    while !port.closed
+        && let Some(agent) = vm.agent()
+    {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match agent.next(left) {
+            Ok(Message::Alive) => port.alive = Some(Instant::now()),
+            Ok(Message::Point(_)) if !port.deaf => {
+                if let Err(e) = agent.carry_on() {
+                    port.deaf = true;
+                    port.breach(&format!("the guest does not read its port ({e}): its points go unanswered"), on_event);
+                }
+            }
+            Ok(_) => {}
+            Err(Error::AgentSilent(_)) => return,
+            Err(Error::AgentFrame(FrameError::Closed | FrameError::Io(_))) => port.closed = true,
+            Err(e) => {
+                agent.resync();
+                port.breach(&format!("{e}; read on from its next frame"), on_event);
+            }
         }
     }
 }
@@ -451,6 +511,7 @@ mod tests {
             retry_after: Duration::from_secs(60),
             power_off: Duration::from_secs(60),
             hang_after: Duration::from_secs(10),
+            agent_wait: Duration::from_secs(120),
         }
     }
 

@@ -38,31 +38,41 @@ impl Port {
     /// machine is saved) for a message from the host.
     pub fn receive(&mut self, timeout: Duration) -> Result<Option<Message>, String> {
         let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+        while !self.reader.has_buffered() && !self.readable(deadline)? {
+            if Instant::now() >= deadline {
                 return Ok(None);
             }
-            let mut pfd = libc::pollfd { fd: self.reader.get_ref().as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
-            // SAFETY: `pfd` is one valid pollfd for the duration of the call.
-            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(format!("poll: {e}"));
-            }
-            if pfd.revents & libc::POLLIN != 0 {
-                let frame = self.reader.read().map_err(|e| e.to_string())?;
-                return Message::decode(&frame).map(Some).map_err(|e| e.to_string());
-            }
-            if n > 0 {
-                // POLLHUP: no host on the other end yet; look again soon.
-                std::thread::sleep(Duration::from_millis(20));
-            }
         }
+        let frame = self.reader.read().map_err(|e| e.to_string())?;
+        Message::decode(&frame).map(Some).map_err(|e| e.to_string())
+    }
+
+    /// Waits until the port has bytes to read, or up to `deadline`; false
+    /// when it has none yet.
+    fn readable(&self, deadline: Instant) -> Result<bool, String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let mut pfd = libc::pollfd { fd: self.reader.get_ref().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.kind() {
+                std::io::ErrorKind::Interrupted => Ok(false),
+                _ => Err(format!("poll: {e}")),
+            };
+        }
+        if pfd.revents & libc::POLLIN != 0 {
+            return Ok(true);
+        }
+        if n > 0 {
+            // POLLHUP: no host on the other end yet; look again soon.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(false)
     }
 }
 

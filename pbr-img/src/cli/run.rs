@@ -64,6 +64,10 @@ pub struct Args {
     /// seconds is hung, and recovered.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     hang_after: f64,
+    /// A booting guest whose agent says nothing for this many seconds is
+    /// taken for one without pbr-agent: that boot gives no candidates.
+    #[arg(long, default_value_t = 120.0, value_name = "SECONDS")]
+    agent_wait: f64,
     /// Append every event to this file as a JSON line.
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
@@ -102,6 +106,7 @@ pub fn run(a: &Args) -> Result<ExitCode> {
         retry_after: seconds(a.retry_after)?,
         power_off: seconds(a.power_off)?,
         hang_after: seconds(a.hang_after)?,
+        agent_wait: seconds(a.agent_wait)?,
     };
     let stop = crate::signals::graceful();
     let mut on_event = |e: Event<'_>| {
@@ -124,6 +129,8 @@ fn line(e: &Event<'_>) -> String {
         Event::Captured(c) => format!("captured {}: {}", c.phase, c.path.display()),
         Event::Skipped(k) => format!("point {}: no candidate: {}", k.point, k.reason),
         Event::Ready(d) => format!("ready {:.2} s after QEMU started", s(*d)),
+        Event::NoCapture(why) => format!("no more candidates from this boot: {why}"),
+        Event::Hostile(what) => format!("the guest broke its agent's protocol: {what}"),
         Event::Failed(Failure::Exited(status)) => format!("failure: QEMU exited ({status})"),
         Event::Failed(f) => format!("failure: {}", f.kind()),
         Event::Refused(r) => format!("refused {}: {}", r.path.display(), r.reason),

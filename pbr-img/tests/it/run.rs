@@ -5,8 +5,9 @@
 //! again, a file written before the panic is there. A reboot the guest
 //! asks for soon after is a failure too, and since the recovered VM failed
 //! again so soon, it boots from scratch, capturing afresh. A hang (the
-//! agent's heartbeat stops) is recovered too. SIGTERM powers the guest off,
-//! after which both disks pass `e2fsck -fn`.
+//! agent's heartbeat stops) is recovered too, after the guest flooded its
+//! agent's port with garbage (the watch reads on). SIGTERM powers the guest
+//! off, after which both disks pass `e2fsck -fn`.
 
 use crate::common;
 
@@ -116,6 +117,20 @@ fn failures_are_recovered_by_themselves_and_sigterm_powers_off() {
     assert!(boots[1]["reason"].as_str().unwrap().contains("failed again"), "{all:#?}");
     assert!(all.iter().filter(|e| e["event"] == "captured").count() > captured.len(), "captured afresh");
     assert_eq!(lab.get().1, "served from the data disk\n", "the rebooted VM serves");
+
+    // A guest that floods its agent's port with garbage and then sends a
+    // point: the watch reads on, answers the point, and still times the
+    // heartbeat (the hang below is caught through it).
+    let port = "/dev/virtio-ports/org.pbr.agent.0";
+    let (_, status) = lab.shell(&format!(
+        "systemctl stop pbr-alive.service && head -c 4000000 /dev/urandom > {port} && pbr-agent point flood \
+         && systemctl start pbr-alive.service"
+    ));
+    assert_eq!(status, 0, "the point after the flood was answered");
+    let all = events(&log);
+    let hostile: Vec<_> = all.iter().filter(|e| e["event"] == "hostile").collect();
+    assert_eq!(hostile.len(), 1, "the breach is told once: {all:#?}");
+    assert_eq!(all.iter().filter(|e| e["event"] == "failed").count(), 2, "a flood is no failure: {all:#?}");
 
     // The heartbeat stops: a hang, recovered.
     let (_, status) = lab.shell("systemctl is-active pbr-alive.service && sleep 2");
