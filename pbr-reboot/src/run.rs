@@ -88,6 +88,17 @@ pub enum Failure {
     Hung,
 }
 
+/// A failure as the watch saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Detected {
+    /// What failed.
+    pub failure: Failure,
+    /// How long after the failure the watch saw it: from QEMU's time
+    /// stamp on its event, for a hang from the last heartbeat; zero for a
+    /// QEMU that exited.
+    pub late: Duration,
+}
+
 impl Failure {
     /// Its name in the log: `panic`, `reboot`, `qemu-exit`.
     pub fn kind(&self) -> &'static str {
@@ -118,11 +129,12 @@ pub enum Event<'a> {
     /// recovery); the port is read on from the next frame.
     Hostile(&'a str),
     /// The VM failed.
-    Failed(&'a Failure),
+    Failed(&'a Detected),
     /// A candidate was refused.
     Refused(&'a Refused),
-    /// The VM was recovered and is ready.
-    Recovered(&'a Recovery),
+    /// The VM was recovered and is ready, this long after it failed
+    /// (its detection included).
+    Recovered(&'a Recovery, Duration),
     /// The guest was reset, as the policy for its reboots says.
     Reset,
     /// The guest powered itself off: the run ends.
@@ -142,21 +154,21 @@ impl Event<'_> {
             Event::Ready(d) => json!({"event": "ready", "boot_s": d.as_secs_f64()}),
             Event::NoCapture(why) => json!({"event": "no-capture", "reason": why}),
             Event::Hostile(what) => json!({"event": "hostile", "what": what}),
-            Event::Failed(f) => {
-                let detail = match f {
+            Event::Failed(d) => {
+                let detail = match &d.failure {
                     Failure::Exited(status) => Some(status.as_str()),
                     _ => None,
                 };
-                json!({"event": "failed", "kind": f.kind(), "detail": detail})
+                json!({"event": "failed", "kind": d.failure.kind(), "detail": detail, "detection_s": d.late.as_secs_f64()})
             }
             Event::Refused(r) => {
                 json!({"event": "refused", "candidate": r.path.display().to_string(), "reason": r.reason})
             }
-            Event::Recovered(r) => {
+            Event::Recovered(r, outage) => {
                 let s = |d: Duration| d.as_secs_f64();
                 json!({"event": "recovered", "chosen": r.chosen.as_ref().map(|p| p.display().to_string()),
-                       "downtime_s": s(r.downtime), "select_s": s(r.select), "restore_s": s(r.restore),
-                       "guest_s": s(r.guest), "vmm": r.vmm.name(), "ram": r.ram()})
+                       "outage_s": s(*outage), "downtime_s": s(r.downtime), "select_s": s(r.select),
+                       "restore_s": s(r.restore), "guest_s": s(r.guest), "vmm": r.vmm.name(), "ram": r.ram()})
             }
             Event::Reset => json!({"event": "reset"}),
             Event::PoweredOff => json!({"event": "powered-off"}),
@@ -198,7 +210,7 @@ impl Vm {
 
 /// What watching the VM ended with.
 enum Watched {
-    Failed(Failure),
+    Failed(Detected),
     PoweredOff,
     Stop,
 }
@@ -221,6 +233,8 @@ pub fn run(
         false => "start; the guest runs no agent: no candidates, and every failure is a normal reboot".to_owned(),
     });
     let mut recovered_at: Option<Instant>;
+    // When the latest failure happened, as far as its detection tells.
+    let mut failed_at = Instant::now();
     loop {
         let mut vm = match boot_why.take() {
             Some(why) => {
@@ -249,7 +263,7 @@ pub fn run(
                 let ropts = RecoverOptions { root: None, qemu: Some(&cmd.qemu), vmm: opts.vmm };
                 match recover_running(&files, &ropts, &mut |r| on_event(Event::Refused(r))) {
                     Ok(Some(r)) => {
-                        on_event(Event::Recovered(&r.report));
+                        on_event(Event::Recovered(&r.report, failed_at.elapsed()));
                         recovered_at = Some(Instant::now());
                         Vm::Recovered(Box::new(r))
                     }
@@ -284,13 +298,14 @@ pub fn run(
                     quit(vm);
                     return Ok(End::PoweredOff);
                 }
-                Watched::Failed(f) if resets(&f, opts) => {
-                    on_event(Event::Failed(&f));
+                Watched::Failed(d) if resets(&d.failure, opts) => {
+                    on_event(Event::Failed(&d));
                     reset(vm.process()?)?;
                     on_event(Event::Reset);
                 }
-                Watched::Failed(f) => {
-                    on_event(Event::Failed(&f));
+                Watched::Failed(d) => {
+                    on_event(Event::Failed(&d));
+                    failed_at = Instant::now().checked_sub(d.late).unwrap_or_else(Instant::now);
                     drop(vm);
                     if let Some(t) = recovered_at.filter(|t| t.elapsed() < opts.retry_after) {
                         boot_why = Some(format!(
@@ -386,28 +401,29 @@ fn watch(
         }
         let process = vm.process()?;
         if let Ok(Some(status)) = process.child().try_wait() {
-            return Ok(Watched::Failed(Failure::Exited(status.to_string())));
+            return Ok(failed(Failure::Exited(status.to_string()), Duration::ZERO));
         }
         let status = match process.qmp().cmd("query-status", json!({})) {
             Ok(s) => s,
             Err(e) => match process.child().try_wait() {
-                Ok(Some(status)) => return Ok(Watched::Failed(Failure::Exited(status.to_string()))),
+                Ok(Some(status)) => return Ok(failed(Failure::Exited(status.to_string()), Duration::ZERO)),
                 _ => return Err(e.into()),
             },
         };
         for event in process.qmp().take_events() {
+            let late = since_stamp(&event);
             match (event["event"].as_str(), event["data"]["reason"].as_str()) {
-                (Some("GUEST_PANICKED"), _) => return Ok(Watched::Failed(Failure::Panicked)),
-                (Some("SHUTDOWN"), Some("guest-reset")) => return Ok(Watched::Failed(Failure::Rebooted)),
+                (Some("GUEST_PANICKED"), _) => return Ok(failed(Failure::Panicked, late)),
+                (Some("SHUTDOWN"), Some("guest-reset")) => return Ok(failed(Failure::Rebooted, late)),
                 (Some("SHUTDOWN"), Some("guest-shutdown")) => return Ok(Watched::PoweredOff),
                 _ => {}
             }
         }
         if status["status"] == "guest-panicked" {
-            return Ok(Watched::Failed(Failure::Panicked));
+            return Ok(failed(Failure::Panicked, Duration::ZERO));
         }
-        if port.alive.is_some_and(|t| t.elapsed() > hang_after) {
-            return Ok(Watched::Failed(Failure::Hung));
+        if let Some(t) = port.alive.filter(|t| t.elapsed() > hang_after) {
+            return Ok(failed(Failure::Hung, t.elapsed()));
         }
         let t = Instant::now();
         read_port(vm, port, t + POLL, on_event);
@@ -415,6 +431,21 @@ fn watch(
             std::thread::sleep(rest);
         }
     }
+}
+
+fn failed(failure: Failure, late: Duration) -> Watched {
+    Watched::Failed(Detected { failure, late })
+}
+
+/// How long ago QEMU stamped `event` (its `timestamp`: seconds and
+/// microseconds of the host's clock); zero without one.
+fn since_stamp(event: &Value) -> Duration {
+    let stamp = &event["timestamp"];
+    let (Some(secs), Some(micros)) = (stamp["seconds"].as_u64(), stamp["microseconds"].as_u64()) else {
+        return Duration::ZERO;
+    };
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros);
+    std::time::SystemTime::now().duration_since(at).unwrap_or_default()
 }
 
 /// Reads the VM's agent port until `until`.
@@ -552,9 +583,14 @@ mod tests {
 
     #[test]
     fn events_name_themselves() {
-        let failed = Event::Failed(&Failure::Exited("exit status: 1".into())).json();
-        assert_eq!(failed, json!({"event": "failed", "kind": "qemu-exit", "detail": "exit status: 1"}));
-        assert_eq!(Event::Failed(&Failure::Hung).json()["kind"], "hang");
+        let exited = Detected { failure: Failure::Exited("exit status: 1".into()), late: Duration::ZERO };
+        let failed = Event::Failed(&exited).json();
+        assert_eq!(
+            failed,
+            json!({"event": "failed", "kind": "qemu-exit", "detail": "exit status: 1", "detection_s": 0.0})
+        );
+        let hung = Detected { failure: Failure::Hung, late: Duration::from_millis(1500) };
+        assert_eq!(Event::Failed(&hung).json()["detection_s"], 1.5);
         assert_eq!(Event::Booting("start").json(), json!({"event": "booting", "reason": "start"}));
     }
 }

@@ -131,11 +131,14 @@ fn line(e: &Event<'_>) -> String {
         Event::Ready(d) => format!("ready {:.2} s after QEMU started", s(*d)),
         Event::NoCapture(why) => format!("no more candidates from this boot: {why}"),
         Event::Hostile(what) => format!("the guest broke its agent's protocol: {what}"),
-        Event::Failed(Failure::Exited(status)) => format!("failure: QEMU exited ({status})"),
-        Event::Failed(f) => format!("failure: {}", f.kind()),
+        Event::Failed(d) => match &d.failure {
+            Failure::Exited(status) => format!("failure: QEMU exited ({status})"),
+            f => format!("failure: {} (seen {:.2} s after it)", f.kind(), s(d.late)),
+        },
         Event::Refused(r) => format!("refused {}: {}", r.path.display(), r.reason),
-        Event::Recovered(r) => format!(
-            "recovered from {} ({}",
+        Event::Recovered(r, outage) => format!(
+            "recovered {:.2} s after the failure, from {} ({}",
+            s(*outage),
             r.chosen.as_ref().map_or_else(|| "nothing".into(), |p| p.display().to_string()),
             super::fmt::recovery(r, "")
         ),
