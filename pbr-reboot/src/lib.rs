@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+mod beside;
 pub mod boot;
 pub mod capture;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod resident;
 pub mod run;
 pub mod select;
 pub mod service;
+mod standby;
 pub mod vmm;
 
 pub use boot::{boot_points, cold_boot};

@@ -27,6 +27,7 @@ use crate::recovery::{Recovery, Refused};
 use crate::resident::Resident;
 use crate::select::{check, is_agent_candidate, recorded_command};
 use crate::service;
+use crate::standby::{Standby, restore_into};
 use crate::vmm::Vmm;
 
 /// How to recover.
@@ -98,18 +99,24 @@ impl Wiring {
 
     /// The arguments that restore `img`: its machine type pinned.
     fn args(&self, img: &Image) -> Result<Vec<String>> {
+        let (mut a, own) = self.parts(img)?;
+        a.extend(own);
+        Ok(a)
+    }
+
+    /// [`Wiring::args`] in two parts: the machine's own, and what the
+    /// recovery adds to reach the guest (its sockets, in the work
+    /// directory).
+    fn parts(&self, img: &Image) -> Result<(Vec<String>, Vec<String>)> {
         match self {
             Wiring::Agent { cmd, extra, .. } => {
-                let mut a = pbr_tools::compat::restore_args(cmd.args.clone(), img);
-                a.extend(extra.iter().cloned());
-                Ok(a)
+                Ok((pbr_tools::compat::restore_args(cmd.args.clone(), img), extra.clone()))
             }
             Wiring::Phase { port, serial, .. } => {
                 let mut a = pbr_replay::qemu::args::recorded_args(img)
                     .ok_or_else(|| Error::Usage("the candidate records no restore command line".into()))?;
                 service::forward(&mut a, *port)?;
-                a.extend(serial.iter().cloned());
-                Ok(a)
+                Ok((a, serial.clone()))
             }
         }
     }
@@ -198,7 +205,12 @@ pub fn recover_running(
     opts: &RecoverOptions<'_>,
     on_refused: &mut dyn FnMut(&Refused),
 ) -> Result<Option<Running>> {
-    match restore(candidates, opts, on_refused)? {
+    running(restore(candidates, opts, on_refused)?)
+}
+
+/// The running guest of a recovery's outcome.
+fn running(outcome: Outcome) -> Result<Option<Running>> {
+    match outcome {
         Outcome::Running(r) => Ok(Some(*r)),
         Outcome::NoneLeft { .. } => Ok(None),
         Outcome::Kvm(r) => Err(Error::Usage(format!(
@@ -234,32 +246,127 @@ enum Outcome {
     NoneLeft { before: Before, cmd: Option<UserCommand> },
 }
 
-/// The recovery proper: the latest valid candidate restored, until its
-/// guest is ready.
-fn restore(candidates: &[PathBuf], opts: &RecoverOptions<'_>, on_refused: &mut dyn FnMut(&Refused)) -> Result<Outcome> {
-    let mut refusals = Refusals { list: Vec::new(), on: on_refused };
-    let opened = open_all(candidates, &mut refusals);
+/// A recovery made ready before the failure: the candidates opened once
+/// and, with a standby [`Vmm`], a QEMU for the latest one waiting (and,
+/// prestaged, holding it paused). [`recover_prepared`] finishes it.
+pub struct Prepared {
+    opened: Vec<Opened>,
+    /// Indices into `opened`, latest first.
+    latest_first: Vec<usize>,
+    /// The candidates that did not open.
+    refused: Vec<Refused>,
+    wiring: Wiring,
+    standby: Option<Standby>,
+    /// The standby's agent or control port, connected.
+    link: Option<Link>,
+    /// Why no QEMU waits, when one was asked for and none could.
+    no_standby: Option<String>,
+    work: tempfile::TempDir,
+    interrupt: pbr_tools::cleanup::Registration,
+}
+
+impl Prepared {
+    /// The candidate the waiting QEMU is for, if one waits.
+    pub fn standby_for(&self) -> Option<&Path> {
+        self.standby.as_ref().and_then(|_| self.latest_first.first()).map(|&i| self.opened[i].path.as_path())
+    }
+
+    /// Why no QEMU waits although `opts.vmm` asked for one.
+    pub fn no_standby(&self) -> Option<&str> {
+        self.no_standby.as_deref()
+    }
+}
+
+/// Makes the recovery from `candidates` ready, as [`recover`] does before
+/// its decision. `beside` starts the waiting QEMU while the VM it will
+/// replace still runs ([`crate::beside`]): what that VM binds on the host
+/// is taken over once it is gone; a command line with something that
+/// cannot be taken over gets no waiting QEMU ([`Prepared::no_standby`]).
+///
+/// # Errors
+/// No candidate opens (a [`Error::NoCandidate`]), a work directory, or the
+/// waiting QEMU did not start.
+pub fn prepare(candidates: &[PathBuf], opts: &RecoverOptions<'_>, beside: bool) -> Result<Prepared> {
+    let (opened, refused) = open_all(candidates);
+    if opened.is_empty() {
+        return Err(no_candidate(&refused));
+    }
+    prepare_opened(opened, refused, opts, beside)
+}
+
+/// [`prepare`] of the candidates that opened (at least one).
+fn prepare_opened(
+    opened: Vec<Opened>,
+    refused: Vec<Refused>,
+    opts: &RecoverOptions<'_>,
+    beside: bool,
+) -> Result<Prepared> {
     let mut latest_first: Vec<usize> = (0..opened.len()).collect();
     latest_first.sort_by_key(|&i| std::cmp::Reverse(crate::select::phase_order(&opened[i].image)));
-    let latest =
-        *latest_first.first().ok_or_else(|| Error::NoCandidate("no candidate opens: do a full reboot".into()))?;
     let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
     let interrupt = pbr_tools::cleanup::remove_on_interrupt(work.path());
     let wiring = Wiring::of(&opened, &latest_first, opts, work.path())?;
-    let qemu = wiring.qemu().to_owned();
-    let mut standby = standby(&wiring, &opened[latest], opts.vmm)?;
-    let mut link = match standby {
+    let latest = &opened[latest_first[0]];
+    let started = match (opts.vmm, is_vmm_image(&latest.image)) {
+        // A VMM image needs no QEMU.
+        (Vmm::Spawn, _) | (_, true) => Ok(None),
+        (vmm, false) => wiring
+            .parts(&latest.image)
+            .map_err(|e| e.to_string())
+            .and_then(|parts| Standby::start(wiring.qemu(), parts, latest, vmm, beside.then(|| work.path()))),
+    };
+    let (standby, no_standby) = match started {
+        Ok(s) => (s, None),
+        Err(why) => (None, Some(why)),
+    };
+    let link = match standby {
         Some(_) => Some(wiring.connect()?),
         None => None,
     };
     // Asked before the decision: a flat candidate's restore needs it.
-    let _ = pbr_tools::compat::qemu_full_version(&qemu);
-    let held = standby.as_ref().and_then(QemuAdapter::pid).and_then(Resident::of);
+    let _ = pbr_tools::compat::qemu_full_version(wiring.qemu());
+    Ok(Prepared { opened, latest_first, refused, wiring, standby, link, no_standby, work, interrupt })
+}
+
+/// The recovery proper: the latest valid candidate restored, until its
+/// guest is ready.
+fn restore(candidates: &[PathBuf], opts: &RecoverOptions<'_>, on_refused: &mut dyn FnMut(&Refused)) -> Result<Outcome> {
+    let (opened, refused) = open_all(candidates);
+    if opened.is_empty() {
+        refused.iter().for_each(&mut *on_refused);
+        return Err(Error::NoCandidate("no candidate opens: do a full reboot".into()));
+    }
+    decide(prepare_opened(opened, refused, opts, false)?, opts.root, on_refused)
+}
+
+/// As [`recover_running`], from a recovery made ready before the failure.
+///
+/// # Errors
+/// As [`recover_running`].
+pub fn recover_prepared(
+    prepared: Prepared,
+    root: Option<&Path>,
+    on_refused: &mut dyn FnMut(&Refused),
+) -> Result<Option<Running>> {
+    running(decide(prepared, root, on_refused)?)
+}
+
+/// From the decision on: the candidates judged, the latest valid one
+/// restored (into the waiting QEMU where it can), until its guest is
+/// ready.
+fn decide(p: Prepared, root: Option<&Path>, on_refused: &mut dyn FnMut(&Refused)) -> Result<Outcome> {
+    let Prepared { opened, latest_first, refused, wiring, mut standby, mut link, work, interrupt, .. } = p;
+    let mut refusals = Refusals { list: Vec::new(), on: on_refused };
+    for r in refused {
+        refusals.push(&r.path, r.reason);
+    }
+    let qemu = wiring.qemu().to_owned();
+    let held = standby.as_ref().and_then(|s| s.vm.pid()).and_then(Resident::of);
 
     let t = Instant::now();
     // A phase guest's candidates by their files against `root`, valid
     // ones only; else latest first.
-    let order: Vec<usize> = match (&wiring, opts.root) {
+    let order: Vec<usize> = match (&wiring, root) {
         (Wiring::Phase { .. }, Some(root)) => {
             let refs: Vec<&Image> = opened.iter().map(|o| &o.image).collect();
             let verdicts = pbr_format::select::select_fast(&refs, root, false).verdicts;
@@ -342,33 +449,15 @@ fn restore(candidates: &[PathBuf], opts: &RecoverOptions<'_>, on_refused: &mut d
 
 /// Opens every candidate once. One that does not open is refused, never
 /// trusted; the others are still judged.
-fn open_all(candidates: &[PathBuf], refusals: &mut Refusals<'_>) -> Vec<Opened> {
-    let mut opened = Vec::new();
+fn open_all(candidates: &[PathBuf]) -> (Vec<Opened>, Vec<Refused>) {
+    let (mut opened, mut refused) = (Vec::new(), Vec::new());
     for p in candidates {
         match Image::open(p) {
             Ok(image) => opened.push(Opened { path: p.clone(), image }),
-            Err(e) => refusals.push(p, format!("does not open: {e}")),
+            Err(e) => refused.push(Refused { path: p.clone(), reason: format!("does not open: {e}") }),
         }
     }
-    opened
-}
-
-/// Before the failure: a QEMU for the `latest` candidate waiting for a
-/// stream, or holding it paused; none to spawn QEMU at the decision, or for
-/// a VMM image (it needs no QEMU).
-fn standby(wiring: &Wiring, latest: &Opened, vmm: Vmm) -> Result<Option<QemuAdapter>> {
-    if vmm == Vmm::Spawn || is_vmm_image(&latest.image) {
-        return Ok(None);
-    }
-    let (qemu, args) = (wiring.qemu(), wiring.args(&latest.image)?);
-    Ok(Some(match vmm {
-        // Preparing before a failure must not prevent the recovery: an
-        // image that does not load leaves a plain standby QEMU (and is
-        // refused at the decision if invalid).
-        Vmm::Prestaged => QemuAdapter::prestage(qemu, args.clone(), &latest.path, &latest.image)
-            .or_else(|_| QemuAdapter::standby(qemu, args))?,
-        _ => QemuAdapter::standby_prepared(qemu, args, &latest.path, &latest.image)?,
-    }))
+    (opened, refused)
 }
 
 /// What the restored guest said when it was ready.
@@ -411,46 +500,6 @@ fn no_candidate(refused: &[Refused]) -> Error {
     } else {
         format!("do a full reboot ({})", why.join("; "))
     })
-}
-
-/// Restores `o` with `args` into the waiting QEMU where it can take it,
-/// else into a new `qemu` (the waiting one is stopped first: it holds the
-/// ports and sockets of `args`); says which way it went.
-///
-/// # Errors
-/// QEMU failed, or the image is damaged (the guest never ran).
-fn restore_into(qemu: &str, args: &[String], o: &Opened, standby: Option<QemuAdapter>) -> Result<(QemuAdapter, Vmm)> {
-    let hash = o.image.image_blake3();
-    match standby {
-        Some(mut s) if s.held() == Some(hash) => {
-            s.cont()?;
-            Ok((s, Vmm::Prestaged))
-        }
-        // It holds another candidate, maps another's RAM, or runs another
-        // machine type: a new QEMU after all.
-        Some(s) if s.held().is_some() || s.maps().is_some_and(|h| h != hash) || s.args() != args => {
-            drop(s);
-            Ok((spawn_load(qemu, args, o)?, Vmm::Spawn))
-        }
-        Some(mut s) => {
-            s.set_image(&o.path);
-            load(o, &mut s)?;
-            Ok((s, Vmm::Standby))
-        }
-        None => Ok((spawn_load(qemu, args, o)?, Vmm::Spawn)),
-    }
-}
-
-fn spawn_load(qemu: &str, args: &[String], o: &Opened) -> Result<QemuAdapter> {
-    let mut q = QemuAdapter::new(&o.path, qemu, args.to_vec())?;
-    load(o, &mut q)?;
-    Ok(q)
-}
-
-fn load(o: &Opened, q: &mut QemuAdapter) -> Result<()> {
-    let file = std::fs::File::open(&o.path).map_err(|e| Error::io("candidate", e))?;
-    pbr_replay::replay(&o.image, &file, q)?;
-    Ok(())
 }
 
 /// Restores a VMM-written image on /dev/kvm and runs its first vCPU until

@@ -23,7 +23,7 @@ use crate::capture::{Candidate, CaptureOptions};
 use crate::error::{Error, Result};
 use crate::machine::UserCommand;
 use crate::points::{Booted, Skipped, boot_keeping};
-use crate::recover::{RecoverOptions, Running, recover_running};
+use crate::recover::{Prepared, RecoverOptions, Running, prepare, recover_prepared, recover_running};
 use crate::recovery::{Recovery, Refused};
 use crate::vmm::Vmm;
 
@@ -137,10 +137,19 @@ pub enum Event<'a> {
     Recovered(&'a Recovery, Duration),
     /// The guest was reset, as the policy for its reboots says.
     Reset,
+    /// A QEMU waits beside the VM for its next recovery, from this
+    /// candidate (`--standby`, `--prestaged`).
+    Standby(&'a Path),
+    /// No QEMU waits, although one was asked for, and why: the recovery
+    /// starts one.
+    NoStandby(&'a str),
     /// The guest powered itself off: the run ends.
     PoweredOff,
     /// A stop was asked for: the guest is powered off.
     Stopping,
+    /// QEMU quit: the guest had powered off in time (true), or was still
+    /// running when the time was up.
+    Stopped(bool),
 }
 
 impl Event<'_> {
@@ -170,9 +179,12 @@ impl Event<'_> {
                        "outage_s": s(*outage), "downtime_s": s(r.downtime), "select_s": s(r.select),
                        "restore_s": s(r.restore), "guest_s": s(r.guest), "vmm": r.vmm.name(), "ram": r.ram()})
             }
+            Event::Standby(c) => json!({"event": "standby", "candidate": c.display().to_string()}),
+            Event::NoStandby(why) => json!({"event": "no-standby", "reason": why}),
             Event::Reset => json!({"event": "reset"}),
             Event::PoweredOff => json!({"event": "powered-off"}),
             Event::Stopping => json!({"event": "stopping"}),
+            Event::Stopped(off) => json!({"event": "stopped", "powered_off": off}),
         }
     }
 }
@@ -235,9 +247,12 @@ pub fn run(
     let mut recovered_at: Option<Instant>;
     // When the latest failure happened, as far as its detection tells.
     let mut failed_at = Instant::now();
+    // The next recovery, made ready while the VM runs.
+    let mut ready: Option<Prepared> = None;
     loop {
         let mut vm = match boot_why.take() {
             Some(why) => {
+                drop(ready.take());
                 on_event(Event::Booting(&why));
                 let b = if opts.agent {
                     boot_keeping(&cmd, opts.candidates, &CaptureOptions::default(), opts.agent_wait, &mut |_| {})?
@@ -259,9 +274,15 @@ pub fn run(
                 Vm::Booted(Box::new(b))
             }
             None => {
-                let files = candidate_files(opts.candidates)?;
-                let ropts = RecoverOptions { root: None, qemu: Some(&cmd.qemu), vmm: opts.vmm };
-                match recover_running(&files, &ropts, &mut |r| on_event(Event::Refused(r))) {
+                let recovered = match ready.take() {
+                    Some(p) => recover_prepared(p, None, &mut |r| on_event(Event::Refused(r))),
+                    None => {
+                        let files = candidate_files(opts.candidates)?;
+                        let ropts = RecoverOptions { root: None, qemu: Some(&cmd.qemu), vmm: opts.vmm };
+                        recover_running(&files, &ropts, &mut |r| on_event(Event::Refused(r)))
+                    }
+                };
+                match recovered {
                     Ok(Some(r)) => {
                         on_event(Event::Recovered(&r.report, failed_at.elapsed()));
                         recovered_at = Some(Instant::now());
@@ -284,13 +305,17 @@ pub fn run(
                 }
             }
         };
+        if opts.vmm != Vmm::Spawn {
+            ready = standby(opts, &cmd, on_event);
+        }
         let mut port = Port::default();
         loop {
             match watch(&mut vm, stop, &mut port, opts.hang_after, on_event)? {
                 Watched::Stop => {
                     on_event(Event::Stopping);
-                    power_off(vm.process()?, opts.power_off);
+                    let off = power_off(vm.process()?, opts.power_off);
                     quit(vm);
+                    on_event(Event::Stopped(off));
                     return Ok(End::Stopped);
                 }
                 Watched::PoweredOff => {
@@ -316,6 +341,26 @@ pub fn run(
                     break;
                 }
             }
+        }
+    }
+}
+
+/// The next recovery made ready beside the running VM, its QEMU waiting
+/// (told as an event, or why none waits).
+fn standby(opts: &RunOptions<'_>, cmd: &UserCommand, on_event: &mut dyn FnMut(Event<'_>)) -> Option<Prepared> {
+    let ropts = RecoverOptions { root: None, qemu: Some(&cmd.qemu), vmm: opts.vmm };
+    match candidate_files(opts.candidates).and_then(|files| prepare(&files, &ropts, true)) {
+        Ok(p) => {
+            match (p.standby_for(), p.no_standby()) {
+                (Some(c), _) => on_event(Event::Standby(c)),
+                (None, Some(why)) => on_event(Event::NoStandby(why)),
+                (None, None) => {}
+            }
+            Some(p)
+        }
+        Err(e) => {
+            on_event(Event::NoStandby(&e.to_string()));
+            None
         }
     }
 }
@@ -501,23 +546,24 @@ fn reset(process: &mut QemuProcess) -> Result<()> {
 }
 
 /// Asks the guest to power off (ACPI) and waits up to `limit` for it (the
-/// caller then quits QEMU).
-fn power_off(process: &mut QemuProcess, limit: Duration) {
+/// caller then quits QEMU); whether it did.
+fn power_off(process: &mut QemuProcess, limit: Duration) -> bool {
     let t = Instant::now();
     let _ = process.qmp().cmd("system_powerdown", json!({}));
     while t.elapsed() < limit {
         if let Ok(Some(_)) = process.child().try_wait() {
-            return;
+            return true;
         }
         let down = match process.qmp().cmd("query-status", json!({})) {
             Ok(s) => s["status"] == "shutdown",
             Err(_) => true,
         };
         if down {
-            return;
+            return true;
         }
         std::thread::sleep(POLL);
     }
+    false
 }
 
 /// Quits the VM's QEMU.

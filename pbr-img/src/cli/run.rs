@@ -37,10 +37,11 @@ pub struct Args {
     /// Where candidates are written and recovered from.
     #[arg(long, value_name = "DIR")]
     candidates: PathBuf,
-    /// A recovery restores into a QEMU started before its decision.
+    /// A QEMU for the next recovery waits beside the running VM (what the
+    /// VM binds on the host, it takes over once the VM is gone).
     #[arg(long)]
     standby: bool,
-    /// As --standby, the QEMU having loaded the latest candidate.
+    /// As --standby, the waiting QEMU having loaded the latest candidate.
     #[arg(long, conflicts_with = "standby")]
     prestaged: bool,
     /// A panic or a hang.
@@ -142,9 +143,13 @@ fn line(e: &Event<'_>) -> String {
             r.chosen.as_ref().map_or_else(|| "nothing".into(), |p| p.display().to_string()),
             super::fmt::recovery(r, "")
         ),
+        Event::Standby(c) => format!("a QEMU waits for the next recovery, from {}", c.display()),
+        Event::NoStandby(why) => format!("no QEMU waits for the next recovery: {why}"),
         Event::Reset => "reset: a normal reboot".into(),
         Event::PoweredOff => "the guest powered itself off".into(),
         Event::Stopping => "stopping: the guest is asked to power off".into(),
+        Event::Stopped(true) => "stopped: the guest powered off".into(),
+        Event::Stopped(false) => "stopped: the guest did not power off in time; QEMU quit with it running".into(),
     }
 }
 

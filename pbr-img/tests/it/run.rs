@@ -43,6 +43,49 @@ impl Drop for Run {
     }
 }
 
+impl Run {
+    /// `pbr-img run` of the lab's guest with `options`; its log.
+    fn start(lab: &Lab, options: &[&str]) -> (Run, std::path::PathBuf) {
+        let log = lab.dir.path().join("run.jsonl");
+        let stderr = std::fs::File::create(lab.dir.path().join("run.err")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pbr-img"))
+            .arg("run")
+            .arg("--candidates")
+            .arg(lab.out())
+            .arg("--log")
+            .arg(&log)
+            .args(options)
+            .arg("--")
+            .args(&lab.argv)
+            .stdin(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        (Run(child), log)
+    }
+
+    /// Sends SIGTERM as an operator does (kill(1)) and waits for a clean
+    /// exit.
+    fn stop(&mut self, lab: &Lab, log: &Path) {
+        let child = &mut self.0;
+        let t = Instant::now();
+        let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        assert!(ok.success());
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(180), "run did not stop: {:#?}", events(log));
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let err = std::fs::read_to_string(lab.dir.path().join("run.err")).unwrap();
+        assert!(status.success(), "{status}: {err}");
+        let all = events(log);
+        let stopped = all.iter().find(|e| e["event"] == "stopped");
+        assert_eq!(stopped.map(|e| &e["powered_off"]), Some(&serde_json::json!(true)), "{all:#?}");
+    }
+}
+
 /// The events `run` logged so far.
 fn events(log: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -61,7 +104,7 @@ fn wait_for(log: &Path, name: &str, count: usize, limit: Duration, child: &mut s
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let _ = child.kill();
+    // The caller's `Run` stops `run` and its VM as the test unwinds.
     panic!("no {name} event within {limit:?}: {:#?}", events(log));
 }
 
@@ -69,22 +112,7 @@ fn wait_for(log: &Path, name: &str, count: usize, limit: Duration, child: &mut s
 fn failures_are_recovered_by_themselves_and_sigterm_powers_off() {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::new(512);
-    let log = lab.dir.path().join("run.jsonl");
-    let stderr = std::fs::File::create(lab.dir.path().join("run.err")).unwrap();
-    let mut run = Run(Command::new(env!("CARGO_BIN_EXE_pbr-img"))
-        .arg("run")
-        .arg("--candidates")
-        .arg(lab.out())
-        .arg("--log")
-        .arg(&log)
-        .arg("--hang-after")
-        .arg("5")
-        .arg("--")
-        .args(&lab.argv)
-        .stdin(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap());
+    let (mut run, log) = Run::start(&lab, &["--hang-after", "5"]);
     let child = &mut run.0;
     wait_for(&log, "ready", 1, Duration::from_secs(900), child);
     let captured: Vec<_> = events(&log).into_iter().filter(|e| e["event"] == "captured").collect();
@@ -142,18 +170,37 @@ fn failures_are_recovered_by_themselves_and_sigterm_powers_off() {
     assert_eq!(kinds, ["panic", "reboot", "hang"], "{all:#?}");
     assert_eq!(lab.get().1, "served from the data disk\n", "the VM recovered from its hang serves");
 
-    let t = Instant::now();
-    // kill(1) sends the signal as an operator does.
-    let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-    assert!(ok.success());
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(180), "run did not stop: {:#?}", events(&log));
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert!(status.success(), "{status}: {}", std::fs::read_to_string(lab.dir.path().join("run.err")).unwrap());
-    assert!(events(&log).iter().any(|e| e["event"] == "stopping"));
+    run.stop(&lab, &log);
+    lab.fsck_clean();
+}
+
+/// `--prestaged`: a QEMU holding the latest candidate waits beside the
+/// running VM (same disks, its own stand-ins for the forwarded port and
+/// the console); the panic is recovered into it, and it takes over the
+/// port and the console the VM had.
+#[test]
+fn a_prestaged_qemu_waits_beside_the_vm_and_takes_it_over() {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::new(512);
+    let (mut run, log) = Run::start(&lab, &["--prestaged"]);
+    let child = &mut run.0;
+    wait_for(&log, "standby", 1, Duration::from_secs(900), child);
+    let all = events(&log);
+    let standby = all.iter().find(|e| e["event"] == "standby").unwrap();
+    assert!(standby["candidate"].as_str().unwrap().ends_with("daemons.pbr"), "{all:#?}");
+    assert_eq!(lab.get().1, "served from the data disk\n", "the VM serves beside its standby");
+    let (_, status) = lab.shell("date > /srv/data/before-the-panic && sync");
+    assert_eq!(status, 0);
+
+    lab.type_line("echo c > /proc/sysrq-trigger");
+    wait_for(&log, "recovered", 1, Duration::from_secs(600), child);
+    let all = events(&log);
+    let recovered = all.iter().find(|e| e["event"] == "recovered").unwrap();
+    assert_eq!(recovered["vmm"], "prestaged", "{all:#?}");
+    assert_eq!(lab.get().1, "served from the data disk\n", "the port was taken over");
+    let (_, status) = lab.shell("test -s /srv/data/before-the-panic");
+    assert_eq!(status, 0, "the console was taken over, and the file is there");
+    wait_for(&log, "standby", 2, Duration::from_secs(120), child);
+    run.stop(&lab, &log);
     lab.fsck_clean();
 }

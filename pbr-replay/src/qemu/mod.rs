@@ -168,12 +168,18 @@ impl QemuAdapter {
     /// loaded `image` (at `path`) and holds its guest paused, so that a
     /// later restore of that image only resumes it ([`QemuAdapter::cont`]).
     /// Its memory is allocated from now on, as the restored guest's will
-    /// be.
+    /// be; its disks are taken (activated, locked) only when it resumes.
     ///
     /// # Errors
     /// QEMU did not start, or the image did not load.
     pub fn prestage(qemu: &str, args: Vec<String>, path: &Path, image: &Image) -> Result<QemuAdapter> {
         let mut q = QemuAdapter::standby_for(qemu, args, path, image)?;
+        if let Some(p) = q.process() {
+            // Its disks stay inactive (no write lock, nothing cached) until
+            // the guest runs: the VM it replaces may still be running them.
+            let late = json!({"capabilities": [{"capability": "late-block-activate", "state": true}]});
+            p.cmd("migrate-set-capabilities", late, "while preparing to load")?;
+        }
         q.set_image(path);
         q.load(image)?;
         Ok(q)
