@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Fault injection, the paper's experiment: the Debian guest with disks
 # (scripts/fetch-distro-guest) runs under `pbr-img run`, and N kernel
-# failures are injected inside it (a panic through sysrq, a hang that only
-# the agent's heartbeat catches, a reboot the guest asks for, in turn);
-# each is recovered phase-based, then, in a second run, by a normal reboot
-# (`--on-failure full --on-reboot full`: a reset and a cold boot). An HTTP
-# client asks the service every 100 ms; a failure's downtime runs from its
-# injection to the first answer after the outage. Before each failure the guest
-# writes and syncs a file on its data disk, checked after the recovery;
-# both disks pass `e2fsck -fn` at the end.
+# failures are injected inside it, in turn: a panic (sysrq), an oops, a soft
+# lockup, a hung task (the fault module the guest carries), a hang that
+# only the agent's heartbeat catches, a reboot the guest asks for. Each is
+# recovered phase-based (`--prestaged`), then, in a second run, by a
+# normal reboot (`--on-failure full --on-reboot full`: a reset and a cold
+# boot). An HTTP client asks the service every 100 ms; a failure's
+# downtime runs from its injection (or the service's last answer, if it
+# still answered) to the first answer after the outage. Before each
+# failure the guest writes and syncs a file on its data disk, checked
+# after the recovery; both disks pass `e2fsck -fn` at the end.
 #
 #   bench/fault-injection.sh [--faults N] [--mem MB] [--json FILE] [--svg FILE]
 #
@@ -17,7 +19,7 @@
 # (bench/fault_injection.py does the work; see its text.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-faults=3
+faults=6
 mem=512
 extra=()
 while [ $# -gt 0 ]; do

@@ -2,22 +2,31 @@
 """The fault-injection experiment behind bench/fault-injection.sh.
 
 Runs the Debian guest (scripts/fetch-distro-guest) under `pbr-img run`
-twice: phase-based (failures recovered from the latest valid candidate) and
-normal (`--on-failure full --on-reboot full`: the machine is reset and
-boots from scratch). In each it injects the same failures inside the guest,
-through root's shell on the serial console:
+twice: phase-based (`--prestaged`: failures recovered from the latest valid
+candidate into a QEMU that waits beside the VM) and normal (`--on-failure
+full --on-reboot full`: the machine is reset and boots from scratch). In
+each it injects the same failures inside the guest, through root's shell
+on the serial console, in turn:
 
-  panic   echo c > /proc/sysrq-trigger (pvpanic tells the host)
-  hang    the agent's heartbeat stops (systemctl kill -s STOP pbr-alive)
-  reboot  reboot -f (a reboot the guest asks for)
+  panic       echo c > /proc/sysrq-trigger (pvpanic tells the host)
+  oops        a NULL dereference in the fault module (panic_on_oops=1)
+  softlockup  the module spins with preemption off (softlockup_panic=1)
+  hungtask    the module sleeps uninterruptibly (hung_task_panic=1)
+  hang        the module spins with interrupts off: nothing in the guest
+              reports it; the host sees the agent's heartbeat stop
+  reboot      reboot -f (a reboot the guest asks for)
+
+(the module, examples/fault-module, is built against the guest kernel's
+headers and installed at /usr/lib/pbr/pbr_fault.ko).
 
 An HTTP client asks the guest's service every 100 ms all along; a failure's
-downtime is from its injection to the first answer after the outage it
-caused (for a hang of the heartbeat, the service still answers until the
-host has noticed: that time counts, as it would for a real hang). Before each
-failure the guest writes and syncs a file on its data disk; after each
-recovery the file must be there. At the end SIGTERM stops `run` and both
-disks must pass `e2fsck -fn`.
+downtime runs from its injection to the first answer after the outage it
+caused; where the service still answered after the injection (a hung task
+until the kernel's detector fires), from its last answer before the
+outage. The time a hang takes to be noticed (--hang-after, 1 s) counts.
+Before each failure the guest writes and syncs a file on its data disk;
+after each recovery the file must be there. At the end SIGTERM stops `run`
+and both disks must pass `e2fsck -fn`.
 
 Prints a table per failure kind, writes the requests answered per second as
 an SVG picture and, with --json, the failures. The last line reads
@@ -38,9 +47,13 @@ import tempfile
 import threading
 import time
 
+FAULT = "insmod /usr/lib/pbr/pbr_fault.ko fault="
 KINDS = {
     "panic": "echo c > /proc/sysrq-trigger",
-    "hang": "systemctl kill -s STOP pbr-alive.service",
+    "oops": FAULT + "oops",
+    "softlockup": FAULT + "softlockup",
+    "hungtask": FAULT + "hungtask",
+    "hang": FAULT + "hang",
     "reboot": "reboot -f",
 }
 
@@ -48,7 +61,7 @@ KINDS = {
 class Guest:
     """One run of the guest under `pbr-img run`, in its own directory."""
 
-    def __init__(self, pbr, guest, mem, mode, work):
+    def __init__(self, pbr, guest, mem, mode, work, hang_after):
         self.dir = os.path.join(work, mode)
         os.makedirs(self.dir)
         self.mode = mode
@@ -68,9 +81,11 @@ class Guest:
                  f"logfile={os.path.join(self.dir, 'console.log')}", "-serial", "chardev:pbr-console"]
         self.log = os.path.join(self.dir, "run.jsonl")
         cmd = [pbr, "run", "--candidates", os.path.join(self.dir, "candidates"), "--log", self.log,
-               "--hang-after", "5", "--retry-after", "5"]
+               "--hang-after", str(hang_after), "--retry-after", "5"]
         if mode == "normal":
             cmd += ["--on-failure", "full", "--on-reboot", "full"]
+        else:
+            cmd += ["--prestaged"]
         self.err = open(os.path.join(self.dir, "run.err"), "wb")
         self.proc = subprocess.Popen(cmd + ["--"] + argv, stdin=subprocess.DEVNULL, stderr=self.err)
         self.answers = []  # (time, answered)
@@ -150,9 +165,12 @@ class Guest:
                 except socket.timeout:
                     pass
 
-    def back_after(self, t0, limit):
-        """When the service answered again after the outage that began
-        after `t0` (its first unanswered request); None if it never did."""
+    def outage_after(self, t0, limit):
+        """The outage that began after `t0`: (its start, when the service
+        answered again); None if it never did. It starts at `t0`, or at the
+        last answer before the first unanswered request when the service
+        still answered after `t0` (a hung task: the kernel panics when its
+        detector fires)."""
         t = time.monotonic()
         while time.monotonic() - t < limit:
             answers = [a for a in list(self.answers) if a[0] > t0]
@@ -160,7 +178,8 @@ class Guest:
             if down is not None:
                 up = next((when for when, ok in answers[down:] if ok), None)
                 if up is not None:
-                    return up
+                    last = max((when for when, ok in answers[:down] if ok), default=t0)
+                    return last, up
             time.sleep(0.1)
         return None
 
@@ -185,20 +204,19 @@ def experiment(g, kinds, faults):
         name = f"/srv/data/before-{g.mode}-{i}"
         if g.shell(f"date > {name} && sync") != 0:
             raise SystemExit(f"{g.mode}: the guest could not write its data disk")
-        if kind == "hang":
-            g.shell("systemctl is-active pbr-alive.service")
         t0 = time.time()
         g.type_line(KINDS[kind])
-        back = g.back_after(t0, 900)
-        recovered = back is not None
+        outage = g.outage_after(t0, 900)
+        recovered = outage is not None
+        downtime = round(outage[1] - outage[0], 3) if outage else None
         data_lost = True
         if recovered:
             time.sleep(1)
             data_lost = g.shell(f"test -s {name}") != 0
-        out.append({"kind": kind, "recovered": recovered, "downtime_s": round(back - t0, 3) if back else None,
-                    "data_lost": data_lost})
-        print(f"{g.mode:>6} {kind:>6}: {'recovered' if recovered else 'NOT recovered'}"
-              f"{'' if back is None else f' in {back - t0:.2f} s'}{', data lost' if data_lost else ''}",
+        out.append({"kind": kind, "recovered": recovered, "downtime_s": downtime, "data_lost": data_lost,
+                    "detected_after_s": round(outage[0] - t0, 3) if outage else None})
+        print(f"{g.mode:>6} {kind:>10}: {'recovered' if recovered else 'NOT recovered'}"
+              f"{'' if downtime is None else f' in {downtime:.2f} s'}{', data lost' if data_lost else ''}",
               file=sys.stderr)
         # Past --retry-after: the next failure is one of a recovered VM.
         time.sleep(7)
@@ -239,7 +257,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--pbr", required=True)
     p.add_argument("--guest", required=True)
-    p.add_argument("--faults", type=int, default=3)
+    p.add_argument("--faults", type=int, default=len(KINDS))
+    p.add_argument("--hang-after", type=float, default=1.0)
     p.add_argument("--mem", type=int, default=512)
     p.add_argument("--json")
     p.add_argument("--svg", default="fault-injection.svg")
@@ -250,7 +269,7 @@ def main():
     results, runs = {}, []
     try:
         for mode in ("phase", "normal"):
-            g = Guest(a.pbr, guest, a.mem, mode, work)
+            g = Guest(a.pbr, guest, a.mem, mode, work, a.hang_after)
             try:
                 results[mode] = experiment(g, kinds, a.faults)
             finally:
@@ -269,7 +288,7 @@ def main():
         failures.append({"kind": f["kind"], "recovered": f["recovered"], "downtime_s": f["downtime_s"],
                          "normal_reboot_s": n["downtime_s"], "fsck_clean": results["phase_stop"]["fsck_clean"],
                          "data_lost": f["data_lost"]})
-    print(f"{'kind':>8} {'recovered':>10} {'phase-based s':>14} {'normal reboot s':>16} {'shorter':>8}")
+    print(f"{'kind':>10} {'recovered':>10} {'phase-based s':>14} {'normal reboot s':>16} {'shorter':>8}")
     for kind in kinds:
         fs = [f for f in failures if f["kind"] == kind]
         if not fs:
@@ -277,7 +296,7 @@ def main():
         ph = [f["downtime_s"] for f in fs if f["downtime_s"] is not None]
         nr = [f["normal_reboot_s"] for f in fs if f["normal_reboot_s"] is not None]
         mp, mn = (statistics.median(ph) if ph else float("nan")), (statistics.median(nr) if nr else float("nan"))
-        print(f"{kind:>8} {sum(f['recovered'] for f in fs):>5}/{len(fs):<4} {mp:>14.2f} {mn:>16.2f} "
+        print(f"{kind:>10} {sum(f['recovered'] for f in fs):>5}/{len(fs):<4} {mp:>14.2f} {mn:>16.2f} "
               f"{100 * (1 - mp / mn):>7.1f}%")
     if a.json:
         with open(a.json, "w") as f:
