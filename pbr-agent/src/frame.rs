@@ -32,7 +32,7 @@ pub enum Kind {
     /// Guest: page-cache pages of files on its disks at the coming point
     /// (binary, `cache`).
     Cache = 0x0007,
-    /// The guest is alive: sent every second once it is ready, so that
+    /// The guest is alive: sent every 200 ms once it is ready, so that
     /// the host notices a hang (`spec/agent.md` §6).
     Alive = 0x0008,
     /// Host: carry on (the point was saved, or nobody saves).

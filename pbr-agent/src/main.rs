@@ -6,8 +6,8 @@
 //! - `pbr-agent ready`: tell the host that the guest's service is ready.
 //! - `pbr-agent watch`: from early boot, keep the paths of the files opened
 //!   on the root file system (fanotify), for the points to send.
-//! - `pbr-agent alive`: once ready, tell the host every second that the
-//!   guest is alive, so that it notices a hang.
+//! - `pbr-agent alive`: once ready, tell the host every 200 ms
+//!   (`HEARTBEAT`) that the guest is alive, so that it notices a hang.
 //!
 //! With no host port (`org.pbr.agent.0`) it says so and exits 0: a guest
 //! booted without pbr boots as before.
@@ -20,6 +20,10 @@ use std::time::Duration;
 /// How long a point waits for the host before the boot carries on.
 const HOST_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How often `pbr-agent alive` sends ALIVE (`spec/agent.md` §6): often
+/// enough that a host may call a guest hung after a second or two.
+const HEARTBEAT: Duration = Duration::from_millis(200);
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
@@ -27,7 +31,7 @@ fn main() -> ExitCode {
         ["point", name] => Err(format!("{name:?} is not a point name (1 to 64 of A-Z a-z 0-9 _ . -)")),
         ["ready"] => guest::ready(),
         ["watch"] => guest::watch(),
-        ["alive"] => guest::alive(Duration::from_secs(1)),
+        ["alive"] => guest::alive(HEARTBEAT),
         _ => {
             eprintln!("usage: pbr-agent point NAME | pbr-agent ready | pbr-agent watch | pbr-agent alive");
             return ExitCode::from(2);

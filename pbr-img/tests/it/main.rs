@@ -14,6 +14,7 @@ mod cli_files;
 mod cli_messages;
 mod damage;
 mod distro;
+mod distro_faults;
 mod distro_integrity;
 mod flat;
 mod libvirt;
