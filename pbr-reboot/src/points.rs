@@ -32,6 +32,9 @@ const SAFE_DROP: pbr_tools::trim::Drop = pbr_tools::trim::Drop { free: false, ze
 /// How long the agent may stay silent during a boot.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// How often a kept machine is looked at while its agent is silent.
+const LOOK: Duration = Duration::from_millis(250);
+
 /// A point that gave no candidate, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skipped {
@@ -182,10 +185,28 @@ fn boot(
     let mut sent = Sent::default();
     let mut result = PointsCapture { candidates: Vec::new(), skipped: Vec::new(), ready_s: 0.0, stopped: None };
     let mut heard = false;
+    let mut since = Instant::now();
     loop {
         let timeout = keep.filter(|_| !heard).unwrap_or(BOOT_TIMEOUT);
-        let message = match m.agent.next(timeout) {
+        // A kept machine is looked at between reads: a guest that fails
+        // during its boot ends the capture at once, not at the timeout.
+        let slice = match keep {
+            Some(_) => timeout.saturating_sub(since.elapsed()).min(LOOK).max(Duration::from_millis(1)),
+            None => timeout,
+        };
+        let message = match m.agent.next(slice) {
             Ok(message) => message,
+            Err(Error::AgentSilent(_)) if keep.is_some() && since.elapsed() < timeout => match failed_early(&mut m) {
+                Some(why) => {
+                    result.stopped = Some(why);
+                    break;
+                }
+                None => continue,
+            },
+            Err(Error::AgentSilent(_)) if keep.is_some() => {
+                result.stopped = Some(stopped(&Error::AgentSilent(timeout), heard));
+                break;
+            }
             Err(e) if keep.is_some() && e.is_agents() => {
                 result.stopped = Some(stopped(&e, heard));
                 break;
@@ -193,6 +214,7 @@ fn boot(
             Err(e) => return Err(e),
         };
         heard = true;
+        since = Instant::now();
         match message {
             Message::Kpageflags(gz) => sent.kpf = Some(gz),
             Message::Kpagecount(gz) => sent.kpc = Some(gz),
@@ -242,6 +264,22 @@ fn boot(
         }
     }
     Ok(Booted { capture: result, machine: m, _work: work, _interrupt: interrupt })
+}
+
+/// Why a kept machine's guest stopped during its boot, if it did: its
+/// kernel panicked, it asked for a reboot or a power-off (QEMU paused on
+/// it), or QEMU exited. (Its events stay for whoever watches it next.)
+fn failed_early(m: &mut Machine) -> Option<String> {
+    if let Ok(Some(status)) = m.qemu.child().try_wait() {
+        return Some(format!("QEMU exited during the boot ({status})"));
+    }
+    let status = m.qemu.qmp().cmd("query-status", serde_json::json!({})).ok()?;
+    match status["status"].as_str() {
+        Some(s @ ("guest-panicked" | "shutdown" | "internal-error")) => {
+            Some(format!("the guest stopped during its boot (QEMU says {s})"))
+        }
+        _ => None,
+    }
 }
 
 /// Why a kept boot's capture stopped, after error `e` of its agent.
