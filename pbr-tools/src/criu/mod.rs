@@ -36,7 +36,8 @@ pub fn summary(img: &Image) -> Option<Value> {
             let blobs: Vec<Value> = u.blobs.iter().map(|b| json!({"name": b.name, "bytes": b.len()})).collect();
             let mut v = json!({"name": u.name, "blob_count": u.blobs.len(), "bytes": u.bytes(), "blobs": blobs});
             if let Some(b) = u.blob(pstree::FILE_NAME) {
-                match b.bytes().map_err(|e| e.to_string()).and_then(|b| pstree::decode(b).map_err(|e| e.to_string())) {
+                let tree = b.bytes().map_err(|e| e.to_string());
+                match tree.and_then(|b| pstree::decode(b).map_err(|e| format!("{}: {e}", pstree::FILE_NAME))) {
                     Ok(tree) => {
                         v["process_tree"] = tree
                             .iter()
@@ -45,7 +46,7 @@ pub fn summary(img: &Image) -> Option<Value> {
                             })
                             .collect();
                     }
-                    Err(e) => v["process_tree_error"] = json!(format!("{}: {e}", pstree::FILE_NAME)),
+                    Err(e) => v["process_tree_error"] = json!(e),
                 }
             }
             v
