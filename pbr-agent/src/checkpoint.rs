@@ -101,7 +101,7 @@ fn unique<'a>(names: impl Iterator<Item = &'a str>, k: Kind) -> Result<(), Messa
 }
 
 /// The `units` list of `o`, at most [`MAX_UNITS`].
-fn units<'o>(o: &'o Map<String, Value>, k: Kind) -> Result<&'o Vec<Value>, MessageError> {
+fn units(o: &Map<String, Value>, k: Kind) -> Result<&Vec<Value>, MessageError> {
     let list = o.get("units").and_then(Value::as_array).ok_or_else(|| err(k, "units is missing or not a list"))?;
     if list.len() > MAX_UNITS {
         return Err(err(k, format!("{} units, over {MAX_UNITS}", list.len())));

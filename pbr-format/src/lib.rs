@@ -12,6 +12,10 @@
 //!   [`Image::verify`] checks every byte.
 //! - [`ImageWriter`] streams an image from pages given in any order and
 //!   publishes it atomically.
+//! - [`Image::processes`] views the processes checkpointed from a guest
+//!   with CRIU for a kernel update (format 1.2), each CRIU image file
+//!   handed out only once it matches its crc32; [`ProcessesBuilder`]
+//!   writes them.
 //!
 //! ```
 //! use pbr_format::{Image, ImageWriter, PageClass, Phase, Region, WriterOptions};

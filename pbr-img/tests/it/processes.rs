@@ -105,9 +105,8 @@ fn a_damaged_process_tree_is_named_and_refused() {
     std::fs::write(&path, &bytes).unwrap();
     // inspect still describes the image, and says why the tree is not shown.
     let text = pbr_img_ok(&["inspect", s(&path)]);
-    let want =
-        format!("(process tree not read: PROCESSES: crc32 mismatch in blob pstree.img of unit nginx.service: stored");
-    assert!(text.contains(&want), "{text}");
+    let want = "(process tree not read: PROCESSES: crc32 mismatch in blob pstree.img of unit nginx.service: stored";
+    assert!(text.contains(want), "{text}");
     assert!(text.contains(&format!("(at offset {at:#x}))")), "{text}");
     // verify and trim refuse it, in one line.
     let out = pbr_img(&["verify", s(&path)]);
