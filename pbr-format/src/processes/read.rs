@@ -260,9 +260,6 @@ impl<'a> Processes<'a> {
             .map_err(|_| bad(0, format!("section is {} bytes, shorter than its {HEAD}-byte head", section.len())))?;
         let (unit_count, unit_size) = (h.unit_count.get() as usize, h.unit_record_size.get() as usize);
         let (blob_count, blob_size) = (h.blob_count.get() as usize, h.blob_record_size.get() as usize);
-        if unit_size < size_of::<ProcessUnitRecord>() || blob_size < size_of::<ProcessBlobRecord>() {
-            return Err(bad(8, format!("record sizes {unit_size} and {blob_size} are under 16 and 32 bytes")));
-        }
         // u32 × u32 fits a u64: no sum below overflows.
         let blobs_at = HEAD as u64 + unit_count as u64 * unit_size as u64;
         let strings_at = blobs_at + blob_count as u64 * blob_size as u64;
@@ -287,6 +284,9 @@ impl<'a> Processes<'a> {
                 computed,
             })
             .at(SECTION, offset));
+        }
+        if unit_size < size_of::<ProcessUnitRecord>() || blob_size < size_of::<ProcessBlobRecord>() {
+            return Err(bad(8, format!("record sizes {unit_size} and {blob_size} are under 16 and 32 bytes")));
         }
         if unit_count == 0 || unit_count > MAX_PROCESS_UNITS as usize {
             return Err(bad(4, format!("unit_count {unit_count} is not in 1..={MAX_PROCESS_UNITS}")));

@@ -117,4 +117,10 @@ fn a_damaged_process_tree_is_named_and_refused() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("pbr-img: error: PROCESSES: crc32 mismatch in blob pstree.img"), "{err}");
+    // A damaged index leaves nothing of the section to show but why.
+    let section = Image::open(&path).unwrap().sections().iter().find(|s| s.name() == "PROCESSES").unwrap().offset;
+    bytes[section as usize + 30] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let text = pbr_img_ok(&["inspect", s(&path)]);
+    assert!(text.contains("processes  unreadable: PROCESSES: crc32 mismatch in PROCESSES index"), "{text}");
 }
