@@ -79,6 +79,16 @@ pub mod pbr_image {
             img.phase(),
         );
         let _ = img.devices().map(|d| d.data.len()).sum::<usize>();
+        // No blob is handed out unless it matches its crc32; what inspect
+        // shows of the processes never panics.
+        if let Ok(Some(p)) = img.processes() {
+            for b in p.blobs() {
+                if let Ok(bytes) = b.bytes() {
+                    assert_eq!(crc32fast::hash(bytes), b.crc32, "blob {} handed out unchecked", b.name);
+                }
+            }
+        }
+        let _ = pbr_tools::criu::summary(&img);
         let _ = (img.page_counts(), img.raw_runs().len());
         for run in img.raw_runs().iter().take(64) {
             let _ = img.check_run(run);
@@ -329,8 +339,9 @@ pub mod manifest_select {
 #[cfg(test)]
 pub mod smoke;
 
-/// What a guest sends the host's agent port: frames, then messages, then
-/// the seals a candidate carries in its metadata.
+/// What a guest sends the host's agent port, and what a host sends a
+/// guest's: frames, then messages, then the seals a candidate carries in
+/// its metadata.
 pub mod agent_port {
     use pbr_agent::frame::FrameReader;
     use pbr_agent::message::Message;
@@ -338,11 +349,16 @@ pub mod agent_port {
 
     /// Runs one input.
     pub fn run(data: &[u8]) {
-        let mut r = FrameReader::new(data, true);
-        while let Ok(frame) = r.read() {
-            assert!(frame.payload.len() as u64 <= u64::from(frame.kind.max_len()), "a frame over its limit was read");
-            if let Ok(m) = Message::decode(&frame) {
-                assert_eq!(Message::decode(&m.encode()).expect("a decoded message does not decode again"), m);
+        for from_guest in [true, false] {
+            let mut r = FrameReader::new(data, from_guest);
+            while let Ok(frame) = r.read() {
+                assert!(
+                    frame.payload.len() as u64 <= u64::from(frame.kind.max_len()),
+                    "a frame over its limit was read"
+                );
+                if let Ok(m) = Message::decode(&frame) {
+                    assert_eq!(Message::decode(&m.encode()).expect("a decoded message does not decode again"), m);
+                }
             }
         }
         if let Ok(text) = std::str::from_utf8(data)
@@ -350,5 +366,60 @@ pub mod agent_port {
         {
             assert_eq!(Seals::from_json(&s.to_json()).expect("seals do not read back"), s);
         }
+    }
+}
+
+/// A `PROCESSES` section on its own (`spec/format.md` §7.9), and CRIU's
+/// `pstree.img` decoder over the same bytes.
+pub mod processes {
+    use pbr_format::{Processes, check_blob_name, check_unit_name};
+
+    /// Sets the index crc32 of `section` when its head says where the index
+    /// ends, so that the fuzzer reaches past the crc check.
+    pub fn seal(section: &mut [u8]) {
+        let word =
+            |at: usize| u64::from(u32::from_le_bytes([section[at], section[at + 1], section[at + 2], section[at + 3]]));
+        if section.len() < 48 {
+            return;
+        }
+        let end = 48 + word(4) * word(8) + word(12) * word(16) + word(20);
+        if let Some(index) = usize::try_from(end).ok().and_then(|e| section.get(4..e)) {
+            let crc = crc32fast::hash(index);
+            section[..4].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+
+    /// Runs one input.
+    pub fn run(data: &[u8]) {
+        let _ = pbr_tools::criu::pstree::decode(data);
+        let mut section = data.to_vec();
+        seal(&mut section);
+        let Ok(p) = Processes::parse(&section, 0) else { return };
+        for u in p.units() {
+            assert!(check_unit_name(u.name).is_ok(), "unit name {:?} accepted", u.name);
+            for b in u.blobs {
+                assert!(check_blob_name(b.name).is_ok(), "blob name {:?} accepted", b.name);
+                assert_eq!(b.unit, u.name);
+                if let Ok(bytes) = b.bytes() {
+                    assert_eq!(crc32fast::hash(bytes), b.crc32, "blob {} handed out unchecked", b.name);
+                    if b.name == pbr_tools::criu::pstree::FILE_NAME {
+                        let _ = pbr_tools::criu::pstree::decode(bytes);
+                    }
+                }
+            }
+        }
+        // What was accepted writes back and reads back the same.
+        let Ok(builder) = p.to_builder() else { return };
+        let again = builder.to_bytes().expect("an accepted section does not write back");
+        let q = Processes::parse(&again, 0).expect("a written section does not read back");
+        assert_eq!((q.kernel(), q.criu_version()), (p.kernel(), p.criu_version()));
+        let content = |p: &Processes<'_>| -> Vec<(String, String, Vec<u8>)> {
+            p.blobs()
+                .iter()
+                .map(|b| (b.unit.to_owned(), b.name.to_owned(), b.bytes().expect("checked").to_vec()))
+                .collect()
+        };
+        assert_eq!(content(&q), content(&p), "the blobs changed on the way back");
+        assert!(q.units().map(|u| u.name).eq(p.units().map(|u| u.name)), "the units changed on the way back");
     }
 }

@@ -73,3 +73,8 @@ fn manifest_select() {
 fn agent_port() {
     smoke("agent_port", crate::agent_port::run, 4000);
 }
+
+#[test]
+fn processes() {
+    smoke("processes", crate::processes::run, 4000);
+}

@@ -35,10 +35,18 @@ pub enum Kind {
     /// The guest is alive: sent every 200 ms once it is ready, so that
     /// the host notices a hang (`spec/agent.md` §6).
     Alive = 0x0008,
+    /// Guest: one image file CRIU wrote while checkpointing a unit for a
+    /// kernel update (binary, `checkpoint`).
+    ProcessFile = 0x0009,
+    /// Guest: how the units of a [`Kind::Checkpoint`] fared (JSON).
+    Checkpointed = 0x000a,
     /// Host: carry on (the point was saved, or nobody saves).
     Continue = 0x0081,
     /// Host: this is a restored copy: the host's time and entropy.
     Resume = 0x0082,
+    /// Host: checkpoint these systemd units with CRIU for a kernel update
+    /// (JSON).
+    Checkpoint = 0x0083,
 }
 
 impl Kind {
@@ -53,8 +61,11 @@ impl Kind {
             0x0006 => Kind::Ready,
             0x0007 => Kind::Cache,
             0x0008 => Kind::Alive,
+            0x0009 => Kind::ProcessFile,
+            0x000a => Kind::Checkpointed,
             0x0081 => Kind::Continue,
             0x0082 => Kind::Resume,
+            0x0083 => Kind::Checkpoint,
             _ => return None,
         })
     }
@@ -67,12 +78,14 @@ impl Kind {
     /// The largest payload a reader accepts for this kind.
     pub fn max_len(self) -> u32 {
         match self {
-            Kind::Point | Kind::Resumed | Kind::Ready => 64 << 10,
+            Kind::Point | Kind::Resumed | Kind::Ready | Kind::Checkpointed | Kind::Checkpoint => 64 << 10,
             // 8 bytes a page, 1 TiB of guest memory, before gzip.
             Kind::Kpageflags | Kind::Kpagecount => 64 << 20,
             Kind::Files => 16 << 20,
             // 24 bytes a page: 2.7 million pages, 10 GiB of page cache.
             Kind::Cache => 64 << 20,
+            // One CRIU image file and its two names.
+            Kind::ProcessFile => 64 << 20,
             Kind::Continue | Kind::Alive => 0,
             Kind::Resume => 8 + MAX_ENTROPY as u32,
         }
@@ -427,7 +440,7 @@ mod tests {
     #[test]
     fn limits_are_the_specs_table() {
         // spec/agent.md §2: kind number and limit of every frame.
-        let table: [(u16, u32); 10] = [
+        let table: [(u16, u32); 13] = [
             (0x0001, 64 << 10),
             (0x0002, 64 << 20),
             (0x0003, 64 << 20),
@@ -436,8 +449,11 @@ mod tests {
             (0x0006, 64 << 10),
             (0x0007, 64 << 20),
             (0x0008, 0),
+            (0x0009, 64 << 20),
+            (0x000a, 64 << 10),
             (0x0081, 0),
             (0x0082, 520),
+            (0x0083, 64 << 10),
         ];
         for (number, limit) in table {
             let kind = Kind::from_u16(number).unwrap();

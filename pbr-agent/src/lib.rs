@@ -7,14 +7,17 @@
 //! Everything read from the other side is bounded before it is allocated
 //! and checked before it is used: [`frame`] reads frames, [`message`]
 //! turns them into typed messages (the page-cache payload through
-//! [`cache`]); the bounds they all check are in [`limits`].
+//! [`cache`], a checkpoint for a kernel update through [`checkpoint`]);
+//! the bounds they all check are in [`limits`].
 
 pub mod cache;
+pub mod checkpoint;
 pub mod frame;
 pub mod limits;
 pub mod message;
 
 pub use cache::{CachedFile, CachedPage};
+pub use checkpoint::{Checkpoint, Checkpointed, ProcessFile, UnitOutcome};
 pub use frame::{Frame, FrameError, Kind};
 pub use message::{Disk, Message, MessageError, Mount, Point, Ready, Resume, Resumed};
 

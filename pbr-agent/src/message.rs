@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use crate::checkpoint::{Checkpoint, Checkpointed, ProcessFile};
 use crate::frame::{Frame, Kind};
 pub use crate::limits::{MAX_ENTROPY, MAX_MOUNTS, MAX_STRING, MIN_ENTROPY};
 
@@ -93,6 +94,12 @@ pub enum Message {
     Alive,
     /// See [`Resume`].
     Resume(Resume),
+    /// See [`Checkpoint`].
+    Checkpoint(Checkpoint),
+    /// See [`ProcessFile`].
+    ProcessFile(ProcessFile),
+    /// See [`Checkpointed`].
+    Checkpointed(Checkpointed),
 }
 
 /// Why a frame's payload is not a valid message.
@@ -105,7 +112,7 @@ pub struct MessageError {
     pub what: String,
 }
 
-fn err(kind: Kind, what: impl Into<String>) -> MessageError {
+pub(crate) fn err(kind: Kind, what: impl Into<String>) -> MessageError {
     MessageError { kind, what: what.into() }
 }
 
@@ -155,6 +162,9 @@ impl Message {
                 let realtime_ns = u64::from_le_bytes(time.try_into().map_err(|_| err(k, "bad time"))?);
                 Message::Resume(Resume { realtime_ns, entropy: entropy.to_vec() })
             }
+            Kind::Checkpoint => Message::Checkpoint(Checkpoint::decode(p)?),
+            Kind::ProcessFile => Message::ProcessFile(ProcessFile::decode(p)?),
+            Kind::Checkpointed => Message::Checkpointed(Checkpointed::decode(p)?),
         })
     }
 
@@ -191,12 +201,15 @@ impl Message {
                 v.extend_from_slice(&r.entropy);
                 (Kind::Resume, v)
             }
+            Message::Checkpoint(c) => (Kind::Checkpoint, c.encode()),
+            Message::ProcessFile(f) => (Kind::ProcessFile, f.encode()),
+            Message::Checkpointed(c) => (Kind::Checkpointed, c.encode()),
         };
         Frame { kind, payload }
     }
 }
 
-fn object(k: Kind, p: &[u8]) -> Result<serde_json::Map<String, Value>, MessageError> {
+pub(crate) fn object(k: Kind, p: &[u8]) -> Result<serde_json::Map<String, Value>, MessageError> {
     match serde_json::from_slice::<Value>(p) {
         Ok(Value::Object(o)) => Ok(o),
         Ok(_) => Err(err(k, "not a JSON object")),
@@ -204,11 +217,11 @@ fn object(k: Kind, p: &[u8]) -> Result<serde_json::Map<String, Value>, MessageEr
     }
 }
 
-fn uint(o: &serde_json::Map<String, Value>, key: &str, k: Kind) -> Result<u64, MessageError> {
+pub(crate) fn uint(o: &serde_json::Map<String, Value>, key: &str, k: Kind) -> Result<u64, MessageError> {
     o.get(key).and_then(Value::as_u64).ok_or_else(|| err(k, format!("{key} is missing or not an unsigned integer")))
 }
 
-fn string(o: &serde_json::Map<String, Value>, key: &str, k: Kind, at: &str) -> Result<String, MessageError> {
+pub(crate) fn string(o: &serde_json::Map<String, Value>, key: &str, k: Kind, at: &str) -> Result<String, MessageError> {
     let s =
         o.get(key).and_then(Value::as_str).ok_or_else(|| err(k, format!("{at}{key} is missing or not a string")))?;
     if s.len() > MAX_STRING || s.contains('\0') {
@@ -302,6 +315,13 @@ mod tests {
             Message::Continue,
             Message::Alive,
             Message::Resume(Resume { realtime_ns: 1 << 60, entropy: vec![9; 64] }),
+            Message::Checkpoint(Checkpoint { units: vec!["nginx.service".into()] }),
+            Message::ProcessFile(ProcessFile {
+                unit: "nginx.service".into(),
+                name: "pstree.img".into(),
+                data: vec![7],
+            }),
+            Message::Checkpointed(Checkpointed { kernel: "6.1.0".into(), criu_version: None, units: Vec::new() }),
         ];
         for m in all {
             assert_eq!(Message::decode(&m.encode()).unwrap(), m);

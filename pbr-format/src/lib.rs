@@ -12,6 +12,10 @@
 //!   [`Image::verify`] checks every byte.
 //! - [`ImageWriter`] streams an image from pages given in any order and
 //!   publishes it atomically.
+//! - [`Image::processes`] views the processes checkpointed from a guest
+//!   with CRIU for a kernel update (format 1.2), each CRIU image file
+//!   handed out only once it matches its crc32; [`ProcessesBuilder`]
+//!   writes them.
 //!
 //! ```
 //! use pbr_format::{Image, ImageWriter, PageClass, Phase, Region, WriterOptions};
@@ -53,6 +57,7 @@ mod metadata;
 mod page;
 mod phase;
 pub mod pod;
+mod processes;
 pub mod read;
 mod refill;
 mod region;
@@ -70,9 +75,10 @@ pub use manifest::{CacheRef, FileEntry, check_path};
 pub use metadata::{check_key, keys};
 pub use page::{PageClass, PageEncoding, is_zero, zero_page_crc};
 pub use phase::{Phase, WELL_KNOWN_PHASES};
+pub use processes::{ProcessBlob, ProcessUnit, Processes, check_blob_name, check_unit_name};
 pub use read::{CheckReport, ContentHasher, Extent, HeaderInfo, Image, RawRun, SectionInfo, VerifyReport};
 pub use refill::{DiskRef, DiskRefs};
 pub use region::Region;
 pub use section::SectionKind;
 pub use vcpu::{EVENTS_SIZE, LAPIC_SIZE, Vcpu, X86Vcpu};
-pub use write::{ImageWriter, WriteReport, WriterOptions};
+pub use write::{ImageWriter, ProcessesBuilder, WriteReport, WriterOptions};

@@ -16,3 +16,13 @@ pub const MAX_NAME: u32 = 255;
 pub const MAX_PATH: u32 = 4096;
 /// Page sizes the format allows.
 pub const PAGE_SIZES: [u32; 2] = [4096, 2 << 20];
+/// Units of a `PROCESSES` section.
+pub const MAX_PROCESS_UNITS: u32 = 64;
+/// Blobs (CRIU image files) of a `PROCESSES` section.
+pub const MAX_PROCESS_BLOBS: u32 = 4096;
+/// Bytes of all the blobs of a `PROCESSES` section together.
+pub const MAX_PROCESS_BYTES: u64 = 1 << 30;
+/// A blob's name (a CRIU image file name).
+pub const MAX_BLOB_NAME: u32 = 64;
+/// The kernel release and the CRIU version of a `PROCESSES` section.
+pub const MAX_RELEASE: u32 = 64;

@@ -9,6 +9,8 @@
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+pub use crate::processes::pod::{ProcessBlobRecord, ProcessUnitRecord, ProcessesHeader};
+
 /// File magic: `\x89PBR\r\n\x1a\n`.
 pub const MAGIC: [u8; 8] = *b"\x89PBR\r\n\x1a\n";
 /// Trailer magic.
@@ -20,6 +22,9 @@ pub const VERSION_MAJOR: u16 = 1;
 pub const VERSION_MINOR: u16 = 0;
 /// Format minor version of an image with a `DISK_REFS` section (format 1.1).
 pub const VERSION_MINOR_DISK_REFS: u16 = 1;
+/// Format minor version of an image with a `PROCESSES` section (format
+/// 1.2).
+pub const VERSION_MINOR_PROCESSES: u16 = 2;
 /// Size of the header in format 1.0.
 pub const HEADER_SIZE: usize = 128;
 /// Size of the trailer.

@@ -41,11 +41,13 @@ pub enum SectionKind {
     Base,
     /// Pages whose content sits on a guest disk.
     DiskRefs,
+    /// Processes checkpointed with CRIU for a kernel update.
+    Processes,
 }
 
 impl SectionKind {
     /// Every known kind.
-    pub const ALL: [SectionKind; 13] = [
+    pub const ALL: [SectionKind; 14] = [
         SectionKind::Regions,
         SectionKind::PageIndex,
         SectionKind::PageCrcs,
@@ -59,6 +61,7 @@ impl SectionKind {
         SectionKind::CacheRefs,
         SectionKind::Base,
         SectionKind::DiskRefs,
+        SectionKind::Processes,
     ];
 
     /// The kind id without the must-understand bit.
@@ -82,6 +85,7 @@ impl SectionKind {
             SectionKind::CacheRefs => 11,
             SectionKind::Base => 12,
             SectionKind::DiskRefs => 13,
+            SectionKind::Processes => 14,
         }
     }
 
@@ -148,6 +152,7 @@ impl SectionKind {
             SectionKind::CacheRefs => "CACHE_REFS",
             SectionKind::Base => "BASE",
             SectionKind::DiskRefs => "DISK_REFS",
+            SectionKind::Processes => "PROCESSES",
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod classify;
 pub mod cleanup;
 pub mod compat;
 pub mod convert;
+pub mod criu;
 pub mod diff;
 pub mod error;
 pub mod export;

@@ -20,10 +20,11 @@ pub fn options(src: &Image, unwritten: PageEncoding) -> WriterOptions {
 }
 
 /// A writer for `dest` over `src`'s regions, with `src`'s phase, vCPUs,
-/// devices, metadata, manifest and cache references already copied.
+/// devices, metadata, processes, manifest and cache references already
+/// copied.
 ///
 /// # Errors
-/// As [`ImageWriter::create`].
+/// As [`ImageWriter::create`] and [`copy_state`].
 pub fn derived(src: &Image, dest: &Path, opts: WriterOptions) -> Result<ImageWriter> {
     let mut w = ImageWriter::create(dest, src.regions(), opts)?;
     copy_state(src, &mut w)?;
@@ -33,7 +34,7 @@ pub fn derived(src: &Image, dest: &Path, opts: WriterOptions) -> Result<ImageWri
 /// Copies everything but pages from `src` into `w`.
 ///
 /// # Errors
-/// Invalid records (cannot happen for an image that opened).
+/// As [`copy_machine_state`].
 pub fn copy_state(src: &Image, w: &mut ImageWriter) -> Result<()> {
     copy_machine_state(src, w)?;
     for f in src.manifest() {
@@ -48,10 +49,12 @@ pub fn copy_state(src: &Image, w: &mut ImageWriter) -> Result<()> {
     Ok(())
 }
 
-/// Copies the phase, vCPUs, devices and metadata of `src` into `w`.
+/// Copies the phase, vCPUs, devices, metadata and checkpointed processes
+/// of `src` into `w`.
 ///
 /// # Errors
-/// Invalid records (cannot happen for an image that opened).
+/// A damaged `PROCESSES` section (index or blob): its bytes are not copied
+/// unchecked.
 pub fn copy_machine_state(src: &Image, w: &mut ImageWriter) -> Result<()> {
     if let Some(p) = src.phase() {
         w.set_phase(p.clone())?;
@@ -64,6 +67,9 @@ pub fn copy_machine_state(src: &Image, w: &mut ImageWriter) -> Result<()> {
     }
     for (k, v) in src.metadata() {
         w.set_metadata(k, v)?;
+    }
+    if let Some(p) = src.processes()? {
+        w.set_processes(p.to_builder()?)?;
     }
     Ok(())
 }

@@ -171,7 +171,9 @@ pub(crate) fn parse_table(bytes: &[u8], loc: &TableLoc, page_size: u32) -> Resul
             return Err(Error::malformed("section table", at, format!("section {name} appears twice")));
         }
         let info = SectionInfo { kind, raw_kind, offset, length, crc32: e.crc32.get() };
-        if kind.is_some() && kind != Some(SectionKind::PageData) {
+        // PAGE_DATA and PROCESSES may be gigabytes: their bytes are checked
+        // piece by piece as they are read, and whole by verification.
+        if kind.is_some_and(|k| !matches!(k, SectionKind::PageData | SectionKind::Processes)) {
             check_crc(bytes, &info)?;
         }
         out.push(info);

@@ -26,9 +26,9 @@ struct Check<'a> {
 const CHUNK_PAGES: u32 = 256;
 
 impl Image {
-    /// Checks every section crc32, every stored page against its crc32 (and
-    /// blake3 when the image has page hashes), and the trailer hash, in
-    /// parallel.
+    /// Checks every section crc32, the `PROCESSES` index and blobs, every
+    /// stored page against its crc32 (and blake3 when the image has page
+    /// hashes), and the trailer hash, in parallel.
     ///
     /// # Errors
     /// The first failure in file order, named with its section and offset.
@@ -173,6 +173,15 @@ impl Image {
                 Err(e) => note(&mut r, e),
             }
             progress(s.length);
+        }
+        // The PROCESSES index and every blob: a failure names the blob.
+        match self.processes() {
+            Ok(p) => {
+                for e in p.iter().flat_map(|p| p.blobs()).filter_map(|b| b.bytes().err()) {
+                    note(&mut r, e);
+                }
+            }
+            Err(e) => note(&mut r, e),
         }
         // Pages before the PAGE_DATA crc: a page error names the page.
         let (pages, bad, errors) = self.check_pages(max_listed, Check { hashes: true, zeros: &[] }, progress);

@@ -7,6 +7,7 @@
 //! finished image), `publish` (the temporary file, checksums, fsync and
 //! rename; [`destination`]), `options` (the options and the header they
 //! make), `check` (regions and names), `encode` (small sections as bytes),
+//! `processes` (the `PROCESSES` section, [`ProcessesBuilder`]),
 //! `page_table` (the state of every page) and `sink` (the output file).
 
 mod check;
@@ -15,6 +16,7 @@ mod lz4_block;
 mod options;
 mod page_table;
 mod pages;
+mod processes;
 mod publish;
 mod records;
 mod sections;
@@ -43,6 +45,7 @@ use sink::Sink;
 
 pub use crate::page::is_zero;
 pub use options::WriterOptions;
+pub use processes::ProcessesBuilder;
 pub use publish::destination;
 
 /// What [`ImageWriter::finish`] wrote.
@@ -112,6 +115,7 @@ pub struct ImageWriter {
     cache_refs: Vec<CacheRef>,
     disk_refs: DiskRefs,
     base: Option<BaseRef<'static>>,
+    processes: Option<ProcessesBuilder>,
 }
 
 impl ImageWriter {
@@ -170,6 +174,7 @@ impl ImageWriter {
             cache_refs: Vec::new(),
             disk_refs: DiskRefs::default(),
             base: None,
+            processes: None,
         })
     }
 

@@ -104,6 +104,11 @@ impl ImageWriter {
         for (kind, bytes) in small {
             self.section(kind, &mut sections, |w| w.sink.write(&bytes))?;
         }
+        // Blob bytes go straight to the file: they may be a gigabyte.
+        let processes = self.processes.take();
+        if let Some(p) = &processes {
+            self.section(SectionKind::Processes, &mut sections, |w| p.write_into(&mut |b| w.sink.write(b)))?;
+        }
         let mut required = 0;
         if encodings & (1 << PageEncoding::Lz4 as u8) != 0 {
             required |= pod::FEATURE_LZ4;
@@ -118,7 +123,13 @@ impl ImageWriter {
             sections,
             required,
             optional: if self.opts.page_hashes { pod::FEATURE_PAGE_HASHES } else { 0 },
-            minor: if self.disk_refs.is_empty() { pod::VERSION_MINOR } else { pod::VERSION_MINOR_DISK_REFS },
+            minor: if processes.is_some() {
+                pod::VERSION_MINOR_PROCESSES
+            } else if !self.disk_refs.is_empty() {
+                pod::VERSION_MINOR_DISK_REFS
+            } else {
+                pod::VERSION_MINOR
+            },
             extents,
             stored,
         })

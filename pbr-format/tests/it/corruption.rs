@@ -77,3 +77,18 @@ fn diff_image_flips_and_truncations() {
     w.finish().unwrap();
     check_all_flips_and_truncations(&std::fs::read(&path).unwrap());
 }
+
+#[test]
+fn processes_image_flips_and_truncations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("processes.pbr");
+    let regions = [Region::ram("pc.ram", 0, 2 * 4096)];
+    let mut w = ImageWriter::create(&path, &regions, WriterOptions::default()).unwrap();
+    w.write_page(1, &common::page(3), PageClass::User).unwrap();
+    let mut p = pbr_format::ProcessesBuilder::new("6.1.0", "3.19").unwrap();
+    let u = p.add_unit("a.service").unwrap();
+    p.add_blob(u, "pstree.img", common::pstree_img(&[(1, 0, 1, 1, &[1])])).unwrap();
+    w.set_processes(p).unwrap();
+    w.finish().unwrap();
+    check_all_flips_and_truncations(&std::fs::read(&path).unwrap());
+}

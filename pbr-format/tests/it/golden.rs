@@ -59,6 +59,11 @@ fn disk_refs_bytes_are_pinned_as_1_1() {
 }
 
 #[test]
+fn processes_bytes_are_pinned_as_1_2() {
+    check_golden_in("v1.2", "processes.pbr", common::write_processes);
+}
+
+#[test]
 fn every_released_version_still_loads() {
     let mut n = 0;
     for dir in std::fs::read_dir(testdata()).unwrap() {
@@ -75,5 +80,5 @@ fn every_released_version_still_loads() {
             }
         }
     }
-    assert!(n >= 3, "golden files missing");
+    assert!(n >= 4, "golden files missing");
 }

@@ -9,6 +9,7 @@ mod damaged_pages;
 mod disk_refs;
 mod golden;
 mod hostile;
+mod processes;
 mod round_trip;
 mod sample;
 mod vm_memory;

@@ -206,6 +206,9 @@ pub fn model(img: &Image, path: &Path, with_extents: bool) -> Value {
     if let Some(x) = pbr_tools::xen::summary(img) {
         model["xen"] = x;
     }
+    if let Some(p) = pbr_tools::criu::summary(img) {
+        model["processes"] = p;
+    }
     if with_extents {
         model["extents"] = img
             .extents()
@@ -542,6 +545,7 @@ fn print_human(w: &mut dyn Write, m: &Value, show: &Args) -> std::io::Result<()>
             writeln!(w, "  (fields not decoded: {e})")?;
         }
     }
+    super::inspect_processes::print(w, &m["processes"])?;
     if let Some(md) = m["metadata"].as_object().filter(|o| !o.is_empty()) {
         writeln!(w, "metadata")?;
         for (k, v) in md {

@@ -17,6 +17,7 @@ mod files;
 mod fmt;
 mod guest;
 mod inspect;
+mod inspect_processes;
 mod man;
 mod manifest;
 mod pack;
@@ -55,7 +56,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Summarise an image: phase, regions, page classes and encodings, vCPUs,
-    /// devices, manifest.
+    /// devices, manifest, processes checkpointed with CRIU.
     Inspect(inspect::Args),
     /// Convert a QEMU migration stream, a libvirt save file (`virsh save`,
     /// `virsh managedsave`) or an `xl save` file (file or `-` for stdin)

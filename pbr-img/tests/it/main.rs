@@ -21,6 +21,7 @@ mod libvirt;
 mod libvirt_hostile;
 mod pages;
 mod phase_reboot;
+mod processes;
 mod qemu_e2e;
 mod qemu_fixtures;
 mod qemu_hostile;

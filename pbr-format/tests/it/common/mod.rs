@@ -249,3 +249,62 @@ fn disk_refs_writer(path: &Path) -> ImageWriter {
     w.mark_pages(5, 1, PageEncoding::Trimmed, PageClass::Cache).unwrap();
     w
 }
+
+/// A CRIU `pstree.img` made by hand: the image magic pair, then per
+/// process a little-endian u32 size and a protobuf `pstree_entry` (pid 1,
+/// ppid 2, pgid 3, sid 4, threads 5 repeated, unpacked as CRIU writes it).
+/// `entries` are (pid, ppid, pgid, sid, threads).
+pub fn pstree_img(entries: &[(u32, u32, u32, u32, &[u32])]) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut v: u32) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    let mut img = Vec::new();
+    img.extend(0x5456_4319u32.to_le_bytes()); // IMG_COMMON_MAGIC
+    img.extend(0x5027_3030u32.to_le_bytes()); // PSTREE_MAGIC
+    for &(pid, ppid, pgid, sid, threads) in entries {
+        let mut m = Vec::new();
+        for (tag, v) in [(0x08, pid), (0x10, ppid), (0x18, pgid), (0x20, sid)] {
+            m.push(tag);
+            varint(&mut m, v);
+        }
+        for &t in threads {
+            m.push(0x28);
+            varint(&mut m, t);
+        }
+        img.extend((m.len() as u32).to_le_bytes());
+        img.extend(m);
+    }
+    img
+}
+
+/// The processes of [`write_processes`]: nginx (a master and two workers,
+/// one with two threads) and redis, with some of the files CRIU writes.
+pub fn processes() -> pbr_format::ProcessesBuilder {
+    let mut p = pbr_format::ProcessesBuilder::new("6.1.0-28-cloud-amd64", "3.19").unwrap();
+    let nginx = p.add_unit("nginx.service").unwrap();
+    let tree =
+        pstree_img(&[(812, 1, 812, 812, &[812]), (813, 812, 812, 812, &[813, 820]), (814, 812, 812, 812, &[814])]);
+    p.add_blob(nginx, "pstree.img", tree).unwrap();
+    p.add_blob(nginx, "core-812.img", page(812)[..1500].to_vec()).unwrap();
+    p.add_blob(nginx, "pages-1.img", page(1)).unwrap();
+    let redis = p.add_unit("redis-server.service").unwrap();
+    p.add_blob(redis, "pstree.img", pstree_img(&[(900, 1, 900, 900, &[900, 901, 902, 903])])).unwrap();
+    p.add_blob(redis, "inventory.img", vec![0x16, 0x31, 0x31, 0x58]).unwrap();
+    p
+}
+
+/// A format 1.2 image: one stored page and the [`processes`] of a guest
+/// checkpointed for a kernel update.
+pub fn write_processes(path: &Path) {
+    let opts =
+        WriterOptions { producer_name: "pbr-tests".into(), producer_version: "1".into(), ..WriterOptions::default() };
+    let mut w = ImageWriter::create(path, &[Region::ram("ram", 0, 8 * 4096)], opts).unwrap();
+    w.write_page(1, &page(1), PageClass::User).unwrap();
+    w.set_phase(Phase::named("service", 3)).unwrap();
+    w.set_processes(processes()).unwrap();
+    w.finish().unwrap();
+}
