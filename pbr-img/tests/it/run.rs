@@ -206,3 +206,32 @@ fn a_prestaged_qemu_waits_beside_the_vm_and_takes_it_over() {
     run.stop(&lab, &log);
     lab.fsck_clean();
 }
+
+/// A guest whose agent says nothing in time (`--agent-wait`, as for a
+/// guest without pbr-agent) runs on without candidates, and `run` says
+/// why; its panic finds no candidate, and it boots again from scratch.
+#[test]
+fn a_guest_whose_agent_is_silent_runs_without_candidates() {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::new(512);
+    let (mut run, log) = Run::start(&lab, &["--agent-wait", "0.001"]);
+    let child = &mut run.0;
+    wait_for(&log, "no-capture", 1, Duration::from_secs(120), child);
+    let all = events(&log);
+    let why = all.iter().find(|e| e["event"] == "no-capture").unwrap()["reason"].as_str().unwrap().to_owned();
+    assert!(why.contains("said nothing within") && why.contains("no candidates"), "{why}");
+    // Its points are still answered: the boot goes on to serve.
+    let (_, status) = lab.shell("systemctl is-system-running --wait > /dev/null; systemctl is-active nginx");
+    assert_eq!(status, 0, "the guest booted on to serve");
+    assert_eq!(lab.get().1, "served from the data disk\n");
+    let all = events(&log);
+    assert!(!all.iter().any(|e| e["event"] == "captured"), "{all:#?}");
+    lab.type_line("echo c > /proc/sysrq-trigger");
+    wait_for(&log, "booting", 2, Duration::from_secs(120), child);
+    let all = events(&log);
+    let boots: Vec<_> = all.iter().filter(|e| e["event"] == "booting").collect();
+    assert!(boots[1]["reason"].as_str().unwrap().contains("no candidate"), "{all:#?}");
+    assert_eq!(all.iter().filter(|e| e["event"] == "failed").count(), 1, "{all:#?}");
+    run.stop(&lab, &log);
+    lab.fsck_clean();
+}
