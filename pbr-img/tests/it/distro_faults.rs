@@ -37,14 +37,7 @@ impl Guest {
             .stderr(std::fs::File::create(lab.dir.path().join("qemu.err")).unwrap())
             .spawn()
             .expect("qemu-system-x86_64 (scripts/test puts QEMU 7.2 on PATH: scripts/fetch-qemu72)");
-        let t = Instant::now();
-        let stream = loop {
-            if let Ok(s) = UnixStream::connect(&sock) {
-                break s;
-            }
-            assert!(t.elapsed() < Duration::from_secs(20), "QMP socket never appeared");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let stream = common::vm::connect_qmp(&sock);
         stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
         let mut g = Guest { lab, qemu, qmp: BufReader::new(stream) };
         g.next_qmp(Duration::from_secs(20)).expect("QMP greeting");

@@ -100,14 +100,7 @@ impl Vm {
             .stderr(std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap())
             .spawn()
             .expect("qemu-system-x86_64 (scripts/test puts QEMU 7.2 on PATH: scripts/fetch-qemu72)");
-        let t = Instant::now();
-        let stream = loop {
-            if let Ok(s) = UnixStream::connect(&sock) {
-                break s;
-            }
-            assert!(t.elapsed() < Duration::from_secs(20), "QMP socket never appeared");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let stream = connect_qmp(&sock);
         stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let mut vm = Vm { child, qmp: BufReader::new(stream), serial };
         vm.read_qmp(); // greeting
@@ -194,5 +187,18 @@ impl Drop for Vm {
             self.child.kill().ok();
             self.child.wait().ok();
         }
+    }
+}
+
+/// Connects to the QMP socket a QEMU just started creates (waiting up to
+/// 20 s for it to appear).
+pub fn connect_qmp(sock: &std::path::Path) -> UnixStream {
+    let t = Instant::now();
+    loop {
+        if let Ok(s) = UnixStream::connect(sock) {
+            return s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "QMP socket {} never appeared", sock.display());
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
