@@ -7,9 +7,9 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::fields::{MessageError, err, object, string, uint};
 use crate::frame::Kind;
 use crate::limits::{MAX_FILE_NAME, MAX_RELEASE, MAX_UNIT_NAME, MAX_UNITS};
-use crate::message::{MessageError, err, object, string, uint};
 
 /// Host: dump these systemd units.
 #[derive(Clone, Debug, PartialEq, Eq)]

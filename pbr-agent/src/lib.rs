@@ -12,6 +12,7 @@
 
 pub mod cache;
 pub mod checkpoint;
+mod fields;
 pub mod frame;
 pub mod limits;
 pub mod message;

@@ -3,6 +3,8 @@
 use serde_json::{Value, json};
 
 use crate::checkpoint::{Checkpoint, Checkpointed, ProcessFile};
+pub use crate::fields::MessageError;
+use crate::fields::{err, object, string, uint};
 use crate::frame::{Frame, Kind};
 pub use crate::limits::{MAX_ENTROPY, MAX_MOUNTS, MAX_STRING, MIN_ENTROPY};
 
@@ -102,20 +104,6 @@ pub enum Message {
     Checkpointed(Checkpointed),
 }
 
-/// Why a frame's payload is not a valid message.
-#[derive(Debug, thiserror::Error)]
-#[error("{kind:?} message: {what}")]
-pub struct MessageError {
-    /// The frame's kind.
-    pub kind: Kind,
-    /// What is wrong.
-    pub what: String,
-}
-
-pub(crate) fn err(kind: Kind, what: impl Into<String>) -> MessageError {
-    MessageError { kind, what: what.into() }
-}
-
 /// Whether `s` is a valid point name: 1 to 64 of `A-Z a-z 0-9 _ . -`.
 pub fn valid_point_name(s: &str) -> bool {
     (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
@@ -207,27 +195,6 @@ impl Message {
         };
         Frame { kind, payload }
     }
-}
-
-pub(crate) fn object(k: Kind, p: &[u8]) -> Result<serde_json::Map<String, Value>, MessageError> {
-    match serde_json::from_slice::<Value>(p) {
-        Ok(Value::Object(o)) => Ok(o),
-        Ok(_) => Err(err(k, "not a JSON object")),
-        Err(e) => Err(err(k, format!("not JSON: {e}"))),
-    }
-}
-
-pub(crate) fn uint(o: &serde_json::Map<String, Value>, key: &str, k: Kind) -> Result<u64, MessageError> {
-    o.get(key).and_then(Value::as_u64).ok_or_else(|| err(k, format!("{key} is missing or not an unsigned integer")))
-}
-
-pub(crate) fn string(o: &serde_json::Map<String, Value>, key: &str, k: Kind, at: &str) -> Result<String, MessageError> {
-    let s =
-        o.get(key).and_then(Value::as_str).ok_or_else(|| err(k, format!("{at}{key} is missing or not a string")))?;
-    if s.len() > MAX_STRING || s.contains('\0') {
-        return Err(err(k, format!("{at}{key} is over {MAX_STRING} bytes or holds a NUL")));
-    }
-    Ok(s.to_owned())
 }
 
 fn optional(o: &serde_json::Map<String, Value>, key: &str, k: Kind, at: &str) -> Result<Option<String>, MessageError> {

@@ -27,7 +27,7 @@ use crate::recovery::{Recovery, Refused};
 use crate::resident::Resident;
 use crate::select::{check, is_agent_candidate, recorded_command};
 use crate::service;
-use crate::standby::{Standby, restore_into};
+use crate::standby::{Opened, Standby, restore_into};
 use crate::vmm::Vmm;
 
 /// How to recover.
@@ -42,14 +42,6 @@ pub struct RecoverOptions<'a> {
     pub qemu: Option<&'a str>,
     /// Where the restoring QEMU comes from.
     pub vmm: Vmm,
-}
-
-/// A candidate, opened once for the whole recovery.
-pub struct Opened {
-    /// Where it is.
-    pub path: PathBuf,
-    /// The image.
-    pub image: Image,
 }
 
 /// How the candidates' machine is run and says it is ready.

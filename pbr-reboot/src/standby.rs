@@ -2,14 +2,22 @@
 //! (a standby, waiting for the state, or prestaged, holding the latest
 //! candidate paused), else one started at the decision.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use pbr_format::Image;
 use pbr_replay::qemu::QemuAdapter;
 
 use crate::beside::{Takeover, beside};
 use crate::error::{Error, Result};
-use crate::recover::Opened;
 use crate::vmm::Vmm;
+
+/// A candidate, opened once for the whole recovery.
+pub(crate) struct Opened {
+    /// Where it is.
+    pub(crate) path: PathBuf,
+    /// The image.
+    pub(crate) image: Image,
+}
 
 /// A QEMU started before the decision.
 pub(crate) struct Standby {
