@@ -137,6 +137,8 @@ pub enum Event<'a> {
     Recovered(&'a Recovery, Duration),
     /// The guest was reset, as the policy for its reboots says.
     Reset,
+    /// The VM failed too often: its next recovery or boot waits this long.
+    BackingOff(Duration),
     /// A QEMU waits beside the VM for its next recovery, from this
     /// candidate (`--standby`, `--prestaged`).
     Standby(&'a Path),
@@ -182,6 +184,7 @@ impl Event<'_> {
             Event::Standby(c) => json!({"event": "standby", "candidate": c.display().to_string()}),
             Event::NoStandby(why) => json!({"event": "no-standby", "reason": why}),
             Event::Reset => json!({"event": "reset"}),
+            Event::BackingOff(d) => json!({"event": "backing-off", "wait_s": d.as_secs_f64()}),
             Event::PoweredOff => json!({"event": "powered-off"}),
             Event::Stopping => json!({"event": "stopping"}),
             Event::Stopped(off) => json!({"event": "stopped", "powered_off": off}),
@@ -249,6 +252,7 @@ pub fn run(
     let mut failed_at = Instant::now();
     // The next recovery, made ready while the VM runs.
     let mut ready: Option<Prepared> = None;
+    let mut failures = Failures::default();
     loop {
         let mut vm = match boot_why.take() {
             Some(why) => {
@@ -325,13 +329,22 @@ pub fn run(
                 }
                 Watched::Failed(d) if resets(&d.failure, opts) => {
                     on_event(Event::Failed(&d));
+                    if back_off(failures.count(), stop, on_event) {
+                        quit(vm);
+                        on_event(Event::Stopped(false));
+                        return Ok(End::Stopped);
+                    }
                     reset(vm.process()?)?;
                     on_event(Event::Reset);
                 }
                 Watched::Failed(d) => {
                     on_event(Event::Failed(&d));
-                    failed_at = Instant::now().checked_sub(d.late).unwrap_or_else(Instant::now);
                     drop(vm);
+                    if back_off(failures.count(), stop, on_event) {
+                        on_event(Event::Stopped(false));
+                        return Ok(End::Stopped);
+                    }
+                    failed_at = Instant::now().checked_sub(d.late).unwrap_or_else(Instant::now);
                     if let Some(t) = recovered_at.filter(|t| t.elapsed() < opts.retry_after) {
                         boot_why = Some(format!(
                             "the recovered VM failed again {:.0} s after its recovery",
@@ -343,6 +356,56 @@ pub fn run(
             }
         }
     }
+}
+
+/// Failures this close together (at least [`BURST`] within [`WINDOW`])
+/// make the VM wait before its next recovery or boot.
+const BURST: usize = 5;
+/// See [`BURST`].
+const WINDOW: Duration = Duration::from_secs(600);
+/// The first wait; each further failure doubles it, up to [`MAX_BACK_OFF`].
+const BACK_OFF: Duration = Duration::from_secs(5);
+/// See [`BACK_OFF`].
+const MAX_BACK_OFF: Duration = Duration::from_secs(300);
+
+/// The VM's recent failures: one that keeps failing (a guest that fails
+/// during every boot, a candidate and a cold boot that both fail) is given
+/// time between its recoveries instead of being restarted in a tight loop.
+#[derive(Default)]
+struct Failures(std::collections::VecDeque<Instant>);
+
+impl Failures {
+    /// Counts a failure now; how long to wait before meeting it.
+    fn count(&mut self) -> Duration {
+        let now = Instant::now();
+        self.0.retain(|t| now.duration_since(*t) < WINDOW);
+        if self.0.len() > 64 {
+            self.0.pop_front();
+        }
+        self.0.push_back(now);
+        match self.0.len().saturating_sub(BURST) {
+            0 => Duration::ZERO,
+            over => BACK_OFF.saturating_mul(1 << (over - 1).min(16)).min(MAX_BACK_OFF),
+        }
+    }
+}
+
+/// Waits `wait` (told as an event) unless a stop comes first; whether one
+/// did (the stop is told).
+fn back_off(wait: Duration, stop: &AtomicBool, on_event: &mut dyn FnMut(Event<'_>)) -> bool {
+    if wait.is_zero() {
+        return false;
+    }
+    on_event(Event::BackingOff(wait));
+    let t = Instant::now();
+    while t.elapsed() < wait {
+        if stop.load(Ordering::SeqCst) {
+            on_event(Event::Stopping);
+            return true;
+        }
+        std::thread::sleep(POLL);
+    }
+    false
 }
 
 /// The next recovery made ready beside the running VM, its QEMU waiting
@@ -613,6 +676,20 @@ mod tests {
         let no_agent = opts(false, Reboot::Phase, Reboot::Phase);
         assert!(resets(&Failure::Panicked, &no_agent) && resets(&Failure::Rebooted, &no_agent));
         assert!(!resets(&Failure::Exited("signal 9".into()), &normal));
+    }
+
+    /// Five failures close together are met at once; then the waits
+    /// double from 5 s, up to 5 min.
+    #[test]
+    fn failures_close_together_back_off() {
+        let mut f = Failures::default();
+        let waits: Vec<u64> = (0..12).map(|_| f.count().as_secs()).collect();
+        assert_eq!(waits, [0, 0, 0, 0, 0, 5, 10, 20, 40, 80, 160, 300]);
+        let stop = AtomicBool::new(true);
+        let mut told = Vec::new();
+        assert!(back_off(Duration::from_secs(60), &stop, &mut |e| told.push(e.json()["event"].clone())));
+        assert_eq!(told, ["backing-off", "stopping"]);
+        assert!(!back_off(Duration::ZERO, &stop, &mut |_| panic!("no wait, no event")));
     }
 
     #[test]

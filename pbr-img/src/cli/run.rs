@@ -146,6 +146,7 @@ fn line(e: &Event<'_>) -> String {
         Event::Standby(c) => format!("a QEMU waits for the next recovery, from {}", c.display()),
         Event::NoStandby(why) => format!("no QEMU waits for the next recovery: {why}"),
         Event::Reset => "reset: a normal reboot".into(),
+        Event::BackingOff(d) => format!("the VM failed too often: waiting {:.0} s before the next try", s(*d)),
         Event::PoweredOff => "the guest powered itself off".into(),
         Event::Stopping => "stopping: the guest is asked to power off".into(),
         Event::Stopped(true) => "stopped: the guest powered off".into(),
