@@ -5,6 +5,7 @@
 //! arrive.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::time::Instant;
 
 use crate::limits::MAX_ENTROPY;
 
@@ -173,13 +174,43 @@ pub struct FrameReader<R> {
     /// prefix of [`MAGIC`] seen so far).
     partial: Vec<u8>,
     resync: bool,
+    /// After a bad magic: the header's bytes after its first, which a
+    /// resync looks at before the stream's next bytes.
+    rescan: Vec<u8>,
+    /// When a read gives up, however the bytes trickle in.
+    deadline: Option<Instant>,
 }
 
 impl<R: Read> FrameReader<R> {
     /// A reader of what the guest sends (`from_guest`), or of what the host
     /// sends.
     pub fn new(inner: R, from_guest: bool) -> FrameReader<R> {
-        FrameReader { inner: BufReader::new(inner), offset: 0, from_guest, partial: Vec::new(), resync: false }
+        FrameReader {
+            inner: BufReader::new(inner),
+            offset: 0,
+            from_guest,
+            partial: Vec::new(),
+            resync: false,
+            rescan: Vec::new(),
+            deadline: None,
+        }
+    }
+
+    /// A read past `deadline` stops with [`FrameError::Io`] (`TimedOut`),
+    /// keeping what arrived, even while bytes keep coming: a peer that
+    /// trickles a frame byte by byte, or sends garbage without end, cannot
+    /// hold the reader. (A socket's own read timeout bounds each wait for
+    /// bytes, not a whole frame.)
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// [`FrameError::Io`] (`TimedOut`) once the deadline has passed.
+    fn check_deadline(&self) -> Result<(), FrameError> {
+        match self.deadline {
+            Some(d) if Instant::now() >= d => Err(FrameError::Io(io::Error::from(io::ErrorKind::TimedOut))),
+            _ => Ok(()),
+        }
     }
 
     /// Bytes taken from the stream so far.
@@ -214,16 +245,27 @@ impl<R: Read> FrameReader<R> {
     pub fn read(&mut self) -> Result<Frame, FrameError> {
         if self.resync {
             self.skip_to_magic()?;
+        } else {
+            self.rescan.clear();
         }
         self.fill(HEADER_LEN)?;
         let offset = self.offset - HEADER_LEN as u64;
         let header: [u8; HEADER_LEN] = self.partial[..HEADER_LEN].try_into().unwrap_or([0; HEADER_LEN]);
-        let checked = self.check(&header, offset);
-        let (kind, len) = checked.inspect_err(|_| self.partial.clear())?;
+        let (kind, len) = match self.check(&header, offset) {
+            Ok(checked) => checked,
+            Err(e) => {
+                if matches!(e, FrameError::Magic { .. }) {
+                    // A frame may start inside what was taken for a header.
+                    self.rescan = header[1..].to_vec();
+                }
+                self.partial = Vec::new();
+                return Err(e);
+            }
+        };
         self.fill(HEADER_LEN + len as usize)?;
-        let payload = self.partial.split_off(HEADER_LEN);
-        self.partial.clear();
-        Ok(Frame { kind, payload })
+        let mut frame = std::mem::take(&mut self.partial);
+        frame.drain(..HEADER_LEN);
+        Ok(Frame { kind, payload: frame })
     }
 
     /// The kind and payload length of a frame's header, or what is wrong
@@ -252,6 +294,7 @@ impl<R: Read> FrameReader<R> {
     /// as bytes arrive: a length is not an allocation.
     fn fill(&mut self, want: usize) -> Result<(), FrameError> {
         while self.partial.len() < want {
+            self.check_deadline()?;
             let buf = match self.inner.fill_buf() {
                 Ok(b) => b,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -275,9 +318,19 @@ impl<R: Read> FrameReader<R> {
     }
 
     /// Takes bytes until the last four are [`MAGIC`], which become the
-    /// start of the next frame.
+    /// start of the next frame: first those of a header whose magic was
+    /// bad, then the stream's.
     fn skip_to_magic(&mut self) -> Result<(), FrameError> {
+        let rescan = std::mem::take(&mut self.rescan);
+        for (i, &b) in rescan.iter().enumerate() {
+            if take_magic_byte(&mut self.partial, b) {
+                self.partial.extend_from_slice(&rescan[i + 1..]);
+                self.resync = false;
+                return Ok(());
+            }
+        }
         loop {
+            self.check_deadline()?;
             let buf = match self.inner.fill_buf() {
                 Ok(b) => b,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -289,11 +342,7 @@ impl<R: Read> FrameReader<R> {
             }
             let mut taken = buf.len();
             for (i, &b) in buf.iter().enumerate() {
-                self.partial.push(b);
-                while !MAGIC.starts_with(&self.partial) {
-                    self.partial.remove(0);
-                }
-                if self.partial.len() == MAGIC.len() {
+                if take_magic_byte(&mut self.partial, b) {
                     taken = i + 1;
                     self.resync = false;
                     break;
@@ -306,6 +355,16 @@ impl<R: Read> FrameReader<R> {
             }
         }
     }
+}
+
+/// Adds `b` to `seen`, the longest prefix of [`MAGIC`] the bytes so far
+/// end with; whether that is now the whole magic.
+fn take_magic_byte(seen: &mut Vec<u8>, b: u8) -> bool {
+    seen.push(b);
+    while !MAGIC.starts_with(seen) {
+        seen.remove(0);
+    }
+    seen.len() == MAGIC.len()
 }
 
 /// Writes one frame.
@@ -427,6 +486,42 @@ mod tests {
         assert!(matches!(r.read(), Err(FrameError::TooLong { len: 5, .. })));
         r.resync();
         assert!(matches!(r.read(), Err(FrameError::Closed)));
+    }
+
+    /// A frame that starts inside what was taken for a header is found.
+    #[test]
+    fn a_stray_byte_costs_no_frame() {
+        let mut bytes = b"x".to_vec();
+        bytes.extend(framed(0x0008, 0, 0, b""));
+        let mut r = FrameReader::new(&bytes[..], true);
+        assert!(matches!(r.read(), Err(FrameError::Magic { offset: 0, .. })));
+        r.resync();
+        assert_eq!(r.read().unwrap().kind, Kind::Alive);
+        assert_eq!(r.offset(), 13);
+    }
+
+    /// Garbage without end, or a frame trickled in byte by byte, does not
+    /// hold a reader past its deadline; what arrived is kept.
+    #[test]
+    fn a_deadline_bounds_a_read_however_bytes_trickle() {
+        struct Endless;
+        impl Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                buf[0] = b'x';
+                Ok(1)
+            }
+        }
+        let mut r = FrameReader::new(Endless, true);
+        r.resync();
+        r.set_deadline(Some(Instant::now() + std::time::Duration::from_millis(50)));
+        assert!(matches!(r.read(), Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::TimedOut));
+        assert!(r.offset() > 0);
+        let whole = framed(0x0006, 0, 2, b"{}");
+        let mut r = FrameReader::new(&whole[..], true);
+        r.set_deadline(Some(Instant::now()));
+        assert!(matches!(r.read(), Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::TimedOut));
+        r.set_deadline(None);
+        assert_eq!(r.read().unwrap().kind, Kind::Ready);
     }
 
     #[test]

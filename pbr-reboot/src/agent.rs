@@ -81,6 +81,7 @@ impl AgentPort {
     /// frame or message (named, with its offset in the stream).
     pub fn next(&mut self, timeout: Duration) -> Result<Message> {
         self.reader.get_ref().set_read_timeout(Some(timeout)).map_err(|e| Error::io("agent port", e))?;
+        self.reader.set_deadline(Some(std::time::Instant::now() + timeout));
         let at = self.reader.offset();
         let frame = self.reader.read().map_err(|e| match e {
             pbr_agent::FrameError::Io(e)

@@ -48,10 +48,30 @@ pub struct Beside {
 /// host resource and cannot be taken over).
 pub fn beside(args: &[String], dir: &Path) -> std::result::Result<Beside, String> {
     let mut out = Beside { args: Vec::with_capacity(args.len()), takeover: Vec::new() };
+    // Chardevs that a monitor runs on: QEMU's monitors take no
+    // `chardev-change`.
+    let mut monitors = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let option = a.trim_start_matches('-');
         match option {
+            "nographic" => return Err(format!("{a} puts the console on standard input, which only one QEMU has")),
+            "mon" | "object" => {
+                let value = it.next().ok_or_else(|| format!("{a} has no value"))?;
+                let parts = split(value);
+                if option == "mon" {
+                    monitors.extend(find(&parts, "chardev"));
+                } else if parts
+                    .first()
+                    .is_some_and(|p| p == "memory-backend-file" || p == "qom-type=memory-backend-file")
+                    && find(&parts, "share").is_some_and(|v| is_on(&v))
+                {
+                    return Err(format!(
+                        "{a} {value}: the waiting QEMU would load its guest into the VM's shared memory"
+                    ));
+                }
+                out.args.extend([a.clone(), value.clone()]);
+            }
             "netdev" | "chardev" => {
                 let value = it.next().ok_or_else(|| format!("{a} has no value"))?;
                 let value = match option {
@@ -61,8 +81,11 @@ pub fn beside(args: &[String], dir: &Path) -> std::result::Result<Beside, String
                 out.args.extend([a.clone(), value]);
             }
             "nic" | "net" | "serial" | "parallel" | "monitor" | "qmp" | "qmp-pretty" | "vnc" | "spice" | "gdb"
-            | "pidfile" | "incoming" | "daemonize" => {
+            | "pidfile" | "incoming" | "daemonize" | "debugcon" | "display" => {
                 let value = it.next().map(String::as_str).unwrap_or_default();
+                if option == "monitor" {
+                    monitors.extend(value.strip_prefix("chardev:").map(str::to_owned));
+                }
                 if host_free(option, value) {
                     out.args.extend([a.clone(), value.to_owned()]);
                 } else {
@@ -75,7 +98,19 @@ pub fn beside(args: &[String], dir: &Path) -> std::result::Result<Beside, String
             _ => out.args.push(a.clone()),
         }
     }
+    for t in &out.takeover {
+        if let Takeover::Chardev { id, .. } = t
+            && monitors.contains(id)
+        {
+            return Err(format!("-chardev {id} carries a monitor, which cannot be moved to its real backend"));
+        }
+    }
     Ok(out)
+}
+
+/// Whether a QEMU boolean option value is on.
+fn is_on(v: &str) -> bool {
+    matches!(v, "on" | "yes" | "true" | "y")
 }
 
 /// Whether `-option value` leaves the host alone: a serial port or monitor
@@ -86,6 +121,7 @@ fn host_free(option: &str, value: &str) -> bool {
             value.starts_with("chardev:") || matches!(value, "none" | "null" | "pty" | "vc")
         }
         "nic" | "net" => value == "none",
+        "display" => value == "none",
         _ => false,
     }
 }
@@ -118,8 +154,22 @@ fn chardev(value: &str, dir: &Path, takeover: &mut Vec<Takeover>) -> std::result
     let parts = split(value);
     let backend = parts.first().cloned().unwrap_or_default();
     let id = find(&parts, "id").ok_or_else(|| format!("-chardev {value} has no id"))?;
-    let on = |key: &str| find(&parts, key).is_some_and(|v| matches!(v.as_str(), "on" | "yes" | "true"));
-    let server = on("server") || parts.iter().any(|p| p == "server");
+    let server = find(&parts, "server").is_some_and(|v| is_on(&v)) || parts.iter().any(|p| p == "server");
+    // Only what the takeover carries over: any other option (mux, telnet,
+    // websocket, TLS, ...) would be lost on the real backend.
+    let known: &[&str] = match backend.as_str() {
+        "socket" => &["id", "path", "host", "port", "server", "wait", "nowait", "ipv4", "ipv6", "logfile", "logappend"],
+        "file" => &["id", "path", "append", "logfile", "logappend"],
+        "stdio" => return Err(format!("-chardev {value}: standard input is the VM's, not the waiting QEMU's")),
+        _ => &["id", "logfile", "logappend"],
+    };
+    // (A client socket without a log binds nothing: it is kept as it is.)
+    let taken_over = backend != "socket" || server || find(&parts, "logfile").is_some();
+    if let Some(p) = parts[1..].iter().find(|p| !known.contains(&p.split('=').next().unwrap_or_default()))
+        && taken_over
+    {
+        return Err(format!("-chardev {value}: a waiting QEMU cannot take over {p}"));
+    }
     let logfile = find(&parts, "logfile");
     let stand_in = |what: &str| dir.join(format!("standby-{id}.{what}")).display().to_string();
     let mut real = match backend.as_str() {
@@ -138,7 +188,7 @@ fn chardev(value: &str, dir: &Path, takeover: &mut Vec<Takeover>) -> std::result
             let path = find(&parts, "path").ok_or_else(|| format!("-chardev {value} has no path"))?;
             json!({"type": "file", "data": {"out": path, "append": true}})
         }
-        "socket" | "null" | "pty" | "stdio" | "ringbuf" | "memory" | "vc" if logfile.is_none() => {
+        "socket" | "null" | "pty" | "ringbuf" | "memory" | "vc" if logfile.is_none() => {
             return Ok(value.to_owned());
         }
         "socket" | "null" | "pty" | "ringbuf" | "memory" | "vc" => {
@@ -153,6 +203,8 @@ fn chardev(value: &str, dir: &Path, takeover: &mut Vec<Takeover>) -> std::result
     for p in parts {
         let key = p.split('=').next().unwrap_or_default().to_owned();
         match key.as_str() {
+            // The stand-in never waits for a client: QEMU would not start.
+            "wait" | "nowait" if server => {}
             "path" if backend == "socket" && server => kept.push(format!("path={}", stand_in("sock"))),
             "path" if backend == "file" => kept.push(format!("path={}", stand_in("out"))),
             "port" if backend == "socket" && server => kept.push("port=0".into()),
@@ -160,6 +212,9 @@ fn chardev(value: &str, dir: &Path, takeover: &mut Vec<Takeover>) -> std::result
             "logappend" => {}
             _ => kept.push(p),
         }
+    }
+    if backend == "socket" && server {
+        kept.push("wait=off".into());
     }
     if let Some(log) = logfile {
         real["data"]["logfile"] = json!(log);
@@ -253,7 +308,7 @@ mod tests {
                     -serial chardev:con";
         let b = beside(&args(line), Path::new("/w")).unwrap();
         assert_eq!(b.args[5], "user,id=net0");
-        assert_eq!(b.args[9], "socket,id=con,path=/w/standby-con.sock,server=on,wait=off,logfile=/w/standby-con.log");
+        assert_eq!(b.args[9], "socket,id=con,path=/w/standby-con.sock,server=on,logfile=/w/standby-con.log,wait=off");
         assert_eq!(b.args[..4], args(line)[..4], "the disks are kept");
         assert_eq!(b.takeover[0], Takeover::Hostfwd { netdev: "net0".into(), rule: "tcp:127.0.0.1:8080-:80".into() });
         let Takeover::Chardev { id, backend } = &b.takeover[1] else { panic!("{:?}", b.takeover) };
@@ -268,7 +323,7 @@ mod tests {
         let line = "-chardev file,id=log,path=/var/log/vm.log -chardev socket,id=t,host=127.0.0.1,port=4444,server=on";
         let b = beside(&args(line), Path::new("/w")).unwrap();
         assert_eq!(b.args[1], "file,id=log,path=/w/standby-log.out");
-        assert_eq!(b.args[3], "socket,id=t,host=127.0.0.1,port=0,server=on");
+        assert_eq!(b.args[3], "socket,id=t,host=127.0.0.1,port=0,server=on,wait=off", "a stand-in never waits");
         let Takeover::Chardev { backend, .. } = &b.takeover[1] else { panic!() };
         assert_eq!(backend["data"]["addr"], json!({"type": "inet", "data": {"host": "127.0.0.1", "port": "4444"}}));
     }
@@ -289,6 +344,31 @@ mod tests {
         let b = beside(&args(kept), Path::new("/w")).unwrap();
         assert_eq!(b.args, args(kept));
         assert!(b.takeover.is_empty());
+    }
+
+    /// What the takeover would lose or QEMU would refuse is refused before
+    /// a waiting QEMU starts.
+    #[test]
+    fn what_a_takeover_would_lose_is_refused() {
+        let cases = [
+            ("-chardev socket,id=c,path=/s,server=on,wait=off,mux=on", "mux=on"),
+            ("-chardev socket,id=c,path=/s,server=on,tls-creds=t0", "tls-creds=t0"),
+            ("-chardev socket,id=c,port=23,server=on,telnet=on", "telnet=on"),
+            ("-chardev stdio,id=c", "standard input"),
+            ("-nographic", "standard input"),
+            ("-debugcon file:/tmp/ovmf.log", "binds something"),
+            ("-display vnc=:1", "binds something"),
+            ("-object memory-backend-file,id=m,mem-path=/dev/shm/vm,share=on,size=1G", "shared memory"),
+            ("-chardev socket,id=m,path=/s,server=on,wait=off -mon chardev=m", "carries a monitor"),
+            ("-chardev socket,id=m,path=/s,server=y -monitor chardev:m", "carries a monitor"),
+        ];
+        for (line, want) in cases {
+            let e = beside(&args(line), Path::new("/w")).unwrap_err();
+            assert!(e.contains(want), "{line}: {e}");
+        }
+        let kept = "-object memory-backend-file,id=m,mem-path=/hugepages,size=1G -display none \
+                    -chardev socket,id=c,path=/s,reconnect=5";
+        assert_eq!(beside(&args(kept), Path::new("/w")).unwrap().args, args(kept), "a client socket binds nothing");
     }
 
     #[test]

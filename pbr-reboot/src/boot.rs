@@ -91,7 +91,7 @@ pub(crate) fn boot_after(
         t0
     };
     let restore = t.elapsed();
-    until_ready(&mut m.agent)?;
+    until_ready(&mut m.agent, &mut m.qemu)?;
     let downtime = before.spent + t.elapsed();
     let restore = before.spent - before.select + restore;
     let r = Recovery {

@@ -232,6 +232,11 @@ pub(crate) fn candidate(
             .map_err(|e| Error::io("cannot move the candidate", e))?,
     }
     let image_bytes = std::fs::metadata(&dest).map_err(|e| Error::io("candidate", e))?.len();
+    // The steps' files are not kept: a machine that runs on keeps its work
+    // directory for as long as it runs.
+    for step in ["raw", "classified", "trimmed"] {
+        let _ = std::fs::remove_file(work.join(format!("{phase}-{step}.pbr")));
+    }
     let guest_bytes = report.blocks.iter().find(|b| b.name == "pc.ram").map_or(0, |b| b.used_length);
     Ok(Candidate {
         phase: phase.to_owned(),

@@ -12,6 +12,7 @@ use crate::capture::{Candidate, CaptureOptions, PhaseInput, candidate};
 use crate::error::{Error, Result};
 use crate::guest::save;
 use crate::machine::{Drive, Machine, UserCommand};
+use crate::ready::{LOOK, stopped as stopped_now};
 use pbr_tools::seal::{DiskSeal, FileSeal, SEALS_KEY, Seals, wait_past};
 
 /// Metadata keys an agent candidate carries beside its seals.
@@ -32,8 +33,9 @@ const SAFE_DROP: pbr_tools::trim::Drop = pbr_tools::trim::Drop { free: false, ze
 /// How long the agent may stay silent during a boot.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// How often a kept machine is looked at while its agent is silent.
-const LOOK: Duration = Duration::from_millis(250);
+/// The most points a kept machine's boot captures: a guest cannot fill
+/// the host's disk with candidates.
+const MAX_POINTS: usize = 16;
 
 /// A point that gave no candidate, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,13 +198,15 @@ fn boot(
         };
         let message = match m.agent.next(slice) {
             Ok(message) => message,
-            Err(Error::AgentSilent(_)) if keep.is_some() && since.elapsed() < timeout => match failed_early(&mut m) {
-                Some(why) => {
-                    result.stopped = Some(why);
-                    break;
+            Err(Error::AgentSilent(_)) if keep.is_some() && since.elapsed() < timeout => {
+                match stopped_now(&mut m.qemu, "during its boot") {
+                    Some(why) => {
+                        result.stopped = Some(why);
+                        break;
+                    }
+                    None => continue,
                 }
-                None => continue,
-            },
+            }
             Err(Error::AgentSilent(_)) if keep.is_some() => {
                 result.stopped = Some(stopped(&Error::AgentSilent(timeout), heard));
                 break;
@@ -222,24 +226,39 @@ fn boot(
             Message::Cache(cache) => sent.cache = Some(cache),
             Message::Point(p) => {
                 let since_power_on = t0.elapsed().as_secs_f64();
-                m.qemu.qmp().cmd("stop", serde_json::json!({}))?;
-                let sequence = result.candidates.len() as u32 + 1;
-                let got = c.point(&mut m, &p, &std::mem::take(&mut sent), sequence);
-                let skipped = match got {
-                    Ok(Ok(candidate)) => {
-                        progress(&format!("point {}: {}", p.name, candidate.path.display()));
-                        result.candidates.push(Candidate { since_power_on, ..candidate });
-                        None
+                let sent = std::mem::take(&mut sent);
+                let skipped = if keep.is_some() && result.candidates.len() + result.skipped.len() >= MAX_POINTS {
+                    Some(format!("more than {MAX_POINTS} points in one boot: the rest give no candidate"))
+                } else {
+                    let sequence = result.candidates.len() as u32 + 1;
+                    let got = m.qemu.qmp().cmd("stop", serde_json::json!({})).map_err(Error::from).and_then(|_| {
+                        let got = c.point(&mut m, &p, &sent, sequence)?;
+                        m.qemu.qmp().cmd("cont", serde_json::json!({}))?;
+                        Ok(got)
+                    });
+                    match got {
+                        Ok(Ok(candidate)) => {
+                            progress(&format!("point {}: {}", p.name, candidate.path.display()));
+                            result.candidates.push(Candidate { since_power_on, ..candidate });
+                            None
+                        }
+                        Ok(Err(reason)) => Some(reason),
+                        // The machine runs on if it can; a QEMU that failed
+                        // is the watch's to meet.
+                        Err(e) if keep.is_some() => match m.qemu.qmp().cmd("cont", serde_json::json!({})) {
+                            Ok(_) => Some(format!("the capture failed: {e}")),
+                            Err(_) => {
+                                result.stopped = Some(format!("QEMU failed at point {}: {e}", p.name));
+                                break;
+                            }
+                        },
+                        Err(e) => return Err(e),
                     }
-                    Ok(Err(reason)) => Some(reason),
-                    Err(e) if keep.is_some() => Some(format!("the capture failed: {e}")),
-                    Err(e) => return Err(e),
                 };
                 if let Some(reason) = skipped {
                     progress(&format!("point {}: no candidate: {reason}", p.name));
                     result.skipped.push(Skipped { point: p.name.clone(), reason });
                 }
-                m.qemu.qmp().cmd("cont", serde_json::json!({}))?;
                 match m.agent.carry_on() {
                     Err(e) if keep.is_some() => {
                         result.stopped = Some(format!("the guest does not read its agent's port: {e}"));
@@ -264,22 +283,6 @@ fn boot(
         }
     }
     Ok(Booted { capture: result, machine: m, _work: work, _interrupt: interrupt })
-}
-
-/// Why a kept machine's guest stopped during its boot, if it did: its
-/// kernel panicked, it asked for a reboot or a power-off (QEMU paused on
-/// it), or QEMU exited. (Its events stay for whoever watches it next.)
-fn failed_early(m: &mut Machine) -> Option<String> {
-    if let Ok(Some(status)) = m.qemu.child().try_wait() {
-        return Some(format!("QEMU exited during the boot ({status})"));
-    }
-    let status = m.qemu.qmp().cmd("query-status", serde_json::json!({})).ok()?;
-    match status["status"].as_str() {
-        Some(s @ ("guest-panicked" | "shutdown" | "internal-error")) => {
-            Some(format!("the guest stopped during its boot (QEMU says {s})"))
-        }
-        _ => None,
-    }
 }
 
 /// Why a kept boot's capture stopped, after error `e` of its agent.

@@ -62,22 +62,49 @@ pub(crate) fn serve(
     })
 }
 
+/// How often a machine is looked at while its agent is silent.
+pub(crate) const LOOK: Duration = Duration::from_millis(250);
+
+/// Why the guest in `qemu` stopped, if it did: its kernel panicked, it
+/// asked for a reboot or a power-off (QEMU paused on it), or QEMU exited.
+/// (Its events stay for whoever watches it next.)
+pub(crate) fn stopped(qemu: &mut QemuProcess, when: &str) -> Option<String> {
+    if let Ok(Some(status)) = qemu.child().try_wait() {
+        return Some(format!("QEMU exited {when} ({status})"));
+    }
+    let status = qemu.qmp().cmd("query-status", serde_json::json!({})).ok()?;
+    match status["status"].as_str() {
+        Some(s @ ("guest-panicked" | "shutdown" | "internal-error")) => {
+            Some(format!("the guest stopped {when} (QEMU says {s})"))
+        }
+        _ => None,
+    }
+}
+
 /// Answers every point with "carry on" (nothing is captured during a
 /// recovery) until the agent says ready; returns what a restored guest's
 /// agent reported doing. A bad frame or message is skipped: the port is
-/// read on from the next frame.
+/// read on from the next frame. The machine in `qemu` is looked at
+/// whenever the agent is silent.
 ///
 /// # Errors
-/// The agent went silent, its port closed, or it sent what has no place
-/// in a boot.
-pub(crate) fn until_ready(agent: &mut AgentPort) -> Result<Option<Resumed>> {
+/// The agent went silent or did not say ready in time, its port closed,
+/// it sent what has no place in a boot, or the guest stopped first.
+pub(crate) fn until_ready(agent: &mut AgentPort, qemu: &mut QemuProcess) -> Result<Option<Resumed>> {
+    let deadline = Instant::now() + READY_TIMEOUT;
     let mut resumed = None;
     loop {
-        let message = match agent.next(READY_TIMEOUT) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Guest(format!("the guest did not say ready within {} s", READY_TIMEOUT.as_secs())));
+        }
+        let message = match agent.next(left.min(LOOK)) {
             Ok(m) => m,
-            Err(e @ (Error::AgentFrame(FrameError::Closed | FrameError::Io(_)) | Error::AgentSilent(_))) => {
-                return Err(e);
-            }
+            Err(Error::AgentSilent(_)) => match stopped(qemu, "before it was ready") {
+                Some(why) => return Err(Error::Guest(why)),
+                None => continue,
+            },
+            Err(e @ Error::AgentFrame(FrameError::Closed | FrameError::Io(_))) => return Err(e),
             Err(Error::AgentFrame(_) | Error::AgentMessage { .. }) => {
                 agent.resync();
                 continue;

@@ -470,7 +470,7 @@ impl Link {
         Ok(match self {
             Link::Agent(agent) => {
                 agent.resume()?;
-                let resumed = until_ready(agent)?;
+                let resumed = until_ready(agent, process)?;
                 Ready { downtime: t.elapsed(), signal: "the agent said ready".into(), resumed }
             }
             Link::Control(control, port) => {

@@ -339,12 +339,12 @@ pub fn run(
                 }
                 Watched::Failed(d) => {
                     on_event(Event::Failed(&d));
+                    failed_at = Instant::now().checked_sub(d.late).unwrap_or_else(Instant::now);
                     drop(vm);
                     if back_off(failures.count(), stop, on_event) {
                         on_event(Event::Stopped(false));
                         return Ok(End::Stopped);
                     }
-                    failed_at = Instant::now().checked_sub(d.late).unwrap_or_else(Instant::now);
                     if let Some(t) = recovered_at.filter(|t| t.elapsed() < opts.retry_after) {
                         boot_why = Some(format!(
                             "the recovered VM failed again {:.0} s after its recovery",

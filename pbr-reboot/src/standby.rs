@@ -70,6 +70,13 @@ impl Standby {
     }
 }
 
+impl Standby {
+    /// Whether its QEMU still runs.
+    fn alive(&mut self) -> bool {
+        self.vm.process().is_some_and(|p| matches!(p.child().try_wait(), Ok(None)))
+    }
+}
+
 /// Restores `o` with `args` into the waiting QEMU where it can take it,
 /// else into a new `qemu` (the waiting one is stopped first: it holds the
 /// ports and sockets of `args`); says which way it went. A waiting QEMU
@@ -84,6 +91,8 @@ pub(crate) fn restore_into(
     standby: Option<Standby>,
 ) -> Result<(QemuAdapter, Vmm)> {
     let hash = o.image.image_blake3();
+    // One that died while it waited (killed, out of memory) is replaced.
+    let standby = standby.and_then(|mut s| s.alive().then_some(s));
     match standby {
         Some(mut s) if s.vm.held() == Some(hash) => {
             take_over(&mut s)?;

@@ -66,7 +66,14 @@ impl QemuProcess {
         let qmp = Qmp::connect_watching(qmp_sock, &mut gone);
         let qmp = match qmp {
             Ok(qmp) => qmp,
-            Err(e) => return Err(failure(qemu, &mut child, stderr.as_ref(), e, "before it was ready")),
+            Err(e) => {
+                let e = failure(qemu, &mut child, stderr.as_ref(), e, "before it was ready");
+                // One that still runs (blocked before its QMP came up) is
+                // not left behind.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
         };
         Ok(QemuProcess { qemu: qemu.to_owned(), child, qmp, stderr, _interrupt: interrupt })
     }
