@@ -271,9 +271,11 @@ impl Prepared {
 
 /// Makes the recovery from `candidates` ready, as [`recover`] does before
 /// its decision. `beside` starts the waiting QEMU while the VM it will
-/// replace still runs ([`crate::beside`]): what that VM binds on the host
-/// is taken over once it is gone; a command line with something that
-/// cannot be taken over gets no waiting QEMU ([`Prepared::no_standby`]).
+/// replace still runs: it gets stand-ins for what that VM binds on the
+/// host (forwarded ports, listening sockets, files its chardevs write) and
+/// takes them over once the VM is gone; a command line with something
+/// that cannot be taken over gets no waiting QEMU
+/// ([`Prepared::no_standby`]).
 ///
 /// # Errors
 /// No candidate opens (a [`Error::NoCandidate`]), a work directory, or the
