@@ -377,8 +377,9 @@ pub mod processes {
     /// Sets the index crc32 of `section` when its head says where the index
     /// ends, so that the fuzzer reaches past the crc check.
     pub fn seal(section: &mut [u8]) {
-        let word =
-            |at: usize| u64::from(u32::from_le_bytes([section[at], section[at + 1], section[at + 2], section[at + 3]]));
+        let word = |at: usize| {
+            u128::from(u32::from_le_bytes([section[at], section[at + 1], section[at + 2], section[at + 3]]))
+        };
         if section.len() < 48 {
             return;
         }

@@ -260,11 +260,11 @@ impl<'a> Processes<'a> {
             .map_err(|_| bad(0, format!("section is {} bytes, shorter than its {HEAD}-byte head", section.len())))?;
         let (unit_count, unit_size) = (h.unit_count.get() as usize, h.unit_record_size.get() as usize);
         let (blob_count, blob_size) = (h.blob_count.get() as usize, h.blob_record_size.get() as usize);
-        // u32 × u32 fits a u64: no sum below overflows.
-        let blobs_at = HEAD as u64 + unit_count as u64 * unit_size as u64;
-        let strings_at = blobs_at + blob_count as u64 * blob_size as u64;
-        let index_end = strings_at + u64::from(h.strings_len.get());
-        if index_end > section.len() as u64 {
+        // Two u32 × u32 products and more do not fit a u64; they fit a u128.
+        let blobs_at = HEAD as u128 + unit_count as u128 * unit_size as u128;
+        let strings_at = blobs_at + blob_count as u128 * blob_size as u128;
+        let index_end = strings_at + u128::from(h.strings_len.get());
+        if index_end > section.len() as u128 {
             return Err(bad(
                 4,
                 format!(

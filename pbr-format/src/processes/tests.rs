@@ -301,3 +301,15 @@ fn strings_are_utf8_without_control_characters() {
     rename(&mut b, b"3.19", b"3.\xff9");
     refused(&b, "CRIU version is not UTF-8");
 }
+
+/// Counts and record sizes whose products overflow 64 bits are refused as
+/// not fitting, never wrapped into a small index (found by fuzzing).
+#[test]
+fn index_sizes_past_64_bits_do_not_wrap() {
+    let mut head = vec![0u8; 49];
+    for at in [4, 8, 12, 16, 20] {
+        head[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    }
+    let e = Processes::parse(&head, 0).unwrap_err();
+    assert!(e.to_string().contains("do not fit"), "{e}");
+}

@@ -232,6 +232,9 @@ fn a_guest_whose_agent_is_silent_runs_without_candidates() {
     let boots: Vec<_> = all.iter().filter(|e| e["event"] == "booting").collect();
     assert!(boots[1]["reason"].as_str().unwrap().contains("no candidate"), "{all:#?}");
     assert_eq!(all.iter().filter(|e| e["event"] == "failed").count(), 1, "{all:#?}");
+    // Booted up again (a guest powers off on ACPI's button only once up).
+    let (_, status) = lab.shell("systemctl is-system-running --wait > /dev/null; systemctl is-active nginx");
+    assert_eq!(status, 0, "the guest booted again to serve");
     run.stop(&lab, &log);
     lab.fsck_clean();
 }
