@@ -205,14 +205,6 @@ impl<R: Read> FrameReader<R> {
         self.deadline = deadline;
     }
 
-    /// [`FrameError::Io`] (`TimedOut`) once the deadline has passed.
-    fn check_deadline(&self) -> Result<(), FrameError> {
-        match self.deadline {
-            Some(d) if Instant::now() >= d => Err(FrameError::Io(io::Error::from(io::ErrorKind::TimedOut))),
-            _ => Ok(()),
-        }
-    }
-
     /// Bytes taken from the stream so far.
     pub fn offset(&self) -> u64 {
         self.offset
@@ -294,12 +286,7 @@ impl<R: Read> FrameReader<R> {
     /// as bytes arrive: a length is not an allocation.
     fn fill(&mut self, want: usize) -> Result<(), FrameError> {
         while self.partial.len() < want {
-            self.check_deadline()?;
-            let buf = match self.inner.fill_buf() {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(FrameError::Io(e)),
-            };
+            let buf = available(&mut self.inner, self.deadline)?;
             if buf.is_empty() {
                 let got = self.partial.len() as u64;
                 let offset = self.offset - got;
@@ -330,12 +317,7 @@ impl<R: Read> FrameReader<R> {
             }
         }
         loop {
-            self.check_deadline()?;
-            let buf = match self.inner.fill_buf() {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(FrameError::Io(e)),
-            };
+            let buf = available(&mut self.inner, self.deadline)?;
             if buf.is_empty() {
                 self.partial.clear();
                 return Err(FrameError::Closed);
@@ -353,6 +335,22 @@ impl<R: Read> FrameReader<R> {
             if !self.resync {
                 return Ok(());
             }
+        }
+    }
+}
+
+/// The bytes `inner` has ready (empty at the end of the stream), waiting
+/// for some unless `deadline` has passed: then [`FrameError::Io`]
+/// (`TimedOut`).
+fn available<R: Read>(inner: &mut BufReader<R>, deadline: Option<Instant>) -> Result<&[u8], FrameError> {
+    loop {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(FrameError::Io(io::Error::from(io::ErrorKind::TimedOut)));
+        }
+        match inner.fill_buf() {
+            Ok(_) => return Ok(inner.buffer()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
         }
     }
 }
