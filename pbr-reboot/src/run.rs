@@ -4,10 +4,13 @@
 //! request pauses QEMU instead of resetting it). During the boot a
 //! candidate is captured at each point the agent announces, and the VM
 //! runs on. When it fails (a kernel panic, QEMU exiting, a reboot the
-//! guest asks for, a hang: its agent's heartbeat stops), it is recovered from the latest valid candidate, as
-//! `recover` does, or booted again from scratch, capturing afresh, when
-//! none is left or the last recovery failed again too soon. A stop request
-//! powers the guest off (ACPI), then QEMU quits.
+//! guest asks for, a hang: its agent's heartbeat stops), it is recovered
+//! from the latest valid candidate, as `recover` does (into a QEMU that
+//! waited beside it, when asked: [`crate::recover::prepare`]), or booted
+//! again from scratch, capturing afresh, when none is left or the last
+//! recovery failed again too soon; a VM that keeps failing waits between
+//! tries. Whatever the guest sends is hostile input: it never stops the
+//! watch. A stop request powers the guest off (ACPI), then QEMU quits.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
