@@ -174,14 +174,8 @@ fn chardev(value: &str, dir: &Path, takeover: &mut Vec<Takeover>) -> std::result
     let stand_in = |what: &str| dir.join(format!("standby-{id}.{what}")).display().to_string();
     let mut real = match backend.as_str() {
         "socket" if server => {
-            let addr = match (find(&parts, "path"), find(&parts, "port")) {
-                (Some(path), _) => json!({"type": "unix", "data": {"path": path}}),
-                (None, Some(port)) => {
-                    let host = find(&parts, "host").unwrap_or_else(|| "0.0.0.0".into());
-                    json!({"type": "inet", "data": {"host": host, "port": port}})
-                }
-                _ => return Err(format!("-chardev {value}: a server socket with neither path nor port")),
-            };
+            let addr = socket_addr(&parts, "0.0.0.0")
+                .ok_or_else(|| format!("-chardev {value}: a server socket with neither path nor port"))?;
             json!({"type": "socket", "data": {"addr": addr, "server": true, "wait": false}})
         }
         "file" => {
@@ -197,7 +191,8 @@ fn chardev(value: &str, dir: &Path, takeover: &mut Vec<Takeover>) -> std::result
         other => return Err(format!("-chardev {other} ({value}): a standby cannot take it over")),
     };
     if backend == "socket" && !server {
-        real["data"] = chardev_client(&parts).ok_or_else(|| format!("-chardev {value}: no path or port"))?;
+        let addr = socket_addr(&parts, "").ok_or_else(|| format!("-chardev {value}: no path or port"))?;
+        real["data"] = json!({"addr": addr, "server": false});
     }
     let mut kept = Vec::new();
     for p in parts {
@@ -224,17 +219,17 @@ fn chardev(value: &str, dir: &Path, takeover: &mut Vec<Takeover>) -> std::result
     Ok(join(&kept))
 }
 
-/// A client socket chardev's backend data (kept as it is: it binds
-/// nothing), for one that also logs to a file.
-fn chardev_client(parts: &[String]) -> Option<Value> {
-    let addr = match (find(parts, "path"), find(parts, "port")) {
-        (Some(path), _) => json!({"type": "unix", "data": {"path": path}}),
+/// A socket chardev's address as QMP takes it: its unix `path`, else its
+/// `host` (`default_host` when none is given) and `port`.
+fn socket_addr(parts: &[String], default_host: &str) -> Option<Value> {
+    match (find(parts, "path"), find(parts, "port")) {
+        (Some(path), _) => Some(json!({"type": "unix", "data": {"path": path}})),
         (None, Some(port)) => {
-            json!({"type": "inet", "data": {"host": find(parts, "host").unwrap_or_default(), "port": port}})
+            let host = find(parts, "host").unwrap_or_else(|| default_host.to_owned());
+            Some(json!({"type": "inet", "data": {"host": host, "port": port}}))
         }
-        _ => return None,
-    };
-    Some(json!({"addr": addr, "server": false}))
+        _ => None,
+    }
 }
 
 impl Takeover {

@@ -12,7 +12,7 @@ use crate::capture::{Candidate, CaptureOptions, PhaseInput, candidate};
 use crate::error::{Error, Result};
 use crate::guest::save;
 use crate::machine::{Drive, Machine, UserCommand};
-use crate::ready::{LOOK, stopped as stopped_now};
+use crate::ready::{LOOK, stopped};
 use pbr_tools::seal::{DiskSeal, FileSeal, SEALS_KEY, Seals, wait_past};
 
 /// Metadata keys an agent candidate carries beside its seals.
@@ -199,7 +199,7 @@ fn boot(
         let message = match m.agent.next(slice) {
             Ok(message) => message,
             Err(Error::AgentSilent(_)) if keep.is_some() && since.elapsed() < timeout => {
-                match stopped_now(&mut m.qemu, "during its boot") {
+                match stopped(&mut m.qemu, "during its boot") {
                     Some(why) => {
                         result.stopped = Some(why);
                         break;
@@ -208,11 +208,11 @@ fn boot(
                 }
             }
             Err(Error::AgentSilent(_)) if keep.is_some() => {
-                result.stopped = Some(stopped(&Error::AgentSilent(timeout), heard));
+                result.stopped = Some(capture_ended(&Error::AgentSilent(timeout), heard));
                 break;
             }
             Err(e) if keep.is_some() && e.is_agents() => {
-                result.stopped = Some(stopped(&e, heard));
+                result.stopped = Some(capture_ended(&e, heard));
                 break;
             }
             Err(e) => return Err(e),
@@ -274,7 +274,7 @@ fn boot(
             other => {
                 let e = Error::AgentUnexpected(format!("{:?} during a boot", other.encode().kind));
                 if keep.is_some() {
-                    result.stopped = Some(stopped(&e, heard));
+                    result.stopped = Some(capture_ended(&e, heard));
                     break;
                 }
                 m.quit();
@@ -286,7 +286,7 @@ fn boot(
 }
 
 /// Why a kept boot's capture stopped, after error `e` of its agent.
-fn stopped(e: &Error, heard: bool) -> String {
+fn capture_ended(e: &Error, heard: bool) -> String {
     match (e, heard) {
         (Error::AgentSilent(d), false) => format!(
             "the guest's agent said nothing within {} s of the start: the guest runs no pbr-agent (or its port \

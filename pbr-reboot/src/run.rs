@@ -78,6 +78,14 @@ pub struct RunOptions<'a> {
     pub agent_wait: Duration,
 }
 
+impl RunOptions<'_> {
+    /// How the VM of `cmd` is recovered: from its agent's candidates,
+    /// into a QEMU from where these options say.
+    fn recover<'c>(&self, cmd: &'c UserCommand) -> RecoverOptions<'c> {
+        RecoverOptions { root: None, qemu: Some(&cmd.qemu), vmm: self.vmm }
+    }
+}
+
 /// A failure of the VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Failure {
@@ -285,8 +293,7 @@ pub fn run(
                     Some(p) => recover_prepared(p, None, &mut |r| on_event(Event::Refused(r))),
                     None => {
                         let files = candidate_files(opts.candidates)?;
-                        let ropts = RecoverOptions { root: None, qemu: Some(&cmd.qemu), vmm: opts.vmm };
-                        recover_running(&files, &ropts, &mut |r| on_event(Event::Refused(r)))
+                        recover_running(&files, &opts.recover(&cmd), &mut |r| on_event(Event::Refused(r)))
                     }
                 };
                 match recovered {
@@ -414,8 +421,7 @@ fn back_off(wait: Duration, stop: &AtomicBool, on_event: &mut dyn FnMut(Event<'_
 /// The next recovery made ready beside the running VM, its QEMU waiting
 /// (told as an event, or why none waits).
 fn standby(opts: &RunOptions<'_>, cmd: &UserCommand, on_event: &mut dyn FnMut(Event<'_>)) -> Option<Prepared> {
-    let ropts = RecoverOptions { root: None, qemu: Some(&cmd.qemu), vmm: opts.vmm };
-    match candidate_files(opts.candidates).and_then(|files| prepare(&files, &ropts, true)) {
+    match candidate_files(opts.candidates).and_then(|files| prepare(&files, &opts.recover(cmd), true)) {
         Ok(p) => {
             match (p.standby_for(), p.no_standby()) {
                 (Some(c), _) => on_event(Event::Standby(c)),

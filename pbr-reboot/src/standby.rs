@@ -47,6 +47,11 @@ impl Standby {
         vmm: Vmm,
         beside_in: Option<&Path>,
     ) -> std::result::Result<Option<Standby>, String> {
+        let prestaged = match vmm {
+            Vmm::Spawn => return Ok(None),
+            Vmm::Prestaged => true,
+            Vmm::Standby => false,
+        };
         let (mut run, takeover) = match beside_in {
             Some(dir) => {
                 let b = beside(&machine, dir)?;
@@ -56,21 +61,19 @@ impl Standby {
         };
         run.extend(own.iter().cloned());
         let args = [machine, own].concat();
-        let vm = match vmm {
-            Vmm::Spawn => return Ok(None),
+        let vm = if prestaged {
             // Preparing before a failure must not prevent the recovery: an
             // image that does not load leaves a plain standby QEMU (and is
             // refused at the decision if invalid).
-            Vmm::Prestaged => QemuAdapter::prestage(qemu, run.clone(), &latest.path, &latest.image)
-                .or_else(|_| QemuAdapter::standby(qemu, run)),
-            Vmm::Standby => QemuAdapter::standby_prepared(qemu, run, &latest.path, &latest.image),
+            QemuAdapter::prestage(qemu, run.clone(), &latest.path, &latest.image)
+                .or_else(|_| QemuAdapter::standby(qemu, run))
+        } else {
+            QemuAdapter::standby_prepared(qemu, run, &latest.path, &latest.image)
         };
         let vm = vm.map_err(|e| format!("the standby QEMU did not start: {e}"))?;
         Ok(Some(Standby { vm, stands_for: args, takeover }))
     }
-}
 
-impl Standby {
     /// Whether its QEMU still runs.
     fn alive(&mut self) -> bool {
         self.vm.process().is_some_and(|p| matches!(p.child().try_wait(), Ok(None)))
