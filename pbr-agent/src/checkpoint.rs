@@ -78,7 +78,7 @@ pub fn valid_release(s: &str) -> bool {
 }
 
 /// A unit name at `at`, checked.
-fn unit_name(s: String, k: Kind, at: &str) -> Result<String, MessageError> {
+pub(crate) fn unit_name(s: String, k: Kind, at: &str) -> Result<String, MessageError> {
     if !valid_unit_name(&s) {
         return Err(err(
             k,
@@ -89,7 +89,7 @@ fn unit_name(s: String, k: Kind, at: &str) -> Result<String, MessageError> {
 }
 
 /// A list of units with no name twice.
-fn unique<'a>(names: impl Iterator<Item = &'a str>, k: Kind) -> Result<(), MessageError> {
+pub(crate) fn unique<'a>(names: impl Iterator<Item = &'a str>, k: Kind) -> Result<(), MessageError> {
     let mut seen: Vec<&str> = Vec::new();
     for n in names {
         if seen.contains(&n) {
@@ -101,7 +101,7 @@ fn unique<'a>(names: impl Iterator<Item = &'a str>, k: Kind) -> Result<(), Messa
 }
 
 /// The `units` list of `o`, at most [`MAX_UNITS`].
-fn units(o: &Map<String, Value>, k: Kind) -> Result<&Vec<Value>, MessageError> {
+pub(crate) fn units(o: &Map<String, Value>, k: Kind) -> Result<&Vec<Value>, MessageError> {
     let list = o.get("units").and_then(Value::as_array).ok_or_else(|| err(k, "units is missing or not a list"))?;
     if list.len() > MAX_UNITS {
         return Err(err(k, format!("{} units, over {MAX_UNITS}", list.len())));
@@ -115,28 +115,33 @@ impl Checkpoint {
     /// # Errors
     /// [`MessageError`] naming what is wrong.
     pub fn decode(p: &[u8]) -> Result<Checkpoint, MessageError> {
-        let k = Kind::Checkpoint;
-        let o = object(k, p)?;
-        let list = units(&o, k)?;
-        if list.is_empty() {
-            return Err(err(k, "units is empty"));
-        }
-        let units = list
-            .iter()
-            .enumerate()
-            .map(|(i, u)| {
-                let s = u.as_str().ok_or_else(|| err(k, format!("units[{i}] is not a string")))?;
-                unit_name(s.to_owned(), k, &format!("units[{i}]"))
-            })
-            .collect::<Result<Vec<String>, _>>()?;
-        unique(units.iter().map(String::as_str), k)?;
-        Ok(Checkpoint { units })
+        Ok(Checkpoint { units: unit_names(Kind::Checkpoint, p)? })
     }
 
     /// The payload.
     pub fn encode(&self) -> Vec<u8> {
         json!({"units": self.units}).to_string().into_bytes()
     }
+}
+
+/// The payload of a message that names units (`{"units": [...]}`): 1 to
+/// 64 unit names, none twice.
+pub(crate) fn unit_names(k: Kind, p: &[u8]) -> Result<Vec<String>, MessageError> {
+    let o = object(k, p)?;
+    let list = units(&o, k)?;
+    if list.is_empty() {
+        return Err(err(k, "units is empty"));
+    }
+    let units = list
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let s = u.as_str().ok_or_else(|| err(k, format!("units[{i}] is not a string")))?;
+            unit_name(s.to_owned(), k, &format!("units[{i}]"))
+        })
+        .collect::<Result<Vec<String>, _>>()?;
+    unique(units.iter().map(String::as_str), k)?;
+    Ok(units)
 }
 
 impl ProcessFile {
@@ -146,7 +151,14 @@ impl ProcessFile {
     /// # Errors
     /// [`MessageError`] naming what is wrong.
     pub fn decode(p: &[u8]) -> Result<ProcessFile, MessageError> {
-        let k = Kind::ProcessFile;
+        ProcessFile::decode_as(Kind::ProcessFile, p)
+    }
+
+    /// Decodes the payload of a `k` frame (`PROCESS_FILE` or `RESTORE_FILE`).
+    ///
+    /// # Errors
+    /// [`MessageError`] naming what is wrong.
+    pub fn decode_as(k: Kind, p: &[u8]) -> Result<ProcessFile, MessageError> {
         let field = |rest: &[u8], what: &str| -> Result<(String, usize), MessageError> {
             let (&n, tail) = rest.split_first().ok_or_else(|| err(k, format!("ends before its {what} length")))?;
             let b = tail.get(..usize::from(n)).ok_or_else(|| err(k, format!("ends inside its {what}")))?;

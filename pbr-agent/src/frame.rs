@@ -41,6 +41,9 @@ pub enum Kind {
     ProcessFile = 0x0009,
     /// Guest: how the units of a [`Kind::Checkpoint`] fared (JSON).
     Checkpointed = 0x000a,
+    /// Guest: how the units of a [`Kind::Restore`] fared, on the new
+    /// kernel (JSON).
+    Restored = 0x000b,
     /// Host: carry on (the point was saved, or nobody saves).
     Continue = 0x0081,
     /// Host: this is a restored copy: the host's time and entropy.
@@ -48,6 +51,12 @@ pub enum Kind {
     /// Host: checkpoint these systemd units with CRIU for a kernel update
     /// (JSON).
     Checkpoint = 0x0083,
+    /// Host, at a point of the boot after a kernel update: one image file
+    /// of a unit to restore (binary, as [`Kind::ProcessFile`]).
+    RestoreFile = 0x0084,
+    /// Host: restore these units from the [`Kind::RestoreFile`]s before
+    /// their units start (JSON).
+    Restore = 0x0085,
 }
 
 impl Kind {
@@ -64,9 +73,12 @@ impl Kind {
             0x0008 => Kind::Alive,
             0x0009 => Kind::ProcessFile,
             0x000a => Kind::Checkpointed,
+            0x000b => Kind::Restored,
             0x0081 => Kind::Continue,
             0x0082 => Kind::Resume,
             0x0083 => Kind::Checkpoint,
+            0x0084 => Kind::RestoreFile,
+            0x0085 => Kind::Restore,
             _ => return None,
         })
     }
@@ -79,14 +91,20 @@ impl Kind {
     /// The largest payload a reader accepts for this kind.
     pub fn max_len(self) -> u32 {
         match self {
-            Kind::Point | Kind::Resumed | Kind::Ready | Kind::Checkpointed | Kind::Checkpoint => 64 << 10,
+            Kind::Point
+            | Kind::Resumed
+            | Kind::Ready
+            | Kind::Checkpointed
+            | Kind::Restored
+            | Kind::Checkpoint
+            | Kind::Restore => 64 << 10,
             // 8 bytes a page, 1 TiB of guest memory, before gzip.
             Kind::Kpageflags | Kind::Kpagecount => 64 << 20,
             Kind::Files => 16 << 20,
             // 24 bytes a page: 2.7 million pages, 10 GiB of page cache.
             Kind::Cache => 64 << 20,
             // One CRIU image file and its two names.
-            Kind::ProcessFile => 64 << 20,
+            Kind::ProcessFile | Kind::RestoreFile => 64 << 20,
             Kind::Continue | Kind::Alive => 0,
             Kind::Resume => 8 + MAX_ENTROPY as u32,
         }
@@ -533,7 +551,7 @@ mod tests {
     #[test]
     fn limits_are_the_specs_table() {
         // spec/agent.md §2: kind number and limit of every frame.
-        let table: [(u16, u32); 13] = [
+        let table: [(u16, u32); 16] = [
             (0x0001, 64 << 10),
             (0x0002, 64 << 20),
             (0x0003, 64 << 20),
@@ -544,9 +562,12 @@ mod tests {
             (0x0008, 0),
             (0x0009, 64 << 20),
             (0x000a, 64 << 10),
+            (0x000b, 64 << 10),
             (0x0081, 0),
             (0x0082, 520),
             (0x0083, 64 << 10),
+            (0x0084, 64 << 20),
+            (0x0085, 64 << 10),
         ];
         for (number, limit) in table {
             let kind = Kind::from_u16(number).unwrap();

@@ -7,7 +7,12 @@
 //! - `pbr-agent watch`: from early boot, keep the paths of the files opened
 //!   on the root file system (fanotify), for the points to send.
 //! - `pbr-agent alive`: once ready, tell the host every 200 ms
-//!   (`HEARTBEAT`) that the guest is alive, so that it notices a hang.
+//!   (`HEARTBEAT`) that the guest is alive, so that it notices a hang;
+//!   and checkpoint the units the host names with CRIU (a kernel update).
+//! - `pbr-agent restore-unit UNIT`: on the new kernel, restore a unit from
+//!   the images the host sent (the start command of its drop-in).
+//! - `pbr-agent cold-start UNIT`: start a unit whose restore failed cold
+//!   (`pbr-cold@.service`).
 //!
 //! With no host port (`org.pbr.agent.0`) it says so and exits 0: a guest
 //! booted without pbr boots as before.
@@ -32,8 +37,10 @@ fn main() -> ExitCode {
         ["ready"] => guest::ready(),
         ["watch"] => guest::watch(),
         ["alive"] => guest::alive(HEARTBEAT),
+        ["restore-unit", unit] => guest::restore_unit(unit),
+        ["cold-start", unit] => guest::cold_start(unit),
         _ => {
-            eprintln!("usage: pbr-agent point NAME | pbr-agent ready | pbr-agent watch | pbr-agent alive");
+            eprintln!("usage: pbr-agent point NAME | ready | watch | alive | restore-unit UNIT | cold-start UNIT");
             return ExitCode::from(2);
         }
     };

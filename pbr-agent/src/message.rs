@@ -7,6 +7,7 @@ pub use crate::fields::MessageError;
 use crate::fields::{err, object, string, uint};
 use crate::frame::{Frame, Kind};
 pub use crate::limits::{MAX_ENTROPY, MAX_MOUNTS, MAX_STRING, MIN_ENTROPY};
+use crate::restore::{Restore, Restored};
 
 /// A block device the guest has mounted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,6 +103,12 @@ pub enum Message {
     ProcessFile(ProcessFile),
     /// See [`Checkpointed`].
     Checkpointed(Checkpointed),
+    /// A unit's image file to restore (a [`ProcessFile`] from the host).
+    RestoreFile(ProcessFile),
+    /// See [`Restore`].
+    Restore(Restore),
+    /// See [`Restored`].
+    Restored(Restored),
 }
 
 /// Whether `s` is a valid point name: 1 to 64 of `A-Z a-z 0-9 _ . -`.
@@ -153,6 +160,9 @@ impl Message {
             Kind::Checkpoint => Message::Checkpoint(Checkpoint::decode(p)?),
             Kind::ProcessFile => Message::ProcessFile(ProcessFile::decode(p)?),
             Kind::Checkpointed => Message::Checkpointed(Checkpointed::decode(p)?),
+            Kind::RestoreFile => Message::RestoreFile(ProcessFile::decode_as(k, p)?),
+            Kind::Restore => Message::Restore(Restore::decode(p)?),
+            Kind::Restored => Message::Restored(Restored::decode(p)?),
         })
     }
 
@@ -192,6 +202,9 @@ impl Message {
             Message::Checkpoint(c) => (Kind::Checkpoint, c.encode()),
             Message::ProcessFile(f) => (Kind::ProcessFile, f.encode()),
             Message::Checkpointed(c) => (Kind::Checkpointed, c.encode()),
+            Message::RestoreFile(f) => (Kind::RestoreFile, f.encode()),
+            Message::Restore(r) => (Kind::Restore, r.encode()),
+            Message::Restored(r) => (Kind::Restored, r.encode()),
         };
         Frame { kind, payload }
     }

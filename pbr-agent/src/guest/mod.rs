@@ -1,17 +1,36 @@
 //! What the agent does inside the guest.
 
 mod cache;
+mod checkpoint;
+mod criu;
 mod mounts;
 mod pages;
 mod port;
+mod restore;
 mod resume;
+mod systemd;
 mod watch;
 
+pub use restore::{cold_start, restore_unit};
 pub use watch::watch;
 
 use std::time::Duration;
 
 use pbr_agent::message::{Message, Point, Ready};
+
+/// Where the agent keeps its files in the guest (a tmpfs: the initramfs's
+/// `/run` becomes the system's).
+const RUN_DIR: &str = "/run/pbr";
+
+/// How long `ready` waits for this boot's restores to end.
+const RESTORE_WAIT: Duration = Duration::from_secs(60);
+
+/// The running kernel's release (`uname -r`).
+fn release() -> String {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let r = r.trim();
+    if pbr_agent::checkpoint::valid_release(r) { r.to_owned() } else { "unknown".to_owned() }
+}
 
 /// Announces point `name` and waits for the host's answer.
 pub fn point(name: &str, timeout: Duration) -> Result<String, String> {
@@ -38,9 +57,22 @@ pub fn point(name: &str, timeout: Duration) -> Result<String, String> {
         port.send(&Message::Files(files))?;
     }
     port.send(&Message::Point(Point { name: name.to_owned(), uptime_ns: resume::uptime_ns(), mounts }))?;
-    match port.receive(timeout)? {
+    // After a kernel update the host sends the units to restore first.
+    let mut answer = port.receive(timeout)?;
+    let mut restoring = String::new();
+    loop {
+        match &answer {
+            Some(Message::RestoreFile(f)) => restore::keep_file(f)?,
+            Some(Message::Restore(r)) => restoring = format!("; {} units to restore", restore::prepare(r)?),
+            _ => break,
+        }
+        answer = port.receive(timeout)?;
+    }
+    match answer {
         None => Ok(format!("point {name}: no answer from the host in {} s; carrying on", timeout.as_secs())),
-        Some(Message::Continue) => Ok(format!("point {name} ({held} block mounts, {cache_note}): the host carries on")),
+        Some(Message::Continue) => {
+            Ok(format!("point {name} ({held} block mounts, {cache_note}): the host carries on{restoring}"))
+        }
         Some(Message::Resume(r)) => {
             let done = resume::resume(&r)?;
             let said = format!(
@@ -56,25 +88,47 @@ pub fn point(name: &str, timeout: Duration) -> Result<String, String> {
     }
 }
 
-/// Tells the host the guest's service is ready.
+/// Tells the host the guest's service is ready; first, after a kernel
+/// update, how its units came back (`RESTORED`).
 pub fn ready() -> Result<String, String> {
     let Some(mut port) = port::Port::open()? else {
         return Ok(format!("no host port {}: ready not announced", pbr_agent::PORT_NAME));
     };
+    let mut said = String::new();
+    if let Some(restored) = restore::outcome(RESTORE_WAIT) {
+        let back = restored.units.iter().filter(|u| u.restored).count();
+        said = format!("; {back} of {} units restored", restored.units.len());
+        port.send(&Message::Restored(restored))?;
+    }
     port.send(&Message::Ready(Ready { uptime_ns: resume::uptime_ns() }))?;
-    Ok("ready announced".into())
+    Ok(format!("ready announced{said}"))
 }
 
 /// Sends the heartbeat (`spec/agent.md` §6): an ALIVE every `every`, for
-/// as long as the guest runs. A write that fails (the host reconnecting)
-/// is retried on a port opened again.
+/// as long as the guest runs, and meets the host's `CHECKPOINT` (its
+/// heartbeat pauses while the units are dumped). A port that fails (the
+/// host reconnecting) is opened again.
 pub fn alive(every: Duration) -> Result<String, String> {
     loop {
         let Some(mut port) = port::Port::open()? else {
             return Ok(format!("no host port {}: no heartbeat", pbr_agent::PORT_NAME));
         };
         while port.send(&Message::Alive).is_ok() {
-            std::thread::sleep(every);
+            match port.receive(every) {
+                Ok(Some(Message::Checkpoint(c))) => match checkpoint::checkpoint(&mut port, &c) {
+                    Ok(said) => eprintln!("pbr-agent: {said}"),
+                    Err(e) => {
+                        eprintln!("pbr-agent: checkpoint: {e}");
+                        break;
+                    }
+                },
+                Ok(_) => {}
+                // A bad frame: read on from the next one.
+                Err(e) => {
+                    eprintln!("pbr-agent: {e}");
+                    port.resync();
+                }
+            }
         }
         std::thread::sleep(every);
     }

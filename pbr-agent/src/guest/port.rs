@@ -47,6 +47,11 @@ impl Port {
         Message::decode(&frame).map(Some).map_err(|e| e.to_string())
     }
 
+    /// After a bad frame: the next read skips to the host's next frame.
+    pub fn resync(&mut self) {
+        self.reader.resync();
+    }
+
     /// Waits until the port has bytes to read, or up to `deadline`; false
     /// when it has none yet.
     fn readable(&self, deadline: Instant) -> Result<bool, String> {

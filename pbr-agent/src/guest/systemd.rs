@@ -1,0 +1,41 @@
+//! What the agent asks systemd: a unit's main process, and starting a unit
+//! again after its configuration changed.
+
+use std::process::Command;
+
+/// `systemctl ARGS`, its standard output.
+fn systemctl(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("systemctl").args(args).output().map_err(|e| format!("cannot run systemctl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "systemctl {}: {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The main process of `unit`.
+///
+/// # Errors
+/// systemctl failed, or the unit has no main process (not running).
+pub fn main_pid(unit: &str) -> Result<u32, String> {
+    let text = systemctl(&["show", "--property=MainPID", "--value", unit])?;
+    match text.parse::<u32>() {
+        Ok(0) => Err(format!("{unit} has no main process (it is not running)")),
+        Ok(pid) => Ok(pid),
+        Err(_) => Err(format!("systemctl says {unit}'s main PID is {text:?}")),
+    }
+}
+
+/// Reloads systemd's units, clears `unit`'s failure and queues its start.
+///
+/// # Errors
+/// systemctl failed.
+pub fn start_again(unit: &str) -> Result<(), String> {
+    systemctl(&["daemon-reload"])?;
+    systemctl(&["reset-failed", unit])?;
+    systemctl(&["start", "--no-block", unit]).map(drop)
+}
