@@ -112,7 +112,12 @@ impl AgentPort {
         self.send(&Message::Resume(Resume { realtime_ns: u64::try_from(realtime_ns).unwrap_or(u64::MAX), entropy }))
     }
 
-    fn send(&mut self, m: &Message) -> Result<()> {
+    /// Sends one message.
+    ///
+    /// # Errors
+    /// The port failed (a guest that stops reading it fails the write
+    /// after 5 s).
+    pub fn send(&mut self, m: &Message) -> Result<()> {
         let f = m.encode();
         write_frame(&mut self.writer, f.kind, &f.payload).map_err(|e| Error::io("cannot write to the agent's port", e))
     }

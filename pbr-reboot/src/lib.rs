@@ -10,6 +10,7 @@ pub mod agent;
 mod beside;
 pub mod boot;
 pub mod capture;
+pub mod control;
 pub mod error;
 pub mod guest;
 pub mod machine;
@@ -22,6 +23,7 @@ pub mod run;
 pub mod select;
 pub mod service;
 mod standby;
+pub mod update;
 pub mod vmm;
 
 pub use boot::{boot_points, cold_boot};

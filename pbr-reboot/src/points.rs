@@ -47,7 +47,7 @@ pub struct Skipped {
 }
 
 /// What [`capture_points`] did.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PointsCapture {
     /// The candidates, in boot order.
     pub candidates: Vec<Candidate>,
@@ -59,6 +59,12 @@ pub struct PointsCapture {
     /// Why the capture ended before the agent said ready, the machine
     /// running on ([`boot_keeping`] only).
     pub stopped: Option<String>,
+    /// After a kernel update: how the guest's units came back, as its
+    /// agent told before ready.
+    pub restored: Option<pbr_agent::Restored>,
+    /// After a kernel update: why the units' files could not be handed to
+    /// the guest (they then start cold).
+    pub restore_failed: Option<String>,
 }
 
 /// Boots `cmd` with the agent's port and writes one candidate per point
@@ -102,7 +108,7 @@ impl Booted {
         let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
         let interrupt = pbr_tools::cleanup::remove_on_interrupt(work.path());
         let machine = Machine::start(cmd, work.path(), &vmgenid_args()?)?;
-        let capture = PointsCapture { candidates: Vec::new(), skipped: Vec::new(), ready_s: 0.0, stopped: None };
+        let capture = PointsCapture::default();
         Ok(Booted { capture, machine, _work: work, _interrupt: interrupt })
     }
 }
@@ -117,14 +123,18 @@ pub fn boot_capturing(
     opts: &CaptureOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Booted> {
-    boot(cmd, out, opts, None, progress)
+    boot(cmd, out, opts, None, None, progress)
 }
 
 /// As [`boot_capturing`], for a machine that must run whatever its guest
 /// does: a point that cannot be captured is skipped with its reason, and
 /// an agent that says nothing within `first_word` of the start (a guest
 /// without pbr-agent), goes silent, or breaks the protocol ends the
-/// capture, not the machine ([`PointsCapture::stopped`] says why).
+/// capture, not the machine ([`PointsCapture::stopped`] says why). After
+/// a kernel update, `restore` is the image of the units checkpointed on
+/// the old kernel: its files are handed to the guest at the first point
+/// (once it is captured), so that they are restored before the units
+/// start.
 ///
 /// # Errors
 /// QEMU failed to start or its QMP failed.
@@ -133,9 +143,10 @@ pub fn boot_keeping(
     out: &Path,
     opts: &CaptureOptions,
     first_word: Duration,
+    restore: Option<&Path>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Booted> {
-    boot(cmd, out, opts, Some(first_word), progress)
+    boot(cmd, out, opts, Some(first_word), restore, progress)
 }
 
 /// What the capture of a boot knows beside its machine.
@@ -161,12 +172,14 @@ struct Sent {
 }
 
 /// Boots `cmd` and captures its points; `keep` (the first word's timeout)
-/// makes the guest's failures end the capture instead of the boot.
+/// makes the guest's failures end the capture instead of the boot;
+/// `restore` is handed to the guest at its first point.
 fn boot(
     cmd: &UserCommand,
     out: &Path,
     opts: &CaptureOptions,
     keep: Option<Duration>,
+    mut restore: Option<&Path>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Booted> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
@@ -185,7 +198,7 @@ fn boot(
     let max_pages = (m.ram_bytes()? >> 12) + (4 << 30 >> 12);
     let c = Capturing { cmd, out, work: work.path(), opts, boot, qemu_version, max_pages };
     let mut sent = Sent::default();
-    let mut result = PointsCapture { candidates: Vec::new(), skipped: Vec::new(), ready_s: 0.0, stopped: None };
+    let mut result = PointsCapture::default();
     let mut heard = false;
     let mut since = Instant::now();
     loop {
@@ -259,6 +272,12 @@ fn boot(
                     progress(&format!("point {}: no candidate: {reason}", p.name));
                     result.skipped.push(Skipped { point: p.name.clone(), reason });
                 }
+                if let Some(image) = restore.take() {
+                    match crate::update::send_restore(&mut m.agent, image) {
+                        Ok(n) => progress(&format!("point {}: {n} units handed to the guest to restore", p.name)),
+                        Err(e) => result.restore_failed = Some(e.to_string()),
+                    }
+                }
                 match m.agent.carry_on() {
                     Err(e) if keep.is_some() => {
                         result.stopped = Some(format!("the guest does not read its agent's port: {e}"));
@@ -267,6 +286,7 @@ fn boot(
                     done => done?,
                 }
             }
+            Message::Restored(r) => result.restored = Some(r),
             Message::Ready(_) => {
                 result.ready_s = t0.elapsed().as_secs_f64();
                 break;

@@ -119,6 +119,7 @@ pub(crate) fn until_ready(agent: &mut AgentPort, qemu: &mut QemuProcess) -> Resu
             | Message::Kpagecount(_)
             | Message::Files(_)
             | Message::Cache(_)
+            | Message::Restored(_)
             | Message::Alive => {}
             other => return Err(Error::AgentUnexpected(format!("{:?}", other.encode().kind))),
         }

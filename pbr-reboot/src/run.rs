@@ -11,6 +11,12 @@
 //! recovery failed again too soon; a VM that keeps failing waits between
 //! tries. Whatever the guest sends is hostile input: it never stops the
 //! watch. A stop request powers the guest off (ACPI), then QEMU quits.
+//!
+//! A kernel update comes through the control socket ([`crate::control`]):
+//! the guest's agent checkpoints the units asked for with CRIU, the guest
+//! powers off, and the machine boots the new kernel, capturing afresh (the
+//! old kernel's candidates are removed); at its first point the units are
+//! handed back to be restored before they start ([`crate::update`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,11 +29,13 @@ use serde_json::{Value, json};
 
 use crate::agent::AgentPort;
 use crate::capture::{Candidate, CaptureOptions};
+use crate::control::{Control, Request};
 use crate::error::{Error, Result};
 use crate::machine::UserCommand;
 use crate::points::{Booted, Skipped, boot_keeping};
 use crate::recover::{Prepared, RecoverOptions, Running, prepare, recover_prepared, recover_running};
 use crate::recovery::{Recovery, Refused};
+use crate::update::{CHECKPOINT_TIMEOUT, Kept, Report, Update};
 use crate::vmm::Vmm;
 
 /// What `run` adds to the command line so that QEMU tells it of a failure:
@@ -163,6 +171,13 @@ pub enum Event<'a> {
     /// QEMU quit: the guest had powered off in time (true), or was still
     /// running when the time was up.
     Stopped(bool),
+    /// A kernel update was asked for.
+    Updating(&'a Update),
+    /// The guest checkpointed the units (or why it could not): the machine
+    /// goes down for the new kernel.
+    Checkpointed(std::result::Result<&'a Kept, &'a str>),
+    /// The new kernel's guest is ready: how each unit came through.
+    Updated(&'a Report),
 }
 
 impl Event<'_> {
@@ -199,6 +214,27 @@ impl Event<'_> {
             Event::PoweredOff => json!({"event": "powered-off"}),
             Event::Stopping => json!({"event": "stopping"}),
             Event::Stopped(off) => json!({"event": "stopped", "powered_off": off}),
+            Event::Updating(u) => {
+                let mut v = u.to_json();
+                v["event"] = json!("updating");
+                v
+            }
+            Event::Checkpointed(Ok(k)) => {
+                let units: Vec<Value> = k
+                    .outcome
+                    .units
+                    .iter()
+                    .map(|u| {
+                        json!({"unit": u.unit, "dumped": u.dumped, "files": u.files, "bytes": u.bytes,
+                                    "reason": u.reason})
+                    })
+                    .collect();
+                json!({"event": "checkpointed", "kernel": k.outcome.kernel, "criu_version": k.outcome.criu_version,
+                       "units": units, "checkpoint_s": k.elapsed.as_secs_f64(),
+                       "image": k.image.as_ref().map(|p| p.display().to_string())})
+            }
+            Event::Checkpointed(Err(e)) => json!({"event": "checkpointed", "error": e}),
+            Event::Updated(r) => r.json(),
         }
     }
 }
@@ -239,6 +275,35 @@ enum Watched {
     Failed(Detected),
     PoweredOff,
     Stop,
+    Update(Request),
+}
+
+/// The command line of `req`'s update of `cmd`; `None` (the client told
+/// why, the VM runs on) when it cannot be made.
+fn update_command(
+    cmd: &UserCommand,
+    req: Request,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Option<(Request, UserCommand)> {
+    on_event(Event::Updating(&req.update));
+    match req.update.command(cmd) {
+        Ok(new) => Some((req, new)),
+        Err(e) => {
+            req.fail(&e);
+            None
+        }
+    }
+}
+
+/// Has the VM's agent checkpoint `units` into a new image in `dir`'s
+/// `updates`; why it could not.
+fn checkpoint(vm: &mut Vm, units: &[String], dir: &Path) -> std::result::Result<Kept, String> {
+    let updates = dir.join("updates");
+    std::fs::create_dir_all(&updates).map_err(|e| format!("cannot create {}: {e}", updates.display()))?;
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let image = updates.join(format!("update-{stamp}.pbr"));
+    let agent = vm.agent().ok_or("the VM has no agent to checkpoint its units")?;
+    crate::update::checkpoint(agent, units, &image, CHECKPOINT_TIMEOUT).map_err(|e| e.to_string())
 }
 
 /// Runs `cmd` as the module says until `stop` is set or the guest powers
@@ -253,7 +318,11 @@ pub fn run(
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<End> {
-    let cmd = with_failure_detection(cmd);
+    let mut cmd = with_failure_detection(cmd);
+    let control = Control::bind(opts.candidates)?;
+    // A kernel update under way: its client, when it was asked for, what
+    // its checkpoint kept, and the image to restore from.
+    let mut updating: Option<(Request, Instant, std::result::Result<Kept, String>)> = None;
     let mut boot_why = Some(match opts.agent {
         true => "start".to_owned(),
         false => "start; the guest runs no agent: no candidates, and every failure is a normal reboot".to_owned(),
@@ -270,7 +339,9 @@ pub fn run(
                 drop(ready.take());
                 on_event(Event::Booting(&why));
                 let b = if opts.agent {
-                    boot_keeping(&cmd, opts.candidates, &CaptureOptions::default(), opts.agent_wait, &mut |_| {})?
+                    let restore = updating.as_ref().and_then(|(_, _, k)| k.as_ref().ok()?.image.as_deref());
+                    let options = CaptureOptions::default();
+                    boot_keeping(&cmd, opts.candidates, &options, opts.agent_wait, restore, &mut |_| {})?
                 } else {
                     Booted::without_agent(&cmd)?
                 };
@@ -284,6 +355,12 @@ pub fn run(
                     Some(why) => on_event(Event::NoCapture(why)),
                     None if opts.agent => on_event(Event::Ready(Duration::from_secs_f64(b.capture.ready_s))),
                     None => {}
+                }
+                if let Some((mut req, t, kept)) = updating.take() {
+                    let report =
+                        Report::new(&req.update.keep, kept.as_ref().map_err(String::as_str), &b.capture, t.elapsed());
+                    req.tell(&report.json());
+                    on_event(Event::Updated(&report));
                 }
                 recovered_at = None;
                 Vm::Booted(Box::new(b))
@@ -324,7 +401,28 @@ pub fn run(
         }
         let mut port = Port::default();
         loop {
-            match watch(&mut vm, stop, &mut port, opts.hang_after, on_event)? {
+            match watch(&mut vm, stop, &mut port, opts.hang_after, &control, on_event)? {
+                Watched::Update(req) => {
+                    let Some(new) = update_command(&cmd, req, on_event) else { continue };
+                    let (req, new_cmd) = new;
+                    let t = Instant::now();
+                    let kept = checkpoint(&mut vm, &req.update.keep, opts.candidates);
+                    let mut req = req;
+                    let told = Event::Checkpointed(kept.as_ref().map_err(String::as_str));
+                    req.tell(&told.json());
+                    on_event(told);
+                    // The old kernel's QEMU beside it, and its candidates, are of no use now.
+                    drop(ready.take());
+                    power_off(vm.process()?, opts.power_off);
+                    quit(vm);
+                    for c in candidate_files(opts.candidates)? {
+                        std::fs::remove_file(&c).map_err(|e| Error::io(format!("cannot remove {}", c.display()), e))?;
+                    }
+                    boot_why = Some(format!("kernel update to {}", req.update.kernel.display()));
+                    cmd = new_cmd;
+                    updating = Some((req, t, kept));
+                    break;
+                }
                 Watched::Stop => {
                     on_event(Event::Stopping);
                     let off = power_off(vm.process()?, opts.power_off);
@@ -509,12 +607,16 @@ fn watch(
     stop: &AtomicBool,
     port: &mut Port,
     hang_after: Duration,
+    control: &Control,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Watched> {
     port.alive = None;
     loop {
         if stop.load(Ordering::SeqCst) {
             return Ok(Watched::Stop);
+        }
+        if let Some(req) = control.accept() {
+            return Ok(Watched::Update(req));
         }
         let process = vm.process()?;
         if let Ok(Some(status)) = process.child().try_wait() {

@@ -33,6 +33,12 @@ pub fn checkpoint(port: &mut Port, c: &Checkpoint) -> Result<String, String> {
                     outcome.bytes += data.len() as u64;
                     port.send(&Message::ProcessFile(ProcessFile { unit: unit.clone(), name, data }))?;
                 }
+                // Its processes, stopped since the dump, must not run on:
+                // the unit stops and they are killed (a SIGTERM would wait
+                // on a stopped process).
+                if let Err(e) = systemd::stop_killed(unit) {
+                    eprintln!("pbr-agent: {e}");
+                }
                 outcome
             }
             Err(reason) => UnitOutcome { unit: unit.clone(), dumped: false, files: 0, bytes: 0, reason: Some(reason) },

@@ -39,3 +39,13 @@ pub fn start_again(unit: &str) -> Result<(), String> {
     systemctl(&["reset-failed", unit])?;
     systemctl(&["start", "--no-block", unit]).map(drop)
 }
+
+/// Stops `unit` by killing its processes: its stop is queued first, so
+/// that their end is not met with a restart.
+///
+/// # Errors
+/// systemctl failed.
+pub fn stop_killed(unit: &str) -> Result<(), String> {
+    systemctl(&["stop", "--no-block", unit])?;
+    systemctl(&["kill", "--signal=SIGKILL", unit]).map(drop)
+}

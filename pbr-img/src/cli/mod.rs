@@ -27,6 +27,7 @@ mod report;
 mod run;
 mod select;
 mod trim;
+mod update;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -117,6 +118,13 @@ enum Command {
     /// valid candidate, or boot it again from scratch. SIGTERM or SIGINT
     /// powers the guest off (ACPI), then QEMU quits (exit 0).
     Run(run::Args),
+    /// Update the kernel of the VM a `pbr-img run` keeps (its
+    /// --candidates): the services named with --keep are checkpointed with
+    /// CRIU by the guest's agent, the guest powers off, the new kernel
+    /// boots (capturing fresh candidates), and they are restored before
+    /// their units start. A service that cannot be checkpointed or
+    /// restored starts cold; the report names it and why.
+    Update(update::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
     /// Print the man page, pbr-img(1), with every command (roff).
@@ -172,9 +180,12 @@ impl Command {
                 let needs_file = matches!(a.to, export::Target::Raw).then_some(files::RAW_NEEDS_FILE);
                 (vec![Input::Image(&a.image)], Some(Output { path: &a.output, needs_file }))
             }
-            Command::Capture(_) | Command::Boot(_) | Command::Run(_) | Command::Completions(_) | Command::Man => {
-                (Vec::new(), None)
-            }
+            Command::Capture(_)
+            | Command::Boot(_)
+            | Command::Run(_)
+            | Command::Update(_)
+            | Command::Completions(_)
+            | Command::Man => (Vec::new(), None),
         }
     }
 }
@@ -207,6 +218,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Boot(a) => boot::run(&a),
         Command::Recover(a) => recover::run(&a),
         Command::Run(a) => run::run(&a),
+        Command::Update(a) => update::run(&a),
         Command::Completions(a) => completions::run(&a, Cli::command()),
         Command::Man => man::run(Cli::command()),
         Command::Verify(a) => verify::run(&a, quiet),

@@ -151,6 +151,21 @@ fn line(e: &Event<'_>) -> String {
         Event::Stopping => "stopping: the guest is asked to power off".into(),
         Event::Stopped(true) => "stopped: the guest powered off".into(),
         Event::Stopped(false) => "stopped: the guest did not power off in time; QEMU quit with it running".into(),
+        Event::Updating(u) => format!("kernel update to {}, keeping {}", u.kernel.display(), u.keep.join(", ")),
+        Event::Checkpointed(Ok(k)) => {
+            let dumped: Vec<&str> = k.outcome.units.iter().filter(|u| u.dumped).map(|u| u.unit.as_str()).collect();
+            format!("checkpointed {} in {:.2} s; the guest powers off", dumped.join(", "), s(k.elapsed))
+        }
+        Event::Checkpointed(Err(e)) => format!("no checkpoint ({e}): every unit starts cold; the guest powers off"),
+        Event::Updated(r) => {
+            let back: Vec<&str> = r.units.iter().filter(|u| u.restored).map(|u| u.unit.as_str()).collect();
+            format!(
+                "updated to {}, ready {:.2} s after the request; restored: {}",
+                r.kernel_after.as_deref().unwrap_or("?"),
+                r.total_s,
+                if back.is_empty() { "none".to_owned() } else { back.join(", ") }
+            )
+        }
     }
 }
 
