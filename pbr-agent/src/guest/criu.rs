@@ -16,7 +16,8 @@ pub fn version() -> Option<String> {
 }
 
 /// Dumps the process tree rooted at `pid` into `dir`, with its TCP
-/// connections (locked through nftables while it is dumped), and leaves it
+/// connections (locked through nftables while it is dumped; connections
+/// not yet accepted are left to their clients to retry), and leaves it
 /// stopped: nothing it does after the dump is lost, as the machine goes
 /// down next. `log` is CRIU's log.
 ///
@@ -24,7 +25,16 @@ pub fn version() -> Option<String> {
 /// Why CRIU failed.
 pub fn dump(pid: u32, dir: &Path, log: &Path) -> Result<(), String> {
     let pid = pid.to_string();
-    run("dump", &["dump", "-t", &pid, "--tcp-established", "--network-lock", "nftables", "--leave-stopped"], dir, log)
+    run("dump", &[
+            "dump",
+            "-t",
+            &pid,
+            "--tcp-established",
+            "--skip-in-flight",
+            "--network-lock",
+            "nftables",
+            "--leave-stopped",
+        ], dir, log)
 }
 
 /// Restores the processes of `dir`, detached (their parent is then init),
@@ -51,16 +61,18 @@ fn run(what: &str, args: &[&str], dir: &Path, log: &Path) -> Result<(), String> 
     if status.success() {
         return Ok(());
     }
-    Err(match last_error(log) {
+    Err(match first_error(log) {
         Some(line) => format!("criu {what}: {status}: {line}"),
         None => format!("criu {what}: {status}"),
     })
 }
 
-/// The last `Error` line of CRIU's log, at most 300 bytes.
-fn last_error(log: &Path) -> Option<String> {
+/// The first `Error` line of CRIU's log that says why (not a helper
+/// program's exit, which CRIU logs while probing), at most 300 bytes.
+fn first_error(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
-    let line = text.lines().rev().find(|l| l.contains("Error"))?.trim();
+    let mut errors = text.lines().filter(|l| l.contains("Error ("));
+    let line = errors.clone().find(|l| !l.contains("exited, status=")).or_else(|| errors.next())?.trim();
     Some(line.chars().take(300).collect())
 }
 
@@ -69,14 +81,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_last_error_line_says_why() {
+    fn the_first_error_line_says_why() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("criu.log");
-        std::fs::write(&log, "(00.1) Warn x\nError (criu/sk-tcp.c:77): tcp: Failed to lock\n(00.2) Dumping FAILED.\n")
-            .unwrap();
-        assert_eq!(last_error(&log).unwrap(), "Error (criu/sk-tcp.c:77): tcp: Failed to lock");
+        std::fs::write(
+            &log,
+            "Error (criu/util.c:642): exited, status=1\n(00.1) Warn x\n\
+             Error (criu/sk-inet.c:174): inet: In-flight connection (l) for 2f01\n\
+             Error (criu/cr-dump.c:2053): Dumping FAILED.\n",
+        )
+        .unwrap();
+        assert_eq!(first_error(&log).unwrap(), "Error (criu/sk-inet.c:174): inet: In-flight connection (l) for 2f01");
+        std::fs::write(&log, "Error (criu/util.c:642): exited, status=1\n").unwrap();
+        assert_eq!(first_error(&log).unwrap(), "Error (criu/util.c:642): exited, status=1");
         std::fs::write(&log, "fine\n").unwrap();
-        assert_eq!(last_error(&log), None);
-        assert_eq!(last_error(&dir.path().join("missing")), None);
+        assert_eq!(first_error(&log), None);
+        assert_eq!(first_error(&dir.path().join("missing")), None);
     }
 }
