@@ -127,6 +127,7 @@ def qemu_argv(guest, d, http, cache, mem, kernel, initrd):
         a = a.replace("ROOT", os.path.join(d, "root.raw")).replace("DATA", os.path.join(d, "data.raw"))
         a = a.replace("PORT", str(http))
         if a.startswith("user,id=net0"):
+            # memcached's port beside the web server's.
             a += f",hostfwd=tcp:127.0.0.1:{cache}-:11211"
         argv.append(a)
     argv[argv.index("-m") + 1] = str(mem)
@@ -191,6 +192,7 @@ def with_pbr(a, guest, work, new):
         if upd.returncode != 0:
             raise SystemExit(f"kernel update: pbr-img update failed: {upd.stderr.strip()}")
         report = json.loads(upd.stdout)
+        print(f"pbr: {report}", file=sys.stderr)
         up = poller.back_after(t0, 600)
         poller.on = False
         kept = mc.count(a.keys, a.size)
@@ -263,8 +265,10 @@ def main():
         print(f"pbr: {r}", file=sys.stderr)
         pl = plain(a, guest, work, new)
         print(f"plain: {pl}", file=sys.stderr)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        print(f"kernel update: failed; its logs are kept in {work}", file=sys.stderr)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
     rep = r["report"]
     unit = next((u for u in rep["units"] if u["unit"] == "memcached.service"), {})
     out = {"kernel_before": rep.get("kernel_before"), "kernel_after": rep.get("kernel_after"),

@@ -28,9 +28,12 @@ fn units_file() -> PathBuf {
     dir().join("units")
 }
 
-/// The runtime drop-in that makes `unit`'s start a restore.
+/// The runtime drop-in that makes `unit`'s start a restore. Drop-ins
+/// apply in the order of their names, whatever their directory: its name
+/// comes after the unit's own (`override.conf`, `pbr.conf`), so that its
+/// start commands are the ones left.
 fn drop_in_path(unit: &str) -> PathBuf {
-    Path::new("/run/systemd/system").join(format!("{unit}.d")).join("pbr-restore.conf")
+    Path::new("/run/systemd/system").join(format!("{unit}.d")).join("zz-pbr-restore.conf")
 }
 
 /// Keeps one image file the host sent. Its names were checked when its

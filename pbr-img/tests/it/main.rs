@@ -16,6 +16,7 @@ mod damage;
 mod distro;
 mod distro_faults;
 mod distro_integrity;
+mod distro_update;
 mod flat;
 mod libvirt;
 mod libvirt_hostile;

@@ -21,7 +21,7 @@ use common::distro::{Lab, ONE_GUEST};
 /// `pbr-img run`, stopped if the test fails half way: its VM must not
 /// outlive the test. Two SIGTERMs: the second makes `run` stop its QEMU and
 /// exit at once.
-struct Run(std::process::Child);
+pub struct Run(pub std::process::Child);
 
 impl Drop for Run {
     fn drop(&mut self) {
@@ -46,7 +46,7 @@ impl Drop for Run {
 
 impl Run {
     /// `pbr-img run` of the lab's guest with `options`; its log.
-    fn start(lab: &Lab, options: &[&str]) -> (Run, std::path::PathBuf) {
+    pub fn start(lab: &Lab, options: &[&str]) -> (Run, std::path::PathBuf) {
         let log = lab.dir.path().join("run.jsonl");
         let stderr = std::fs::File::create(lab.dir.path().join("run.err")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pbr-img"))
@@ -67,7 +67,7 @@ impl Run {
 
     /// Sends SIGTERM as an operator does (kill(1)) and waits for a clean
     /// exit.
-    fn stop(&mut self, lab: &Lab, log: &Path) {
+    pub fn stop(&mut self, lab: &Lab, log: &Path) {
         let child = &mut self.0;
         let t = Instant::now();
         let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
@@ -88,13 +88,13 @@ impl Run {
 }
 
 /// The events `run` logged so far.
-fn events(log: &Path) -> Vec<serde_json::Value> {
+pub fn events(log: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 /// Waits up to `limit` until the log has `count` events named `name`.
-fn wait_for(log: &Path, name: &str, count: usize, limit: Duration, child: &mut std::process::Child) {
+pub fn wait_for(log: &Path, name: &str, count: usize, limit: Duration, child: &mut std::process::Child) {
     let t = Instant::now();
     while t.elapsed() < limit {
         if events(log).iter().filter(|e| e["event"] == name).count() >= count {
