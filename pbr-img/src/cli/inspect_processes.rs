@@ -1,6 +1,7 @@
 //! What `inspect` prints of the processes an image holds (`PROCESSES`,
 //! `spec/format.md` §7.9): the kernel and CRIU they came from, each unit
-//! with its blobs, and its process tree from CRIU's `pstree.img`.
+//! with its blobs, its process tree from CRIU's `pstree.img`, and its open
+//! files and sockets from `files.img`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -13,6 +14,8 @@ use super::fmt::{bytes, count};
 const SHOWN_THREADS: usize = 8;
 /// Deepest indentation of a process under its parent.
 const MAX_DEPTH: usize = 16;
+/// Open files listed before the rest are only counted.
+const SHOWN_FILES: usize = 32;
 
 /// Prints the `processes` part of inspect's model, if there is one.
 pub fn print(w: &mut dyn Write, p: &Value) -> std::io::Result<()> {
@@ -60,6 +63,16 @@ pub fn print(w: &mut dyn Write, p: &Value) -> std::io::Result<()> {
                 n(&t["sid"]),
                 indent = 2 * d
             )?;
+        }
+        if let Some(e) = u["files_error"].as_str() {
+            writeln!(w, "    (open files not read: {e})")?;
+        }
+        let files = u["files"].as_array().cloned().unwrap_or_default();
+        for f in files.iter().take(SHOWN_FILES) {
+            writeln!(w, "    open {}", s(&f["what"]).escape_debug())?;
+        }
+        if files.len() > SHOWN_FILES {
+            writeln!(w, "    ... {} open files in all", files.len())?;
         }
     }
     Ok(())

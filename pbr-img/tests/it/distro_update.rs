@@ -57,6 +57,7 @@ fn a_kernel_update_keeps_memcached_and_starts_the_rest_cold() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}\n{:#?}", events(&log));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("the update's report: {report:#}");
     assert_eq!(report["kernel_before"], "6.1.0-57-cloud-amd64", "{report:#}");
     assert_eq!(report["kernel_after"], "6.1.0-56-cloud-amd64", "{report:#}");
     let unit = |name: &str| report["units"].as_array().unwrap().iter().find(|u| u["unit"] == name).unwrap().clone();
@@ -88,6 +89,7 @@ fn a_kernel_update_keeps_memcached_and_starts_the_rest_cold() {
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(shown.contains("from kernel 6.1.0-57-cloud-amd64, dumped by CRIU 3.17.1"), "{shown}");
     assert!(shown.contains("  memcached.service  "), "{shown}");
+    assert!(shown.contains("    open tcp 0.0.0.0:11211 listen"), "memcached's socket, from files.img: {shown}");
 
     run.stop(&lab, &log);
     lab.fsck_clean();

@@ -1,8 +1,11 @@
 //! What CRIU left in an image's `PROCESSES` section (`spec/format.md`
-//! §7.9): the summary `pbr-img inspect` shows, and the one CRIU image file
-//! it decodes, `pstree.img` ([`pstree`]), through a bounded reader of
+//! §7.9): the summary `pbr-img inspect` shows, and the CRIU image files it
+//! decodes, `pstree.img` ([`pstree`]: the process tree) and `files.img`
+//! ([`files`]: the open files and sockets), through a bounded reader of
 //! protobuf's wire format.
 
+mod entries;
+pub mod files;
 mod protobuf;
 pub mod pstree;
 
@@ -21,8 +24,9 @@ pub struct ImageError {
 
 /// The processes an image holds, as JSON, when it has a `PROCESSES`
 /// section: the kernel they were dumped from, the CRIU version, and per
-/// unit its blobs and, from its `pstree.img`, its process tree. What
-/// cannot be read is said in place (`error`, `process_tree_error`):
+/// unit its blobs and, from its `pstree.img`, its process tree, and from
+/// its `files.img` its open files and sockets. What cannot be read is said
+/// in place (`error`, `process_tree_error`, `files_error`):
 /// nothing here fails or panics on hostile bytes.
 pub fn summary(img: &Image) -> Option<Value> {
     let p = match img.processes() {
@@ -47,6 +51,15 @@ pub fn summary(img: &Image) -> Option<Value> {
                             .collect();
                     }
                     Err(e) => v["process_tree_error"] = json!(e),
+                }
+            }
+            if let Some(b) = u.blob(files::FILE_NAME) {
+                let open = b.bytes().map_err(|e| e.to_string());
+                match open.and_then(|b| files::decode(b).map_err(|e| format!("{}: {e}", files::FILE_NAME))) {
+                    Ok(open) => {
+                        v["files"] = open.iter().map(|f| json!({"id": f.id, "what": f.kind.to_string()})).collect();
+                    }
+                    Err(e) => v["files_error"] = json!(e),
                 }
             }
             v

@@ -5,13 +5,12 @@
 //! repeated).
 
 use super::ImageError;
+pub use super::entries::IMG_COMMON_MAGIC;
+use super::entries::entries;
 use super::protobuf::{Reader, Wire};
 
 /// The file's name in a CRIU dump.
 pub const FILE_NAME: &str = "pstree.img";
-/// The first word of every CRIU image but the inventory
-/// (`criu/include/magic.h`).
-pub const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 /// The second word of `pstree.img`.
 pub const PSTREE_MAGIC: u32 = 0x5027_3030;
 
@@ -51,37 +50,7 @@ pub struct Process {
 /// # Ok::<(), pbr_tools::criu::ImageError>(())
 /// ```
 pub fn decode(img: &[u8]) -> Result<Vec<Process>, ImageError> {
-    let word = |at: usize| img.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let (Some(common), Some(magic)) = (word(0), word(4)) else {
-        return Err(ImageError { offset: 0, what: format!("{} bytes, shorter than the 8-byte magic pair", img.len()) });
-    };
-    if common != IMG_COMMON_MAGIC {
-        return Err(ImageError {
-            offset: 0,
-            what: format!("magic {common:#010x} is not CRIU's image magic {IMG_COMMON_MAGIC:#010x}"),
-        });
-    }
-    if magic != PSTREE_MAGIC {
-        return Err(ImageError {
-            offset: 4,
-            what: format!("magic {magic:#010x} is not pstree's {PSTREE_MAGIC:#010x}"),
-        });
-    }
-    let mut out = Vec::new();
-    let mut at = 8;
-    while at < img.len() {
-        let i = out.len();
-        let size = word(at)
-            .ok_or_else(|| ImageError { offset: at as u64, what: format!("entry {i} ends inside its size") })?;
-        let body = (at + 4)..(at + 4).saturating_add(size as usize);
-        let msg = img.get(body.clone()).ok_or_else(|| ImageError {
-            offset: at as u64,
-            what: format!("entry {i} of {size} bytes runs past the end ({} left)", img.len() - at - 4),
-        })?;
-        out.push(entry(msg, body.start as u64, i)?);
-        at = body.end;
-    }
-    Ok(out)
+    entries(img, PSTREE_MAGIC, "pstree")?.into_iter().enumerate().map(|(i, (msg, at))| entry(msg, at, i)).collect()
 }
 
 /// One `pstree_entry` message found at file offset `base`.
