@@ -25,16 +25,12 @@ pub fn version() -> Option<String> {
 /// Why CRIU failed.
 pub fn dump(pid: u32, dir: &Path, log: &Path) -> Result<(), String> {
     let pid = pid.to_string();
-    run("dump", &[
-            "dump",
-            "-t",
-            &pid,
-            "--tcp-established",
-            "--skip-in-flight",
-            "--network-lock",
-            "nftables",
-            "--leave-stopped",
-        ], dir, log)
+    run(
+        "dump",
+        &["dump", "-t", &pid, "--tcp-established", "--skip-in-flight", "--network-lock", "nftables", "--leave-stopped"],
+        dir,
+        log,
+    )
 }
 
 /// Restores the processes of `dir`, detached (their parent is then init),

@@ -94,3 +94,23 @@ fn a_kernel_update_keeps_memcached_and_starts_the_rest_cold() {
     run.stop(&lab, &log);
     lab.fsck_clean();
 }
+
+/// Without a `pbr-img run` keeping a VM there, or with a unit that is not a
+/// service's name, `update` says so in one line and exits non-zero;
+/// nothing is left behind.
+#[test]
+fn an_update_nobody_can_make_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for (args, want) in [
+        (vec!["--kernel", "/bin/sh", "--keep", "memcached.service"], "no pbr-img run keeps a VM in"),
+        (vec!["--kernel", "/bin/sh", "--keep", "../x.service"], "\"../x.service\" is not a service's unit name"),
+    ] {
+        let out = crate::common::pbr_img(&[&["update", "--candidates", d][..], &args].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("pbr-img: error: ") && err.contains(want), "{err}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

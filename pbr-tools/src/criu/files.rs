@@ -47,8 +47,25 @@ pub enum FileKind {
 
 /// CRIU's `fd_types`, by number.
 const TYPES: [&str; 19] = [
-    "UND", "REG", "PIPE", "FIFO", "INETSK", "UNIXSK", "EVENTFD", "EVENTPOLL", "INOTIFY", "SIGNALFD", "PACKETSK",
-    "TTY", "FANOTIFY", "NETLINKSK", "NS", "TUNF", "EXT", "TIMERFD", "MEMFD",
+    "UND",
+    "REG",
+    "PIPE",
+    "FIFO",
+    "INETSK",
+    "UNIXSK",
+    "EVENTFD",
+    "EVENTPOLL",
+    "INOTIFY",
+    "SIGNALFD",
+    "PACKETSK",
+    "TTY",
+    "FANOTIFY",
+    "NETLINKSK",
+    "NS",
+    "TUNF",
+    "EXT",
+    "TIMERFD",
+    "MEMFD",
 ];
 
 /// Decodes a `files.img`: its files in file order.
@@ -103,7 +120,8 @@ fn entry(msg: &[u8], base: u64, i: usize) -> Result<OpenFile, ImageError> {
     let missing = |what: &str| ImageError { offset: base, what: format!("entry {i} has no {what}") };
     let kind = f.int(1).ok_or_else(|| missing("type"))?;
     let id = f.int(2).ok_or_else(|| missing("id"))?;
-    let id = u32::try_from(id).map_err(|_| ImageError { offset: base, what: format!("entry {i}: id {id} over 32 bits") })?;
+    let id =
+        u32::try_from(id).map_err(|_| ImageError { offset: base, what: format!("entry {i}: id {id} over 32 bits") })?;
     let nested = |field: u32, what: &str| f.bytes(field).ok_or_else(|| missing(what));
     let kind = match kind {
         1 => {
@@ -138,8 +156,19 @@ fn inet(s: &Fields<'_>) -> FileKind {
     };
     // The kernel's TCP states (include/net/tcp_states.h).
     const STATES: [&str; 13] = [
-        "?", "established", "syn-sent", "syn-recv", "fin-wait1", "fin-wait2", "time-wait", "close", "close-wait",
-        "last-ack", "listen", "closing", "new-syn-recv",
+        "?",
+        "established",
+        "syn-sent",
+        "syn-recv",
+        "fin-wait1",
+        "fin-wait2",
+        "time-wait",
+        "close",
+        "close-wait",
+        "last-ack",
+        "listen",
+        "closing",
+        "new-syn-recv",
     ];
     let state = s.int(6).and_then(|n| STATES.get(n as usize)).copied().unwrap_or("?").to_owned();
     let v6 = s.int(3) == Some(10);
