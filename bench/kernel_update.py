@@ -198,6 +198,15 @@ def with_pbr(a, guest, work, new):
         kept = mc.count(a.keys, a.size)
         survived = kept_connection(client)
         captured = len(events("captured"))
+        # Where the update's time went, from run's log: the checkpoint, the
+        # power-off, the new boot's points (since its QEMU started) and ready.
+        at = {e["event"]: e for e in events("checkpointed") + events("updated")}
+        boots = events("booting")
+        new_boot = [e for e in events("captured") if e["time_unix_s"] >= boots[-1]["time_unix_s"]]
+        phases = {"checkpoint_s": report.get("checkpoint_s"),
+                  "power_off_s": round(boots[-1]["time_unix_s"] - at["checkpointed"]["time_unix_s"], 3),
+                  "points_since_power_on_s": {e["point"]: round(e["since_power_on_s"], 3) for e in new_boot},
+                  "ready_since_power_on_s": events("ready")[-1].get("boot_s")}
     finally:
         run.send_signal(signal.SIGTERM)
         try:
@@ -207,7 +216,8 @@ def with_pbr(a, guest, work, new):
     clean = all(subprocess.run(["e2fsck", "-fn", os.path.join(d, f"{k}.raw")], capture_output=True).returncode == 0
                 for k in ("root", "data"))
     return {"downtime_s": round(up - t0, 3) if up else None, "keys_kept": kept, "connection_survived": survived,
-            "report": report, "candidates_after": captured, "fsck_clean": clean, "stopped": run.returncode == 0}
+            "report": report, "candidates_after": captured, "fsck_clean": clean, "stopped": run.returncode == 0,
+            "phases": phases}
 
 
 def plain(a, guest, work, new):
@@ -277,7 +287,7 @@ def main():
            "connection_survived": r["connection_survived"], "plain_connection_survived": pl["connection_survived"],
            "restored": unit.get("restored"), "reason": unit.get("reason"), "checkpoint_s": rep.get("checkpoint_s"),
            "update_total_s": rep.get("total_s"), "candidates_after": r["candidates_after"],
-           "fsck_clean": r["fsck_clean"], "vm": "new QEMU process"}
+           "fsck_clean": r["fsck_clean"], "vm": "new QEMU process", "phases": r["phases"]}
     print(f"{'':>6} {'kernel':>40} {'downtime s':>11} {'keys kept':>12} {'connection':>11}")
     print(f"{'pbr':>6} {str(out['kernel_before']) + ' -> ' + str(out['kernel_after']):>40} "
           f"{out['downtime_s'] or float('nan'):>11.2f} {r['keys_kept']:>6}/{a.keys:<5} "
@@ -286,6 +296,10 @@ def main():
           f"{pl['keys_kept']:>6}/{a.keys:<5} {'kept' if pl['connection_survived'] else 'lost':>11}")
     if not unit.get("restored"):
         print(f"memcached was not restored: {unit.get('reason')}")
+    ph = r["phases"]
+    print(f"pbr's update: checkpoint {ph['checkpoint_s'] or 0:.2f} s, power-off {ph['power_off_s']:.2f} s, then "
+          f"points at {ph['points_since_power_on_s']} and ready at {ph['ready_since_power_on_s'] or 0:.2f} s "
+          f"after the new QEMU started")
     print(f"checkpoint {out['checkpoint_s'] or 0:.2f} s; disks clean: {out['fsck_clean']}; "
           f"{out['candidates_after']} candidates captured in all (before and after)")
     if a.json:

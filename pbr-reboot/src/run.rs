@@ -186,7 +186,7 @@ impl Event<'_> {
         match self {
             Event::Booting(why) => json!({"event": "booting", "reason": why}),
             Event::Captured(c) => json!({"event": "captured", "point": c.phase, "image": c.path.display().to_string(),
-                                          "image_bytes": c.image_bytes}),
+                                          "image_bytes": c.image_bytes, "since_power_on_s": c.since_power_on}),
             Event::Skipped(s) => json!({"event": "skipped", "point": s.point, "reason": s.reason}),
             Event::Ready(d) => json!({"event": "ready", "boot_s": d.as_secs_f64()}),
             Event::NoCapture(why) => json!({"event": "no-capture", "reason": why}),
