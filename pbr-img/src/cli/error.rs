@@ -24,6 +24,8 @@ pub enum Error {
     Replay(pbr_replay::Error),
     /// A capture, a boot or a recovery failed, or found no candidate.
     Reboot(pbr_reboot::Error),
+    /// The fleet store failed, or what it holds is damaged.
+    Store(pbr_store::Error),
 }
 
 /// The CLI's result.
@@ -35,7 +37,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Reboot(pbr_reboot::Error::NoCandidate(_)) => NO_CANDIDATE,
-            Error::Usage(_) | Error::Tools(_) | Error::Replay(_) | Error::Reboot(_) => USAGE_OR_INPUT,
+            Error::Usage(_) | Error::Tools(_) | Error::Replay(_) | Error::Reboot(_) | Error::Store(_) => USAGE_OR_INPUT,
         }
     }
 
@@ -52,6 +54,7 @@ impl fmt::Display for Error {
             Error::Tools(e) => e.fmt(f),
             Error::Replay(e) => e.fmt(f),
             Error::Reboot(e) => e.fmt(f),
+            Error::Store(e) => e.fmt(f),
         }
     }
 }
@@ -63,6 +66,7 @@ impl std::error::Error for Error {
             Error::Tools(e) => Some(e),
             Error::Replay(e) => Some(e),
             Error::Reboot(e) => Some(e),
+            Error::Store(e) => Some(e),
         }
     }
 }
@@ -82,6 +86,12 @@ impl From<pbr_replay::Error> for Error {
 impl From<pbr_reboot::Error> for Error {
     fn from(e: pbr_reboot::Error) -> Error {
         Error::Reboot(e)
+    }
+}
+
+impl From<pbr_store::Error> for Error {
+    fn from(e: pbr_store::Error) -> Error {
+        Error::Store(e)
     }
 }
 

@@ -26,6 +26,7 @@ mod replay;
 mod report;
 mod run;
 mod select;
+mod store;
 mod trim;
 mod update;
 mod verify;
@@ -125,6 +126,17 @@ enum Command {
     /// their units start. A service that cannot be checkpointed or
     /// restored starts cold; the report names it and why.
     Update(update::Args),
+    /// Store an image in an S3-compatible object store (s3://BUCKET/PREFIX/NAME)
+    /// as content-addressed chunks of pages: chunks the store holds already
+    /// (another VM's) are not uploaded again. Every page is checked first.
+    Push(store::PushArgs),
+    /// Fetch an image from the store, every chunk checked against its hash
+    /// (through a local chunk cache); a missing or damaged chunk fails it.
+    Pull(store::PullArgs),
+    /// List the images of a store (s3://BUCKET/PREFIX).
+    Ls(store::StoreArgs),
+    /// Remove the chunks no image of the store names.
+    Gc(store::StoreArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
     /// Print the man page, pbr-img(1), with every command (roff).
@@ -184,6 +196,10 @@ impl Command {
             | Command::Boot(_)
             | Command::Run(_)
             | Command::Update(_)
+            | Command::Push(_)
+            | Command::Pull(_)
+            | Command::Ls(_)
+            | Command::Gc(_)
             | Command::Completions(_)
             | Command::Man => (Vec::new(), None),
         }
@@ -219,6 +235,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Recover(a) => recover::run(&a),
         Command::Run(a) => run::run(&a),
         Command::Update(a) => update::run(&a),
+        Command::Push(a) => store::push(&a),
+        Command::Pull(a) => store::pull(&a),
+        Command::Ls(a) => store::ls(&a),
+        Command::Gc(a) => store::gc(&a),
         Command::Completions(a) => completions::run(&a, Cli::command()),
         Command::Man => man::run(Cli::command()),
         Command::Verify(a) => verify::run(&a, quiet),

@@ -1,0 +1,175 @@
+//! `pbr-img push`, `pull`, `ls` and `gc`: images in an S3-compatible
+//! object store ([`pbr_store`]), their pages in content-addressed chunks
+//! shared across images. Credentials and the endpoint come from the
+//! environment or the profile file, as other S3 clients take them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use pbr_store::cache::Cache;
+use pbr_store::{Config, Location, PushOptions, Store};
+use serde_json::json;
+
+use super::error::{Error, Result};
+
+/// The arguments of `push`.
+#[derive(clap::Args, Debug)]
+pub struct PushArgs {
+    /// The image.
+    pub image: PathBuf,
+    /// Where it goes: s3://BUCKET[/PREFIX]/NAME.
+    #[arg(value_name = "S3_URL")]
+    pub to: String,
+    /// Pages per chunk, on average (a power of two).
+    #[arg(long, default_value_t = PushOptions::default().chunk_pages, value_name = "PAGES")]
+    pub chunk_pages: u32,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The arguments of `pull`.
+#[derive(clap::Args, Debug)]
+pub struct PullArgs {
+    /// The image: s3://BUCKET[/PREFIX]/NAME.
+    #[arg(value_name = "S3_URL")]
+    pub from: String,
+    /// The image file to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// The local chunk cache (default: $PBR_CACHE, else
+    /// ~/.cache/pbr/chunks).
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The arguments of `ls` and `gc`.
+#[derive(clap::Args, Debug)]
+pub struct StoreArgs {
+    /// The store: s3://BUCKET[/PREFIX].
+    #[arg(value_name = "S3_URL")]
+    pub store: String,
+    /// (`gc`) Keep chunks younger than this many seconds: a push may be
+    /// uploading them.
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    pub grace: u64,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The store at `url` (an image's, when `image`).
+fn open(url: &str, image: bool) -> Result<(Store, Location)> {
+    let location = Location::parse(url, image)?;
+    let store = Store::open(&location, &Config::from_env()?)?;
+    Ok((store, location))
+}
+
+/// The chunk cache `dir`, or the default one.
+pub fn cache(dir: Option<&PathBuf>) -> Result<Cache> {
+    let dir = match dir {
+        Some(d) => d.clone(),
+        None => match (std::env::var_os("PBR_CACHE"), std::env::var_os("HOME")) {
+            (Some(c), _) => PathBuf::from(c),
+            (None, Some(h)) => PathBuf::from(h).join(".cache/pbr/chunks"),
+            (None, None) => return Err(Error::Usage("no chunk cache: give --cache DIR or set PBR_CACHE".into())),
+        },
+    };
+    Ok(Cache::open(&dir)?)
+}
+
+/// `push`.
+pub fn push(a: &PushArgs) -> Result<ExitCode> {
+    let (store, location) = open(&a.to, true)?;
+    let name = location.name.as_deref().unwrap_or_default();
+    let r = pbr_store::push(&a.image, &store, name, PushOptions { chunk_pages: a.chunk_pages })?;
+    if a.json {
+        println!(
+            "{}",
+            json!({"image": a.to, "data_pages": r.data_pages, "chunks": r.chunks, "uploaded": r.uploaded,
+                   "uploaded_bytes": r.uploaded_bytes, "index_bytes": r.index_bytes, "seconds": r.seconds})
+        );
+    } else {
+        println!(
+            "pushed {} as {}: {} pages in {} chunks, {} new ({} bytes uploaded) in {:.2} s",
+            a.image.display(),
+            a.to,
+            r.data_pages,
+            r.chunks,
+            r.uploaded,
+            r.uploaded_bytes,
+            r.seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pull`.
+pub fn pull(a: &PullArgs) -> Result<ExitCode> {
+    let (store, location) = open(&a.from, true)?;
+    let name = location.name.as_deref().unwrap_or_default();
+    let r = pbr_store::pull(&store, name, &a.output, &cache(a.cache.as_ref())?)?;
+    if a.json {
+        println!(
+            "{}",
+            json!({"image": a.from, "output": a.output, "data_pages": r.data_pages, "chunks": r.chunks,
+                   "cached": r.cached, "downloaded_bytes": r.downloaded_bytes, "seconds": r.seconds})
+        );
+    } else {
+        println!(
+            "pulled {} into {}: {} pages from {} chunks ({} cached, {} bytes downloaded) in {:.2} s",
+            a.from,
+            a.output.display(),
+            r.data_pages,
+            r.chunks,
+            r.cached,
+            r.downloaded_bytes,
+            r.seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ls`.
+pub fn ls(a: &StoreArgs) -> Result<ExitCode> {
+    let (store, location) = open(&a.store, false)?;
+    let images = pbr_store::list(&store)?;
+    for i in &images {
+        let at = i.modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if a.json {
+            println!("{}", json!({"image": location.image(&i.name), "index_bytes": i.index_bytes, "pushed_unix_s": at}));
+        } else {
+            println!("{}  index {} bytes", location.image(&i.name), i.index_bytes);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gc`.
+pub fn gc(a: &StoreArgs) -> Result<ExitCode> {
+    let (store, _) = open(&a.store, false)?;
+    let r = pbr_store::gc(&store, Duration::from_secs(a.grace))?;
+    if a.json {
+        println!(
+            "{}",
+            json!({"images": r.images, "chunks": r.chunks, "removed": r.removed, "removed_bytes": r.removed_bytes,
+                   "young": r.young})
+        );
+    } else {
+        println!(
+            "{} images name {} of {} chunks; removed {} ({} bytes), kept {} younger than {} s",
+            r.images,
+            r.chunks - r.removed - r.young,
+            r.chunks,
+            r.removed,
+            r.removed_bytes,
+            r.young,
+            a.grace
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,126 @@
+//! `pull`: an image out of a store, onto a host that may hold none of it.
+//! The index is checked against its hash, its skeleton is opened as any
+//! image is (hostile input), and every chunk, from the local cache or the
+//! store, is checked against its name before its pages are written: a
+//! missing or damaged chunk fails the pull, and nothing is left at the
+//! destination.
+
+use std::path::Path;
+use std::time::Instant;
+
+use pbr_format::{Image, PageEncoding};
+use pbr_tools::rewrite;
+
+use crate::cache::Cache;
+use crate::chunk;
+use crate::error::{Error, Result};
+use crate::index::{Index, RunKind};
+use crate::push::index_key;
+use crate::store::{PARALLEL, Store};
+
+/// What a pull did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PullReport {
+    /// Pages written from chunks.
+    pub data_pages: u64,
+    /// Chunks the image needs.
+    pub chunks: usize,
+    /// Of those, chunks the cache held.
+    pub cached: usize,
+    /// Bytes downloaded: chunks the cache lacked, and the index.
+    pub downloaded_bytes: u64,
+    /// Seconds the pull took.
+    pub seconds: f64,
+}
+
+/// The index of image `name`.
+///
+/// # Errors
+/// It is not in the store, it is damaged, or the store failed.
+pub fn index(store: &Store, name: &str) -> Result<Index> {
+    let key = index_key(name);
+    let bytes = store.get(&key)?.ok_or_else(|| Error::Missing(store.location.image(name)))?;
+    Index::decode(&bytes)
+}
+
+/// Pulls image `name` from `store` into `dest` (written atomically),
+/// through the chunk cache `cache`.
+///
+/// # Errors
+/// The image or one of its chunks is missing or damaged, the store
+/// failed, I/O.
+pub fn pull(store: &Store, name: &str, dest: &Path, cache: &Cache) -> Result<PullReport> {
+    let t = Instant::now();
+    let key = index_key(name);
+    let bytes = store.get(&key)?.ok_or_else(|| Error::Missing(store.location.image(name)))?;
+    let mut report =
+        PullReport { data_pages: 0, chunks: 0, cached: 0, downloaded_bytes: bytes.len() as u64, seconds: 0.0 };
+    let index = Index::decode(&bytes)?;
+    report.chunks = index.chunks.len();
+    let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
+    let skeleton_path = work.path().join("skeleton.pbr");
+    std::fs::write(&skeleton_path, &index.skeleton).map_err(|e| Error::io("cannot write the skeleton", e))?;
+    let skeleton = Image::open(&skeleton_path)
+        .map_err(|e| Error::Damaged(format!("{}: its skeleton image: {e}", store.location.image(name))))?;
+    if skeleton.page_size() != index.page_size {
+        return Err(Error::Damaged(format!("{}: the skeleton's page size is not the index's", store.location.image(name))));
+    }
+    let mut w = rewrite::derived(&skeleton, dest, rewrite::options(&skeleton, PageEncoding::Zero))?;
+    let ps = index.page_size as usize;
+    // The data runs' pages, in order, come out of the chunks in order.
+    let mut chunks = index.chunks.iter();
+    let mut fetched: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
+    let mut at = 0usize;
+    for run in &index.runs {
+        match run.kind {
+            RunKind::Zero | RunKind::Trimmed => {
+                let enc = if run.kind == RunKind::Zero { PageEncoding::Zero } else { PageEncoding::Trimmed };
+                w.mark_pages(run.gfn, u64::from(run.count), enc, run.class)?;
+            }
+            RunKind::Data => {
+                for gfn in run.gfn..run.gfn + u64::from(run.count) {
+                    if fetched.front().is_some_and(|c| at == c.len()) {
+                        fetched.pop_front();
+                        at = 0;
+                    }
+                    if fetched.is_empty() {
+                        let batch: Vec<_> = chunks.by_ref().take(PARALLEL * 4).copied().collect();
+                        fetched = fetch(store, cache, &batch, index.page_size, &mut report)?.into();
+                        at = 0;
+                    }
+                    let c = fetched.front().ok_or_else(|| Error::Damaged("the chunks hold fewer pages than the runs".into()))?;
+                    w.write_page(gfn, &c[at..at + ps], run.class)?;
+                    at += ps;
+                    report.data_pages += 1;
+                }
+            }
+        }
+    }
+    w.finish()?;
+    report.seconds = t.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The pages of `batch`'s chunks, each from the cache or the store, each
+/// checked.
+fn fetch(
+    store: &Store,
+    cache: &Cache,
+    batch: &[crate::index::ChunkRef],
+    page_size: u32,
+    report: &mut PullReport,
+) -> Result<Vec<Vec<u8>>> {
+    let mut out: Vec<Option<Vec<u8>>> = batch.iter().map(|c| cache.get(c, page_size)).collect();
+    report.cached += out.iter().filter(|p| p.is_some()).count();
+    let missing: Vec<usize> = (0..batch.len()).filter(|&i| out[i].is_none()).collect();
+    let keys: Vec<String> = missing.iter().map(|&i| chunk::key(&batch[i].hash)).collect();
+    let got = store.get_many(&keys)?;
+    for ((i, key), object) in missing.into_iter().zip(&keys).zip(got) {
+        let object = object.ok_or_else(|| Error::Missing(format!("chunk {key}")))?;
+        report.downloaded_bytes += object.len() as u64;
+        let pages = chunk::decode(&object, &batch[i], page_size)?;
+        cache.put(&batch[i], &object)?;
+        out[i] = Some(pages);
+    }
+    Ok(out.into_iter().flatten().collect())
+}

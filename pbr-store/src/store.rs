@@ -1,0 +1,207 @@
+//! The store's client: one bucket and prefix of an S3-compatible server,
+//! through `object_store`. Its calls block; many objects move at once
+//! ([`Store::get_many`], [`Store::put_many`]) on a small runtime of its
+//! own.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, PutPayload};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::location::Location;
+
+/// How many objects move at once.
+pub const PARALLEL: usize = 16;
+
+/// One object listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Its key, under the store's prefix (`images/vm1.idx`).
+    pub key: String,
+    /// Its size.
+    pub size: u64,
+    /// When it was last written.
+    pub modified: SystemTime,
+}
+
+/// A store: a bucket and a prefix on a server.
+pub struct Store {
+    rt: tokio::runtime::Runtime,
+    s3: Arc<dyn ObjectStore>,
+    /// Where it is.
+    pub location: Location,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("location", &self.location).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// The store at `location` on the server `config` names.
+    ///
+    /// # Errors
+    /// The client cannot be built (a bad endpoint URL).
+    pub fn open(location: &Location, config: &Config) -> Result<Store> {
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&location.bucket)
+            .with_region(&config.region)
+            .with_access_key_id(&config.access_key)
+            .with_secret_access_key(config.secret())
+            .with_virtual_hosted_style_request(false);
+        if let Some(t) = config.token() {
+            b = b.with_token(t);
+        }
+        if let Some(e) = &config.endpoint {
+            b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+        }
+        let s3 = b.build().map_err(|e| Error::Url(format!("the store's client: {e}")))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("cannot start the store's runtime", e))?;
+        Ok(Store { rt, s3: Arc::new(s3), location: location.clone() })
+    }
+
+    fn key(&self, rest: &str) -> Key {
+        Key::from(self.location.key(rest))
+    }
+
+    /// Object `rest`'s bytes; `None` when it is not there.
+    ///
+    /// # Errors
+    /// The server failed.
+    pub fn get(&self, rest: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.key(rest);
+        self.rt.block_on(async {
+            match self.s3.get(&key).await {
+                Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .map_err(|source| Error::Store { op: "get", key: key.to_string(), source })
+    }
+
+    /// Writes object `rest`.
+    ///
+    /// # Errors
+    /// The server failed.
+    pub fn put(&self, rest: &str, bytes: Vec<u8>) -> Result<()> {
+        let key = self.key(rest);
+        self.rt
+            .block_on(self.s3.put(&key, PutPayload::from(bytes)))
+            .map(drop)
+            .map_err(|source| Error::Store { op: "put", key: key.to_string(), source })
+    }
+
+    /// Which of objects `rests` are there (HEAD, many at once).
+    ///
+    /// # Errors
+    /// The server failed.
+    pub fn exist(&self, rests: &[String]) -> Result<Vec<bool>> {
+        let s3 = &self.s3;
+        self.rt.block_on(
+            futures::stream::iter(rests.iter().map(|r| self.key(r)))
+                .map(|key| async move {
+                    match s3.head(&key).await {
+                        Ok(_) => Ok(true),
+                        Err(object_store::Error::NotFound { .. }) => Ok(false),
+                        Err(source) => Err(Error::Store { op: "look up", key: key.to_string(), source }),
+                    }
+                })
+                .buffered(PARALLEL)
+                .try_collect(),
+        )
+    }
+
+    /// Writes objects, many at once.
+    ///
+    /// # Errors
+    /// The server failed on one.
+    pub fn put_many(&self, objects: Vec<(String, Vec<u8>)>) -> Result<()> {
+        let s3 = &self.s3;
+        self.rt.block_on(
+            futures::stream::iter(objects.into_iter().map(|(r, b)| (self.key(&r), b)))
+                .map(|(key, bytes)| async move {
+                    s3.put(&key, PutPayload::from(bytes))
+                        .await
+                        .map(drop)
+                        .map_err(|source| Error::Store { op: "put", key: key.to_string(), source })
+                })
+                .buffer_unordered(PARALLEL)
+                .try_collect::<Vec<()>>(),
+        )?;
+        Ok(())
+    }
+
+    /// Reads objects, many at once, in the order asked; `None` for one
+    /// that is not there.
+    ///
+    /// # Errors
+    /// The server failed on one.
+    pub fn get_many(&self, rests: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let s3 = &self.s3;
+        self.rt.block_on(
+            futures::stream::iter(rests.iter().map(|r| self.key(r)))
+                .map(|key| async move {
+                    let got = match s3.get(&key).await {
+                        Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(e),
+                    };
+                    got.map_err(|source| Error::Store { op: "get", key: key.to_string(), source })
+                })
+                .buffered(PARALLEL)
+                .try_collect(),
+        )
+    }
+
+    /// Every object under `rest` (a directory of the store: `images/`).
+    ///
+    /// # Errors
+    /// The server failed.
+    pub fn list(&self, rest: &str) -> Result<Vec<Listed>> {
+        let prefix = self.key(rest);
+        let base = self.location.key("");
+        let listed: Vec<object_store::ObjectMeta> = self
+            .rt
+            .block_on(self.s3.list(Some(&prefix)).try_collect())
+            .map_err(|source| Error::Store { op: "list", key: prefix.to_string(), source })?;
+        Ok(listed
+            .into_iter()
+            .map(|m| {
+                let full = m.location.to_string();
+                let key = full.strip_prefix(&base).unwrap_or(&full).trim_start_matches('/').to_owned();
+                Listed { key, size: m.size, modified: m.last_modified.into() }
+            })
+            .collect())
+    }
+
+    /// Removes objects, many at once.
+    ///
+    /// # Errors
+    /// The server failed on one.
+    pub fn delete_many(&self, rests: &[String]) -> Result<()> {
+        let s3 = &self.s3;
+        self.rt.block_on(
+            futures::stream::iter(rests.iter().map(|r| self.key(r)))
+                .map(|key| async move {
+                    match s3.delete(&key).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                        Err(source) => Err(Error::Store { op: "delete", key: key.to_string(), source }),
+                    }
+                })
+                .buffer_unordered(PARALLEL)
+                .try_collect::<Vec<()>>(),
+        )?;
+        Ok(())
+    }
+}
