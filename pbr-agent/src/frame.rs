@@ -89,7 +89,7 @@ impl Kind {
     }
 
     /// The largest payload a reader accepts for this kind.
-    pub fn max_len(self) -> u32 {
+    pub const fn max_len(self) -> u32 {
         match self {
             Kind::Point
             | Kind::Resumed

@@ -24,8 +24,9 @@ pub const SOCKET: &str = "control.sock";
 /// The longest request line.
 const MAX_REQUEST: u64 = 64 << 10;
 
-/// How long a client may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send its request (the watch waits for
+/// it).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The listening socket; removed when dropped.
 #[derive(Debug)]
@@ -87,15 +88,35 @@ impl Drop for Control {
     }
 }
 
-/// Reads one request line from a client.
+/// Reads one request line from a client, all of it within
+/// [`REQUEST_TIMEOUT`]: a client that trickles its bytes cannot hold the
+/// supervisor.
 fn read_request(conn: &mut UnixStream) -> Result<Update> {
     let io = |e| pbr_tools::Error::io("control socket", e);
     conn.set_nonblocking(false).map_err(io)?;
-    conn.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(io)?;
     conn.set_write_timeout(Some(REQUEST_TIMEOUT)).map_err(io)?;
-    let mut line = String::new();
-    BufReader::new(conn.take(MAX_REQUEST)).read_line(&mut line).map_err(io)?;
-    let v: Value = serde_json::from_str(&line).map_err(|e| Error::Usage(format!("the request is not JSON: {e}")))?;
+    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !line.contains(&b'\n') {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || line.len() as u64 > MAX_REQUEST {
+            return Err(Error::Usage(format!(
+                "no request line within {} s and {MAX_REQUEST} bytes",
+                REQUEST_TIMEOUT.as_secs()
+            )));
+        }
+        conn.set_read_timeout(Some(left)).map_err(io)?;
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => line.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e).into()),
+        }
+    }
+    let v: Value = serde_json::from_slice(line.split(|&b| b == b'\n').next().unwrap_or_default())
+        .map_err(|e| Error::Usage(format!("the request is not JSON: {e}")))?;
     match v.get("update") {
         Some(u) => Update::from_json(u),
         None => Err(Error::Usage("the request asks for nothing pbr-img run does (an update)".into())),

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+mod backoff;
 mod beside;
 pub mod boot;
 pub mod capture;
@@ -24,6 +25,7 @@ pub mod select;
 pub mod service;
 mod standby;
 pub mod update;
+mod updating;
 pub mod vmm;
 
 pub use boot::{boot_points, cold_boot};

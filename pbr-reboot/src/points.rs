@@ -30,6 +30,10 @@ pub const FILES_KEY: &str = pbr_format::keys::PBR_FILES_READ;
 /// pages dropped as zero pages, exactly.
 const SAFE_DROP: pbr_tools::trim::Drop = pbr_tools::trim::Drop { free: false, zero: true, cache: false };
 
+/// The point at which units checkpointed for a kernel update are handed
+/// back: the initramfs's, before systemd starts any unit.
+pub const RESTORE_POINT: &str = "kernel";
+
 /// How long the agent may stay silent during a boot.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -132,9 +136,9 @@ pub fn boot_capturing(
 /// without pbr-agent), goes silent, or breaks the protocol ends the
 /// capture, not the machine ([`PointsCapture::stopped`] says why). After
 /// a kernel update, `restore` is the image of the units checkpointed on
-/// the old kernel: its files are handed to the guest at the first point
-/// (once it is captured), so that they are restored before the units
-/// start.
+/// the old kernel: its files are handed to the guest at its
+/// [`RESTORE_POINT`] (once it is captured), so that they are restored
+/// before the units start.
 ///
 /// # Errors
 /// QEMU failed to start or its QMP failed.
@@ -173,7 +177,7 @@ struct Sent {
 
 /// Boots `cmd` and captures its points; `keep` (the first word's timeout)
 /// makes the guest's failures end the capture instead of the boot;
-/// `restore` is handed to the guest at its first point.
+/// `restore` is handed to the guest at its [`RESTORE_POINT`].
 fn boot(
     cmd: &UserCommand,
     out: &Path,
@@ -272,7 +276,10 @@ fn boot(
                     progress(&format!("point {}: no candidate: {reason}", p.name));
                     result.skipped.push(Skipped { point: p.name.clone(), reason });
                 }
-                if let Some(image) = restore.take() {
+                // The initramfs's point: before any unit starts.
+                if p.name == RESTORE_POINT
+                    && let Some(image) = restore.take()
+                {
                     match crate::update::send_restore(&mut m.agent, image) {
                         Ok(n) => progress(&format!("point {}: {n} units handed to the guest to restore", p.name)),
                         Err(e) => result.restore_failed = Some(e.to_string()),
@@ -289,6 +296,11 @@ fn boot(
             Message::Restored(r) => result.restored = Some(r),
             Message::Ready(_) => {
                 result.ready_s = t0.elapsed().as_secs_f64();
+                if restore.is_some() {
+                    result.restore_failed = Some(format!(
+                        "the boot had no {RESTORE_POINT:?} point (is pbr-agent in the new kernel's initramfs?)"
+                    ));
+                }
                 break;
             }
             other => {

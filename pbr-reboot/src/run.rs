@@ -28,6 +28,7 @@ use pbr_replay::qemu::process::QemuProcess;
 use serde_json::{Value, json};
 
 use crate::agent::AgentPort;
+use crate::backoff::{Failures, back_off};
 use crate::capture::{Candidate, CaptureOptions};
 use crate::control::{Control, Request};
 use crate::error::{Error, Result};
@@ -36,6 +37,7 @@ use crate::points::{Booted, Skipped, boot_keeping};
 use crate::recover::{Prepared, RecoverOptions, Running, prepare, recover_prepared, recover_running};
 use crate::recovery::{Recovery, Refused};
 use crate::update::{CHECKPOINT_TIMEOUT, Kept, Report, Update};
+use crate::updating::{self, Updating};
 use crate::vmm::Vmm;
 
 /// What `run` adds to the command line so that QEMU tells it of a failure:
@@ -178,6 +180,9 @@ pub enum Event<'a> {
     Checkpointed(std::result::Result<&'a Kept, &'a str>),
     /// The new kernel's guest is ready: how each unit came through.
     Updated(&'a Report),
+    /// The control socket cannot be made, and why: the VM runs, and cannot
+    /// be updated.
+    NoControl(&'a str),
 }
 
 impl Event<'_> {
@@ -235,6 +240,7 @@ impl Event<'_> {
             }
             Event::Checkpointed(Err(e)) => json!({"event": "checkpointed", "error": e}),
             Event::Updated(r) => r.json(),
+            Event::NoControl(why) => json!({"event": "no-control", "reason": why}),
         }
     }
 }
@@ -278,30 +284,13 @@ enum Watched {
     Update(Request),
 }
 
-/// The command line of `req`'s update of `cmd`; `None` (the client told
-/// why, the VM runs on) when it cannot be made.
-fn update_command(
-    cmd: &UserCommand,
-    req: Request,
-    on_event: &mut dyn FnMut(Event<'_>),
-) -> Option<(Request, UserCommand)> {
-    on_event(Event::Updating(&req.update));
-    match req.update.command(cmd) {
-        Ok(new) => Some((req, new)),
-        Err(e) => {
-            req.fail(&e);
-            None
-        }
-    }
-}
-
 /// Has the VM's agent checkpoint `units` into a new image in `dir`'s
-/// `updates`; why it could not.
+/// `updates`; why it could not. Keeping none, nothing is asked.
 fn checkpoint(vm: &mut Vm, units: &[String], dir: &Path) -> std::result::Result<Kept, String> {
-    let updates = dir.join("updates");
-    std::fs::create_dir_all(&updates).map_err(|e| format!("cannot create {}: {e}", updates.display()))?;
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-    let image = updates.join(format!("update-{stamp}.pbr"));
+    if units.is_empty() {
+        return Err("no unit to keep".into());
+    }
+    let image = updating::image_path(dir)?;
     let agent = vm.agent().ok_or("the VM has no agent to checkpoint its units")?;
     crate::update::checkpoint(agent, units, &image, CHECKPOINT_TIMEOUT).map_err(|e| e.to_string())
 }
@@ -319,10 +308,9 @@ pub fn run(
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<End> {
     let mut cmd = with_failure_detection(cmd);
-    let control = Control::bind(opts.candidates)?;
-    // A kernel update under way: its client, when it was asked for, what
-    // its checkpoint kept, and the image to restore from.
-    let mut updating: Option<(Request, Instant, std::result::Result<Kept, String>)> = None;
+    // Without its socket the VM runs on; it cannot be updated.
+    let control = Control::bind(opts.candidates).map_err(|e| on_event(Event::NoControl(&e.to_string()))).ok();
+    let mut updating: Option<Updating> = None;
     let mut boot_why = Some(match opts.agent {
         true => "start".to_owned(),
         false => "start; the guest runs no agent: no candidates, and every failure is a normal reboot".to_owned(),
@@ -338,12 +326,25 @@ pub fn run(
             Some(why) => {
                 drop(ready.take());
                 on_event(Event::Booting(&why));
-                let b = if opts.agent {
-                    let restore = updating.as_ref().and_then(|(_, _, k)| k.as_ref().ok()?.image.as_deref());
+                let booted = if opts.agent {
+                    let restore = updating.as_ref().and_then(Updating::image);
                     let options = CaptureOptions::default();
-                    boot_keeping(&cmd, opts.candidates, &options, opts.agent_wait, restore, &mut |_| {})?
+                    boot_keeping(&cmd, opts.candidates, &options, opts.agent_wait, restore, &mut |_| {})
                 } else {
-                    Booted::without_agent(&cmd)?
+                    Booted::without_agent(&cmd)
+                };
+                let b = match (booted, updating.as_mut()) {
+                    (Ok(b), _) => b,
+                    (Err(e), None) => return Err(e),
+                    (Err(e), Some(u)) => {
+                        // The update's new kernel did not start: the old one does.
+                        if let (updating::Ended::Revert(why), _) = u.ended(Err(e.to_string())) {
+                            cmd = u.old.clone();
+                            boot_why = Some(why);
+                            continue;
+                        }
+                        return Err(e);
+                    }
                 };
                 for c in &b.capture.candidates {
                     on_event(Event::Captured(c));
@@ -356,11 +357,21 @@ pub fn run(
                     None if opts.agent => on_event(Event::Ready(Duration::from_secs_f64(b.capture.ready_s))),
                     None => {}
                 }
-                if let Some((mut req, t, kept)) = updating.take() {
-                    let report =
-                        Report::new(&req.update.keep, kept.as_ref().map_err(String::as_str), &b.capture, t.elapsed());
-                    req.tell(&report.json());
-                    on_event(Event::Updated(&report));
+                if let Some(mut u) = updating.take() {
+                    match u.ended(Ok(&b.capture)) {
+                        (updating::Ended::Revert(why), _) if opts.agent => {
+                            b.machine.quit();
+                            cmd = u.old.clone();
+                            boot_why = Some(why);
+                            updating = Some(u);
+                            continue;
+                        }
+                        (_, Some(report)) => {
+                            updating::prune(opts.candidates);
+                            on_event(Event::Updated(&report));
+                        }
+                        _ => {}
+                    }
                 }
                 recovered_at = None;
                 Vm::Booted(Box::new(b))
@@ -401,26 +412,33 @@ pub fn run(
         }
         let mut port = Port::default();
         loop {
-            match watch(&mut vm, stop, &mut port, opts.hang_after, &control, on_event)? {
-                Watched::Update(req) => {
-                    let Some(new) = update_command(&cmd, req, on_event) else { continue };
-                    let (req, new_cmd) = new;
-                    let t = Instant::now();
+            match watch(&mut vm, stop, &mut port, opts.hang_after, control.as_ref(), on_event)? {
+                Watched::Update(mut req) => {
+                    on_event(Event::Updating(&req.update));
+                    let new_cmd = match updating::command(&req, &cmd, opts.agent && port.alive.is_some()) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            req.fail(&e);
+                            continue;
+                        }
+                    };
+                    let started = Instant::now();
                     let kept = checkpoint(&mut vm, &req.update.keep, opts.candidates);
-                    let mut req = req;
                     let told = Event::Checkpointed(kept.as_ref().map_err(String::as_str));
                     req.tell(&told.json());
                     on_event(told);
-                    // The old kernel's QEMU beside it, and its candidates, are of no use now.
+                    // The old kernel's QEMU beside it, and its candidates,
+                    // are of no use now (a candidate would restore the old
+                    // kernel); a file that will not go is left to refuse.
                     drop(ready.take());
                     power_off(vm.process()?, opts.power_off);
                     quit(vm);
-                    for c in candidate_files(opts.candidates)? {
-                        std::fs::remove_file(&c).map_err(|e| Error::io(format!("cannot remove {}", c.display()), e))?;
+                    for c in candidate_files(opts.candidates).unwrap_or_default() {
+                        let _ = std::fs::remove_file(&c);
                     }
                     boot_why = Some(format!("kernel update to {}", req.update.kernel.display()));
-                    cmd = new_cmd;
-                    updating = Some((req, t, kept));
+                    let old = std::mem::replace(&mut cmd, new_cmd);
+                    updating = Some(Updating { req, started, kept, old, reverted: None });
                     break;
                 }
                 Watched::Stop => {
@@ -464,56 +482,6 @@ pub fn run(
             }
         }
     }
-}
-
-/// Failures this close together (at least [`BURST`] within [`WINDOW`])
-/// make the VM wait before its next recovery or boot.
-const BURST: usize = 5;
-/// See [`BURST`].
-const WINDOW: Duration = Duration::from_secs(600);
-/// The first wait; each further failure doubles it, up to [`MAX_BACK_OFF`].
-const BACK_OFF: Duration = Duration::from_secs(5);
-/// See [`BACK_OFF`].
-const MAX_BACK_OFF: Duration = Duration::from_secs(300);
-
-/// The VM's recent failures: one that keeps failing (a guest that fails
-/// during every boot, a candidate and a cold boot that both fail) is given
-/// time between its recoveries instead of being restarted in a tight loop.
-#[derive(Default)]
-struct Failures(std::collections::VecDeque<Instant>);
-
-impl Failures {
-    /// Counts a failure now; how long to wait before meeting it.
-    fn count(&mut self) -> Duration {
-        let now = Instant::now();
-        self.0.retain(|t| now.duration_since(*t) < WINDOW);
-        if self.0.len() > 64 {
-            self.0.pop_front();
-        }
-        self.0.push_back(now);
-        match self.0.len().saturating_sub(BURST) {
-            0 => Duration::ZERO,
-            over => BACK_OFF.saturating_mul(1 << (over - 1).min(16)).min(MAX_BACK_OFF),
-        }
-    }
-}
-
-/// Waits `wait` (told as an event) unless a stop comes first; whether one
-/// did (the stop is told).
-fn back_off(wait: Duration, stop: &AtomicBool, on_event: &mut dyn FnMut(Event<'_>)) -> bool {
-    if wait.is_zero() {
-        return false;
-    }
-    on_event(Event::BackingOff(wait));
-    let t = Instant::now();
-    while t.elapsed() < wait {
-        if stop.load(Ordering::SeqCst) {
-            on_event(Event::Stopping);
-            return true;
-        }
-        std::thread::sleep(POLL);
-    }
-    false
 }
 
 /// The next recovery made ready beside the running VM, its QEMU waiting
@@ -607,7 +575,7 @@ fn watch(
     stop: &AtomicBool,
     port: &mut Port,
     hang_after: Duration,
-    control: &Control,
+    control: Option<&Control>,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Watched> {
     port.alive = None;
@@ -615,7 +583,7 @@ fn watch(
         if stop.load(Ordering::SeqCst) {
             return Ok(Watched::Stop);
         }
-        if let Some(req) = control.accept() {
+        if let Some(req) = control.and_then(Control::accept) {
             return Ok(Watched::Update(req));
         }
         let process = vm.process()?;
@@ -787,20 +755,6 @@ mod tests {
         let no_agent = opts(false, Reboot::Phase, Reboot::Phase);
         assert!(resets(&Failure::Panicked, &no_agent) && resets(&Failure::Rebooted, &no_agent));
         assert!(!resets(&Failure::Exited("signal 9".into()), &normal));
-    }
-
-    /// Five failures close together are met at once; then the waits
-    /// double from 5 s, up to 5 min.
-    #[test]
-    fn failures_close_together_back_off() {
-        let mut f = Failures::default();
-        let waits: Vec<u64> = (0..12).map(|_| f.count().as_secs()).collect();
-        assert_eq!(waits, [0, 0, 0, 0, 0, 5, 10, 20, 40, 80, 160, 300]);
-        let stop = AtomicBool::new(true);
-        let mut told = Vec::new();
-        assert!(back_off(Duration::from_secs(60), &stop, &mut |e| told.push(e.json()["event"].clone())));
-        assert_eq!(told, ["backing-off", "stopping"]);
-        assert!(!back_off(Duration::ZERO, &stop, &mut |_| panic!("no wait, no event")));
     }
 
     #[test]

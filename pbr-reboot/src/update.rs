@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use pbr_agent::message::Message;
 use pbr_agent::{Checkpoint, Checkpointed, ProcessFile, Restore, UnitOutcome};
+use pbr_format::limits::{MAX_PROCESS_BLOBS, MAX_PROCESS_BYTES};
 use pbr_format::{Image, ImageWriter, ProcessesBuilder, Region, WriterOptions};
 use serde_json::{Value, json};
 
@@ -59,41 +60,54 @@ impl Update {
         if keep.len() > pbr_agent::limits::MAX_UNITS {
             return Err(Error::Usage(format!("{} units to keep, over {}", keep.len(), pbr_agent::limits::MAX_UNITS)));
         }
+        if let Some(twice) = keep.iter().enumerate().find(|(i, u)| keep[..*i].contains(u)) {
+            return Err(Error::Usage(format!("{} is named twice", twice.1)));
+        }
         Ok(Update { kernel, initrd: path("initrd"), append: v["append"].as_str().map(str::to_owned), keep })
     }
 
     /// `cmd` booting the new kernel: its `-kernel`, `-initrd` and
-    /// `-append` replaced.
+    /// `-append` replaced (an `-append` added when it has none).
     ///
     /// # Errors
     /// The command line boots no `-kernel` of the host's (its guest boots
-    /// from its disk), has no `-initrd` for a new one, or the new files
-    /// are not there.
+    /// from its disk), has an `-initrd` and the update names none (the old
+    /// one holds the old kernel's modules), or the new files are not there.
     pub fn command(&self, cmd: &UserCommand) -> Result<UserCommand> {
         let mut out = cmd.clone();
-        let mut set = |opt: &str, value: &str| -> Result<()> {
-            let at = out.args.iter().position(|a| a.trim_start_matches('-') == opt && a.starts_with('-'));
-            match at.and_then(|i| out.args.get_mut(i + 1)) {
-                Some(v) => {
-                    *v = value.to_owned();
-                    Ok(())
-                }
-                None => Err(Error::Usage(format!(
-                    "the command line has no -{opt}: a kernel update replaces the -kernel a QEMU boots (a guest \
-                     that boots from its disk updates its kernel itself)"
-                ))),
-            }
+        let at = |args: &[String], opt: &str| {
+            args.iter().position(|a| a.starts_with('-') && a.trim_start_matches('-') == opt)
         };
         for (opt, file) in [("kernel", Some(&self.kernel)), ("initrd", self.initrd.as_ref())] {
-            if let Some(file) = file {
-                if !file.is_file() {
-                    return Err(Error::Usage(format!("{} is not a file", file.display())));
+            let Some(file) = file else {
+                if at(&out.args, opt).is_some() {
+                    return Err(Error::Usage(format!(
+                        "the command line has a -{opt}: name the new kernel's (--{opt}), the old one holds the old \
+                         kernel's modules"
+                    )));
                 }
-                set(opt, &file.display().to_string())?;
+                continue;
+            };
+            if !file.is_file() {
+                return Err(Error::Usage(format!("{} is not a file", file.display())));
+            }
+            match at(&out.args, opt).and_then(|i| out.args.get_mut(i + 1)) {
+                Some(v) => *v = file.display().to_string(),
+                None if opt == "kernel" => {
+                    return Err(Error::Usage(
+                        "the command line has no -kernel: a kernel update replaces the -kernel a QEMU boots (a guest \
+                         that boots from its disk updates its kernel itself)"
+                            .into(),
+                    ));
+                }
+                None => out.args.extend(["-initrd".to_owned(), file.display().to_string()]),
             }
         }
         if let Some(append) = &self.append {
-            set("append", append)?;
+            match at(&out.args, "append").and_then(|i| out.args.get_mut(i + 1)) {
+                Some(v) => v.clone_from(append),
+                None => out.args.extend(["-append".to_owned(), append.clone()]),
+            }
         }
         Ok(out)
     }
@@ -112,31 +126,45 @@ pub struct Kept {
 }
 
 /// Asks the guest to checkpoint `units` and keeps what it sends in a new
-/// image at `image` (written atomically). A unit whose files did not all
-/// arrive, or break the section's rules, is reported not dumped: its
-/// files are not kept. Heartbeats and other messages are read past.
+/// image at `image` (written atomically). What arrives is bounded as it
+/// arrives, by the `PROCESSES` section's limits (4096 files, 1 GiB). A unit
+/// whose files did not all arrive, or break the section's rules, is
+/// reported not dumped: its files are not kept; a unit it was not asked
+/// for is left out. Heartbeats and other messages are read past.
 ///
 /// # Errors
-/// The port failed, the guest broke the protocol, said nothing within
-/// `timeout`, or the image could not be written.
+/// The port failed, the guest broke the protocol or the bounds, sent no
+/// outcome within `timeout`, or the image could not be written.
 pub fn checkpoint(agent: &mut AgentPort, units: &[String], image: &Path, timeout: Duration) -> Result<Kept> {
     let t = Instant::now();
     agent.send(&Message::Checkpoint(Checkpoint { units: units.to_vec() }))?;
     let mut files: HashMap<String, Vec<ProcessFile>> = HashMap::new();
+    let (mut count, mut bytes) = (0u64, 0u64);
     let mut outcome = loop {
         let left = timeout.saturating_sub(t.elapsed());
         if left.is_zero() {
-            return Err(Error::AgentSilent(timeout));
+            return Err(Error::Guest(format!("the guest's agent sent no checkpoint within {} s", timeout.as_secs())));
         }
-        match agent.next(left)? {
-            Message::ProcessFile(f) if units.contains(&f.unit) => files.entry(f.unit.clone()).or_default().push(f),
-            Message::ProcessFile(f) => {
+        match agent.next(left) {
+            Ok(Message::ProcessFile(f)) if units.contains(&f.unit) => {
+                count += 1;
+                bytes += f.data.len() as u64;
+                if count > u64::from(MAX_PROCESS_BLOBS) || bytes > MAX_PROCESS_BYTES {
+                    return Err(Error::AgentUnexpected(format!(
+                        "more than a checkpoint holds ({MAX_PROCESS_BLOBS} files, {MAX_PROCESS_BYTES} bytes)"
+                    )));
+                }
+                files.entry(f.unit.clone()).or_default().push(f);
+            }
+            Ok(Message::ProcessFile(f)) => {
                 return Err(Error::AgentUnexpected(format!("a file of {}, a unit it was not asked for", f.unit)));
             }
-            Message::Checkpointed(c) => break c,
-            _ => {}
+            Ok(Message::Checkpointed(c)) => break c,
+            Ok(_) | Err(Error::AgentSilent(_)) => {}
+            Err(e) => return Err(e),
         }
     };
+    outcome.units.retain(|u| units.contains(&u.unit));
     let mut builder: Option<ProcessesBuilder> = None;
     for u in &mut outcome.units {
         let got = files.remove(&u.unit).unwrap_or_default();
@@ -160,8 +188,9 @@ pub fn checkpoint(agent: &mut AgentPort, units: &[String], image: &Path, timeout
     Ok(Kept { outcome, image, elapsed: t.elapsed() })
 }
 
-/// Adds unit `u`'s files to the section being built; why they cannot be
-/// kept.
+/// Adds unit `u`'s files to the section being built, whole: they are
+/// checked first (as many and as large as the guest said, no name twice);
+/// why they cannot be kept.
 fn keep_unit(
     builder: &mut Option<ProcessesBuilder>,
     kernel: &str,
@@ -178,18 +207,22 @@ fn keep_unit(
             got.len()
         ));
     }
-    if builder.is_none() {
-        let criu = criu.ok_or("the guest says it dumped without CRIU")?;
-        *builder = Some(ProcessesBuilder::new(kernel, criu).map_err(|e| e.to_string())?);
+    let mut names: Vec<&str> = got.iter().map(|f| f.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("the guest sent {} twice", w[0]));
     }
-    let Some(b) = builder.as_mut() else { return Err("no section".into()) };
-    // A unit's files go in whole or not at all: built aside first.
-    let mut trial = b.clone();
-    let unit = trial.add_unit(&u.unit).map_err(|e| e.to_string())?;
+    let b = match builder {
+        Some(b) => b,
+        None => {
+            let criu = criu.ok_or("the guest says it dumped without CRIU")?;
+            builder.insert(ProcessesBuilder::new(kernel, criu).map_err(|e| e.to_string())?)
+        }
+    };
+    let unit = b.add_unit(&u.unit).map_err(|e| e.to_string())?;
     for f in got {
-        trial.add_blob(unit, &f.name, f.data).map_err(|e| e.to_string())?;
+        b.add_blob(unit, &f.name, f.data).map_err(|e| e.to_string())?;
     }
-    *b = trial;
     Ok(())
 }
 
@@ -239,6 +272,9 @@ pub struct Report {
     pub image: Option<PathBuf>,
     /// Seconds from the request until the new kernel's guest was ready.
     pub total_s: f64,
+    /// Why the new kernel was given up: the VM runs the old one again
+    /// (its units restored there).
+    pub reverted: Option<String>,
 }
 
 /// How one unit came through an update.
@@ -299,6 +335,7 @@ impl Report {
             checkpoint_s: kept.map_or(0.0, |k| k.elapsed.as_secs_f64()),
             image: kept.ok().and_then(|k| k.image.clone()),
             total_s: total.as_secs_f64(),
+            reverted: None,
         }
     }
 
@@ -311,7 +348,8 @@ impl Report {
             .collect();
         json!({"event": "updated", "kernel_before": self.kernel_before, "kernel_after": self.kernel_after,
                "units": units, "checkpoint_s": self.checkpoint_s,
-               "image": self.image.as_ref().map(|p| p.display().to_string()), "total_s": self.total_s})
+               "image": self.image.as_ref().map(|p| p.display().to_string()), "total_s": self.total_s,
+               "reverted": self.reverted})
     }
 }
 
@@ -344,6 +382,11 @@ mod tests {
         assert_eq!(appended.args[7], "ro quiet");
         let disk = UserCommand { qemu: "qemu".into(), args: vec!["-hda".into(), "d.img".into()] };
         assert!(update().command(&disk).unwrap_err().to_string().contains("has no -kernel"));
+        let no_initrd = Update { initrd: None, ..update() };
+        assert!(no_initrd.command(&cmd).unwrap_err().to_string().contains("name the new kernel's (--initrd)"));
+        let bare = UserCommand { qemu: "qemu".into(), args: vec!["-kernel".into(), "/old/vmlinuz".into()] };
+        let added = Update { append: Some("ro".into()), ..update() }.command(&bare).unwrap();
+        assert_eq!(added.args, ["-kernel", "/bin/sh", "-initrd", "/bin/true", "-append", "ro"]);
         let missing = Update { kernel: PathBuf::from("/no/such/vmlinuz"), ..update() };
         assert!(missing.command(&cmd).unwrap_err().to_string().contains("is not a file"));
     }
@@ -355,6 +398,8 @@ mod tests {
         v["keep"] = json!(["../x.service"]);
         assert!(Update::from_json(&v).unwrap_err().to_string().contains("is not a service's unit name"));
         assert!(Update::from_json(&json!({"keep": []})).unwrap_err().to_string().contains("names no kernel"));
+        v["keep"] = json!(["a.service", "a.service"]);
+        assert!(Update::from_json(&v).unwrap_err().to_string().contains("a.service is named twice"));
     }
 
     fn file(unit: &str, name: &str, data: &[u8]) -> ProcessFile {
@@ -368,7 +413,8 @@ mod tests {
         let e = keep_unit(&mut b, "6.1", Some("3.17.1"), &said(2, 3), vec![file("a.service", "x.img", b"abc")]);
         assert!(e.unwrap_err().contains("said 2 files of 3 bytes, and sent 1 of 3"));
         let twice = vec![file("a.service", "x.img", b"a"), file("a.service", "x.img", b"b")];
-        assert!(keep_unit(&mut b, "6.1", Some("3.17.1"), &said(2, 2), twice).is_err());
+        let e = keep_unit(&mut b, "6.1", Some("3.17.1"), &said(2, 2), twice).unwrap_err();
+        assert!(e.contains("sent x.img twice"), "{e}");
         let kept = vec![file("a.service", "x.img", b"a"), file("a.service", "y.img", b"b")];
         keep_unit(&mut b, "6.1", Some("3.17.1"), &said(2, 2), kept).unwrap();
         let bytes = b.unwrap().to_bytes().unwrap();

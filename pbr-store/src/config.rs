@@ -85,7 +85,9 @@ impl Config {
         };
         Ok(Config {
             endpoint: env("AWS_ENDPOINT_URL_S3").or_else(|| get("AWS_ENDPOINT_URL", "endpoint_url")),
-            region: env("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION", "region")).unwrap_or_else(|| "us-east-1".into()),
+            region: env("AWS_REGION")
+                .or_else(|| get("AWS_DEFAULT_REGION", "region"))
+                .unwrap_or_else(|| "us-east-1".into()),
             access_key,
             secret,
             token: get("AWS_SESSION_TOKEN", "aws_session_token"),

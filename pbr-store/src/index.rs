@@ -95,7 +95,8 @@ impl Index {
 
     /// The object's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(HEAD + self.skeleton.len() + CHUNK * self.chunks.len() + RUN * self.runs.len() + 32);
+        let mut v =
+            Vec::with_capacity(HEAD + self.skeleton.len() + CHUNK * self.chunks.len() + RUN * self.runs.len() + 32);
         v.extend_from_slice(MAGIC);
         v.extend_from_slice(&self.page_size.to_le_bytes());
         v.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
@@ -253,7 +254,8 @@ mod tests {
         flipped[40] ^= 1;
         assert!(Index::decode(&flipped).unwrap_err().to_string().contains("do not match its blake3"));
         let runs_at = 32 + 10 + 2 * CHUNK;
-        let cases: Vec<(Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|b| b[0] = b'X'), "magic"),
             (Box::new(|b| b[8] = 1), "page size"),
             (Box::new(|b| b[12] = 9), "9 chunks"),
@@ -261,8 +263,11 @@ mod tests {
             (Box::new(|b| b[24..32].copy_from_slice(&u64::MAX.to_le_bytes())), "skeleton"),
             (Box::new(move |b| b[runs_at + 12] = 7), "run 0 has kind 7"),
             (Box::new(move |b| b[runs_at + 13] = 9), "run 0 has class 9"),
-            (Box::new(move |b| b[runs_at + RUN..runs_at + RUN + 8].copy_from_slice(&0u64.to_le_bytes())), "out of order"),
-            (Box::new(move |b| b[runs_at + 8] = 3), "the data runs hold 5 pages, the chunks 4"),
+            (
+                Box::new(move |b| b[runs_at + RUN..runs_at + RUN + 8].copy_from_slice(&0u64.to_le_bytes())),
+                "out of order",
+            ),
+            (Box::new(|b| b[32 + 10 + CHUNK + 32] = 2), "the data runs hold 4 pages, the chunks 5"),
             (Box::new(|b| b[32 + 10 + 32..32 + 10 + 36].copy_from_slice(&0u32.to_le_bytes())), "chunk 0 holds no page"),
         ];
         for (change, want) in cases {

@@ -70,10 +70,13 @@ mod tests {
     #[test]
     fn addresses_parse() {
         let l = Location::parse("s3://fleet/web/prod/vm1-daemons", true).unwrap();
-        assert_eq!((l.bucket.as_str(), l.prefix.as_str(), l.name.as_deref()), ("fleet", "web/prod", Some("vm1-daemons")));
+        assert_eq!(
+            (l.bucket.as_str(), l.prefix.as_str(), l.name.as_deref()),
+            ("fleet", "web/prod", Some("vm1-daemons"))
+        );
         assert_eq!(l.key("images/x.idx"), "web/prod/images/x.idx");
         let store = Location::parse("s3://fleet/web/", false).unwrap();
-        assert_eq!((store.prefix.as_str(), store.name), ("web", None));
+        assert_eq!((store.prefix.as_str(), store.name.as_deref()), ("web", None));
         assert_eq!(Location::parse("s3://fleet", false).unwrap().key("chunks/a"), "chunks/a");
         assert_eq!(store.image("vm2"), "s3://fleet/web/vm2");
         for bad in ["/tmp/x", "s3://", "s3://fleet", "s3://fleet/../x", "s3://fleet//x", "s3://fl eet/x", "s3://f/x/"] {

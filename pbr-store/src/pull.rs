@@ -63,7 +63,10 @@ pub fn pull(store: &Store, name: &str, dest: &Path, cache: &Cache) -> Result<Pul
     let skeleton = Image::open(&skeleton_path)
         .map_err(|e| Error::Damaged(format!("{}: its skeleton image: {e}", store.location.image(name))))?;
     if skeleton.page_size() != index.page_size {
-        return Err(Error::Damaged(format!("{}: the skeleton's page size is not the index's", store.location.image(name))));
+        return Err(Error::Damaged(format!(
+            "{}: the skeleton's page size is not the index's",
+            store.location.image(name)
+        )));
     }
     let mut w = rewrite::derived(&skeleton, dest, rewrite::options(&skeleton, PageEncoding::Zero))?;
     let ps = index.page_size as usize;
@@ -88,7 +91,9 @@ pub fn pull(store: &Store, name: &str, dest: &Path, cache: &Cache) -> Result<Pul
                         fetched = fetch(store, cache, &batch, index.page_size, &mut report)?.into();
                         at = 0;
                     }
-                    let c = fetched.front().ok_or_else(|| Error::Damaged("the chunks hold fewer pages than the runs".into()))?;
+                    let c = fetched
+                        .front()
+                        .ok_or_else(|| Error::Damaged("the chunks hold fewer pages than the runs".into()))?;
                     w.write_page(gfn, &c[at..at + ps], run.class)?;
                     at += ps;
                     report.data_pages += 1;

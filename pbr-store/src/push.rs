@@ -73,7 +73,8 @@ pub fn push(path: &Path, store: &Store, name: &str, opts: PushOptions) -> Result
     let mut pending: Vec<(ChunkRef, Vec<u8>)> = Vec::new();
     let mut current: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; page_size as usize];
-    let mut report = PushReport { data_pages: 0, chunks: 0, uploaded: 0, uploaded_bytes: 0, index_bytes: 0, seconds: 0.0 };
+    let mut report =
+        PushReport { data_pages: 0, chunks: 0, uploaded: 0, uploaded_bytes: 0, index_bytes: 0, seconds: 0.0 };
     let cut = |current: &mut Vec<u8>, pending: &mut Vec<(ChunkRef, Vec<u8>)>, chunks: &mut Vec<ChunkRef>| {
         if !current.is_empty() {
             let (c, object) = chunk::encode(current, page_size);
@@ -95,7 +96,9 @@ pub fn push(path: &Path, store: &Store, name: &str, opts: PushOptions) -> Result
             }
         };
         match runs.last_mut() {
-            Some(r) if r.kind == kind && r.class == e.class && r.gfn + u64::from(r.count) == e.gfn => r.count += e.count,
+            Some(r) if r.kind == kind && r.class == e.class && r.gfn + u64::from(r.count) == e.gfn => {
+                r.count += e.count
+            }
             _ => runs.push(Run { gfn: e.gfn, count: e.count, kind, class: e.class }),
         }
         if kind != RunKind::Data {

@@ -80,14 +80,15 @@ impl Store {
     /// The server failed.
     pub fn get(&self, rest: &str) -> Result<Option<Vec<u8>>> {
         let key = self.key(rest);
-        self.rt.block_on(async {
-            match self.s3.get(&key).await {
-                Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
-        .map_err(|source| Error::Store { op: "get", key: key.to_string(), source })
+        self.rt
+            .block_on(async {
+                match self.s3.get(&key).await {
+                    Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .map_err(|source| Error::Store { op: "get", key: key.to_string(), source })
     }
 
     /// Writes object `rest`.
@@ -96,10 +97,11 @@ impl Store {
     /// The server failed.
     pub fn put(&self, rest: &str, bytes: Vec<u8>) -> Result<()> {
         let key = self.key(rest);
-        self.rt
-            .block_on(self.s3.put(&key, PutPayload::from(bytes)))
-            .map(drop)
-            .map_err(|source| Error::Store { op: "put", key: key.to_string(), source })
+        self.rt.block_on(self.s3.put(&key, PutPayload::from(bytes))).map(drop).map_err(|source| Error::Store {
+            op: "put",
+            key: key.to_string(),
+            source,
+        })
     }
 
     /// Which of objects `rests` are there (HEAD, many at once).
@@ -131,10 +133,11 @@ impl Store {
         self.rt.block_on(
             futures::stream::iter(objects.into_iter().map(|(r, b)| (self.key(&r), b)))
                 .map(|(key, bytes)| async move {
-                    s3.put(&key, PutPayload::from(bytes))
-                        .await
-                        .map(drop)
-                        .map_err(|source| Error::Store { op: "put", key: key.to_string(), source })
+                    s3.put(&key, PutPayload::from(bytes)).await.map(drop).map_err(|source| Error::Store {
+                        op: "put",
+                        key: key.to_string(),
+                        source,
+                    })
                 })
                 .buffer_unordered(PARALLEL)
                 .try_collect::<Vec<()>>(),

@@ -4,17 +4,21 @@
 
 use std::path::{Path, PathBuf};
 
+use pbr_agent::Kind;
 use pbr_agent::checkpoint::valid_file_name;
+use pbr_agent::limits::{MAX_FILE_NAME, MAX_UNIT_NAME};
 use pbr_agent::message::Message;
 use pbr_agent::{Checkpoint, Checkpointed, ProcessFile, UnitOutcome};
 
 use super::port::Port;
 use super::{RUN_DIR, criu, systemd};
 
-/// Dumps the units of `c` and sends their files and the outcome.
+/// Dumps the units of `c` and sends their files and the outcome. Each
+/// unit fares on its own: one whose dump or files fail is reported not
+/// dumped, and its processes, stopped by the dump, run on.
 ///
 /// # Errors
-/// The port failed.
+/// The port failed (the host is gone: the stopped processes run on).
 pub fn checkpoint(port: &mut Port, c: &Checkpoint) -> Result<String, String> {
     let criu_version = criu::version();
     let mut units = Vec::with_capacity(c.units.len());
@@ -22,28 +26,28 @@ pub fn checkpoint(port: &mut Port, c: &Checkpoint) -> Result<String, String> {
         let dir = Path::new(RUN_DIR).join("checkpoint").join(unit);
         let dumped = match criu_version {
             Some(_) => dump_unit(unit, &dir),
-            None => Err("CRIU does not run in the guest (is the criu package installed?)".into()),
+            None => Err(Sent::Unit("CRIU does not run in the guest (is the criu package installed?)".into())),
         };
-        let outcome = match dumped {
-            Ok(files) => {
-                let mut outcome = UnitOutcome { unit: unit.clone(), dumped: true, files: 0, bytes: 0, reason: None };
-                for (name, path) in files {
-                    let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                    outcome.files += 1;
-                    outcome.bytes += data.len() as u64;
-                    port.send(&Message::ProcessFile(ProcessFile { unit: unit.clone(), name, data }))?;
-                }
-                // Its processes, stopped since the dump, must not run on:
-                // the unit stops and they are killed (a SIGTERM would wait
-                // on a stopped process).
+        let mut outcome = UnitOutcome { unit: unit.clone(), dumped: false, files: 0, bytes: 0, reason: None };
+        match dumped.and_then(|files| send(port, unit, files, &mut outcome)) {
+            Ok(()) => {
+                outcome.dumped = true;
+                // Its processes, stopped since the dump, must not run on.
                 if let Err(e) = systemd::stop_killed(unit) {
                     eprintln!("pbr-agent: {e}");
                 }
-                outcome
             }
-            Err(reason) => UnitOutcome { unit: unit.clone(), dumped: false, files: 0, bytes: 0, reason: Some(reason) },
-        };
+            Err(Sent::Port(e)) => {
+                let _ = systemd::resume(unit);
+                return Err(e);
+            }
+            Err(Sent::Unit(reason)) => {
+                let _ = systemd::resume(unit);
+                outcome.reason = Some(super::bounded(&reason));
+            }
+        }
         let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(dir.with_extension("log"));
         units.push(outcome);
     }
     let dumped = units.iter().filter(|u| u.dumped).count();
@@ -52,12 +56,37 @@ pub fn checkpoint(port: &mut Port, c: &Checkpoint) -> Result<String, String> {
     Ok(format!("checkpoint: {dumped} of {total} units dumped"))
 }
 
+/// Why a unit's files were not all sent.
+enum Sent {
+    /// The unit's own trouble: it is reported not dumped.
+    Unit(String),
+    /// The port failed.
+    Port(String),
+}
+
+impl From<String> for Sent {
+    fn from(reason: String) -> Sent {
+        Sent::Unit(reason)
+    }
+}
+
+/// Sends `unit`'s `files`, counting them in `outcome`.
+fn send(port: &mut Port, unit: &str, files: Vec<(String, PathBuf)>, outcome: &mut UnitOutcome) -> Result<(), Sent> {
+    for (name, path) in files {
+        let data = std::fs::read(&path).map_err(|e| Sent::Unit(format!("{}: {e}", path.display())))?;
+        outcome.files += 1;
+        outcome.bytes += data.len() as u64;
+        port.send(&Message::ProcessFile(ProcessFile { unit: unit.to_owned(), name, data })).map_err(Sent::Port)?;
+    }
+    Ok(())
+}
+
 /// The most bytes one image file may have: what a `PROCESS_FILE` frame
-/// carries beside its two names.
-const MAX_FILE: u64 = (64 << 20) - 2 - 255 - 64;
+/// carries beside its two names and their lengths.
+const MAX_FILE: u64 = Kind::ProcessFile.max_len() as u64 - 2 - MAX_UNIT_NAME as u64 - MAX_FILE_NAME as u64;
 
 /// Dumps `unit`'s processes into `dir`: the files to send, by name.
-fn dump_unit(unit: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+fn dump_unit(unit: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>, Sent> {
     let pid = systemd::main_pid(unit)?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -67,11 +96,11 @@ fn dump_unit(unit: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
         let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if !valid_file_name(&name) {
-            return Err(format!("CRIU wrote {name:?}, not an image file name the protocol carries"));
+            return Err(format!("CRIU wrote {name:?}, not an image file name the protocol carries").into());
         }
         let len = entry.metadata().map_err(|e| format!("{name}: {e}"))?.len();
         if len > MAX_FILE {
-            return Err(format!("image file {name} is {len} bytes, over the {MAX_FILE} one frame carries"));
+            return Err(format!("image file {name} is {len} bytes, over the {MAX_FILE} one frame carries").into());
         }
         files.push((name, entry.path()));
     }

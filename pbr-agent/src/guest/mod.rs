@@ -25,6 +25,16 @@ const RUN_DIR: &str = "/run/pbr";
 /// How long `ready` waits for this boot's restores to end.
 const RESTORE_WAIT: Duration = Duration::from_secs(60);
 
+/// `reason` cut to what a message's string may hold (at most 4000 bytes,
+/// on a character boundary).
+fn bounded(reason: &str) -> String {
+    let mut end = reason.len().min(4000);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
+
 /// The running kernel's release (`uname -r`).
 fn release() -> String {
     let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -58,12 +68,19 @@ pub fn point(name: &str, timeout: Duration) -> Result<String, String> {
     }
     port.send(&Message::Point(Point { name: name.to_owned(), uptime_ns: resume::uptime_ns(), mounts }))?;
     // After a kernel update the host sends the units to restore first.
+    // After a kernel update the host sends the units to restore first;
+    // only an agent that runs before systemd can still make their starts
+    // restores.
     let mut answer = port.receive(timeout)?;
     let mut restoring = String::new();
+    let early = restore::before_systemd();
     loop {
         match &answer {
-            Some(Message::RestoreFile(f)) => restore::keep_file(f)?,
-            Some(Message::Restore(r)) => restoring = format!("; {} units to restore", restore::prepare(r)?),
+            Some(Message::RestoreFile(f)) if early => restore::keep_file(f),
+            Some(Message::Restore(r)) if early => {
+                restoring = format!("; {} units to restore", restore::prepare(r)?);
+            }
+            Some(Message::RestoreFile(_) | Message::Restore(_)) => restoring = "; units to restore, too late".into(),
             _ => break,
         }
         answer = port.receive(timeout)?;
@@ -95,12 +112,16 @@ pub fn ready() -> Result<String, String> {
         return Ok(format!("no host port {}: ready not announced", pbr_agent::PORT_NAME));
     };
     let mut said = String::new();
-    if let Some(restored) = restore::outcome(RESTORE_WAIT) {
+    let restored = restore::outcome(RESTORE_WAIT);
+    if let Some(restored) = &restored {
         let back = restored.units.iter().filter(|u| u.restored).count();
         said = format!("; {back} of {} units restored", restored.units.len());
-        port.send(&Message::Restored(restored))?;
+        port.send(&Message::Restored(restored.clone()))?;
     }
     port.send(&Message::Ready(Ready { uptime_ns: resume::uptime_ns() }))?;
+    if let Some(restored) = restored {
+        restore::forget(&restored.units.into_iter().map(|u| u.unit).collect::<Vec<_>>());
+    }
     Ok(format!("ready announced{said}"))
 }
 

@@ -36,54 +36,92 @@ fn drop_in_path(unit: &str) -> PathBuf {
     Path::new("/run/systemd/system").join(format!("{unit}.d")).join("zz-pbr-restore.conf")
 }
 
+/// Whether this agent runs before systemd (in the initramfs): only there
+/// can a unit's start still be made a restore.
+pub fn before_systemd() -> bool {
+    std::fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() != "systemd")
+}
+
 /// Keeps one image file the host sent. Its names were checked when its
-/// frame was decoded: the file lands inside its unit's directory.
-///
-/// # Errors
-/// I/O.
-pub fn keep_file(f: &ProcessFile) -> Result<(), String> {
+/// frame was decoded: the file lands inside its unit's directory. A file
+/// that does not fit (the initramfs's `/run` is a tenth of the memory)
+/// gives up its unit: its files go, and its outcome says why.
+pub fn keep_file(f: &ProcessFile) {
+    if dir().join(format!("{}.result", f.unit)).exists() {
+        return;
+    }
     let unit_dir = dir().join(&f.unit);
-    std::fs::create_dir_all(&unit_dir).map_err(|e| format!("{}: {e}", unit_dir.display()))?;
     let path = unit_dir.join(&f.name);
-    std::fs::write(&path, &f.data).map_err(|e| format!("{}: {e}", path.display()))
+    let kept = std::fs::create_dir_all(&unit_dir).and_then(|()| std::fs::write(&path, &f.data));
+    if let Err(e) = kept {
+        let _ = std::fs::remove_dir_all(&unit_dir);
+        let why =
+            json!({"restored": false, "reason": format!("its images could not be kept in {}: {e}", dir().display())});
+        let _ = std::fs::write(dir().join(format!("{}.result", f.unit)), why.to_string());
+    }
 }
 
 /// Makes the start of each unit of `r` that has files a restore; how many.
+/// Every unit of `r` is told in `RESTORED`, one whose files did not all
+/// fit included.
 ///
 /// # Errors
 /// I/O.
 pub fn prepare(r: &Restore) -> Result<usize, String> {
+    std::fs::create_dir_all(dir()).map_err(|e| format!("{}: {e}", dir().display()))?;
     let mut listed = String::new();
-    for unit in r.units.iter().filter(|u| dir().join(u).is_dir()) {
+    let mut restoring = 0;
+    for unit in &r.units {
+        listed.push_str(unit);
+        listed.push('\n');
+        if !dir().join(unit).is_dir() {
+            if !dir().join(format!("{unit}.result")).exists() {
+                let why = json!({"restored": false, "reason": "the host sent no image file for it"});
+                let _ = std::fs::write(dir().join(format!("{unit}.result")), why.to_string());
+            }
+            continue;
+        }
+        restoring += 1;
         let path = drop_in_path(unit);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
         }
         std::fs::write(&path, drop_in(unit)).map_err(|e| format!("{}: {e}", path.display()))?;
-        listed.push_str(unit);
-        listed.push('\n');
     }
-    std::fs::create_dir_all(dir()).map_err(|e| format!("{}: {e}", dir().display()))?;
     std::fs::write(units_file(), &listed).map_err(|e| format!("{}: {e}", units_file().display()))?;
-    Ok(listed.lines().count())
+    Ok(restoring)
 }
 
 /// The drop-in of a unit to restore: its start runs `pbr-agent
 /// restore-unit` (with full privileges: CRIU is not the service, and the
 /// restored processes get back their own credentials and limits) in place
-/// of its start commands, and tracks the restored main process through its
-/// PID file; a failed restore is not retried but handed to
-/// `pbr-cold@.service`.
+/// of its start commands (conditions and post-start commands too: they
+/// are about a process starting, and this one resumes), and tracks the
+/// restored main process through its PID file; a failed restore is not
+/// retried but handed to `pbr-cold@.service`. Once the guest is ready the
+/// drop-in goes ([`forget`]): the unit is itself again.
 pub fn drop_in(unit: &str) -> String {
     let pid = dir().join(format!("{unit}.pid"));
     format!(
         "# Written by pbr-agent: this boot restores {unit} from CRIU's images\n\
          # (a kernel update); a failed restore starts it cold.\n\
          [Unit]\nOnFailure=pbr-cold@%n.service\n\n\
-         [Service]\nType=forking\nPIDFile={}\nRestart=no\nExecStartPre=\nExecStart=\n\
+         [Service]\nType=forking\nPIDFile={}\nRestart=no\nTimeoutStartSec=300\nExecCondition=\n\
+         ExecStartPre=\nExecStart=\nExecStartPost=\n\
          ExecStart=+/usr/sbin/pbr-agent restore-unit {unit}\n",
         pid.display()
     )
+}
+
+/// Removes the restore drop-ins of `units` and reloads systemd: restored
+/// or started cold, each unit runs as it is configured from now on.
+pub fn forget(units: &[String]) {
+    for unit in units {
+        let _ = std::fs::remove_file(drop_in_path(unit));
+    }
+    if !units.is_empty() {
+        let _ = std::process::Command::new("systemctl").arg("daemon-reload").status();
+    }
 }
 
 /// `pbr-agent restore-unit UNIT`: restores the unit's processes with CRIU
@@ -161,7 +199,7 @@ pub fn outcome(wait: Duration) -> Option<Restored> {
         let result: Value =
             std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
         let (restored, reason) = match result["restored"].as_bool() {
-            Some(r) => (r, result["reason"].as_str().map(|s| s.chars().take(4000).collect())),
+            Some(r) => (r, result["reason"].as_str().map(super::bounded)),
             None => (false, Some(format!("no outcome within {} s", wait.as_secs()))),
         };
         units.push(RestoreOutcome { unit: unit.to_owned(), restored, reason });
@@ -184,6 +222,9 @@ mod tests {
             "Restart=no",
             "ExecStartPre=\n",
             "ExecStart=\n",
+            "ExecCondition=\n",
+            "ExecStartPost=\n",
+            "TimeoutStartSec=300",
             "ExecStart=+/usr/sbin/pbr-agent restore-unit memcached.service",
         ] {
             assert!(d.contains(line), "{line} in\n{d}");

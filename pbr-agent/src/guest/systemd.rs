@@ -40,12 +40,27 @@ pub fn start_again(unit: &str) -> Result<(), String> {
     systemctl(&["start", "--no-block", unit]).map(drop)
 }
 
-/// Stops `unit` by killing its processes: its stop is queued first, so
-/// that their end is not met with a restart.
+/// Stops `unit` by killing its processes (stopped since their dump), not
+/// to be restarted: a runtime drop-in turns its restarts off first (a stop
+/// job would send SIGTERM and then SIGCONT, and they would run again
+/// before they die).
+///
+/// # Errors
+/// The drop-in cannot be written, or systemctl failed.
+pub fn stop_killed(unit: &str) -> Result<(), String> {
+    let dir = std::path::Path::new("/run/systemd/system").join(format!("{unit}.d"));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join("zz-pbr-checkpointed.conf");
+    std::fs::write(&path, "# Written by pbr-agent: checkpointed for a kernel update.\n[Service]\nRestart=no\n")
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    systemctl(&["daemon-reload"])?;
+    systemctl(&["kill", "--signal=SIGKILL", unit]).map(drop)
+}
+
+/// Lets `unit`'s processes run again after a dump that is not kept.
 ///
 /// # Errors
 /// systemctl failed.
-pub fn stop_killed(unit: &str) -> Result<(), String> {
-    systemctl(&["stop", "--no-block", unit])?;
-    systemctl(&["kill", "--signal=SIGKILL", unit]).map(drop)
+pub fn resume(unit: &str) -> Result<(), String> {
+    systemctl(&["kill", "--signal=SIGCONT", unit]).map(drop)
 }

@@ -159,13 +159,17 @@ fn line(e: &Event<'_>) -> String {
         Event::Checkpointed(Err(e)) => format!("no checkpoint ({e}): every unit starts cold; the guest powers off"),
         Event::Updated(r) => {
             let back: Vec<&str> = r.units.iter().filter(|u| u.restored).map(|u| u.unit.as_str()).collect();
-            format!(
-                "updated to {}, ready {:.2} s after the request; restored: {}",
-                r.kernel_after.as_deref().unwrap_or("?"),
-                r.total_s,
-                if back.is_empty() { "none".to_owned() } else { back.join(", ") }
-            )
+            let back = if back.is_empty() { "none".to_owned() } else { back.join(", ") };
+            match &r.reverted {
+                Some(why) => format!("the new kernel was given up ({why}): the old one runs; restored: {back}"),
+                None => format!(
+                    "updated to {}, ready {:.2} s after the request; restored: {back}",
+                    r.kernel_after.as_deref().unwrap_or("?"),
+                    r.total_s
+                ),
+            }
         }
+        Event::NoControl(why) => format!("no control socket ({why}): the VM runs, and cannot be updated"),
     }
 }
 

@@ -141,7 +141,10 @@ pub fn ls(a: &StoreArgs) -> Result<ExitCode> {
     for i in &images {
         let at = i.modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         if a.json {
-            println!("{}", json!({"image": location.image(&i.name), "index_bytes": i.index_bytes, "pushed_unix_s": at}));
+            println!(
+                "{}",
+                json!({"image": location.image(&i.name), "index_bytes": i.index_bytes, "pushed_unix_s": at})
+            );
         } else {
             println!("{}  index {} bytes", location.image(&i.name), i.index_bytes);
         }

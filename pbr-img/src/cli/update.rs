@@ -56,7 +56,10 @@ pub fn run(a: &Args) -> Result<ExitCode> {
     } else {
         print!("{}", text(&report));
     }
-    Ok(ExitCode::SUCCESS)
+    match report["reverted"].as_str() {
+        Some(why) => Err(Error::Usage(format!("the new kernel was given up ({why}): the VM runs its old kernel"))),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// The checkpoint's event as one line.
