@@ -370,7 +370,7 @@ pub mod agent_port {
 }
 
 /// A `PROCESSES` section on its own (`spec/format.md` §7.9), and CRIU's
-/// `pstree.img` decoder over the same bytes.
+/// `pstree.img` and `files.img` decoders over the same bytes.
 pub mod processes {
     use pbr_format::{Processes, check_blob_name, check_unit_name};
 
@@ -393,6 +393,12 @@ pub mod processes {
     /// Runs one input.
     pub fn run(data: &[u8]) {
         let _ = pbr_tools::criu::pstree::decode(data);
+        if let Ok((open, _)) = pbr_tools::criu::files::decode(data) {
+            assert!(open.len() <= pbr_tools::criu::files::MAX_DECODED);
+            for f in open {
+                let _ = f.kind.to_string();
+            }
+        }
         let mut section = data.to_vec();
         seal(&mut section);
         let Ok(p) = Processes::parse(&section, 0) else { return };

@@ -67,12 +67,13 @@ pub fn print(w: &mut dyn Write, p: &Value) -> std::io::Result<()> {
         if let Some(e) = u["files_error"].as_str() {
             writeln!(w, "    (open files not read: {e})")?;
         }
-        let files = u["files"].as_array().cloned().unwrap_or_default();
+        let files = u["files"].as_array().map(Vec::as_slice).unwrap_or_default();
         for f in files.iter().take(SHOWN_FILES) {
             writeln!(w, "    open {}", s(&f["what"]).escape_debug())?;
         }
-        if files.len() > SHOWN_FILES {
-            writeln!(w, "    ... {} open files in all", files.len())?;
+        let all = files.len() as u64 + n(&u["files_not_decoded"]);
+        if all > SHOWN_FILES as u64 {
+            writeln!(w, "    ... {all} open files in all")?;
         }
     }
     Ok(())

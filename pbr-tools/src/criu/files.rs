@@ -68,13 +68,21 @@ const TYPES: [&str; 19] = [
     "MEMFD",
 ];
 
-/// Decodes a `files.img`: its files in file order.
+/// The most files [`decode`] decodes; the rest are counted.
+pub const MAX_DECODED: usize = 4096;
+
+/// Decodes a `files.img`: its first [`MAX_DECODED`] files in file order,
+/// and how many more it holds.
 ///
 /// # Errors
 /// [`ImageError`] naming the byte: a wrong magic, an entry that runs past
 /// the end, a malformed message.
-pub fn decode(img: &[u8]) -> Result<Vec<OpenFile>, ImageError> {
-    entries(img, FILES_MAGIC, "files")?.into_iter().enumerate().map(|(i, (msg, at))| entry(msg, at, i)).collect()
+pub fn decode(img: &[u8]) -> Result<(Vec<OpenFile>, usize), ImageError> {
+    let all = entries(img, FILES_MAGIC, "files")?;
+    let more = all.len().saturating_sub(MAX_DECODED);
+    let open: Result<Vec<OpenFile>, ImageError> =
+        all.into_iter().take(MAX_DECODED).enumerate().map(|(i, (msg, at))| entry(msg, at, i)).collect();
+    Ok((open?, more))
 }
 
 /// A message's varints and length-delimited values, by field number
@@ -256,7 +264,8 @@ mod tests {
         let isk = |body: &[u8]| [int(1, 4), int(2, 7), len(4, body)].concat();
         let unix = [int(1, 5), int(2, 9), len(16, &len(11, b"\0abstract"))].concat();
         let pipe = [int(1, 2), int(2, 4)].concat();
-        let files = decode(&img(&[reg, isk(&listen), isk(&conn), unix, pipe])).unwrap();
+        let (files, more) = decode(&img(&[reg, isk(&listen), isk(&conn), unix, pipe])).unwrap();
+        assert_eq!(more, 0);
         let shown: Vec<String> = files.iter().map(|f| f.kind.to_string()).collect();
         assert_eq!(
             shown,
@@ -269,6 +278,14 @@ mod tests {
             ]
         );
         assert_eq!(files[0].id, 3);
+    }
+
+    #[test]
+    fn only_so_many_files_are_decoded() {
+        let pipe = [int(1, 2), int(2, 4)].concat();
+        let many: Vec<Vec<u8>> = (0..MAX_DECODED + 3).map(|_| pipe.clone()).collect();
+        let (open, more) = decode(&img(&many)).unwrap();
+        assert_eq!((open.len(), more), (MAX_DECODED, 3));
     }
 
     #[test]
@@ -285,7 +302,7 @@ mod tests {
             let e = decode(&bytes).unwrap_err();
             assert!(e.to_string().contains(want), "{e}");
         }
-        let odd = decode(&img(&[[int(1, 4), int(2, 1), len(4, &int(3, 10))].concat()])).unwrap();
+        let (odd, _) = decode(&img(&[[int(1, 4), int(2, 1), len(4, &int(3, 10))].concat()])).unwrap();
         assert_eq!(odd[0].kind.to_string(), "? ?:0 - ?:0 ?");
     }
 }

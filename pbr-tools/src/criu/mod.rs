@@ -56,8 +56,9 @@ pub fn summary(img: &Image) -> Option<Value> {
             if let Some(b) = u.blob(files::FILE_NAME) {
                 let open = b.bytes().map_err(|e| e.to_string());
                 match open.and_then(|b| files::decode(b).map_err(|e| format!("{}: {e}", files::FILE_NAME))) {
-                    Ok(open) => {
+                    Ok((open, more)) => {
                         v["files"] = open.iter().map(|f| json!({"id": f.id, "what": f.kind.to_string()})).collect();
+                        v["files_not_decoded"] = json!(more);
                     }
                     Err(e) => v["files_error"] = json!(e),
                 }
