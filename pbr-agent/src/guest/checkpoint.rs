@@ -22,6 +22,7 @@ use super::{RUN_DIR, criu, systemd};
 pub fn checkpoint(port: &mut Port, c: &Checkpoint) -> Result<String, String> {
     let criu_version = criu::version();
     let mut units = Vec::with_capacity(c.units.len());
+    let mut dumped_units = Vec::new();
     for unit in &c.units {
         let dir = Path::new(RUN_DIR).join("checkpoint").join(unit);
         let dumped = match criu_version {
@@ -32,13 +33,12 @@ pub fn checkpoint(port: &mut Port, c: &Checkpoint) -> Result<String, String> {
         match dumped.and_then(|files| send(port, unit, files, &mut outcome)) {
             Ok(()) => {
                 outcome.dumped = true;
-                // Its processes, stopped since the dump, must not run on.
-                if let Err(e) = systemd::stop_killed(unit) {
-                    eprintln!("pbr-agent: {e}");
-                }
+                dumped_units.push(unit.clone());
             }
             Err(Sent::Port(e)) => {
-                let _ = systemd::resume(unit);
+                for u in dumped_units.iter().chain([unit]) {
+                    let _ = systemd::resume(u);
+                }
                 return Err(e);
             }
             Err(Sent::Unit(reason)) => {
@@ -49,6 +49,11 @@ pub fn checkpoint(port: &mut Port, c: &Checkpoint) -> Result<String, String> {
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_file(dir.with_extension("log"));
         units.push(outcome);
+    }
+    // The dumped units' processes, stopped since their dumps, must not run
+    // on (one reload of systemd for all of them: it is slow).
+    if let Err(e) = systemd::stop_killed(&dumped_units) {
+        eprintln!("pbr-agent: {e}");
     }
     let dumped = units.iter().filter(|u| u.dumped).count();
     let total = units.len();

@@ -40,21 +40,29 @@ pub fn start_again(unit: &str) -> Result<(), String> {
     systemctl(&["start", "--no-block", unit]).map(drop)
 }
 
-/// Stops `unit` by killing its processes (stopped since their dump), not
-/// to be restarted: a runtime drop-in turns its restarts off first (a stop
-/// job would send SIGTERM and then SIGCONT, and they would run again
-/// before they die).
+/// Stops `units` by killing their processes (stopped since their dumps),
+/// not to be restarted: runtime drop-ins turn their restarts off first (a
+/// stop job would send SIGTERM and then SIGCONT, and they would run again
+/// before they die), with one reload of systemd for all.
 ///
 /// # Errors
-/// The drop-in cannot be written, or systemctl failed.
-pub fn stop_killed(unit: &str) -> Result<(), String> {
-    let dir = std::path::Path::new("/run/systemd/system").join(format!("{unit}.d"));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let path = dir.join("zz-pbr-checkpointed.conf");
-    std::fs::write(&path, "# Written by pbr-agent: checkpointed for a kernel update.\n[Service]\nRestart=no\n")
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+/// A drop-in cannot be written, or systemctl failed.
+pub fn stop_killed(units: &[String]) -> Result<(), String> {
+    if units.is_empty() {
+        return Ok(());
+    }
+    for unit in units {
+        let dir = std::path::Path::new("/run/systemd/system").join(format!("{unit}.d"));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join("zz-pbr-checkpointed.conf");
+        std::fs::write(&path, "# Written by pbr-agent: checkpointed for a kernel update.\n[Service]\nRestart=no\n")
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     systemctl(&["daemon-reload"])?;
-    systemctl(&["kill", "--signal=SIGKILL", unit]).map(drop)
+    for unit in units {
+        systemctl(&["kill", "--signal=SIGKILL", unit])?;
+    }
+    Ok(())
 }
 
 /// Lets `unit`'s processes run again after a dump that is not kept.
