@@ -25,6 +25,11 @@ impl Cache {
         Ok(Cache { dir: dir.to_path_buf() })
     }
 
+    /// The cache's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn path(&self, c: &ChunkRef) -> PathBuf {
         let n = chunk::name(&c.hash);
         self.dir.join(&n[..2]).join(n)

@@ -28,6 +28,6 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use gc::{GcReport, Stored, gc, list};
 pub use location::{Location, is_s3};
-pub use pull::{PullReport, index, pull};
+pub use pull::{PullReport, fetch, index, pull};
 pub use push::{PushOptions, PushReport, index_key, push};
 pub use store::Store;

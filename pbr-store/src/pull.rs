@@ -88,7 +88,7 @@ pub fn pull(store: &Store, name: &str, dest: &Path, cache: &Cache) -> Result<Pul
                     }
                     if fetched.is_empty() {
                         let batch: Vec<_> = chunks.by_ref().take(PARALLEL * 4).copied().collect();
-                        fetched = fetch(store, cache, &batch, index.page_size, &mut report)?.into();
+                        fetched = chunks_of(store, cache, &batch, index.page_size, &mut report)?.into();
                         at = 0;
                     }
                     let c = fetched
@@ -108,7 +108,7 @@ pub fn pull(store: &Store, name: &str, dest: &Path, cache: &Cache) -> Result<Pul
 
 /// The pages of `batch`'s chunks, each from the cache or the store, each
 /// checked.
-fn fetch(
+fn chunks_of(
     store: &Store,
     cache: &Cache,
     batch: &[crate::index::ChunkRef],
@@ -128,4 +128,25 @@ fn fetch(
         out[i] = Some(pages);
     }
     Ok(out.into_iter().flatten().collect())
+}
+
+/// The image at `url` (`s3://BUCKET[/PREFIX]/NAME`) as a local file in
+/// `dir` (`BUCKET/PREFIX/NAME.pbr`), pulled through `cache` with the
+/// credentials of the environment: what `recover` and `select` restore
+/// from a store.
+///
+/// # Errors
+/// As [`pull`], and an address or credentials that do not serve.
+pub fn fetch(url: &str, dir: &Path, cache: &Cache) -> Result<std::path::PathBuf> {
+    let location = crate::Location::parse(url, true)?;
+    let store = Store::open(&location, &crate::Config::from_env()?)?;
+    let name = location.name.clone().unwrap_or_default();
+    let mut dest = dir.join(&location.bucket);
+    if !location.prefix.is_empty() {
+        dest = dest.join(&location.prefix);
+    }
+    std::fs::create_dir_all(&dest).map_err(|e| Error::io(format!("cannot create {}", dest.display()), e))?;
+    let dest = dest.join(format!("{name}.pbr"));
+    pull(&store, &name, &dest, cache)?;
+    Ok(dest)
 }

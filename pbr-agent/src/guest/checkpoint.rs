@@ -15,44 +15,62 @@ use super::{RUN_DIR, criu, systemd};
 
 /// Dumps the units of `c` and sends their files and the outcome. Each
 /// unit fares on its own: one whose dump or files fail is reported not
-/// dumped, and its processes, stopped by the dump, run on.
+/// dumped, and its processes, stopped by the dump, run on. The dumped
+/// units' restarts are turned off while their files go (systemd's reload
+/// is slow), and their processes are killed before the outcome is sent.
 ///
 /// # Errors
 /// The port failed (the host is gone: the stopped processes run on).
 pub fn checkpoint(port: &mut Port, c: &Checkpoint) -> Result<String, String> {
     let criu_version = criu::version();
-    let mut units = Vec::with_capacity(c.units.len());
-    let mut dumped_units = Vec::new();
+    let mut units: Vec<UnitOutcome> = Vec::with_capacity(c.units.len());
+    let mut dumps = Vec::new();
     for unit in &c.units {
         let dir = Path::new(RUN_DIR).join("checkpoint").join(unit);
         let dumped = match criu_version {
             Some(_) => dump_unit(unit, &dir),
             None => Err(Sent::Unit("CRIU does not run in the guest (is the criu package installed?)".into())),
         };
-        let mut outcome = UnitOutcome { unit: unit.clone(), dumped: false, files: 0, bytes: 0, reason: None };
-        match dumped.and_then(|files| send(port, unit, files, &mut outcome)) {
-            Ok(()) => {
-                outcome.dumped = true;
-                dumped_units.push(unit.clone());
+        let outcome = UnitOutcome { unit: unit.clone(), dumped: false, files: 0, bytes: 0, reason: None };
+        match dumped {
+            Ok(files) => dumps.push((units.len(), dir, files)),
+            Err(Sent::Unit(reason) | Sent::Port(reason)) => {
+                let _ = systemd::resume(unit);
+                let _ = std::fs::remove_dir_all(&dir);
+                units.push(UnitOutcome { reason: Some(super::bounded(&reason)), ..outcome });
+                continue;
+            }
+        }
+        units.push(outcome);
+    }
+    let dumped: Vec<String> = dumps.iter().map(|(i, ..)| units[*i].unit.clone()).collect();
+    let reload = systemd::no_restarts(&dumped);
+    let mut gone = Vec::new();
+    for (i, dir, files) in dumps {
+        let unit = units[i].unit.clone();
+        let sent = send(port, &unit, files, &mut units[i]);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(dir.with_extension("log"));
+        match sent {
+            Ok(()) => units[i].dumped = true,
+            Err(Sent::Unit(reason)) => {
+                let _ = systemd::resume(&unit);
+                units[i].reason = Some(super::bounded(&reason));
             }
             Err(Sent::Port(e)) => {
-                for u in dumped_units.iter().chain([unit]) {
+                for u in &dumped {
                     let _ = systemd::resume(u);
                 }
                 return Err(e);
             }
-            Err(Sent::Unit(reason)) => {
-                let _ = systemd::resume(unit);
-                outcome.reason = Some(super::bounded(&reason));
-            }
         }
-        let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::remove_file(dir.with_extension("log"));
-        units.push(outcome);
+        if units[i].dumped {
+            gone.push(unit);
+        }
     }
     // The dumped units' processes, stopped since their dumps, must not run
-    // on (one reload of systemd for all of them: it is slow).
-    if let Err(e) = systemd::stop_killed(&dumped_units) {
+    // on.
+    if let Err(e) = reload.and_then(|r| systemd::kill_stopped(r, &gone)) {
         eprintln!("pbr-agent: {e}");
     }
     let dumped = units.iter().filter(|u| u.dumped).count();

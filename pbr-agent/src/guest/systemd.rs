@@ -40,16 +40,17 @@ pub fn start_again(unit: &str) -> Result<(), String> {
     systemctl(&["start", "--no-block", unit]).map(drop)
 }
 
-/// Stops `units` by killing their processes (stopped since their dumps),
-/// not to be restarted: runtime drop-ins turn their restarts off first (a
-/// stop job would send SIGTERM and then SIGCONT, and they would run again
-/// before they die), with one reload of systemd for all.
+/// Turns the restarts of `units` off (runtime drop-ins), and starts the
+/// reload of systemd that applies them; the caller waits for it with
+/// [`kill_stopped`]. A stop job would not do: it sends SIGTERM and then
+/// SIGCONT, and the processes stopped since their dumps would run again
+/// before they die.
 ///
 /// # Errors
-/// A drop-in cannot be written, or systemctl failed.
-pub fn stop_killed(units: &[String]) -> Result<(), String> {
+/// A drop-in cannot be written, or systemctl does not start.
+pub fn no_restarts(units: &[String]) -> Result<Option<std::process::Child>, String> {
     if units.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     for unit in units {
         let dir = std::path::Path::new("/run/systemd/system").join(format!("{unit}.d"));
@@ -58,7 +59,21 @@ pub fn stop_killed(units: &[String]) -> Result<(), String> {
         std::fs::write(&path, "# Written by pbr-agent: checkpointed for a kernel update.\n[Service]\nRestart=no\n")
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    systemctl(&["daemon-reload"])?;
+    Command::new("systemctl").arg("daemon-reload").spawn().map(Some).map_err(|e| format!("cannot run systemctl: {e}"))
+}
+
+/// Once `reload` (from [`no_restarts`]) is done, kills the processes of
+/// `units`: they stop for good.
+///
+/// # Errors
+/// The reload failed, or systemctl did.
+pub fn kill_stopped(reload: Option<std::process::Child>, units: &[String]) -> Result<(), String> {
+    if let Some(mut r) = reload {
+        let status = r.wait().map_err(|e| format!("systemctl daemon-reload: {e}"))?;
+        if !status.success() {
+            return Err(format!("systemctl daemon-reload: {status}"));
+        }
+    }
     for unit in units {
         systemctl(&["kill", "--signal=SIGKILL", unit])?;
     }

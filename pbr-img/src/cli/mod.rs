@@ -157,8 +157,9 @@ impl Command {
         fn file(path: &Path) -> Option<Output<'_>> {
             Some(Output { path, needs_file: Some(files::IMAGE_NEEDS_FILE) })
         }
+        // An s3:// candidate is the store's to check, when it is pulled.
         fn images(v: &[PathBuf]) -> Vec<Input<'_>> {
-            v.iter().map(|p| Input::Image(p)).collect()
+            v.iter().filter(|p| !p.to_str().is_some_and(pbr_store::is_s3)).map(|p| Input::Image(p)).collect()
         }
         match self {
             Command::Inspect(inspect::Args { image, .. })

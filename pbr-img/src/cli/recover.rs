@@ -15,9 +15,15 @@ use super::report::{Report, print};
 /// The arguments of `recover`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The candidates of one boot, in any order.
+    /// The candidates of one boot, in any order: files, or images in an
+    /// S3-compatible store (s3://BUCKET/PREFIX/NAME), pulled first (every
+    /// chunk checked; one that cannot be is refused).
     #[arg(required = true)]
     pub candidates: Vec<PathBuf>,
+    /// Where candidates from a store are pulled to, their chunks cached
+    /// in its `chunks` (default: $PBR_CACHE/.., else ~/.cache/pbr).
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
     /// Check candidates against the files under this root.
     #[arg(long)]
     root: Option<PathBuf>,
@@ -73,7 +79,8 @@ pub fn run(a: &Args) -> Result<ExitCode> {
         }
     };
     let opts = RecoverOptions { root: a.root.as_deref(), qemu: a.qemu.as_deref(), vmm };
-    recover(&a.candidates, &opts, &mut refused, &mut ready)?;
+    let candidates = super::store::local_candidates(&a.candidates, a.cache.as_ref(), &mut refused)?;
+    recover(&candidates, &opts, &mut refused, &mut ready)?;
     printed
 }
 

@@ -69,6 +69,39 @@ fn open(url: &str, image: bool) -> Result<(Store, Location)> {
     Ok((store, location))
 }
 
+/// `candidates` as local files: those in a store (`s3://`) pulled into
+/// `dir` (default: the chunk cache's parent), their chunks cached in
+/// `dir/chunks`; one that cannot be pulled is refused (`refused` hears
+/// why) and the others go on.
+///
+/// # Errors
+/// The cache cannot be made.
+pub fn local_candidates(
+    candidates: &[PathBuf],
+    dir: Option<&PathBuf>,
+    refused: &mut dyn FnMut(&pbr_reboot::Refused),
+) -> Result<Vec<PathBuf>> {
+    if !candidates.iter().any(|c| c.to_str().is_some_and(pbr_store::is_s3)) {
+        return Ok(candidates.to_vec());
+    }
+    let chunks = cache(dir.map(|d| d.join("chunks")).as_ref())?;
+    let images = match dir {
+        Some(d) => d.join("images"),
+        None => chunks.dir().parent().map_or_else(|| chunks.dir().join("images"), |p| p.join("images")),
+    };
+    let mut out = Vec::with_capacity(candidates.len());
+    for c in candidates {
+        match c.to_str().filter(|s| pbr_store::is_s3(s)) {
+            None => out.push(c.clone()),
+            Some(url) => match pbr_store::fetch(url, &images, &chunks) {
+                Ok(local) => out.push(local),
+                Err(e) => refused(&pbr_reboot::Refused { path: c.clone(), reason: e.to_string() }),
+            },
+        }
+    }
+    Ok(out)
+}
+
 /// The chunk cache `dir`, or the default one.
 pub fn cache(dir: Option<&PathBuf>) -> Result<Cache> {
     let dir = match dir {

@@ -30,5 +30,6 @@ mod replay;
 mod run;
 mod select;
 mod select_guest;
+mod store;
 mod xl;
 mod xl_hostile;

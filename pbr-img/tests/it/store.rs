@@ -1,0 +1,181 @@
+//! The fleet store through a real S3-compatible server: SeaweedFS on
+//! loopback (`scripts/store`: a master, two volume servers holding every
+//! chunk twice, a filer with its S3 gateway). `push` stores an image as
+//! chunks; a second image that differs in a few pages uploads only their
+//! chunks; `pull` on a "second host" (its own chunk cache, no access to
+//! the first one's files) gives back every page; a damaged chunk in the
+//! store refuses the pull with one line; a volume server stopped during a
+//! pull does not stop it; `gc` removes only the chunks no image names.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use pbr_format::{Image, ImageWriter, PageClass, Region, WriterOptions};
+
+use crate::format_common::page;
+
+/// A store started for one test, stopped when dropped.
+pub struct Store {
+    pub dir: tempfile::TempDir,
+    pub env: Vec<(String, String)>,
+}
+
+impl Store {
+    /// Starts the store (`scripts/store start`).
+    pub fn start() -> Store {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/store");
+        let out = Command::new(&script).arg("start").arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "scripts/store start: {}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(dir.path().join("env")).unwrap();
+        let env = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+            .collect();
+        Store { dir, env }
+    }
+
+    /// `pbr-img ARGS` against this store.
+    pub fn pbr_img(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_pbr-img")).args(args).envs(self.env.iter().cloned()).output().unwrap()
+    }
+
+    /// As [`Store::pbr_img`], which must succeed: its stdout as JSON.
+    pub fn ok(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.pbr_img(args);
+        assert!(out.status.success(), "pbr-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Stops volume server `n` (1 or 2).
+    pub fn stop_volume(&self, n: u32) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/store");
+        let ok = Command::new(script).arg("stop-node").arg(self.dir.path()).arg(format!("volume{n}")).status();
+        assert!(ok.unwrap().success());
+    }
+
+    /// The store `s3://fleet/t`, as the library opens it.
+    pub fn client(&self) -> pbr_store::Store {
+        let endpoint = self.env.iter().find(|(k, _)| k == "AWS_ENDPOINT_URL").unwrap().1.clone();
+        pbr_store::Store::open(
+            &pbr_store::Location::parse("s3://fleet/t", false).unwrap(),
+            &pbr_store::Config::new(Some(endpoint), "us-east-1", "pbr-test", "pbr-test-secret"),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/store");
+        let _ = Command::new(script).arg("stop").arg(self.dir.path()).status();
+    }
+}
+
+/// An image of `pages` pages whose content comes from `seed(gfn)`, every
+/// tenth page zero.
+fn write(path: &Path, pages: u64, seed: impl Fn(u64) -> u64) {
+    let mut w = ImageWriter::create(path, &[Region::ram("pc.ram", 0, pages * 4096)], WriterOptions::default()).unwrap();
+    for gfn in 0..pages {
+        if gfn % 10 == 9 {
+            continue;
+        }
+        w.write_page(gfn, &page(seed(gfn)), if gfn % 2 == 0 { PageClass::Kernel } else { PageClass::User }).unwrap();
+    }
+    w.set_metadata("vm", "test").unwrap();
+    w.finish().unwrap();
+}
+
+/// Whether two images hold the same pages, classes and metadata.
+fn same(a: &Path, b: &Path) -> bool {
+    let (a, b) = (Image::open(a).unwrap(), Image::open(b).unwrap());
+    let (mut x, mut y) = (vec![0u8; 4096], vec![0u8; 4096]);
+    let pages = a.regions().iter().map(|r| r.length / 4096).sum::<u64>();
+    a.metadata().eq(b.metadata())
+        && (0..pages).all(|gfn| {
+            a.read_page(gfn, &mut x).unwrap() == b.read_page(gfn, &mut y).unwrap()
+                && a.extent_of(gfn).unwrap().class == b.extent_of(gfn).unwrap().class
+        })
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn images_share_chunks_come_back_whole_and_damage_is_refused() {
+    let store = Store::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.pbr"), dir.path().join("b.pbr"));
+    write(&a, 2048, |gfn| gfn);
+    // B: A with 5 pages changed.
+    write(&b, 2048, |gfn| if [7, 300, 301, 1500, 2000].contains(&gfn) { gfn + 1_000_000 } else { gfn });
+
+    let pa = store.ok(&["push", s(&a), "s3://fleet/t/vm-a", "--json"]);
+    assert_eq!(pa["uploaded"], pa["chunks"], "a first image uploads every chunk: {pa}");
+    let pb = store.ok(&["push", s(&b), "s3://fleet/t/vm-b", "--json"]);
+    let (chunks, uploaded) = (pb["chunks"].as_u64().unwrap(), pb["uploaded"].as_u64().unwrap());
+    assert!(uploaded <= 10 && uploaded * 10 < chunks, "only the changed pages' chunks: {pb}");
+
+    let listed = store.pbr_img(&["ls", "s3://fleet/t"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("s3://fleet/t/vm-a") && listed.contains("s3://fleet/t/vm-b"), "{listed}");
+
+    // A second host: its own cache, nothing of the first one's.
+    let host2 = tempfile::tempdir().unwrap();
+    let cache = host2.path().join("cache");
+    let got = host2.path().join("b.pbr");
+    let pulled = store.ok(&["pull", "s3://fleet/t/vm-b", "-o", s(&got), "--cache", s(&cache), "--json"]);
+    assert_eq!(pulled["cached"], 0, "{pulled}");
+    assert!(same(&b, &got), "the pulled image holds the pushed one's pages");
+    let again =
+        store.ok(&["pull", "s3://fleet/t/vm-a", "-o", s(&host2.path().join("a.pbr")), "--cache", s(&cache), "--json"]);
+    assert!(again["cached"].as_u64().unwrap() * 2 > again["chunks"].as_u64().unwrap(), "A's chunks are B's: {again}");
+    assert_eq!(Command::new(env!("CARGO_BIN_EXE_pbr-img")).args(["verify", s(&got)]).status().unwrap().code(), Some(0));
+
+    // A damaged chunk in the store: refused in one line, nothing written.
+    let s3 = store.client();
+    let index = pbr_store::index(&s3, "vm-b").unwrap();
+    s3.put(&pbr_store::chunk::key(&index.chunks[0].hash), b"not a chunk".to_vec()).unwrap();
+    let host3 = tempfile::tempdir().unwrap();
+    let out = store.pbr_img(&[
+        "pull",
+        "s3://fleet/t/vm-b",
+        "-o",
+        s(&host3.path().join("b.pbr")),
+        "--cache",
+        s(&host3.path().join("cache")),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("damaged: chunk "), "{err}");
+    assert!(!host3.path().join("b.pbr").exists());
+
+    // gc: every chunk is named by an image; none is removed.
+    let gc = store.ok(&["gc", "s3://fleet/t", "--grace", "0", "--json"]);
+    assert_eq!((gc["images"].as_u64(), gc["removed"].as_u64()), (Some(2), Some(0)), "{gc}");
+}
+
+#[test]
+fn a_pull_survives_a_volume_server_stopped_during_it() {
+    let store = Store::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.pbr");
+    write(&a, 16384, |gfn| gfn * 7);
+    store.ok(&["push", s(&a), "s3://fleet/t/big", "--json"]);
+    let got: PathBuf = dir.path().join("got.pbr");
+    let child = Command::new(env!("CARGO_BIN_EXE_pbr-img"))
+        .args(["pull", "s3://fleet/t/big", "-o", s(&got), "--cache", s(&dir.path().join("cache")), "--json"])
+        .envs(store.env.iter().cloned())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    store.stop_volume(1);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(same(&a, &got));
+}
