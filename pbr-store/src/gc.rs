@@ -37,6 +37,27 @@ pub fn list(store: &Store) -> Result<Vec<Stored>> {
     Ok(out)
 }
 
+/// What a store holds in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    /// Chunk objects.
+    pub chunks: usize,
+    /// Their bytes.
+    pub chunk_bytes: u64,
+    /// Bytes of the images' indexes.
+    pub index_bytes: u64,
+}
+
+/// What `store` holds: its chunks and indexes.
+///
+/// # Errors
+/// The store failed.
+pub fn usage(store: &Store) -> Result<Usage> {
+    let chunks = store.list("chunks/")?;
+    let index_bytes = store.list("images/")?.iter().map(|l| l.size).sum();
+    Ok(Usage { chunks: chunks.len(), chunk_bytes: chunks.iter().map(|c| c.size).sum(), index_bytes })
+}
+
 /// What a gc did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GcReport {

@@ -26,7 +26,7 @@ pub mod store;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use gc::{GcReport, Stored, gc, list};
+pub use gc::{GcReport, Stored, Usage, gc, list, usage};
 pub use location::{Location, is_s3};
 pub use pull::{PullReport, fetch, index, pull};
 pub use push::{PushOptions, PushReport, index_key, push};

@@ -167,10 +167,11 @@ pub fn pull(a: &PullArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `ls`.
+/// `ls`: the images, then what the store holds in all.
 pub fn ls(a: &StoreArgs) -> Result<ExitCode> {
     let (store, location) = open(&a.store, false)?;
     let images = pbr_store::list(&store)?;
+    let usage = pbr_store::usage(&store)?;
     for i in &images {
         let at = i.modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         if a.json {
@@ -181,6 +182,21 @@ pub fn ls(a: &StoreArgs) -> Result<ExitCode> {
         } else {
             println!("{}  index {} bytes", location.image(&i.name), i.index_bytes);
         }
+    }
+    if a.json {
+        println!(
+            "{}",
+            json!({"store": a.store, "images": images.len(), "chunks": usage.chunks, "chunk_bytes": usage.chunk_bytes,
+                   "index_bytes": usage.index_bytes})
+        );
+    } else {
+        println!(
+            "{} images, {} chunks: {} bytes in all ({} of indexes)",
+            images.len(),
+            usage.chunks,
+            usage.chunk_bytes + usage.index_bytes,
+            usage.index_bytes
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
