@@ -2,7 +2,7 @@
 //! object store, shared across VMs, restored on a host that holds none of
 //! them.
 //!
-//! An image is stored as a small index object ([`index`]: everything but
+//! An image is stored as a small index object ([`mod@index`]: everything but
 //! its pages, and its page runs) naming content-addressed chunks of its
 //! pages ([`chunk`]); a chunk already in the store is not uploaded again,
 //! so the candidates of many VMs booted from one image share most of
