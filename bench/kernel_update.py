@@ -136,10 +136,15 @@ def qemu_argv(guest, d, http, cache, mem, kernel, initrd):
     return argv
 
 
-def copy_disks(guest, d):
+def lab(guest, work, name):
+    """A fresh copy of the guest's disks in WORK/NAME, two free ports (the
+    web server's, memcached's) and memcached's client."""
+    d = os.path.join(work, name)
     os.makedirs(d)
     for k in ("root", "data"):
         subprocess.run(["cp", "--sparse=always", guest[k], os.path.join(d, f"{k}.raw")], check=True)
+    http, cache = free_port(), free_port()
+    return d, http, cache, Memcached(cache)
 
 
 def wait(cond, limit, what):
@@ -159,10 +164,7 @@ def kept_connection(s):
 
 
 def with_pbr(a, guest, work, new):
-    d = os.path.join(work, "pbr")
-    copy_disks(guest, d)
-    http, cache = free_port(), free_port()
-    mc = Memcached(cache)
+    d, http, cache, mc = lab(guest, work, "pbr")
     log = os.path.join(d, "run.jsonl")
     cand = os.path.join(d, "candidates")
     argv = qemu_argv(guest, d, http, cache, a.mem, guest["kernel"], guest["initrd"])
@@ -221,10 +223,7 @@ def with_pbr(a, guest, work, new):
 
 
 def plain(a, guest, work, new):
-    d = os.path.join(work, "plain")
-    copy_disks(guest, d)
-    http, cache = free_port(), free_port()
-    mc = Memcached(cache)
+    d, http, cache, mc = lab(guest, work, "plain")
     qmp = os.path.join(d, "qmp.sock")
 
     def start(kernel, initrd):

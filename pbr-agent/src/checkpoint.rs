@@ -100,6 +100,15 @@ pub(crate) fn unique<'a>(names: impl Iterator<Item = &'a str>, k: Kind) -> Resul
     Ok(())
 }
 
+/// The `reason` of a unit's outcome `u` (at `at`): a bounded string, or
+/// none.
+pub(crate) fn reason(u: &Map<String, Value>, k: Kind, at: &str) -> Result<Option<String>, MessageError> {
+    match u.get("reason") {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => string(u, "reason", k, at).map(Some),
+    }
+}
+
 /// The `units` list of `o`, at most [`MAX_UNITS`].
 pub(crate) fn units(o: &Map<String, Value>, k: Kind) -> Result<&Vec<Value>, MessageError> {
     let list = o.get("units").and_then(Value::as_array).ok_or_else(|| err(k, "units is missing or not a list"))?;
@@ -211,10 +220,7 @@ impl Checkpointed {
                 .get("dumped")
                 .and_then(Value::as_bool)
                 .ok_or_else(|| err(k, format!("{at}dumped is missing or not a boolean")))?;
-            let reason = match u.get("reason") {
-                None | Some(Value::Null) => None,
-                Some(_) => Some(string(u, "reason", k, &at)?),
-            };
+            let reason = reason(u, k, &at)?;
             let count = |key: &str| uint(u, key, k).map_err(|e| err(k, format!("{at}{}", e.what)));
             out.push(UnitOutcome {
                 unit: unit_name(string(u, "unit", k, &at)?, k, &format!("{at}unit"))?,

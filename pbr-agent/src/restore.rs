@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use crate::checkpoint::{unique, unit_name, unit_names, units, valid_release};
+use crate::checkpoint::{reason, unique, unit_name, unit_names, units, valid_release};
 use crate::fields::{MessageError, err, object, string};
 use crate::frame::Kind;
 use crate::limits::MAX_RELEASE;
@@ -79,10 +79,7 @@ impl Restored {
                 .get("restored")
                 .and_then(Value::as_bool)
                 .ok_or_else(|| err(k, format!("{at}restored is missing or not a boolean")))?;
-            let reason = match u.get("reason") {
-                None | Some(Value::Null) => None,
-                Some(_) => Some(string(u, "reason", k, &at)?),
-            };
+            let reason = reason(u, k, &at)?;
             out.push(RestoreOutcome {
                 unit: unit_name(string(u, "unit", k, &at)?, k, &format!("{at}unit"))?,
                 restored,

@@ -4,8 +4,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::run::Event;
-
 /// How often a wait looks for a stop.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -41,17 +39,11 @@ impl Failures {
     }
 }
 
-/// Waits `wait` (told as an event) unless a stop comes first; whether one
-/// did (the stop is told).
-pub(crate) fn back_off(wait: Duration, stop: &AtomicBool, on_event: &mut dyn FnMut(Event<'_>)) -> bool {
-    if wait.is_zero() {
-        return false;
-    }
-    on_event(Event::BackingOff(wait));
+/// Waits `wait` unless a stop comes first; whether one did.
+pub(crate) fn wait_unless_stopped(wait: Duration, stop: &AtomicBool) -> bool {
     let t = Instant::now();
     while t.elapsed() < wait {
         if stop.load(Ordering::SeqCst) {
-            on_event(Event::Stopping);
             return true;
         }
         std::thread::sleep(POLL);
@@ -70,10 +62,7 @@ mod tests {
         let mut f = Failures::default();
         let waits: Vec<u64> = (0..12).map(|_| f.count().as_secs()).collect();
         assert_eq!(waits, [0, 0, 0, 0, 0, 5, 10, 20, 40, 80, 160, 300]);
-        let stop = AtomicBool::new(true);
-        let mut told = Vec::new();
-        assert!(back_off(Duration::from_secs(60), &stop, &mut |e| told.push(e.json()["event"].clone())));
-        assert_eq!(told, ["backing-off", "stopping"]);
-        assert!(!back_off(Duration::ZERO, &stop, &mut |_| panic!("no wait, no event")));
+        assert!(wait_unless_stopped(Duration::from_secs(60), &AtomicBool::new(true)));
+        assert!(!wait_unless_stopped(Duration::from_millis(10), &AtomicBool::new(false)));
     }
 }

@@ -28,7 +28,7 @@ use pbr_replay::qemu::process::QemuProcess;
 use serde_json::{Value, json};
 
 use crate::agent::AgentPort;
-use crate::backoff::{Failures, back_off};
+use crate::backoff::{Failures, wait_unless_stopped};
 use crate::capture::{Candidate, CaptureOptions};
 use crate::control::{Control, Request};
 use crate::error::{Error, Result};
@@ -484,6 +484,20 @@ pub fn run(
     }
 }
 
+/// Waits `wait` (told as an event) unless a stop comes first; whether one
+/// did (the stop is told).
+fn back_off(wait: Duration, stop: &AtomicBool, on_event: &mut dyn FnMut(Event<'_>)) -> bool {
+    if wait.is_zero() {
+        return false;
+    }
+    on_event(Event::BackingOff(wait));
+    let stopped = wait_unless_stopped(wait, stop);
+    if stopped {
+        on_event(Event::Stopping);
+    }
+    stopped
+}
+
 /// The next recovery made ready beside the running VM, its QEMU waiting
 /// (told as an event, or why none waits).
 fn standby(opts: &RunOptions<'_>, cmd: &UserCommand, on_event: &mut dyn FnMut(Event<'_>)) -> Option<Prepared> {
@@ -755,6 +769,15 @@ mod tests {
         let no_agent = opts(false, Reboot::Phase, Reboot::Phase);
         assert!(resets(&Failure::Panicked, &no_agent) && resets(&Failure::Rebooted, &no_agent));
         assert!(!resets(&Failure::Exited("signal 9".into()), &normal));
+    }
+
+    #[test]
+    fn a_back_off_is_told_and_a_stop_ends_it() {
+        let stop = AtomicBool::new(true);
+        let mut told = Vec::new();
+        assert!(back_off(Duration::from_secs(60), &stop, &mut |e| told.push(e.json()["event"].clone())));
+        assert_eq!(told, ["backing-off", "stopping"]);
+        assert!(!back_off(Duration::ZERO, &stop, &mut |_| panic!("no wait, no event")));
     }
 
     #[test]

@@ -292,11 +292,13 @@ pub struct UnitReport {
 
 impl Report {
     /// The report of an update of units `keep`: what the checkpoint kept
-    /// (or why it failed), and what the new boot's guest told.
+    /// (or why it failed), and what the new boot told: its guest's
+    /// `RESTORED`, or why the units were not handed to it.
     pub fn new(
         keep: &[String],
         kept: std::result::Result<&Kept, &str>,
-        booted: &crate::points::PointsCapture,
+        restored: Option<&pbr_agent::Restored>,
+        restore_failed: Option<&str>,
         total: Duration,
     ) -> Report {
         let units = keep
@@ -311,10 +313,10 @@ impl Report {
                     Err(e) => Err(format!("the checkpoint failed: {e}")),
                 };
                 let restored = dumped.and_then(|()| {
-                    if let Some(e) = &booted.restore_failed {
+                    if let Some(e) = restore_failed {
                         return Err(format!("its files were not handed to the guest: {e}"));
                     }
-                    match booted.restored.as_ref().and_then(|r| r.units.iter().find(|u| &u.unit == unit)) {
+                    match restored.and_then(|r| r.units.iter().find(|u| &u.unit == unit)) {
                         Some(u) if u.restored => Ok(()),
                         Some(u) => Err(u.reason.clone().unwrap_or_else(|| "not restored".into())),
                         None => Err("the new boot's guest did not report it".into()),
@@ -330,7 +332,7 @@ impl Report {
             .collect();
         Report {
             kernel_before: kept.ok().map(|k| k.outcome.kernel.clone()),
-            kernel_after: booted.restored.as_ref().map(|r| r.kernel.clone()),
+            kernel_after: restored.map(|r| r.kernel.clone()),
             units,
             checkpoint_s: kept.map_or(0.0, |k| k.elapsed.as_secs_f64()),
             image: kept.ok().and_then(|k| k.image.clone()),

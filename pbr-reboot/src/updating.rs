@@ -52,12 +52,9 @@ impl Updating {
     pub fn ended(&mut self, booted: std::result::Result<&PointsCapture, String>) -> (Ended, Option<Report>) {
         let why = match booted {
             Ok(c) if c.stopped.is_none() || self.reverted.is_some() => {
-                let mut report = Report::new(
-                    &self.req.update.keep,
-                    self.kept.as_ref().map_err(String::as_str),
-                    c,
-                    self.started.elapsed(),
-                );
+                let kept = self.kept.as_ref().map_err(String::as_str);
+                let (restored, failed) = (c.restored.as_ref(), c.restore_failed.as_deref());
+                let mut report = Report::new(&self.req.update.keep, kept, restored, failed, self.started.elapsed());
                 report.reverted.clone_from(&self.reverted);
                 self.req.tell(&report.json());
                 return (Ended::Done, Some(report));
