@@ -24,9 +24,14 @@ pub struct Args {
     /// one the capture ran].
     #[arg(long)]
     qemu: Option<String>,
-    /// The candidate images, in any order.
+    /// The candidate images, in any order: files, or images in an
+    /// S3-compatible store (s3://BUCKET/PREFIX/NAME), pulled first (one
+    /// that cannot be is refused).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
+    /// Where candidates from a store are pulled to (as `recover`'s).
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
     /// Hash every file even when its size and mtime match.
     #[arg(long)]
     strict: bool,
@@ -43,9 +48,12 @@ pub struct Args {
 
 /// Runs `select`.
 pub fn run(a: &Args) -> Result<ExitCode> {
+    let images = super::store::local_candidates(&a.images, a.cache.as_ref(), &mut |r| {
+        eprintln!("refused {}: {}", r.path.display(), r.reason);
+    })?;
     match &a.root {
-        Some(root) => print(&Selected { s: select_files(&a.images, root, a.strict, a.fast), fast: a.fast }, a.json),
-        None => print(&Sealed(pbr_reboot::select::select(&a.images, a.qemu.as_deref(), a.fast)), a.json),
+        Some(root) => print(&Selected { s: select_files(&images, root, a.strict, a.fast), fast: a.fast }, a.json),
+        None => print(&Sealed(pbr_reboot::select::select(&images, a.qemu.as_deref(), a.fast)), a.json),
     }
 }
 

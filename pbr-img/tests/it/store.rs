@@ -179,3 +179,38 @@ fn a_pull_survives_a_volume_server_stopped_during_it() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(same(&a, &got));
 }
+
+/// The Debian guest's candidates, pushed by the host that captured them,
+/// are recovered by `pbr-img recover s3://...` on a second host: its own
+/// directory and chunk cache, the first host's candidate files gone (the
+/// disks are the VM's, shared as they would be on a SAN). The latest
+/// candidate is chosen and the guest's agent says ready.
+#[test]
+fn the_distribution_guest_is_recovered_from_the_store_on_a_second_host() {
+    let _one = crate::common::distro::ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let store = Store::start();
+    let lab = crate::common::distro::Lab::new(512);
+    let cmd = pbr_reboot::machine::UserCommand::parse(&lab.argv).unwrap();
+    let r = pbr_reboot::points::capture_points(&cmd, &lab.out(), &Default::default(), &mut |_| {}).unwrap();
+    let names: Vec<&str> = r.candidates.iter().map(|c| c.phase.as_str()).collect();
+    assert_eq!(names, ["kernel", "daemons"]);
+    for c in &r.candidates {
+        store.ok(&["push", s(&c.path), &format!("s3://fleet/t/distro-{}", c.phase), "--json"]);
+    }
+    std::fs::remove_dir_all(lab.out()).unwrap();
+
+    let host2 = tempfile::tempdir().unwrap();
+    let v = store.ok(&[
+        "recover",
+        "--json",
+        "--qemu",
+        "qemu-system-x86_64",
+        "--cache",
+        s(host2.path()),
+        "s3://fleet/t/distro-kernel",
+        "s3://fleet/t/distro-daemons",
+    ]);
+    let chosen = v["chosen"].as_str().unwrap_or_default();
+    assert!(chosen.starts_with(s(host2.path())) && chosen.ends_with("distro-daemons.pbr"), "{v:#}");
+    assert!(v["refused"].as_array().is_some_and(Vec::is_empty), "{v:#}");
+}
