@@ -132,7 +132,8 @@ fn images_share_chunks_come_back_whole_and_damage_is_refused() {
     let again =
         store.ok(&["pull", "s3://fleet/t/vm-a", "-o", s(&host2.path().join("a.pbr")), "--cache", s(&cache), "--json"]);
     assert!(again["cached"].as_u64().unwrap() * 2 > again["chunks"].as_u64().unwrap(), "A's chunks are B's: {again}");
-    assert_eq!(Command::new(env!("CARGO_BIN_EXE_pbr-img")).args(["verify", s(&got)]).status().unwrap().code(), Some(0));
+    let verified = Command::new(env!("CARGO_BIN_EXE_pbr-img")).args(["verify", s(&got)]).output().unwrap();
+    assert_eq!(verified.status.code(), Some(0), "{}", String::from_utf8_lossy(&verified.stdout));
 
     // A damaged chunk in the store: refused in one line, nothing written.
     let s3 = store.client();
