@@ -156,6 +156,17 @@ def wait(cond, limit, what):
     raise SystemExit(f"kernel update: {what} within {limit} s")
 
 
+def filled(mc, a, limit):
+    """Once memcached answers: its keys stored, a client connected and
+    kept, the poller asking; the moment the update is asked for."""
+    wait(mc.answers, limit, "memcached does not answer")
+    mc.fill(a.keys, a.size)
+    client = mc.connect()
+    poller = Poller(mc)
+    time.sleep(1)
+    return client, poller, time.time()
+
+
 def kept_connection(s):
     try:
         return Memcached.ask(s, b"get k0\r\n", b"END\r\n").startswith(b"VALUE")
@@ -182,12 +193,7 @@ def with_pbr(a, guest, work, new):
         wait(lambda: events("ready") or run.poll() is not None, 900, "no ready event")
         if run.poll() is not None:
             raise SystemExit(f"kernel update: pbr-img run exited ({run.returncode}); see {err.name}")
-        wait(mc.answers, 120, "memcached does not answer")
-        mc.fill(a.keys, a.size)
-        client = mc.connect()
-        poller = Poller(mc)
-        time.sleep(1)
-        t0 = time.time()
+        client, poller, t0 = filled(mc, a, 120)
         upd = subprocess.run([a.pbr, "update", "--candidates", cand, "--kernel", new["kernel"],
                               "--initrd", new["initrd"], "--keep", "memcached.service", "--json"],
                              capture_output=True, text=True, timeout=1200)
@@ -232,12 +238,7 @@ def plain(a, guest, work, new):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     q = start(guest["kernel"], guest["initrd"])
     try:
-        wait(mc.answers, 900, "memcached (plain) does not answer")
-        mc.fill(a.keys, a.size)
-        client = mc.connect()
-        poller = Poller(mc)
-        time.sleep(1)
-        t0 = time.time()
+        client, poller, t0 = filled(mc, a, 900)
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(qmp)
             s.sendall(b'{"execute":"qmp_capabilities"}\n{"execute":"system_powerdown"}\n')
