@@ -52,6 +52,8 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--json")
     a = p.parse_args()
+    if a.vms < 2:
+        raise SystemExit("fleet: --vms must be at least 2 (one VM's candidates are recovered from another host)")
     work = tempfile.mkdtemp(prefix="pbr-fleet-")
     store_dir = os.path.join(work, "store")
     envfile = run(["scripts/store", "start", store_dir]).strip()
@@ -110,7 +112,7 @@ def main():
         for r in range(a.runs):
             s, out = recover(os.path.join(caps[1], "daemons.pbr"), [])
             local_s.append(s)
-            local_downtime_s.append(out.get("downtime_s"))
+            local_downtime_s.append(out.get("downtime_s") or s)
             s, out = recover("s3://fleet/bench/vm1-daemons", ["--cache", os.path.join(work, f"host2-{r}")])
             pulled_s.append(s)
         result = {

@@ -44,6 +44,11 @@ pub struct Request {
 }
 
 impl Control {
+    /// Whether a supervisor answers on [`SOCKET`] in `dir`.
+    pub fn answering(dir: &Path) -> bool {
+        UnixStream::connect(dir.join(SOCKET)).is_ok()
+    }
+
     /// Listens on [`SOCKET`] in `dir`. A socket left by a supervisor that
     /// is gone is replaced.
     ///
@@ -51,7 +56,7 @@ impl Control {
     /// Another supervisor answers there, or the socket cannot be made.
     pub fn bind(dir: &Path) -> Result<Control> {
         let path = dir.join(SOCKET);
-        if UnixStream::connect(&path).is_ok() {
+        if Control::answering(dir) {
             return Err(Error::Usage(format!(
                 "another pbr-img run keeps the VM of {}: {} answers",
                 dir.display(),
@@ -152,7 +157,9 @@ pub fn request_update(dir: &Path, update: &Update, on_line: &mut dyn FnMut(&Valu
         let line = line.map_err(|e| pbr_tools::Error::io("control socket", e))?;
         let v: Value = serde_json::from_str(&line)
             .map_err(|e| Error::Guest(format!("the supervisor sent a line that is not JSON: {e}")))?;
-        if let Some(e) = v["error"].as_str() {
+        // An error with no event is the update's end; an event may carry
+        // one (a checkpoint that kept nothing) and the update goes on.
+        if let (None, Some(e)) = (v["event"].as_str(), v["error"].as_str()) {
             return Err(Error::Guest(format!("the update failed: {e}")));
         }
         if v["event"] == "updated" {

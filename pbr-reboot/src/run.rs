@@ -308,7 +308,12 @@ pub fn run(
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<End> {
     let mut cmd = with_failure_detection(cmd);
-    // Without its socket the VM runs on; it cannot be updated.
+    // Two supervisors never keep one directory; without its socket
+    // otherwise (a path too long for one) the VM runs on, and cannot be
+    // updated.
+    if Control::answering(opts.candidates) {
+        return Err(Error::Usage(format!("another pbr-img run keeps the VM of {}", opts.candidates.display())));
+    }
     let control = Control::bind(opts.candidates).map_err(|e| on_event(Event::NoControl(&e.to_string()))).ok();
     let mut updating: Option<Updating> = None;
     let mut boot_why = Some(match opts.agent {
@@ -360,7 +365,14 @@ pub fn run(
                 if let Some(mut u) = updating.take() {
                     match u.ended(Ok(&b.capture)) {
                         (updating::Ended::Revert(why), _) if opts.agent => {
+                            // The new kernel's guest goes down cleanly if it
+                            // can, and what it captured goes with it.
+                            let mut b = b;
+                            power_off(&mut b.machine.qemu, opts.power_off);
                             b.machine.quit();
+                            for c in candidate_files(opts.candidates).unwrap_or_default() {
+                                let _ = std::fs::remove_file(&c);
+                            }
                             cmd = u.old.clone();
                             boot_why = Some(why);
                             updating = Some(u);
@@ -415,6 +427,11 @@ pub fn run(
             match watch(&mut vm, stop, &mut port, opts.hang_after, control.as_ref(), on_event)? {
                 Watched::Update(mut req) => {
                     on_event(Event::Updating(&req.update));
+                    // A request right after a boot or a recovery: the
+                    // heartbeat (every 200 ms) is given a second to be heard.
+                    if port.alive.is_none() {
+                        read_port(&mut vm, &mut port, Instant::now() + Duration::from_secs(1), on_event);
+                    }
                     let new_cmd = match updating::command(&req, &cmd, opts.agent && port.alive.is_some()) {
                         Ok(c) => c,
                         Err(e) => {

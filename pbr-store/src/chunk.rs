@@ -1,11 +1,14 @@
 //! Chunks: runs of an image's stored pages, named by the blake3 of their
 //! bytes and kept lz4-compressed. Where a chunk ends depends on its pages'
 //! content (after a page whose blake3 has its low bits zero), not on its
-//! position: two images that differ in one page differ in that page's
-//! chunk only, and share the rest.
+//! position: two images that differ in one page mostly differ in that
+//! page's chunk, and share the rest.
 
 use crate::error::{Error, Result};
-use crate::index::ChunkRef;
+use crate::index::{ChunkRef, MAX_CHUNK_BYTES};
+
+/// The largest average chunk, in pages.
+pub const MAX_AVG: u32 = 1024;
 
 /// Where chunks end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,11 +18,13 @@ pub struct Chunker {
 }
 
 impl Chunker {
-    /// Chunks of `avg` pages on average (a power of two, at least 1), and
-    /// at most 4 × `avg`.
-    pub fn new(avg: u32) -> Chunker {
-        let avg = avg.max(1).next_power_of_two();
-        Chunker { mask: u64::from(avg) - 1, max: avg.saturating_mul(4) }
+    /// Chunks of `avg` pages on average (a power of two, 1 to
+    /// [`MAX_AVG`]), and at most 4 × `avg`, and never over
+    /// [`MAX_CHUNK_BYTES`] of pages of `page_size`.
+    pub fn new(avg: u32, page_size: u32) -> Chunker {
+        let avg = avg.clamp(1, MAX_AVG).next_power_of_two();
+        let fit = (MAX_CHUNK_BYTES / u64::from(page_size.max(1))).max(1) as u32;
+        Chunker { mask: u64::from(avg) - 1, max: avg.saturating_mul(4).min(fit) }
     }
 
     /// Whether the chunk ends after a page hashing to `hash`, which makes
@@ -101,12 +106,14 @@ mod tests {
 
     #[test]
     fn chunks_end_by_content_and_length() {
-        let c = Chunker::new(4);
+        let c = Chunker::new(4, 4096);
         let mut h = [0u8; 32];
         assert!(!c.ends_after(&h, 1));
         h[0] = 3;
         assert!(c.ends_after(&h, 1));
         assert!(c.ends_after(&[0; 32], 16), "at most 4 x the average");
-        assert_eq!(Chunker::new(5), Chunker::new(8));
+        assert_eq!(Chunker::new(5, 4096), Chunker::new(8, 4096));
+        assert_eq!(Chunker::new(u32::MAX, 4096), Chunker::new(MAX_AVG, 4096));
+        assert!(Chunker::new(1024, 2 << 20).ends_after(&[0; 32], 8), "2 MiB pages: 16 MiB at most");
     }
 }

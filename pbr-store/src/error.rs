@@ -11,8 +11,10 @@ pub enum Error {
     /// No credentials, or a profile file that does not read.
     #[error("{0}")]
     Credentials(String),
-    /// The store's server failed or refused (`op` on `key`).
-    #[error("the store failed to {op} {key}: {source}")]
+    /// The store's server failed or refused (`op` on `key`). Told by the
+    /// first line of the client's error, at most 200 characters: a
+    /// server's reply body (which may echo signed headers) stays out.
+    #[error("the store failed to {op} {key}: {}", first_line(source))]
     Store {
         /// What was asked (`get`, `put`, `list`, `delete`).
         op: &'static str,
@@ -42,6 +44,11 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// The first line of `e`, at most 200 characters.
+fn first_line(e: &object_store::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().chars().take(200).collect()
 }
 
 impl Error {

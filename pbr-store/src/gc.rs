@@ -75,7 +75,9 @@ pub struct GcReport {
 }
 
 /// Removes the chunks of `store` that no image names and that are older
-/// than `grace` (a push uploads its chunks before its index).
+/// than `grace` (a push uploads its chunks before its index; a push that
+/// finds a chunk already there does not renew it, so a push must not take
+/// longer than the grace period while a gc runs).
 ///
 /// # Errors
 /// An index does not read (nothing is removed then: its chunks would go
@@ -92,7 +94,8 @@ pub fn gc(store: &Store, grace: Duration) -> Result<GcReport> {
     let all = store.list("chunks/")?;
     let mut report = GcReport { images: images.len(), chunks: all.len(), removed: 0, removed_bytes: 0, young: 0 };
     let mut doomed = Vec::new();
-    for c in all.into_iter().filter(|c| !named.contains(&c.key)) {
+    // Only what has a chunk's name: another store may nest under chunks/.
+    for c in all.into_iter().filter(|c| is_chunk_key(&c.key) && !named.contains(&c.key)) {
         if now.duration_since(c.modified).unwrap_or_default() < grace {
             report.young += 1;
             continue;
@@ -103,4 +106,29 @@ pub fn gc(store: &Store, grace: Duration) -> Result<GcReport> {
     }
     store.delete_many(&doomed)?;
     Ok(report)
+}
+
+/// Whether `key` is a chunk's: `chunks/HH/` and 64 lowercase hex digits
+/// starting with HH.
+fn is_chunk_key(key: &str) -> bool {
+    let Some((hh, name)) = key.strip_prefix("chunks/").and_then(|k| k.split_once('/')) else { return false };
+    name.len() == 64
+        && name.starts_with(hh)
+        && hh.len() == 2
+        && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_chunk_names_are_collected() {
+        let hash = [0xab; 32];
+        assert!(is_chunk_key(&chunk::key(&hash)));
+        assert!(!is_chunk_key("chunks/ab/ab"));
+        assert!(!is_chunk_key(&format!("chunks/ab/{}", "A".repeat(64))));
+        assert!(!is_chunk_key(&format!("chunks/other/images/{}", "a".repeat(64))));
+        assert!(!is_chunk_key(&format!("chunks/cd/{}", "a".repeat(64))));
+    }
 }

@@ -34,6 +34,9 @@ const HEAD: usize = 32;
 const CHUNK: usize = 40;
 /// Bytes of one run's entry.
 const RUN: usize = 16;
+/// The most bytes of pages one chunk holds (`spec/store.md` §2): a forged
+/// index cannot make a reader allocate more for a chunk.
+pub const MAX_CHUNK_BYTES: u64 = 16 << 20;
 
 /// One chunk of pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,8 +176,11 @@ impl Index {
             let mut hash = [0u8; 32];
             hash.copy_from_slice(&body[at..at + 32]);
             let (pages, stored) = (u32_at(at + 32), u32_at(at + 36));
-            if pages == 0 {
-                return Err(damaged(at + 32, format!("chunk {i} holds no page")));
+            if pages == 0 || u64::from(pages) * u64::from(page_size) > MAX_CHUNK_BYTES {
+                return Err(damaged(
+                    at + 32,
+                    format!("chunk {i} holds {pages} pages, not 1 to {MAX_CHUNK_BYTES} bytes"),
+                ));
             }
             chunks.push(ChunkRef { hash, pages, stored });
             at += CHUNK;
@@ -268,7 +274,8 @@ mod tests {
                 "out of order",
             ),
             (Box::new(|b| b[32 + 10 + CHUNK + 32] = 2), "the data runs hold 4 pages, the chunks 5"),
-            (Box::new(|b| b[32 + 10 + 32..32 + 10 + 36].copy_from_slice(&0u32.to_le_bytes())), "chunk 0 holds no page"),
+            (Box::new(|b| b[32 + 10 + 32..32 + 10 + 36].copy_from_slice(&0u32.to_le_bytes())), "chunk 0 holds 0 pages"),
+            (Box::new(|b| b[32 + 10 + 32..32 + 10 + 36].copy_from_slice(&4097u32.to_le_bytes())), "chunk 0 holds 4097"),
         ];
         for (change, want) in cases {
             let mut b = good.clone();

@@ -16,7 +16,10 @@ use crate::chunk;
 use crate::error::{Error, Result};
 use crate::index::{Index, RunKind};
 use crate::push::index_key;
-use crate::store::{PARALLEL, Store};
+use crate::store::Store;
+
+/// Bytes of pages fetched at once: bounds the memory a pull holds.
+const BATCH_BYTES: u64 = 64 << 20;
 
 /// What a pull did.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,7 +74,7 @@ pub fn pull(store: &Store, name: &str, dest: &Path, cache: &Cache) -> Result<Pul
     let mut w = rewrite::derived(&skeleton, dest, rewrite::options(&skeleton, PageEncoding::Zero))?;
     let ps = index.page_size as usize;
     // The data runs' pages, in order, come out of the chunks in order.
-    let mut chunks = index.chunks.iter();
+    let mut chunks = index.chunks.iter().peekable();
     let mut fetched: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
     let mut at = 0usize;
     for run in &index.runs {
@@ -87,7 +90,17 @@ pub fn pull(store: &Store, name: &str, dest: &Path, cache: &Cache) -> Result<Pul
                         at = 0;
                     }
                     if fetched.is_empty() {
-                        let batch: Vec<_> = chunks.by_ref().take(PARALLEL * 4).copied().collect();
+                        // At most BATCH_BYTES of pages at once (one chunk,
+                        // if it is larger).
+                        let (mut batch, mut bytes) = (Vec::new(), 0u64);
+                        while let Some(c) = chunks.peek() {
+                            let b = u64::from(c.pages) * u64::from(index.page_size);
+                            if !batch.is_empty() && bytes + b > BATCH_BYTES {
+                                break;
+                            }
+                            bytes += b;
+                            batch.extend(chunks.next().copied());
+                        }
                         fetched = chunks_of(store, cache, &batch, index.page_size, &mut report)?.into();
                         at = 0;
                     }

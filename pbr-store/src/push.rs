@@ -45,8 +45,9 @@ pub struct PushReport {
     pub seconds: f64,
 }
 
-/// Chunks checked and uploaded at once: bounds the memory a push holds.
-const BATCH: usize = 256;
+/// Bytes of chunks checked and uploaded at once: bounds the memory a push
+/// holds.
+const BATCH_BYTES: usize = 64 << 20;
 
 /// The key of image `name`'s index.
 pub fn index_key(name: &str) -> String {
@@ -67,7 +68,7 @@ pub fn push(path: &Path, store: &Store, name: &str, opts: PushOptions) -> Result
     rewrite::derived(&img, &skeleton, rewrite::options(&img, PageEncoding::Zero))?.finish()?;
     let skeleton = std::fs::read(&skeleton).map_err(|e| Error::io("cannot read the skeleton", e))?;
 
-    let chunker = Chunker::new(opts.chunk_pages);
+    let chunker = Chunker::new(opts.chunk_pages, page_size);
     let mut runs: Vec<Run> = Vec::new();
     let mut chunks: Vec<ChunkRef> = Vec::new();
     let mut pending: Vec<(ChunkRef, Vec<u8>)> = Vec::new();
@@ -111,7 +112,7 @@ pub fn push(path: &Path, store: &Store, name: &str, opts: PushOptions) -> Result
             report.data_pages += 1;
             if chunker.ends_after(&hash, (current.len() / page_size as usize) as u32) {
                 cut(&mut current, &mut pending, &mut chunks);
-                if pending.len() >= BATCH {
+                if pending.iter().map(|(_, o)| o.len()).sum::<usize>() >= BATCH_BYTES {
                     upload(store, &mut pending, &mut report)?;
                 }
             }

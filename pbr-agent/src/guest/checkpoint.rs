@@ -61,6 +61,7 @@ pub fn checkpoint(port: &mut Port, c: &Checkpoint) -> Result<String, String> {
                 for u in &dumped {
                     let _ = systemd::resume(u);
                 }
+                systemd::reap(reload);
                 return Err(e);
             }
         }
@@ -69,9 +70,13 @@ pub fn checkpoint(port: &mut Port, c: &Checkpoint) -> Result<String, String> {
         }
     }
     // The dumped units' processes, stopped since their dumps, must not run
-    // on.
-    if let Err(e) = reload.and_then(|r| systemd::kill_stopped(r, &gone)) {
-        eprintln!("pbr-agent: {e}");
+    // on; a unit that cannot be stopped for good is not kept.
+    for (unit, why) in systemd::kill_stopped(reload, &gone) {
+        let _ = systemd::resume(&unit);
+        if let Some(u) = units.iter_mut().find(|u| u.unit == unit) {
+            u.dumped = false;
+            u.reason = Some(super::bounded(&format!("it could not be stopped after its dump: {why}")));
+        }
     }
     let dumped = units.iter().filter(|u| u.dumped).count();
     let total = units.len();

@@ -63,21 +63,28 @@ pub fn no_restarts(units: &[String]) -> Result<Option<std::process::Child>, Stri
 }
 
 /// Once `reload` (from [`no_restarts`]) is done, kills the processes of
-/// `units`: they stop for good.
-///
-/// # Errors
-/// The reload failed, or systemctl did.
-pub fn kill_stopped(reload: Option<std::process::Child>, units: &[String]) -> Result<(), String> {
-    if let Some(mut r) = reload {
-        let status = r.wait().map_err(|e| format!("systemctl daemon-reload: {e}"))?;
-        if !status.success() {
-            return Err(format!("systemctl daemon-reload: {status}"));
-        }
+/// `units`: they stop for good. The units that could not be, and why (all
+/// of them when the reload failed).
+pub fn kill_stopped(reload: Result<Option<std::process::Child>, String>, units: &[String]) -> Vec<(String, String)> {
+    let reloaded = reload.and_then(|r| match r {
+        Some(mut r) => match r.wait() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("systemctl daemon-reload: {s}")),
+            Err(e) => Err(format!("systemctl daemon-reload: {e}")),
+        },
+        None => Ok(()),
+    });
+    if let Err(e) = reloaded {
+        return units.iter().map(|u| (u.clone(), e.clone())).collect();
     }
-    for unit in units {
-        systemctl(&["kill", "--signal=SIGKILL", unit])?;
+    units.iter().filter_map(|u| systemctl(&["kill", "--signal=SIGKILL", u]).err().map(|e| (u.clone(), e))).collect()
+}
+
+/// Waits for a reload from [`no_restarts`] that is no longer needed.
+pub fn reap(reload: Result<Option<std::process::Child>, String>) {
+    if let Ok(Some(mut r)) = reload {
+        let _ = r.wait();
     }
-    Ok(())
 }
 
 /// Lets `unit`'s processes run again after a dump that is not kept.

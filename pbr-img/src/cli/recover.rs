@@ -79,7 +79,11 @@ pub fn run(a: &Args) -> Result<ExitCode> {
         }
     };
     let opts = RecoverOptions { root: a.root.as_deref(), qemu: a.qemu.as_deref(), vmm };
-    let candidates = super::store::local_candidates(&a.candidates, a.cache.as_ref(), &mut refused)?;
+    // A candidate the store cannot give is told in every mode: it is in
+    // no recovery's report.
+    let candidates = super::store::local_candidates(&a.candidates, a.cache.as_ref(), &mut |r| {
+        eprintln!("refused {}: {}", r.path.display(), r.reason);
+    })?;
     recover(&candidates, &opts, &mut refused, &mut ready)?;
     printed
 }

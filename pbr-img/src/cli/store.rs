@@ -21,8 +21,9 @@ pub struct PushArgs {
     /// Where it goes: s3://BUCKET[/PREFIX]/NAME.
     #[arg(value_name = "S3_URL")]
     pub to: String,
-    /// Pages per chunk, on average (a power of two).
-    #[arg(long, default_value_t = PushOptions::default().chunk_pages, value_name = "PAGES")]
+    /// Pages per chunk, on average (a power of two, 1 to 1024).
+    #[arg(long, default_value_t = PushOptions::default().chunk_pages, value_name = "PAGES",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(pbr_store::chunk::MAX_AVG)))]
     pub chunk_pages: u32,
     /// Print the report as JSON.
     #[arg(long)]

@@ -26,7 +26,10 @@ impl Store {
         let dir = tempfile::tempdir().unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/store");
         let out = Command::new(&script).arg("start").arg(dir.path()).output().unwrap();
-        assert!(out.status.success(), "scripts/store start: {}", String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            let _ = Command::new(&script).arg("stop").arg(dir.path()).status();
+            panic!("scripts/store start: {}", String::from_utf8_lossy(&out.stderr));
+        }
         let text = std::fs::read_to_string(dir.path().join("env")).unwrap();
         let env = text
             .lines()
