@@ -20,11 +20,15 @@ use crate::store::Store;
 pub struct PushOptions {
     /// Chunks hold this many pages on average (a power of two).
     pub chunk_pages: u32,
+    /// A chunk the store holds already is written again when it is older
+    /// than this: a `gc` (whose grace period is longer) cannot take it
+    /// while this push, which names it, runs.
+    pub renew_after: std::time::Duration,
 }
 
 impl Default for PushOptions {
     fn default() -> PushOptions {
-        PushOptions { chunk_pages: 16 }
+        PushOptions { chunk_pages: 16, renew_after: std::time::Duration::from_secs(1800) }
     }
 }
 
@@ -35,7 +39,8 @@ pub struct PushReport {
     pub data_pages: u64,
     /// Chunks the image's pages are in.
     pub chunks: usize,
-    /// Of those, chunks the store did not hold yet.
+    /// Of those, chunks the store did not hold yet, or held from longer
+    /// ago than [`PushOptions::renew_after`].
     pub uploaded: usize,
     /// Bytes uploaded: new chunks and the index.
     pub uploaded_bytes: u64,
@@ -113,13 +118,13 @@ pub fn push(path: &Path, store: &Store, name: &str, opts: PushOptions) -> Result
             if chunker.ends_after(&hash, (current.len() / page_size as usize) as u32) {
                 cut(&mut current, &mut pending, &mut chunks);
                 if pending.iter().map(|(_, o)| o.len()).sum::<usize>() >= BATCH_BYTES {
-                    upload(store, &mut pending, &mut report)?;
+                    upload(store, &mut pending, opts.renew_after, &mut report)?;
                 }
             }
         }
     }
     cut(&mut current, &mut pending, &mut chunks);
-    upload(store, &mut pending, &mut report)?;
+    upload(store, &mut pending, opts.renew_after, &mut report)?;
     report.chunks = chunks.len();
     let index = Index { page_size, skeleton, chunks, runs }.encode();
     report.index_bytes = index.len() as u64;
@@ -129,16 +134,24 @@ pub fn push(path: &Path, store: &Store, name: &str, opts: PushOptions) -> Result
     Ok(report)
 }
 
-/// Uploads the chunks of `pending` the store lacks (a chunk cut twice in
-/// one batch goes once).
-fn upload(store: &Store, pending: &mut Vec<(ChunkRef, Vec<u8>)>, report: &mut PushReport) -> Result<()> {
+/// Uploads the chunks of `pending` the store lacks, or holds from longer
+/// ago than `renew_after` (a chunk cut twice in one batch goes once).
+fn upload(
+    store: &Store,
+    pending: &mut Vec<(ChunkRef, Vec<u8>)>,
+    renew_after: std::time::Duration,
+    report: &mut PushReport,
+) -> Result<()> {
     let mut batch = std::mem::take(pending);
     batch.sort_by_key(|(c, _)| c.hash);
     batch.dedup_by_key(|(c, _)| c.hash);
     let keys: Vec<String> = batch.iter().map(|(c, _)| chunk::key(&c.hash)).collect();
-    let there = store.exist(&keys)?;
+    let written = store.written(&keys)?;
+    let now = std::time::SystemTime::now();
+    let stale =
+        |w: Option<std::time::SystemTime>| w.is_none_or(|w| now.duration_since(w).unwrap_or_default() >= renew_after);
     let new: Vec<(String, Vec<u8>)> =
-        batch.into_iter().zip(keys).zip(there).filter(|(_, t)| !t).map(|(((_, o), k), _)| (k, o)).collect();
+        batch.into_iter().zip(keys).zip(written).filter(|(_, w)| stale(*w)).map(|(((_, o), k), _)| (k, o)).collect();
     report.uploaded += new.len();
     report.uploaded_bytes += new.iter().map(|(_, o)| o.len() as u64).sum::<u64>();
     store.put_many(new)

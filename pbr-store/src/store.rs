@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as Key;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -17,6 +17,14 @@ use crate::location::Location;
 
 /// How many objects move at once.
 pub const PARALLEL: usize = 16;
+
+/// How long one request may take, and how long its retries may go on: a
+/// dead server fails a pull (and refuses its candidate) in about this
+/// long, not in minutes.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Retries of a failed request (a node of the store stopped: another
+/// answers).
+const RETRIES: usize = 4;
 
 /// One object listed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +62,9 @@ impl Store {
             .with_region(&config.region)
             .with_access_key_id(&config.access_key)
             .with_secret_access_key(config.secret())
-            .with_virtual_hosted_style_request(false);
+            .with_virtual_hosted_style_request(false)
+            .with_retry(RetryConfig { max_retries: RETRIES, retry_timeout: REQUEST_TIMEOUT, ..Default::default() })
+            .with_client_options(ClientOptions::new().with_timeout(REQUEST_TIMEOUT));
         if let Some(t) = config.token() {
             b = b.with_token(t);
         }
@@ -104,18 +114,19 @@ impl Store {
         })
     }
 
-    /// Which of objects `rests` are there (HEAD, many at once).
+    /// When each of objects `rests` was last written; `None` for one
+    /// that is not there (HEAD, many at once).
     ///
     /// # Errors
     /// The server failed.
-    pub fn exist(&self, rests: &[String]) -> Result<Vec<bool>> {
+    pub fn written(&self, rests: &[String]) -> Result<Vec<Option<SystemTime>>> {
         let s3 = &self.s3;
         self.rt.block_on(
             futures::stream::iter(rests.iter().map(|r| self.key(r)))
                 .map(|key| async move {
                     match s3.head(&key).await {
-                        Ok(_) => Ok(true),
-                        Err(object_store::Error::NotFound { .. }) => Ok(false),
+                        Ok(m) => Ok(Some(m.last_modified.into())),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
                         Err(source) => Err(Error::Store { op: "look up", key: key.to_string(), source }),
                     }
                 })

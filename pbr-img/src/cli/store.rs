@@ -25,6 +25,11 @@ pub struct PushArgs {
     #[arg(long, default_value_t = PushOptions::default().chunk_pages, value_name = "PAGES",
           value_parser = clap::value_parser!(u32).range(1..=i64::from(pbr_store::chunk::MAX_AVG)))]
     pub chunk_pages: u32,
+    /// Write again the chunks the store holds from longer ago than this
+    /// many seconds (a `gc` cannot take them during this push; keep it
+    /// under gc's grace period).
+    #[arg(long, default_value_t = PushOptions::default().renew_after.as_secs(), value_name = "SECONDS")]
+    pub renew_after: u64,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -120,7 +125,8 @@ pub fn cache(dir: Option<&PathBuf>) -> Result<Cache> {
 pub fn push(a: &PushArgs) -> Result<ExitCode> {
     let (store, location) = open(&a.to, true)?;
     let name = location.name.as_deref().unwrap_or_default();
-    let r = pbr_store::push(&a.image, &store, name, PushOptions { chunk_pages: a.chunk_pages })?;
+    let opts = PushOptions { chunk_pages: a.chunk_pages, renew_after: Duration::from_secs(a.renew_after) };
+    let r = pbr_store::push(&a.image, &store, name, opts)?;
     if a.json {
         println!(
             "{}",

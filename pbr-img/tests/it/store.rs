@@ -5,7 +5,8 @@
 //! chunks; `pull` on a "second host" (its own chunk cache, no access to
 //! the first one's files) gives back every page; a damaged chunk in the
 //! store refuses the pull with one line; a volume server stopped during a
-//! pull does not stop it; `gc` removes only the chunks no image names.
+//! pull does not stop it; `gc` removes only the chunks no image names; a
+//! push writes again the chunks it finds older than `--renew-after`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -117,6 +118,11 @@ fn images_share_chunks_come_back_whole_and_damage_is_refused() {
 
     let pa = store.ok(&["push", s(&a), "s3://fleet/t/vm-a", "--json"]);
     assert_eq!(pa["uploaded"], pa["chunks"], "a first image uploads every chunk: {pa}");
+    // Pushed again: its chunks are there, and fresh; renewed when asked.
+    let again = store.ok(&["push", s(&a), "s3://fleet/t/vm-a", "--json"]);
+    assert_eq!(again["uploaded"], 0, "{again}");
+    let renewed = store.ok(&["push", s(&a), "s3://fleet/t/vm-a", "--renew-after", "0", "--json"]);
+    assert_eq!(renewed["uploaded"], pa["chunks"], "{renewed}");
     let pb = store.ok(&["push", s(&b), "s3://fleet/t/vm-b", "--json"]);
     let (chunks, uploaded) = (pb["chunks"].as_u64().unwrap(), pb["uploaded"].as_u64().unwrap());
     assert!(uploaded <= 10 && uploaded * 10 < chunks, "only the changed pages' chunks: {pb}");
