@@ -45,7 +45,7 @@ pub struct Request {
 
 impl Control {
     /// Whether a supervisor answers on [`SOCKET`] in `dir`.
-    pub fn answering(dir: &Path) -> bool {
+    fn answering(dir: &Path) -> bool {
         UnixStream::connect(dir.join(SOCKET)).is_ok()
     }
 
@@ -53,7 +53,8 @@ impl Control {
     /// is gone is replaced.
     ///
     /// # Errors
-    /// Another supervisor answers there, or the socket cannot be made.
+    /// [`Error::Usage`] when another supervisor answers there; an I/O
+    /// error when the socket cannot be made.
     pub fn bind(dir: &Path) -> Result<Control> {
         let path = dir.join(SOCKET);
         if Control::answering(dir) {

@@ -308,13 +308,17 @@ pub fn run(
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<End> {
     let mut cmd = with_failure_detection(cmd);
-    // Two supervisors never keep one directory; without its socket
-    // otherwise (a path too long for one) the VM runs on, and cannot be
-    // updated.
-    if Control::answering(opts.candidates) {
-        return Err(Error::Usage(format!("another pbr-img run keeps the VM of {}", opts.candidates.display())));
-    }
-    let control = Control::bind(opts.candidates).map_err(|e| on_event(Event::NoControl(&e.to_string()))).ok();
+    // Two supervisors never keep one directory (the socket answers: a
+    // usage error); without its socket otherwise (a path too long for one)
+    // the VM runs on, and cannot be updated.
+    let control = match Control::bind(opts.candidates) {
+        Ok(c) => Some(c),
+        Err(e @ Error::Usage(_)) => return Err(e),
+        Err(e) => {
+            on_event(Event::NoControl(&e.to_string()));
+            None
+        }
+    };
     let mut updating: Option<Updating> = None;
     let mut boot_why = Some(match opts.agent {
         true => "start".to_owned(),
@@ -370,9 +374,7 @@ pub fn run(
                             let mut b = b;
                             power_off(&mut b.machine.qemu, opts.power_off);
                             b.machine.quit();
-                            for c in candidate_files(opts.candidates).unwrap_or_default() {
-                                let _ = std::fs::remove_file(&c);
-                            }
+                            remove_candidates(opts.candidates);
                             cmd = u.old.clone();
                             boot_why = Some(why);
                             updating = Some(u);
@@ -445,14 +447,11 @@ pub fn run(
                     req.tell(&told.json());
                     on_event(told);
                     // The old kernel's QEMU beside it, and its candidates,
-                    // are of no use now (a candidate would restore the old
-                    // kernel); a file that will not go is left to refuse.
+                    // are of no use now.
                     drop(ready.take());
                     power_off(vm.process()?, opts.power_off);
                     quit(vm);
-                    for c in candidate_files(opts.candidates).unwrap_or_default() {
-                        let _ = std::fs::remove_file(&c);
-                    }
+                    remove_candidates(opts.candidates);
                     boot_why = Some(format!("kernel update to {}", req.update.kernel.display()));
                     let old = std::mem::replace(&mut cmd, new_cmd);
                     updating = Some(Updating { req, started, kept, old, reverted: None });
@@ -555,6 +554,15 @@ fn with_failure_detection(cmd: &UserCommand) -> UserCommand {
         cmd.args.extend(FAILURE_DETECTION.iter().map(|a| (*a).to_owned()));
     }
     cmd
+}
+
+/// Removes the candidates of `dir` (an update's old kernel's, or a given-up
+/// new kernel's: either would restore the other kernel); a file that will
+/// not go is left to refuse.
+fn remove_candidates(dir: &Path) {
+    for c in candidate_files(dir).unwrap_or_default() {
+        let _ = std::fs::remove_file(&c);
+    }
 }
 
 /// The candidate images in `dir`: its `*.pbr` files (not hidden ones).

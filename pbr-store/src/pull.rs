@@ -41,9 +41,13 @@ pub struct PullReport {
 /// # Errors
 /// It is not in the store, it is damaged, or the store failed.
 pub fn index(store: &Store, name: &str) -> Result<Index> {
-    let key = index_key(name);
-    let bytes = store.get(&key)?.ok_or_else(|| Error::Missing(store.location.image(name)))?;
-    Index::decode(&bytes)
+    index_and_size(store, name).map(|(index, _)| index)
+}
+
+/// The index of image `name`, and its object's size.
+fn index_and_size(store: &Store, name: &str) -> Result<(Index, usize)> {
+    let bytes = store.get(&index_key(name))?.ok_or_else(|| Error::Missing(store.location.image(name)))?;
+    Ok((Index::decode(&bytes)?, bytes.len()))
 }
 
 /// Pulls image `name` from `store` into `dest` (written atomically),
@@ -54,11 +58,9 @@ pub fn index(store: &Store, name: &str) -> Result<Index> {
 /// failed, I/O.
 pub fn pull(store: &Store, name: &str, dest: &Path, cache: &Cache) -> Result<PullReport> {
     let t = Instant::now();
-    let key = index_key(name);
-    let bytes = store.get(&key)?.ok_or_else(|| Error::Missing(store.location.image(name)))?;
+    let (index, index_bytes) = index_and_size(store, name)?;
     let mut report =
-        PullReport { data_pages: 0, chunks: 0, cached: 0, downloaded_bytes: bytes.len() as u64, seconds: 0.0 };
-    let index = Index::decode(&bytes)?;
+        PullReport { data_pages: 0, chunks: 0, cached: 0, downloaded_bytes: index_bytes as u64, seconds: 0.0 };
     report.chunks = index.chunks.len();
     let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
     let skeleton_path = work.path().join("skeleton.pbr");

@@ -89,16 +89,7 @@ impl Store {
     /// # Errors
     /// The server failed.
     pub fn get(&self, rest: &str) -> Result<Option<Vec<u8>>> {
-        let key = self.key(rest);
-        self.rt
-            .block_on(async {
-                match self.s3.get(&key).await {
-                    Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())),
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
-            .map_err(|source| Error::Store { op: "get", key: key.to_string(), source })
+        self.rt.block_on(read(&self.s3, self.key(rest)))
     }
 
     /// Writes object `rest`.
@@ -165,14 +156,7 @@ impl Store {
         let s3 = &self.s3;
         self.rt.block_on(
             futures::stream::iter(rests.iter().map(|r| self.key(r)))
-                .map(|key| async move {
-                    let got = match s3.get(&key).await {
-                        Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())),
-                        Err(object_store::Error::NotFound { .. }) => Ok(None),
-                        Err(e) => Err(e),
-                    };
-                    got.map_err(|source| Error::Store { op: "get", key: key.to_string(), source })
-                })
+                .map(|key| read(s3, key))
                 .buffered(PARALLEL)
                 .try_collect(),
         )
@@ -218,4 +202,14 @@ impl Store {
         )?;
         Ok(())
     }
+}
+
+/// Object `key`'s bytes; `None` when it is not there.
+async fn read(s3: &Arc<dyn ObjectStore>, key: Key) -> Result<Option<Vec<u8>>> {
+    let got = match s3.get(&key).await {
+        Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    };
+    got.map_err(|source| Error::Store { op: "get", key: key.to_string(), source })
 }

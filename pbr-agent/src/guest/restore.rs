@@ -33,8 +33,11 @@ fn units_file() -> PathBuf {
 /// comes after the unit's own (`override.conf`, `pbr.conf`), so that its
 /// start commands are the ones left.
 fn drop_in_path(unit: &str) -> PathBuf {
-    Path::new("/run/systemd/system").join(format!("{unit}.d")).join("zz-pbr-restore.conf")
+    systemd::drop_in(unit, RESTORE_DROP_IN)
 }
+
+/// The restore drop-in's name.
+const RESTORE_DROP_IN: &str = "zz-pbr-restore.conf";
 
 /// Whether this agent runs before systemd (in the initramfs): only there
 /// can a unit's start still be made a restore.
@@ -82,11 +85,7 @@ pub fn prepare(r: &Restore) -> Result<usize, String> {
             continue;
         }
         restoring += 1;
-        let path = drop_in_path(unit);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-        }
-        std::fs::write(&path, drop_in(unit)).map_err(|e| format!("{}: {e}", path.display()))?;
+        systemd::write_drop_in(unit, RESTORE_DROP_IN, &drop_in(unit))?;
     }
     std::fs::write(units_file(), &listed).map_err(|e| format!("{}: {e}", units_file().display()))?;
     Ok(restoring)
@@ -120,7 +119,7 @@ pub fn forget(units: &[String]) {
         let _ = std::fs::remove_file(drop_in_path(unit));
     }
     if !units.is_empty() {
-        let _ = std::process::Command::new("systemctl").arg("daemon-reload").status();
+        let _ = systemd::reload();
     }
 }
 

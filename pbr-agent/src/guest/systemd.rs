@@ -1,6 +1,7 @@
 //! What the agent asks systemd: a unit's main process, and starting a unit
 //! again after its configuration changed.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// `systemctl ARGS`, its standard output.
@@ -30,12 +31,39 @@ pub fn main_pid(unit: &str) -> Result<u32, String> {
     }
 }
 
+/// The runtime drop-in `name` of `unit`
+/// (`/run/systemd/system/UNIT.d/NAME`).
+pub fn drop_in(unit: &str, name: &str) -> PathBuf {
+    Path::new("/run/systemd/system").join(format!("{unit}.d")).join(name)
+}
+
+/// Writes `unit`'s runtime drop-in `name` (applied at systemd's next
+/// reload, or its start).
+///
+/// # Errors
+/// I/O.
+pub fn write_drop_in(unit: &str, name: &str, text: &str) -> Result<(), String> {
+    let path = drop_in(unit, name);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reloads systemd's units.
+///
+/// # Errors
+/// systemctl failed.
+pub fn reload() -> Result<(), String> {
+    systemctl(&["daemon-reload"]).map(drop)
+}
+
 /// Reloads systemd's units, clears `unit`'s failure and queues its start.
 ///
 /// # Errors
 /// systemctl failed.
 pub fn start_again(unit: &str) -> Result<(), String> {
-    systemctl(&["daemon-reload"])?;
+    reload()?;
     systemctl(&["reset-failed", unit])?;
     systemctl(&["start", "--no-block", unit]).map(drop)
 }
@@ -53,11 +81,11 @@ pub fn no_restarts(units: &[String]) -> Result<Option<std::process::Child>, Stri
         return Ok(None);
     }
     for unit in units {
-        let dir = std::path::Path::new("/run/systemd/system").join(format!("{unit}.d"));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let path = dir.join("zz-pbr-checkpointed.conf");
-        std::fs::write(&path, "# Written by pbr-agent: checkpointed for a kernel update.\n[Service]\nRestart=no\n")
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        write_drop_in(
+            unit,
+            "zz-pbr-checkpointed.conf",
+            "# Written by pbr-agent: checkpointed for a kernel update.\n[Service]\nRestart=no\n",
+        )?;
     }
     Command::new("systemctl").arg("daemon-reload").spawn().map(Some).map_err(|e| format!("cannot run systemctl: {e}"))
 }
