@@ -250,6 +250,16 @@ pub mod keys {
     /// ```
     pub const LAYOUT: &str = "layout";
 
+    /// `store.ram`: `served` in the shell of an image restored from a
+    /// fleet store lazily (`spec/store.md` §5): its `pc.ram` pages are not
+    /// in the file but served, page by page, by a mount of the store. Such
+    /// a file must never be restored on its own.
+    ///
+    /// ```
+    /// assert_eq!(pbr_format::keys::STORE_RAM, "store.ram");
+    /// ```
+    pub const STORE_RAM: &str = "store.ram";
+
     /// `libvirt.save_version`: from a libvirt save file: the header's save version
     /// (`spec/libvirt.md`).
     ///

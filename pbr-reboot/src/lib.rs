@@ -13,6 +13,7 @@ pub mod boot;
 pub mod capture;
 pub mod control;
 pub mod error;
+pub mod fleet;
 pub mod guest;
 pub mod machine;
 pub mod points;

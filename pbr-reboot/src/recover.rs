@@ -9,12 +9,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pbr_agent::message::Resumed;
 use pbr_format::Image;
-use pbr_replay::qemu::QemuAdapter;
 use pbr_replay::qemu::process::QemuProcess;
+use pbr_replay::qemu::{QemuAdapter, ServedRam};
 use pbr_tools::compat::QemuHost;
 
 use crate::agent::{AgentPort, port_args, vmgenid_args};
@@ -42,6 +43,10 @@ pub struct RecoverOptions<'a> {
     pub qemu: Option<&'a str>,
     /// Where the restoring QEMU comes from.
     pub vmm: Vmm,
+    /// Candidates whose RAM a server outside the file serves (a store
+    /// image's shell and its mount, `pbr-store`): each is restored into a
+    /// QEMU of its own that maps its RAM from the server.
+    pub served: &'a [(PathBuf, Arc<dyn ServedRam>)],
 }
 
 /// How the candidates' machine is run and says it is ready.
@@ -281,7 +286,7 @@ impl Prepared {
 /// No candidate opens (a [`Error::NoCandidate`]), a work directory, or the
 /// waiting QEMU did not start.
 pub fn prepare(candidates: &[PathBuf], opts: &RecoverOptions<'_>, beside: bool) -> Result<Prepared> {
-    let (opened, refused) = open_all(candidates);
+    let (opened, refused) = open_all(candidates, opts.served);
     if opened.is_empty() {
         return Err(no_candidate(&refused));
     }
@@ -325,7 +330,7 @@ fn prepare_opened(
 /// The recovery proper: the latest valid candidate restored, until its
 /// guest is ready.
 fn restore(candidates: &[PathBuf], opts: &RecoverOptions<'_>, on_refused: &mut dyn FnMut(&Refused)) -> Result<Outcome> {
-    let (opened, refused) = open_all(candidates);
+    let (opened, refused) = open_all(candidates, opts.served);
     if opened.is_empty() {
         refused.iter().for_each(&mut *on_refused);
         return Err(Error::NoCandidate("no candidate opens: do a full reboot".into()));
@@ -441,13 +446,17 @@ fn decide(p: Prepared, root: Option<&Path>, on_refused: &mut dyn FnMut(&Refused)
     Ok(Outcome::Running(Box::new(Running { report, vm: q, agent, _work: work, _interrupt: interrupt })))
 }
 
-/// Opens every candidate once. One that does not open is refused, never
-/// trusted; the others are still judged.
-fn open_all(candidates: &[PathBuf]) -> (Vec<Opened>, Vec<Refused>) {
+/// Opens every candidate once, with the server of its RAM when `served`
+/// names one. One that does not open is refused, never trusted; the others
+/// are still judged.
+fn open_all(candidates: &[PathBuf], served: &[(PathBuf, Arc<dyn ServedRam>)]) -> (Vec<Opened>, Vec<Refused>) {
     let (mut opened, mut refused) = (Vec::new(), Vec::new());
     for p in candidates {
         match Image::open(p) {
-            Ok(image) => opened.push(Opened { path: p.clone(), image }),
+            Ok(image) => {
+                let served = served.iter().find(|(c, _)| c == p).map(|(_, r)| r.clone());
+                opened.push(Opened { path: p.clone(), image, served });
+            }
             Err(e) => refused.push(Refused { path: p.clone(), reason: format!("does not open: {e}") }),
         }
     }

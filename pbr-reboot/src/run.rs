@@ -92,7 +92,7 @@ impl RunOptions<'_> {
     /// How the VM of `cmd` is recovered: from its agent's candidates,
     /// into a QEMU from where these options say.
     fn recover<'c>(&self, cmd: &'c UserCommand) -> RecoverOptions<'c> {
-        RecoverOptions { root: None, qemu: Some(&cmd.qemu), vmm: self.vmm }
+        RecoverOptions { root: None, qemu: Some(&cmd.qemu), vmm: self.vmm, served: &[] }
     }
 }
 

@@ -3,9 +3,10 @@
 //! candidate paused), else one started at the decision.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use pbr_format::Image;
-use pbr_replay::qemu::QemuAdapter;
+use pbr_replay::qemu::{QemuAdapter, ServedRam};
 
 use crate::beside::{Takeover, beside};
 use crate::error::{Error, Result};
@@ -17,6 +18,8 @@ pub(crate) struct Opened {
     pub(crate) path: PathBuf,
     /// The image.
     pub(crate) image: Image,
+    /// The server of its RAM, when it is a store image's shell.
+    pub(crate) served: Option<Arc<dyn ServedRam>>,
 }
 
 /// A QEMU started before the decision.
@@ -47,6 +50,9 @@ impl Standby {
         vmm: Vmm,
         beside_in: Option<&Path>,
     ) -> std::result::Result<Option<Standby>, String> {
+        if latest.served.is_some() {
+            return Err("a store candidate restored as it runs needs a QEMU of its own, started for it".into());
+        }
         let prestaged = match vmm {
             Vmm::Spawn => return Ok(None),
             Vmm::Prestaged => true,
@@ -94,8 +100,9 @@ pub(crate) fn restore_into(
     standby: Option<Standby>,
 ) -> Result<(QemuAdapter, Vmm)> {
     let hash = o.image.image_blake3();
-    // One that died while it waited (killed, out of memory) is replaced.
-    let standby = standby.and_then(|mut s| s.alive().then_some(s));
+    // One that died while it waited (killed, out of memory) is replaced;
+    // a served RAM is mapped only by a QEMU started for it.
+    let standby = standby.and_then(|mut s| (s.alive() && o.served.is_none()).then_some(s));
     match standby {
         Some(mut s) if s.vm.held() == Some(hash) => {
             take_over(&mut s)?;
@@ -129,6 +136,9 @@ fn take_over(s: &mut Standby) -> Result<()> {
 
 fn spawn_load(qemu: &str, args: &[String], o: &Opened) -> Result<QemuAdapter> {
     let mut q = QemuAdapter::new(&o.path, qemu, args.to_vec())?;
+    if let Some(ram) = &o.served {
+        q.serve_ram(ram.clone());
+    }
     load(o, &mut q)?;
     Ok(q)
 }

@@ -54,6 +54,12 @@ pub enum Error {
     /// image's).
     #[error("{0}")]
     Image(String),
+    /// The RAM a server outside the image serves
+    /// ([`crate::qemu::ServedRam`]) cannot be restored: a page it must
+    /// serve is missing or damaged, or this QEMU cannot map it. The
+    /// candidate is refused.
+    #[error("its RAM from the store: {0}")]
+    Served(String),
     /// A thread of the restore (the stream writer, the page check)
     /// panicked or could not start.
     #[error("{0}")]
@@ -68,10 +74,11 @@ impl Error {
     }
 
     /// Whether this error is the image's own, so that a recovery refuses
-    /// that image and tries the next: damage, or page-cache pages that
-    /// cannot be read back ([`pbr_tools::Error::refuses_candidate`]).
+    /// that image and tries the next: damage, page-cache pages that cannot
+    /// be read back ([`pbr_tools::Error::refuses_candidate`]), or RAM its
+    /// server cannot serve ([`Error::Served`]).
     pub fn refuses_candidate(&self) -> bool {
-        matches!(self, Error::Tools(e) if e.refuses_candidate())
+        matches!(self, Error::Tools(e) if e.refuses_candidate()) || matches!(self, Error::Served(_))
     }
 
     /// An I/O error while doing `context`.

@@ -9,7 +9,9 @@
 //! theirs. Every chunk is checked against its name when it is read, from
 //! the store or from the local cache ([`cache`]): a missing or damaged
 //! chunk refuses the image. [`push()`], [`pull()`], [`list`] and [`gc`]
-//! are what `pbr-img push`, `pull`, `ls` and `gc` do.
+//! are what `pbr-img push`, `pull`, `ls` and `gc` do. An image is also
+//! restored as it runs ([`lazy`]): its RAM block served by a FUSE mount
+//! ([`mount`]) that fetches each page when the guest first touches it.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -19,7 +21,10 @@ pub mod config;
 pub mod error;
 mod gc;
 pub mod index;
+pub mod lazy;
 pub mod location;
+pub mod mount;
+pub mod pages;
 mod pull;
 mod push;
 pub mod store;

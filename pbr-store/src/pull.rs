@@ -63,16 +63,7 @@ pub fn pull(store: &Store, name: &str, dest: &Path, cache: &Cache) -> Result<Pul
         PullReport { data_pages: 0, chunks: 0, cached: 0, downloaded_bytes: index_bytes as u64, seconds: 0.0 };
     report.chunks = index.chunks.len();
     let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
-    let skeleton_path = work.path().join("skeleton.pbr");
-    std::fs::write(&skeleton_path, &index.skeleton).map_err(|e| Error::io("cannot write the skeleton", e))?;
-    let skeleton = Image::open(&skeleton_path)
-        .map_err(|e| Error::Damaged(format!("{}: its skeleton image: {e}", store.location.image(name))))?;
-    if skeleton.page_size() != index.page_size {
-        return Err(Error::Damaged(format!(
-            "{}: the skeleton's page size is not the index's",
-            store.location.image(name)
-        )));
-    }
+    let skeleton = open_skeleton(&index, work.path(), &store.location.image(name))?;
     let mut w = rewrite::derived(&skeleton, dest, rewrite::options(&skeleton, PageEncoding::Zero))?;
     let ps = index.page_size as usize;
     // The data runs' pages, in order, come out of the chunks in order.
@@ -119,6 +110,21 @@ pub fn pull(store: &Store, name: &str, dest: &Path, cache: &Cache) -> Result<Pul
     w.finish()?;
     report.seconds = t.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The skeleton image of `index` (the index of image `what`), written
+/// into `dir` and opened as any image is: hostile input.
+///
+/// # Errors
+/// It does not open, or its page size is not the index's.
+pub(crate) fn open_skeleton(index: &Index, dir: &Path, what: &str) -> Result<Image> {
+    let path = dir.join("skeleton.pbr");
+    std::fs::write(&path, &index.skeleton).map_err(|e| Error::io("cannot write the skeleton", e))?;
+    let skeleton = Image::open(&path).map_err(|e| Error::Damaged(format!("{what}: its skeleton image: {e}")))?;
+    if skeleton.page_size() != index.page_size {
+        return Err(Error::Damaged(format!("{what}: the skeleton's page size is not the index's")));
+    }
+    Ok(skeleton)
 }
 
 /// The pages of `batch`'s chunks, each from the cache or the store, each

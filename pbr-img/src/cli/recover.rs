@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use pbr_reboot::fleet::{Candidates, Fetch, MountReport};
 use pbr_reboot::{RecoverOptions, Recovery, Refused, Vmm, recover};
 use serde_json::{Value, json};
 
@@ -24,6 +25,14 @@ pub struct Args {
     /// in its `chunks` (default: $PBR_CACHE/.., else ~/.cache/pbr).
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
+    /// How a candidate from a store reaches the guest: `pull` (the whole
+    /// image pulled, then restored), `stream` (QEMU maps its RAM from a
+    /// mount of the store that every chunk is read into before the guest
+    /// runs) or `lazy` (the guest runs at once, a page is fetched when it
+    /// is first touched). `stream` and `lazy` need QEMU 8.2 or later and
+    /// FUSE.
+    #[arg(long, value_name = "HOW", default_value = "pull", value_parser = ["pull", "stream", "lazy"])]
+    fetch: String,
     /// Check candidates against the files under this root.
     #[arg(long)]
     root: Option<PathBuf>,
@@ -60,15 +69,26 @@ pub fn run(a: &Args) -> Result<ExitCode> {
         (true, _) => Vmm::Standby,
         _ => Vmm::Spawn,
     };
+    let fetch = match a.fetch.as_str() {
+        "stream" => Fetch::Stream,
+        "lazy" => Fetch::Lazy,
+        _ => Fetch::Pull,
+    };
+    // A candidate the store cannot give is told in every mode: it is in
+    // no recovery's report.
+    let made = super::store::local_candidates(&a.candidates, a.cache.as_ref(), fetch, &mut |r| {
+        eprintln!("refused {}: {}", r.path.display(), r.reason);
+    })?;
     let mut refused = |r: &Refused| {
         if !a.json {
-            eprintln!("refused {}: {}", r.path.display(), r.reason);
+            eprintln!("refused {}: {}", made.name(&r.path), r.reason);
         }
     };
     // Said once the guest is ready, before a kept guest runs on.
     let mut printed = Ok(ExitCode::SUCCESS);
     let mut ready = |r: &Recovery, child: Option<&mut std::process::Child>| {
-        printed = print(&Recovered { r, vmm }, a.json);
+        let store = r.chosen.as_deref().and_then(|c| made.mount_report(c));
+        printed = print(&Recovered { r, vmm, made: &made, store, fetch }, a.json);
         match (a.keep_running, child) {
             (true, Some(child)) => {
                 eprintln!("the recovered guest runs until its QEMU exits");
@@ -78,13 +98,8 @@ pub fn run(a: &Args) -> Result<ExitCode> {
             _ => {}
         }
     };
-    let opts = RecoverOptions { root: a.root.as_deref(), qemu: a.qemu.as_deref(), vmm };
-    // A candidate the store cannot give is told in every mode: it is in
-    // no recovery's report.
-    let candidates = super::store::local_candidates(&a.candidates, a.cache.as_ref(), &mut |r| {
-        eprintln!("refused {}: {}", r.path.display(), r.reason);
-    })?;
-    recover(&candidates, &opts, &mut refused, &mut ready)?;
+    let opts = RecoverOptions { root: a.root.as_deref(), qemu: a.qemu.as_deref(), vmm, served: &made.served };
+    recover(&made.paths, &opts, &mut refused, &mut ready)?;
     printed
 }
 
@@ -92,14 +107,25 @@ pub fn run(a: &Args) -> Result<ExitCode> {
 struct Recovered<'a> {
     r: &'a Recovery,
     vmm: Vmm,
+    /// The candidates, those of a store made local.
+    made: &'a Candidates,
+    /// What the chosen candidate's mount did, when it came from a store
+    /// that way.
+    store: Option<MountReport>,
+    fetch: Fetch,
 }
 
 impl Report for Recovered<'_> {
     fn json(&self) -> Value {
         let (r, s) = (self.r, |d: std::time::Duration| d.as_secs_f64());
         let refused: Vec<_> =
-            r.refused.iter().map(|x| json!({"candidate": x.path.display().to_string(), "reason": x.reason})).collect();
-        json!({"chosen": r.chosen.as_ref().map(|p| p.display().to_string()), "refused": refused,
+            r.refused.iter().map(|x| json!({"candidate": self.made.name(&x.path), "reason": x.reason})).collect();
+        let store = self.store.as_ref().map(|m| {
+            json!({"url": m.url, "fetch": self.fetch.name(), "prepare_s": m.prepare_s, "reads": m.reads,
+                   "chunks_from_store": m.fetched.from_store, "chunks_from_cache": m.fetched.from_cache,
+                   "downloaded_bytes": m.fetched.bytes, "failed": m.failed})
+        });
+        json!({"chosen": r.chosen.as_ref().map(|p| self.made.name(p)), "refused": refused, "store": store,
                "downtime_s": s(r.downtime), "select_s": s(r.select), "restore_s": s(r.restore),
                "guest_s": s(r.guest), "standby": self.vmm != Vmm::Spawn, "vmm": r.vmm.name(), "adapter": r.adapter,
                "ram": r.ram(), "signal": r.signal, "refilled_pages": r.refilled_pages, "refill_s": s(r.refill),
@@ -132,10 +158,25 @@ impl Report for Recovered<'_> {
         writeln!(
             w,
             "recovered from {} ({}: {}{caught_up}{}",
-            path.display(),
+            self.made.name(path),
             super::fmt::recovery(r, &refilled),
             r.signal,
             super::fmt::held(r.held)
-        )
+        )?;
+        match &self.store {
+            Some(m) => writeln!(
+                w,
+                "its RAM from the store ({}): shell and mount made in {:.3} s, {} reads served, {} chunks \
+                 fetched ({} bytes), {} from the cache{}",
+                self.fetch.name(),
+                m.prepare_s,
+                m.reads,
+                m.fetched.from_store,
+                m.fetched.bytes,
+                m.fetched.from_cache,
+                m.failed.as_ref().map_or(String::new(), |f| format!("; FAILED: {f}"))
+            ),
+            None => Ok(()),
+        }
     }
 }

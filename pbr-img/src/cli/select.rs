@@ -2,6 +2,7 @@
 //! under a root ([`pbr_format::select::select_files`]) or, without one,
 //! against the seals an agent capture recorded ([`pbr_reboot::select::select`]).
 
+use pbr_reboot::fleet::Fetch;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,9 +49,10 @@ pub struct Args {
 
 /// Runs `select`.
 pub fn run(a: &Args) -> Result<ExitCode> {
-    let images = super::store::local_candidates(&a.images, a.cache.as_ref(), &mut |r| {
+    let images = super::store::local_candidates(&a.images, a.cache.as_ref(), Fetch::Pull, &mut |r| {
         eprintln!("refused {}: {}", r.path.display(), r.reason);
-    })?;
+    })?
+    .paths;
     match &a.root {
         Some(root) => print(&Selected { s: select_files(&images, root, a.strict, a.fast), fast: a.fast }, a.json),
         None => print(&Sealed(pbr_reboot::select::select(&images, a.qemu.as_deref(), a.fast)), a.json),

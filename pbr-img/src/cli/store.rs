@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use pbr_reboot::fleet::{Candidates, Fetch};
 use pbr_store::cache::Cache;
 use pbr_store::{Config, Location, PushOptions, Store};
 use serde_json::json;
@@ -76,36 +77,28 @@ fn open(url: &str, image: bool) -> Result<(Store, Location)> {
 }
 
 /// `candidates` as local files: those in a store (`s3://`) pulled into
-/// `dir` (default: the chunk cache's parent), their chunks cached in
-/// `dir/chunks`; one that cannot be pulled is refused (`refused` hears
-/// why) and the others go on.
+/// `dir` (default: the chunk cache's parent), or mounted, as `fetch` says
+/// ([`pbr_reboot::fleet`]), their chunks cached in `dir/chunks`; one that
+/// cannot be made local is refused (`refused` hears why) and the others
+/// go on.
 ///
 /// # Errors
 /// The cache cannot be made.
 pub fn local_candidates(
     candidates: &[PathBuf],
     dir: Option<&PathBuf>,
+    fetch: Fetch,
     refused: &mut dyn FnMut(&pbr_reboot::Refused),
-) -> Result<Vec<PathBuf>> {
+) -> Result<Candidates> {
     if !candidates.iter().any(|c| c.to_str().is_some_and(pbr_store::is_s3)) {
-        return Ok(candidates.to_vec());
+        return Ok(Candidates::files(candidates));
     }
     let chunks = cache(dir.map(|d| d.join("chunks")).as_ref())?;
     let images = match dir {
         Some(d) => d.join("images"),
         None => chunks.dir().parent().map_or_else(|| chunks.dir().join("images"), |p| p.join("images")),
     };
-    let mut out = Vec::with_capacity(candidates.len());
-    for c in candidates {
-        match c.to_str().filter(|s| pbr_store::is_s3(s)) {
-            None => out.push(c.clone()),
-            Some(url) => match pbr_store::fetch(url, &images, &chunks) {
-                Ok(local) => out.push(local),
-                Err(e) => refused(&pbr_reboot::Refused { path: c.clone(), reason: e.to_string() }),
-            },
-        }
-    }
-    Ok(out)
+    Ok(pbr_reboot::fleet::local(candidates, &images, &chunks, fetch, refused))
 }
 
 /// The chunk cache `dir`, or the default one.

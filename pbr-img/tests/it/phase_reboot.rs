@@ -154,5 +154,5 @@ fn a_guest_of_160_mib_classifies_from_its_padded_kpageflags() {
 
 /// Recovery against `root` with QEMU started the way `vmm` says.
 fn at(root: &std::path::Path, vmm: Vmm) -> RecoverOptions<'_> {
-    RecoverOptions { root: Some(root), qemu: Some("qemu-system-x86_64"), vmm }
+    RecoverOptions { root: Some(root), qemu: Some("qemu-system-x86_64"), vmm, served: &[] }
 }

@@ -79,15 +79,24 @@ pub fn mapped_ram_args(image: &Image, path: &Path) -> Option<Vec<String>> {
         }
         size = size.max(r.source_offset + r.length);
     }
-    let file = std::fs::canonicalize(path).ok()?.display().to_string().replace(',', ",,");
-    Some(vec![
+    Some(ram_backend_args(&std::fs::canonicalize(path).ok()?, base, size))
+}
+
+/// QEMU arguments that back the `pc.ram` block with bytes `offset ..
+/// offset + size` of the file at `path`: a private (copy on write) mapping
+/// of the file opened read-only, which the guest may write (`rom=off`,
+/// QEMU 8.2 and later).
+pub(crate) fn ram_backend_args(path: &Path, offset: u64, size: u64) -> Vec<String> {
+    use pbr_tools::qemu::export::MAIN_RAM;
+    let file = path.display().to_string().replace(',', ",,");
+    vec![
         "-object".into(),
         format!(
-            "memory-backend-file,id={MAIN_RAM},mem-path={file},offset={base},size={size},share=off,readonly=on,rom=off"
+            "memory-backend-file,id={MAIN_RAM},mem-path={file},offset={offset},size={size},share=off,readonly=on,rom=off"
         ),
         "-machine".into(),
         format!("memory-backend={MAIN_RAM}"),
-    ])
+    ]
 }
 
 /// The arguments that map `image`'s RAM from its file at `path`, where

@@ -6,12 +6,14 @@ pub mod args;
 mod prepared;
 pub mod process;
 pub mod qmp;
+mod served;
 mod stderr;
 
 use std::fs::File;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pbr_format::{DeviceBlob, DeviceOrigin, Image, Vcpu};
@@ -21,6 +23,7 @@ pub use args::{mapped_ram_args, qemu_version};
 use prepared::{Prepared, check_mapped};
 use process::{Io, QemuProcess};
 pub use qmp::Qmp;
+pub use served::{ServedRam, served_ram_args};
 
 use crate::error::{Error, Result};
 use crate::{HypervisorAdapter, RegionPlan, Taken};
@@ -76,6 +79,8 @@ pub struct QemuAdapter {
     restored: Restored,
     /// QEMU's standard output goes to a pipe ([`QemuAdapter::pipe_stdout`]).
     stdout_piped: bool,
+    /// The guest's RAM comes from this server ([`QemuAdapter::serve_ram`]).
+    served: Option<Arc<dyn ServedRam>>,
     /// Removes `dir` if the tool is interrupted.
     _interrupt: pbr_tools::cleanup::Registration,
 }
@@ -98,6 +103,7 @@ impl QemuAdapter {
             state: State::Idle,
             restored: Restored::default(),
             stdout_piped: false,
+            served: None,
             _interrupt: interrupt,
         })
     }
@@ -108,6 +114,15 @@ impl QemuAdapter {
     /// orders the console with its own output.
     pub fn pipe_stdout(&mut self) {
         self.stdout_piped = true;
+    }
+
+    /// Makes the restore map the guest's `pc.ram` block from `ram` instead
+    /// of taking it from the image: the image is then a store image's
+    /// shell (metadata `store.ram` = `served`), whose RAM pages are not in
+    /// the file. Only a QEMU started for the restore (8.2 or later) takes
+    /// it; the guest runs once [`ServedRam::settle`] returned.
+    pub fn serve_ram(&mut self, ram: Arc<dyn ServedRam>) {
+        self.served = Some(ram);
     }
 
     /// A standby QEMU: started now with `args`, initialised and listening
@@ -319,12 +334,27 @@ impl QemuAdapter {
                 self.image.display()
             )));
         }
+        if self.served.is_none() && image.metadata_value(pbr_format::keys::STORE_RAM) == Some("served") {
+            return Err(Error::Image(format!(
+                "{} is a store image's shell: its RAM is not in the file, only the store's mount serves it",
+                self.image.display()
+            )));
+        }
         // RAM mapped from a flat image where QEMU can (8.2 and later; QEMU
-        // is asked its version only for a flat image).
-        let start = match self.state {
-            State::Idle => Some(args::mapping_for(&self.qemu, image, &self.image)),
-            State::Listening { .. } => None,
-            State::Holding { .. } | State::Running(_) => {
+        // is asked its version only for a flat image), or from its server.
+        let start = match (&self.state, &self.served) {
+            (State::Idle, None) => Some(args::mapping_for(&self.qemu, image, &self.image)),
+            (State::Idle, Some(ram)) => {
+                if qemu_version(&self.qemu).is_none_or(|v| v < (8, 2)) {
+                    return Err(Error::Served(format!("{} cannot map it (QEMU 8.2 or later can)", self.qemu)));
+                }
+                Some(Some(served_ram_args(ram.as_ref())))
+            }
+            (State::Listening { .. }, None) => None,
+            (State::Listening { .. }, Some(_)) => {
+                return Err(Error::Image("a waiting QEMU cannot map RAM from a store".into()));
+            }
+            (State::Holding { .. } | State::Running(_), _) => {
                 return Err(Error::Image("this QEMU already holds a guest".into()));
             }
         };
@@ -340,9 +370,20 @@ impl QemuAdapter {
         // The pages QEMU maps, unless checked before the failure, are
         // checked while QEMU starts and loads the device state (it waits,
         // paused, for `cont`); the guest runs only once they passed.
+        // A served RAM's pages are checked by its server as they are read;
+        // the guest runs once it settled.
+        let served = self.served.clone();
         let check_now = mapped && preloaded.is_none();
         std::thread::scope(|s| {
-            let check = check_now.then(|| s.spawn(|| check_mapped(image, &path)));
+            let check = check_now.then(|| {
+                s.spawn(move || match &served {
+                    Some(ram) => {
+                        let t = std::time::Instant::now();
+                        ram.settle().map(|()| t.elapsed()).map_err(Error::Served)
+                    }
+                    None => check_mapped(image, &path),
+                })
+            });
             // What was made ready before took no time of this restore; the
             // rest is made ready while QEMU starts.
             let loader = s.spawn(|| match preloaded {
