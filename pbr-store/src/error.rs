@@ -30,6 +30,10 @@ pub enum Error {
     /// name, or it breaks its format (named, with where).
     #[error("damaged: {0}")]
     Damaged(String),
+    /// A read of a mounted image's RAM failed: what the mount found
+    /// (`crate::mount`).
+    #[error("{0}")]
+    Served(String),
     /// An image cannot be stored this way.
     #[error("{0}")]
     Unsupported(String),

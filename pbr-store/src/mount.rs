@@ -337,7 +337,10 @@ impl RamMount {
                 while done < buf.len() {
                     let n = f
                         .read_at(&mut buf[done..], at + done as u64)
-                        .map_err(|e| Error::io(format!("cannot read the RAM file at {:#x}", at + done as u64), e))?;
+                        .map_err(|e| match self.failed() {
+                            Some(why) => Error::Served(why),
+                            None => Error::io(format!("cannot read the RAM file at {:#x}", at + done as u64), e),
+                        })?;
                     if n == 0 {
                         break;
                     }

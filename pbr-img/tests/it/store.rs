@@ -199,7 +199,9 @@ fn a_pull_survives_a_volume_server_stopped_during_it() {
 fn the_distribution_guest_is_recovered_from_the_store_on_a_second_host() {
     let _one = crate::common::distro::ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let store = Store::start();
-    let lab = crate::common::distro::Lab::new(512);
+    // QEMU 10: a stream or lazy restore maps the RAM (8.2 and later).
+    let (qemu, firmware) = crate::common::vm::qemu10();
+    let lab = crate::common::distro::Lab::with_qemu(512, &qemu, &firmware);
     let cmd = pbr_reboot::machine::UserCommand::parse(&lab.argv).unwrap();
     let r = pbr_reboot::points::capture_points(&cmd, &lab.out(), &Default::default(), &mut |_| {}).unwrap();
     let names: Vec<&str> = r.candidates.iter().map(|c| c.phase.as_str()).collect();
@@ -208,19 +210,62 @@ fn the_distribution_guest_is_recovered_from_the_store_on_a_second_host() {
         store.ok(&["push", s(&c.path), &format!("s3://fleet/t/distro-{}", c.phase), "--json"]);
     }
     std::fs::remove_dir_all(lab.out()).unwrap();
+    let (kernel, daemons) = ("s3://fleet/t/distro-kernel", "s3://fleet/t/distro-daemons");
 
-    let host2 = tempfile::tempdir().unwrap();
-    let v = store.ok(&[
-        "recover",
-        "--json",
-        "--qemu",
-        "qemu-system-x86_64",
-        "--cache",
-        s(host2.path()),
-        "s3://fleet/t/distro-kernel",
-        "s3://fleet/t/distro-daemons",
-    ]);
+    // Each way on a host of its own, holding nothing.
+    let recover = |fetch: &str| {
+        let host = tempfile::tempdir().unwrap();
+        let v = store.ok(&["recover", "--json", "--fetch", fetch, "--cache", s(host.path()), kernel, daemons]);
+        (v, host)
+    };
+    let (v, host) = recover("pull");
     let chosen = v["chosen"].as_str().unwrap_or_default();
-    assert!(chosen.starts_with(s(host2.path())) && chosen.ends_with("distro-daemons.pbr"), "{v:#}");
+    assert!(chosen.starts_with(s(host.path())) && chosen.ends_with("distro-daemons.pbr"), "{v:#}");
     assert!(v["refused"].as_array().is_some_and(Vec::is_empty), "{v:#}");
+    assert_eq!(v["store"], serde_json::Value::Null, "{v:#}");
+
+    // Streamed: QEMU maps the RAM from the store's mount, every chunk read
+    // into it before the guest runs; nothing is pulled to a file.
+    let (v, host) = recover("stream");
+    assert_eq!((v["chosen"].as_str(), v["ram"].as_str()), (Some(daemons), Some("mapped")), "{v:#}");
+    assert_eq!(v["store"]["fetch"], "stream", "{v:#}");
+    assert!(v["store"]["chunks_from_store"].as_u64().unwrap() > 100, "{v:#}");
+    assert_eq!(v["store"]["failed"], serde_json::Value::Null, "{v:#}");
+    assert!(!host.path().join("images").exists(), "nothing pulled: {v:#}");
+
+    // A chunk only `daemons` has, damaged in the store: before its guest
+    // runs, the streamed restore refuses it, and `kernel` is restored.
+    let s3 = store.client();
+    let (k, d) = (pbr_store::index(&s3, "distro-kernel").unwrap(), pbr_store::index(&s3, "distro-daemons").unwrap());
+    let own = d.chunks.iter().find(|c| !k.chunks.contains(c)).expect("a chunk only daemons has");
+    let key = pbr_store::chunk::key(&own.hash);
+    let object = s3.get(&key).unwrap().unwrap();
+    s3.put(&key, b"not a chunk".to_vec()).unwrap();
+    let (v, _host) = recover("stream");
+    assert_eq!(v["chosen"].as_str(), Some(kernel), "{v:#}");
+    let refused = v["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{v:#}");
+    assert_eq!(refused[0]["candidate"], daemons, "{v:#}");
+    let why = refused[0]["reason"].as_str().unwrap();
+    assert!(why.contains("its RAM from the store") && why.contains("damaged: chunk"), "{why}");
+    s3.put(&key, object).unwrap();
+
+    // Lazy, with a volume server stopped while the guest runs on pages
+    // fetched as it touches them: the other one serves.
+    let host = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_pbr-img"))
+        .args(["recover", "--json", "--fetch", "lazy", "--cache", s(host.path()), kernel, daemons])
+        .envs(store.env.iter().cloned())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    store.stop_volume(1);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["chosen"].as_str(), v["ram"].as_str()), (Some(daemons), Some("mapped")), "{v:#}");
+    assert_eq!(v["store"]["fetch"], "lazy", "{v:#}");
+    assert!(v["store"]["reads"].as_u64().unwrap() > 0, "{v:#}");
 }
