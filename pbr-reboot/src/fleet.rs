@@ -30,6 +30,15 @@ pub enum Fetch {
 }
 
 impl Fetch {
+    /// The way named `pull`, `stream` or `lazy` (any other name: pull).
+    pub fn parse(name: &str) -> Fetch {
+        match name {
+            "stream" => Fetch::Stream,
+            "lazy" => Fetch::Lazy,
+            _ => Fetch::Pull,
+        }
+    }
+
     /// Its name: `pull`, `stream` or `lazy`.
     pub fn name(self) -> &'static str {
         match self {
@@ -171,4 +180,79 @@ pub fn local(
         }
     }
     out
+}
+
+/// Where a kept VM's candidates go besides its host's directory: images
+/// `VM-PHASE` of a store (`s3://BUCKET[/PREFIX]/VM`), shared with the
+/// other VMs of that store. `run` pushes each candidate it captures there;
+/// a host that holds none of the VM's candidates recovers from them.
+#[derive(Debug)]
+pub struct Remote {
+    store: pbr_store::Store,
+    /// `s3://BUCKET[/PREFIX]`.
+    base: String,
+    /// The VM's name: its images are `VM-PHASE`.
+    vm: String,
+    cache: Cache,
+    images: PathBuf,
+    fetch: Fetch,
+}
+
+impl Remote {
+    /// The candidates of the VM at `url` (`s3://BUCKET[/PREFIX]/VM`), with
+    /// the credentials of the environment; pulled ones go in `images`, the
+    /// chunks through `cache`, and a recovery takes them as `fetch` says.
+    ///
+    /// # Errors
+    /// The address or credentials do not serve.
+    pub fn open(url: &str, cache: Cache, images: PathBuf, fetch: Fetch) -> pbr_store::Result<Remote> {
+        let location = pbr_store::Location::parse(url, true)?;
+        let store = pbr_store::Store::open(&location, &pbr_store::Config::from_env()?)?;
+        let vm = location.name.clone().unwrap_or_default();
+        let base = url.trim_end_matches('/').strip_suffix(vm.as_str()).unwrap_or(url).trim_end_matches('/').to_owned();
+        Ok(Remote { store, base, vm, cache, images, fetch })
+    }
+
+    /// The store address of the VM's candidate of `phase`.
+    pub fn url(&self, phase: &str) -> String {
+        format!("{}/{}-{phase}", self.base, self.vm)
+    }
+
+    /// Pushes `c` as the VM's candidate of its phase.
+    ///
+    /// # Errors
+    /// The image is damaged, the store failed.
+    pub fn push(&self, c: &crate::Candidate) -> pbr_store::Result<pbr_store::PushReport> {
+        let name = format!("{}-{}", self.vm, c.phase);
+        pbr_store::push(&c.path, &self.store, &name, pbr_store::PushOptions::default())
+    }
+
+    /// The store addresses of the VM's candidates.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn candidates(&self) -> pbr_store::Result<Vec<PathBuf>> {
+        Ok(self.names()?.into_iter().map(|n| PathBuf::from(format!("{}/{n}", self.base))).collect())
+    }
+
+    /// Removes the VM's candidates from the store (their chunks stay, for
+    /// `gc`).
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn remove(&self) -> pbr_store::Result<()> {
+        let keys: Vec<String> = self.names()?.iter().map(|n| pbr_store::index_key(n)).collect();
+        self.store.delete_many(&keys)
+    }
+
+    /// The VM's candidates made local, as [`local`] does.
+    pub fn local(&self, refused: &mut dyn FnMut(&Refused)) -> pbr_store::Result<Candidates> {
+        Ok(local(&self.candidates()?, &self.images, &self.cache, self.fetch, refused))
+    }
+
+    /// The names of the VM's images in the store.
+    fn names(&self) -> pbr_store::Result<Vec<String>> {
+        let mine = format!("{}-", self.vm);
+        Ok(pbr_store::list(&self.store)?.into_iter().map(|s| s.name).filter(|n| n.starts_with(&mine)).collect())
+    }
 }

@@ -32,6 +32,7 @@ use crate::backoff::{Failures, wait_unless_stopped};
 use crate::capture::{Candidate, CaptureOptions};
 use crate::control::{Control, Request};
 use crate::error::{Error, Result};
+use crate::fleet::{Candidates, Remote};
 use crate::machine::UserCommand;
 use crate::points::{Booted, Skipped, boot_keeping};
 use crate::recover::{Prepared, RecoverOptions, Running, prepare, recover_prepared, recover_running};
@@ -65,6 +66,10 @@ pub enum Reboot {
 pub struct RunOptions<'a> {
     /// Where candidates are written and recovered from.
     pub candidates: &'a Path,
+    /// A store the candidates are pushed to as well; when `candidates`
+    /// holds none (another host kept the VM before), the VM is recovered
+    /// from the store's.
+    pub store: Option<&'a Remote>,
     /// Where a recovery's QEMU comes from.
     pub vmm: Vmm,
     /// How a panic or a hang is recovered.
@@ -183,6 +188,11 @@ pub enum Event<'a> {
     /// The control socket cannot be made, and why: the VM runs, and cannot
     /// be updated.
     NoControl(&'a str),
+    /// A candidate was pushed to the store: its address, and what the
+    /// push did.
+    Pushed(&'a str, &'a pbr_store::PushReport),
+    /// A candidate could not be pushed to the store, and why.
+    NotPushed(&'a str),
 }
 
 impl Event<'_> {
@@ -241,6 +251,11 @@ impl Event<'_> {
             Event::Checkpointed(Err(e)) => json!({"event": "checkpointed", "error": e}),
             Event::Updated(r) => r.json(),
             Event::NoControl(why) => json!({"event": "no-control", "reason": why}),
+            Event::Pushed(url, r) => {
+                json!({"event": "pushed", "image": url, "chunks": r.chunks, "uploaded": r.uploaded,
+                                            "uploaded_bytes": r.uploaded_bytes, "seconds": r.seconds})
+            }
+            Event::NotPushed(why) => json!({"event": "not-pushed", "reason": why}),
         }
     }
 }
@@ -320,10 +335,15 @@ pub fn run(
         }
     };
     let mut updating: Option<Updating> = None;
-    let mut boot_why = Some(match opts.agent {
-        true => "start".to_owned(),
-        false => "start; the guest runs no agent: no candidates, and every failure is a normal reboot".to_owned(),
-    });
+    let mut boot_why = match opts.agent {
+        // Another host kept the VM: its candidates are in the store.
+        true if from_store(opts) => None,
+        true => Some("start".to_owned()),
+        false => Some("start; the guest runs no agent: no candidates, and every failure is a normal reboot".to_owned()),
+    };
+    // The store candidates the VM was last recovered from (their mounts
+    // serve its RAM while it runs).
+    let mut held: Option<Candidates> = None;
     let mut recovered_at: Option<Instant>;
     // When the latest failure happened, as far as its detection tells.
     let mut failed_at = Instant::now();
@@ -334,6 +354,8 @@ pub fn run(
         let mut vm = match boot_why.take() {
             Some(why) => {
                 drop(ready.take());
+                // The store's mounts of the last recovery go with its VM.
+                drop(held.take());
                 on_event(Event::Booting(&why));
                 let booted = if opts.agent {
                     let restore = updating.as_ref().and_then(Updating::image);
@@ -358,6 +380,9 @@ pub fn run(
                 for c in &b.capture.candidates {
                     on_event(Event::Captured(c));
                 }
+                if let Some(remote) = opts.store {
+                    push(remote, &b.capture.candidates, on_event);
+                }
                 for s in &b.capture.skipped {
                     on_event(Event::Skipped(s));
                 }
@@ -374,7 +399,7 @@ pub fn run(
                             let mut b = b;
                             power_off(&mut b.machine.qemu, opts.power_off);
                             b.machine.quit();
-                            remove_candidates(opts.candidates);
+                            remove_candidates(opts);
                             cmd = u.old.clone();
                             boot_why = Some(why);
                             updating = Some(u);
@@ -395,7 +420,20 @@ pub fn run(
                     Some(p) => recover_prepared(p, None, &mut |r| on_event(Event::Refused(r))),
                     None => {
                         let files = candidate_files(opts.candidates)?;
-                        recover_running(&files, &opts.recover(&cmd), &mut |r| on_event(Event::Refused(r)))
+                        match (files.is_empty(), opts.store) {
+                            (true, Some(remote)) => {
+                                let made = remote
+                                    .local(&mut |r| on_event(Event::Refused(r)))
+                                    .map_err(|e| Error::NoCandidate(format!("the store's candidates: {e}")));
+                                made.and_then(|made| {
+                                    let o = RecoverOptions { served: &made.served, ..opts.recover(&cmd) };
+                                    let r = recover_running(&made.paths, &o, &mut |r| on_event(Event::Refused(r)));
+                                    held = Some(made);
+                                    r
+                                })
+                            }
+                            _ => recover_running(&files, &opts.recover(&cmd), &mut |r| on_event(Event::Refused(r))),
+                        }
                     }
                 };
                 match recovered {
@@ -451,7 +489,7 @@ pub fn run(
                     drop(ready.take());
                     power_off(vm.process()?, opts.power_off);
                     quit(vm);
-                    remove_candidates(opts.candidates);
+                    remove_candidates(opts);
                     boot_why = Some(format!("kernel update to {}", req.update.kernel.display()));
                     let old = std::mem::replace(&mut cmd, new_cmd);
                     updating = Some(Updating { req, started, kept, old, reverted: None });
@@ -559,9 +597,31 @@ fn with_failure_detection(cmd: &UserCommand) -> UserCommand {
 /// Removes the candidates of `dir` (an update's old kernel's, or a given-up
 /// new kernel's: either would restore the other kernel); a file that will
 /// not go is left to refuse.
-fn remove_candidates(dir: &Path) {
-    for c in candidate_files(dir).unwrap_or_default() {
+fn remove_candidates(opts: &RunOptions<'_>) {
+    for c in candidate_files(opts.candidates).unwrap_or_default() {
         let _ = std::fs::remove_file(&c);
+    }
+    if let Some(remote) = opts.store {
+        let _ = remote.remove();
+    }
+}
+
+/// Whether the VM starts from the store's candidates: its host holds
+/// none, and the store does.
+fn from_store(opts: &RunOptions<'_>) -> bool {
+    opts.store.is_some_and(|r| {
+        candidate_files(opts.candidates).is_ok_and(|f| f.is_empty()) && r.candidates().is_ok_and(|c| !c.is_empty())
+    })
+}
+
+/// Pushes the `captured` candidates to the store, each told.
+fn push(remote: &Remote, captured: &[Candidate], on_event: &mut dyn FnMut(Event<'_>)) {
+    for c in captured {
+        let url = remote.url(&c.phase);
+        match remote.push(c) {
+            Ok(r) => on_event(Event::Pushed(&url, &r)),
+            Err(e) => on_event(Event::NotPushed(&format!("{url}: {e}"))),
+        }
     }
 }
 
@@ -762,6 +822,7 @@ mod tests {
     fn opts(agent: bool, on_failure: Reboot, on_reboot: Reboot) -> RunOptions<'static> {
         RunOptions {
             candidates: Path::new("."),
+            store: None,
             vmm: Vmm::Spawn,
             on_failure,
             on_reboot,

@@ -335,12 +335,10 @@ impl RamMount {
                 let Some(&at) = windows.get(i) else { return Ok(()) };
                 let mut done = 0;
                 while done < buf.len() {
-                    let n = f
-                        .read_at(&mut buf[done..], at + done as u64)
-                        .map_err(|e| match self.failed() {
-                            Some(why) => Error::Served(why),
-                            None => Error::io(format!("cannot read the RAM file at {:#x}", at + done as u64), e),
-                        })?;
+                    let n = f.read_at(&mut buf[done..], at + done as u64).map_err(|e| match self.failed() {
+                        Some(why) => Error::Served(why),
+                        None => Error::io(format!("cannot read the RAM file at {:#x}", at + done as u64), e),
+                    })?;
                     if n == 0 {
                         break;
                     }

@@ -69,11 +69,7 @@ pub fn run(a: &Args) -> Result<ExitCode> {
         (true, _) => Vmm::Standby,
         _ => Vmm::Spawn,
     };
-    let fetch = match a.fetch.as_str() {
-        "stream" => Fetch::Stream,
-        "lazy" => Fetch::Lazy,
-        _ => Fetch::Pull,
-    };
+    let fetch = Fetch::parse(&a.fetch);
     // A candidate the store cannot give is told in every mode: it is in
     // no recovery's report.
     let made = super::store::local_candidates(&a.candidates, a.cache.as_ref(), fetch, &mut |r| {

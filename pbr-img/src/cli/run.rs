@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pbr_reboot::Vmm;
+use pbr_reboot::fleet::Fetch;
 use pbr_reboot::machine::UserCommand;
 use pbr_reboot::run::{Event, Failure, Reboot as Policy, RunOptions};
 
@@ -34,9 +35,23 @@ impl Reboot {
 /// The arguments of `run`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Where candidates are written and recovered from.
-    #[arg(long, value_name = "DIR")]
+    /// Where candidates are written and recovered from: a directory, or a
+    /// VM's place in an S3-compatible store, s3://BUCKET[/PREFIX]/VM: its
+    /// candidates are then kept on this host too (beside the chunk
+    /// cache), pushed to the store as images VM-POINT as they are
+    /// captured, and a host that holds none of them recovers the VM from
+    /// the store's at start.
+    #[arg(long, value_name = "DIR|S3_URL")]
     candidates: PathBuf,
+    /// (store candidates) The chunk cache's directory, and where this
+    /// host keeps what it pulls (default: $PBR_CACHE/.., else
+    /// ~/.cache/pbr).
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// (store candidates) How a recovery from the store takes them:
+    /// `pull`, `stream` or `lazy`, as `recover --fetch` says.
+    #[arg(long, value_name = "HOW", default_value = "pull", value_parser = ["pull", "stream", "lazy"])]
+    fetch: String,
     /// A QEMU for the next recovery waits beside the running VM (what the
     /// VM binds on the host, it takes over once the VM is gone).
     #[arg(long)]
@@ -80,8 +95,9 @@ pub struct Args {
 /// Runs the VM until it is asked to stop or powers itself off.
 pub fn run(a: &Args) -> Result<ExitCode> {
     let cmd = UserCommand::parse(&a.command)?;
-    std::fs::create_dir_all(&a.candidates)
-        .map_err(|e| pbr_tools::Error::io(format!("cannot create {}", a.candidates.display()), e))?;
+    let (candidates, store) = super::store::run_candidates(&a.candidates, a.cache.as_ref(), Fetch::parse(&a.fetch))?;
+    std::fs::create_dir_all(&candidates)
+        .map_err(|e| pbr_tools::Error::io(format!("cannot create {}", candidates.display()), e))?;
     let mut log = match &a.log {
         Some(p) => Some(
             std::fs::OpenOptions::new()
@@ -95,7 +111,8 @@ pub fn run(a: &Args) -> Result<ExitCode> {
     let seconds =
         |s: f64| Duration::try_from_secs_f64(s).map_err(|e| super::error::Error::Usage(format!("{s} s: {e}")));
     let opts = RunOptions {
-        candidates: &a.candidates,
+        candidates: &candidates,
+        store: store.as_ref(),
         vmm: match (a.standby, a.prestaged) {
             (_, true) => Vmm::Prestaged,
             (true, _) => Vmm::Standby,
@@ -170,6 +187,11 @@ fn line(e: &Event<'_>) -> String {
             }
         }
         Event::NoControl(why) => format!("no control socket ({why}): the VM runs, and cannot be updated"),
+        Event::Pushed(url, r) => format!(
+            "pushed {url}: {} chunks, {} new ({} bytes) in {:.2} s",
+            r.chunks, r.uploaded, r.uploaded_bytes, r.seconds
+        ),
+        Event::NotPushed(why) => format!("not pushed: {why}"),
     }
 }
 

@@ -3,11 +3,11 @@
 //! shared across images. Credentials and the endpoint come from the
 //! environment or the profile file, as other S3 clients take them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use pbr_reboot::fleet::{Candidates, Fetch};
+use pbr_reboot::fleet::{Candidates, Fetch, Remote};
 use pbr_store::cache::Cache;
 use pbr_store::{Config, Location, PushOptions, Store};
 use serde_json::json;
@@ -93,12 +93,60 @@ pub fn local_candidates(
     if !candidates.iter().any(|c| c.to_str().is_some_and(pbr_store::is_s3)) {
         return Ok(Candidates::files(candidates));
     }
+    let (chunks, root) = places(dir)?;
+    Ok(pbr_reboot::fleet::local(candidates, &root.join("images"), &chunks, fetch, refused))
+}
+
+/// The chunk cache under `dir` (`dir/chunks`; default: the default cache)
+/// and the directory beside it, where pulled images (`images`) and the
+/// candidates of VMs kept from a store (`runs`) go.
+///
+/// # Errors
+/// The cache cannot be made.
+fn places(dir: Option<&PathBuf>) -> Result<(Cache, PathBuf)> {
     let chunks = cache(dir.map(|d| d.join("chunks")).as_ref())?;
-    let images = match dir {
-        Some(d) => d.join("images"),
-        None => chunks.dir().parent().map_or_else(|| chunks.dir().join("images"), |p| p.join("images")),
+    let root = match dir {
+        Some(d) => d.clone(),
+        None => chunks.dir().parent().map_or_else(|| chunks.dir().to_path_buf(), Path::to_path_buf),
     };
-    Ok(pbr_reboot::fleet::local(candidates, &images, &chunks, fetch, refused))
+    Ok((chunks, root))
+}
+
+/// Where `run` keeps, on this host, the candidates of the VM whose
+/// candidates are `candidates`: that directory itself, or for a store's
+/// (`s3://BUCKET[/PREFIX]/VM`) `runs/BUCKET/PREFIX/VM` beside the cache
+/// (`dir`, as [`local_candidates`] takes it).
+///
+/// # Errors
+/// The cache cannot be made, the address does not parse.
+pub fn run_dir(candidates: &Path, dir: Option<&PathBuf>) -> Result<PathBuf> {
+    let Some(url) = candidates.to_str().filter(|s| pbr_store::is_s3(s)) else {
+        return Ok(candidates.to_path_buf());
+    };
+    let (_, root) = places(dir)?;
+    let location = Location::parse(url, true)?;
+    let mut local = root.join("runs").join(&location.bucket);
+    if !location.prefix.is_empty() {
+        local = local.join(&location.prefix);
+    }
+    Ok(local.join(location.name.as_deref().unwrap_or_default()))
+}
+
+/// [`run_dir`], and for a store's candidates the store they are pushed to
+/// and recovered from (taken as `fetch` says).
+///
+/// # Errors
+/// As [`run_dir`], and an address or credentials that do not serve.
+pub fn run_candidates(candidates: &Path, dir: Option<&PathBuf>, fetch: Fetch) -> Result<(PathBuf, Option<Remote>)> {
+    let local = run_dir(candidates, dir)?;
+    let remote = match candidates.to_str().filter(|s| pbr_store::is_s3(s)) {
+        Some(url) => {
+            let (chunks, root) = places(dir)?;
+            Some(Remote::open(url, chunks, root.join("images"), fetch)?)
+        }
+        None => None,
+    };
+    Ok((local, remote))
 }
 
 /// The chunk cache `dir`, or the default one.

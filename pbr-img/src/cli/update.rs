@@ -14,9 +14,13 @@ use super::error::{Error, Result};
 /// The arguments of `update`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The candidates' directory of the `pbr-img run` keeping the VM.
-    #[arg(long, value_name = "DIR")]
+    /// The candidates of the `pbr-img run` keeping the VM, as it was
+    /// given them: a directory, or s3://BUCKET[/PREFIX]/VM.
+    #[arg(long, value_name = "DIR|S3_URL")]
     candidates: PathBuf,
+    /// (store candidates) The chunk cache's directory `run` was given.
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
     /// The new kernel (it replaces the command line's -kernel).
     #[arg(long, value_name = "FILE")]
     kernel: PathBuf,
@@ -46,7 +50,8 @@ pub fn run(a: &Args) -> Result<ExitCode> {
     };
     // The request is checked here as the supervisor checks it.
     let update = Update::from_json(&update.to_json())?;
-    let report = pbr_reboot::control::request_update(&a.candidates, &update, &mut |v| {
+    let dir = super::store::run_dir(&a.candidates, a.cache.as_ref())?;
+    let report = pbr_reboot::control::request_update(&dir, &update, &mut |v| {
         if v["event"] == "checkpointed" {
             eprintln!("update: {}", checkpointed(v));
         }

@@ -269,3 +269,53 @@ fn the_distribution_guest_is_recovered_from_the_store_on_a_second_host() {
     assert_eq!(v["store"]["fetch"], "lazy", "{v:#}");
     assert!(v["store"]["reads"].as_u64().unwrap() > 0, "{v:#}");
 }
+
+/// `run` with its candidates in the store: on host A it pushes each
+/// candidate as it is captured; host A dies (its QEMU stopped at once).
+/// Host B, its own cache and no candidate of its own, starts the same VM
+/// from the store's latest candidate instead of booting it: the service
+/// answers, with the file written before host A died.
+#[test]
+fn run_keeps_its_candidates_in_the_store_and_another_host_starts_from_them() {
+    use crate::run::{Run, events, wait_for};
+    let _one = crate::common::distro::ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let store = Store::start();
+    let lab = crate::common::distro::Lab::new(512);
+    let start = |host: &Path| {
+        let log = host.join("run.jsonl");
+        // Where `Run::stop` reads it.
+        let err = std::fs::File::create(lab.dir.path().join("run.err")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pbr-img"))
+            .args(["run", "--candidates", "s3://fleet/t/vm1", "--cache", s(host), "--log", s(&log), "--"])
+            .args(&lab.argv)
+            .envs(store.env.iter().cloned())
+            .stdin(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        (Run(child), log)
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut run, log) = start(a.path());
+    wait_for(&log, "pushed", 2, std::time::Duration::from_secs(900), &mut run.0);
+    let pushed: Vec<String> = events(&log)
+        .iter()
+        .filter(|e| e["event"] == "pushed")
+        .map(|e| e["image"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(pushed, ["s3://fleet/t/vm1-kernel", "s3://fleet/t/vm1-daemons"]);
+    let (_, status) = lab.shell("date > /srv/data/on-host-a && sync");
+    assert_eq!(status, 0);
+    // Host A dies: `run` stops its QEMU at once (a second SIGTERM).
+    drop(run);
+
+    let (mut run, log) = start(b.path());
+    wait_for(&log, "recovered", 1, std::time::Duration::from_secs(300), &mut run.0);
+    let all = events(&log);
+    assert!(all.iter().all(|e| e["event"] != "booting"), "started from the store, not booted: {all:#?}");
+    assert_eq!(lab.get().1, "served from the data disk\n");
+    let (_, status) = lab.shell("test -s /srv/data/on-host-a");
+    assert_eq!(status, 0, "the file written on host A is there");
+    run.stop(&lab, &log);
+    lab.fsck_clean();
+}
