@@ -5,6 +5,7 @@
 //! the guest touches it.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pbr_replay::qemu::ServedRam;
@@ -56,8 +57,11 @@ struct StoreRam {
     url: String,
     lazy: Arc<Lazy>,
     fetch: Fetch,
-    /// Why the background fetch failed, once it did.
+    /// Why the background fill failed, once it did.
     background: Arc<Mutex<Option<String>>>,
+    /// Stops a fill; the background one, joined before the mount goes.
+    stop: Arc<AtomicBool>,
+    filler: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl ServedRam for StoreRam {
@@ -72,15 +76,29 @@ impl ServedRam for StoreRam {
     fn settle(&self) -> Result<(), String> {
         match self.fetch {
             Fetch::Lazy => {
-                let (lazy, failed) = (self.lazy.clone(), self.background.clone());
-                std::thread::spawn(move || {
-                    if let Err(e) = lazy.ram.fill() {
+                let (lazy, failed, stop) = (self.lazy.clone(), self.background.clone(), self.stop.clone());
+                let filler = std::thread::spawn(move || {
+                    if let Err(e) = lazy.ram.fill(&stop) {
                         *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
                     }
                 });
+                *self.filler.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(filler);
                 Ok(())
             }
-            Fetch::Stream | Fetch::Pull => self.lazy.ram.fill().map_err(|e| e.to_string()),
+            Fetch::Stream | Fetch::Pull => self.lazy.ram.fill(&self.stop).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn cancel(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for StoreRam {
+    fn drop(&mut self) {
+        self.cancel();
+        if let Some(t) = self.filler.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            let _ = t.join();
         }
     }
 }
@@ -171,7 +189,14 @@ pub fn local(
             Ok((path, None)) => out.paths.push(path),
             Ok((path, Some(lazy))) => {
                 let background = Arc::new(Mutex::new(None));
-                let ram = Arc::new(StoreRam { url: url.to_owned(), lazy, fetch, background });
+                let ram = Arc::new(StoreRam {
+                    url: url.to_owned(),
+                    lazy,
+                    fetch,
+                    background,
+                    stop: Arc::new(AtomicBool::new(false)),
+                    filler: Mutex::new(None),
+                });
                 out.served.push((path.clone(), ram.clone()));
                 out.mounts.push(ram);
                 out.paths.push(path);

@@ -159,6 +159,11 @@ pub fn plan(image: &Image) -> Result<Vec<RegionPlan>> {
 pub fn replay(image: &Image, file: &File, adapter: &mut dyn HypervisorAdapter) -> Result<ReplayReport> {
     let mut report = ReplayReport::default();
     let name = adapter.name();
+    // A store image's shell holds no RAM: only QEMU, mapping it from the
+    // store's mount, restores it (and refuses it without one).
+    if name != "qemu" && image.metadata_value(pbr_format::keys::STORE_RAM) == Some("served") {
+        return Err(Error::Image("a store image's shell holds no guest RAM: restore it from the store".into()));
+    }
     for p in plan(image)? {
         report.mapped_bytes += p.mapped.iter().map(|m| m.len).sum::<u64>();
         report.copied_pages += p.copied.len() as u64;

@@ -32,6 +32,9 @@ pub struct Lazy {
     /// block, the mount).
     pub seconds: f64,
     _work: tempfile::TempDir,
+    /// Removes the work directory if the tool is interrupted (the mount
+    /// is detached first).
+    _interrupt: pbr_tools::cleanup::Registration,
 }
 
 /// The image at `url` (`s3://BUCKET[/PREFIX]/NAME`) made ready to restore
@@ -48,7 +51,14 @@ pub fn open(url: &str, cache: &Cache) -> Result<Lazy> {
     let name = location.name.clone().unwrap_or_default();
     let index = index(&store, &name)?;
     let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;
+    let interrupt = pbr_tools::cleanup::remove_on_interrupt(work.path());
     let skeleton = open_skeleton(&index, work.path(), &location.image(&name))?;
+    if skeleton.metadata_value(keys::SOURCE_FORMAT) == Some("vmm") {
+        return Err(Error::Unsupported(format!(
+            "{} is the project's own VMM's image: only a QEMU guest's is restored from the store as it runs",
+            location.image(&name)
+        )));
+    }
     let map = PageMap::new(&index)?;
     let reader = ChunkReader::new(store, cache.clone(), &index);
     let ps = skeleton.page_size();
@@ -61,25 +71,37 @@ pub fn open(url: &str, cache: &Cache) -> Result<Lazy> {
     let shell = work.path().join(format!("{}.pbr", name.rsplit('/').next().unwrap_or("image")));
     let mut w = rewrite::derived(&skeleton, &shell, rewrite::options(&skeleton, PageEncoding::Zero))?;
     w.set_metadata(keys::STORE_RAM, "served")?;
+    // The pages outside the RAM block, their chunks fetched at once.
+    let outside: Vec<(u64, pbr_format::PageClass, usize, u32)> = index
+        .runs
+        .iter()
+        .filter(|r| r.kind == RunKind::Data)
+        .flat_map(|r| (r.gfn..r.gfn + u64::from(r.count)).map(move |g| (g, r.class)))
+        .filter(|&(g, _)| !in_ram.iter().any(|&(a, b)| (a..b).contains(&g)))
+        .map(|(g, class)| match map.locate(g) {
+            Page::Data { chunk, at } => Ok((g, class, chunk, at)),
+            Page::Zero => Err(Error::Damaged(format!("index: frame {g:#x} of a data run is in no chunk"))),
+        })
+        .collect::<Result<_>>()?;
+    let mut wanted: Vec<usize> = outside.iter().map(|&(_, _, c, _)| c).collect();
+    wanted.dedup();
+    let chunks = reader.pages(&wanted)?;
     let size = ps as usize;
+    let mut pages = outside.iter().peekable();
     for run in &index.runs {
         match run.kind {
             RunKind::Zero => w.mark_pages(run.gfn, u64::from(run.count), PageEncoding::Zero, run.class)?,
             RunKind::Trimmed => w.mark_pages(run.gfn, u64::from(run.count), PageEncoding::Trimmed, run.class)?,
             RunKind::Data => {
-                for gfn in run.gfn..run.gfn + u64::from(run.count) {
-                    if in_ram.iter().any(|&(a, b)| (a..b).contains(&gfn)) {
-                        continue;
-                    }
-                    let Page::Data { chunk, at } = map.locate(gfn) else {
-                        return Err(Error::Damaged(format!("index: frame {gfn:#x} of a data run is in no chunk")));
-                    };
-                    let pages = reader.pages(&[chunk])?;
+                let end = run.gfn + u64::from(run.count);
+                while let Some(&&(gfn, class, chunk, at)) = pages.peek().filter(|p| p.0 < end) {
+                    pages.next();
+                    let c = wanted.iter().position(|&w| w == chunk).map(|i| &chunks[i]);
                     let from = at as usize * size;
-                    let page = pages[0]
-                        .get(from..from + size)
+                    let page = c
+                        .and_then(|c| c.get(from..from + size))
                         .ok_or_else(|| Error::Damaged(format!("index: chunk {chunk} holds no page {at}")))?;
-                    w.write_page(gfn, page, run.class)?;
+                    w.write_page(gfn, page, class)?;
                 }
             }
         }
@@ -88,5 +110,5 @@ pub fn open(url: &str, cache: &Cache) -> Result<Lazy> {
     let dir = work.path().join("ram");
     std::fs::create_dir(&dir).map_err(|e| Error::io("cannot create the mount point", e))?;
     let ram = RamMount::mount(&skeleton, map, reader, &dir)?;
-    Ok(Lazy { ram, shell, seconds: t.elapsed().as_secs_f64(), _work: work })
+    Ok(Lazy { ram, shell, seconds: t.elapsed().as_secs_f64(), _work: work, _interrupt: interrupt })
 }

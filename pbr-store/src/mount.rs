@@ -241,6 +241,8 @@ pub struct RamMount {
     served: Arc<Served>,
     path: PathBuf,
     session: Option<fuser::BackgroundSession>,
+    /// Detaches the mount if the tool is interrupted.
+    _interrupt: pbr_tools::cleanup::Registration,
 }
 
 impl std::fmt::Debug for RamMount {
@@ -259,14 +261,26 @@ impl RamMount {
     /// restored this way), or the mount failed.
     pub fn mount(skeleton: &Image, map: PageMap, reader: ChunkReader, dir: &Path) -> Result<RamMount> {
         let ps = u64::from(skeleton.page_size());
-        let ram: Vec<(u64, u64, u64)> = skeleton
+        let mut ram: Vec<(u64, u64, u64)> = skeleton
             .regions()
             .iter()
             .filter(|r| r.name == MAIN_RAM)
             .map(|r| (r.source_offset, r.length, r.first_gfn(skeleton.page_size())))
             .collect();
-        let size = ram.iter().map(|&(src, len, _)| src.saturating_add(len)).max().unwrap_or(0);
-        if size == 0 || size % ps != 0 {
+        // The regions must cover the block from 0, page-aligned, without
+        // holes or overlaps: the file's bytes are theirs, one to one.
+        ram.sort_unstable();
+        let mut size = 0u64;
+        for &(src, len, _) in &ram {
+            if src != size || len % ps != 0 {
+                return Err(Error::Damaged(format!(
+                    "the image's {MAIN_RAM} regions do not cover its block one after the other from 0 (one at \
+                     {src:#x}, {len:#x} bytes)"
+                )));
+            }
+            size = src.checked_add(len).ok_or_else(|| Error::Damaged(format!("{MAIN_RAM} ends past 2^64")))?;
+        }
+        if size == 0 {
             return Err(Error::Unsupported(format!(
                 "the image has no {MAIN_RAM} block to map: only a QEMU guest's image is restored from the store as it runs"
             )));
@@ -286,7 +300,8 @@ impl RamMount {
         config.n_threads = Some(4);
         let session = fuser::spawn_mount(RamFs(served.clone()), dir, &config)
             .map_err(|e| Error::io(format!("cannot mount the store's RAM file on {}", dir.display()), e))?;
-        Ok(RamMount { served, path: dir.join(RAM_FILE), session: Some(session) })
+        let interrupt = pbr_tools::cleanup::unmount_on_interrupt(dir);
+        Ok(RamMount { served, path: dir.join(RAM_FILE), session: Some(session), _interrupt: interrupt })
     }
 
     /// The RAM file.
@@ -321,16 +336,18 @@ impl RamMount {
     /// kernel then holds every page QEMU maps, each fetched and checked
     /// once, and the chunk cache every chunk.
     ///
+    /// Stops early, with no error, once `stop` is set.
+    ///
     /// # Errors
     /// A read failed (a chunk is missing or damaged, the store failed).
-    pub fn fill(&self) -> Result<()> {
+    pub fn fill(&self, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let windows = self.served.urgent_windows();
         let f = std::fs::File::open(&self.path).map_err(|e| Error::io("cannot open the RAM file", e))?;
         let next = AtomicU64::new(0);
         let fill = || -> Result<()> {
             let mut buf = vec![0u8; WINDOW as usize];
-            loop {
+            while !stop.load(Ordering::Relaxed) {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 let Some(&at) = windows.get(i) else { return Ok(()) };
                 let mut done = 0;
@@ -345,6 +362,7 @@ impl RamMount {
                     done += n;
                 }
             }
+            Ok(())
         };
         std::thread::scope(|s| {
             let others: Vec<_> = (1..FILLERS).map(|_| s.spawn(fill)).collect();

@@ -97,9 +97,22 @@ impl PageMap {
     }
 }
 
-/// How many decoded chunks a reader keeps (at most 16 MiB each; about
-/// 64 KiB at the default chunk size).
-const KEPT: usize = 64;
+/// Bytes of decoded chunks a reader keeps, the latest ones.
+const KEPT_BYTES: usize = 64 << 20;
+
+/// Chunks a caller fetches, in flight until it is dropped: then the
+/// callers waiting for them are woken.
+struct Claim<'a>(Vec<usize>, &'a ChunkReader);
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self.1.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for i in &self.0 {
+            inflight.remove(i);
+        }
+        self.1.landed.notify_all();
+    }
+}
 
 /// What a [`ChunkReader`] has done.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -138,7 +151,7 @@ impl ChunkReader {
             cache,
             chunks: index.chunks.clone(),
             page_size: index.page_size,
-            recent: Mutex::new(VecDeque::with_capacity(KEPT)),
+            recent: Mutex::new(VecDeque::new()),
             inflight: Mutex::new(HashSet::new()),
             landed: Condvar::new(),
             from_store: AtomicU64::new(0),
@@ -156,16 +169,6 @@ impl ChunkReader {
         }
     }
 
-    /// The number of chunks.
-    pub fn len(&self) -> usize {
-        self.chunks.len()
-    }
-
-    /// Whether there is no chunk.
-    pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
     /// The pages of chunks `wanted` (places in the index), in that order:
     /// the ones neither kept nor cached fetched from the store at once. A
     /// chunk another caller is fetching is waited for, not fetched twice.
@@ -174,15 +177,17 @@ impl ChunkReader {
     /// A chunk is missing or damaged, the store failed.
     pub fn pages(&self, wanted: &[usize]) -> Result<Vec<Arc<Vec<u8>>>> {
         let mut out: Vec<Option<Arc<Vec<u8>>>> = vec![None; wanted.len()];
-        // At most twice: a chunk whose fetcher failed is fetched here.
-        for _ in 0..2 {
+        // A chunk whose fetcher failed is fetched here, in a later round.
+        for _ in 0..3 {
             let missing = self.fill_known(wanted, &mut out)?;
             if missing.is_empty() {
                 break;
             }
             let (mine, theirs) = self.claim(&missing);
-            let fetched = self.fetch(&mine);
-            self.release(&mine);
+            let fetched = self.fetch(&mine.0);
+            // Released (and the waiters woken) whatever the fetch did, a
+            // panic included.
+            drop(mine);
             for (i, pages) in fetched? {
                 for (slot, _) in out.iter_mut().zip(wanted).filter(|&(_, &w)| w == i) {
                     *slot = Some(pages.clone());
@@ -215,20 +220,12 @@ impl ChunkReader {
         Ok(missing)
     }
 
-    /// Of `missing`, the chunks this caller is to fetch (now marked in
-    /// flight) and those another caller is fetching.
-    fn claim(&self, missing: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    /// Of `missing`, the chunks this caller is to fetch (marked in flight
+    /// until the claim is dropped) and those another caller is fetching.
+    fn claim(&self, missing: &[usize]) -> (Claim<'_>, Vec<usize>) {
         let mut inflight = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        missing.iter().partition(|&&i| inflight.insert(i))
-    }
-
-    /// Marks `mine` fetched (or failed) and wakes the callers waiting.
-    fn release(&self, mine: &[usize]) {
-        let mut inflight = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for i in mine {
-            inflight.remove(i);
-        }
-        self.landed.notify_all();
+        let (mine, theirs) = missing.iter().partition(|&&i| inflight.insert(i));
+        (Claim(mine, self), theirs)
     }
 
     /// Waits until none of `theirs` is in flight.
@@ -248,7 +245,9 @@ impl ChunkReader {
             let object = object.ok_or_else(|| Error::Missing(format!("chunk {key}")))?;
             let c = &self.chunks[i];
             let pages = chunk::decode(&object, c, self.page_size)?;
-            self.cache.put(c, &object)?;
+            // The pages are checked: a cache that cannot keep them (a full
+            // disk) only costs a later fetch.
+            let _ = self.cache.put(c, &object);
             self.from_store.fetch_add(1, Ordering::Relaxed);
             self.bytes.fetch_add(object.len() as u64, Ordering::Relaxed);
             out.push((i, self.keep(i, pages)));
@@ -268,7 +267,7 @@ impl ChunkReader {
     fn keep(&self, i: usize, pages: Vec<u8>) -> Arc<Vec<u8>> {
         let pages = Arc::new(pages);
         let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if recent.len() == KEPT {
+        while !recent.is_empty() && recent.iter().map(|(_, p)| p.len()).sum::<usize>() + pages.len() > KEPT_BYTES {
             recent.pop_front();
         }
         recent.push_back((i, pages.clone()));

@@ -25,6 +25,8 @@ struct State {
     temp_dirs: Vec<(u64, PathBuf)>,
     paths: Vec<(u64, PathBuf)>,
     children: Vec<(u64, u32)>,
+    /// Mount points, detached before the paths are removed.
+    mounts: Vec<(u64, PathBuf)>,
     /// Outputs, with the device and inode their path had when registered.
     outputs: Vec<(u64, PathBuf, Option<Identity>)>,
 }
@@ -32,8 +34,14 @@ struct State {
 /// The device and inode of a directory entry.
 type Identity = (u64, u64);
 
-static STATE: Mutex<State> =
-    Mutex::new(State { next: 0, temp_dirs: Vec::new(), paths: Vec::new(), children: Vec::new(), outputs: Vec::new() });
+static STATE: Mutex<State> = Mutex::new(State {
+    next: 0,
+    temp_dirs: Vec::new(),
+    paths: Vec::new(),
+    children: Vec::new(),
+    mounts: Vec::new(),
+    outputs: Vec::new(),
+});
 
 fn state() -> std::sync::MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -50,6 +58,7 @@ impl Drop for Registration {
         s.temp_dirs.retain(|e| e.0 != self.0);
         s.paths.retain(|e| e.0 != self.0);
         s.children.retain(|e| e.0 != self.0);
+        s.mounts.retain(|e| e.0 != self.0);
         s.outputs.retain(|e| e.0 != self.0);
     }
 }
@@ -137,13 +146,21 @@ pub fn stop_on_interrupt(pid: u32) -> Registration {
     register(|s, id| s.children.push((id, pid)))
 }
 
-/// Stops the registered children and removes the registered files now.
+/// On interrupt, once the children are stopped, detaches the file system
+/// mounted on `path` (a lazy unmount: what still uses it lets go first).
+pub fn unmount_on_interrupt(path: &Path) -> Registration {
+    let path = path.to_path_buf();
+    register(|s, id| s.mounts.push((id, path)))
+}
+
+/// Stops the registered children, detaches the registered mounts and
+/// removes the registered files now.
 pub fn clean_up() {
-    let (children, paths, dirs) = {
+    let (children, mounts, paths, dirs) = {
         let s = state();
         let ids = |v: &Vec<(u64, u32)>| v.iter().map(|e| e.1).collect::<Vec<_>>();
         let paths = |v: &Vec<(u64, PathBuf)>| v.iter().map(|e| e.1.clone()).collect::<Vec<_>>();
-        (ids(&s.children), paths(&s.paths), paths(&s.temp_dirs))
+        (ids(&s.children), paths(&s.mounts), paths(&s.paths), paths(&s.temp_dirs))
     };
     for &pid in &children {
         signal(pid, libc::SIGTERM);
@@ -157,6 +174,9 @@ pub fn clean_up() {
             signal(pid, libc::SIGKILL);
         }
     }
+    for m in mounts {
+        detach(&m);
+    }
     for p in paths {
         let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
     }
@@ -169,6 +189,18 @@ pub fn clean_up() {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
+    }
+}
+
+/// Detaches the file system mounted on `path` (`umount2`, `MNT_DETACH`).
+#[allow(unsafe_code)]
+fn detach(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return };
+    // SAFETY: `c` is a NUL-terminated path that outlives the call; umount2
+    // reads it and changes no memory of this process.
+    unsafe {
+        libc::umount2(c.as_ptr(), libc::MNT_DETACH);
     }
 }
 

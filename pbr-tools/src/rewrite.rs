@@ -24,8 +24,14 @@ pub fn options(src: &Image, unwritten: PageEncoding) -> WriterOptions {
 /// copied.
 ///
 /// # Errors
-/// As [`ImageWriter::create`] and [`copy_state`].
+/// As [`ImageWriter::create`] and [`copy_state`]; a store image's shell
+/// (its RAM is not in the file: nothing is derived from it).
 pub fn derived(src: &Image, dest: &Path, opts: WriterOptions) -> Result<ImageWriter> {
+    if src.metadata_value(pbr_format::keys::STORE_RAM) == Some("served") {
+        return Err(crate::Error::Usage(
+            "a store image's shell holds no guest RAM: pull the image from the store".into(),
+        ));
+    }
     let mut w = ImageWriter::create(dest, src.regions(), opts)?;
     copy_state(src, &mut w)?;
     Ok(w)

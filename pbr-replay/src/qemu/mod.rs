@@ -390,14 +390,27 @@ impl QemuAdapter {
                 Some(p) => Ok(p.beforehand()),
                 None => Prepared::load(image, mapped),
             });
+            let served = self.served.clone();
+            // A failure here makes what the RAM's server still fetches of
+            // no use.
+            let cancel = |e: Error| {
+                if let Some(ram) = &served {
+                    ram.cancel();
+                }
+                e
+            };
             if let Some(extra) = &start {
                 // QEMU's standard input is the caller's: a console there
                 // works.
-                self.listen(Stdio::inherit(), extra.as_deref().unwrap_or_default(), None)?;
+                self.listen(Stdio::inherit(), extra.as_deref().unwrap_or_default(), None).map_err(cancel)?;
             }
-            let prepared = loader.join().map_err(|_| Error::Thread("the stream's preparation panicked".into()))??;
+            let prepared = loader
+                .join()
+                .map_err(|_| Error::Thread("the stream's preparation panicked".into()))
+                .and_then(|p| p)
+                .map_err(cancel)?;
             self.restored = Restored { mapped, refilled: (0, prepared.refill_time), checked: Duration::ZERO };
-            self.load_stream(image, prepared)?;
+            self.load_stream(image, prepared).map_err(cancel)?;
             if let Some(check) = check {
                 self.restored.checked = check.join().map_err(|_| Error::Thread("the page check panicked".into()))??;
             }

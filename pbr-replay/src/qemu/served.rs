@@ -22,6 +22,10 @@ pub trait ServedRam: Send + Sync + std::fmt::Debug {
     /// Why the guest must not run on this RAM (a damaged or missing
     /// page): the candidate is refused.
     fn settle(&self) -> Result<(), String>;
+
+    /// The restore failed: whatever [`ServedRam::settle`] still fetches
+    /// is of no use.
+    fn cancel(&self);
 }
 
 /// QEMU arguments that back the `pc.ram` block with `ram`: a private
