@@ -3,12 +3,13 @@
 # started by scripts/store): N VMs of the busybox guest captured and
 # pushed; the store's size against one VM's candidates, push and pull
 # throughput against the same client's plain upload and download, and a
-# restore from the store on a host that holds nothing against a local one.
+# restore from the store on a host that holds nothing (pulled, streamed,
+# lazy) against a local one, all with QEMU 10 (scripts/fetch-qemu10).
 #
 #   bench/fleet.sh [--vms N] [--chunk-pages P] [--runs R] [--json FILE]
 #
 # The last line reads "fleet: N VMs stored in A MiB vs 1 VM B MiB, lazy
-# restore ... vs local Y s". (bench/fleet.py does the work; see its text.)
+# restore X s vs local Y s". (bench/fleet.py does the work; see its text.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra=()
@@ -20,9 +21,10 @@ while [ $# -gt 0 ]; do
 done
 PATH="$(scripts/fetch-qemu72):$PATH"
 export PATH
+qemu10="$(scripts/fetch-qemu10)"
 cargo build --release -q -p pbr-img
 cargo build --release -q -p pbr-store --example plain
 target="$(scripts/target-dir)"
 read -r kernel initrd < <(scripts/fetch-guest)
 exec python3 bench/fleet.py --pbr "$target/release/pbr-img" --plain "$target/release/examples/plain" \
-    --kernel "$kernel" --initrd "$initrd" --root "$target/guest/root" "${extra[@]}"
+    --kernel "$kernel" --initrd "$initrd" --root "$target/guest/root" --qemu "$qemu10" "${extra[@]}"
