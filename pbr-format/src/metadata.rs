@@ -348,6 +348,7 @@ pub mod keys {
         PBR_QEMU,
         PBR_FILES_READ,
         LAYOUT,
+        STORE_RAM,
         LIBVIRT_SAVE_VERSION,
         LIBVIRT_WAS_RUNNING,
         LIBVIRT_COMPRESSED,

@@ -5,8 +5,8 @@
 //! the guest touches it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pbr_replay::qemu::ServedRam;
 use pbr_store::cache::Cache;
@@ -50,7 +50,8 @@ impl Fetch {
     }
 }
 
-/// A store image's RAM, mounted: what a restore maps.
+/// A store image's RAM, mounted: what a restore maps. Dropped (its guest
+/// gone), the mount stops serving and goes.
 #[derive(Debug)]
 struct StoreRam {
     /// The image's store address.
@@ -59,10 +60,14 @@ struct StoreRam {
     fetch: Fetch,
     /// Why the background fill failed, once it did.
     background: Arc<Mutex<Option<String>>>,
-    /// Stops a fill; the background one, joined before the mount goes.
-    stop: Arc<AtomicBool>,
+    /// The background fill (lazy).
     filler: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
+
+/// How long a dropped mount waits for its background fill to end (it ends
+/// at its next read): the fill holds the mount, which unmounts as the last
+/// holder lets it go.
+const FILLER_GRACE: Duration = Duration::from_secs(2);
 
 impl ServedRam for StoreRam {
     fn path(&self) -> &Path {
@@ -76,21 +81,24 @@ impl ServedRam for StoreRam {
     fn settle(&self) -> Result<(), String> {
         match self.fetch {
             Fetch::Lazy => {
-                let (lazy, failed, stop) = (self.lazy.clone(), self.background.clone(), self.stop.clone());
-                let filler = std::thread::spawn(move || {
-                    if let Err(e) = lazy.ram.fill(&stop) {
+                let mut filler = self.filler.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if filler.is_some() {
+                    return Err("this mount's guest was restored before".into());
+                }
+                let (lazy, failed) = (self.lazy.clone(), self.background.clone());
+                *filler = Some(std::thread::spawn(move || {
+                    if let Err(e) = lazy.ram.fill() {
                         *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
                     }
-                });
-                *self.filler.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(filler);
+                }));
                 Ok(())
             }
-            Fetch::Stream | Fetch::Pull => self.lazy.ram.fill(&self.stop).map_err(|e| e.to_string()),
+            Fetch::Stream | Fetch::Pull => self.lazy.ram.fill().map_err(|e| e.to_string()),
         }
     }
 
     fn cancel(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.lazy.ram.stop();
     }
 }
 
@@ -98,7 +106,13 @@ impl Drop for StoreRam {
     fn drop(&mut self) {
         self.cancel();
         if let Some(t) = self.filler.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
-            let _ = t.join();
+            let t0 = Instant::now();
+            while !t.is_finished() && t0.elapsed() < FILLER_GRACE {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -189,14 +203,7 @@ pub fn local(
             Ok((path, None)) => out.paths.push(path),
             Ok((path, Some(lazy))) => {
                 let background = Arc::new(Mutex::new(None));
-                let ram = Arc::new(StoreRam {
-                    url: url.to_owned(),
-                    lazy,
-                    fetch,
-                    background,
-                    stop: Arc::new(AtomicBool::new(false)),
-                    filler: Mutex::new(None),
-                });
+                let ram = Arc::new(StoreRam { url: url.to_owned(), lazy, fetch, background, filler: Mutex::new(None) });
                 out.served.push((path.clone(), ram.clone()));
                 out.mounts.push(ram);
                 out.paths.push(path);
@@ -208,15 +215,16 @@ pub fn local(
 }
 
 /// Where a kept VM's candidates go besides its host's directory: images
-/// `VM-PHASE` of a store (`s3://BUCKET[/PREFIX]/VM`), shared with the
-/// other VMs of that store. `run` pushes each candidate it captures there;
-/// a host that holds none of the VM's candidates recovers from them.
+/// `VM-POINT` of a store (`s3://BUCKET[/PREFIX]/VM`), shared with the
+/// other VMs of that store, listed in the VM's own object `runs/VM.json`
+/// (so that no other image is taken for one of the VM's). `run` pushes
+/// each candidate it captures there; a host that holds none of the VM's
+/// candidates recovers from them.
 #[derive(Debug)]
 pub struct Remote {
     store: pbr_store::Store,
-    /// `s3://BUCKET[/PREFIX]`.
-    base: String,
-    /// The VM's name: its images are `VM-PHASE`.
+    location: pbr_store::Location,
+    /// The VM's name.
     vm: String,
     cache: Cache,
     images: PathBuf,
@@ -234,50 +242,76 @@ impl Remote {
         let location = pbr_store::Location::parse(url, true)?;
         let store = pbr_store::Store::open(&location, &pbr_store::Config::from_env()?)?;
         let vm = location.name.clone().unwrap_or_default();
-        let base = url.trim_end_matches('/').strip_suffix(vm.as_str()).unwrap_or(url).trim_end_matches('/').to_owned();
-        Ok(Remote { store, base, vm, cache, images, fetch })
+        Ok(Remote { store, location, vm, cache, images, fetch })
     }
 
-    /// The store address of the VM's candidate of `phase`.
-    pub fn url(&self, phase: &str) -> String {
-        format!("{}/{}-{phase}", self.base, self.vm)
+    /// The store address of the VM's candidate of `point`.
+    pub fn url(&self, point: &str) -> String {
+        self.location.image(&self.image(point))
     }
 
-    /// Pushes `c` as the VM's candidate of its phase.
+    /// The image name of the VM's candidate of `point`.
+    fn image(&self, point: &str) -> String {
+        format!("{}-{point}", self.vm)
+    }
+
+    /// The key of the VM's list of images.
+    fn list_key(&self) -> String {
+        format!("runs/{}.json", self.vm)
+    }
+
+    /// Pushes `c` as the VM's candidate of its point, and lists it.
     ///
     /// # Errors
     /// The image is damaged, the store failed.
     pub fn push(&self, c: &crate::Candidate) -> pbr_store::Result<pbr_store::PushReport> {
-        let name = format!("{}-{}", self.vm, c.phase);
-        pbr_store::push(&c.path, &self.store, &name, pbr_store::PushOptions::default())
+        let name = self.image(&c.phase);
+        let report = pbr_store::push(&c.path, &self.store, &name, pbr_store::PushOptions::default())?;
+        let mut names = self.names()?;
+        if !names.contains(&name) {
+            names.push(name);
+            self.store.put(&self.list_key(), serde_json::to_vec(&names).unwrap_or_default())?;
+        }
+        Ok(report)
     }
 
     /// The store addresses of the VM's candidates.
     ///
     /// # Errors
-    /// The store failed.
+    /// The store failed, or the VM's list is damaged.
     pub fn candidates(&self) -> pbr_store::Result<Vec<PathBuf>> {
-        Ok(self.names()?.into_iter().map(|n| PathBuf::from(format!("{}/{n}", self.base))).collect())
+        Ok(self.names()?.iter().map(|n| PathBuf::from(self.location.image(n))).collect())
     }
 
-    /// Removes the VM's candidates from the store (their chunks stay, for
-    /// `gc`).
+    /// Removes the VM's candidates from the store, and its list (their
+    /// chunks stay, for `gc`).
     ///
     /// # Errors
     /// The store failed.
     pub fn remove(&self) -> pbr_store::Result<()> {
         let keys: Vec<String> = self.names()?.iter().map(|n| pbr_store::index_key(n)).collect();
-        self.store.delete_many(&keys)
+        self.store.delete_many(&keys)?;
+        self.store.delete_many(&[self.list_key()])
     }
 
     /// The VM's candidates made local, as [`local`] does.
+    ///
+    /// # Errors
+    /// As [`Remote::candidates`].
     pub fn local(&self, refused: &mut dyn FnMut(&Refused)) -> pbr_store::Result<Candidates> {
         Ok(local(&self.candidates()?, &self.images, &self.cache, self.fetch, refused))
     }
 
-    /// The names of the VM's images in the store.
+    /// The names of the VM's images, as its list says (none without one).
     fn names(&self) -> pbr_store::Result<Vec<String>> {
+        let Some(bytes) = self.store.get(&self.list_key())? else { return Ok(Vec::new()) };
+        let names: Vec<String> = serde_json::from_slice(&bytes)
+            .map_err(|e| pbr_store::Error::Damaged(format!("{}: {e}", self.list_key())))?;
+        // Only the VM's own images, each a valid name.
         let mine = format!("{}-", self.vm);
-        Ok(pbr_store::list(&self.store)?.into_iter().map(|s| s.name).filter(|n| n.starts_with(&mine)).collect())
+        Ok(names
+            .into_iter()
+            .filter(|n| n.starts_with(&mine) && pbr_store::Location::parse(&self.location.image(n), true).is_ok())
+            .collect())
     }
 }

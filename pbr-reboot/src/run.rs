@@ -12,6 +12,11 @@
 //! tries. Whatever the guest sends is hostile input: it never stops the
 //! watch. A stop request powers the guest off (ACPI), then QEMU quits.
 //!
+//! With a store ([`crate::fleet::Remote`]), each boot's candidates are
+//! pushed there once its capture is kept, and a host that holds none of
+//! the VM's candidates starts the VM from the store's instead of booting
+//! it.
+//!
 //! A kernel update comes through the control socket ([`crate::control`]):
 //! the guest's agent checkpoints the units asked for with CRIU, the guest
 //! powers off, and the machine boots the new kernel, capturing afresh (the
@@ -32,7 +37,7 @@ use crate::backoff::{Failures, wait_unless_stopped};
 use crate::capture::{Candidate, CaptureOptions};
 use crate::control::{Control, Request};
 use crate::error::{Error, Result};
-use crate::fleet::{Candidates, Remote};
+use crate::fleet::Remote;
 use crate::machine::UserCommand;
 use crate::points::{Booted, Skipped, boot_keeping};
 use crate::recover::{Prepared, RecoverOptions, Running, prepare, recover_prepared, recover_running};
@@ -191,8 +196,9 @@ pub enum Event<'a> {
     /// A candidate was pushed to the store: its address, and what the
     /// push did.
     Pushed(&'a str, &'a pbr_store::PushReport),
-    /// A candidate could not be pushed to the store, and why.
-    NotPushed(&'a str),
+    /// The store failed: a candidate not pushed, or an update's old
+    /// candidates not removed, and why.
+    StoreFailed(&'a str),
 }
 
 impl Event<'_> {
@@ -255,7 +261,7 @@ impl Event<'_> {
                 json!({"event": "pushed", "image": url, "chunks": r.chunks, "uploaded": r.uploaded,
                                             "uploaded_bytes": r.uploaded_bytes, "seconds": r.seconds})
             }
-            Event::NotPushed(why) => json!({"event": "not-pushed", "reason": why}),
+            Event::StoreFailed(why) => json!({"event": "store-failed", "reason": why}),
         }
     }
 }
@@ -341,9 +347,7 @@ pub fn run(
         true => Some("start".to_owned()),
         false => Some("start; the guest runs no agent: no candidates, and every failure is a normal reboot".to_owned()),
     };
-    // The store candidates the VM was last recovered from (their mounts
-    // serve its RAM while it runs).
-    let mut held: Option<Candidates> = None;
+
     let mut recovered_at: Option<Instant>;
     // When the latest failure happened, as far as its detection tells.
     let mut failed_at = Instant::now();
@@ -354,8 +358,6 @@ pub fn run(
         let mut vm = match boot_why.take() {
             Some(why) => {
                 drop(ready.take());
-                // The store's mounts of the last recovery go with its VM.
-                drop(held.take());
                 on_event(Event::Booting(&why));
                 let booted = if opts.agent {
                     let restore = updating.as_ref().and_then(Updating::image);
@@ -380,9 +382,6 @@ pub fn run(
                 for c in &b.capture.candidates {
                     on_event(Event::Captured(c));
                 }
-                if let Some(remote) = opts.store {
-                    push(remote, &b.capture.candidates, on_event);
-                }
                 for s in &b.capture.skipped {
                     on_event(Event::Skipped(s));
                 }
@@ -399,7 +398,7 @@ pub fn run(
                             let mut b = b;
                             power_off(&mut b.machine.qemu, opts.power_off);
                             b.machine.quit();
-                            remove_candidates(opts);
+                            remove_candidates(opts, on_event);
                             cmd = u.old.clone();
                             boot_why = Some(why);
                             updating = Some(u);
@@ -412,6 +411,10 @@ pub fn run(
                         _ => {}
                     }
                 }
+                // Kept (not an update's given-up kernel): into the store.
+                if let Some(remote) = opts.store {
+                    push(remote, &b.capture.candidates, on_event);
+                }
                 recovered_at = None;
                 Vm::Booted(Box::new(b))
             }
@@ -421,17 +424,7 @@ pub fn run(
                     None => {
                         let files = candidate_files(opts.candidates)?;
                         match (files.is_empty(), opts.store) {
-                            (true, Some(remote)) => {
-                                let made = remote
-                                    .local(&mut |r| on_event(Event::Refused(r)))
-                                    .map_err(|e| Error::NoCandidate(format!("the store's candidates: {e}")));
-                                made.and_then(|made| {
-                                    let o = RecoverOptions { served: &made.served, ..opts.recover(&cmd) };
-                                    let r = recover_running(&made.paths, &o, &mut |r| on_event(Event::Refused(r)));
-                                    held = Some(made);
-                                    r
-                                })
-                            }
+                            (true, Some(remote)) => from_the_store(remote, opts, &cmd, on_event),
                             _ => recover_running(&files, &opts.recover(&cmd), &mut |r| on_event(Event::Refused(r))),
                         }
                     }
@@ -489,7 +482,7 @@ pub fn run(
                     drop(ready.take());
                     power_off(vm.process()?, opts.power_off);
                     quit(vm);
-                    remove_candidates(opts);
+                    remove_candidates(opts, on_event);
                     boot_why = Some(format!("kernel update to {}", req.update.kernel.display()));
                     let old = std::mem::replace(&mut cmd, new_cmd);
                     updating = Some(Updating { req, started, kept, old, reverted: None });
@@ -594,15 +587,16 @@ fn with_failure_detection(cmd: &UserCommand) -> UserCommand {
     cmd
 }
 
-/// Removes the candidates of `dir` (an update's old kernel's, or a given-up
-/// new kernel's: either would restore the other kernel); a file that will
-/// not go is left to refuse.
-fn remove_candidates(opts: &RunOptions<'_>) {
+/// Removes the VM's candidates, from its directory and its store (an
+/// update's old kernel's, or a given-up new kernel's: either would restore
+/// the other kernel); a file that will not go is left to refuse (its seals
+/// name the other kernel), a store that fails is told.
+fn remove_candidates(opts: &RunOptions<'_>, on_event: &mut dyn FnMut(Event<'_>)) {
     for c in candidate_files(opts.candidates).unwrap_or_default() {
         let _ = std::fs::remove_file(&c);
     }
-    if let Some(remote) = opts.store {
-        let _ = remote.remove();
+    if let Some(Err(e)) = opts.store.map(Remote::remove) {
+        on_event(Event::StoreFailed(&format!("the old candidates stay in the store: {e}")));
     }
 }
 
@@ -614,13 +608,34 @@ fn from_store(opts: &RunOptions<'_>) -> bool {
     })
 }
 
+/// Recovers the VM from the store's candidates (this host holds none);
+/// refusals and the report name them by their store address. The mount of
+/// the one restored lives as long as its QEMU.
+fn from_the_store(
+    remote: &Remote,
+    opts: &RunOptions<'_>,
+    cmd: &UserCommand,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<Option<Running>> {
+    let mut refused = |r: &Refused| on_event(Event::Refused(r));
+    let made = remote.local(&mut refused).map_err(|e| Error::NoCandidate(format!("the store's candidates: {e}")))?;
+    let o = RecoverOptions { served: &made.served, ..opts.recover(cmd) };
+    let named = |r: &Refused| Refused { path: PathBuf::from(made.name(&r.path)), reason: r.reason.clone() };
+    let mut running = recover_running(&made.paths, &o, &mut |r| refused(&named(r)))?;
+    if let Some(r) = running.as_mut() {
+        r.report.chosen = r.report.chosen.as_deref().map(|c| PathBuf::from(made.name(c)));
+        r.report.refused = r.report.refused.iter().map(named).collect();
+    }
+    Ok(running)
+}
+
 /// Pushes the `captured` candidates to the store, each told.
 fn push(remote: &Remote, captured: &[Candidate], on_event: &mut dyn FnMut(Event<'_>)) {
     for c in captured {
         let url = remote.url(&c.phase);
         match remote.push(c) {
             Ok(r) => on_event(Event::Pushed(&url, &r)),
-            Err(e) => on_event(Event::NotPushed(&format!("{url}: {e}"))),
+            Err(e) => on_event(Event::StoreFailed(&format!("{url} not pushed: {e}"))),
         }
     }
 }

@@ -16,10 +16,14 @@ use pbr_tools::rewrite;
 use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::index::RunKind;
-use crate::mount::{MAIN_RAM, RamMount};
+use crate::mount::{MAIN_RAM, RamBlock, RamMount};
 use crate::pages::{ChunkReader, Page, PageMap};
 use crate::pull::{index, open_skeleton};
 use crate::store::Store;
+
+/// The most stored pages outside the RAM block a shell holds (256 MiB of
+/// 4 KiB pages: ROMs and video memory are a few MiB).
+const MAX_OUTSIDE: usize = 1 << 16;
 
 /// An image of a store, ready to be restored as it runs.
 #[derive(Debug)]
@@ -62,12 +66,8 @@ pub fn open(url: &str, cache: &Cache) -> Result<Lazy> {
     let map = PageMap::new(&index)?;
     let reader = ChunkReader::new(store, cache.clone(), &index);
     let ps = skeleton.page_size();
-    let in_ram: Vec<(u64, u64)> = skeleton
-        .regions()
-        .iter()
-        .filter(|r| r.name == MAIN_RAM)
-        .map(|r| (r.first_gfn(ps), r.first_gfn(ps) + r.pages(ps)))
-        .collect();
+    // The RAM block's layout is checked before anything is fetched.
+    let block = RamBlock::of(&skeleton)?;
     let shell = work.path().join(format!("{}.pbr", name.rsplit('/').next().unwrap_or("image")));
     let mut w = rewrite::derived(&skeleton, &shell, rewrite::options(&skeleton, PageEncoding::Zero))?;
     w.set_metadata(keys::STORE_RAM, "served")?;
@@ -77,12 +77,19 @@ pub fn open(url: &str, cache: &Cache) -> Result<Lazy> {
         .iter()
         .filter(|r| r.kind == RunKind::Data)
         .flat_map(|r| (r.gfn..r.gfn + u64::from(r.count)).map(move |g| (g, r.class)))
-        .filter(|&(g, _)| !in_ram.iter().any(|&(a, b)| (a..b).contains(&g)))
+        .filter(|&(g, _)| !block.holds(g, ps))
+        .take(MAX_OUTSIDE + 1)
         .map(|(g, class)| match map.locate(g) {
             Page::Data { chunk, at } => Ok((g, class, chunk, at)),
             Page::Zero => Err(Error::Damaged(format!("index: frame {g:#x} of a data run is in no chunk"))),
         })
         .collect::<Result<_>>()?;
+    if outside.len() > MAX_OUTSIDE {
+        return Err(Error::Unsupported(format!(
+            "the image stores more than {} MiB outside its {MAIN_RAM} block: pull it instead",
+            (MAX_OUTSIDE * ps as usize) >> 20
+        )));
+    }
     let mut wanted: Vec<usize> = outside.iter().map(|&(_, _, c, _)| c).collect();
     wanted.dedup();
     let chunks = reader.pages(&wanted)?;

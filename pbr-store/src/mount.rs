@@ -8,7 +8,7 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -47,6 +47,8 @@ struct Served {
     /// Reads served, and the first read that failed.
     reads: AtomicU64,
     failed: Mutex<Option<String>>,
+    /// Set once what is served is of no use ([`RamMount::stop`]).
+    stopped: AtomicBool,
 }
 
 impl Served {
@@ -60,6 +62,9 @@ impl Served {
 
     /// Bytes `offset .. offset + size` of the block (fewer past its end).
     fn read(&self, offset: u64, size: u32) -> Result<Vec<u8>> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(Error::Served("the mount was stopped".into()));
+        }
         let end = offset.saturating_add(u64::from(size)).min(self.size);
         if offset >= end {
             return Ok(Vec::new());
@@ -156,6 +161,59 @@ impl Served {
 /// The user the mount's files belong to: the one who mounted it.
 fn own_uid() -> u32 {
     std::fs::metadata("/proc/self").map_or(0, |m| std::os::unix::fs::MetadataExt::uid(&m))
+}
+
+/// The most bytes of `pc.ram` served: 1 TiB.
+const MAX_RAM: u64 = 1 << 40;
+
+/// An image's `pc.ram` block as its regions lay it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RamBlock {
+    /// Per region, in block order: its offset in the block, length, first
+    /// frame.
+    pub regions: Vec<(u64, u64, u64)>,
+    /// The block's size.
+    pub size: u64,
+}
+
+impl RamBlock {
+    /// The `pc.ram` block of `image`: its regions must cover it one after
+    /// another from 0, page-aligned, without holes or overlaps (the file's
+    /// bytes are theirs, one to one), and it is at most 1 TiB.
+    ///
+    /// # Errors
+    /// It has no such block, or its regions break those rules.
+    pub fn of(image: &Image) -> Result<RamBlock> {
+        let ps = u64::from(image.page_size());
+        let mut regions: Vec<(u64, u64, u64)> = image
+            .regions()
+            .iter()
+            .filter(|r| r.name == MAIN_RAM)
+            .map(|r| (r.source_offset, r.length, r.first_gfn(image.page_size())))
+            .collect();
+        regions.sort_unstable();
+        let mut size = 0u64;
+        for &(src, len, _) in &regions {
+            if src != size || len % ps != 0 || len > MAX_RAM - size {
+                return Err(Error::Unsupported(format!(
+                    "the image's {MAIN_RAM} regions are not one block of at most 1 TiB, one region after the \
+                     other from 0 (one at {src:#x}, {len:#x} bytes)"
+                )));
+            }
+            size += len;
+        }
+        if size == 0 {
+            return Err(Error::Unsupported(format!(
+                "the image has no {MAIN_RAM} block to map: only a QEMU guest's image is restored from the store as it runs"
+            )));
+        }
+        Ok(RamBlock { regions, size })
+    }
+
+    /// Whether frame `gfn` is in the block.
+    pub fn holds(&self, gfn: u64, page_size: u32) -> bool {
+        self.regions.iter().any(|&(_, len, first)| gfn >= first && gfn - first < len / u64::from(page_size))
+    }
 }
 
 /// The FUSE file system over [`Served`].
@@ -260,31 +318,8 @@ impl RamMount {
     /// The image has no `pc.ram` block (only a QEMU guest's image is
     /// restored this way), or the mount failed.
     pub fn mount(skeleton: &Image, map: PageMap, reader: ChunkReader, dir: &Path) -> Result<RamMount> {
+        let RamBlock { regions: ram, size } = RamBlock::of(skeleton)?;
         let ps = u64::from(skeleton.page_size());
-        let mut ram: Vec<(u64, u64, u64)> = skeleton
-            .regions()
-            .iter()
-            .filter(|r| r.name == MAIN_RAM)
-            .map(|r| (r.source_offset, r.length, r.first_gfn(skeleton.page_size())))
-            .collect();
-        // The regions must cover the block from 0, page-aligned, without
-        // holes or overlaps: the file's bytes are theirs, one to one.
-        ram.sort_unstable();
-        let mut size = 0u64;
-        for &(src, len, _) in &ram {
-            if src != size || len % ps != 0 {
-                return Err(Error::Damaged(format!(
-                    "the image's {MAIN_RAM} regions do not cover its block one after the other from 0 (one at \
-                     {src:#x}, {len:#x} bytes)"
-                )));
-            }
-            size = src.checked_add(len).ok_or_else(|| Error::Damaged(format!("{MAIN_RAM} ends past 2^64")))?;
-        }
-        if size == 0 {
-            return Err(Error::Unsupported(format!(
-                "the image has no {MAIN_RAM} block to map: only a QEMU guest's image is restored from the store as it runs"
-            )));
-        }
         let served = Arc::new(Served {
             map,
             reader,
@@ -293,6 +328,7 @@ impl RamMount {
             page_size: ps,
             reads: AtomicU64::new(0),
             failed: Mutex::new(None),
+            stopped: AtomicBool::new(false),
         });
         let mut config = fuser::Config::default();
         config.mount_options =
@@ -324,6 +360,13 @@ impl RamMount {
         self.served.reader.fetched()
     }
 
+    /// Stops serving: every read from now on fails at once, and a fill
+    /// ends (what it would fetch is of no use: the restore failed, or its
+    /// guest is gone).
+    pub fn stop(&self) {
+        self.served.stopped.store(true, Ordering::Relaxed);
+    }
+
     /// The first read that failed, if one did.
     pub fn failed(&self) -> Option<String> {
         self.served.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
@@ -336,18 +379,20 @@ impl RamMount {
     /// kernel then holds every page QEMU maps, each fetched and checked
     /// once, and the chunk cache every chunk.
     ///
-    /// Stops early, with no error, once `stop` is set.
-    ///
     /// # Errors
-    /// A read failed (a chunk is missing or damaged, the store failed).
-    pub fn fill(&self, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
+    /// A read failed (a chunk is missing or damaged, the store failed), or
+    /// the mount was stopped ([`RamMount::stop`]) first.
+    pub fn fill(&self) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let windows = self.served.urgent_windows();
         let f = std::fs::File::open(&self.path).map_err(|e| Error::io("cannot open the RAM file", e))?;
         let next = AtomicU64::new(0);
         let fill = || -> Result<()> {
             let mut buf = vec![0u8; WINDOW as usize];
-            while !stop.load(Ordering::Relaxed) {
+            loop {
+                if self.served.stopped.load(Ordering::Relaxed) {
+                    return Err(Error::Served("the mount was stopped".into()));
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 let Some(&at) = windows.get(i) else { return Ok(()) };
                 let mut done = 0;
@@ -362,7 +407,6 @@ impl RamMount {
                     done += n;
                 }
             }
-            Ok(())
         };
         std::thread::scope(|s| {
             let others: Vec<_> = (1..FILLERS).map(|_| s.spawn(fill)).collect();

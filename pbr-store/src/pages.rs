@@ -195,6 +195,8 @@ impl ChunkReader {
             }
             self.wait_for(&theirs);
         }
+        // What the last round waited for.
+        self.fill_known(wanted, &mut out)?;
         out.into_iter().map(|p| p.ok_or_else(|| Error::Damaged("a chunk was not read".into()))).collect()
     }
 

@@ -192,15 +192,28 @@ pub fn clean_up() {
     }
 }
 
-/// Detaches the file system mounted on `path` (`umount2`, `MNT_DETACH`).
+/// Detaches the file system mounted on `path` (`umount2`, `MNT_DETACH`;
+/// not root, `fusermount3 -u -z`).
 #[allow(unsafe_code)]
 fn detach(path: &Path) {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return };
     // SAFETY: `c` is a NUL-terminated path that outlives the call; umount2
     // reads it and changes no memory of this process.
-    unsafe {
-        libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+    let done = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0;
+    if !done {
+        // Not root: the FUSE helper mounted it and unmounts it.
+        for helper in ["fusermount3", "fusermount"] {
+            let ok = std::process::Command::new(helper)
+                .args(["-u", "-z", "--"])
+                .arg(path)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+        }
     }
 }
 

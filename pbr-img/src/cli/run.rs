@@ -43,9 +43,9 @@ pub struct Args {
     /// the store's at start.
     #[arg(long, value_name = "DIR|S3_URL")]
     candidates: PathBuf,
-    /// (store candidates) The chunk cache's directory, and where this
-    /// host keeps what it pulls (default: $PBR_CACHE/.., else
-    /// ~/.cache/pbr).
+    /// (store candidates) Where this host keeps the chunk cache (in its
+    /// `chunks`), what it pulls, and the VM's candidates (default:
+    /// $PBR_CACHE/.., else ~/.cache/pbr).
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
     /// (store candidates) How a recovery from the store takes them:
@@ -191,7 +191,7 @@ fn line(e: &Event<'_>) -> String {
             "pushed {url}: {} chunks, {} new ({} bytes) in {:.2} s",
             r.chunks, r.uploaded, r.uploaded_bytes, r.seconds
         ),
-        Event::NotPushed(why) => format!("not pushed: {why}"),
+        Event::StoreFailed(why) => format!("the store failed: {why}"),
     }
 }
 

@@ -18,7 +18,7 @@ pub struct Args {
     /// given them: a directory, or s3://BUCKET[/PREFIX]/VM.
     #[arg(long, value_name = "DIR|S3_URL")]
     candidates: PathBuf,
-    /// (store candidates) The chunk cache's directory `run` was given.
+    /// (store candidates) The --cache directory `run` was given.
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
     /// The new kernel (it replaces the command line's -kernel).

@@ -313,6 +313,8 @@ fn run_keeps_its_candidates_in_the_store_and_another_host_starts_from_them() {
     wait_for(&log, "recovered", 1, std::time::Duration::from_secs(300), &mut run.0);
     let all = events(&log);
     assert!(all.iter().all(|e| e["event"] != "booting"), "started from the store, not booted: {all:#?}");
+    let recovered = all.iter().find(|e| e["event"] == "recovered").unwrap();
+    assert_eq!(recovered["chosen"], "s3://fleet/t/vm1-daemons", "named by its address: {all:#?}");
     assert_eq!(lab.get().1, "served from the data disk\n");
     let (_, status) = lab.shell("test -s /srv/data/on-host-a");
     assert_eq!(status, 0, "the file written on host A is there");
