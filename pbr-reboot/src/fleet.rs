@@ -128,6 +128,8 @@ pub struct Candidates {
     pub served: Vec<(PathBuf, Arc<dyn ServedRam>)>,
     /// The shells' mounts.
     mounts: Vec<Arc<StoreRam>>,
+    /// Each store candidate's local file (pulled, or a shell) and address.
+    origins: Vec<(PathBuf, String)>,
 }
 
 /// What the mount of the store candidate a recovery chose did.
@@ -151,10 +153,10 @@ impl Candidates {
         Candidates { paths: paths.to_vec(), ..Default::default() }
     }
 
-    /// How to name candidate `path` to a user: a shell by its store
-    /// address, any other by its path.
+    /// How to name candidate `path` to a user: one from a store (pulled,
+    /// or a shell) by its store address, any other by its path.
     pub fn name(&self, path: &Path) -> String {
-        self.mounts.iter().find(|m| m.lazy.shell == path).map_or_else(|| path.display().to_string(), |m| m.url.clone())
+        self.origins.iter().find(|(p, _)| p == path).map_or_else(|| path.display().to_string(), |(_, url)| url.clone())
     }
 
     /// What the mount of `shell` (one of [`Candidates::paths`]) did so far.
@@ -199,6 +201,9 @@ pub fn local(
                 (lazy.shell.clone(), Some(lazy))
             }),
         };
+        if let Ok((path, _)) = &made {
+            out.origins.push((path.clone(), url.to_owned()));
+        }
         match made {
             Ok((path, None)) => out.paths.push(path),
             Ok((path, Some(lazy))) => {
