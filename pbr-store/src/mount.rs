@@ -372,8 +372,8 @@ impl RamMount {
         self.served.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// Reads the whole file through the mount, [`WINDOW`] at a time on
-    /// [`FILLERS`] threads, the windows a restored guest is likely to
+    /// Reads the whole file through the mount, 4 MiB at a time on two
+    /// threads, the windows a restored guest is likely to
     /// touch first ahead (those holding kernel pages, then user pages,
     /// then unclassified, page cache, free pages, then the rest): the
     /// kernel then holds every page QEMU maps, each fetched and checked
