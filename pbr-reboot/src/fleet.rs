@@ -244,8 +244,8 @@ impl Remote {
     /// # Errors
     /// The address or credentials do not serve.
     pub fn open(url: &str, cache: Cache, images: PathBuf, fetch: Fetch) -> pbr_store::Result<Remote> {
-        let location = pbr_store::Location::parse(url, true)?;
-        let store = pbr_store::Store::open(&location, &pbr_store::Config::from_env()?)?;
+        let store = pbr_store::Store::at(url, true)?;
+        let location = store.location.clone();
         let vm = location.name.clone().unwrap_or_default();
         Ok(Remote { store, location, vm, cache, images, fetch })
     }

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use pbr_store::{Config, Location, Store};
+use pbr_store::Store;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -16,9 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         [op, a, b] if op == "get" => (op.as_str(), a.as_str(), b.as_str()),
         _ => return Err("usage: plain put FILE s3://BUCKET/PREFIX/KEY | plain get s3://BUCKET/PREFIX/KEY FILE".into()),
     };
-    let location = Location::parse(url, true)?;
-    let store = Store::open(&location, &Config::from_env()?)?;
-    let key = location.name.clone().unwrap_or_default();
+    let store = Store::at(url, true)?;
+    let key = store.location.name.clone().unwrap_or_default();
     let t = Instant::now();
     if op == "put" {
         store.put(&key, std::fs::read(file)?)?;

@@ -50,8 +50,8 @@ pub struct Lazy {
 /// the store failed; the mount failed.
 pub fn open(url: &str, cache: &Cache) -> Result<Lazy> {
     let t = Instant::now();
-    let location = crate::Location::parse(url, true)?;
-    let store = Arc::new(Store::open(&location, &crate::Config::from_env()?)?);
+    let store = Arc::new(Store::at(url, true)?);
+    let location = store.location.clone();
     let name = location.name.clone().unwrap_or_default();
     let index = index(&store, &name)?;
     let work = tempfile::tempdir().map_err(|e| Error::io("cannot create a work directory", e))?;

@@ -159,8 +159,8 @@ fn chunks_of(
 /// # Errors
 /// As [`pull`], and an address or credentials that do not serve.
 pub fn fetch(url: &str, dir: &Path, cache: &Cache) -> Result<std::path::PathBuf> {
-    let location = crate::Location::parse(url, true)?;
-    let store = Store::open(&location, &crate::Config::from_env()?)?;
+    let store = Store::at(url, true)?;
+    let location = &store.location;
     let name = location.name.clone().unwrap_or_default();
     let mut dest = dir.join(&location.bucket);
     if !location.prefix.is_empty() {

@@ -80,6 +80,18 @@ impl Store {
         Ok(Store { rt, s3: Arc::new(s3), location: location.clone() })
     }
 
+    /// The store at `url` (`s3://BUCKET[/PREFIX]`, or an image's
+    /// `s3://BUCKET[/PREFIX]/NAME` when `image`: its [`Location::name`]),
+    /// on the server and with the credentials of the environment
+    /// ([`Config::from_env`]).
+    ///
+    /// # Errors
+    /// The address does not parse, no credentials, or the client cannot be
+    /// built.
+    pub fn at(url: &str, image: bool) -> Result<Store> {
+        Store::open(&Location::parse(url, image)?, &Config::from_env()?)
+    }
+
     fn key(&self, rest: &str) -> Key {
         Key::from(self.location.key(rest))
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pbr_reboot::fleet::{Candidates, Fetch, Remote};
 use pbr_store::cache::Cache;
-use pbr_store::{Config, Location, PushOptions, Store};
+use pbr_store::{Location, PushOptions, Store};
 use serde_json::json;
 
 use super::error::{Error, Result};
@@ -67,13 +67,6 @@ pub struct StoreArgs {
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// The store at `url` (an image's, when `image`).
-fn open(url: &str, image: bool) -> Result<(Store, Location)> {
-    let location = Location::parse(url, image)?;
-    let store = Store::open(&location, &Config::from_env()?)?;
-    Ok((store, location))
 }
 
 /// `candidates` as local files: those in a store (`s3://`) pulled into
@@ -164,8 +157,8 @@ pub fn cache(dir: Option<&PathBuf>) -> Result<Cache> {
 
 /// `push`.
 pub fn push(a: &PushArgs) -> Result<ExitCode> {
-    let (store, location) = open(&a.to, true)?;
-    let name = location.name.as_deref().unwrap_or_default();
+    let store = Store::at(&a.to, true)?;
+    let name = store.location.name.as_deref().unwrap_or_default();
     let opts = PushOptions { chunk_pages: a.chunk_pages, renew_after: Duration::from_secs(a.renew_after) };
     let r = pbr_store::push(&a.image, &store, name, opts)?;
     if a.json {
@@ -191,8 +184,8 @@ pub fn push(a: &PushArgs) -> Result<ExitCode> {
 
 /// `pull`.
 pub fn pull(a: &PullArgs) -> Result<ExitCode> {
-    let (store, location) = open(&a.from, true)?;
-    let name = location.name.as_deref().unwrap_or_default();
+    let store = Store::at(&a.from, true)?;
+    let name = store.location.name.as_deref().unwrap_or_default();
     let r = pbr_store::pull(&store, name, &a.output, &cache(a.cache.as_ref())?)?;
     if a.json {
         println!(
@@ -217,7 +210,8 @@ pub fn pull(a: &PullArgs) -> Result<ExitCode> {
 
 /// `ls`: the images, then what the store holds in all.
 pub fn ls(a: &StoreArgs) -> Result<ExitCode> {
-    let (store, location) = open(&a.store, false)?;
+    let store = Store::at(&a.store, false)?;
+    let location = &store.location;
     let images = pbr_store::list(&store)?;
     let usage = pbr_store::usage(&store)?;
     for i in &images {
@@ -251,7 +245,7 @@ pub fn ls(a: &StoreArgs) -> Result<ExitCode> {
 
 /// `gc`.
 pub fn gc(a: &StoreArgs) -> Result<ExitCode> {
-    let (store, _) = open(&a.store, false)?;
+    let store = Store::at(&a.store, false)?;
     let r = pbr_store::gc(&store, Duration::from_secs(a.grace))?;
     if a.json {
         println!(
