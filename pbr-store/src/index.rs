@@ -60,6 +60,18 @@ pub enum RunKind {
     Trimmed = 2,
 }
 
+impl RunKind {
+    /// How a writer marks a run of this kind without its bytes: `None` for
+    /// a data run, whose pages are written.
+    pub fn marked(self) -> Option<pbr_format::PageEncoding> {
+        match self {
+            RunKind::Data => None,
+            RunKind::Zero => Some(pbr_format::PageEncoding::Zero),
+            RunKind::Trimmed => Some(pbr_format::PageEncoding::Trimmed),
+        }
+    }
+}
+
 /// A run of pages with one kind and class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Run {

@@ -72,7 +72,7 @@ pub fn open(url: &str, cache: &Cache) -> Result<Lazy> {
     let mut w = rewrite::derived(&skeleton, &shell, rewrite::options(&skeleton, PageEncoding::Zero))?;
     w.set_metadata(keys::STORE_RAM, "served")?;
     // The pages outside the RAM block, their chunks fetched at once.
-    let outside: Vec<(u64, pbr_format::PageClass, usize, u32)> = index
+    let outside: Vec<(u64, pbr_format::PageClass, Page)> = index
         .runs
         .iter()
         .filter(|r| r.kind == RunKind::Data)
@@ -80,8 +80,8 @@ pub fn open(url: &str, cache: &Cache) -> Result<Lazy> {
         .filter(|&(g, _)| !block.holds(g, ps))
         .take(MAX_OUTSIDE + 1)
         .map(|(g, class)| match map.locate(g) {
-            Page::Data { chunk, at } => Ok((g, class, chunk, at)),
             Page::Zero => Err(Error::Damaged(format!("index: frame {g:#x} of a data run is in no chunk"))),
+            data => Ok((g, class, data)),
         })
         .collect::<Result<_>>()?;
     if outside.len() > MAX_OUTSIDE {
@@ -90,24 +90,15 @@ pub fn open(url: &str, cache: &Cache) -> Result<Lazy> {
             (MAX_OUTSIDE * ps as usize) >> 20
         )));
     }
-    let mut wanted: Vec<usize> = outside.iter().map(|&(_, _, c, _)| c).collect();
-    wanted.dedup();
-    let chunks = reader.pages(&wanted)?;
-    let size = ps as usize;
-    let mut pages = outside.iter().peekable();
+    let places: Vec<Page> = outside.iter().map(|&(_, _, p)| p).collect();
+    let bytes = reader.gather(&places)?;
+    let mut pages = outside.iter().zip(bytes.chunks_exact(ps as usize)).peekable();
     for run in &index.runs {
-        match run.kind {
-            RunKind::Zero => w.mark_pages(run.gfn, u64::from(run.count), PageEncoding::Zero, run.class)?,
-            RunKind::Trimmed => w.mark_pages(run.gfn, u64::from(run.count), PageEncoding::Trimmed, run.class)?,
-            RunKind::Data => {
+        match run.kind.marked() {
+            Some(enc) => w.mark_pages(run.gfn, u64::from(run.count), enc, run.class)?,
+            None => {
                 let end = run.gfn + u64::from(run.count);
-                while let Some(&&(gfn, class, chunk, at)) = pages.peek().filter(|p| p.0 < end) {
-                    pages.next();
-                    let c = wanted.iter().position(|&w| w == chunk).map(|i| &chunks[i]);
-                    let from = at as usize * size;
-                    let page = c
-                        .and_then(|c| c.get(from..from + size))
-                        .ok_or_else(|| Error::Damaged(format!("index: chunk {chunk} holds no page {at}")))?;
+                while let Some((&(gfn, class, _), page)) = pages.next_if(|(p, _)| p.0 < end) {
                     w.write_page(gfn, page, class)?;
                 }
             }

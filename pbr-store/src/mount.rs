@@ -73,27 +73,7 @@ impl Served {
         let (first, last) = (offset / ps, (end - 1) / ps);
         let places: Vec<Page> =
             (first..=last).map(|p| self.gfn_at(p * ps).map_or(Page::Zero, |g| self.map.locate(g))).collect();
-        let mut wanted: Vec<usize> = Vec::new();
-        for p in &places {
-            if let Page::Data { chunk, .. } = *p
-                && wanted.last() != Some(&chunk)
-            {
-                wanted.push(chunk);
-            }
-        }
-        let chunks = self.reader.pages(&wanted)?;
-        let mut buf = vec![0u8; ((last - first + 1) * ps) as usize];
-        let ps = ps as usize;
-        for (k, p) in places.iter().enumerate() {
-            if let Page::Data { chunk, at } = *p {
-                let c = wanted.iter().rposition(|&w| w == chunk).map(|i| &chunks[i]);
-                let from = at as usize * ps;
-                let src = c
-                    .and_then(|c| c.get(from..from + ps))
-                    .ok_or_else(|| Error::Damaged(format!("chunk {chunk} holds no page {at}")))?;
-                buf[k * ps..(k + 1) * ps].copy_from_slice(src);
-            }
-        }
+        let mut buf = self.reader.gather(&places)?;
         let skip = (offset - first * self.page_size) as usize;
         buf.drain(..skip);
         buf.truncate((end - offset) as usize);

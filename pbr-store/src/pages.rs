@@ -257,6 +257,36 @@ impl ChunkReader {
         Ok(out)
     }
 
+    /// The bytes of the pages at `places`, back to back (a zero page as
+    /// zeros): their chunks read at once, as [`ChunkReader::pages`] does.
+    ///
+    /// # Errors
+    /// As [`ChunkReader::pages`]; a chunk that holds no such page.
+    pub fn gather(&self, places: &[Page]) -> Result<Vec<u8>> {
+        let mut wanted: Vec<usize> = Vec::new();
+        for p in places {
+            if let Page::Data { chunk, .. } = *p
+                && wanted.last() != Some(&chunk)
+            {
+                wanted.push(chunk);
+            }
+        }
+        let chunks = self.pages(&wanted)?;
+        let ps = self.page_size as usize;
+        let mut buf = vec![0u8; places.len() * ps];
+        for (k, p) in places.iter().enumerate() {
+            if let Page::Data { chunk, at } = *p {
+                let c = wanted.iter().rposition(|&w| w == chunk).map(|i| &chunks[i]);
+                let from = at as usize * ps;
+                let src = c
+                    .and_then(|c| c.get(from..from + ps))
+                    .ok_or_else(|| Error::Damaged(format!("chunk {chunk} holds no page {at}")))?;
+                buf[k * ps..(k + 1) * ps].copy_from_slice(src);
+            }
+        }
+        Ok(buf)
+    }
+
     fn chunk(&self, i: usize) -> Result<&ChunkRef> {
         self.chunks.get(i).ok_or_else(|| Error::Damaged(format!("index: no chunk {i}")))
     }

@@ -14,7 +14,7 @@ use pbr_tools::rewrite;
 use crate::cache::Cache;
 use crate::chunk;
 use crate::error::{Error, Result};
-use crate::index::{Index, RunKind};
+use crate::index::Index;
 use crate::push::index_key;
 use crate::store::Store;
 
@@ -71,12 +71,9 @@ pub fn pull(store: &Store, name: &str, dest: &Path, cache: &Cache) -> Result<Pul
     let mut fetched: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
     let mut at = 0usize;
     for run in &index.runs {
-        match run.kind {
-            RunKind::Zero | RunKind::Trimmed => {
-                let enc = if run.kind == RunKind::Zero { PageEncoding::Zero } else { PageEncoding::Trimmed };
-                w.mark_pages(run.gfn, u64::from(run.count), enc, run.class)?;
-            }
-            RunKind::Data => {
+        match run.kind.marked() {
+            Some(enc) => w.mark_pages(run.gfn, u64::from(run.count), enc, run.class)?,
+            None => {
                 for gfn in run.gfn..run.gfn + u64::from(run.count) {
                     if fetched.front().is_some_and(|c| at == c.len()) {
                         fetched.pop_front();
